@@ -1,0 +1,82 @@
+"""The ``adpretrain`` console script.
+
+Each subcommand lives in ``adpretrain_hf/commands/<name>.py`` and exposes
+``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``. Modules keep
+heavy imports (torch, transformers) inside ``run`` so that ``--help`` stays instant.
+Errors print one readable line plus a hint and exit non-zero; ``--debug`` shows the
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+# name -> module under adpretrain_hf.commands (a registry, not an if/else chain)
+COMMANDS: dict[str, str] = {
+    "demo": "demo",
+    "pretrain": "pretrain",
+    "evaluate": "evaluate",
+    "features": "features",
+    "synth": "synth",
+    "card": "card",
+    "convert": "convert",
+}
+
+
+class CommandError(Exception):
+    """A user-facing failure: ``message`` says what is wrong, ``hint`` how to fix it."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+def _available_commands() -> dict[str, object]:
+    modules = {}
+    for name, module in COMMANDS.items():
+        try:
+            modules[name] = importlib.import_module(f"adpretrain_hf.commands.{module}")
+        except ModuleNotFoundError as err:  # a subcommand not built yet
+            if err.name != f"adpretrain_hf.commands.{module}":
+                raise
+    return modules
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adpretrain",
+        description="Anomaly representation pretraining (ADPretrain): pretrain, extract features, evaluate.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in _available_commands().items():
+        cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(cmd)
+        cmd.set_defaults(func=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("adpretrain: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the CLI's one place to turn errors into a line
+        if args.debug:
+            raise
+        hint = getattr(err, "hint", "") or "run again with --debug for the full traceback"
+        print(f"adpretrain {args.command}: error: {err}\n  hint: {hint}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the `adpretrain` console script, one module each."""

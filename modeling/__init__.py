@@ -1,0 +1,1 @@
+"""The ADPretrain model, Hub-style: config, model, backbone adapters, projector, matcher, processor."""
