@@ -1,1 +1,17 @@
-"""The ADPretrain model, Hub-style: config, model, backbone adapters, projector, matcher, processor."""
+"""The ADPretrain model, Hub-style: config, presets, backbone adapters, Feature Projector,
+residual matching, anomaly maps, checkpoint plumbing (and the image processor / pipeline)."""
+
+from .configuration_adpretrain import ADPretrainConfig
+from .modeling_adpretrain import ADPretrainModel, ADPretrainOutput, ADPretrainPreTrainedModel
+from .presets_adpretrain import PRESETS, Preset, get_preset, register_preset
+
+__all__ = [
+    "ADPretrainConfig",
+    "ADPretrainModel",
+    "ADPretrainOutput",
+    "ADPretrainPreTrainedModel",
+    "PRESETS",
+    "Preset",
+    "get_preset",
+    "register_preset",
+]

@@ -1,0 +1,23 @@
+"""Registers the image processor and the ``anomaly-features`` pipeline with transformers.
+
+Kept apart from ``__init__`` so the registrations stay in one place; each is skipped
+quietly only when its module does not exist in this build.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from transformers import AutoImageProcessor
+
+from .modeling import ADPretrainConfig
+
+if importlib.util.find_spec("adpretrain_hf.modeling.image_processing_adpretrain") is not None:
+    from .modeling.image_processing_adpretrain import ADPretrainImageProcessor
+
+    AutoImageProcessor.register(ADPretrainConfig, image_processor_classes={"pil": ADPretrainImageProcessor}, exist_ok=True)
+
+if importlib.util.find_spec("adpretrain_hf.modeling.pipeline_anomaly_features") is not None:
+    from .modeling.pipeline_anomaly_features import register_pipeline
+
+    register_pipeline()

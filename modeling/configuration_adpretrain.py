@@ -1,0 +1,186 @@
+"""``ADPretrainConfig``: every hyperparameter of the paper, with the paper's value as default.
+
+Part of the remote-code bundle: imports only transformers and its siblings.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+from transformers import PretrainedConfig
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+PROJECTOR_TYPES = ("lkv", "linear", "mlp", "self_attn", "cross_attn")
+MATCHING_METRICS = ("cosine", "l2")
+NORM_KINDS = ("paper", "release")
+ANGLE_ANCHORS = ("first", "both")
+CENTER_MODES = ("projected", "residual")
+
+
+class ADPretrainConfig(PretrainedConfig):
+    r"""Configuration of an ADPretrain model: a frozen backbone, residual features and per-layer
+    Feature Projectors (paper sections 3.1 and 3.3, appendix D).
+
+    Build one from a named preset with :meth:`from_preset` (``"clip-large"``, ``"dinov2-base"``,
+    ``"tiny-clip"``, ...). Presets carry the backbone's architecture, so a model of the real
+    shape can be built with random weights and no network.
+
+    Args:
+        backbone_family: adapter used to tap the backbone: ``"clip"`` (transformers
+            ``CLIPVisionModel``), ``"dinov2"`` (transformers ``Dinov2Model``), ``"open_clip"``
+            (an open_clip vision tower, e.g. ImageBind's ViT-H/14) or ``"timm"`` (CNNs).
+        backbone_id: where real backbone weights come from: a Hub id / local folder
+            (transformers families), an open_clip model name, or a timm model name.
+        backbone_pretrained: open_clip pretrained tag or file (e.g. ``"openai"``); ``None`` keeps
+            random weights.
+        backbone_config: the backbone's architecture as a dict (a transformers config dict with
+            ``model_type``, an open_clip ``vision_cfg``, or timm kwargs).
+        bundle_backbone: save the backbone's weights inside the checkpoint (one folder is a
+            complete model). When False only projectors are saved and the backbone is loaded
+            from ``backbone_id`` at ``from_pretrained`` time.
+        layers: tapped backbone blocks, 1-indexed (paper: [3,6,9,12] for 12-block models,
+            [6,12,18,24] for 24, [8,16,24,32] for ImageBind).
+        feature_dims: channel width of each tapped layer (filled from the backbone).
+        image_size: side of the square input (paper: 224).
+        patch_size: backbone patch size / stride of a tapped layer's grid.
+        image_mean, image_std: normalisation statistics (CLIP for CLIP/ImageBind, ImageNet for DINOv2).
+        projector_type: ``"lkv"`` (learnable key/value attention, the paper) or the Table 2(b)
+            ablations ``"linear"``, ``"mlp"``, ``"self_attn"``, ``"cross_attn"``.
+        num_learnable_references: N_r, learnable reference vectors per projector (2048).
+        projector_num_heads: attention heads of the projector (16).
+        mlp_ratio: hidden width of the projector MLP as a multiple of D (4).
+        use_se_gate: squeeze-and-excitation gate on the MLP hidden (release: on).
+        se_reduction: the SE bottleneck is ``mlp_ratio * D / se_reduction`` wide (release: 4D -> D/4, i.e. 16).
+        num_projector_blocks: attention blocks per projector (paper: 1; Table 11).
+        use_residual: feed residual features (x minus its nearest reference) to the projector;
+            False feeds raw backbone features (Table 2(a) ablation).
+        matching_metric: nearest-reference matching, ``"cosine"`` (release) or ``"l2"`` (paper's text).
+        num_reference_shots: normal reference images at evaluation (8).
+        training_reference_shots: K is drawn per batch from these during pretraining ((1, 4, 8)).
+        angle_temperature: tau of the angle-oriented loss (0.15). (Not ``temperature``: transformers
+            reserves that name for generation.)
+        hypersphere_radius: r of the norm-oriented loss (0.4).
+        abnormal_margin: Delta r; abnormal features are pushed beyond r + Delta r (0.75).
+        loss_weight: lambda weighting the angle loss in Eq. 7 (1.0).
+        norm_kind: ``"paper"`` sqrt(||x||^2+1)-1 or ``"release"`` sqrt(||x||+1)-1.
+        angle_anchors: ``"first"`` (paper Eq. 7) or ``"both"`` views as anchors (release).
+        center_mode: ``"projected"`` (paper: center of the features the loss sees) or
+            ``"residual"`` (release: mean of un-projected residuals).
+        patch_anomaly_fraction: a patch is anomalous when more than this fraction of its mask
+            pixels is set (release: 32 of 256 = 0.125).
+        anomaly_map_sigma: Gaussian smoothing of FeatureNorm maps (4).
+        preset: name of the preset this config came from (provenance only).
+    """
+
+    model_type = "adpretrain"
+
+    def __init__(
+        self,
+        backbone_family: str = "clip",
+        backbone_id: Optional[str] = None,
+        backbone_pretrained: Optional[str] = None,
+        backbone_config: Optional[dict] = None,
+        bundle_backbone: bool = True,
+        layers: Sequence[int] = (3, 6, 9, 12),
+        feature_dims: Optional[Sequence[int]] = None,
+        image_size: int = 224,
+        patch_size: int = 16,
+        image_mean: Sequence[float] = CLIP_MEAN,
+        image_std: Sequence[float] = CLIP_STD,
+        projector_type: str = "lkv",
+        num_learnable_references: int = 2048,
+        projector_num_heads: int = 16,
+        mlp_ratio: int = 4,
+        use_se_gate: bool = True,
+        se_reduction: int = 16,
+        num_projector_blocks: int = 1,
+        use_residual: bool = True,
+        matching_metric: str = "cosine",
+        num_reference_shots: int = 8,
+        training_reference_shots: Sequence[int] = (1, 4, 8),
+        angle_temperature: float = 0.15,
+        hypersphere_radius: float = 0.4,
+        abnormal_margin: float = 0.75,
+        loss_weight: float = 1.0,
+        norm_kind: str = "paper",
+        angle_anchors: str = "first",
+        center_mode: str = "projected",
+        patch_anomaly_fraction: float = 32 / 256,
+        anomaly_map_sigma: float = 4.0,
+        preset: Optional[str] = None,
+        **kwargs: Any,
+    ) -> None:
+        self.backbone_family = backbone_family
+        self.backbone_id = backbone_id
+        self.backbone_pretrained = backbone_pretrained
+        self.backbone_config = dict(backbone_config or {})
+        self.bundle_backbone = bundle_backbone
+        self.layers = [int(layer) for layer in layers]
+        self.feature_dims = [int(d) for d in feature_dims] if feature_dims is not None else None
+        self.image_size = int(image_size)
+        self.patch_size = int(patch_size)
+        self.image_mean = [float(v) for v in image_mean]
+        self.image_std = [float(v) for v in image_std]
+        self.projector_type = projector_type
+        self.num_learnable_references = num_learnable_references
+        self.projector_num_heads = projector_num_heads
+        self.mlp_ratio = mlp_ratio
+        self.use_se_gate = use_se_gate
+        self.se_reduction = se_reduction
+        self.num_projector_blocks = num_projector_blocks
+        self.use_residual = use_residual
+        self.matching_metric = matching_metric
+        self.num_reference_shots = num_reference_shots
+        self.training_reference_shots = [int(k) for k in training_reference_shots]
+        self.angle_temperature = angle_temperature
+        self.hypersphere_radius = hypersphere_radius
+        self.abnormal_margin = abnormal_margin
+        self.loss_weight = loss_weight
+        self.norm_kind = norm_kind
+        self.angle_anchors = angle_anchors
+        self.center_mode = center_mode
+        self.patch_anomaly_fraction = patch_anomaly_fraction
+        self.anomaly_map_sigma = anomaly_map_sigma
+        self.preset = preset
+        super().__init__(**kwargs)
+        self.validate_fields()
+
+    def validate_fields(self) -> None:
+        """Reject settings that would silently build a different model than asked for."""
+        choices = {
+            "projector_type": PROJECTOR_TYPES,
+            "matching_metric": MATCHING_METRICS,
+            "norm_kind": NORM_KINDS,
+            "angle_anchors": ANGLE_ANCHORS,
+            "center_mode": CENTER_MODES,
+        }
+        for field, allowed in choices.items():
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"{field}={getattr(self, field)!r} is not supported: choose one of {allowed}")
+        if not self.layers:
+            raise ValueError("layers is empty: tap at least one backbone block (1-indexed), e.g. layers=[3, 6, 9, 12]")
+        if any(layer < 1 for layer in self.layers):
+            raise ValueError(f"layers are 1-indexed block numbers, got {self.layers}")
+        if self.feature_dims is not None and len(self.feature_dims) != len(self.layers):
+            raise ValueError(f"feature_dims has {len(self.feature_dims)} entries for {len(self.layers)} layers")
+        if len(self.image_mean) != 3 or len(self.image_std) != 3:
+            raise ValueError("image_mean and image_std need three values (RGB)")
+        if self.num_reference_shots < 1:
+            raise ValueError("num_reference_shots must be >= 1")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "ADPretrainConfig":
+        """Config of a named preset (see ``adpretrain_hf.modeling.presets_adpretrain.PRESETS``)."""
+        from .presets_adpretrain import preset_config_kwargs
+
+        kwargs = preset_config_kwargs(name)
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+
+# save_pretrained writes auto_map and copies this file: remote code works without the package.
+ADPretrainConfig.register_for_auto_class()

@@ -1,0 +1,287 @@
+"""``ADPretrainModel``: frozen backbone -> residual features -> per-layer Feature Projectors.
+
+Shapes (B images, L tapped layers, N_l = h_l * w_l tokens, C_l channels):
+
+    pixel_values            [B, 3, H, W]
+    backbone_features       L x [B, N_l, C_l]   raw tokens of the tapped blocks
+    residuals               L x [B, N_l, C_l]   x - nearest normal reference token
+    features                L x [B, N_l, C_l]   projected residuals (ADPretrain features)
+    anomaly_map             [B, H, W]           FeatureNorm: mean of upsampled norm maps, Gaussian sigma 4
+    scores                  [B]                 max of the anomaly map
+
+Part of the remote-code bundle: ``save_pretrained`` copies this file and its siblings next
+to the weights, so ``AutoModel.from_pretrained(dir, trust_remote_code=True)`` works where
+``adpretrain_hf`` is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+try:  # transformers 5: init functions that respect already-loaded weights
+    from transformers import initialization as hf_init
+except ImportError:  # pragma: no cover
+    hf_init = nn.init
+
+from .anomaly_map_adpretrain import anomaly_map_from_grids, feature_norm_grids
+from .backbones_adpretrain import BackboneAdapter, build_backbone
+from .configuration_adpretrain import ADPretrainConfig
+from .projector_adpretrain import FeatureProjector, LearnableReferences, MultiHeadAttention
+from .residual_adpretrain import reference_residuals, residual_features
+
+REFERENCE_BANK_FILE = "reference_bank.safetensors"
+REFERENCE_BATCH_SIZE = 32
+
+
+@dataclass
+class ADPretrainOutput(ModelOutput):
+    """Outputs of :class:`ADPretrainModel` (see the module docstring for shapes)."""
+
+    features: Optional[tuple] = None
+    residuals: Optional[tuple] = None
+    backbone_features: Optional[tuple] = None
+    anomaly_map: Optional[torch.Tensor] = None
+    scores: Optional[torch.Tensor] = None
+    grid_sizes: Optional[tuple] = None
+
+
+class ADPretrainPreTrainedModel(PreTrainedModel):
+    config_class = ADPretrainConfig
+    base_model_prefix = "adpretrain"
+    main_input_name = "pixel_values"
+    _no_split_modules = ["FeatureProjector"]
+    # The backbone may be left out of a checkpoint (bundle_backbone=False): it is then
+    # loaded from config.backbone_id in from_pretrained.
+    _keys_to_ignore_on_load_missing = [r"^backbone\."]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, LearnableReferences):
+            hf_init.normal_(module.references, mean=0.0, std=1.0)  # N(0, 1), as the release
+        elif isinstance(module, MultiHeadAttention):
+            hf_init.xavier_uniform_(module.in_proj_weight)  # nn.MultiheadAttention's init
+            hf_init.zeros_(module.in_proj_bias)
+        elif isinstance(module, LayerCenters):
+            for buffer in module.buffers():
+                hf_init.zeros_(buffer)
+        else:
+            super()._init_weights(module)
+
+
+class LayerCenters(nn.Module):
+    """Per-layer center c of normal features used by the angle loss; saved with the weights."""
+
+    def __init__(self, dims: Sequence[int]) -> None:
+        super().__init__()
+        for i, dim in enumerate(dims):
+            self.register_buffer(f"layer_{i}", torch.zeros(dim))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+
+    def get(self) -> list[torch.Tensor]:
+        return [getattr(self, f"layer_{i}") for i in range(len(list(self.buffers())) - 1)]
+
+    def set(self, centers: Sequence[torch.Tensor]) -> None:
+        for i, center in enumerate(centers):
+            getattr(self, f"layer_{i}").copy_(center)
+        self.initialized.fill_(True)
+
+
+class ADPretrainModel(ADPretrainPreTrainedModel):
+    """Frozen backbone + residual matching + one Feature Projector per tapped layer."""
+
+    def __init__(self, config: ADPretrainConfig) -> None:
+        super().__init__(config)
+        self.backbone: BackboneAdapter = build_backbone(config)
+        dims = self.backbone.feature_dims
+        if config.feature_dims is not None and list(config.feature_dims) != dims:
+            raise ValueError(f"config.feature_dims={config.feature_dims} does not match the backbone's widths {dims}")
+        config.feature_dims = dims
+        self.projectors = nn.ModuleList(FeatureProjector(dim, config) for dim in dims)
+        self.centers = LayerCenters(dims)
+        self.matching_backend = "auto"
+        self._reference_bank: Optional[list[torch.Tensor]] = None
+        self.post_init()
+
+    # -- freezing ------------------------------------------------------------------
+    def train(self, mode: bool = True) -> "ADPretrainModel":
+        super().train(mode)
+        self.backbone.train(False)  # frozen: dropout/batch-norm never switch to training
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The projectors' parameters: the only ones an optimizer should ever see."""
+        return [p for p in self.projectors.parameters() if p.requires_grad]
+
+    # -- input checks ----------------------------------------------------------------
+    @property
+    def grid_sizes(self) -> list[tuple[int, int]]:
+        return self.backbone.grid_sizes(self.config.image_size)
+
+    def check_pixel_values(self, pixel_values: torch.Tensor, name: str = "pixel_values") -> None:
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor [B, 3, H, W]; use ADPretrainImageProcessor to turn images into one")
+        if pixel_values.dim() != 4:
+            raise ValueError(f"{name} must be [B, 3, H, W], got shape {tuple(pixel_values.shape)}")
+        if pixel_values.shape[1] != 3:
+            raise ValueError(
+                f"{name} has {pixel_values.shape[1]} channels; the backbone takes 3 (RGB): convert grayscale/RGBA images to RGB"
+            )
+        height, width = pixel_values.shape[-2:]
+        size = self.config.image_size
+        if (height, width) != (size, size):
+            stride = self.backbone.patch_size
+            hint = f" (and not divisible by the patch size {stride})" if height % stride or width % stride else ""
+            raise ValueError(
+                f"{name} is {height}x{width}{hint}, but this model takes {size}x{size} images: "
+                f"resize/crop with ADPretrainImageProcessor (or the preset's image_size)"
+            )
+
+    # -- reference banks -------------------------------------------------------------
+    @torch.no_grad()
+    def compute_reference_bank(self, reference_pixel_values: torch.Tensor, batch_size: int = REFERENCE_BATCH_SIZE) -> list[torch.Tensor]:
+        """Backbone tokens of normal images ``[K, 3, H, W]`` -> per-layer banks ``[K*N_l, C_l]``.
+
+        ``[B, K, 3, H, W]`` (per-sample references) -> per-layer ``[B, K*N_l, C_l]``.
+        """
+        if reference_pixel_values.dim() == 5:
+            b, k = reference_pixel_values.shape[:2]
+            flat = self.compute_reference_bank(reference_pixel_values.flatten(0, 1), batch_size)
+            return [bank.reshape(b, -1, bank.shape[-1]) for bank in flat]
+        self.check_pixel_values(reference_pixel_values, "reference_pixel_values")
+        if reference_pixel_values.shape[0] == 0:
+            raise ValueError("the reference set is empty: pass at least one normal image to set_references()")
+        chunks = [self.backbone(reference_pixel_values[i : i + batch_size]) for i in range(0, reference_pixel_values.shape[0], batch_size)]
+        return [torch.cat([chunk[layer] for chunk in chunks]).flatten(0, 1) for layer in range(len(chunks[0]))]
+
+    def set_references(self, reference_pixel_values: torch.Tensor) -> None:
+        """Compute and keep the bank of these normal images (``[K, 3, H, W]``) for later calls."""
+        self._reference_bank = self.compute_reference_bank(reference_pixel_values)
+
+    def set_reference_bank(self, bank: Sequence[torch.Tensor]) -> None:
+        """Keep precomputed per-layer banks ``[M_l, C_l]`` (e.g. a cache shared across calls)."""
+        bank = list(bank)
+        if len(bank) != len(self.projectors):
+            raise ValueError(f"the bank has {len(bank)} layers but the model taps {len(self.projectors)}")
+        if any(b.shape[0] == 0 for b in bank):
+            raise ValueError("the reference set is empty: pass at least one normal image to set_references()")
+        self._reference_bank = bank
+
+    def clear_references(self) -> None:
+        self._reference_bank = None
+
+    @property
+    def reference_bank(self) -> Optional[list[torch.Tensor]]:
+        return self._reference_bank
+
+    def _resolve_bank(self, reference_pixel_values, reference_features) -> list[torch.Tensor]:
+        if reference_features is not None:
+            return list(reference_features)
+        if reference_pixel_values is not None:
+            return self.compute_reference_bank(reference_pixel_values)
+        if self._reference_bank is not None:
+            return self._reference_bank
+        raise ValueError(
+            "no normal references: pass reference_pixel_values=[K, 3, H, W] normal images, "
+            "or call model.set_references(normal_pixel_values) once"
+        )
+
+    # -- forward -----------------------------------------------------------------------
+    def project(self, residuals: Sequence[torch.Tensor], bank: Optional[Sequence[torch.Tensor]] = None) -> list[torch.Tensor]:
+        """Apply each layer's projector; ``bank`` feeds the ``cross_attn`` ablation only."""
+        features = []
+        for layer, (projector, residual) in enumerate(zip(self.projectors, residuals)):
+            context = None
+            if projector.kind == "cross_attn":
+                context = reference_residuals(bank[layer], self.config.num_learnable_references).to(residual.dtype)
+            features.append(projector(residual, context))
+        return features
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        reference_pixel_values: Optional[torch.Tensor] = None,
+        reference_features: Optional[Sequence[torch.Tensor]] = None,
+        output_anomaly_map: bool = True,
+        return_dict: bool = True,
+    ) -> Union[ADPretrainOutput, tuple]:
+        """Features of ``pixel_values [B, 3, H, W]`` against normal references.
+
+        References come from ``reference_pixel_values`` (``[K, 3, H, W]`` shared or
+        ``[B, K, 3, H, W]`` per sample), precomputed ``reference_features`` (per layer
+        ``[M, C]`` or ``[B, M, C]``), or the bank kept by :meth:`set_references`.
+        """
+        self.check_pixel_values(pixel_values)
+        backbone_features = self.backbone(pixel_values)
+        if self.config.use_residual or self.config.projector_type == "cross_attn":
+            bank = self._resolve_bank(reference_pixel_values, reference_features)
+        else:
+            bank = None
+        if self.config.use_residual:
+            with torch.no_grad():
+                residuals = [
+                    residual_features(x, b.to(x.device), self.config.matching_metric, self.matching_backend)
+                    for x, b in zip(backbone_features, bank)
+                ]
+        else:
+            residuals = list(backbone_features)
+        features = self.project(residuals, bank)
+        grids = self.backbone.grid_sizes(pixel_values.shape[-1])
+        anomaly_map = scores = None
+        if output_anomaly_map:
+            anomaly_map, scores = anomaly_map_from_grids(
+                feature_norm_grids([f.detach() for f in features], grids),
+                tuple(pixel_values.shape[-2:]),
+                self.config.anomaly_map_sigma,
+            )
+        output = ADPretrainOutput(
+            features=tuple(features),
+            residuals=tuple(residuals),
+            backbone_features=tuple(backbone_features),
+            anomaly_map=anomaly_map,
+            scores=scores,
+            grid_sizes=tuple(grids),
+        )
+        return output if return_dict else output.to_tuple()
+
+    # -- weights -----------------------------------------------------------------------
+    def load_backbone_weights(self, source: Optional[str] = None) -> None:
+        """Load real backbone weights from ``source`` or ``config.backbone_id`` (id, folder or name)."""
+        source = source or self.config.backbone_id
+        if not source:
+            raise ValueError("no backbone weights to load: set config.backbone_id or pass source=<id or folder>")
+        self.backbone.load_pretrained(source, self.config.backbone_pretrained)
+
+    def save_pretrained(self, save_directory, *args, save_references: bool = False, **kwargs):
+        """Save config, safetensors weights and the modeling code (Hub layout).
+
+        The backbone is bundled unless ``config.bundle_backbone`` is False. With
+        ``save_references=True`` the current reference bank goes to ``reference_bank.safetensors``.
+        """
+        from .hub_adpretrain import save_extras
+
+        if not self.config.bundle_backbone and kwargs.get("state_dict") is None:
+            kwargs["state_dict"] = {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        save_extras(self, save_directory, save_references)
+        return result
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Load a checkpoint; checks the weights against the config before anything is built."""
+        from .hub_adpretrain import check_checkpoint_matches_config, load_extras
+
+        check_checkpoint_matches_config(cls, pretrained_model_name_or_path, kwargs)
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        loaded = model[0] if isinstance(model, tuple) else model
+        load_extras(loaded, pretrained_model_name_or_path, kwargs)
+        return model
+
+
+ADPretrainModel.register_for_auto_class("AutoModel")

@@ -1,0 +1,134 @@
+"""Named presets: backbone architecture, tapped layers and statistics for each checkpoint.
+
+A registry (``PRESETS``), not if/else chains over backbone names. Each preset carries the
+backbone's full architecture so ``ADPretrainModel(ADPretrainConfig.from_preset("clip-large"))``
+builds a random-weight model of the real shape with no network; real weights then load
+from ``backbone_id`` (a Hub id, a local folder, or an open_clip pretrained tag).
+
+Part of the remote-code bundle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .configuration_adpretrain import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One checkpoint family: how to build and tap its backbone."""
+
+    family: str
+    layers: tuple[int, ...]
+    image_size: int
+    patch_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    backbone_config: dict
+    backbone_id: Optional[str] = None
+    backbone_pretrained: Optional[str] = None
+    overrides: dict = field(default_factory=dict)
+    description: str = ""
+
+
+def _clip_vision(hidden: int, layers: int, heads: int, patch: int, image: int = 224, inter: Optional[int] = None) -> dict:
+    return {
+        "model_type": "clip_vision_model",
+        "hidden_size": hidden,
+        "intermediate_size": inter or 4 * hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "patch_size": patch,
+        "image_size": image,
+        "hidden_act": "quick_gelu",
+    }
+
+
+def _dinov2(hidden: int, layers: int, heads: int, patch: int = 14, image: int = 518) -> dict:
+    return {
+        "model_type": "dinov2",
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "patch_size": patch,
+        "image_size": image,
+        "mlp_ratio": 4,
+    }
+
+
+# Tiny random presets for tests: hidden <= 64, <= 4 blocks, image <= 64; small projectors.
+_TINY_PROJECTOR = {"num_learnable_references": 64, "projector_num_heads": 4}
+
+PRESETS: dict[str, Preset] = {
+    "clip-base": Preset(
+        "clip", (3, 6, 9, 12), 224, 16, CLIP_MEAN, CLIP_STD, _clip_vision(768, 12, 12, 16),
+        backbone_id="openai/clip-vit-base-patch16", description="OpenAI CLIP ViT-B/16",
+    ),
+    "clip-large": Preset(
+        "clip", (6, 12, 18, 24), 224, 14, CLIP_MEAN, CLIP_STD, _clip_vision(1024, 24, 16, 14),
+        backbone_id="openai/clip-vit-large-patch14", description="OpenAI CLIP ViT-L/14",
+    ),
+    "dinov2-base": Preset(
+        "dinov2", (3, 6, 9, 12), 224, 14, IMAGENET_MEAN, IMAGENET_STD, _dinov2(768, 12, 12),
+        backbone_id="facebook/dinov2-base", description="DINOv2 ViT-B/14 (no registers)",
+    ),
+    "dinov2-large": Preset(
+        "dinov2", (6, 12, 18, 24), 224, 14, IMAGENET_MEAN, IMAGENET_STD, _dinov2(1024, 24, 16),
+        backbone_id="facebook/dinov2-large", description="DINOv2 ViT-L/14 (no registers)",
+    ),
+    "imagebind": Preset(
+        "open_clip", (8, 16, 24, 32), 224, 14, CLIP_MEAN, CLIP_STD,
+        {"image_size": 224, "layers": 32, "width": 1280, "head_width": 80, "patch_size": 14, "embed_dim": 1024},
+        backbone_id="ViT-H-14", backbone_pretrained="laion2b_s32b_b79k",
+        description="ImageBind's vision tower (= OpenCLIP ViT-H/14 weights)",
+    ),
+    "tiny-clip": Preset(
+        "clip", (1, 2, 3, 4), 64, 8, CLIP_MEAN, CLIP_STD, _clip_vision(32, 4, 4, 8, image=64, inter=64),
+        overrides=_TINY_PROJECTOR, description="tiny random CLIP-style ViT for tests",
+    ),
+    "tiny-dinov2": Preset(
+        "dinov2", (1, 2, 3, 4), 56, 14, IMAGENET_MEAN, IMAGENET_STD, _dinov2(32, 4, 4, patch=14, image=56),
+        overrides=_TINY_PROJECTOR, description="tiny random DINOv2-style ViT for tests",
+    ),
+    "tiny-openclip": Preset(
+        "open_clip", (1, 2, 3, 4), 64, 8, CLIP_MEAN, CLIP_STD,
+        {"image_size": 64, "layers": 4, "width": 32, "head_width": 8, "patch_size": 8, "embed_dim": 32},
+        overrides=_TINY_PROJECTOR, description="tiny random open_clip ViT for tests",
+    ),
+}
+
+
+def register_preset(name: str, preset: Preset, exist_ok: bool = False) -> None:
+    """Add a preset (e.g. a CNN family) to the registry."""
+    if name in PRESETS and not exist_ok:
+        raise ValueError(f"preset {name!r} already exists")
+    PRESETS[name] = preset
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; the error lists the known names."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}: known presets are {', '.join(sorted(PRESETS))}") from None
+
+
+def preset_config_kwargs(name: str) -> dict[str, Any]:
+    """Keyword arguments for ``ADPretrainConfig`` from a preset."""
+    preset = get_preset(name)
+    kwargs: dict[str, Any] = {
+        "backbone_family": preset.family,
+        "backbone_id": preset.backbone_id,
+        "backbone_pretrained": preset.backbone_pretrained,
+        "backbone_config": dict(preset.backbone_config),
+        "layers": list(preset.layers),
+        "image_size": preset.image_size,
+        "patch_size": preset.patch_size,
+        "image_mean": list(preset.mean),
+        "image_std": list(preset.std),
+        "preset": name,
+    }
+    kwargs.update(preset.overrides)
+    return kwargs

@@ -1,0 +1,65 @@
+"""Residual features (paper section 3.1): ``r = x - nearest(x, references)``.
+
+Matching is on L2-normalised vectors (cosine, as the release) or plain L2; the residual is
+always taken on the raw vectors. Each tapped layer has its own bank. A bank is either
+*shared* (``[M, C]``: evaluation's fixed 8-shot set) or *per sample* (``[B, M, C]``:
+pretraining draws K references for every image).
+
+Part of the remote-code bundle.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .matching_adpretrain import batched_nearest_indices, nearest_neighbors
+
+
+def residual_features(
+    tokens: torch.Tensor, bank: torch.Tensor, metric: str = "cosine", backend: str = "auto"
+) -> torch.Tensor:
+    """``tokens [B, N, C]`` minus each token's nearest bank row; bank ``[M, C]`` or ``[B, M, C]``."""
+    if bank.dim() == 2:
+        flat = tokens.reshape(-1, tokens.shape[-1])
+        _, idx = nearest_neighbors(flat, bank, metric=metric, backend=backend)
+        nearest = bank.to(tokens.device)[idx].reshape(tokens.shape)
+    elif bank.dim() == 3:
+        if bank.shape[0] != tokens.shape[0]:
+            raise ValueError(f"per-sample banks cover {bank.shape[0]} images but the batch has {tokens.shape[0]}")
+        idx = batched_nearest_indices(tokens, bank, metric=metric)
+        nearest = torch.gather(bank.to(tokens.device), 1, idx.unsqueeze(-1).expand(-1, -1, bank.shape[-1]))
+    else:
+        raise ValueError(f"a reference bank must be [M, C] or [B, M, C], got shape {tuple(bank.shape)}")
+    return tokens - nearest.to(tokens.dtype)
+
+
+def reference_residuals(bank: torch.Tensor, max_tokens: int) -> torch.Tensor:
+    """Residuals of the references themselves (leave-self-out nearest neighbour), for the
+    ``cross_attn`` ablation's keys/values; evenly subsampled to at most ``max_tokens`` rows.
+
+    bank ``[M, C]`` -> ``[min(M, max_tokens), C]``; ``[B, M, C]`` -> ``[B, min(M, max_tokens), C]``.
+    """
+    batched = bank.dim() == 3
+    b = bank if batched else bank.unsqueeze(0)
+    if b.shape[1] < 2:
+        raise ValueError("cross_attn needs at least two reference tokens per bank")
+    step = max(1, -(-b.shape[1] // max_tokens))
+    picked = b[:, ::step]
+    normed = F.normalize(picked.float(), dim=-1)
+    sims = torch.bmm(normed, F.normalize(b.float(), dim=-1).transpose(1, 2))  # [B, m, M]
+    rows = torch.arange(picked.shape[1], device=b.device)
+    sims[:, rows, rows * step] = float("-inf")  # never match a token with itself
+    idx = sims.argmax(dim=-1)
+    nearest = torch.gather(b, 1, idx.unsqueeze(-1).expand(-1, -1, b.shape[-1]))
+    out = picked - nearest
+    return out if batched else out[0]
+
+
+def stack_reference_tokens(per_image_tokens: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Flatten reference tokens of several images ``K x [N, C]`` (or ``[K, N, C]``) into a bank ``[K*N, C]``."""
+    if isinstance(per_image_tokens, torch.Tensor):
+        return per_image_tokens.reshape(-1, per_image_tokens.shape[-1])
+    return torch.cat(list(per_image_tokens), dim=0)
