@@ -180,7 +180,11 @@ class OpenCLIPAdapter(BackboneAdapter):
 
 
 class TimmCNNAdapter(BackboneAdapter):
-    """timm ``features_only`` CNNs: each tapped stage keeps its own grid and width."""
+    """timm ``features_only`` CNNs: each tapped stage keeps its own grid and width.
+
+    ``layers`` index timm's ``feature_info`` entries, 1-indexed: for ResNets entry 1 is the
+    stem (stride 2) and entries 2..4 are ``layer1``..``layer3`` (PatchCore's taps).
+    """
 
     family = "timm"
 

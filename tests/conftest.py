@@ -1,0 +1,36 @@
+"""Shared test setup: offline by construction, small thread pools, tiny models."""
+
+import os
+
+# Nothing in the suite may reach the network; set before transformers/hub import.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture
+def tiny_clip_model():
+    """A tiny random CLIP-style ADPretrain model in eval mode (64x64 inputs, 4 layers of width 32)."""
+    from adpretrain_hf import ADPretrainConfig, ADPretrainModel
+
+    torch.manual_seed(0)
+    return ADPretrainModel(ADPretrainConfig.from_preset("tiny-clip")).eval()
+
+
+BLOCK_PACKAGE_SNIPPET = '''
+import sys
+class _BlockAdpretrain:
+    """Make adpretrain_hf unimportable, as on a machine that never installed it."""
+    def find_spec(self, name, path=None, target=None):
+        if name == "adpretrain_hf" or name.startswith("adpretrain_hf."):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+        return None
+sys.meta_path.insert(0, _BlockAdpretrain())
+'''
