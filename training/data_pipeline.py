@@ -1,0 +1,104 @@
+"""From a Real-IAD folder to training batches, through ``datasets``.
+
+Rows are loaded by :func:`adpretrain_hf.data.load_realiad` (a ``datasets.Dataset`` of
+image/mask paths); ``with_transform`` makes the two augmented views and the mask on the
+fly with the model's image processor, so images and masks share one geometry.
+References are drawn per batch in the main process (:class:`ReferenceSampler`) and their
+backbone tokens come from :class:`ReferenceFeatureCache`, never augmented.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from datasets import Dataset
+
+from adpretrain_hf.data import ReferenceSampler, TwoViewAugment, load_image_and_mask, load_realiad
+from adpretrain_hf.modeling.image_processing_adpretrain import ADPretrainImageProcessor
+
+ROW_INDEX = "row_index"
+
+
+@dataclass
+class TrainingData:
+    """Everything the loop needs: the transformed dataset, its reference pools and a loader of raw pixels."""
+
+    dataset: Dataset
+    raw: Dataset
+    sampler: ReferenceSampler
+    processor: ADPretrainImageProcessor
+
+    def reference_pixels(self, index: int) -> torch.Tensor:
+        """Processed, un-augmented pixel values ``[3, H, W]`` of row ``index`` (a reference)."""
+        image, _ = load_image_and_mask(self.raw[int(index)])
+        return self.processor(image, return_tensors="pt")["pixel_values"][0]
+
+
+def make_two_view_transform(processor: ADPretrainImageProcessor, augment: TwoViewAugment):
+    """A ``datasets`` transform: rows -> two augmented views, the shared mask and row metadata."""
+
+    def transform(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        view1, view2, masks = [], [], []
+        for image_value, mask_value in zip(batch["image"], batch["mask"]):
+            image, mask = load_image_and_mask({"image": image_value, "mask": mask_value})
+            first, second = augment(image)
+            view1.append(first)
+            view2.append(second)
+            masks.append(mask)
+        return {
+            "view1": processor(view1, return_tensors="pt")["pixel_values"],
+            "view2": processor(view2, return_tensors="pt")["pixel_values"],
+            "mask": processor.preprocess_masks(masks),
+            "category": batch["category"],
+            "view": batch["view"],
+            ROW_INDEX: batch[ROW_INDEX],
+        }
+
+    return transform
+
+
+def collate_views(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack transformed rows into a batch (metadata stays as lists)."""
+    return {
+        "view1": torch.stack([e["view1"] for e in examples]),
+        "view2": torch.stack([e["view2"] for e in examples]),
+        "mask": torch.stack([e["mask"] for e in examples]),
+        "category": [e["category"] for e in examples],
+        "view": [e["view"] for e in examples],
+        ROW_INDEX: torch.tensor([int(e[ROW_INDEX]) for e in examples]),
+    }
+
+
+def build_training_data(
+    data_root: str,
+    processor: ADPretrainImageProcessor,
+    categories: Optional[Sequence[str]] = None,
+    seed: Optional[int] = None,
+) -> TrainingData:
+    """Load Real-IAD rows with ``datasets`` and attach the two-view transform."""
+    raw = load_realiad(data_root, categories=categories)
+    raw = raw.add_column(ROW_INDEX, list(range(len(raw))))
+    if sum(raw["label"]) == 0:
+        raise ValueError(
+            f"no anomalous image (with a mask) under {data_root}: pretraining needs NG samples with masks"
+        )
+    sampler = ReferenceSampler(raw, seed=seed)
+    dataset = raw.with_transform(make_two_view_transform(processor, TwoViewAugment(seed=None)))
+    return TrainingData(dataset=dataset, raw=raw, sampler=sampler, processor=processor)
+
+
+def draw_references(
+    data: TrainingData, batch: dict[str, Any], rng: np.random.Generator, shot_choices: Sequence[int] = (1, 4, 8)
+) -> torch.Tensor:
+    """K (drawn once per batch from ``shot_choices``, the paper's Rand(1, 4, 8)) same-class,
+    same-view normal rows per image, never the image itself: ``[B, K]``."""
+    rows = batch[ROW_INDEX].tolist()
+    k = int(shot_choices[rng.integers(len(shot_choices))])
+    indices = [
+        data.sampler.sample(category, view, k, rng, exclude=row)
+        for category, view, row in zip(batch["category"], batch["view"], rows)
+    ]
+    return torch.tensor(indices, dtype=torch.long)

@@ -1,0 +1,262 @@
+"""The pretraining loop (paper section 3.2 / 4.1) on Accelerate.
+
+One step: both augmented views through the frozen backbone, residuals against each
+sample's K references (cached backbone tokens), the projectors on both views, the angle-
+and norm-oriented losses per layer (Eq. 7), Adam on the projectors only. Accelerate
+handles devices, DDP, bf16 autocast (fp32 master weights), gradient accumulation and
+checkpoints; nothing here is multi-process specific.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from adpretrain_hf.data import patch_labels
+from adpretrain_hf.losses import ADPretrainLoss, CenterEstimator, RunningCenter
+from adpretrain_hf.modeling import ADPretrainConfig, ADPretrainModel
+from adpretrain_hf.modeling.image_processing_adpretrain import ADPretrainImageProcessor
+from adpretrain_hf.modeling.residual_adpretrain import residual_features
+
+from .arguments import PretrainArguments
+from .data_pipeline import TrainingData, build_training_data, collate_views, draw_references
+from .feature_cache import ReferenceFeatureCache
+
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+
+
+class ProjectorHead(nn.Module):
+    """The trainable part as one module, so Accelerate/DDP wrap only the projectors."""
+
+    def __init__(self, model: ADPretrainModel) -> None:
+        super().__init__()
+        self.projectors = model.projectors
+        self._model = [model]  # not a submodule: the frozen backbone stays out of DDP and the optimizer
+
+    def forward(self, residuals: list[torch.Tensor], banks: Optional[list[torch.Tensor]] = None) -> list[torch.Tensor]:
+        return self._model[0].project(residuals, banks)
+
+
+class TrainingState:
+    """Counters and centers saved with every Accelerate checkpoint."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.centers: list[torch.Tensor] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "centers": self.centers}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.centers = list(state["centers"])
+
+
+def build_model(args: PretrainArguments) -> ADPretrainModel:
+    """The preset's model with config overrides; real backbone weights when asked."""
+    config = ADPretrainConfig.from_preset(args.preset, **args.model)
+    model = ADPretrainModel(config)
+    if args.backbone_weights:
+        model.load_backbone_weights(None if args.backbone_weights == "auto" else args.backbone_weights)
+    return model
+
+
+def _mixed_precision(args: PretrainArguments) -> str:
+    if args.mixed_precision != "auto":
+        return args.mixed_precision
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def _latest_checkpoint(output_dir: Path) -> Optional[Path]:
+    folder = output_dir / CHECKPOINT_DIR
+    found = sorted(folder.glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[-1])) if folder.is_dir() else []
+    return found[-1] if found else None
+
+
+class Pretrainer:
+    """Builds everything from :class:`PretrainArguments` and runs :meth:`train`."""
+
+    def __init__(self, args: PretrainArguments, model: Optional[ADPretrainModel] = None) -> None:
+        self.args = args.validate()
+        self.output_dir = Path(args.output_dir)
+        self.accelerator = Accelerator(
+            mixed_precision=_mixed_precision(args),
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            log_with="tensorboard",
+            project_config=ProjectConfiguration(
+                project_dir=str(self.output_dir),
+                logging_dir=str(self.output_dir / "logs"),
+                automatic_checkpoint_naming=True,
+                total_limit=args.checkpoints_total_limit,
+            ),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        )
+        set_seed(args.seed)
+        self.model = model if model is not None else build_model(args)
+        self.config = self.model.config
+        self.model.backbone.to(self.accelerator.device)
+        self.processor = ADPretrainImageProcessor.from_adpretrain_config(self.config)
+        self.data: TrainingData = build_training_data(args.data_root, self.processor, args.categories, seed=args.seed)
+        loader = DataLoader(
+            self.data.dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers,
+            collate_fn=collate_views, drop_last=False,
+        )
+        self.head = ProjectorHead(self.model)
+        optimizer = torch.optim.Adam(self.model.trainable_parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+        self.head, self.optimizer, self.loader = self.accelerator.prepare(self.head, optimizer, loader)
+        # Epoch-based schedule: stepped once per epoch, so not wrapped by Accelerate.
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=list(args.lr_milestones), gamma=args.lr_gamma)
+        self.state = TrainingState()
+        self.accelerator.register_for_checkpointing(self.scheduler, self.state)
+        self.cache = ReferenceFeatureCache(
+            self.model.backbone, self.data.reference_pixels, self.accelerator.device, max_images=args.feature_cache_images
+        )
+        self.loss_fn = ADPretrainLoss(
+            temperature=self.config.angle_temperature, radius=self.config.hypersphere_radius, margin=self.config.abnormal_margin,
+            loss_weight=self.config.loss_weight, norm_kind=self.config.norm_kind, anchors=self.config.angle_anchors,
+            max_block_elements=args.loss_chunk_elements,
+        )
+        self.rng = np.random.default_rng(args.seed + self.accelerator.process_index)
+        self.grids = self.model.grid_sizes
+
+    # -- one batch --------------------------------------------------------------
+    @torch.no_grad()
+    def _residuals(self, batch: dict[str, Any]) -> tuple[list, list, list, list]:
+        """Backbone on both views, residuals against each sample's references, patch labels."""
+        device = self.accelerator.device
+        banks = self.cache.banks(draw_references(self.data, batch, self.rng, self.config.training_reference_shots))
+        metric = self.config.matching_metric
+        with self.accelerator.autocast():
+            views = [self.model.backbone(batch[key].to(device)) for key in ("view1", "view2")]
+        if self.config.use_residual:
+            res1, res2 = ([residual_features(x, b, metric) for x, b in zip(view, banks)] for view in views)
+        else:
+            res1, res2 = views
+        masks = batch["mask"].to(device)
+        labels = [patch_labels(masks, grid, self.config.patch_anomaly_fraction) for grid in self.grids]
+        return res1, res2, labels, banks
+
+    def estimate_centers(self) -> list[torch.Tensor]:
+        """Center c over normal patches of a few batches (before training, no gradient)."""
+        estimator = CenterEstimator(len(self.grids))
+        for i, batch in enumerate(self.loader):
+            if i >= self.args.center_batches:
+                break
+            res1, _, labels, banks = self._residuals(batch)
+            with torch.no_grad(), self.accelerator.autocast():
+                feats = res1 if self.config.center_mode == "residual" else self.head(res1, banks)
+            estimator.update([f.float() for f in feats], [~label for label in labels])
+        centers = [c.to(self.accelerator.device) for c in estimator.compute()]
+        return [self.accelerator.reduce(c, reduction="mean") for c in centers]
+
+    def _write_metrics(self, record: dict[str, Any]) -> None:
+        if self.accelerator.is_main_process:
+            with open(self.output_dir / METRICS_FILE, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        self.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["step"])
+
+    # -- the run --------------------------------------------------------------------
+    def train(self) -> Path:
+        args, acc = self.args, self.accelerator
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        acc.init_trackers("adpretrain", config={k: str(v) for k, v in args.to_dict().items()})
+        if args.resume:
+            checkpoint = _latest_checkpoint(self.output_dir) if args.resume == "latest" else Path(args.resume)
+            if checkpoint is None or not checkpoint.is_dir():
+                raise ValueError(f"nothing to resume from: no checkpoint under {self.output_dir / CHECKPOINT_DIR}")
+            acc.load_state(str(checkpoint))
+        if not self.state.centers:
+            self.state.centers = self.estimate_centers()
+        running = None
+        if self.config.center_mode == "projected":
+            running = RunningCenter(momentum=args.center_momentum, initial=self.state.centers)
+        steps_per_epoch = math.ceil(len(self.loader) / args.gradient_accumulation_steps)
+        total_steps = args.max_steps or steps_per_epoch * args.epochs
+        bar = tqdm(total=total_steps, initial=self.state.step, disable=not (args.progress and acc.is_local_main_process), desc="pretrain")
+        self.head.train()
+        while self.state.step < total_steps and self.state.epoch < args.epochs:
+            self.loader.set_epoch(self.state.epoch)
+            loader = acc.skip_first_batches(self.loader, self.state.batch_in_epoch) if self.state.batch_in_epoch else self.loader
+            for batch in loader:
+                self.state.batch_in_epoch += 1
+                if args.skip_normal_only_batches and not bool(batch["mask"].any()):
+                    continue
+                started = time.perf_counter()
+                res1, res2, labels, banks = self._residuals(batch)
+                with acc.accumulate(self.head):
+                    with acc.autocast():
+                        feats1, feats2 = self.head(res1, banks), self.head(res2, banks)
+                    centers = [c.to(f.device) for c, f in zip(self.state.centers, feats1)]
+                    out = self.loss_fn([f.float() for f in feats1], [f.float() for f in feats2], labels, centers)
+                    acc.backward(out.loss)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad()
+                if running is not None:
+                    running.update([f.detach().float() for f in feats1], [~label for label in labels])
+                    self.state.centers = running.compute()
+                if not acc.sync_gradients:
+                    continue
+                self.state.step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{out.loss.item():.4f}")
+                record = {
+                    "step": self.state.step, "epoch": self.state.epoch, "loss": out.loss.item(),
+                    "lr": self.optimizer.param_groups[0]["lr"], "k_references": banks[0].shape[1] // res1[0].shape[1],
+                    "samples_per_s": batch["view1"].shape[0] / max(1e-9, time.perf_counter() - started),
+                    "anomalous_patch_fraction": float(torch.stack([l.float().mean() for l in labels]).mean()),
+                    **{f"angle/layer_{i}": float(v) for i, v in enumerate(out.angle)},
+                    **{f"norm/layer_{i}": float(v) for i, v in enumerate(out.norm)},
+                    **{f"cache/{k}": v for k, v in self.cache.stats().items()},
+                }
+                self._write_metrics(record)
+                if args.checkpoint_every_steps and self.state.step % args.checkpoint_every_steps == 0:
+                    acc.save_state()
+                if self.state.step >= total_steps:
+                    break
+            else:  # epoch finished
+                self.state.epoch += 1
+                self.state.batch_in_epoch = 0
+                self.scheduler.step()
+                if not args.checkpoint_every_steps:
+                    acc.save_state()
+        bar.close()
+        acc.wait_for_everyone()
+        if args.checkpoint_every_steps is None and self.state.batch_in_epoch:
+            acc.save_state()  # stopped mid-epoch by max_steps: keep a resumable state
+        return self.finish()
+
+    def finish(self) -> Path:
+        """Write the ``save_pretrained`` checkpoint (+ model card) and optionally push it."""
+        acc = self.accelerator
+        self.model.centers.set([c.to(self.model.centers.get()[0].device) for c in self.state.centers])
+        if acc.is_main_process:
+            self.model.save_pretrained(self.output_dir)
+            from adpretrain_hf.hub import write_model_card
+
+            write_model_card(self.output_dir, training_args=self.args.to_dict())
+            if self.args.push_to_hub:
+                from adpretrain_hf.hub import push_checkpoint
+
+                push_checkpoint(self.output_dir, self.args.hub_model_id)
+        acc.wait_for_everyone()
+        acc.end_training()
+        return self.output_dir
+
+
+def run_pretraining(args: PretrainArguments, model: Optional[ADPretrainModel] = None) -> Path:
+    """Train the projectors and return the output folder (a ``save_pretrained`` checkpoint)."""
+    return Pretrainer(args, model).train()
