@@ -179,6 +179,8 @@ class Pretrainer:
             if checkpoint is None or not checkpoint.is_dir():
                 raise ValueError(f"nothing to resume from: no checkpoint under {self.output_dir / CHECKPOINT_DIR}")
             acc.load_state(str(checkpoint))
+            # Continue the automatic checkpoint numbering after the loaded one.
+            acc.project_configuration.iteration = int(checkpoint.name.split("_")[-1]) + 1 if checkpoint.name.startswith("checkpoint_") else acc.project_configuration.iteration
         if not self.state.centers:
             self.state.centers = self.estimate_centers()
         running = None
