@@ -1,0 +1,56 @@
+"""``adpretrain card``: write a model card (README.md) for a checkpoint or a planned preset.
+
+The results table is filled only from evaluation JSON files written by ``adpretrain evaluate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "write a Hub model card for a checkpoint (or a planned preset), results only from evaluation JSON"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a save_pretrained folder; the card is written into it as README.md")
+    source.add_argument("--preset", help="a preset name, for a planned checkpoint's card (needs --output)")
+    parser.add_argument("--results", action="append", default=[], help="results.json from `adpretrain evaluate` (repeatable)")
+    parser.add_argument("--repo-id", default=None, help="Hub repo id shown in the card (default adpretrain/<preset>)")
+    parser.add_argument("--dataset-name", default="MVTec AD", help="name of the evaluation dataset in the model-index")
+    parser.add_argument("--output", default=None, help="where to write the card (default: <checkpoint>/README.md)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from adpretrain_hf.cli import CommandError
+    from adpretrain_hf.hub import build_model_card, write_model_card
+    from adpretrain_hf.modeling import ADPretrainConfig
+
+    for path in args.results:
+        if not Path(path).is_file():
+            raise CommandError(f"results file {path} does not exist", "write one with: adpretrain evaluate ... --output DIR")
+    if args.checkpoint:
+        if not (Path(args.checkpoint) / "config.json").is_file():
+            raise CommandError(f"{args.checkpoint} is not a checkpoint folder (no config.json)", "point --checkpoint at a save_pretrained folder")
+        path = write_model_card(args.checkpoint, repo_id=args.repo_id, results_files=args.results)
+        if args.output:
+            Path(args.output).write_text(path.read_text())
+            path = Path(args.output)
+    else:
+        if not args.output:
+            raise CommandError("--preset needs --output", "e.g. --output model_cards/clip-large.md")
+        results = {}
+        for file in args.results:
+            loaded = json.loads(Path(file).read_text())
+            results = loaded.get("results", loaded)
+        try:
+            config = ADPretrainConfig.from_preset(args.preset)
+        except ValueError as err:
+            raise CommandError(str(err), "see the preset list in the error") from None
+        card = build_model_card(config, args.repo_id or f"adpretrain/{args.preset}", results, dataset_name=args.dataset_name)
+        card.save(args.output)
+        path = Path(args.output)
+    print(f"model card written to {path}")
+    return 0
