@@ -21,6 +21,20 @@ ANGLE_ANCHORS = ("first", "both")
 CENTER_MODES = ("projected", "residual")
 
 
+ANOMALY_FEATURES_TASK = "anomaly-features"
+
+
+def _task_registered_locally() -> bool:
+    """True when an installed adpretrain_hf registered the anomaly-features pipeline."""
+    try:
+        from transformers.pipelines import PIPELINE_REGISTRY
+
+        impl = PIPELINE_REGISTRY.supported_tasks.get(ANOMALY_FEATURES_TASK, {}).get("impl")
+    except Exception:  # noqa: BLE001 - any failure means: not registered here
+        return False
+    return impl is not None and impl.__module__.startswith("adpretrain_hf.")
+
+
 class ADPretrainConfig(PretrainedConfig):
     r"""Configuration of an ADPretrain model: a frozen backbone, residual features and per-layer
     Feature Projectors (paper sections 3.1 and 3.3, appendix D).
@@ -146,7 +160,13 @@ class ADPretrainConfig(PretrainedConfig):
         self.patch_anomaly_fraction = patch_anomaly_fraction
         self.anomaly_map_sigma = anomaly_map_sigma
         self.preset = preset
+        custom_pipelines = kwargs.pop("custom_pipelines", None)
         super().__init__(**kwargs)
+        if custom_pipelines and not _task_registered_locally():
+            # Only where the package is absent: there the checkpoint's own pipeline code serves
+            # pipeline("anomaly-features", trust_remote_code=True). With the package installed its
+            # registered pipeline serves the task and no trust_remote_code is needed.
+            self.custom_pipelines = custom_pipelines
         self.validate_fields()
 
     def validate_fields(self) -> None:

@@ -114,6 +114,29 @@ def save_extras(model, save_directory, save_references: bool) -> None:
         return
     if not os.path.isfile(os.path.join(save_directory, "preprocessor_config.json")):
         ADPretrainImageProcessor.from_adpretrain_config(model.config).save_pretrained(save_directory)
+    save_custom_pipeline(save_directory)
+
+
+def save_custom_pipeline(save_directory) -> None:
+    """Make the checkpoint a remote-code pipeline, as ``Pipeline.save_pretrained`` would: copy
+    ``pipeline_anomaly_features.py`` (and its relative imports) and add ``custom_pipelines`` to
+    config.json, so ``pipeline("anomaly-features", model=dir_or_id, trust_remote_code=True)``
+    works where adpretrain_hf is not installed."""
+    try:
+        from .pipeline_anomaly_features import AnomalyFeaturesPipeline, custom_pipeline_entry
+    except ImportError:  # pipeline file absent in an old bundle
+        return
+    from transformers.dynamic_module_utils import custom_object_save
+
+    config_file = os.path.join(save_directory, "config.json")
+    if not os.path.isfile(config_file):
+        return
+    custom_object_save(AnomalyFeaturesPipeline, save_directory)
+    with open(config_file, encoding="utf-8") as handle:
+        config = json.load(handle)
+    config["custom_pipelines"] = {**config.get("custom_pipelines", {}), **custom_pipeline_entry()}
+    with open(config_file, "w", encoding="utf-8") as handle:  # PretrainedConfig's own JSON layout
+        handle.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def load_extras(model, path_or_id, kwargs: dict) -> None:

@@ -1,0 +1,355 @@
+"""``pipeline("anomaly-features")``: images in; ADPretrain features, anomaly maps and scores out.
+
+    pipe = pipeline("anomaly-features", model=model_or_dir, references=normal_images)
+    out = pipe(image)  # {"features": {block: [h, w, D]}, "anomaly_map": [H, W], "score": float}
+
+Why a pipeline: it owns the three steps every user would otherwise rewrite — reading images
+of any kind (PIL / path / numpy, grayscale / RGBA), computing the normal reference bank once
+(cached for the pipeline's lifetime, keyed by the *content* of the processed references), and
+mapping the model's anomaly map (at the processor's crop size) back onto each input image.
+
+Shapes per image: ``features`` / ``residuals`` / ``backbone`` are dicts keyed by backbone block
+number (``config.layers``) of ``[h_l, w_l, C_l]`` float32; ``anomaly_map`` is ``[H, W]`` float32
+at the input's own size; ``score`` is a float (max of the map the model analysed).
+
+Part of the remote-code bundle (``save_pretrained`` copies it and writes ``custom_pipelines``):
+imports only torch / transformers / numpy / PIL and its siblings relatively.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from collections import OrderedDict
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from transformers import AutoModel, Pipeline
+from transformers.image_transforms import get_resize_output_image_size, get_size_with_aspect_ratio
+from transformers.image_utils import SizeDict, get_image_size_for_max_height_width
+from transformers.pipelines import PIPELINE_REGISTRY
+
+from .image_processing_adpretrain import ADPretrainImageProcessor
+
+TASK = "anomaly-features"
+OUTPUTS = ("features", "residuals", "backbone", "anomaly_map", "score")
+DEFAULT_OUTPUTS = ("features", "anomaly_map", "score")
+# output name -> ADPretrainOutput field holding per-layer tokens [B, N_l, C_l]
+LAYER_OUTPUTS = {"features": "features", "residuals": "residuals", "backbone": "backbone_features"}
+MAX_CACHED_BANKS = 4  # distinct reference sets kept at once (each is K*N_l x C_l per layer)
+_LENIENT_KWARGS = ("local_files_only",)  # forwarded by pipeline() to every pipeline class
+_DTYPES = {
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+    "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+}
+NO_REFERENCES = (
+    "no normal reference images: pass references=[normal images] to the call or to "
+    "pipeline('anomaly-features', ..., references=...) (their features are computed once and cached), "
+    "or give the model a stored bank with model.set_references(processor(normal_images)['pixel_values']) "
+    "(save_pretrained(..., save_references=True) keeps it in the checkpoint)"
+)
+ImageLike = Union[Image.Image, str, os.PathLike, np.ndarray]
+
+
+# -- inputs -------------------------------------------------------------------------------
+def load_rgb(image: Any, what: str = "image") -> Image.Image:
+    """One input (PIL image, path, numpy ``[H, W]`` / ``[H, W, 1|3|4]`` uint8 or float in [0, 1]) -> RGB PIL.
+
+    Grayscale is replicated to three channels and alpha is dropped, because the backbones
+    take RGB only; everything goes through PIL so all kinds share the processor's path.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        if not os.path.isfile(path):
+            raise ValueError(f"{what} file {path!r} does not exist: pass the path of an image file, a PIL image or a numpy array")
+        try:
+            with Image.open(path) as handle:
+                return handle.convert("RGB")
+        except Exception as err:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
+            raise ValueError(f"could not read {what} file {path!r} ({type(err).__name__}: {err}): pass a PNG/JPEG/... that PIL can open") from err
+    if isinstance(image, Image.Image):
+        return image if image.mode == "RGB" else image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        return Image.fromarray(_array_to_uint8(image, what)).convert("RGB")
+    raise TypeError(
+        f"{what} must be a PIL image, a path (str/Path) or a numpy array [H, W(, C)], got {type(image).__name__}"
+        + (": convert tensors with .permute(1, 2, 0).numpy()" if isinstance(image, torch.Tensor) else "")
+    )
+
+
+def _array_to_uint8(array: np.ndarray, what: str) -> np.ndarray:
+    """``[H, W]`` or ``[H, W, 1|3|4]`` uint8 / float in [0, 1] -> uint8 array PIL can take."""
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        hint = ": channels-first? use array.transpose(1, 2, 0)" if array.ndim == 3 and array.shape[0] in (1, 3, 4) else ""
+        raise ValueError(f"{what} array has shape {array.shape}; expected [H, W] (grayscale) or [H, W, 3|4] (RGB/RGBA){hint}")
+    if array.dtype == np.uint8:
+        return np.ascontiguousarray(array)
+    if np.issubdtype(array.dtype, np.floating):
+        low, high = float(np.nanmin(array)), float(np.nanmax(array))
+        if np.isnan(array).any() or low < 0.0 or high > 1.0:
+            raise ValueError(f"float {what} arrays must hold values in [0, 1], got [{low:.3g}, {high:.3g}]: divide by 255 or pass uint8")
+        return np.round(array * 255.0).astype(np.uint8)
+    raise ValueError(f"{what} array has dtype {array.dtype}: pass uint8 (0..255) or float in [0, 1]")
+
+
+# -- geometry of the processor ----------------------------------------------------------------
+def _size_dict(size: Any) -> SizeDict:
+    return size if isinstance(size, SizeDict) else SizeDict(**dict(size))
+
+
+def crop_window(processor: Any, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    """Where the model's input sits in the *resized* image, mirroring ``PilBackend`` exactly.
+
+    Returns ``((resized_h, resized_w), (top, left, crop_h, crop_w))``; ``top``/``left`` are
+    negative when the crop is larger than the resized image (the processor pads with zeros).
+    """
+    new_h, new_w = height, width
+    if getattr(processor, "do_resize", False):
+        size = _size_dict(processor.size)
+        if size.shortest_edge and size.longest_edge:
+            new_h, new_w = get_size_with_aspect_ratio((height, width), size.shortest_edge, size.longest_edge)
+        elif size.shortest_edge:  # the helper reads only the shape: a zero-stride view costs nothing
+            shape_only = np.broadcast_to(np.zeros((), np.uint8), (1, height, width))
+            new_h, new_w = get_resize_output_image_size(shape_only, size.shortest_edge, default_to_square=False, input_data_format="channels_first")
+        elif size.max_height and size.max_width:
+            new_h, new_w = get_image_size_for_max_height_width((height, width), size.max_height, size.max_width)
+        elif size.height and size.width:
+            new_h, new_w = size.height, size.width
+        else:
+            raise ValueError(f"cannot map anomaly maps back through the processor's size={processor.size}")
+    if not getattr(processor, "do_center_crop", False):
+        return (new_h, new_w), (0, 0, new_h, new_w)
+    crop = _size_dict(processor.crop_size)
+    return (new_h, new_w), ((new_h - crop.height) // 2, (new_w - crop.width) // 2, crop.height, crop.width)
+
+
+def map_to_image(anomaly_map: torch.Tensor, processor: Any, size: tuple[int, int]) -> torch.Tensor:
+    """Undo the processor's resize + center crop: ``[h, w]`` map of the model's input -> ``[H, W]``.
+
+    The crop window is placed back into the resized frame; the border the crop cut away was
+    never seen by the model and gets the map's nearest edge value (replicate padding); the
+    resized frame is then bilinearly resized to the original ``(H, W)``. When the crop covers
+    the whole resized image (square inputs) this is a plain resize.
+    """
+    (new_h, new_w), (top, left, crop_h, crop_w) = crop_window(processor, *size)
+    if (top, left) == (0, 0) and (crop_h, crop_w) == (new_h, new_w) == tuple(size) == tuple(anomaly_map.shape):
+        return anomaly_map.float()  # the model saw the image as it is
+    grid = anomaly_map.float()[None, None]
+    if tuple(grid.shape[-2:]) != (crop_h, crop_w):
+        grid = F.interpolate(grid, size=(crop_h, crop_w), mode="bilinear", align_corners=False)
+    rows = (torch.arange(new_h, device=grid.device) - top).clamp_(0, crop_h - 1)
+    cols = (torch.arange(new_w, device=grid.device) - left).clamp_(0, crop_w - 1)
+    frame = grid[..., rows, :][..., cols]  # [1, 1, new_h, new_w]
+    if (new_h, new_w) != tuple(size):
+        frame = F.interpolate(frame, size=tuple(size), mode="bilinear", align_corners=False)
+    return frame[0, 0]
+
+
+def _default_processor(model: Any) -> ADPretrainImageProcessor:
+    """The processor saved beside the model's checkpoint, else the one its config implies.
+
+    ``pipeline()`` passes no processor for in-memory models, and none when the checkpoint has
+    no preprocessor_config.json: the config holds the image size and statistics, so the
+    fallback is exact for checkpoints saved by this package; we warn because a hand-made
+    checkpoint may have meant another geometry.
+    """
+    source = getattr(model, "name_or_path", "") or ""
+    if source:
+        try:
+            return ADPretrainImageProcessor.from_pretrained(source)
+        except OSError:  # no preprocessor_config.json there (a corrupt one still raises)
+            warnings.warn(
+                f"checkpoint {source!r} has no preprocessor_config.json: using "
+                f"ADPretrainImageProcessor.from_adpretrain_config(model.config) (shortest edge -> {model.config.image_size}, "
+                "center crop, the config's mean/std). Pass image_processor=... or save one beside the weights to silence this.",
+                UserWarning,
+                stacklevel=3,
+            )
+    return ADPretrainImageProcessor.from_adpretrain_config(model.config)
+
+
+def resolve_dtype(dtype: Any, device: torch.device, current: torch.dtype) -> torch.dtype:
+    """``None``/"auto": bf16 on CUDA (the backbone's fast path), the model's own dtype elsewhere."""
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else current
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in _DTYPES:
+        return _DTYPES[dtype.lower()]
+    raise ValueError(f"dtype={dtype!r} is not supported: pass torch.bfloat16/float16/float32, 'bf16', 'fp16', 'fp32' or 'auto'")
+
+
+# -- the pipeline -----------------------------------------------------------------------------
+class AnomalyFeaturesPipeline(Pipeline):
+    """Task ``anomaly-features``: see the module docstring and docs/PIPELINE.md.
+
+    Call options (also accepted by ``pipeline(...)`` as defaults): ``references`` (normal
+    images), ``output`` (any of ``features``, ``residuals``, ``backbone``, ``anomaly_map``,
+    ``score``), ``layers`` (block numbers from ``config.layers``), ``return_tensors``
+    (``"pt"`` | ``"np"``), ``batch_size``, ``num_workers``. Constructor: ``device``, ``dtype``.
+    """
+
+    # None = "load when the checkpoint has one": True would make pipeline() raise for in-memory
+    # models and for checkpoints without preprocessor_config.json instead of falling back.
+    _load_image_processor = None
+    _load_tokenizer = False
+    _load_feature_extractor = False
+    _load_processor = False
+    _load_video_processor = False
+
+    def __init__(self, model: Any, image_processor: Any = None, dtype: Any = None, **kwargs: Any) -> None:
+        self._bank_cache: OrderedDict = OrderedDict()
+        self._stored_bank: Optional[tuple[list, list[torch.Tensor]]] = None
+        if image_processor is None:
+            image_processor = _default_processor(model)
+        super().__init__(model, image_processor=image_processor, **kwargs)
+        target = resolve_dtype(dtype, self.device, self.model.dtype)
+        if target != self.model.dtype:
+            self.model.to(target)
+
+    def __call__(self, inputs: Any, **kwargs: Any) -> Any:
+        """One image -> one dict; a list (or tuple) of images -> a list of dicts."""
+        if isinstance(inputs, tuple):
+            inputs = list(inputs)
+        if isinstance(inputs, list) and not inputs:
+            raise ValueError("no images given: pass one image or a non-empty list of images")
+        return super().__call__(inputs, **kwargs)
+
+    # -- parameters ---------------------------------------------------------------------------
+    def _sanitize_parameters(self, references=None, layers=None, output=None, return_tensors=None, **kwargs):
+        unknown = sorted(set(kwargs) - set(_LENIENT_KWARGS))
+        if unknown:
+            raise TypeError(
+                f"unknown option(s) {unknown} for the anomaly-features pipeline: it takes references, output, "
+                "layers, return_tensors, batch_size, num_workers (and device/dtype when built)"
+            )
+        forward, post = {}, {}
+        if output is not None:
+            names = (output,) if isinstance(output, str) else tuple(output)
+            bad = [name for name in names if name not in OUTPUTS]
+            if bad or not names:
+                raise ValueError(f"output={output!r}: choose one or more of {OUTPUTS}")
+            forward["outputs"] = post["outputs"] = names
+        if layers is not None:
+            forward["positions"] = self._layer_positions(layers)
+        if return_tensors is not None:
+            if return_tensors not in ("pt", "np"):
+                raise ValueError(f"return_tensors={return_tensors!r}: use 'pt' (torch) or 'np' (numpy)")
+            post["return_tensors"] = return_tensors
+        if references is not None:
+            forward["references"] = self._prepare_references(references)
+        return {}, forward, post
+
+    def _layer_positions(self, layers: Union[int, Sequence[int]]) -> tuple[int, ...]:
+        tapped = list(self.model.config.layers)
+        wanted = [layers] if isinstance(layers, int) else list(layers)
+        bad = [layer for layer in wanted if layer not in tapped]
+        if bad or not wanted:
+            raise ValueError(f"layers={layers!r}: this model taps backbone blocks {tapped} (config.layers); pick from those")
+        return tuple(tapped.index(layer) for layer in wanted)
+
+    def _prepare_references(self, references: Any) -> tuple[str, torch.Tensor]:
+        """Normal images -> (content key, pixel values ``[K, 3, S, S]`` float32 on CPU).
+
+        The key hashes the *processed* pixels, so the same images passed again (as new
+        objects, paths or arrays) hit the cache, and edited images never do.
+        """
+        items = list(references) if isinstance(references, (list, tuple)) else [references]
+        if not items:
+            raise ValueError("references is empty: pass at least one normal image")
+        images = [load_rgb(item, what=f"reference #{i}") for i, item in enumerate(items)]
+        pixels = self.image_processor(images, return_tensors="pt")["pixel_values"].float().contiguous()
+        digest = hashlib.sha256(pixels.numpy().tobytes()).hexdigest()
+        return f"{tuple(pixels.shape)}:{digest}", pixels
+
+    def _bank(self, references: Optional[tuple[str, torch.Tensor]]) -> Optional[list[torch.Tensor]]:
+        """Per-layer reference tokens on the model's device and dtype, computed once per reference set."""
+        config = self.model.config
+        if not (config.use_residual or config.projector_type == "cross_attn"):
+            return None  # raw-feature ablation: the model never reads a bank
+        dtype = self.model.dtype
+        if references is not None:
+            key = (references[0], str(self.device), dtype)
+            if key not in self._bank_cache:
+                self._bank_cache[key] = self.model.compute_reference_bank(references[1].to(self.device, dtype))
+                while len(self._bank_cache) > MAX_CACHED_BANKS:
+                    self._bank_cache.popitem(last=False)
+            self._bank_cache.move_to_end(key)
+            return self._bank_cache[key]
+        stored = self.model.reference_bank
+        if stored is None:
+            raise ValueError(NO_REFERENCES)
+        # Keep the stored list itself in the entry: an identity check cannot be fooled by id reuse.
+        if self._stored_bank is None or self._stored_bank[0] is not stored:
+            self._stored_bank = (stored, [bank.to(self.device, dtype) for bank in stored])
+        return self._stored_bank[1]
+
+    # -- steps --------------------------------------------------------------------------------
+    def preprocess(self, image: ImageLike) -> dict[str, torch.Tensor]:
+        """One input -> ``pixel_values [1, 3, S, S]`` and ``original_size [1, 2]`` (H, W)."""
+        rgb = load_rgb(image)
+        pixel_values = self.image_processor(rgb, return_tensors="pt")["pixel_values"]
+        return {"pixel_values": pixel_values, "original_size": torch.tensor([[rgb.height, rgb.width]])}
+
+    def _forward(self, model_inputs, outputs=DEFAULT_OUTPUTS, positions=None, references=None):
+        """Batched model call -> a *flat* dict of ``[B, ...]`` tensors (what the un-batcher can split).
+
+        Only the requested outputs are kept, so nothing else is copied back to the CPU.
+        """
+        pixel_values = model_inputs["pixel_values"].to(self.model.dtype)
+        need_map = "anomaly_map" in outputs or "score" in outputs
+        result = self.model(pixel_values, reference_features=self._bank(references), output_anomaly_map=need_map)
+        flat = {"original_size": model_inputs["original_size"]}
+        positions = range(len(result.grid_sizes)) if positions is None else positions
+        for name, field in LAYER_OUTPUTS.items():
+            if name in outputs:
+                tokens = getattr(result, field)
+                for pos in positions:
+                    h, w = result.grid_sizes[pos]
+                    block = self.model.config.layers[pos]
+                    flat[f"{name}.{block}"] = tokens[pos].reshape(tokens[pos].shape[0], h, w, -1)
+        if need_map:
+            flat["anomaly_map"], flat["score"] = result.anomaly_map, result.scores
+        return flat
+
+    def postprocess(self, model_outputs, outputs=DEFAULT_OUTPUTS, return_tensors="pt") -> dict[str, Any]:
+        """Un-batched ``[1, ...]`` tensors -> the per-image dict (maps at the input's own size)."""
+        height, width = (int(v) for v in model_outputs["original_size"][0])
+        record: dict[str, Any] = {}
+        for name in LAYER_OUTPUTS:
+            if name in outputs:
+                prefix = f"{name}."
+                record[name] = {
+                    int(key[len(prefix):]): value[0].float() for key, value in model_outputs.items() if key.startswith(prefix)
+                }
+        if "anomaly_map" in outputs:
+            record["anomaly_map"] = map_to_image(model_outputs["anomaly_map"][0], self.image_processor, (height, width))
+        if "score" in outputs:
+            record["score"] = float(model_outputs["score"].reshape(-1)[0])
+        if return_tensors == "np":
+            record = {k: _to_numpy(v) for k, v in record.items()}
+        return {name: record[name] for name in OUTPUTS if name in record}
+
+
+def _to_numpy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_numpy(v) for k, v in value.items()}
+    return value.numpy() if isinstance(value, torch.Tensor) else value
+
+
+def custom_pipeline_entry() -> dict[str, dict[str, Any]]:
+    """The ``custom_pipelines`` entry of config.json, as ``Pipeline.save_pretrained`` writes it
+    (transformers 5: impl as ``"<file>.<class>"``, model classes by name, no ``tf``)."""
+    impl = f"{AnomalyFeaturesPipeline.__module__.split('.')[-1]}.{AnomalyFeaturesPipeline.__name__}"
+    return {TASK: {"impl": impl, "pt": [AutoModel.__name__], "type": "image"}}
+
+
+def register_pipeline() -> None:
+    """Make ``pipeline("anomaly-features", ...)`` resolve to :class:`AnomalyFeaturesPipeline`."""
+    PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=AnomalyFeaturesPipeline, pt_model=AutoModel, type="image")
