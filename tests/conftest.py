@@ -12,7 +12,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Tiny tensors: one intra-op thread avoids oversubscription (CI has 2 cores; subprocess tests use the other).
+torch.set_num_threads(1)
 
 
 @pytest.fixture

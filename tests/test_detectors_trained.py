@@ -33,15 +33,6 @@ from adpretrain_hf.detectors.uniad import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tests share 2 cores with other engineers: train single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class FakeExtractor:
     """Fixed random conv stack: ``[B, 3, 32, 32]`` -> ``[[B, 8, 8, 8], [B, 16, 4, 4]]``."""
 

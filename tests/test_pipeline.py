@@ -28,15 +28,6 @@ from conftest import BLOCK_PACKAGE_SNIPPET
 ATOL = 1e-5  # float32 rounding: batched vs single matmuls / blur
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors: one thread avoids oversubscription on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
