@@ -345,6 +345,14 @@ def test_norm_empty_label_cases_are_finite():
             assert torch.isfinite(_grads(fast, (x,))[0]).all()
 
 
+def test_norm_far_abnormal_feature_has_finite_gradient():
+    # exp(n - r) of an abnormal feature overflows; it is not in Eq. (5)'s branch and must not leak NaN.
+    x = torch.tensor([[[1000.0, 0.0], [0.1, 0.2]]], requires_grad=True)
+    loss = norm_contrastive_loss(x, torch.tensor([[True, False]]))
+    (grad,) = _grads(loss, (x,))
+    assert torch.isfinite(loss) and torch.isfinite(grad).all() and grad[0, 0].abs().sum() == 0
+
+
 def test_effective_radius():
     n = torch.tensor([0.1, 0.3, 0.2, 5.0], dtype=F64)
     labels = torch.tensor([False, True, True, False])

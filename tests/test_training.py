@@ -167,3 +167,13 @@ def test_pretrain_cli_help_lists_flags():
     result = subprocess.run([sys.executable, str(PRETRAIN), "--help"], capture_output=True, text=True, check=True)
     for flag in ("--config", "--resume", "--max-steps", "--push-to-hub", "--set"):
         assert flag in result.stdout
+
+
+def test_non_finite_loss_stops_with_a_diagnosis():
+    from adpretrain_hf.training.loop import check_finite
+
+    check_finite(torch.tensor(1.5), 1, "paper")
+    with pytest.raises(FloatingPointError, match="norm_kind=release"):
+        check_finite(torch.tensor(float("inf")), 7, "paper")
+    with pytest.raises(FloatingPointError, match="learning rate"):
+        check_finite(torch.tensor(float("nan")), 7, "release")

@@ -66,6 +66,19 @@ class TrainingState:
         self.centers = list(state["centers"])
 
 
+def check_finite(loss: torch.Tensor, step: int, norm_kind: str) -> None:
+    """Stop with a diagnosis instead of training on NaN/inf."""
+    if bool(torch.isfinite(loss)):
+        return
+    hint = (
+        "with norm_kind='paper' the norm loss weight exp(n - r) overflows float32 once a feature's norm exceeds ~89: "
+        "use --set model.norm_kind=release (the authors' sqrt(||x||+1)-1), or a lower learning rate"
+        if norm_kind == "paper"
+        else "lower the learning rate or check the data (NaN pixels, empty masks)"
+    )
+    raise FloatingPointError(f"the pretraining loss is {loss.item()} at step {step}: {hint}")
+
+
 def build_model(args: PretrainArguments) -> ADPretrainModel:
     """The preset's model with config overrides; real backbone weights when asked."""
     config = ADPretrainConfig.from_preset(args.preset, **args.model)
@@ -204,6 +217,7 @@ class Pretrainer:
                         feats1, feats2 = self.head(res1, banks), self.head(res2, banks)
                     centers = [c.to(f.device) for c, f in zip(self.state.centers, feats1)]
                     out = self.loss_fn([f.float() for f in feats1], [f.float() for f in feats2], labels, centers)
+                    check_finite(out.loss, self.state.step + 1, self.config.norm_kind)
                     acc.backward(out.loss)
                     self.optimizer.step()
                     self.optimizer.zero_grad()
