@@ -1,0 +1,301 @@
+"""The release checkpoint converter against an independent transcription of the release's block.
+
+Release-layout files are built here from shape arithmetic (not from the converter's tables),
+saved in bf16 with ``torch.save``, converted, and compared with a direct re-implementation of
+the release's projector (``nn.MultiheadAttention``, references repeated per image, 1x1 conv
+projection, subtractive residual, SE-gated MLP) on the same fp32 weights. Real clip-large
+shapes are checked by arithmetic and on the meta device only.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from adpretrain_hf import ADPretrainConfig, ADPretrainModel, get_preset
+from adpretrain_hf.cli import main
+from adpretrain_hf.convert_release import ReleaseCheckpointError, convert_release_checkpoint, release_key_shapes
+
+D, N_REFS, HEADS, LAYERS = 32, 16, 4, 4  # tiny-clip widths, a custom N_r
+
+
+def _config(**overrides):
+    return ADPretrainConfig.from_preset("tiny-clip", num_learnable_references=N_REFS, **overrides)
+
+
+def _release_shapes(dim, n_refs, ref_proj="conv1d"):
+    """The release's per-projector layout from the notes' arithmetic: MLP 4D, SE bottleneck D/4."""
+    hidden, squeeze = 4 * dim, dim // 4
+    proj = {"conv1d": (dim, dim, 1), "conv2d": (dim, dim, 1, 1), "linear": (dim, dim)}[ref_proj]
+    return {
+        "ref": (n_refs, dim), "ref_proj.weight": proj, "ref_proj.bias": (dim,),
+        "attn.in_proj_weight": (3 * dim, dim), "attn.in_proj_bias": (3 * dim,),
+        "attn.out_proj.weight": (dim, dim), "attn.out_proj.bias": (dim,),
+        "mlp.fc1.weight": (hidden, dim), "mlp.fc1.bias": (hidden,),
+        "mlp.se.0.weight": (squeeze, hidden), "mlp.se.0.bias": (squeeze,),
+        "mlp.se.2.weight": (hidden, squeeze), "mlp.se.2.bias": (hidden,),
+        "mlp.fc2.weight": (dim, hidden), "mlp.fc2.bias": (dim,),
+    }
+
+
+def _release_state(ref_proj="conv1d", seed=0, layers=LAYERS, dim=D, n_refs=N_REFS):
+    """A release-layout state dict in bf16; weights ~ 1/sqrt(fan_in) so activations stay O(1)."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for i in range(layers):
+        for name, shape in _release_shapes(dim, n_refs, ref_proj).items():
+            scale = 1.0 if name == "ref" else 1.0 / math.sqrt(shape[1] if len(shape) > 1 else shape[0])
+            state[f"projectors.{i}.{name}"] = (torch.randn(shape, generator=g) * scale).to(torch.bfloat16)
+    return state
+
+
+def _save(tmp_path, obj, name="release.pth"):
+    path = tmp_path / name
+    torch.save(obj, path)
+    return path
+
+
+def _release_block(x, w, heads):
+    """The release's projector, transcribed from its description, on the file's tensors (fp32)."""
+    w = {k: v.float() for k, v in w.items()}
+    dim = x.shape[-1]
+    mha = nn.MultiheadAttention(dim, heads, batch_first=True)
+    mha.in_proj_weight.data.copy_(w["attn.in_proj_weight"])
+    mha.in_proj_bias.data.copy_(w["attn.in_proj_bias"])
+    mha.out_proj.weight.data.copy_(w["attn.out_proj.weight"])
+    mha.out_proj.bias.data.copy_(w["attn.out_proj.bias"])
+    refs = w["ref"].unsqueeze(0).repeat(x.shape[0], 1, 1)  # [B, N_r, D], repeated per image
+    weight, bias = w["ref_proj.weight"], w["ref_proj.bias"]
+    if weight.dim() == 3:  # Conv1d over the reference axis
+        refs = F.conv1d(refs.transpose(1, 2), weight, bias).transpose(1, 2)
+    elif weight.dim() == 4:  # Conv2d on [B, D, N_r, 1]
+        refs = F.conv2d(refs.transpose(1, 2).unsqueeze(-1), weight, bias).squeeze(-1).transpose(1, 2)
+    else:
+        refs = F.linear(refs, weight, bias)
+    a, _ = mha(x, refs, refs, need_weights=False)
+    x1 = x - a
+    h = F.linear(x1, w["mlp.fc1.weight"], w["mlp.fc1.bias"])
+    s = torch.relu(F.linear(h.mean(dim=1, keepdim=True), w["mlp.se.0.weight"], w["mlp.se.0.bias"]))
+    gate = torch.sigmoid(F.linear(s, w["mlp.se.2.weight"], w["mlp.se.2.bias"]))
+    return x1 + F.linear(F.gelu(h * gate), w["mlp.fc2.weight"], w["mlp.fc2.bias"])
+
+
+def _layer(state, i):
+    prefix = f"projectors.{i}."
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _tiny_backbone_dir(tmp_path):
+    kwargs = {k: v for k, v in get_preset("tiny-clip").backbone_config.items() if k != "model_type"}
+    torch.manual_seed(7)
+    CLIPVisionModel(CLIPVisionConfig(**kwargs)).save_pretrained(tmp_path / "backbone")
+    return str(tmp_path / "backbone")
+
+
+# -- layout ---------------------------------------------------------------------------------
+def test_clip_large_table_matches_shape_arithmetic():
+    table = release_key_shapes(ADPretrainConfig.from_preset("clip-large"))  # built on the meta device
+    dim = 1024
+    expected = {f"projectors.{i}.{k}": s for i in range(4) for k, s in _release_shapes(dim, 2048).items()}
+    assert table == expected
+    per_layer = sum(math.prod(s) for k, s in table.items() if k.startswith("projectors.0."))
+    assert per_layer == 15 * dim * dim + 2062.25 * dim  # the notes' ~15 D^2 + 2062 D, exactly
+
+
+# -- function -------------------------------------------------------------------------------
+@pytest.mark.parametrize("ref_proj", ["conv1d", "conv2d", "linear"])
+def test_converted_model_computes_the_release_block(tmp_path, ref_proj):
+    state = _release_state(ref_proj)
+    model = convert_release_checkpoint(_save(tmp_path, {"projectors": state, "epoch": 9}), _config())
+    torch.manual_seed(1)
+    x = torch.randn(3, 10, D)
+    with torch.no_grad():
+        for i, projector in enumerate(model.projectors):
+            assert projector.learnable.references.dtype == torch.float32
+            assert torch.equal(projector.learnable.references, state[f"projectors.{i}.ref"].float())
+            ours, theirs = projector(x), _release_block(x, _layer(state, i), HEADS)
+            assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-5), (ours - theirs).abs().max()
+    assert not bool(model.centers.initialized)
+
+
+def _alias(key):
+    """Spell every part differently: learnable_ref, reference_proj, attention, ffn.se.fc1, ffn.se.up."""
+    if key.endswith(".ref"):
+        return key.removesuffix(".ref") + ".learnable_ref"
+    for old, new in ((".ref_proj.", ".reference_proj."), (".attn.", ".attention."), (".mlp.", ".ffn."), ("se.0", "se.fc1"), ("se.2", "se.up")):
+        key = key.replace(old, new)
+    return key
+
+
+def _variants(state):
+    return {
+        "data_parallel": {"projectors": {f"module.{k}": v for k, v in state.items()}},
+        "module_list": {"projectors": {k.removeprefix("projectors."): v for k, v in state.items()}},
+        "list_of_layers": {"projectors": [_layer(state, i) for i in range(LAYERS)]},
+        "bare": dict(state),
+        "aliases": {"projectors": {_alias(k): v for k, v in state.items()}},
+    }
+
+
+@pytest.mark.parametrize("variant", ["data_parallel", "module_list", "list_of_layers", "bare", "aliases"])
+def test_key_variants_give_the_same_weights(tmp_path, variant):
+    state = _release_state()
+    canonical = convert_release_checkpoint(_save(tmp_path, {"projectors": state}, "a.pth"), _config())
+    other = convert_release_checkpoint(_save(tmp_path, _variants(state)[variant], "b.pth"), _config())
+    a, b = canonical.projectors.state_dict(), other.projectors.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("as_list", [False, True])
+def test_stored_centers_are_converted(tmp_path, as_list):
+    centers = torch.randn(LAYERS, D).to(torch.bfloat16)
+    stored = list(centers) if as_list else centers
+    model = convert_release_checkpoint(_save(tmp_path, {"projectors": _release_state(), "centers": stored}), _config())
+    assert bool(model.centers.initialized) and model.config.center_mode == "residual"
+    assert all(torch.equal(c, centers[i].float()) for i, c in enumerate(model.centers.get()))
+
+
+# -- round trip -----------------------------------------------------------------------------
+def test_round_trip_bundled(tmp_path):
+    backbone = _tiny_backbone_dir(tmp_path)
+    path = _save(tmp_path, {"projectors": _release_state(), "centers": torch.randn(LAYERS, D)})
+    model = convert_release_checkpoint(path, _config(), out_dir=tmp_path / "out", backbone_weights=backbone, bundle_backbone=True)
+    loaded = ADPretrainModel.from_pretrained(tmp_path / "out")
+    ours, theirs = model.state_dict(), loaded.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    real = CLIPVisionModel.from_pretrained(backbone).state_dict()
+    assert all(torch.equal(loaded.backbone.model.state_dict()[k], v) for k, v in real.items())
+    assert "release.pth" in loaded.config.converted_from
+
+
+def test_round_trip_unbundled_loads_backbone_from_its_id(tmp_path):
+    backbone = _tiny_backbone_dir(tmp_path)
+    config = _config(backbone_id=backbone)
+    model = convert_release_checkpoint(_save(tmp_path, {"projectors": _release_state()}), config, out_dir=tmp_path / "out")
+    with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as handle:
+        keys = list(handle.keys())
+    assert keys and not any(k.startswith("backbone.") for k in keys)
+    loaded = ADPretrainModel.from_pretrained(tmp_path / "out")
+    assert not loaded.config.bundle_backbone
+    ours, theirs = model.projectors.state_dict(), loaded.projectors.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    real = CLIPVisionModel.from_pretrained(backbone).state_dict()
+    assert all(torch.equal(loaded.backbone.model.state_dict()[k], v) for k, v in real.items())
+
+
+# -- errors ---------------------------------------------------------------------------------
+def _convert_error(tmp_path, obj, config=None):
+    with pytest.raises(ReleaseCheckpointError) as info:
+        convert_release_checkpoint(_save(tmp_path, obj), config or _config())
+    return info.value
+
+
+def test_unknown_and_out_of_range_keys_are_named(tmp_path):
+    state = _release_state()
+    state["projectors.0.norm.weight"] = torch.ones(D)
+    state["projectors.4.ref"] = torch.ones(N_REFS, D)
+    message = str(_convert_error(tmp_path, {"projectors": state}))
+    assert "unmapped" in message and "'projectors.0.norm.weight'" in message
+    assert "'projectors.4.ref' (layer index 4, but the preset taps 4 layers)" in message
+
+
+def test_missing_key_is_named_with_its_layer(tmp_path):
+    state = _release_state()
+    del state["projectors.2.mlp.fc2.bias"]
+    message = str(_convert_error(tmp_path, {"projectors": state}))
+    assert "missing" in message and "'projectors.2.mlp.fc2.bias' (projector of tapped layer #2, backbone block 3)" in message
+
+
+def test_wrong_shape_names_the_layer(tmp_path):
+    state = _release_state()
+    state["projectors.1.mlp.fc1.weight"] = torch.zeros(4 * D, D + 1, dtype=torch.bfloat16)
+    message = str(_convert_error(tmp_path, {"projectors": state}))
+    assert "'projectors.1.mlp.fc1.weight' (projector of tapped layer #1, backbone block 2)" in message
+    assert f"({4 * D}, {D + 1})" in message and f"({4 * D}, {D})" in message
+
+
+def test_wrong_preset_says_the_widths(tmp_path):
+    error = _convert_error(tmp_path, {"projectors": _release_state(n_refs=2048)}, ADPretrainConfig.from_preset("clip-large"))
+    assert "'projectors.0.attn.in_proj_weight' (projector of tapped layer #0, backbone block 6)" in str(error)
+    assert "32 wide" in error.hint and "1024" in error.hint
+
+
+def test_two_spellings_of_one_key_are_ambiguous(tmp_path):
+    state = _release_state()
+    state["projectors.0.reference"] = state["projectors.0.ref"].clone()
+    assert "ambiguous" in str(_convert_error(tmp_path, {"projectors": state}))
+
+
+@pytest.mark.parametrize("obj", [torch.randn(3), [torch.randn(3)], {"epoch": 3, "lr": 0.1}])
+def test_files_that_are_not_a_release_dict(tmp_path, obj):
+    message = str(_convert_error(tmp_path, obj))
+    assert "not a dict" in message or "no 'projectors' entry" in message
+
+
+UNPICKLED = []
+
+
+class _Payload:
+    """Would record its own unpickling: weights_only must refuse it before that happens."""
+
+    def __setstate__(self, state):
+        UNPICKLED.append(state)
+
+
+def test_arbitrary_objects_are_refused_unexecuted(tmp_path):
+    payload = _Payload()
+    payload.x = 1
+    error = _convert_error(tmp_path, {"projectors": _release_state(), "extra": payload})
+    assert "weights_only=True" in str(error) and "never run pickled code" in str(error)
+    assert UNPICKLED == []
+
+
+def test_unreadable_and_absent_files(tmp_path):
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ReleaseCheckpointError, match="not a readable torch checkpoint"):
+        convert_release_checkpoint(tmp_path / "junk.pth", _config())
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        convert_release_checkpoint(tmp_path / "absent.pth", _config())
+
+
+def test_malformed_centers_and_unsupported_settings(tmp_path):
+    bad = {"projectors": _release_state(), "centers": torch.randn(LAYERS, D + 1)}
+    assert "center shapes" in str(_convert_error(tmp_path, bad))
+    path = _save(tmp_path, {"projectors": _release_state()}, "ok.pth")
+    with pytest.raises(ValueError, match="random backbone"):
+        convert_release_checkpoint(path, _config(), out_dir=tmp_path / "o", bundle_backbone=True)
+    with pytest.raises(ValueError, match="no backbone_id"):
+        convert_release_checkpoint(path, _config(), out_dir=tmp_path / "o")
+    with pytest.raises(ValueError, match="projector_type='lkv'"):
+        convert_release_checkpoint(path, _config(projector_type="mlp"))
+
+
+# -- CLI ------------------------------------------------------------------------------------
+def test_cli_help(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["convert", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--release-checkpoint" in out and "--bundle-backbone" in out and "out_dir" in out
+
+
+def test_cli_converts_and_reports_errors(tmp_path, capsys):
+    backbone = _tiny_backbone_dir(tmp_path)
+    state = _release_state(n_refs=64)  # the tiny-clip preset's own N_r
+    path = _save(tmp_path, {"projectors": state})
+    args = ["convert", "--release-checkpoint", str(path), "--preset", "tiny-clip", "--bundle-backbone", "--backbone-weights", backbone]
+    assert main(args + [str(tmp_path / "out")]) == 0
+    assert "converted 4 projectors" in capsys.readouterr().out
+    loaded = ADPretrainModel.from_pretrained(tmp_path / "out")
+    assert all(torch.equal(p.learnable.references, state[f"projectors.{i}.ref"].float()) for i, p in enumerate(loaded.projectors))
+    assert main(args + [str(tmp_path / "out")]) == 1  # non-empty out_dir
+    assert "--overwrite" in capsys.readouterr().err
+    state["projectors.0.extra"] = torch.ones(1)
+    torch.save({"projectors": state}, path)
+    assert main(args + [str(tmp_path / "out2")]) == 1
+    err = capsys.readouterr().err
+    assert "unmapped" in err and "'projectors.0.extra'" in err and "hint:" in err
