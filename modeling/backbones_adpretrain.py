@@ -37,6 +37,12 @@ except ImportError:  # pragma: no cover
     timm = None
 
 
+def square_patch_grids(image_size: int, patch_size: int, num_layers: int) -> list[tuple[int, int]]:
+    """A ViT's token grid, the same at every tapped block."""
+    side = image_size // patch_size
+    return [(side, side)] * num_layers
+
+
 class BackboneAdapter(nn.Module):
     """Base class: freezing, layer checks and the shared interface."""
 
@@ -111,8 +117,7 @@ class _HFViTAdapter(BackboneAdapter):
         return [self.model.config.hidden_size] * len(self.layers)
 
     def grid_sizes(self, image_size: int) -> list[tuple[int, int]]:
-        side = image_size // self.patch_size
-        return [(side, side)] * len(self.layers)
+        return square_patch_grids(image_size, self.patch_size, len(self.layers))
 
     def tap(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         hidden = self.model(pixel_values=pixel_values, output_hidden_states=True).hidden_states
@@ -165,8 +170,7 @@ class OpenCLIPAdapter(BackboneAdapter):
         return [self._width] * len(self.layers)
 
     def grid_sizes(self, image_size: int) -> list[tuple[int, int]]:
-        side = image_size // self.patch_size
-        return [(side, side)] * len(self.layers)
+        return square_patch_grids(image_size, self.patch_size, len(self.layers))
 
     def tap(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         out = self.model.forward_intermediates(
@@ -225,6 +229,7 @@ class TimmCNNAdapter(BackboneAdapter):
         self._dims = list(self.model.feature_info.channels())
         self.patch_size = min(self.model.feature_info.reduction())
         self._grids: dict[int, list[tuple[int, int]]] = {}
+        self.channels_last = True  # input memory format only; weights stay contiguous for safetensors
         self.freeze()
 
     @property
@@ -249,6 +254,10 @@ class TimmCNNAdapter(BackboneAdapter):
         return list(self._grids[image_size])
 
     def tap(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        if self.channels_last:
+            # Depthwise convolutions run ~7x faster on CPU in channels_last (EfficientNet-Lite0 at
+            # 128 px: 2.46 s -> 0.32 s per 32 images, measured); results differ by float rounding only.
+            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         maps = self.model(pixel_values)  # L x [B, C_l, h_l, w_l]
         if self.grid_mode == "common":
             size = _largest([tuple(m.shape[-2:]) for m in maps])

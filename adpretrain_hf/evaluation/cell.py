@@ -1,0 +1,127 @@
+"""One cell of Table 1: one category, one method, one feature kind, one reference seed.
+
+Build the detector on the extractor, fit on the (protocol-selected) training images, score
+the test images, compute I-AUROC / P-AUROC / AUPRO. A metric a test set cannot define (no
+anomalous image, or no anomalous pixel) is ``None`` rather than an exception: a Real-IAD
+category whose NG views lack masks still gets its image AUROC.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+
+from ..detectors import DETECTORS, build_detector
+from ..detectors.trained import TrainedDetector
+from ..metrics import aupro, image_auroc, pixel_auroc
+from .config import AUPRO_FPR_LIMIT
+
+
+@dataclass
+class CellPredictions:
+    """What a detector produced for one cell, handed to ``prediction_hook`` (for audits and tests).
+
+    ``maps [N, H, W]``, ``scores [N]``, ``labels [N]``, ``masks [N, H, W]`` in {0, 1}, all CPU float32.
+    """
+
+    category: str
+    method: str
+    features: str
+    reference_seed: int
+    maps: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+    masks: torch.Tensor
+    sample_ids: list[str]
+
+
+PredictionHook = Callable[[CellPredictions], None]
+
+
+@dataclass
+class CellResult:
+    """Metrics (in [0, 1] or ``None``) and bookkeeping of one cell."""
+
+    category: str
+    method: str
+    features: str
+    reference_seed: int
+    metrics: dict[str, Optional[float]]
+    num_train: int
+    num_test: int
+    fit_seconds: float
+    predict_seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "category": self.category, "method": self.method, "features": self.features,
+            "reference_seed": self.reference_seed, **self.metrics, "num_train": self.num_train,
+            "num_test": self.num_test, "fit_seconds": round(self.fit_seconds, 3),
+            "predict_seconds": round(self.predict_seconds, 3),
+        }
+
+
+def compute_metrics(maps: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor) -> dict[str, Optional[float]]:
+    """I-AUROC from ``scores [N]`` vs ``labels [N]``; P-AUROC and AUPRO (FPR <= 0.3) from ``maps`` vs ``masks [N, H, W]``."""
+    has_both_labels = bool((labels == 0).any() and (labels == 1).any())
+    has_both_pixels = bool((masks == 0).any() and (masks == 1).any())
+    return {
+        "image_auroc": image_auroc(scores, labels) if has_both_labels else None,
+        "pixel_auroc": pixel_auroc(maps, masks) if has_both_pixels else None,
+        "aupro": aupro(maps, masks, fpr_limit=AUPRO_FPR_LIMIT) if has_both_pixels else None,
+    }
+
+
+def is_trained(method: str) -> bool:
+    """Does this method train a network (and so take ``quick=``)?"""
+    return issubclass(DETECTORS[method], TrainedDetector)
+
+
+def detector_kwargs(method: str, quick: bool, batch_size: int) -> dict[str, Any]:
+    """Constructor arguments of a detector in the runner: batch size, no inner bars, ``quick`` for trained ones."""
+    kwargs: dict[str, Any] = {"batch_size": batch_size, "progress": False}
+    if quick and is_trained(method):
+        kwargs["quick"] = True
+    return kwargs
+
+
+def run_cell(
+    category: str,
+    method: str,
+    extractor: Any,
+    train_pixel_values: torch.Tensor,
+    test_pixel_values: torch.Tensor,
+    test_labels: torch.Tensor,
+    test_masks: torch.Tensor,
+    *,
+    reference_seed: int,
+    quick: bool,
+    batch_size: int,
+    sample_ids: list[str],
+    hook: Optional[PredictionHook] = None,
+) -> tuple[CellResult, torch.Tensor, torch.Tensor]:
+    """Fit ``method`` on ``train_pixel_values [N_tr, 3, H, W]``, score ``test_pixel_values [N_te, 3, H, W]``.
+
+    Seeds torch with ``reference_seed`` first, so the random parts of a method (coreset
+    projection, network initialisation) repeat. Returns the result, the maps ``[N_te, H, W]``
+    and the image scores ``[N_te]``.
+    """
+    torch.manual_seed(reference_seed)
+    detector = build_detector(method, extractor, **detector_kwargs(method, quick, batch_size))
+    start = time.perf_counter()
+    detector.fit(train_pixel_values)
+    fitted = time.perf_counter()
+    maps, scores = detector.predict(test_pixel_values)
+    done = time.perf_counter()
+    maps, scores = maps.float().cpu(), scores.float().cpu()
+    if maps.shape != test_masks.shape:
+        raise RuntimeError(f"{method} returned maps of shape {tuple(maps.shape)} for masks {tuple(test_masks.shape)}")
+    metrics = compute_metrics(maps, scores, test_labels, test_masks)
+    if hook is not None:
+        hook(CellPredictions(category, method, extractor.kind, reference_seed, maps, scores, test_labels, test_masks, sample_ids))
+    result = CellResult(category, method, extractor.kind, reference_seed, metrics, train_pixel_values.shape[0],
+                        test_pixel_values.shape[0], fitted - start, done - fitted)
+    return result, maps, scores

@@ -1,0 +1,200 @@
+"""What one evaluation run is: every knob of the Table-1 runner in one checked dataclass.
+
+Why a dataclass: the same settings drive the Python API, the CLI and the ``"config"`` block
+of ``results.json``; checking them once, before any image is loaded, turns a typo in
+``methods`` into an error in a second instead of after an hour of feature extraction.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional, Sequence, Union
+
+import torch
+
+FEATURE_KINDS: tuple[str, ...] = ("backbone", "pretrained")
+"""``"backbone"``: the frozen backbone's features (Table 1 "w/o"); ``"pretrained"``: ADPretrain's ("w/")."""
+METRICS: tuple[str, ...] = ("image_auroc", "pixel_auroc", "aupro")
+"""The paper's I-AUROC, P-AUROC and PRO (AUPRO up to FPR 0.3), all in [0, 1]."""
+AUPRO_FPR_LIMIT = 0.3
+"""Upper FPR bound of the PRO integral (section 4.1, following MVTec AD)."""
+DEFAULT_METHODS: tuple[str, ...] = ("featurenorm", "patchcore", "padim")
+DEFAULT_SHOTS = 8
+"""Normal reference images per query (section 4.1: "we match each input image with 8 reference samples")."""
+REFERENCE_STRATEGY_CHOICES: tuple[str, ...] = ("first", "random", "kmeans", "aligned")
+LAYOUT_CHOICES: tuple[str, ...] = ("auto", "mvtec", "mpdd", "mvtec3d", "btad", "visa", "realiad")
+NOISE_SETTING = "overlap"
+"""SoftPatch's setting used by the paper (4.4): injected anomalies stay in the test set."""
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16,
+}
+
+
+def parse_dtype(value: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
+    """``None`` / a ``torch.dtype`` / a name such as ``"bf16"`` -> ``torch.dtype`` or ``None``."""
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    if isinstance(value, str) and value.lower() in DTYPES:
+        return DTYPES[value.lower()]
+    raise ValueError(f"dtype={value!r} is not supported: pass one of {sorted(DTYPES)} (or a torch.dtype)")
+
+
+def _check_fraction(name: str, value: float, low_open: bool, high_closed: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    low_ok = value > 0.0 if low_open else value >= 0.0
+    high_ok = value <= 1.0 if high_closed else value < 1.0
+    if not (low_ok and high_ok):
+        interval = ("(0" if low_open else "[0") + (", 1]" if high_closed else ", 1)")
+        raise ValueError(f"{name}={value} is outside {interval}: pass e.g. 0.1")
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name}={value} must be >= {minimum}")
+
+
+def _names(value: Union[None, str, Sequence[str]], what: str) -> Optional[tuple[str, ...]]:
+    """``"a,b"`` / ``["a", "b"]`` -> ``("a", "b")``; ``None`` stays ``None``."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    if not all(isinstance(item, str) for item in items):
+        raise TypeError(f"{what} must be names (str), got {items!r}")
+    names = tuple(dict.fromkeys(item.strip() for item in items if item.strip()))
+    if not names:
+        raise ValueError(f"{what} is empty: pass at least one name")
+    return names
+
+
+@dataclass
+class EvaluationConfig:
+    """Settings of :func:`~adpretrain_hf.evaluation.evaluate_model` (see its docstring for each)."""
+
+    data_root: str
+    """Folder holding the dataset's categories."""
+    layout: str = "auto"
+    """``"auto"`` or one of :data:`LAYOUT_CHOICES` (how the folder is organised)."""
+    categories: Optional[tuple[str, ...]] = None
+    """Categories to evaluate (``None``: all found)."""
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    """Detector names from ``adpretrain_hf.detectors.DETECTORS``."""
+    shots: int = DEFAULT_SHOTS
+    """Normal references per query (the pool size when smaller)."""
+    compare_backbone: bool = True
+    """Also run each method on the backbone's own features (the "w/o" column)."""
+    output_dir: Optional[str] = None
+    """Where results.json/csv/md, overlays and comparison.png go (``None``: nothing written)."""
+    reference_strategy: str = "first"
+    """first | random | kmeans | aligned (:data:`REFERENCE_STRATEGY_CHOICES`)."""
+    reference_seed: int = 0
+    """Seed of the first reference set (random / KMeans draws)."""
+    train_fraction: float = 1.0
+    """Share of normal training images used (Table 3a: 0.1)."""
+    noise_ratio: float = 0.0
+    """SoftPatch overlap noise: int(ratio x normal training images) anomalous test images join training (Table 3b: 0.1)."""
+    train_shots: Optional[int] = None
+    """Few-shot: exactly this many normal training images (Table 5: 2 or 4)."""
+    reference_seeds: int = 1
+    """Number of reference sets; mean and std over them (Table 4: 3)."""
+    quick: bool = False
+    """Trained methods run their few-epoch smoke preset (never for reported numbers)."""
+    realiad_fit_fraction: float = 0.5
+    """Real-IAD: share of OK samples the detectors fit on."""
+    split_seed: int = 0
+    """Seeds the Real-IAD split and the protocol draws."""
+    device: Optional[str] = None
+    """Where the model runs (``None``: where it is)."""
+    dtype: Optional[str] = None
+    """Model precision name (:data:`DTYPES`), e.g. ``"bf16"`` on a GPU; ``None``: unchanged."""
+    batch_size: int = 32
+    """Images per forward pass (and per file-reading chunk)."""
+    num_overlays: int = 4
+    """Overlay PNGs per category."""
+    progress: bool = True
+    """Show a tqdm bar over categories and one per category."""
+    print_markdown: bool = True
+    """Print the markdown table on stdout."""
+    aligned_feature_net: Optional[str] = None
+    """ResNet-18 state-dict path for the "aligned" matcher (default: random init, with a warning)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form notes recorded in ``results.json`` (e.g. the CLI command line)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.data_root, (str, os.PathLike)):
+            raise TypeError(f"data_root must be a folder path, got {type(self.data_root).__name__}")
+        self.data_root = os.fspath(self.data_root)
+        if self.output_dir is not None:
+            self.output_dir = os.fspath(self.output_dir)
+        self.categories = _names(self.categories, "categories")
+        methods = _names(self.methods, "methods")
+        assert methods is not None
+        self.methods = tuple(name.lower() for name in methods)
+        if isinstance(self.dtype, torch.dtype):
+            self.dtype = str(self.dtype).replace("torch.", "")
+        if self.device is not None:
+            self.device = str(self.device)
+
+    @property
+    def torch_dtype(self) -> Optional[torch.dtype]:
+        return parse_dtype(self.dtype)
+
+    @property
+    def effective_strategy(self) -> str:
+        """Several reference sets from "first" would all be the same set: they are drawn at random."""
+        if self.reference_seeds > 1 and self.reference_strategy == "first":
+            return "random"
+        return self.reference_strategy
+
+    @property
+    def seeds(self) -> list[int]:
+        """One seed per reference set: ``reference_seed, reference_seed + 1, ...``."""
+        return [self.reference_seed + i for i in range(self.reference_seeds)]
+
+    @property
+    def feature_kinds(self) -> tuple[str, ...]:
+        return FEATURE_KINDS if self.compare_backbone else ("pretrained",)
+
+    def validate(self) -> "EvaluationConfig":
+        """Raise ``ValueError`` / ``TypeError`` naming the bad setting and the fix."""
+        from ..detectors import DETECTORS
+
+        if self.layout not in LAYOUT_CHOICES:
+            raise ValueError(f"unknown layout {self.layout!r}: choose one of {list(LAYOUT_CHOICES)}")
+        unknown = [name for name in self.methods if name not in DETECTORS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}: choose from {sorted(DETECTORS)}")
+        if self.reference_strategy not in REFERENCE_STRATEGY_CHOICES:
+            raise ValueError(
+                f"unknown reference_strategy {self.reference_strategy!r}: choose one of {list(REFERENCE_STRATEGY_CHOICES)}"
+            )
+        for name in ("shots", "reference_seeds", "batch_size"):
+            _check_int(name, getattr(self, name), 1)
+        for name in ("reference_seed", "split_seed", "num_overlays"):
+            _check_int(name, getattr(self, name), 0)
+        _check_fraction("train_fraction", self.train_fraction, low_open=True, high_closed=True)
+        _check_fraction("noise_ratio", self.noise_ratio, low_open=False, high_closed=False)
+        _check_fraction("realiad_fit_fraction", self.realiad_fit_fraction, low_open=True, high_closed=False)
+        if self.train_shots is not None:
+            _check_int("train_shots", self.train_shots, 1)
+            if self.train_fraction != 1.0:
+                raise ValueError(
+                    "train_shots and train_fraction both subsample the training set: pass one of them "
+                    f"(got train_shots={self.train_shots}, train_fraction={self.train_fraction})"
+                )
+        parse_dtype(self.dtype)
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready copy (tuples as lists), for the ``"config"`` block of ``results.json``."""
+        data = asdict(self)
+        for key, value in data.items():
+            if isinstance(value, tuple):
+                data[key] = list(value)
+        data["effective_reference_strategy"] = self.effective_strategy
+        return data

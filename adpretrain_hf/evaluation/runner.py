@@ -1,0 +1,256 @@
+"""The Table-1 runner: every (category, method, feature kind) cell, then the report.
+
+Per category: select and preprocess images (protocols), run each method on the backbone's
+features ("w/o") once -- they do not use references -- and on the pretrained features ("w/")
+once per reference set; keep the first set's maps for the overlays. Then aggregate, print
+the markdown table and write ``results.json`` / ``results.csv`` / ``results.md`` / overlays /
+``comparison.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from tqdm.auto import tqdm
+
+from ..extractor import ModelFeatureExtractor
+from .cell import PredictionHook, is_trained, run_cell
+from .config import AUPRO_FPR_LIMIT, DEFAULT_METHODS, DEFAULT_SHOTS, EvaluationConfig
+from .loading import CategoryData, describe_model, load_splits, prepare_category
+from .plots import pick_overlay_indices, save_comparison_chart, save_overlays
+from .protocols import category_protocol_record, effective_shots, protocol_record
+from .reference_sets import plan_references, pretrained_extractor
+from .report import MEAN_ROW, aggregate, csv_rows, markdown_table, write_csv, write_json
+
+RESULTS_JSON, RESULTS_CSV, RESULTS_MD, CHART_PNG = "results.json", "results.csv", "results.md", "comparison.png"
+
+
+def evaluate_model(
+    model_or_path: Any,
+    data_root: Union[str, os.PathLike],
+    layout: str = "auto",
+    categories: Union[None, str, Sequence[str]] = None,
+    methods: Union[str, Sequence[str]] = DEFAULT_METHODS,
+    shots: int = DEFAULT_SHOTS,
+    compare_backbone: bool = True,
+    output_dir: Union[None, str, os.PathLike] = None,
+    reference_strategy: str = "first",
+    reference_seed: int = 0,
+    train_fraction: float = 1.0,
+    noise_ratio: float = 0.0,
+    train_shots: Optional[int] = None,
+    reference_seeds: int = 1,
+    quick: bool = False,
+    realiad_fit_fraction: float = 0.5,
+    split_seed: int = 0,
+    device: Optional[str] = None,
+    dtype: Union[None, str, torch.dtype] = None,
+    batch_size: int = 32,
+    num_overlays: int = 4,
+    progress: bool = True,
+    *,
+    print_markdown: bool = True,
+    aligned_feature_net: Optional[str] = None,
+    prediction_hook: Optional[PredictionHook] = None,
+) -> dict[str, Any]:
+    """Evaluate detectors with backbone ("w/o") vs ADPretrain ("w/") features, as in Table 1.
+
+    Args:
+        model_or_path: an ``ADPretrainModel``, or a checkpoint folder / Hub id for ``from_pretrained``.
+        data_root: dataset folder; ``layout`` ``"auto"`` or mvtec|mpdd|mvtec3d|btad|visa|realiad.
+        categories: names (list or ``"a,b"``); default all.
+        methods: detector names (``featurenorm``, ``patchcore``, ``padim``, ``cflow``, ``glass``, ``uniad``).
+        shots: references per query (8 in the paper; the pool size when it is smaller).
+        compare_backbone: also run every method on the backbone's own features.
+        output_dir: where to write results.json/csv/md, overlays and comparison.png (None: nothing written).
+        reference_strategy: first|random|kmeans|aligned; ``reference_seed`` seeds the first set.
+        train_fraction: share of normal training images (Table 3a: 0.1); ``train_shots``: exactly
+            that many (Table 5: 2 or 4). ``noise_ratio``: SoftPatch overlap noise (Table 3b: 0.1).
+        reference_seeds: number of reference sets (Table 4: 3); ``"first"`` becomes ``"random"`` then.
+        quick: trained methods run their few-epoch smoke preset (never for reported numbers).
+        realiad_fit_fraction, split_seed: Real-IAD's seeded fit/test split; ``split_seed`` also
+            seeds the protocol draws.
+        device, dtype, batch_size: where/how features run (dtype e.g. ``"bf16"`` on a GPU).
+        num_overlays: overlay PNGs per category. progress: per-category tqdm bars.
+        print_markdown: print the table on stdout. aligned_feature_net: ResNet-18 weights for
+            the "aligned" matcher. prediction_hook: called with every cell's
+            :class:`~adpretrain_hf.evaluation.cell.CellPredictions`.
+
+    Returns:
+        The ``results.json`` payload: ``results`` (per category and ``"mean"``: method ->
+        backbone|pretrained -> metrics in [0, 1], ``<metric>_std`` with several reference sets),
+        ``config``, ``references``, ``protocol`` and ``runs`` (every cell with timings).
+    """
+    config = EvaluationConfig(
+        data_root=data_root, layout=layout, categories=categories, methods=methods, shots=shots,
+        compare_backbone=compare_backbone, output_dir=output_dir, reference_strategy=reference_strategy,
+        reference_seed=reference_seed, train_fraction=train_fraction, noise_ratio=noise_ratio,
+        train_shots=train_shots, reference_seeds=reference_seeds, quick=quick,
+        realiad_fit_fraction=realiad_fit_fraction, split_seed=split_seed, device=device, dtype=dtype,
+        batch_size=batch_size, num_overlays=num_overlays, progress=progress, print_markdown=print_markdown,
+        aligned_feature_net=aligned_feature_net,
+    )
+    return run_evaluation(model_or_path, config, prediction_hook)
+
+
+def load_model(model_or_path: Any, config: EvaluationConfig) -> Any:
+    """The model in eval mode on ``config.device`` / ``config.dtype``."""
+    from ..modeling import ADPretrainModel
+
+    if isinstance(model_or_path, ADPretrainModel):
+        model = model_or_path
+    elif isinstance(model_or_path, (str, os.PathLike)):
+        model = ADPretrainModel.from_pretrained(os.fspath(model_or_path))
+    else:
+        raise TypeError(
+            f"model_or_path must be an ADPretrainModel or a checkpoint folder / Hub id, got {type(model_or_path).__name__}"
+        )
+    if config.device is not None or config.torch_dtype is not None:
+        model.to(device=config.device, dtype=config.torch_dtype)
+    return model.eval()
+
+
+def run_evaluation(
+    model_or_path: Any, config: EvaluationConfig, prediction_hook: Optional[PredictionHook] = None, model_name: Optional[str] = None
+) -> dict[str, Any]:
+    """:func:`evaluate_model` on a ready :class:`EvaluationConfig`; ``model_name`` names an in-memory model in the JSON."""
+    from ..modeling.image_processing_adpretrain import ADPretrainImageProcessor
+
+    config.validate()
+    if config.effective_strategy != config.reference_strategy:
+        warnings.warn(f"reference_seeds={config.reference_seeds} with strategy 'first' would repeat one set: "
+                      "drawing the reference sets at random instead", stacklevel=2)
+    model = load_model(model_or_path, config)
+    processor = ADPretrainImageProcessor.from_adpretrain_config(model.config)
+    splits = load_splits(config)
+    out = Path(config.output_dir) if config.output_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    protocol, references, runs, counts = protocol_record(config), {}, [], {}
+    if splits.realiad_split is not None:
+        protocol["realiad_split"] = splits.realiad_split
+    kept_bank = model.reference_bank
+    try:
+        for category in tqdm(splits.categories, desc="categories", disable=not config.progress):
+            data = prepare_category(category, splits, processor, config)
+            k = effective_shots(config.shots, data.pool_pixel_values.shape[0], category)
+            protocol["per_category"][category] = category_protocol_record(
+                data.selection, data.train_ids, data.test_ids, data.test_labels.tolist(), k)
+            counts[category] = {"num_train": data.train_pixel_values.shape[0], "num_test": data.test_pixel_values.shape[0]}
+            picked = pick_overlay_indices(data.test_labels.tolist(), config.num_overlays) if out is not None else []
+            category_runs, references[category], kept = _run_category(model, data, k, config, prediction_hook, picked)
+            runs += category_runs
+            if out is not None and picked:
+                _overlays(out, data, picked, kept, config, processor)
+    finally:
+        if kept_bank is None:
+            model.clear_references()
+        else:
+            model.set_reference_bank(kept_bank)
+
+    kinds = config.feature_kinds
+    results = aggregate(runs, splits.categories, config.methods, kinds)
+    payload = {
+        "results": results,
+        "config": {**config.to_json(), "model": model_name or describe_model(model_or_path), "layout_resolved": splits.layout,
+                   "model_config": {"preset": model.config.preset, "image_size": model.config.image_size,
+                                    "layers": list(model.config.layers)}},
+        "references": references,
+        "protocol": protocol,
+        "metrics": {"image_auroc": "I-AUROC", "pixel_auroc": "P-AUROC (all test pixels pooled)",
+                    "aupro": f"AUPRO, MVTec definition, area up to FPR {AUPRO_FPR_LIMIT} divided by {AUPRO_FPR_LIMIT}"},
+        "runs": [run.to_json() for run in runs],
+    }
+    markdown = markdown_table(results, config.methods, kinds, _notes(config, splits.layout))
+    if out is not None:
+        write_json(out / RESULTS_JSON, payload)
+        num_runs = {(r.category, r.method, r.features): 0 for r in runs}
+        for r in runs:
+            num_runs[(r.category, r.method, r.features)] += 1
+        for method in config.methods:
+            for kind in kinds:
+                num_runs[(MEAN_ROW, method, kind)] = len({r.reference_seed for r in runs if (r.method, r.features) == (method, kind)})
+        write_csv(out / RESULTS_CSV, csv_rows(results, counts, num_runs))
+        (out / RESULTS_MD).write_text(markdown, encoding="utf-8")
+        save_comparison_chart(out / CHART_PNG, results[MEAN_ROW], config.methods, kinds,
+                              title=f"{os.path.basename(os.path.normpath(config.data_root))}: mean over {len(splits.categories)} categories")
+    if config.print_markdown:
+        print(markdown)
+    return payload
+
+
+# (method, kind) -> (maps [M, H, W] and scores [M] of the overlay images, (min, max) over all test maps)
+Kept = dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, tuple[float, float]]]
+
+
+def _run_category(
+    model: Any, data: CategoryData, k: int, config: EvaluationConfig, hook: Optional[PredictionHook], picked: list[int]
+) -> tuple[list[Any], dict[str, Any], Kept]:
+    """All cells of one category: ``(runs, references record, what the overlays need from the first set)``.
+
+    Only the overlay images' maps are kept, so memory does not grow with the test set.
+    """
+    kinds, seeds = config.feature_kinds, config.seeds
+    total = len(config.methods) * (("backbone" in kinds) + len(seeds))
+    bar = tqdm(total=total, desc=data.name, leave=False, disable=not config.progress)
+    runs, kept, sets = [], {}, []
+
+    def cell(method: str, extractor: Any, seed: int) -> None:
+        bar.set_postfix_str(f"{method} {extractor.kind} seed {seed}")
+        result, maps, scores = run_cell(
+            data.name, method, extractor, data.train_pixel_values, data.test_pixel_values, data.test_labels,
+            data.test_masks, reference_seed=seed, quick=config.quick, batch_size=config.batch_size,
+            sample_ids=data.test_ids, hook=hook)
+        runs.append(result)
+        if seed == seeds[0] and picked:
+            index = torch.tensor(picked)
+            kept[(method, extractor.kind)] = (maps[index], scores[index], (float(maps.min()), float(maps.max())))
+        bar.update(1)
+
+    try:
+        if "backbone" in kinds:  # backbone features never see the references: one run
+            backbone = ModelFeatureExtractor(model, features="backbone")
+            for method in config.methods:
+                cell(method, backbone, seeds[0])
+        for seed in seeds:
+            plan = plan_references(
+                config.effective_strategy, model, data.pool_pixel_values, k, seed, pool_ids=data.pool_ids,
+                pool_paths=data.pool_paths, test_pixel_values=data.test_pixel_values, test_ids=data.test_ids,
+                batch_size=config.batch_size, device=config.device, aligned_feature_net=config.aligned_feature_net)
+            sets.append(plan.record)
+            extractor = pretrained_extractor(model, plan, data.pool_pixel_values, config.batch_size)
+            for method in config.methods:
+                cell(method, extractor, seed)
+    finally:
+        bar.close()
+    return runs, {"strategy": config.effective_strategy, "sets": sets}, kept
+
+
+def _overlays(out: Path, data: CategoryData, picked: list[int], kept: Kept, config: EvaluationConfig, processor: Any) -> None:
+    index = torch.tensor(picked)
+    save_overlays(
+        out, data.name, data.test_pixel_values[index], data.test_masks[index], [data.test_ids[i] for i in picked],
+        scores={key: s for key, (_, s, _) in kept.items()}, maps={key: m for key, (m, _, _) in kept.items()},
+        ranges={key: r for key, (_, _, r) in kept.items()},
+        methods=config.methods, kinds=config.feature_kinds, mean=processor.image_mean, std=processor.image_std,
+    )
+
+
+def _notes(config: EvaluationConfig, layout: str) -> list[str]:
+    """Footnotes under the table: what protocol produced these numbers."""
+    notes = [f"layout {layout}; {config.shots} reference shots, strategy {config.effective_strategy}, "
+             f"reference seeds {config.seeds}"]
+    if config.train_shots is not None:
+        notes.append(f"few-shot: {config.train_shots} normal training images per category (split seed {config.split_seed})")
+    if config.train_fraction < 1.0:
+        notes.append(f"sample efficiency: {config.train_fraction:g} of the normal training images (split seed {config.split_seed})")
+    if config.noise_ratio > 0:
+        notes.append(f"noise: int({config.noise_ratio:g} x normal training images) anomalous test images added to training "
+                     "(SoftPatch overlap: also kept in test)")
+    if config.quick and any(is_trained(m) for m in config.methods):
+        notes.append("quick=True: trained methods ran a few epochs only; these numbers are smoke-test numbers, not results")
+    return notes

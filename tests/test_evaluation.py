@@ -1,0 +1,322 @@
+"""The Table-1 runner end to end on tiny synthetic data with the random tiny-clip preset.
+
+Random weights: these tests check plumbing (what is fitted, what is scored, what is written,
+which protocol selected what), never detection quality. Metrics of one cell are recomputed
+here from the predicted maps with sklearn and a brute-force PRO sweep, independently of
+``adpretrain_hf.metrics``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import statistics
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import ndimage
+from sklearn.metrics import roc_auc_score
+
+from adpretrain_hf import ADPretrainConfig, ADPretrainModel
+from adpretrain_hf.cli import main as cli_main
+from adpretrain_hf.commands import evaluate as evaluate_command
+from adpretrain_hf.data import generate_dataset
+from adpretrain_hf.evaluation import METRICS, EvaluationConfig, evaluate_model
+from adpretrain_hf.evaluation import config as evaluation_config
+from adpretrain_hf.evaluation.reference_sets import AlignedReferences, PerImageReferenceExtractor
+from adpretrain_hf.extractor import ModelFeatureExtractor
+from adpretrain_hf.references import SemanticAlignedMatcher, select_references
+
+CATEGORIES = ["tile", "bottle"]
+NUM_NORMAL, NUM_ANOMALOUS = 4, 2  # per category: 4 train normals; test = 2 anomalous + 2 normal
+FULL_METHODS = ("featurenorm", "patchcore", "padim", "cflow")  # cflow: a trained method, quick=True
+FAST = dict(methods=("featurenorm",), compare_backbone=False, num_overlays=0, progress=False, print_markdown=False)
+
+
+@pytest.fixture(scope="module")
+def mvtec_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mvtec")
+    generate_dataset(root, layout="mvtec", categories=CATEGORIES, num_normal=NUM_NORMAL, num_anomalous=NUM_ANOMALOUS,
+                     image_size=64, seed=0, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return ADPretrainModel(ADPretrainConfig.from_preset("tiny-clip")).eval()
+
+
+@pytest.fixture(scope="module")
+def full_run(mvtec_root, model, tmp_path_factory):
+    """One run with every training-free method + CFLOW (quick), both feature kinds, outputs written."""
+    out = tmp_path_factory.mktemp("eval")
+    predictions = []
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # shots=8 > 4 normal images warns per category
+        payload = evaluate_model(model, mvtec_root, methods=FULL_METHODS, quick=True, output_dir=out, num_overlays=2,
+                                 progress=False, prediction_hook=predictions.append)
+    return payload, predictions, stdout.getvalue(), out
+
+
+def run_quiet(model, root, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return evaluate_model(model, root, **{**FAST, **kwargs})
+
+
+# -- independent references ------------------------------------------------------------------
+def brute_force_aupro(maps: np.ndarray, masks: np.ndarray, limit: float = 0.3) -> float:
+    """PRO at every distinct score by explicit thresholding (8-connected regions per image), area to ``limit`` / limit."""
+    regions = np.zeros(masks.shape, dtype=np.int64)
+    offset = 0
+    for i, mask in enumerate(masks):
+        labelled, count = ndimage.label(mask > 0, structure=np.ones((3, 3)))
+        regions[i] = np.where(labelled > 0, labelled + offset, 0)
+        offset += count
+    flat_maps, flat_regions = maps.ravel(), regions.ravel()
+    sizes = np.bincount(flat_regions, minlength=offset + 1)
+    normal = flat_regions == 0
+    fpr, pro = [0.0], [0.0]
+    for threshold in np.unique(flat_maps)[::-1]:
+        marked = flat_maps >= threshold
+        fpr.append((marked & normal).sum() / normal.sum())
+        hits = np.bincount(flat_regions[marked], minlength=offset + 1)
+        pro.append(float(np.mean(hits[1:] / sizes[1:])))
+    fpr, pro = np.array(fpr), np.array(pro)
+    inside = fpr <= limit
+    area = np.trapezoid(pro[inside], fpr[inside])
+    last = np.flatnonzero(inside)[-1]
+    if last + 1 < fpr.size and fpr[last] < limit:
+        end = pro[last] + (pro[last + 1] - pro[last]) * (limit - fpr[last]) / (fpr[last + 1] - fpr[last])
+        area += 0.5 * (limit - fpr[last]) * (pro[last] + end)
+    return float(area / limit)
+
+
+# -- the full run ----------------------------------------------------------------------------
+def test_every_cell_has_all_metrics_in_unit_interval(full_run):
+    payload, _, _, _ = full_run
+    results = payload["results"]
+    assert list(results) == sorted(CATEGORIES) + ["mean"]
+    for row in results.values():
+        assert set(row) == set(FULL_METHODS)
+        for method in FULL_METHODS:
+            assert set(row[method]) == {"backbone", "pretrained"}
+            for scores in row[method].values():
+                assert set(scores) == set(METRICS)  # one reference set: no _std entries
+                assert all(0.0 <= scores[m] <= 1.0 for m in METRICS)
+    for method in FULL_METHODS:  # the mean row is the mean over categories
+        for kind in ("backbone", "pretrained"):
+            for m in METRICS:
+                expected = np.mean([results[c][method][kind][m] for c in CATEGORIES])
+                assert results["mean"][method][kind][m] == pytest.approx(expected, abs=1e-12)
+
+
+def test_outputs_written(full_run):
+    payload, _, stdout, out = full_run
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(payload))
+    with open(out / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == (len(CATEGORIES) + 1) * len(FULL_METHODS) * 2
+    for row in rows:
+        assert all(0.0 <= float(row[m]) <= 1.0 for m in METRICS)
+        if row["category"] != "mean":
+            assert float(row["image_auroc"]) == pytest.approx(payload["results"][row["category"]][row["method"]][row["features"]]["image_auroc"], abs=1e-6)
+    assert "| category | FeatureNorm w/o | FeatureNorm w/ |" in stdout
+    assert "**mean**" in stdout and "quick=True" in stdout
+    assert (out / "results.md").read_text() in stdout
+    for category in CATEGORIES:
+        pngs = sorted((out / "overlays" / category).glob("*.png"))
+        assert len(pngs) == 2
+        assert "test_good" not in pngs[0].name  # anomalous images come first
+        with Image.open(pngs[0]) as image:
+            assert image.size[0] > 100 and image.size[1] > 100
+    with Image.open(out / "comparison.png") as chart:
+        assert chart.format == "PNG"
+    assert payload["config"]["methods"] == list(FULL_METHODS) and payload["config"]["quick"] is True
+    assert payload["protocol"]["per_category"]["tile"]["num_train"] == NUM_NORMAL
+
+
+def test_metrics_equal_independent_recomputation(full_run):
+    payload, predictions, _, _ = full_run
+    assert len(predictions) == len(CATEGORIES) * len(FULL_METHODS) * 2
+    for method, kind in (("padim", "pretrained"), ("cflow", "backbone")):
+        cell = next(p for p in predictions if (p.category, p.method, p.features) == ("tile", method, kind))
+        stored = payload["results"]["tile"][method][kind]
+        maps, masks = cell.maps.numpy(), cell.masks.numpy()
+        assert maps.shape == masks.shape == (NUM_ANOMALOUS * 2, 64, 64)
+        assert cell.labels.tolist() == [int(m.any()) for m in masks]
+        assert stored["image_auroc"] == pytest.approx(roc_auc_score(cell.labels.numpy(), cell.scores.numpy()), abs=1e-9)
+        assert stored["pixel_auroc"] == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-9)
+        assert stored["aupro"] == pytest.approx(brute_force_aupro(maps, masks), abs=1e-6)
+
+
+# -- protocols -------------------------------------------------------------------------------
+def test_train_fraction_subsamples_normal_training_images(mvtec_root, model):
+    payload = run_quiet(model, mvtec_root, train_fraction=0.5, shots=2)
+    again = run_quiet(model, mvtec_root, train_fraction=0.5, shots=2)
+    for category in CATEGORIES:
+        record = payload["protocol"]["per_category"][category]
+        assert (record["num_train_normal_available"], record["num_train_normal"], record["num_train"]) == (4, 2, 2)
+        assert record["num_test"] == 4
+        assert record["train_sample_ids"] == again["protocol"]["per_category"][category]["train_sample_ids"]  # seeded
+    assert {run["num_train"] for run in payload["runs"]} == {2}
+    assert payload["protocol"]["train_fraction"] == 0.5
+
+
+def test_train_shots_uses_exactly_that_many(mvtec_root, model):
+    payload = run_quiet(model, mvtec_root, train_shots=2)
+    for category in CATEGORIES:
+        record = payload["protocol"]["per_category"][category]
+        assert record["num_train"] == 2 and record["num_references"] == 2  # references come from the 2 shots
+        refs = payload["references"][category]["sets"][0]["sample_ids"]
+        assert set(refs) == set(record["train_sample_ids"])
+    assert {run["num_train"] for run in payload["runs"]} == {2}
+    with pytest.raises(ValueError, match="train_shots"):
+        run_quiet(model, mvtec_root, train_shots=5)  # more than the 4 normal images
+
+
+def test_noise_ratio_adds_anomalous_test_images_to_training(mvtec_root, model):
+    payload = run_quiet(model, mvtec_root, noise_ratio=0.5, shots=4)  # int(0.5 * 4) = 2 anomalous images
+    for category in CATEGORIES:
+        record = payload["protocol"]["per_category"][category]
+        assert (record["num_train_normal"], record["num_noise"], record["num_train"], record["num_test"]) == (4, 2, 6, 4)
+        assert all("/good/" not in sid and sid.startswith(f"{category}/test/") for sid in record["noise_sample_ids"])
+        refs = payload["references"][category]["sets"][0]["sample_ids"]
+        assert not set(refs) & set(record["noise_sample_ids"])  # references stay normal
+    assert {run["num_train"] for run in payload["runs"]} == {6} and {run["num_test"] for run in payload["runs"]} == {4}
+    assert payload["protocol"]["noise_setting"] == "overlap"
+
+
+def test_invalid_protocol_settings(mvtec_root, model):
+    with pytest.raises(ValueError, match="pass one of them"):
+        EvaluationConfig(str(mvtec_root), train_shots=2, train_fraction=0.5).validate()
+    with pytest.raises(ValueError, match="noise_ratio"):
+        EvaluationConfig(str(mvtec_root), noise_ratio=1.5).validate()
+    with pytest.raises(ValueError, match="reference_strategy"):
+        EvaluationConfig(str(mvtec_root), reference_strategy="best").validate()
+
+
+def test_reference_seeds_give_mean_and_std(mvtec_root, model):
+    payload = run_quiet(model, mvtec_root, reference_seeds=3, shots=2, compare_backbone=True)
+    assert payload["protocol"]["reference_strategy"] == "random"  # "first" would repeat one set
+    assert payload["protocol"]["reference_seeds"] == [0, 1, 2]
+    for category in CATEGORIES:
+        sets = payload["references"][category]["sets"]
+        assert [s["seed"] for s in sets] == [0, 1, 2]
+        assert len({tuple(s["pool_positions"]) for s in sets}) > 1
+        runs = [r for r in payload["runs"] if (r["category"], r["features"]) == (category, "pretrained")]
+        stored = payload["results"][category]["featurenorm"]["pretrained"]
+        assert len(runs) == 3
+        for m in METRICS:
+            assert stored[m] == pytest.approx(statistics.fmean(r[m] for r in runs), abs=1e-12)
+            assert stored[f"{m}_std"] == pytest.approx(statistics.stdev(r[m] for r in runs), abs=1e-12)
+        assert "image_auroc_std" not in payload["results"][category]["featurenorm"]["backbone"]  # run once
+    assert "aupro_std" in payload["results"]["mean"]["featurenorm"]["pretrained"]
+
+
+@pytest.mark.parametrize("strategy", ["random", "kmeans", "aligned"])
+def test_reference_strategies_are_recorded(mvtec_root, model, strategy):
+    payload = run_quiet(model, mvtec_root, categories=["tile"], reference_strategy=strategy, shots=2)
+    record = payload["references"]["tile"]
+    pool = set(payload["protocol"]["per_category"]["tile"]["train_sample_ids"])
+    assert record["strategy"] == strategy == payload["config"]["effective_reference_strategy"]
+    chosen = record["sets"][0]
+    if strategy == "aligned":
+        per_test = chosen["per_test_image"]
+        assert len(per_test) == 4 and all(sid.startswith("tile/test/") for sid in per_test)
+        assert all(len(refs) == 2 and set(refs) <= pool for refs in per_test.values())
+    else:
+        assert len(chosen["sample_ids"]) == 2 and set(chosen["sample_ids"]) <= pool
+        assert all(path.startswith("tile/train/good/") for path in chosen["paths"])
+
+
+def test_aligned_references_exclude_self_and_match_select_references(model):
+    g = torch.Generator().manual_seed(0)
+    pool, queries = torch.randn(5, 3, 64, 64, generator=g), torch.randn(2, 3, 64, 64, generator=g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random-init matcher
+        matcher = SemanticAlignedMatcher(top_k=2, seed=0).fit(pool)
+    aligned = AlignedReferences(matcher, pool, k=2)
+    own = aligned.indices(pool)
+    assert all(i not in own[i].tolist() for i in range(5))
+    expected = select_references("aligned", pool, k=2, query_pixel_values=queries, matcher=matcher)
+    assert torch.equal(aligned.indices(queries), expected)
+    # Per-image banks give each image exactly what a call with its own references gives.
+    extractor = PerImageReferenceExtractor(ModelFeatureExtractor(model, "pretrained"), aligned)
+    batched = extractor(queries)
+    for i in range(2):
+        alone = model(queries[i : i + 1], reference_pixel_values=pool[expected[i]], output_anomaly_map=False).features
+        assert torch.allclose(batched[-1][i].flatten(1).T, alone[-1][0].float(), atol=1e-5)
+    assert model.reference_bank is None  # restored
+
+
+def test_realiad_split_is_deterministic_and_recorded(tmp_path, model):
+    root = tmp_path / "realiad"
+    generate_dataset(root, layout="realiad", categories=["tile"], num_normal=4, num_anomalous=2, image_size=64, seed=0,
+                     num_views=2, progress=False)
+    first = run_quiet(model, root, split_seed=1, realiad_fit_fraction=0.5, shots=2)
+    second = run_quiet(model, root, layout="realiad", split_seed=1, realiad_fit_fraction=0.5, shots=2)
+    split = first["protocol"]["realiad_split"]
+    assert split == second["protocol"]["realiad_split"]
+    assert (split["fit_fraction"], split["seed"]) == (0.5, 1)
+    assert len(split["per_category"]["tile"]["fit_sample_ids"]) == 2  # round(0.5 * 4) OK samples
+    assert first["config"]["layout_resolved"] == "realiad"
+    record = first["protocol"]["per_category"]["tile"]
+    assert record["num_train"] == 4 and record["num_test"] == 8  # 2 fit samples x 2 views; the rest is test
+    assert {sid.rsplit("/", 1)[0] for sid in record["train_sample_ids"]} == set(split["per_category"]["tile"]["fit_sample_ids"])
+
+
+# -- errors ----------------------------------------------------------------------------------
+def test_api_errors(mvtec_root, model, tmp_path):
+    with pytest.raises(ValueError, match=r"unknown method.*choose from.*patchcore"):
+        evaluate_model(model, mvtec_root, methods=["featurenorm", "nope"])
+    with pytest.raises(ValueError, match="not an existing folder"):
+        evaluate_model(model, tmp_path / "missing", **FAST)
+    with pytest.raises(ValueError, match=r"\['carpet'\] not found.*available"):
+        evaluate_model(model, mvtec_root, categories=["carpet"], **FAST)
+    with pytest.raises(TypeError, match="ADPretrainModel"):
+        evaluate_model(42, mvtec_root, **FAST)
+
+
+# -- CLI -------------------------------------------------------------------------------------
+def test_cli_help_and_mirrored_choices(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["evaluate", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--model", "--preset", "--reference-seeds", "--no-compare-backbone", "--train-shots", "--noise-ratio"):
+        assert option in text
+    assert evaluate_command._LAYOUTS == evaluation_config.LAYOUT_CHOICES
+    assert evaluate_command._STRATEGIES == evaluation_config.REFERENCE_STRATEGY_CHOICES
+    assert set(evaluate_command._DTYPES) <= set(evaluation_config.DTYPES)
+    assert tuple(evaluate_command._DEFAULT_METHODS.split(",")) == evaluation_config.DEFAULT_METHODS
+
+
+def test_cli_run_and_errors(mvtec_root, tmp_path, capsys):
+    out = tmp_path / "cli"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = cli_main(["evaluate", "--preset", "tiny-clip", "--data", str(mvtec_root), "--categories", "tile",
+                         "--methods", "featurenorm,padim", "--shots", "2", "--output", str(out), "--num-overlays", "1",
+                         "--no-progress"])
+    assert code == 0
+    assert "| category | FeatureNorm w/o | FeatureNorm w/ | PaDiM w/o | PaDiM w/ |" in capsys.readouterr().out
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["config"]["model"] == "preset:tiny-clip (random weights)"
+    assert set(payload["results"]["tile"]) == {"featurenorm", "padim"}
+    assert len(list((out / "overlays" / "tile").glob("*.png"))) == 1
+
+    assert cli_main(["evaluate", "--preset", "tiny-clip", "--data", str(mvtec_root), "--methods", "featurenorm,bogus"]) == 1
+    assert "choose from" in capsys.readouterr().err
+    assert cli_main(["evaluate", "--preset", "tiny-clip", "--data", str(tmp_path / "nowhere")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert cli_main(["evaluate", "--preset", "tiny-clip", "--data", str(mvtec_root), "--categories", "carpet", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "not found" in err and "hint:" in err
