@@ -2,7 +2,7 @@
 
 Writes ``scores.csv`` (one image score per file), ``maps/<name>.png`` (anomaly map at the
 image's own size, min-max scaled over the folder so maps are comparable) and, with
-``--save-features``, ``features/<name>.npz`` (per-layer ``[h, w, D]`` arrays).
+``--save-features``, ``features/<name>.npz`` (``block_<n>``: ``[h, w, D]`` per tapped backbone block).
 """
 
 from __future__ import annotations
@@ -71,6 +71,6 @@ def run(args: argparse.Namespace) -> int:
             Image.fromarray((scaled * 255).astype(np.uint8)).save(out / "maps" / f"{path.stem}.png")
             if args.save_features:
                 (out / "features").mkdir(exist_ok=True)
-                np.savez(out / "features" / f"{path.stem}.npz", **{f"layer_{i}": f for i, f in enumerate(result["features"])})
+                np.savez(out / "features" / f"{path.stem}.npz", **{f"block_{block}": np.asarray(f) for block, f in result["features"].items()})
     print(f"{len(results)} images scored: {out / 'scores.csv'}, maps in {out / 'maps'}")
     return 0
