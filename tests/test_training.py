@@ -63,6 +63,12 @@ def test_pretraining_lowers_the_loss_and_writes_a_loadable_checkpoint(realiad_ro
     assert isinstance(model, ADPretrainModel) and bool(model.centers.initialized)
     assert all(torch.isfinite(c).all() and c.abs().sum() > 0 for c in model.centers.get())
 
+    from transformers import pipeline
+
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    result = pipeline("anomaly-features", model=str(out), device="cpu")(image, references=[image[::-1], image[:, ::-1]], output="score")
+    assert np.isfinite(result["score"])
+
 
 def test_resume_continues_from_the_saved_step(realiad_root, tmp_path):
     out = tmp_path / "run"

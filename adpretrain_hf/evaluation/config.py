@@ -8,7 +8,7 @@ of ``results.json``; checking them once, before any image is loaded, turns a typ
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional, Sequence, Union
 
 import torch
@@ -120,8 +120,9 @@ class EvaluationConfig:
     """Show a tqdm bar over categories and one per category."""
     print_markdown: bool = True
     """Print the markdown table on stdout."""
-    aligned_feature_net: Optional[str] = None
-    """ResNet-18 state-dict path for the "aligned" matcher (default: random init, with a warning)."""
+    aligned_feature_net: Optional[Any] = None
+    """Early-stage CNN of the "aligned" matcher: a ResNet-18 state-dict path or an ``nn.Module``
+    (default: random-init ResNet-18, with a warning)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes recorded in ``results.json`` (e.g. the CLI command line)."""
 
@@ -192,9 +193,13 @@ class EvaluationConfig:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready copy (tuples as lists), for the ``"config"`` block of ``results.json``."""
-        data = asdict(self)
+        net = self.aligned_feature_net
+        data = asdict(replace(self, aligned_feature_net=None))
         for key, value in data.items():
             if isinstance(value, tuple):
                 data[key] = list(value)
+        # A module is recorded by its class name: the JSON says which net, not its weights.
+        data["aligned_feature_net"] = net if net is None or isinstance(net, (str, os.PathLike)) else type(net).__name__
+        data["aligned_feature_net"] = str(data["aligned_feature_net"]) if data["aligned_feature_net"] is not None else None
         data["effective_reference_strategy"] = self.effective_strategy
         return data

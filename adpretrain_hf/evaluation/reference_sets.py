@@ -18,6 +18,8 @@ itself has an all-zero residual, so the pool image equal to the query is exclude
 
 from __future__ import annotations
 
+import os
+
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -171,7 +173,9 @@ def plan_references(
         per_test = aligned.indices(test_pixel_values)
         record = {
             "strategy": strategy, "seed": seed, "k": k, "self_excluded": True,
-            "feature_net": "random-init ResNet-18" if matcher.random_init else str(aligned_feature_net),
+            "feature_net": "random-init ResNet-18" if matcher.random_init else (
+                str(aligned_feature_net) if isinstance(aligned_feature_net, (str, os.PathLike)) else type(aligned_feature_net).__name__
+            ),
             "per_test_image": {tid: [pool_ids[j] for j in row.tolist()] for tid, row in zip(test_ids, per_test)},
         }
         return ReferencePlan(seed, strategy, k, aligned=aligned, record=record)
