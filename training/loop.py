@@ -154,7 +154,9 @@ class Pretrainer:
         banks = self.cache.banks(draw_references(self.data, batch, self.rng, self.config.training_reference_shots))
         metric = self.config.matching_metric
         with self.accelerator.autocast():
-            views = [self.model.backbone(batch[key].to(device)) for key in ("view1", "view2")]
+            # One backbone pass over both views (2B images) instead of two half-size passes.
+            both = self.model.backbone(torch.cat([batch["view1"], batch["view2"]]).to(device))
+            views = [[t[: len(batch["view1"])] for t in both], [t[len(batch["view1"]) :] for t in both]]
         if self.config.use_residual:
             res1, res2 = ([residual_features(x, b, metric) for x, b in zip(view, banks)] for view in views)
         else:
