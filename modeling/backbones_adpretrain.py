@@ -56,7 +56,8 @@ class BackboneAdapter(nn.Module):
     # -- interface -------------------------------------------------------------
     @property
     def num_blocks(self) -> int:
-        raise NotImplementedError
+        """Blocks (ViT) or feature stages (CNN) the backbone has; ``layers`` index them 1-based."""
+        return self._num_blocks
 
     @property
     def feature_dims(self) -> list[int]:
@@ -162,10 +163,6 @@ class OpenCLIPAdapter(BackboneAdapter):
         self.freeze()
 
     @property
-    def num_blocks(self) -> int:
-        return self._num_blocks
-
-    @property
     def feature_dims(self) -> list[int]:
         return [self._width] * len(self.layers)
 
@@ -231,10 +228,6 @@ class TimmCNNAdapter(BackboneAdapter):
         self._grids: dict[int, list[tuple[int, int]]] = {}
         self.channels_last = True  # input memory format only; weights stay contiguous for safetensors
         self.freeze()
-
-    @property
-    def num_blocks(self) -> int:
-        return self._num_blocks
 
     @property
     def feature_dims(self) -> list[int]:
