@@ -168,8 +168,9 @@ def _norm_histograms(checkpoint: Path, downstream_root: Path, out: Path) -> None
     """Patch-norm histograms of normal vs anomalous test patches, backbone vs pretrained features."""
     import torch
 
-    from .data import load_ad_dataset, load_image_and_mask
+    from .data import load_ad_dataset
     from .diagnostics import patch_norms, plot_norm_histograms
+    from .evaluation.loading import category_rows, preprocess_rows
     from .extractor import ModelFeatureExtractor
     from .modeling import ADPretrainModel
     from .modeling.image_processing_adpretrain import ADPretrainImageProcessor
@@ -177,14 +178,11 @@ def _norm_histograms(checkpoint: Path, downstream_root: Path, out: Path) -> None
     model = ADPretrainModel.from_pretrained(checkpoint).eval()
     processor = ADPretrainImageProcessor.from_adpretrain_config(model.config)
     data = load_ad_dataset(downstream_root, layout="mvtec")
-    train, test = data["train"], data["test"]
-    first = train["category"][0]
-    train_rows = [r for r in train if r["category"] == first][: model.config.num_reference_shots]
-    test_rows = [r for r in test if r["category"] == first]
-    refs = processor([load_image_and_mask(r)[0] for r in train_rows], return_tensors="pt")["pixel_values"]
-    pairs = [load_image_and_mask(r) for r in test_rows]
-    pixels = processor([p[0] for p in pairs], return_tensors="pt")["pixel_values"]
-    masks = processor.preprocess_masks([p[1] for p in pairs])
+    first = data["train"]["category"][0]
+    train_rows = category_rows(data["train"], first)
+    train_rows = train_rows.subset(range(min(len(train_rows), model.config.num_reference_shots)))
+    refs, _ = preprocess_rows(train_rows, processor, batch_size=16, with_masks=False)
+    pixels, masks = preprocess_rows(category_rows(data["test"], first), processor, batch_size=16, with_masks=True)
     by_kind = {}
     for kind in ("backbone", "pretrained"):
         extractor = ModelFeatureExtractor(model, features=kind)

@@ -35,6 +35,21 @@ def template_path() -> Path:
     return Path(str(resources.files("adpretrain_hf.model_cards") / "template.md"))
 
 
+def load_results(files: Sequence[str | Path]) -> dict[str, Any]:
+    """Merge runner ``results.json`` files: ``{category: {method: {features: metrics}}}``.
+
+    Later files add methods/features to a category (e.g. one run per method); an entry given
+    twice keeps the later file's numbers.
+    """
+    merged: dict[str, Any] = {}
+    for file in files:
+        loaded = json.loads(Path(file).read_text())
+        for category, methods in loaded.get("results", loaded).items():
+            for method, kinds in methods.items():
+                merged.setdefault(category, {}).setdefault(method, {}).update(kinds)
+    return merged
+
+
 def results_table(results: dict[str, Any]) -> str:
     """Markdown table (w/o vs w/ per method) from a runner ``results.json`` dict."""
     mean = results.get("mean") or {}
@@ -109,10 +124,7 @@ def write_model_card(
     """Write ``README.md`` into a checkpoint folder; results come only from runner JSON files."""
     checkpoint_dir = Path(checkpoint_dir)
     config = ADPretrainConfig.from_pretrained(checkpoint_dir)
-    results: dict[str, Any] = {}
-    for file in results_files:
-        loaded = json.loads(Path(file).read_text())
-        results = loaded.get("results", loaded)
+    results = load_results(results_files)
     card = build_model_card(config, repo_id or f"adpretrain/{config.preset or checkpoint_dir.name}", results, training_args=training_args)
     path = checkpoint_dir / "README.md"
     card.save(path)

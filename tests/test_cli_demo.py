@@ -85,3 +85,14 @@ def test_card_results_come_from_the_evaluation_json(tiny_clip_model, tmp_path):
     card = (tmp_path / "ckpt" / "README.md").read_text()
     assert "| patchcore | pretrained | 91.2 | 80.0 | 70.0 |" in card
     assert "model-index" in card and "0.9123" in card
+
+
+def test_results_of_several_runs_are_merged(tmp_path):
+    from adpretrain_hf.hub import load_results
+
+    scores = dict.fromkeys(METRICS, 0.5)
+    (tmp_path / "a.json").write_text(json.dumps({"results": {"mean": {"patchcore": {"backbone": scores}}}}))
+    (tmp_path / "b.json").write_text(json.dumps({"results": {"mean": {"patchcore": {"pretrained": scores}, "padim": {"backbone": scores}}}}))
+    merged = load_results([tmp_path / "a.json", tmp_path / "b.json"])
+    assert set(merged["mean"]) == {"patchcore", "padim"}
+    assert set(merged["mean"]["patchcore"]) == {"backbone", "pretrained"}

@@ -21,11 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     from adpretrain_hf.cli import CommandError
-    from adpretrain_hf.hub import build_model_card, write_model_card
+    from adpretrain_hf.hub import build_model_card, load_results, write_model_card
     from adpretrain_hf.modeling import ADPretrainConfig
 
     for path in args.results:
@@ -41,10 +40,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not args.output:
             raise CommandError("--preset needs --output", "e.g. --output model_cards/clip-large.md")
-        results = {}
-        for file in args.results:
-            loaded = json.loads(Path(file).read_text())
-            results = loaded.get("results", loaded)
+        results = load_results(args.results)
         try:
             config = ADPretrainConfig.from_preset(args.preset)
         except ValueError as err:

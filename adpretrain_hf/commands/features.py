@@ -53,12 +53,13 @@ def run(args: argparse.Namespace) -> int:
     references = _images_in(args.references, "references")[: args.shots]
     out = Path(args.output)
     (out / "maps").mkdir(parents=True, exist_ok=True)
-    extract = pipeline("anomaly-features", model=args.model, device=args.device or "cpu")
+    # References are read, processed and turned into a bank once for the whole folder.
+    extract = pipeline("anomaly-features", model=args.model, device=args.device or "cpu", references=[str(p) for p in references])
     outputs = ["anomaly_map", "score"] + (["features"] if args.save_features else [])
     results = []
     for start in tqdm(range(0, len(images), args.batch_size), desc="features"):
         chunk = images[start : start + args.batch_size]
-        batch = extract([str(p) for p in chunk], references=[str(p) for p in references], output=outputs, return_tensors="np")
+        batch = extract([str(p) for p in chunk], output=outputs, return_tensors="np")
         results.extend(zip(chunk, batch if isinstance(batch, list) else [batch]))
     maps = [np.asarray(r["anomaly_map"], dtype=np.float32) for _, r in results]
     low, high = min(float(m.min()) for m in maps), max(float(m.max()) for m in maps)
