@@ -174,7 +174,7 @@ class Pretrainer:
             res1, _, labels, banks = self._residuals(batch)
             with torch.no_grad(), self.accelerator.autocast():
                 feats = res1 if self.config.center_mode == "residual" else self.head(res1, banks)
-            estimator.update([f.float() for f in feats], [~label for label in labels])
+            estimator.update([f.float() for f in feats], labels)  # True = anomalous, excluded
         centers = [c.to(self.accelerator.device) for c in estimator.compute()]
         return [self.accelerator.reduce(c, reduction="mean") for c in centers]
 
@@ -224,7 +224,7 @@ class Pretrainer:
                     self.optimizer.step()
                     self.optimizer.zero_grad()
                 if running is not None:
-                    running.update([f.detach().float() for f in feats1], [~label for label in labels])
+                    running.update([f.detach().float() for f in feats1], labels)  # True = anomalous, excluded
                     self.state.centers = running.compute()
                 if not acc.sync_gradients:
                     continue

@@ -1,0 +1,133 @@
+"""The pretraining loop's center c: the mean of the *normal* patches' features, both modes.
+
+Runs a few steps of the real ``Pretrainer`` on a tiny synthetic Real-IAD tree and recomputes
+c from the very batches the loop saw, with plain torch (block means of the masks for the
+labels, masked means for the center, the EMA written out by hand).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adpretrain_hf.data import generate_dataset
+from adpretrain_hf.training.arguments import PretrainArguments
+from adpretrain_hf.training.loop import Pretrainer
+
+CENTER_BATCHES = 2
+MAX_STEPS = 3
+MOMENTUM = 0.5  # far from 1 so that a wrong update is visible after one step
+
+
+@pytest.fixture(scope="module")
+def realiad_root(tmp_path_factory):
+    """4 OK and 6 NG images of one class, one view, 64 px (tiny-clip's input)."""
+    root = tmp_path_factory.mktemp("realiad_center")
+    generate_dataset(root, layout="realiad", categories=["bottle"], num_normal=4, num_anomalous=6,
+                     image_size=64, seed=3, num_views=1, progress=False)
+    return root
+
+
+def _independent_labels(masks: torch.Tensor, grid: int, fraction: float) -> torch.Tensor:
+    """``[B, H, W]`` {0,1} masks -> ``[B, grid*grid]`` bool, True = anomalous (block mean > fraction)."""
+    b, h, w = masks.shape
+    blocks = masks.float().reshape(b, grid, h // grid, grid, w // grid).mean(dim=(2, 4))
+    return (blocks > fraction).reshape(b, -1)
+
+
+def _normal_mean(feats: list[torch.Tensor], labels: list[torch.Tensor]) -> torch.Tensor:
+    """Mean of the rows of ``feats [B, N, D]`` whose label is False, over all given batches."""
+    rows = torch.cat([f.reshape(-1, f.shape[-1])[~l.reshape(-1)] for f, l in zip(feats, labels)])
+    return rows.double().mean(dim=0)
+
+
+@pytest.mark.parametrize("center_mode", ["residual", "projected"])
+def test_loop_center_is_the_mean_of_normal_patches(realiad_root, tmp_path, center_mode):
+    args = PretrainArguments(
+        data_root=str(realiad_root), output_dir=str(tmp_path / "run"), preset="tiny-clip",
+        model={"center_mode": center_mode, "training_reference_shots": [1]}, epochs=1, batch_size=4,
+        max_steps=MAX_STEPS, num_workers=0, center_batches=CENTER_BATCHES, center_momentum=MOMENTUM,
+        mixed_precision="no", progress=False, checkpoints_total_limit=1,
+    )
+    trainer = Pretrainer(args)
+    config = trainer.config
+    grid = config.image_size // config.patch_size
+    seen: list[dict] = []  # one record per _residuals call: masks, res1, projected res1 (estimation)
+    losses: list[dict] = []  # one record per loss call: feats1, centers given
+
+    original_residuals = trainer._residuals
+
+    def residuals(batch):
+        res1, res2, labels, banks = original_residuals(batch)
+        record = {"masks": batch["mask"].clone(), "res1": [r.clone() for r in res1]}
+        if not losses:  # estimation phase: the head still has its initial weights
+            with torch.no_grad():
+                record["proj1"] = [p.clone() for p in trainer.head(res1, banks)]
+        seen.append(record)
+        return res1, res2, labels, banks
+
+    original_loss = trainer.loss_fn
+
+    def loss_fn(feats1, feats2, labels, centers):
+        losses.append({"feats1": [f.detach().clone() for f in feats1], "centers": [c.detach().clone() for c in centers],
+                       "masks": seen[-1]["masks"]})
+        return original_loss(feats1, feats2, labels, centers)
+
+    trainer._residuals, trainer.loss_fn = residuals, loss_fn
+    trainer.train()
+
+    estimation = seen[:CENTER_BATCHES]
+    assert len(losses) == MAX_STEPS
+    fraction = config.patch_anomaly_fraction
+    labels = [_independent_labels(r["masks"], grid, fraction) for r in estimation]
+    assert any(l.any() for l in labels) and any((~l).any() for l in labels), "test data needs both patch kinds"
+    key = "res1" if center_mode == "residual" else "proj1"
+    for layer in range(len(config.layers)):
+        expected = _normal_mean([r[key][layer] for r in estimation], labels)
+        torch.testing.assert_close(losses[0]["centers"][layer].double(), expected, rtol=1e-4, atol=1e-5)
+
+    # During training: fixed (residual) or an EMA over view 1's normal projected patches (projected).
+    for step in range(1, MAX_STEPS):
+        for layer in range(len(config.layers)):
+            previous = losses[step - 1]
+            if center_mode == "residual":
+                expected = losses[0]["centers"][layer].double()
+            else:
+                step_labels = _independent_labels(previous["masks"], grid, fraction)
+                if not (~step_labels).any():
+                    expected = previous["centers"][layer].double()
+                else:
+                    batch_mean = _normal_mean([previous["feats1"][layer]], [step_labels])
+                    expected = MOMENTUM * previous["centers"][layer].double() + (1 - MOMENTUM) * batch_mean
+            torch.testing.assert_close(losses[step]["centers"][layer].double(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_center_estimation_works_when_the_first_batches_hold_no_anomaly(tmp_path):
+    """Only normal patches in the estimation batches (masks blanked): c is their mean of all patches
+    (the old, inverted labels left no row to average and raised)."""
+    root = tmp_path / "data"
+    generate_dataset(root, layout="realiad", categories=["bottle"], num_normal=4, num_anomalous=2,
+                     image_size=64, seed=1, num_views=1, progress=False)
+    args = PretrainArguments(
+        data_root=str(root), output_dir=str(tmp_path / "run"), preset="tiny-clip",
+        model={"center_mode": "residual", "training_reference_shots": [1]}, batch_size=2, num_workers=0,
+        center_batches=3, mixed_precision="no", progress=False,
+    )
+    trainer = Pretrainer(args)
+    records = []
+    original = trainer._residuals
+
+    def residuals(batch):
+        batch = {**batch, "mask": torch.zeros_like(batch["mask"])}
+        out = original(batch)
+        records.append((batch["mask"].clone(), [r.clone() for r in out[0]]))
+        return out
+
+    trainer._residuals = residuals
+    centers = trainer.estimate_centers()
+    grid = trainer.config.image_size // trainer.config.patch_size
+    labels = [_independent_labels(m, grid, trainer.config.patch_anomaly_fraction) for m, _ in records]
+    assert not any(l.any() for l in labels)
+    for layer, center in enumerate(centers):
+        expected = _normal_mean([r[layer] for _, r in records], labels)
+        torch.testing.assert_close(center.double(), expected, rtol=1e-4, atol=1e-5)
