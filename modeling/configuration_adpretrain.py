@@ -19,6 +19,59 @@ MATCHING_METRICS = ("cosine", "l2")
 NORM_KINDS = ("paper", "release")
 ANGLE_ANCHORS = ("first", "both")
 CENTER_MODES = ("projected", "residual")
+LOSS_NORMALIZATIONS = ("paper", "release")
+
+# -- The pretraining loss: the ONE place of its defaults (adpretrain_hf.losses imports them). --
+TEMPERATURE = 0.15
+"""tau of the angle-oriented loss, Eq. (2) (appendix E, Tab. 8)."""
+HYPERSPHERE_RADIUS = 0.4
+"""r of the norm-oriented loss, Eqs. (3)-(5) (sqrt(1 + 1) - 1 ~= 0.41: the unit sphere under the paper's norm)."""
+ABNORMAL_MARGIN = 0.75
+"""Delta r: abnormal features are pushed beyond r + Delta r, Eq. (5) (appendix E, Tab. 9)."""
+LOSS_WEIGHT = 1.0
+"""lambda weighting the angle loss in Eq. (7) (Tab. 10)."""
+
+PAPER_LOSS_FORM: dict[str, Any] = {
+    "norm_kind": "paper",
+    "angle_anchors": "first",
+    "loss_normalization": "paper",
+    "detach_exp_factor": False,
+    "adaptive_radius": False,
+    "hinge_normals": False,
+    "push_inner_normals": False,
+    "center_mode": "projected",
+}
+"""The loss exactly as the paper writes it (Eqs. 2-7, Sec. 3.2): ``training/configs/paper.yaml``."""
+
+RELEASE_LOSS_FORM: dict[str, Any] = {
+    "norm_kind": "release",
+    "angle_anchors": "both",
+    "loss_normalization": "release",
+    "detach_exp_factor": True,
+    "adaptive_radius": True,
+    "hinge_normals": True,
+    "push_inner_normals": True,
+    "center_mode": "residual",
+}
+"""The loss as the authors' released code computes it: ``training/configs/release.yaml``."""
+
+DEFAULT_LOSS_FORM: dict[str, Any] = PAPER_LOSS_FORM
+"""The form ``ADPretrainConfig()`` and ``ADPretrainLoss()`` use by default."""
+
+LOSS_ARGUMENT_NAMES: dict[str, str] = {
+    "angle_temperature": "temperature",
+    "hypersphere_radius": "radius",
+    "abnormal_margin": "margin",
+    "loss_weight": "loss_weight",
+    "norm_kind": "norm_kind",
+    "angle_anchors": "anchors",
+    "loss_normalization": "normalization",
+    "detach_exp_factor": "detach_exp_factor",
+    "adaptive_radius": "adaptive_radius",
+    "hinge_normals": "hinge_normals",
+    "push_inner_normals": "push_inner_normals",
+}
+"""Config field -> ``ADPretrainLoss`` keyword: every loss option is a config field."""
 
 
 ANOMALY_FEATURES_TASK = "anomaly-features"
@@ -84,6 +137,12 @@ class ADPretrainConfig(PretrainedConfig):
         loss_weight: lambda weighting the angle loss in Eq. 7 (1.0).
         norm_kind: ``"paper"`` sqrt(||x||^2+1)-1 or ``"release"`` sqrt(||x||+1)-1.
         angle_anchors: ``"first"`` (paper Eq. 7) or ``"both"`` views as anchors (release).
+        loss_normalization: ``"paper"`` (Eq. 7's 1/2N average over both views) or ``"release"``
+            (plain sum of the angle mean and the two views' norm means).
+        detach_exp_factor: the norm loss's exp(.) weight is a constant in backward (release).
+        adaptive_radius: cap r at 0.9 x the smallest anomalous norm of the batch (release).
+        hinge_normals: no contraction loss for normal features already inside r (release).
+        push_inner_normals: push normal features below 0.99 r outward, onto [0.99 r, r] (release).
         center_mode: ``"projected"`` (paper: center of the features the loss sees) or
             ``"residual"`` (release: mean of un-projected residuals).
         patch_anomaly_fraction: a patch is anomalous when more than this fraction of its mask
@@ -118,13 +177,18 @@ class ADPretrainConfig(PretrainedConfig):
         matching_metric: str = "cosine",
         num_reference_shots: int = 8,
         training_reference_shots: Sequence[int] = (1, 4, 8),
-        angle_temperature: float = 0.15,
-        hypersphere_radius: float = 0.4,
-        abnormal_margin: float = 0.75,
-        loss_weight: float = 1.0,
-        norm_kind: str = "paper",
-        angle_anchors: str = "first",
-        center_mode: str = "projected",
+        angle_temperature: float = TEMPERATURE,
+        hypersphere_radius: float = HYPERSPHERE_RADIUS,
+        abnormal_margin: float = ABNORMAL_MARGIN,
+        loss_weight: float = LOSS_WEIGHT,
+        norm_kind: str = DEFAULT_LOSS_FORM["norm_kind"],
+        angle_anchors: str = DEFAULT_LOSS_FORM["angle_anchors"],
+        loss_normalization: str = DEFAULT_LOSS_FORM["loss_normalization"],
+        detach_exp_factor: bool = DEFAULT_LOSS_FORM["detach_exp_factor"],
+        adaptive_radius: bool = DEFAULT_LOSS_FORM["adaptive_radius"],
+        hinge_normals: bool = DEFAULT_LOSS_FORM["hinge_normals"],
+        push_inner_normals: bool = DEFAULT_LOSS_FORM["push_inner_normals"],
+        center_mode: str = DEFAULT_LOSS_FORM["center_mode"],
         patch_anomaly_fraction: float = 32 / 256,
         anomaly_map_sigma: float = 4.0,
         preset: Optional[str] = None,
@@ -158,6 +222,11 @@ class ADPretrainConfig(PretrainedConfig):
         self.loss_weight = loss_weight
         self.norm_kind = norm_kind
         self.angle_anchors = angle_anchors
+        self.loss_normalization = loss_normalization
+        self.detach_exp_factor = bool(detach_exp_factor)
+        self.adaptive_radius = bool(adaptive_radius)
+        self.hinge_normals = bool(hinge_normals)
+        self.push_inner_normals = bool(push_inner_normals)
         self.center_mode = center_mode
         self.patch_anomaly_fraction = patch_anomaly_fraction
         self.anomaly_map_sigma = anomaly_map_sigma
@@ -178,6 +247,7 @@ class ADPretrainConfig(PretrainedConfig):
             "matching_metric": MATCHING_METRICS,
             "norm_kind": NORM_KINDS,
             "angle_anchors": ANGLE_ANCHORS,
+            "loss_normalization": LOSS_NORMALIZATIONS,
             "center_mode": CENTER_MODES,
         }
         for field, allowed in choices.items():

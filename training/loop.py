@@ -138,11 +138,8 @@ class Pretrainer:
         self.cache = ReferenceFeatureCache(
             self.model.backbone, self.data.reference_pixels, self.accelerator.device, max_images=args.feature_cache_images
         )
-        self.loss_fn = ADPretrainLoss(
-            temperature=self.config.angle_temperature, radius=self.config.hypersphere_radius, margin=self.config.abnormal_margin,
-            loss_weight=self.config.loss_weight, norm_kind=self.config.norm_kind, anchors=self.config.angle_anchors,
-            max_block_elements=args.loss_chunk_elements,
-        )
+        # Every loss option is a config field (--set model.<field>=...), built in one place.
+        self.loss_fn = ADPretrainLoss.from_config(self.config, max_block_elements=args.loss_chunk_elements)
         self.rng = np.random.default_rng(args.seed + self.accelerator.process_index)
         self.grids = self.model.grid_sizes
 

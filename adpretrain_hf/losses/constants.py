@@ -1,23 +1,30 @@
 """Named constants of the ADPretrain losses (paper section 3.2 and appendix E).
 
-The values are the paper's defaults; the losses take them as keyword arguments so that an
-ablation changes an argument, never a number deep in the code.
+The loss hyperparameters and the default loss form are defined ONCE, next to the config
+fields that carry them (``adpretrain_hf.modeling.configuration_adpretrain``, which must stay
+importable without this package for remote code); they are re-exported here. The losses take
+them as keyword arguments so that an ablation changes an argument, never a number deep in
+the code.
 """
 
 from __future__ import annotations
 
-TEMPERATURE = 0.15
-"""tau in Eq. (2): temperature of the angle-oriented contrastive loss (appendix E, Tab. 8)."""
-
-HYPERSPHERE_RADIUS = 0.4
-"""r in Eqs. (3)-(5): radius of the normal hypersphere, measured with the pseudo-Huber norm
-(sqrt(1 + 1) - 1 ~= 0.41, i.e. the unit sphere in Euclidean terms)."""
-
-ABNORMAL_MARGIN = 0.75
-"""Delta r in Eq. (5): abnormal features are pushed beyond r' = r + Delta r (appendix E, Tab. 9)."""
-
-LOSS_WEIGHT = 1.0
-"""lambda in Eq. (7): weight of the angle-oriented loss against the norm-oriented loss (Tab. 10)."""
+# Re-exported. NORM_KINDS: "paper" sqrt(||x||^2 + 1) - 1 | "release" sqrt(||x|| + 1) - 1.
+# ANCHOR_MODES: "first" (Eq. 7, view-1 anchors) | "both" (release). NORMALIZATIONS: how
+# ADPretrainLoss combines the per-layer terms, Eq. (7) | the release's plain sum.
+from adpretrain_hf.modeling.configuration_adpretrain import (  # noqa: F401
+    ABNORMAL_MARGIN,
+    DEFAULT_LOSS_FORM,
+    HYPERSPHERE_RADIUS,
+    LOSS_ARGUMENT_NAMES,
+    LOSS_WEIGHT,
+    NORM_KINDS,
+    PAPER_LOSS_FORM,
+    RELEASE_LOSS_FORM,
+    TEMPERATURE,
+)
+from adpretrain_hf.modeling.configuration_adpretrain import ANGLE_ANCHORS as ANCHOR_MODES  # noqa: F401
+from adpretrain_hf.modeling.configuration_adpretrain import LOSS_NORMALIZATIONS as NORMALIZATIONS  # noqa: F401
 
 ADAPTIVE_RADIUS_FACTOR = 0.9
 """Release only: with ``adaptive_radius`` the radius is capped at this fraction of the smallest
@@ -32,12 +39,3 @@ DEFAULT_MAX_BLOCK_ELEMENTS = 4096 * 16384
 
 ``4096 x 16384`` = 2**26 elements (256 MiB in float32): for the paper's batch (32 images x
 256 tokens x 2 views = 16,384 features per layer) this is a chunk of 4,096 anchors."""
-
-NORM_KINDS = ("paper", "release")
-"""``"paper"``: pseudo-Huber ``sqrt(||x||^2 + 1) - 1``; ``"release"``: ``sqrt(||x|| + 1) - 1``."""
-
-ANCHOR_MODES = ("first", "both")
-"""``"first"``: Eq. (7), anchors from view 1 only; ``"both"``: the release, anchors from both views."""
-
-NORMALIZATIONS = ("paper", "release")
-"""How ADPretrainLoss combines the per-layer terms: Eq. (7) or the release's plain sum."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,27 +33,35 @@ from .angle import angle_contrastive_loss
 from .constants import (
     ABNORMAL_MARGIN,
     ANCHOR_MODES,
+    DEFAULT_LOSS_FORM,
     DEFAULT_MAX_BLOCK_ELEMENTS,
     HYPERSPHERE_RADIUS,
+    LOSS_ARGUMENT_NAMES,
     LOSS_WEIGHT,
     NORM_KINDS,
     NORMALIZATIONS,
+    PAPER_LOSS_FORM,
+    RELEASE_LOSS_FORM,
     TEMPERATURE,
 )
 from .norm import norm_contrastive_loss
 
-__all__ = ["ADPretrainLoss", "ADPretrainLossOutput", "RELEASE_LOSS_OPTIONS"]
+__all__ = ["ADPretrainLoss", "ADPretrainLossOutput", "PAPER_LOSS_OPTIONS", "RELEASE_LOSS_OPTIONS", "loss_options"]
 
-RELEASE_LOSS_OPTIONS: dict[str, object] = {
-    "anchors": "both",
-    "normalization": "release",
-    "norm_kind": "release",
-    "detach_exp_factor": True,
-    "adaptive_radius": True,
-    "hinge_normals": True,
-    "push_inner_normals": True,
-}
+
+def loss_options(fields: dict[str, Any]) -> dict[str, Any]:
+    """``ADPretrainLoss`` keywords from config-field values (names in ``LOSS_ARGUMENT_NAMES``;
+    other keys, such as ``center_mode``, are not loss arguments and are dropped)."""
+    return {LOSS_ARGUMENT_NAMES[name]: value for name, value in fields.items() if name in LOSS_ARGUMENT_NAMES}
+
+
+RELEASE_LOSS_OPTIONS: dict[str, Any] = loss_options(RELEASE_LOSS_FORM)
 """Keyword arguments of ``ADPretrainLoss`` that reproduce the released code's loss."""
+
+PAPER_LOSS_OPTIONS: dict[str, Any] = loss_options(PAPER_LOSS_FORM)
+"""Keyword arguments of ``ADPretrainLoss`` that give the paper's Eqs. (2)-(7) as written."""
+
+_DEFAULTS = loss_options(DEFAULT_LOSS_FORM)
 
 
 @dataclass
@@ -97,9 +106,20 @@ class ADPretrainLoss(nn.Module):
             norm-loss variants (off = paper). The adaptive radius is computed per view.
         chunk_size, max_block_elements: memory control of the angle loss (see its docstring).
 
-    ``ADPretrainLoss(**RELEASE_LOSS_OPTIONS)`` reproduces the release's loss (up to its
-    per-subset averaging in the norm loss, see ``adpretrain_hf.losses.norm``).
+    Defaults are ``DEFAULT_LOSS_FORM`` (the same as ``ADPretrainConfig()``'s). Build the loss of
+    a model with :meth:`from_config`. ``ADPretrainLoss(**RELEASE_LOSS_OPTIONS)`` reproduces the
+    release's loss (up to its per-subset averaging in the norm loss, see
+    ``adpretrain_hf.losses.norm``); ``ADPretrainLoss(**PAPER_LOSS_OPTIONS)`` is the paper's.
     """
+
+    @classmethod
+    def from_config(cls, config: Any, **runtime: Any) -> "ADPretrainLoss":
+        """The loss an ``ADPretrainConfig`` describes (every field of ``LOSS_ARGUMENT_NAMES``);
+        ``runtime`` adds memory controls (``chunk_size``, ``max_block_elements``)."""
+        missing = [name for name in LOSS_ARGUMENT_NAMES if not hasattr(config, name)]
+        if missing:
+            raise ValueError(f"config lacks loss fields {missing}: pass an ADPretrainConfig")
+        return cls(**loss_options({name: getattr(config, name) for name in LOSS_ARGUMENT_NAMES}), **runtime)
 
     def __init__(
         self,
@@ -107,14 +127,14 @@ class ADPretrainLoss(nn.Module):
         radius: float = HYPERSPHERE_RADIUS,
         margin: float = ABNORMAL_MARGIN,
         loss_weight: float = LOSS_WEIGHT,
-        norm_kind: str = "paper",
-        anchors: str = "first",
-        normalization: str = "paper",
+        norm_kind: str = _DEFAULTS["norm_kind"],
+        anchors: str = _DEFAULTS["anchors"],
+        normalization: str = _DEFAULTS["normalization"],
         *,
-        detach_exp_factor: bool = False,
-        adaptive_radius: bool = False,
-        hinge_normals: bool = False,
-        push_inner_normals: bool = False,
+        detach_exp_factor: bool = _DEFAULTS["detach_exp_factor"],
+        adaptive_radius: bool = _DEFAULTS["adaptive_radius"],
+        hinge_normals: bool = _DEFAULTS["hinge_normals"],
+        push_inner_normals: bool = _DEFAULTS["push_inner_normals"],
         chunk_size: int | None = None,
         max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
     ) -> None:
@@ -137,7 +157,9 @@ class ADPretrainLoss(nn.Module):
         return (
             f"temperature={self.temperature}, radius={self.radius}, margin={self.margin}, "
             f"loss_weight={self.loss_weight}, norm_kind={self.norm_kind!r}, anchors={self.anchors!r}, "
-            f"normalization={self.normalization!r}"
+            f"normalization={self.normalization!r}, detach_exp_factor={self.detach_exp_factor}, "
+            f"adaptive_radius={self.adaptive_radius}, hinge_normals={self.hinge_normals}, "
+            f"push_inner_normals={self.push_inner_normals}"
         )
 
     def _norm(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
