@@ -99,17 +99,29 @@ def loop_adaptive_pool(v: np.ndarray, out: int) -> np.ndarray:
     return np.array([v[(i * n) // out : -((-(i + 1) * n) // out)].mean() for i in range(out)])
 
 
-def loop_patchcore_embedding(maps: list[np.ndarray], dim: int) -> np.ndarray:
-    """Per-layer [B, C_l, h_l, w_l] -> [B, h, w, dim] by explicit loops."""
+def loop_local_context(maps: list[np.ndarray]) -> list[np.ndarray]:
+    """Per-layer [B, C_l, h_l, w_l] -> 3x3 averaged, bilinearly resized to the largest grid [B, C_l, h, w]."""
     grid = max((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])
-    b = maps[0].shape[0]
-    out = np.zeros((b, grid[0], grid[1], dim))
+    out = []
+    for m in maps:
+        avg = [loop_local_average(x) for x in m]
+        out.append(np.stack([loop_bilinear(a, grid) if m.shape[-2:] != grid else a for a in avg]))
+    return out
+
+
+def loop_patchcore_embedding(maps: list[np.ndarray], dim: int) -> np.ndarray:
+    """Per-layer [B, C_l, h_l, w_l] -> [B, h, w, D] by explicit loops: pool each layer to
+    min(dim, C_l) (never up), concatenate, pool to min(dim, total)."""
+    layers = loop_local_context(maps)
+    b, _, h, w = layers[0].shape
+    total = sum(min(dim, m.shape[1]) for m in maps)
+    width = min(dim, total)
+    out = np.zeros((b, h, w, width))
     for n in range(b):
-        layers = [loop_bilinear(loop_local_average(m[n]), grid) if m.shape[-2:] != grid else loop_local_average(m[n]) for m in maps]
-        for i in range(grid[0]):
-            for j in range(grid[1]):
-                pooled = [loop_adaptive_pool(layer[:, i, j], dim) for layer in layers]
-                out[n, i, j] = loop_adaptive_pool(np.concatenate(pooled), dim)
+        for i in range(h):
+            for j in range(w):
+                pooled = [loop_adaptive_pool(layer[n, :, i, j], min(dim, layer.shape[1])) for layer in layers]
+                out[n, i, j] = loop_adaptive_pool(np.concatenate(pooled), width)
     return out
 
 
@@ -150,9 +162,10 @@ def test_featurenorm_matches_explicit_pipeline(ext):
 def test_patchcore_aggregation_matches_loops(ext, layer_ids):
     feats = ext(images(2, seed=2))
     used = [feats[i] for i in layer_ids]
-    for dim in (10, 5):  # widening (8..16 channels -> 10) and narrowing (-> 5) poolings
+    for dim in (10, 5, 1024):  # narrowing some layers (8 stays 8), all layers, none
         ref = loop_patchcore_embedding([f.double().numpy() for f in used], dim=dim)
         got = aggregate_patch_features(used, dim=dim)
+        assert got.shape == ref.shape
         np.testing.assert_allclose(got.numpy(), ref, rtol=1e-5, atol=1e-6)
 
 
@@ -184,7 +197,7 @@ def test_coreset_projection_and_selection():
 
 
 def fit_patchcore(ext, **kwargs) -> PatchCore:
-    options = dict(embed_dim=32, coreset_ratio=0.25, backend="torch", batch_size=4, progress=False)
+    options = dict(embedding_dim=32, coreset_ratio=0.25, backend="torch", batch_size=4, progress=False)
     options.update(kwargs)
     return PatchCore(ext, **options).fit(images(6, seed=3))
 
@@ -197,12 +210,38 @@ def test_patchcore_bank_and_scores_vs_bruteforce(ext):
     np.testing.assert_allclose(det.memory_bank.numpy(), train[keep].numpy(), atol=1e-6)
 
     x = images(3, seed=4)
+    det.image_score = "max"
     maps, scores = det.predict(x)
     emb = aggregate_patch_features(ext(x), 32).double().numpy().reshape(3 * 64, 32)
     grid = cdist(emb, det.memory_bank.double().numpy()).min(axis=1).reshape(3, 8, 8)
-    ref, ref_scores = ref_maps([grid], (32, 32))
+    ref, ref_map_max = ref_maps([grid], (32, 32))
     np.testing.assert_allclose(maps.numpy(), ref, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(scores.numpy(), ref_scores, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(scores.numpy(), grid.reshape(3, -1).max(axis=1), rtol=1e-4, atol=1e-4)  # raw, unsmoothed
+    det.image_score = "map_max"
+    np.testing.assert_allclose(det.predict(x)[1].numpy(), ref_map_max, rtol=1e-4, atol=1e-4)
+
+
+def test_patchcore_keeps_narrow_backbones_unwidened():
+    ext176 = FakeExtractor(channels=(24, 40, 112))  # EfficientNet-Lite0's widths: 176 channels in all
+    train, x = images(4, seed=20), images(2, seed=21)
+    det = PatchCore(ext176, coreset_ratio=1.0, backend="torch", image_score="max", progress=False).fit(train)
+    assert det.memory_bank.shape == (4 * 64, 176)  # default embedding_dim 1024 does not widen 176
+    bank = np.concatenate(loop_local_context([f.double().numpy() for f in ext176(train)]), axis=1)  # plain concat
+    bank = bank.transpose(0, 2, 3, 1).reshape(-1, 176)
+    np.testing.assert_allclose(det.memory_bank.numpy(), bank, rtol=1e-5, atol=1e-6)
+    test = np.concatenate(loop_local_context([f.double().numpy() for f in ext176(x)]), axis=1)
+    test = test.transpose(0, 2, 3, 1).reshape(-1, 176)
+    nn = np.array([min(np.sqrt(((q - r) ** 2).sum()) for r in bank) for q in test]).reshape(2, 8, 8)  # brute force
+    maps, scores = det.predict(x)
+    ref, _ = ref_maps([nn], (32, 32))
+    np.testing.assert_allclose(maps.numpy(), ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(scores.numpy(), nn.reshape(2, -1).max(axis=1), rtol=1e-4, atol=1e-4)
+    narrow = PatchCore(ext176, embedding_dim=100, coreset_ratio=1.0, progress=False).fit(train[:1])
+    assert narrow.memory_bank.shape[1] == 100  # 24 + 40 + 100 = 164 -> 100
+    with pytest.raises(ValueError, match="embedding_dim"):
+        PatchCore(ext176, embedding_dim=0)
+    with pytest.raises(ValueError, match="image_score"):
+        PatchCore(ext176, image_score="mean")
 
 
 @pytest.mark.skipif(not faiss_available(), reason="faiss not installed")
@@ -216,10 +255,11 @@ def test_patchcore_faiss_and_chunked_torch_agree(ext):
 
 def test_patchcore_reweighting_matches_formula(ext):
     b = 4
-    det = fit_patchcore(ext, reweight=True, num_neighbors=b, coreset_ratio=0.5)
+    det = fit_patchcore(ext, num_neighbors=b, coreset_ratio=0.5)  # the default image score is Eq. 7
+    assert det.image_score == "reweighted"
     x = images(3, seed=6)
     maps, scores = det.predict(x)
-    plain_maps, _ = fit_patchcore(ext, coreset_ratio=0.5).predict(x)
+    plain_maps, _ = fit_patchcore(ext, coreset_ratio=0.5, image_score="map_max").predict(x)
     np.testing.assert_allclose(maps.numpy(), plain_maps.numpy(), atol=1e-6)  # only the image score changes
 
     bank = det.memory_bank.double().numpy()
