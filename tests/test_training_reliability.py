@@ -150,6 +150,16 @@ class _Payload:
         return (Path.touch, (Path(self.marker),))
 
 
+def _copy_latest_checkpoint(run, out):
+    """A copy of ``run``'s latest checkpoint under ``out/checkpoints``; returns the copy."""
+    source = checkpointing.latest_checkpoint(run / "checkpoints")
+    target = out / "checkpoints" / source.name
+    target.mkdir(parents=True)
+    for file in source.iterdir():
+        (target / file.name).write_bytes(file.read_bytes())
+    return target
+
+
 def _write_payload(path, marker):
     payload = _Payload()
     payload.marker = str(marker)
@@ -159,11 +169,7 @@ def _write_payload(path, marker):
 @pytest.mark.parametrize("name", ["custom_checkpoint_0.pkl", "optimizer.bin", "random_states_0.pkl"])
 def test_resume_refuses_pickles_and_never_runs_them(realiad_root, reference_run, tmp_path, capsys, name):
     out = tmp_path / "run"
-    latest = checkpointing.latest_checkpoint(reference_run / "checkpoints")
-    target = out / "checkpoints" / latest.name
-    target.mkdir(parents=True)
-    for file in latest.iterdir():
-        (target / file.name).write_bytes(file.read_bytes())
+    target = _copy_latest_checkpoint(reference_run, out)
     marker = tmp_path / "pwned"
     _write_payload(target / name, marker)
     code = pretrain.main(["--data-root", str(realiad_root), "--output-dir", str(out), "--preset", "tiny-clip", "--report-to", "none", "--resume", "latest", "--no-progress"])
@@ -171,15 +177,13 @@ def test_resume_refuses_pickles_and_never_runs_them(realiad_root, reference_run,
     assert code == pretrain.EXIT_USAGE
     assert "pickle" in err and name in err and len(err.strip().splitlines()) == 1, err
     assert not marker.exists()
+    pickle.loads((target / name).read_bytes())  # the payload is live: loading it would have run it
+    assert marker.exists()
 
 
 def test_resume_loads_without_any_unpickling(realiad_root, reference_run, tmp_path, monkeypatch):
     out = tmp_path / "copy"
-    source = checkpointing.latest_checkpoint(reference_run / "checkpoints")
-    target = out / "checkpoints" / source.name
-    target.mkdir(parents=True)
-    for file in source.iterdir():
-        (target / file.name).write_bytes(file.read_bytes())
+    _copy_latest_checkpoint(reference_run, out)
 
     def forbidden(*args, **kwargs):
         raise AssertionError("a checkpoint was unpickled")

@@ -2,7 +2,7 @@
 
 Each training image is matched against K normal images of its own class, and in Real-IAD
 of its own camera view, drawn with replacement; K is drawn once per batch from
-:data:`REFERENCE_SHOT_CHOICES` (``../shared/REFERENCE_NOTES.md``, "Residual features").
+:data:`REFERENCE_SHOT_CHOICES` (the official release's training recipe, "Residual features").
 
 Only true normal images (``label == 0`` and ``defect == "good"``) are references: an NG
 view of Real-IAD without a mask reads ``label == 0`` but shows a defective product.
