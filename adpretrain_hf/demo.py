@@ -119,15 +119,14 @@ def run_demo(output_dir: str | Path, settings: Optional[DemoSettings] = None, lo
     model = _model_for(settings, log)
 
     log(f"3/4 pretraining the projectors ({settings.steps} steps) on {', '.join(settings.pretrain_categories)}")
-    checkpoint = out / "checkpoint"
     mark = time.perf_counter()
     args = PretrainArguments(
-        data_root=str(pretrain_root), output_dir=str(checkpoint), preset=model.config.preset or FALLBACK_PRESET,
+        data_root=str(pretrain_root), output_dir=str(out / "checkpoint"), preset=model.config.preset or FALLBACK_PRESET,
         epochs=10_000, max_steps=settings.steps, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
         lr_milestones=[10_000], num_workers=0, center_batches=2, seed=settings.seed, progress=True,
         checkpoint_every_steps=settings.steps,
     )
-    run_pretraining(args, model=model)
+    checkpoint = run_pretraining(args, model=model)  # the model folder: <run folder>/model
     timings["pretrain_s"] = time.perf_counter() - mark
 
     log(f"4/4 evaluating {', '.join(settings.methods)} w/o vs w/ pretrained features on held-out {', '.join(settings.downstream_categories)}")

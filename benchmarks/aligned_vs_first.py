@@ -1,6 +1,6 @@
 """Reference strategies on non-aligned objects: the first K normal images vs semantic-aligned ones.
 
-    python benchmarks/aligned_vs_first.py --checkpoint adpretrain-demo/checkpoint --work /tmp/aligned
+    python benchmarks/aligned_vs_first.py --checkpoint adpretrain-demo/checkpoint/model --work /tmp/aligned
 
 Synthetic MVTec-layout objects at random positions and rotations (``aligned=False``); the
 same pretrained checkpoint evaluated by the runner with ``reference_strategy="first"`` and

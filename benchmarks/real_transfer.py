@@ -46,10 +46,11 @@ def squash_copy(source_root: Path, target_root: Path, category: str, size: int) 
 
 
 def pretrain(source: Path, output: Path, args: argparse.Namespace) -> Path:
+    """The run folder (metrics.jsonl, checkpoints/); the trained model is ``<run folder>/model``."""
     from adpretrain_hf.training.arguments import PretrainArguments
     from adpretrain_hf.training.loop import run_pretraining
 
-    if (output / "model.safetensors").is_file():
+    if (output / "model" / "model.safetensors").is_file():
         return output
     run_pretraining(
         PretrainArguments(
@@ -93,7 +94,7 @@ def main() -> None:
         target_root = squash_copy(Path(args.data), work / f"data-{target}", target, args.squash_size)
         checkpoint = pretrain(source_root, work / f"ckpt-{source}-{args.norm_kind}", args)
         results = evaluate_model(
-            str(checkpoint), str(target_root), layout="realiad", methods=tuple(args.methods.split(",")), shots=8,
+            str(checkpoint / "model"), str(target_root), layout="realiad", methods=tuple(args.methods.split(",")), shots=8,
             compare_backbone=True, output_dir=str(work / f"eval-{source}-to-{target}-{args.norm_kind}"), progress=True,
         )
         summary[f"{source}->{target}"] = {"loss": loss_summary(checkpoint), "seconds": time.perf_counter() - started}

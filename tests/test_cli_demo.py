@@ -48,7 +48,7 @@ def test_demo_quick_writes_every_result(tmp_path):
                 for metric in METRICS:
                     value = results[category][method][kind][metric]
                     assert 0.0 <= value <= 1.0, (category, method, kind, metric, value)
-    assert (out / "checkpoint" / "model.safetensors").is_file()
+    assert (out / "checkpoint" / "model" / "model.safetensors").is_file()
     assert (out / "comparison.png").is_file() and (out / "feature_norm_histograms.png").is_file()
     assert "pretrained features are" in result.stdout  # the honest verdict is printed
 

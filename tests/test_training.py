@@ -55,18 +55,18 @@ def test_pretraining_lowers_the_loss_and_writes_a_loadable_checkpoint(realiad_ro
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
     assert {"angle/layer_0", "norm/layer_3", "lr", "cache/hit_rate"} <= set(_metrics(out)[0])
     assert list((out / "logs").rglob("events.out.tfevents*")), "tensorboard logs missing"
-    assert "## Hyperparameters" in (out / "README.md").read_text()
+    assert "## Hyperparameters" in (out / "model" / "README.md").read_text()
 
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(out)
+    model = AutoModel.from_pretrained(out / "model")
     assert isinstance(model, ADPretrainModel) and bool(model.centers.initialized)
     assert all(torch.isfinite(c).all() and c.abs().sum() > 0 for c in model.centers.get())
 
     from transformers import pipeline
 
     image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    result = pipeline("anomaly-features", model=str(out), device="cpu")(image, references=[image[::-1], image[:, ::-1]], output="score")
+    result = pipeline("anomaly-features", model=str(out / "model"), device="cpu")(image, references=[image[::-1], image[:, ::-1]], output="score")
     assert np.isfinite(result["score"])
 
 
@@ -92,7 +92,8 @@ def test_two_cpu_processes_under_accelerate_launch(realiad_root, tmp_path):
     records = _metrics(out)
     # 10 images, 2 processes x batch 4 -> 2 steps per epoch (each process sees half the data).
     assert [r["step"] for r in records] == [1, 2, 3, 4], result.stdout[-1000:]
-    assert ADPretrainModel.from_pretrained(out).centers.initialized
+    assert ADPretrainModel.from_pretrained(out / "model").centers.initialized
+    assert result.stdout.count("checkpoint written:") == 1  # main process only
 
 
 def test_arguments_merge_yaml_flags_and_overrides(tmp_path):

@@ -2,7 +2,9 @@
 
 Rows are loaded by :func:`adpretrain_hf.data.load_realiad` (a ``datasets.Dataset`` of
 image/mask paths); ``with_transform`` makes the two augmented views and the mask on the
-fly with the model's image processor, so images and masks share one geometry.
+fly with the model's image processor, so images and masks share one geometry. A row's
+augmentation is seeded from ``(run seed, epoch, row index)``: the same views whichever
+dataloader worker makes them, and again after a resume.
 References are drawn per batch in the main process (:class:`ReferenceSampler`) and their
 backbone tokens come from :class:`ReferenceFeatureCache`, never augmented.
 """
@@ -19,6 +21,8 @@ from datasets import Dataset
 from adpretrain_hf.data import ReferenceSampler, TwoViewAugment, load_image_and_mask, load_realiad
 from adpretrain_hf.modeling.image_processing_adpretrain import ADPretrainImageProcessor
 
+from .seeding import AUGMENT_STREAM, derived_seed
+
 ROW_INDEX = "row_index"
 
 
@@ -30,6 +34,12 @@ class TrainingData:
     raw: Dataset
     sampler: ReferenceSampler
     processor: ADPretrainImageProcessor
+    transform: Optional["TwoViewTransform"] = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Views of the coming epoch (call before iterating a loader: workers copy the transform then)."""
+        if self.transform is not None:
+            self.transform.epoch = int(epoch)
 
     def reference_pixels(self, index: int) -> torch.Tensor:
         """Processed, un-augmented pixel values ``[3, H, W]`` of row ``index`` (a reference)."""
@@ -37,14 +47,30 @@ class TrainingData:
         return self.processor(image, return_tensors="pt")["pixel_values"][0]
 
 
-def make_two_view_transform(processor: ADPretrainImageProcessor, augment: TwoViewAugment):
-    """A ``datasets`` transform: rows -> two augmented views, the shared mask and row metadata."""
+class TwoViewTransform:
+    """A ``datasets`` transform: rows -> two augmented views, the shared mask and row metadata.
 
-    def transform(batch: dict[str, list[Any]]) -> dict[str, Any]:
+    Args:
+        processor: resizes/normalises views to ``[3, H, W]`` and masks to ``[H, W]``.
+        seed: the run's seed; row ``i`` of epoch ``e`` is augmented by ``TwoViewAugment`` seeded
+            with ``derived_seed(seed, AUGMENT_STREAM, e, i)``. ``None`` = fresh OS entropy per call.
+    """
+
+    def __init__(self, processor: ADPretrainImageProcessor, seed: Optional[int]) -> None:
+        self.processor = processor
+        self.seed = seed
+        self.epoch = 0
+
+    def augment(self, row: int) -> TwoViewAugment:
+        seed = None if self.seed is None else derived_seed(self.seed, AUGMENT_STREAM, self.epoch, row)
+        return TwoViewAugment(seed=seed)
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, Any]:
+        processor = self.processor
         view1, view2, masks = [], [], []
-        for image_value, mask_value in zip(batch["image"], batch["mask"]):
+        for image_value, mask_value, row in zip(batch["image"], batch["mask"], batch[ROW_INDEX]):
             image, mask = load_image_and_mask({"image": image_value, "mask": mask_value})
-            first, second = augment(image)
+            first, second = self.augment(int(row))(image)
             view1.append(first)
             view2.append(second)
             masks.append(mask)
@@ -56,8 +82,6 @@ def make_two_view_transform(processor: ADPretrainImageProcessor, augment: TwoVie
             "view": batch["view"],
             ROW_INDEX: batch[ROW_INDEX],
         }
-
-    return transform
 
 
 def collate_views(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -86,8 +110,9 @@ def build_training_data(
             f"no anomalous image (with a mask) under {data_root}: pretraining needs NG samples with masks"
         )
     sampler = ReferenceSampler(raw, seed=seed)
-    dataset = raw.with_transform(make_two_view_transform(processor, TwoViewAugment(seed=None)))
-    return TrainingData(dataset=dataset, raw=raw, sampler=sampler, processor=processor)
+    transform = TwoViewTransform(processor, seed)
+    dataset = raw.with_transform(transform)
+    return TrainingData(dataset=dataset, raw=raw, sampler=sampler, processor=processor, transform=transform)
 
 
 def draw_references(

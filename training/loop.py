@@ -4,7 +4,9 @@ One step: both augmented views through the frozen backbone, residuals against ea
 sample's K references (cached backbone tokens), the projectors on both views, the angle-
 and norm-oriented losses per layer (Eq. 7), Adam on the projectors only. Accelerate
 handles devices, DDP, bf16 autocast (fp32 master weights), gradient accumulation and
-checkpoints; nothing here is multi-process specific.
+trackers; nothing here is multi-process specific. Randomness comes from ``args.seed`` only
+(``seeding.py``); checkpoints are safetensors + JSON written atomically (``checkpointing.py``),
+so a resumed run continues the uninterrupted run's loss curve exactly (on CPU).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -29,12 +31,15 @@ from adpretrain_hf.modeling import ADPretrainConfig, ADPretrainModel
 from adpretrain_hf.modeling.image_processing_adpretrain import ADPretrainImageProcessor
 from adpretrain_hf.modeling.residual_adpretrain import residual_features
 
-from .arguments import PretrainArguments
+from .arguments import PretrainArguments, tracker_names
+from .checkpointing import CHECKPOINT_DIR, CheckpointError, clean_temporaries, latest_checkpoint, load_checkpoint, save_checkpoint
 from .data_pipeline import TrainingData, build_training_data, collate_views, draw_references
 from .feature_cache import ReferenceFeatureCache
+from .seeding import seed_everything, worker_init
 
 METRICS_FILE = "metrics.jsonl"
-CHECKPOINT_DIR = "checkpoints"
+MODEL_DIR = "model"  # the final save_pretrained folder, owned whole by save_pretrained
+LOGS_DIR = "logs"
 
 
 class ProjectorHead(nn.Module):
@@ -50,20 +55,14 @@ class ProjectorHead(nn.Module):
 
 
 class TrainingState:
-    """Counters and centers saved with every Accelerate checkpoint."""
+    """Counters and centers saved with every checkpoint (``checkpointing.save_checkpoint``)."""
 
     def __init__(self) -> None:
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
         self.centers: list[torch.Tensor] = []
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "centers": self.centers}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        self.centers = list(state["centers"])
+        self.initial_centers: list[torch.Tensor] = []  # as estimated before step 1
 
 
 def check_finite(loss: torch.Tensor, step: int, norm_kind: str) -> None:
@@ -94,10 +93,14 @@ def _mixed_precision(args: PretrainArguments) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
-def _latest_checkpoint(output_dir: Path) -> Optional[Path]:
-    folder = output_dir / CHECKPOINT_DIR
-    found = sorted(folder.glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[-1])) if folder.is_dir() else []
-    return found[-1] if found else None
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep the records of steps <= ``step`` (those of a checkpoint being resumed; none for a new run)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_text("".join(line + "\n" for line in kept))
+    temp.replace(path)
 
 
 class Pretrainer:
@@ -109,16 +112,11 @@ class Pretrainer:
         self.accelerator = Accelerator(
             mixed_precision=_mixed_precision(args),
             gradient_accumulation_steps=args.gradient_accumulation_steps,
-            log_with="tensorboard",
-            project_config=ProjectConfiguration(
-                project_dir=str(self.output_dir),
-                logging_dir=str(self.output_dir / "logs"),
-                automatic_checkpoint_naming=True,
-                total_limit=args.checkpoints_total_limit,
-            ),
-            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+            log_with=tracker_names(args.report_to),
+            project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / LOGS_DIR)),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
         )
-        set_seed(args.seed)
+        seed_everything(args.seed)
         self.model = model if model is not None else build_model(args)
         self.config = self.model.config
         self.model.backbone.to(self.accelerator.device)
@@ -126,7 +124,8 @@ class Pretrainer:
         self.data: TrainingData = build_training_data(args.data_root, self.processor, args.categories, seed=args.seed)
         loader = DataLoader(
             self.data.dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers,
-            collate_fn=collate_views, drop_last=False,
+            collate_fn=collate_views, drop_last=False, worker_init_fn=worker_init,
+            generator=torch.Generator().manual_seed(args.seed),
         )
         self.head = ProjectorHead(self.model)
         optimizer = torch.optim.Adam(self.model.trainable_parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
@@ -134,7 +133,7 @@ class Pretrainer:
         # Epoch-based schedule: stepped once per epoch, so not wrapped by Accelerate.
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=list(args.lr_milestones), gamma=args.lr_gamma)
         self.state = TrainingState()
-        self.accelerator.register_for_checkpointing(self.scheduler, self.state)
+        self.running: Optional[RunningCenter] = None
         self.cache = ReferenceFeatureCache(
             self.model.backbone, self.data.reference_pixels, self.accelerator.device, max_images=args.feature_cache_images
         )
@@ -175,6 +174,24 @@ class Pretrainer:
         centers = [c.to(self.accelerator.device) for c in estimator.compute()]
         return [self.accelerator.reduce(c, reduction="mean") for c in centers]
 
+    def _reduced_terms(self, out: Any) -> tuple[float, list[float], list[float]]:
+        """Loss, per-layer angle and norm terms, each the mean over processes (one all-reduce)."""
+        terms = torch.stack([out.loss.detach().float(), *(torch.as_tensor(v).float().to(out.loss.device) for v in [*out.angle, *out.norm])])
+        terms = self.accelerator.reduce(terms, reduction="mean").tolist()
+        layers = len(out.angle)
+        return terms[0], terms[1 : 1 + layers], terms[1 + layers :]
+
+    def _resume(self) -> dict[str, list[torch.Tensor]]:
+        """Load the checkpoint named by ``--resume``; metrics of later steps are dropped."""
+        root = self.output_dir / CHECKPOINT_DIR
+        checkpoint = latest_checkpoint(root) if self.args.resume == "latest" else Path(self.args.resume)
+        if checkpoint is None:
+            raise CheckpointError(f"nothing to resume from: no checkpoint under {root} (run without --resume to start)")
+        running_state = load_checkpoint(self, checkpoint)
+        if self.accelerator.is_main_process:
+            _truncate_metrics(self.output_dir / METRICS_FILE, self.state.step)
+        return running_state
+
     def _write_metrics(self, record: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:
             with open(self.output_dir / METRICS_FILE, "a") as handle:
@@ -185,25 +202,29 @@ class Pretrainer:
     def train(self) -> Path:
         args, acc = self.args, self.accelerator
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        running_state = self._resume() if args.resume else {}
+        if acc.is_main_process:
+            clean_temporaries(self.output_dir / CHECKPOINT_DIR)
+            if not args.resume:
+                _truncate_metrics(self.output_dir / METRICS_FILE, 0)  # a new run starts a new curve
         acc.init_trackers("adpretrain", config={k: str(v) for k, v in args.to_dict().items()})
-        if args.resume:
-            checkpoint = _latest_checkpoint(self.output_dir) if args.resume == "latest" else Path(args.resume)
-            if checkpoint is None or not checkpoint.is_dir():
-                raise ValueError(f"nothing to resume from: no checkpoint under {self.output_dir / CHECKPOINT_DIR}")
-            acc.load_state(str(checkpoint))
-            # Continue the automatic checkpoint numbering after the loaded one.
-            acc.project_configuration.iteration = int(checkpoint.name.split("_")[-1]) + 1 if checkpoint.name.startswith("checkpoint_") else acc.project_configuration.iteration
         if not self.state.centers:
             self.state.centers = self.estimate_centers()
+            self.state.initial_centers = list(self.state.centers)
         running = None
         if self.config.center_mode == "projected":
             running = RunningCenter(momentum=args.center_momentum, initial=self.state.centers)
+            if running_state:  # continue the running estimate exactly as it was
+                running = RunningCenter(momentum=args.center_momentum, initial=self.state.initial_centers)
+                running.load_state_dict(running_state)
+            self.running = running
         steps_per_epoch = math.ceil(len(self.loader) / args.gradient_accumulation_steps)
         total_steps = args.max_steps or steps_per_epoch * args.epochs
         bar = tqdm(total=total_steps, initial=self.state.step, disable=not (args.progress and acc.is_local_main_process), desc="pretrain")
         self.head.train()
         while self.state.step < total_steps and self.state.epoch < args.epochs:
             self.loader.set_epoch(self.state.epoch)
+            self.data.set_epoch(self.state.epoch)
             loader = acc.skip_first_batches(self.loader, self.state.batch_in_epoch) if self.state.batch_in_epoch else self.loader
             for batch in loader:
                 self.state.batch_in_epoch += 1
@@ -227,19 +248,20 @@ class Pretrainer:
                     continue
                 self.state.step += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{out.loss.item():.4f}")
+                loss, angle, norm = self._reduced_terms(out)
+                bar.set_postfix(loss=f"{loss:.4f}")
                 record = {
-                    "step": self.state.step, "epoch": self.state.epoch, "loss": out.loss.item(),
+                    "step": self.state.step, "epoch": self.state.epoch, "loss": loss,
                     "lr": self.optimizer.param_groups[0]["lr"], "k_references": banks[0].shape[1] // res1[0].shape[1],
                     "samples_per_s": batch["view1"].shape[0] / max(1e-9, time.perf_counter() - started),
                     "anomalous_patch_fraction": float(torch.stack([l.float().mean() for l in labels]).mean()),
-                    **{f"angle/layer_{i}": float(v) for i, v in enumerate(out.angle)},
-                    **{f"norm/layer_{i}": float(v) for i, v in enumerate(out.norm)},
+                    **{f"angle/layer_{i}": v for i, v in enumerate(angle)},
+                    **{f"norm/layer_{i}": v for i, v in enumerate(norm)},
                     **{f"cache/{k}": v for k, v in self.cache.stats().items()},
                 }
                 self._write_metrics(record)
                 if args.checkpoint_every_steps and self.state.step % args.checkpoint_every_steps == 0:
-                    acc.save_state()
+                    save_checkpoint(self, args.checkpoints_total_limit)
                 if self.state.step >= total_steps:
                     break
             else:  # epoch finished
@@ -247,31 +269,37 @@ class Pretrainer:
                 self.state.batch_in_epoch = 0
                 self.scheduler.step()
                 if not args.checkpoint_every_steps:
-                    acc.save_state()
+                    save_checkpoint(self, args.checkpoints_total_limit)
         bar.close()
         acc.wait_for_everyone()
         if args.checkpoint_every_steps is None and self.state.batch_in_epoch:
-            acc.save_state()  # stopped mid-epoch by max_steps: keep a resumable state
+            save_checkpoint(self, args.checkpoints_total_limit)  # stopped mid-epoch by max_steps: keep a resumable state
         return self.finish()
 
     def finish(self) -> Path:
-        """Write the ``save_pretrained`` checkpoint (+ model card) and optionally push it."""
+        """Write the ``save_pretrained`` checkpoint (+ model card) into ``output_dir/model`` and optionally push it.
+
+        The model has a folder of its own: ``save_pretrained`` may replace its target folder
+        whole, which must not take ``logs/``, ``checkpoints/`` or ``metrics.jsonl`` with it.
+        """
         acc = self.accelerator
+        model_dir = self.output_dir / MODEL_DIR
         self.model.centers.set([c.to(self.model.centers.get()[0].device) for c in self.state.centers])
         if acc.is_main_process:
-            self.model.save_pretrained(self.output_dir)
+            self.model.save_pretrained(model_dir)
             from adpretrain_hf.hub import write_model_card
 
-            write_model_card(self.output_dir, training_args=self.args.to_dict())
+            write_model_card(model_dir, training_args=self.args.to_dict())
             if self.args.push_to_hub:
                 from adpretrain_hf.hub import push_checkpoint
 
-                push_checkpoint(self.output_dir, self.args.hub_model_id)
+                push_checkpoint(model_dir, self.args.hub_model_id)
+            print(f"checkpoint written: {model_dir}", flush=True)
         acc.wait_for_everyone()
         acc.end_training()
-        return self.output_dir
+        return model_dir
 
 
 def run_pretraining(args: PretrainArguments, model: Optional[ADPretrainModel] = None) -> Path:
-    """Train the projectors and return the output folder (a ``save_pretrained`` checkpoint)."""
+    """Train the projectors and return the model folder ``output_dir/model`` (a ``save_pretrained`` checkpoint)."""
     return Pretrainer(args, model).train()

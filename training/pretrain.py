@@ -5,10 +5,12 @@
     accelerate launch --multi_gpu --num_processes 8 training/pretrain.py --config ... --data-root ...
 
 Any argument can also be set with ``--set key=value`` (``--set model.loss_weight=2`` for
-ADPretrainConfig fields). The output folder is a ``save_pretrained`` checkpoint (with a model
-card) that ``AutoModel.from_pretrained`` and ``pipeline("anomaly-features")`` load; training
-state lives in ``<output_dir>/checkpoints`` (``--resume latest``), TensorBoard logs in
-``<output_dir>/logs``, per-step numbers in ``<output_dir>/metrics.jsonl``.
+ADPretrainConfig fields). The trained model is ``<output_dir>/model``, a ``save_pretrained``
+checkpoint (with a model card) that ``AutoModel.from_pretrained`` and
+``pipeline("anomaly-features")`` load; training state lives in ``<output_dir>/checkpoints``
+(``--resume latest``; safetensors + JSON, no pickle), tracker logs in ``<output_dir>/logs``,
+per-step numbers in ``<output_dir>/metrics.jsonl``. Errors in the arguments print one line
+and exit with status 2 (``--debug`` for the traceback).
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ from __future__ import annotations
 import argparse
 import sys
 from typing import Optional, Sequence
+
+EXIT_USAGE = 2  # argparse's status for bad arguments; used for every user error
+EXIT_INTERRUPTED = 130
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError)
 
 from adpretrain_hf.training.arguments import load_arguments
 
@@ -32,6 +38,7 @@ _FLAGS = {
     "--checkpoint-every-steps": dict(type=int, help="save an Accelerate checkpoint every N steps (default: every epoch)"),
     "--resume": dict(type=str, help="'latest' or a checkpoint folder to continue from"),
     "--hub-model-id": dict(type=str, help="repo id for --push-to-hub"),
+    "--report-to": dict(type=str, help="tracker(s) for the logs: tensorboard (default), wandb, ..., all, or none"),
 }
 
 
@@ -46,23 +53,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--push-to-hub", action="store_true", default=None, help="upload the result to the Hub")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any argument (model.<field> for the model config)")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Parse, train, and turn user errors into one line on stderr with exit status 2."""
     parsed = build_parser().parse_args(argv)
+    try:
+        _train(parsed)
+    except KeyboardInterrupt:
+        print("pretrain.py: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except USER_ERRORS as err:
+        if parsed.debug:
+            raise
+        print(f"pretrain.py: error: {err} (--debug for the traceback)", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+def _train(parsed: argparse.Namespace) -> None:
     values = {flag.lstrip("-").replace("-", "_"): getattr(parsed, flag.lstrip("-").replace("-", "_")) for flag in _FLAGS}
     values["categories"] = parsed.categories.split(",") if parsed.categories else None
     values["push_to_hub"] = parsed.push_to_hub
     if parsed.no_progress:
         values["progress"] = False
-    args = load_arguments(parsed.config, values, parsed.set)
+    args = load_arguments(parsed.config, values, parsed.set).validate()  # before the heavy imports
 
     from adpretrain_hf.training.loop import run_pretraining
 
-    output = run_pretraining(args)
-    print(f"checkpoint written to {output}")
-    return 0
+    run_pretraining(args)  # prints "checkpoint written: <output_dir>/model" on the main process
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from adpretrain_hf.training.pretrain import build_parser
 
     for action in build_parser()._actions:
-        if action.dest != "help":
+        if action.dest not in ("help", "debug"):  # --debug is the adpretrain command's own flag
             parser._add_action(action)
 
 

@@ -2,7 +2,7 @@
 
 Each training image is matched against K normal images of its own class, and in Real-IAD
 of its own camera view, drawn with replacement; K is drawn once per batch from
-:data:`REFERENCE_SHOT_CHOICES` (``../shared/REFERENCE_NOTES.md``, "Residual features").
+:data:`REFERENCE_SHOT_CHOICES` (the official release's training recipe, "Residual features").
 
 Only true normal images (``label == 0`` and ``defect == "good"``) are references: an NG
 view of Real-IAD without a mask reads ``label == 0`` but shows a defective product.
@@ -42,6 +42,14 @@ class ReferenceSampler:
                 pools[(category, view)].append(index)
         self._pools = {key: np.asarray(indices, dtype=np.int64) for key, indices in pools.items()}
         self._rng = np.random.default_rng(seed)
+
+    def state_dict(self) -> dict:
+        """The state of the generator used when calls pass no ``rng`` (JSON-safe, for checkpoints)."""
+        return {"rng": self._rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self._rng.bit_generator.state = state["rng"]
 
     @property
     def keys(self) -> list[tuple[str, str]]:
