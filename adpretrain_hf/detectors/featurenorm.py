@@ -10,6 +10,12 @@ is the ~50 AUROC "FeatureNorm w/o" column of Tab. 1.
 the extractor's list, validating the maps it returns, and checking that predict sees the
 layout fit saw. (These helpers would sit naturally in ``base.py``; they live here because
 this module is the simplest detector and every training-free detector imports it.)
+
+Layer choice is one rule for every detector: ``layers=`` (indices, negative from the end)
+or, by default, the class's ``default_last_layers`` (its published default; ``None`` = all).
+``FeatureMapDetector`` applies it itself; the trained detectors (which take the whole
+extractor output) get it from the ``SelectsLayers`` mixin, which wraps their extractor in a
+``LayerSelectingExtractor``.
 """
 
 from __future__ import annotations
