@@ -217,12 +217,14 @@ class ModelFeatureExtractor:
 
     @torch.no_grad()
     def __call__(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
-        pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
         self.model.check_pixel_values(pixel_values)
         bank = self._bank() if self.kind in REFERENCE_KINDS else None
-        if self.source is not None:
+        if self.source is not None:  # keyed by the pixels as given (before any dtype cast)
             tokens = self.source.tokens(self.model, self.kind, pixel_values, bank)
-        elif self.kind == "backbone":
+            grids = self.model.grid_sizes
+            return [tokens_to_grid(tokens[i].float(), grids[i]) for i in self.layers]
+        pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
+        if self.kind == "backbone":
             tokens = list(self.model.backbone(pixel_values))
         else:
             tokens = feature_pass(self.model, pixel_values, bank).get(self.kind)

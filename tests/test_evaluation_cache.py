@@ -186,3 +186,20 @@ def test_cli_feature_kinds_and_cache_flags(root, tmp_path, capsys):
     assert outputs["cached"]["feature_passes"]["tile"]["backbone_images"] == _distinct_files(root)
     assert cli_main(["evaluate", "--preset", "tiny-clip", "--data", str(root), "--feature-kinds", "projected"]) == 1
     assert "unknown feature kind" in capsys.readouterr().err
+
+
+def test_only_admitted_images_are_stored(model, backbone_spy):
+    """A detector's own augmentations (GLASS) are computed, never stored: memory stays bounded."""
+    g = torch.Generator().manual_seed(5)
+    size = model.config.image_size
+    images = torch.randn(4, 3, size, size, generator=g)
+    cache = FeatureCache(budget_mb=1.0)
+    cache.admit(images[:2])
+    extractor = ModelFeatureExtractor(model, "backbone", source=cache)
+    first = extractor(images)
+    per_image = sum(t[0].numel() * t.element_size() for t in model.backbone(images[:1]))
+    backbone_spy.clear()
+    second = extractor(images)
+    assert sum(backbone_spy) == 2  # the two not admitted run again
+    assert cache.stats.memory_bytes == 2 * per_image
+    assert all(torch.equal(a, b) for a, b in zip(first, second))

@@ -84,6 +84,9 @@ class FeatureCache:
         spill_dir: folder for the spill files' temporary folder (default: the system's temp).
         kinds: reference-dependent kinds worth keeping (``"residual"``, ``"pretrained"``);
             backbone tokens are always kept, the other kinds derive from them.
+
+    :meth:`admit` restricts storage to known images (the category's): images a detector makes
+    itself (GLASS's augmentations, new every epoch) are computed but never stored.
     """
 
     def __init__(self, budget_mb: float = DEFAULT_CACHE_MB, spill_dir: Optional[str] = None, kinds: Sequence[str] = REFERENCE_KINDS) -> None:
@@ -96,6 +99,16 @@ class FeatureCache:
         self._memory: dict[str, list[torch.Tensor]] = {}
         self._disk: dict[str, tuple[str, int, int]] = {}  # key -> (file, first tensor index, layers)
         self._folder: Optional[str] = None
+        self._admitted: Optional[set[str]] = None
+
+    def admit(self, pixel_values: torch.Tensor) -> None:
+        """Store features only of these images ``[N, 3, H, W]`` (and others admitted before)."""
+        if self._admitted is None:
+            self._admitted = set()
+        self._admitted.update(pixel_hash(image) for image in pixel_values)
+
+    def _storable(self, image_key: str) -> bool:
+        return self._admitted is None or image_key in self._admitted
 
     # -- lookup -----------------------------------------------------------------------
     @staticmethod
@@ -129,7 +142,7 @@ class FeatureCache:
         missing = [i for i, key in enumerate(keys) if key not in self]
         fresh: dict[int, list[torch.Tensor]] = {}
         if missing:
-            fresh = self._compute(model, kind, pixel_values, hashes, bank, missing, keys)
+            fresh = self._compute(model, kind, pixel_values, hashes, bank, missing)
         device = next(model.parameters()).device
         rows = [fresh[i] if i in fresh else self._get(key, device) for i, key in enumerate(keys)]  # type: ignore[arg-type]
         return [torch.stack([row[layer] for row in rows]) for layer in range(len(rows[0]))]
@@ -137,7 +150,7 @@ class FeatureCache:
     # -- computing and storing -------------------------------------------------------
     def _compute(
         self, model: ADPretrainModel, kind: str, pixel_values: torch.Tensor, hashes: list[str],
-        bank: Optional[ReferenceBank], missing: list[int], keys: list[Optional[str]],
+        bank: Optional[ReferenceBank], missing: list[int],
     ) -> dict[int, list[torch.Tensor]]:
         """One pass over the missing rows (backbone skipped where its tokens are cached); store and return them."""
         device = next(model.parameters()).device
@@ -162,23 +175,25 @@ class FeatureCache:
                 self.stats.backbone_images += len(rows)
             entries: dict[str, list[torch.Tensor]] = {}
             for j, i in enumerate(rows):
+                out[i] = [layer[j] for layer in result.get(kind)]
+                if not self._storable(hashes[i]):
+                    continue
                 backbone_key = self._key("backbone", hashes[i], None)
                 if not cached and backbone_key is not None:
-                    entries[backbone_key] = [layer[j] for layer in result.backbone]
+                    entries[backbone_key] = [layer[j].clone() for layer in result.backbone]  # not a view of the batch
                 for other in self.kinds:
                     value = getattr(result, other)
                     other_key = self._key(other, hashes[i], self._bank_key(model, sub_bank, j))
                     if value is not None and other_key is not None:
-                        entries[other_key] = [layer[j] for layer in value]
-                out[i] = [layer[j] for layer in result.get(kind)]
+                        entries[other_key] = [layer[j].clone() for layer in value]
             self._put(entries)
         return out
 
     def _put(self, entries: dict[str, list[torch.Tensor]]) -> None:
         """Keep entries in memory while the budget allows, else write them to one safetensors file."""
-        size = sum(t.numel() * t.element_size() for tensors in entries.values() for t in tensors)
         if not entries:
             return
+        size = sum(t.numel() * t.element_size() for tensors in entries.values() for t in tensors)
         if self.stats.memory_bytes + size <= self.budget_bytes:
             self._memory.update(entries)
             self.stats.memory_bytes += size
@@ -190,7 +205,7 @@ class FeatureCache:
         for key, tensors in entries.items():
             start = len(flat)
             for layer, tensor in enumerate(tensors):
-                flat[str(start + layer)] = tensor.detach().contiguous().clone()
+                flat[str(start + layer)] = tensor.detach().contiguous()
             self._disk[key] = (path, start, len(tensors))
         save_file(flat, path)
         self.stats.spill_files += 1
