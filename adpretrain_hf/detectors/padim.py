@@ -28,6 +28,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from ..modeling.scoring_adpretrain import mahalanobis_distances
 from .base import FeatureExtractor
 from .featurenorm import FeatureMapDetector, largest_grid, resize_to_grid
 
@@ -45,21 +46,6 @@ PADIM_RESIZE_MODE = "nearest"  # how coarser layers reach the largest grid (orig
 PADIM_AUTO_FEATURES = {448: 100, 1792: 550}  # original subsets: ResNet-18 (448 ch) -> 100, WRN-50 (1792) -> 550
 PADIM_AUTO_MAX_FEATURES = 550  # "auto" for other widths: at most this many channels
 PADIM_FACTOR_BLOCK = 16  # positions factored at a time (bounds the extra memory of the Cholesky)
-
-
-def mahalanobis_distances(embedding: torch.Tensor, mean: torch.Tensor, cholesky: torch.Tensor) -> torch.Tensor:
-    """Per-position Mahalanobis distances.
-
-    Args:
-        embedding: ``[B, D, P]`` test embeddings (``P`` grid positions).
-        mean: ``[P, D]`` per-position means.
-        cholesky: ``[P, D, D]`` lower Cholesky factors of the per-position covariances.
-    Returns:
-        ``[B, P]`` distances ``sqrt((x - mu)^T cov^-1 (x - mu))``.
-    """
-    delta = embedding.to(mean.dtype).permute(2, 1, 0) - mean.unsqueeze(2)  # [P, D, B]
-    z = torch.linalg.solve_triangular(cholesky, delta, upper=False)  # [P, D, B]: L^-1 (x - mu)
-    return z.square().sum(dim=1).sqrt().T  # [B, P]
 
 
 class PaDiM(FeatureMapDetector):
@@ -101,6 +87,14 @@ class PaDiM(FeatureMapDetector):
         self.mean: Optional[torch.Tensor] = None
         self.cholesky: Optional[torch.Tensor] = None
         self.grid: Optional[tuple[int, int]] = None
+
+    def export_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """Means ``[P, D]``, lower Cholesky factors ``[P, D, D]`` and the channel subset ``[D]``."""
+        settings, tensors = super().export_state()
+        tensors.update(mean=self.mean, cholesky=self.cholesky.contiguous())
+        if self.channel_index is not None:
+            tensors["channel_index"] = self.channel_index
+        return settings, tensors
 
     # -- embedding ---------------------------------------------------------------------
     def _choose_channels(self, total: int, device: torch.device) -> Optional[torch.Tensor]:
