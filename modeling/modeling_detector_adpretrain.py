@@ -179,27 +179,38 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
 
     def _patchcore(self, features: list[torch.Tensor], size: tuple, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
         bank = self.fitted.memory_bank  # [M, D]
-        emb = aggregate_patch_features(features, int(self._setting("embed_dim", PATCHCORE_DIM)))  # [B, h, w, D]
+        emb = aggregate_patch_features(features, int(self._setting("embedding_dim", PATCHCORE_DIM)))  # [B, h, w, D]
         h, w, d = emb.shape[1:]
         flat = emb.reshape(-1, d)
         dist, idx = nearest_in_bank(flat, bank, metric="l2")
-        maps, scores = anomaly_map_from_grids([dist.reshape(-1, h, w)], size, sigma)
-        if self._setting("reweight", False):
-            dist, idx, emb = dist.reshape(-1, h * w), idx.reshape(-1, h * w), flat.reshape(-1, h * w, d)
-            worst = dist.argmax(dim=1, keepdim=True)  # [B, 1] the most anomalous patch of each image
-            queries = emb.gather(1, worst.unsqueeze(-1).expand(-1, 1, d)).squeeze(1)  # [B, D]
-            nearest = idx.gather(1, worst).squeeze(1)  # [B]
-            scores = reweighted_scores(queries, nearest, bank, int(self._setting("num_neighbors", PATCHCORE_REWEIGHT_NEIGHBORS)))
-        return maps, scores
+        maps, map_max = anomaly_map_from_grids([dist.reshape(-1, h, w)], size, sigma)
+        image_score = self._setting("image_score", "reweighted")
+        if image_score == "map_max":
+            return maps, map_max
+        dist, idx = dist.reshape(-1, h * w), idx.reshape(-1, h * w)
+        if image_score == "max":
+            return maps, dist.amax(dim=1)
+        worst = dist.argmax(dim=1, keepdim=True)  # [B, 1] the most anomalous patch of each image
+        queries = flat.reshape(-1, h * w, d).gather(1, worst.unsqueeze(-1).expand(-1, 1, d)).squeeze(1)  # [B, D]
+        nearest = idx.gather(1, worst).squeeze(1)  # [B]
+        num_neighbors = int(self._setting("num_neighbors", PATCHCORE_REWEIGHT_NEIGHBORS))
+        return maps, reweighted_scores(queries, nearest, bank, num_neighbors)
 
     def _padim(self, features: list[torch.Tensor], size: tuple, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
-        grid = largest_grid(features)
-        emb = torch.cat([resize_to_grid(f, grid, PADIM_RESIZE_MODE) for f in features], dim=1)  # [B, C, h, w]
-        channel_index = self.fitted.get("channel_index")
-        if channel_index is not None:
-            emb = emb.index_select(1, channel_index)
-        dist = mahalanobis_distances(emb.flatten(2), self.fitted.mean, self.fitted.cholesky)  # [B, P]
-        return anomaly_map_from_grids([dist.reshape(-1, *grid)], size, sigma)
+        """Per group (a layer, or all layers concatenated): Mahalanobis grid ``[B, h_g, w_g]``."""
+        if self._setting("mode", "per_layer") == "per_layer":
+            groups = features
+        else:
+            grid = largest_grid(features)
+            groups = [torch.cat([resize_to_grid(f, grid, PADIM_RESIZE_MODE) for f in features], dim=1)]  # [B, C, h, w]
+        grids = []
+        for g, emb in enumerate(groups):
+            channel_index = self.fitted.get(f"channel_index_{g}")
+            if channel_index is not None:
+                emb = emb.index_select(1, channel_index)
+            dist = mahalanobis_distances(emb.flatten(2), self.fitted.get(f"mean_{g}"), self.fitted.get(f"cholesky_{g}"))
+            grids.append(dist.reshape(-1, *emb.shape[-2:]))  # [B, h_g, w_g]
+        return anomaly_map_from_grids(grids, size, sigma)
 
     def _trained(self, features: list[torch.Tensor], size: tuple) -> tuple[torch.Tensor, torch.Tensor]:
         detector = self.trained_detector()

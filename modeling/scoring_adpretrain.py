@@ -22,7 +22,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-PATCHCORE_DIM = 1024  # per-layer and final embedding width
+PATCHCORE_DIM = 1024  # the most channels kept per layer and in the final embedding
 PATCHCORE_NEIGHBOURHOOD = 3  # 3x3 local-context average
 PATCHCORE_REWEIGHT_NEIGHBORS = 9  # b in Eq. 7: bank neighbours of m* in the softmax
 BANK_CHUNK_ROWS = 4096  # bank rows per distance block in nearest_in_bank (memory bound only)
@@ -42,40 +42,52 @@ def resize_to_grid(maps: torch.Tensor, grid: tuple[int, int], mode: str) -> torc
     return F.interpolate(maps, size=grid, mode=mode, **kwargs)
 
 
+def layer_widths(channels: Sequence[int], dim: int) -> list[int]:
+    """Per-layer widths after PatchCore's first pooling: ``min(dim, C_l)`` (pool down, never up)."""
+    return [min(dim, int(c)) for c in channels]
+
+
+def embedding_width(channels: Sequence[int], dim: int = PATCHCORE_DIM) -> int:
+    """Final PatchCore embedding width for layers of ``channels``: ``min(dim, sum_l min(dim, C_l))``."""
+    return min(dim, sum(layer_widths(channels, dim)))
+
+
 @functools.lru_cache(maxsize=8)
 def channel_pooling_map(channels: tuple[int, ...], dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """PatchCore's two channel poolings as one sparse linear map, in gather form.
 
-    Per layer ``adaptive_avg_pool1d(C_l -> dim)``, then the flattened ``[L, dim]`` stack
-    ``adaptive_avg_pool1d(L*dim -> dim)``: both are linear, so ``out = concat(x_l) @ W``
-    with ``W [sum C_l, dim]``. ``W`` is built by running exactly those poolings on identity
-    matrices (so it *is* the original's definition) and has only a few non-zeros per
-    output column (2 for 3 x 256 -> 1024), so it is applied as ``K`` gathers +
-    multiply-adds: ~5x faster than the pooling kernels on CPU, and no ``[n, L*dim]`` stack.
+    Per layer ``adaptive_avg_pool1d(C_l -> min(dim, C_l))``, then the concatenation
+    ``adaptive_avg_pool1d(sum -> embedding_width)``: both are linear, so
+    ``out = concat(x_l) @ W`` with ``W [sum C_l, width]``. ``W`` is built by running exactly
+    those poolings on identity matrices (so it *is* their definition) and has only a few
+    non-zeros per output column, so it is applied as ``K`` gathers + multiply-adds: ~5x
+    faster than the pooling kernels on CPU, and no intermediate stack.
 
     Returns:
-        ``(index [K, dim] long, weight [K, dim] float32)``:
+        ``(index [K, width] long, weight [K, width] float32)``:
         ``out[:, i] = sum_k x[:, index[k, i]] * weight[k, i]`` (CPU tensors; cached).
     """
-    stacked = torch.zeros(sum(channels), 1, len(channels) * dim, dtype=torch.float64)
-    offset = 0
-    for layer, c in enumerate(channels):
-        per_layer = F.adaptive_avg_pool1d(torch.eye(c, dtype=torch.float64).unsqueeze(1), dim)  # [c, 1, dim]
-        stacked[offset : offset + c, :, layer * dim : (layer + 1) * dim] = per_layer
-        offset += c
-    weights = F.adaptive_avg_pool1d(stacked, dim).squeeze(1)  # [sum C_l, dim]
+    widths = layer_widths(channels, dim)
+    stacked = torch.zeros(sum(channels), 1, sum(widths), dtype=torch.float64)
+    row = col = 0
+    for c, width in zip(channels, widths):
+        per_layer = F.adaptive_avg_pool1d(torch.eye(c, dtype=torch.float64).unsqueeze(1), width)  # [c, 1, width]
+        stacked[row : row + c, :, col : col + width] = per_layer
+        row, col = row + c, col + width
+    weights = F.adaptive_avg_pool1d(stacked, embedding_width(channels, dim)).squeeze(1)  # [sum C_l, width]
     k = int((weights != 0).sum(dim=0).max())
-    index = weights.topk(k, dim=0).indices  # [K, dim]; zero-weight padding where a column has fewer
+    index = weights.topk(k, dim=0).indices  # [K, width]; zero-weight padding where a column has fewer
     return index, weights.gather(0, index).float()
 
 
 def aggregate_patch_features(maps: Sequence[torch.Tensor], dim: int = PATCHCORE_DIM) -> torch.Tensor:
-    """Locally aware patch features: per-layer maps ``[B, C_l, h_l, w_l]`` -> ``[B, h, w, dim]``.
+    """Locally aware patch features: per-layer maps ``[B, C_l, h_l, w_l]`` -> ``[B, h, w, D]``.
 
     ``(h, w)`` is the largest grid among ``maps``; each layer is averaged over its 3x3
-    neighbourhood (zero padding counted), resized bilinearly to that grid, and the channel
-    poolings run through ``channel_pooling_map`` (same result as ``adaptive_avg_pool1d`` per
-    layer, then on the stack).
+    neighbourhood (zero padding counted) and resized bilinearly to that grid;
+    ``D = embedding_width(C_l, dim)``. When no pooling reduces anything (``sum C_l <= dim``)
+    the result is the plain concatenation; otherwise the poolings run through
+    ``channel_pooling_map``. The batch dimension stays symbolic (``reshape(-1, ...)``) for ONNX.
     """
     grid = largest_grid(maps)
     k = PATCHCORE_NEIGHBOURHOOD
@@ -83,13 +95,17 @@ def aggregate_patch_features(maps: Sequence[torch.Tensor], dim: int = PATCHCORE_
     for fmap in maps:
         pooled = F.avg_pool2d(fmap.float(), kernel_size=k, stride=1, padding=k // 2)  # [B, C_l, h_l, w_l]
         local.append(resize_to_grid(pooled, grid, mode="bilinear").permute(0, 2, 3, 1))  # [B, h, w, C_l]
-    x = torch.cat(local, dim=-1).reshape(-1, sum(int(f.shape[1]) for f in maps))  # [B*h*w, sum C_l]
-    index, weight = channel_pooling_map(tuple(int(f.shape[1]) for f in maps), dim)
+    channels = tuple(int(f.shape[1]) for f in maps)
+    x = torch.cat(local, dim=-1).reshape(-1, sum(channels))  # [B*h*w, sum C_l]
+    width = embedding_width(channels, dim)
+    if width == sum(channels):  # nothing is reduced: every pooling is the identity
+        return x.reshape(-1, grid[0], grid[1], width)
+    index, weight = channel_pooling_map(channels, dim)
     index, weight = index.to(x.device), weight.to(x.device)
-    out = x.index_select(1, index[0]) * weight[0]  # [B*h*w, dim]
+    out = x.index_select(1, index[0]) * weight[0]  # [B*h*w, width]
     for j in range(1, index.shape[0]):
         out = torch.addcmul(out, x.index_select(1, index[j]), weight[j])
-    return out.reshape(-1, grid[0], grid[1], dim)
+    return out.reshape(-1, grid[0], grid[1], width)
 
 
 def nearest_in_bank(

@@ -1,21 +1,29 @@
 """PatchCore (Roth et al., CVPR 2022) on any feature extractor.
 
-Pipeline, as the original:
+Pipeline:
 1. the last 3 layers (``layers=``), each averaged over its 3x3 neighbourhood (local
    context, "locally aware patch features"; avg-pool k=3, stride 1, zero padding counted,
    as both the original and anomalib);
 2. every layer bilinearly resized to the largest grid among them;
-3. each layer's channel vector pooled to ``PATCHCORE_DIM = 1024`` (``adaptive_avg_pool1d``
-   over channels), the ``L`` vectors stacked and the stack flattened and pooled again to
-   1024. (The original's quirk, kept: pooling the flattened ``[L, 1024]`` stack means output
-   dims ``[i*L, (i+1)*L)`` of the stack feed output dim ``i``, so the first third of the
-   embedding summarises layer 1, and so on.)
+3. channel pooling that only *reduces*: each layer's channel vector is pooled
+   (``adaptive_avg_pool1d``) to ``min(embedding_dim, C_l)``, the layers concatenated and
+   pooled again to ``min(embedding_dim, sum)`` (``embedding_dim = PATCHCORE_DIM = 1024``).
+   WideResNet-50's 512 + 1024 channels become 1024; EfficientNet-Lite0's 24 + 40 + 112 = 176
+   stay 176 (the plain concatenation). Pooling *up* to 1024 (what a fixed 1024 does to narrow
+   backbones) only replicates channels unevenly, which weights some channels more than
+   others in the distance and multiplies the nearest-neighbour work (6x for 176 channels).
+   (The original pools every layer to 1024 first, so WRN-50's 512-channel layer is doubled
+   before the 2048 -> 1024 reduction; here it is not widened.) The pooled concatenation
+   keeps each layer's channels together, so an output dim mixes at most two layers.
 4. memory bank = greedy k-center coreset of 10% of all training patches (``coreset.py``);
 5. patch score = L2 distance to the nearest bank row (``nearest_neighbors(metric="l2")``:
    faiss flat L2 on CPU when installed, chunked torch otherwise, so memory stays bounded);
-   one score grid on the largest grid; the base class upsamples, blurs (sigma 4), takes max.
-
-``reweight=True`` replaces the image score by the paper's Eq. 7 (see ``reweighted_scores``).
+   one score grid on the largest grid; the base class upsamples and blurs (sigma 4) it into
+   the anomaly map.
+6. image score (``image_score=``): ``"reweighted"`` (default, the paper's Eq. 7 and the
+   release) scales the image's *largest raw* patch NN distance by a weight from the bank's
+   density around its nearest bank row (``reweighted_scores``); ``"max"`` is that largest raw
+   distance unweighted; ``"map_max"`` the max of the smoothed anomaly map (not PatchCore's).
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ from ..modeling.scoring_adpretrain import (
     PATCHCORE_REWEIGHT_NEIGHBORS,
     aggregate_patch_features,
     channel_pooling_map,
+    embedding_width,
+    layer_widths,
     reweighted_scores,
 )
 from .base import FeatureExtractor
@@ -39,15 +49,18 @@ from .featurenorm import FeatureMapDetector, largest_grid
 
 __all__ = [
     "PATCHCORE_DIM",
+    "PATCHCORE_IMAGE_SCORES",
     "PATCHCORE_LAYERS",
     "PATCHCORE_NEIGHBOURHOOD",
     "PATCHCORE_REWEIGHT_NEIGHBORS",
     "PatchCore",
     "aggregate_patch_features",
     "channel_pooling_map",
+    "embedding_width",
     "reweighted_scores",
 ]
 
+PATCHCORE_IMAGE_SCORES = ("reweighted", "max", "map_max")  # Eq. 7 | largest raw NN distance | max of the map
 PATCHCORE_LAYERS = 3  # default: the extractor's last 3 layers
 
 
@@ -57,16 +70,19 @@ class PatchCore(FeatureMapDetector):
     Args:
         extractor: the feature source.
         layers: layer indices (default: the last ``PATCHCORE_LAYERS = 3``, or all if fewer).
-        embed_dim: embedding width after pooling (``PATCHCORE_DIM = 1024``).
+        embedding_dim: the most channels kept, per layer and in the final embedding
+            (``PATCHCORE_DIM = 1024``); narrower features keep their width.
         coreset_ratio: fraction of training patches kept (``CORESET_RATIO = 0.1``; 1.0 keeps all).
         projection_dim: width of the random projection the coreset search runs on (128).
-        reweight: image score by Eq. 7 of the paper instead of the max of the smoothed map.
+        image_score: ``"reweighted"`` (default; Eq. 7 on the largest raw NN distance),
+            ``"max"`` (largest raw NN distance) or ``"map_max"`` (max of the smoothed map).
         num_neighbors: ``b`` of Eq. 7 (9).
         backend: nearest-neighbour backend, ``"auto" | "torch" | "faiss"``.
         max_block_elements: bound on the torch backend's distance block (memory for big banks).
         seed: seeds the coreset's projection and start point.
 
-    After ``fit``: ``memory_bank [M, embed_dim]`` on the features' device.
+    After ``fit``: ``memory_bank [M, D]`` on the features' device, ``D = embedding_width``
+    (``min(embedding_dim, sum_l min(embedding_dim, C_l))``).
     """
 
     name = "patchcore"
@@ -77,10 +93,10 @@ class PatchCore(FeatureMapDetector):
         extractor: FeatureExtractor,
         *,
         layers: Optional[Sequence[int]] = None,
-        embed_dim: int = PATCHCORE_DIM,
+        embedding_dim: int = PATCHCORE_DIM,
         coreset_ratio: float = CORESET_RATIO,
         projection_dim: Optional[int] = CORESET_PROJECTION_DIM,
-        reweight: bool = False,
+        image_score: str = "reweighted",
         num_neighbors: int = PATCHCORE_REWEIGHT_NEIGHBORS,
         backend: str = "auto",
         max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
@@ -88,18 +104,20 @@ class PatchCore(FeatureMapDetector):
         **kwargs,
     ) -> None:
         super().__init__(extractor, layers=layers, **kwargs)
-        if embed_dim < 1:
-            raise ValueError(f"embed_dim must be >= 1, got {embed_dim}")
+        if not isinstance(embedding_dim, int) or embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be a positive int (the most channels kept), got {embedding_dim!r}")
+        if image_score not in PATCHCORE_IMAGE_SCORES:
+            raise ValueError(f"unknown image_score {image_score!r}: choose one of {PATCHCORE_IMAGE_SCORES}")
         if not 0.0 < coreset_ratio <= 1.0:
             raise ValueError(f"coreset_ratio must be in (0, 1], got {coreset_ratio}: use 0.1 for PatchCore's 10%")
         if num_neighbors < 1:
             raise ValueError(f"num_neighbors must be >= 1, got {num_neighbors}")
         if backend not in ("auto", "torch", "faiss"):
             raise ValueError(f"unknown backend {backend!r}: choose 'auto', 'torch' or 'faiss'")
-        self.embed_dim = embed_dim
+        self.embedding_dim = embedding_dim
         self.coreset_ratio = coreset_ratio
         self.projection_dim = projection_dim
-        self.reweight = reweight
+        self.image_score = image_score
         self.num_neighbors = num_neighbors
         self.backend = backend
         self.max_block_elements = max_block_elements
@@ -108,16 +126,16 @@ class PatchCore(FeatureMapDetector):
         self._last: Optional[tuple] = None  # (features, embedding, nn values, nn indices) of the last batch
 
     def export_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
-        """Settings of the scoring path and the memory bank ``[M, embed_dim]``."""
+        """Settings of the scoring path and the memory bank ``[M, D]``."""
         settings, tensors = super().export_state()
-        settings.update(embed_dim=self.embed_dim, reweight=self.reweight, num_neighbors=self.num_neighbors)
+        settings.update(embedding_dim=self.embedding_dim, image_score=self.image_score, num_neighbors=self.num_neighbors)
         tensors["memory_bank"] = self.memory_bank
         return settings, tensors
 
     def embed(self, features: Sequence[torch.Tensor], *, fitting: bool = False) -> torch.Tensor:
-        """The extractor's per-layer maps of one batch -> patch embeddings ``[B, h, w, embed_dim]``."""
+        """The extractor's per-layer maps of one batch -> patch embeddings ``[B, h, w, D]``."""
         used = self._select(features, fitting=fitting, check_grid=False)
-        return aggregate_patch_features(used, self.embed_dim)
+        return aggregate_patch_features(used, self.embedding_dim)
 
     @torch.no_grad()
     def _fit(self, feature_batches: list[list[torch.Tensor]]) -> None:
@@ -128,12 +146,13 @@ class PatchCore(FeatureMapDetector):
             used = self._select(batch, fitting=True, check_grid=False)
             h, w = largest_grid(used)
             sizes.append(int(used[0].shape[0]) * h * w)
+        width = embedding_width([c for c, _, _ in self.fitted_layout], self.embedding_dim)
         bank = None
         start = 0
         for i, size in enumerate(sizes):
-            rows = self.embed(feature_batches[i], fitting=True).reshape(size, self.embed_dim)
+            rows = self.embed(feature_batches[i], fitting=True).reshape(size, width)
             if bank is None:
-                bank = torch.empty(sum(sizes), self.embed_dim, dtype=rows.dtype, device=rows.device)  # [N, D]
+                bank = torch.empty(sum(sizes), width, dtype=rows.dtype, device=rows.device)  # [N, D]
             bank[start : start + size] = rows
             start += size
             feature_batches[i] = None  # free the raw maps as soon as they are embedded
@@ -156,12 +175,16 @@ class PatchCore(FeatureMapDetector):
         flat = emb.reshape(-1, d)
         dist, idx = self._nearest(flat)
         # Kept for _image_scores (called right after on the same batch) when reweighting.
-        self._last = (features, flat.view(b, h * w, d), dist.view(b, h * w), idx.view(b, h * w)) if self.reweight else None
+        reweight = self.image_score == "reweighted"
+        self._last = (features, flat.view(b, h * w, d), dist.view(b, h * w), idx.view(b, h * w)) if reweight else None
         return [dist.view(b, h, w)]
 
     def _image_scores(self, maps: torch.Tensor, grids: list[torch.Tensor], features: Sequence[torch.Tensor]) -> torch.Tensor:
-        if not self.reweight:
+        """PatchCore's image score from the *raw* NN distances (see ``image_score``), ``[B]``."""
+        if self.image_score == "map_max":
             return super()._image_scores(maps, grids, features)
+        if self.image_score == "max":
+            return grids[0].flatten(1).amax(dim=1)
         if self._last is None or self._last[0] is not features:
             raise RuntimeError("internal: reweighting needs _score_grids to run on the same batch first")
         _, emb, dist, idx = self._last
