@@ -79,6 +79,14 @@ def net_state_key(name: str) -> str:
     return name[len(NET_PREFIX):].replace("__", ".")
 
 
+def _package_available() -> bool:
+    """True where adpretrain_hf can be imported (its trained detectors live there)."""
+    try:
+        return importlib.util.find_spec("adpretrain_hf") is not None
+    except ImportError:
+        return False
+
+
 class FittedTensors(nn.Module):
     """The fitted tensors as persistent buffers, allocated from ``config.fitted_shapes``
     (so ``from_pretrained`` can build them before the weights are read)."""
@@ -106,7 +114,7 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
 
     def __init__(self, config: ADPretrainDetectorConfig, adpretrain_model: Optional[ADPretrainModel] = None) -> None:
         super().__init__(config)
-        if config.method in PACKAGE_METHODS and importlib.util.find_spec("adpretrain_hf") is None:
+        if config.method in PACKAGE_METHODS and not _package_available():
             raise ImportError(
                 f"this folder holds a {config.method!r} detector, whose network code lives in the adpretrain_hf package: "
                 "pip install adpretrain-hf (FeatureNorm, PatchCore and PaDiM folders load without it)"
