@@ -179,3 +179,29 @@ def test_push_to_hub_uploads_the_saved_folder(tiny_clip_model, monkeypatch):
     assert seen["repo"] == "someone/featurenorm-detector"
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "modeling_detector_adpretrain.py"} <= set(seen["files"])
     assert seen["config"]["auto_map"]["AutoModel"].endswith("ADPretrainDetectorModel")
+
+
+def test_fit_from_a_checkpoint_folder_and_image_files(tiny_clip_model, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from adpretrain_hf.modeling.image_processing_adpretrain import ADPretrainImageProcessor
+
+    tiny_clip_model.save_pretrained(tmp_path / "ckpt")
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (80, 96, 3), dtype=np.uint8) for _ in range(10)]
+    paths = []
+    for i, array in enumerate(arrays[:9]):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(array).save(paths[-1])
+    model = fit_detector(str(tmp_path / "ckpt"), "featurenorm", paths, progress=False,
+                         val_images=[Image.fromarray(arrays[8]), arrays[9]])
+    assert model.config.feature_source == str(tmp_path / "ckpt")
+    # Default references: the first 8 training images, through the checkpoint's processor.
+    processor = ADPretrainImageProcessor.from_adpretrain_config(tiny_clip_model.config)
+    refs = processor([Image.fromarray(a) for a in arrays[:8]], return_tensors="pt")["pixel_values"]
+    expected = tiny_clip_model.compute_reference_bank(refs)
+    for layer in model.layers:
+        assert torch.equal(model.fitted.get(f"reference_bank_{layer}"), expected[layer])
+    with pytest.raises(ValueError, match="val_images"):
+        fit_detector(tiny_clip_model, "featurenorm", paths[:2], progress=False, val_labels=[0, 1])
