@@ -23,9 +23,9 @@ from __future__ import annotations
 from typing import Any, ClassVar, Iterable, Iterator, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ..modeling.anomaly_map_adpretrain import GAUSSIAN_SIGMA
+from ..modeling.scoring_adpretrain import largest_grid, resize_to_grid
 from .base import Detector, FeatureExtractor, ImageBatches
 
 __all__ = [
@@ -126,19 +126,6 @@ class SelectsLayers:
         super().__init__(extractor, *args, **kwargs)
 
 
-def largest_grid(maps: Sequence[torch.Tensor]) -> tuple[int, int]:
-    """The ``(h, w)`` of the map with the most positions (the first one on ties)."""
-    return max((tuple(m.shape[-2:]) for m in maps), key=lambda hw: hw[0] * hw[1])
-
-
-def resize_to_grid(maps: torch.Tensor, grid: tuple[int, int], mode: str) -> torch.Tensor:
-    """``[B, C, h, w]`` -> ``[B, C, *grid]`` (no-op when the grid already matches)."""
-    if tuple(maps.shape[-2:]) == tuple(grid):
-        return maps
-    kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
-    return F.interpolate(maps, size=grid, mode=mode, **kwargs)
-
-
 class FeatureMapDetector(Detector):
     """A ``Detector`` that validates images and feature maps and remembers the fitted layout.
 
@@ -196,6 +183,12 @@ class FeatureMapDetector(Detector):
                 yield batch
 
         return checked(images)
+
+    def model_layers(self) -> list[int]:
+        """The extractor's layer indices this detector uses (resolved as at fit)."""
+        if self.layer_indices is not None:
+            return list(self.layer_indices)
+        return resolve_layers(self.layers, len(getattr(self.extractor, "layers", [])), self.default_last_layers)
 
     # -- feature validation -------------------------------------------------------------
     def _select(self, features: Sequence[torch.Tensor], *, fitting: bool, check_grid: bool) -> list[torch.Tensor]:

@@ -43,6 +43,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from ..modeling.scoring_adpretrain import mahalanobis_distances
 from .base import FeatureExtractor
 from .featurenorm import FeatureMapDetector, largest_grid, resize_to_grid
 
@@ -79,21 +80,6 @@ def padim_statistics_bytes(layer_shapes: Sequence[tuple[int, int, int]], mode: s
         d = sum(c for c, _, _ in layer_shapes)
         values = max(h * w for _, h, w in layer_shapes) * (d * d + d)
     return FLOAT32_BYTES * values
-
-
-def mahalanobis_distances(embedding: torch.Tensor, mean: torch.Tensor, cholesky: torch.Tensor) -> torch.Tensor:
-    """Per-position Mahalanobis distances.
-
-    Args:
-        embedding: ``[B, D, P]`` test embeddings (``P`` grid positions).
-        mean: ``[P, D]`` per-position means.
-        cholesky: ``[P, D, D]`` lower Cholesky factors of the per-position covariances.
-    Returns:
-        ``[B, P]`` distances ``sqrt((x - mu)^T cov^-1 (x - mu))``.
-    """
-    delta = embedding.to(mean.dtype).permute(2, 1, 0) - mean.unsqueeze(2)  # [P, D, B]
-    z = torch.linalg.solve_triangular(cholesky, delta, upper=False)  # [P, D, B]: L^-1 (x - mu)
-    return z.square().sum(dim=1).sqrt().T  # [B, P]
 
 
 class _GaussianSums:
@@ -194,6 +180,17 @@ class PaDiM(FeatureMapDetector):
         self.means: list[torch.Tensor] = []
         self.cholesky: list[torch.Tensor] = []
         self.grids: list[tuple[int, int]] = []
+
+    def export_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """Per group ``g``: ``mean_g [P_g, D_g]``, ``cholesky_g [P_g, D_g, D_g]`` (lower factors),
+        ``channel_index_g [D_g]`` where a subset is kept; settings name the mode and grids."""
+        settings, tensors = super().export_state()
+        settings.update(mode=self.mode, grids=[list(g) for g in self.grids])
+        for g, (mean, factor, index) in enumerate(zip(self.means, self.cholesky, self.channel_index)):
+            tensors[f"mean_{g}"], tensors[f"cholesky_{g}"] = mean, factor.contiguous()
+            if index is not None:
+                tensors[f"channel_index_{g}"] = index
+        return settings, tensors
 
     # -- embedding ---------------------------------------------------------------------
     def _choose_channels(self, total: int, device: torch.device, group: int = 0) -> Optional[torch.Tensor]:

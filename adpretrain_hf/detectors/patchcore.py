@@ -28,16 +28,24 @@ Pipeline:
 
 from __future__ import annotations
 
-import functools
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ..modeling.matching_adpretrain import DEFAULT_MAX_BLOCK_ELEMENTS, nearest_neighbors
+from ..modeling.scoring_adpretrain import (
+    PATCHCORE_DIM,
+    PATCHCORE_NEIGHBOURHOOD,
+    PATCHCORE_REWEIGHT_NEIGHBORS,
+    aggregate_patch_features,
+    channel_pooling_map,
+    embedding_width,
+    layer_widths,
+    reweighted_scores,
+)
 from .base import FeatureExtractor
 from .coreset import CORESET_PROJECTION_DIM, CORESET_RATIO, greedy_coreset_indices
-from .featurenorm import FeatureMapDetector, largest_grid, resize_to_grid
+from .featurenorm import FeatureMapDetector, largest_grid
 
 __all__ = [
     "PATCHCORE_DIM",
@@ -52,120 +60,8 @@ __all__ = [
     "reweighted_scores",
 ]
 
-PATCHCORE_DIM = 1024  # the most channels kept per layer and in the final embedding
 PATCHCORE_IMAGE_SCORES = ("reweighted", "max", "map_max")  # Eq. 7 | largest raw NN distance | max of the map
 PATCHCORE_LAYERS = 3  # default: the extractor's last 3 layers
-PATCHCORE_NEIGHBOURHOOD = 3  # 3x3 local-context average
-PATCHCORE_REWEIGHT_NEIGHBORS = 9  # b in Eq. 7: bank neighbours of m* in the softmax
-
-
-def layer_widths(channels: Sequence[int], dim: int) -> list[int]:
-    """Per-layer widths after the first pooling: ``min(dim, C_l)`` (pool down, never up)."""
-    return [min(dim, int(c)) for c in channels]
-
-
-def embedding_width(channels: Sequence[int], dim: int = PATCHCORE_DIM) -> int:
-    """Final embedding width for layers of ``channels``: ``min(dim, sum_l min(dim, C_l))``."""
-    return min(dim, sum(layer_widths(channels, dim)))
-
-
-@functools.lru_cache(maxsize=8)
-def channel_pooling_map(channels: tuple[int, ...], dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """PatchCore's two channel poolings as one sparse linear map, in gather form.
-
-    Per layer ``adaptive_avg_pool1d(C_l -> min(dim, C_l))``, then the concatenation
-    ``adaptive_avg_pool1d(sum -> embedding_width)``: both are linear, so
-    ``out = concat(x_l) @ W`` with ``W [sum C_l, width]``. ``W`` is built by running exactly
-    those poolings on identity matrices (so it *is* their definition) and has only a few
-    non-zeros per output column, so it is applied as ``K`` gathers + multiply-adds: ~5x
-    faster than the pooling kernels on CPU, and no intermediate stack.
-
-    Returns:
-        ``(index [K, width] long, weight [K, width] float32)``:
-        ``out[:, i] = sum_k x[:, index[k, i]] * weight[k, i]`` (CPU tensors; cached).
-    """
-    widths = layer_widths(channels, dim)
-    stacked = torch.zeros(sum(channels), 1, sum(widths), dtype=torch.float64)
-    row = col = 0
-    for c, width in zip(channels, widths):
-        per_layer = F.adaptive_avg_pool1d(torch.eye(c, dtype=torch.float64).unsqueeze(1), width)  # [c, 1, width]
-        stacked[row : row + c, :, col : col + width] = per_layer
-        row, col = row + c, col + width
-    weights = F.adaptive_avg_pool1d(stacked, embedding_width(channels, dim)).squeeze(1)  # [sum C_l, width]
-    k = int((weights != 0).sum(dim=0).max())
-    index = weights.topk(k, dim=0).indices  # [K, width]; zero-weight padding where a column has fewer
-    return index, weights.gather(0, index).float()
-
-
-def aggregate_patch_features(maps: Sequence[torch.Tensor], dim: int = PATCHCORE_DIM) -> torch.Tensor:
-    """Locally aware patch features: per-layer maps ``[B, C_l, h_l, w_l]`` -> ``[B, h, w, D]``.
-
-    ``(h, w)`` is the largest grid among ``maps``; ``D = embedding_width(C_l, dim)``. When no
-    pooling reduces anything (``sum C_l <= dim``) the result is the plain concatenation;
-    otherwise the poolings run through ``channel_pooling_map``.
-    """
-    grid = largest_grid(maps)
-    k = PATCHCORE_NEIGHBOURHOOD
-    local = []
-    for fmap in maps:
-        pooled = F.avg_pool2d(fmap.float(), kernel_size=k, stride=1, padding=k // 2)  # [B, C_l, h_l, w_l]
-        local.append(resize_to_grid(pooled, grid, mode="bilinear").permute(0, 2, 3, 1))  # [B, h, w, C_l]
-    channels = tuple(int(f.shape[1]) for f in maps)
-    x = torch.cat(local, dim=-1).reshape(-1, sum(channels))  # [B*h*w, sum C_l]
-    width = embedding_width(channels, dim)
-    if width == sum(channels):  # nothing is reduced: every pooling is the identity
-        return x.view(maps[0].shape[0], grid[0], grid[1], width)
-    index, weight = channel_pooling_map(channels, dim)
-    index, weight = index.to(x.device), weight.to(x.device)
-    out = x.index_select(1, index[0]).mul_(weight[0])  # [B*h*w, width]
-    for j in range(1, index.shape[0]):
-        out.addcmul_(x.index_select(1, index[j]), weight[j])
-    return out.view(maps[0].shape[0], grid[0], grid[1], width)
-
-
-@torch.no_grad()
-def reweighted_scores(
-    queries: torch.Tensor,
-    nn_indices: torch.Tensor,
-    bank: torch.Tensor,
-    num_neighbors: int = PATCHCORE_REWEIGHT_NEIGHBORS,
-    max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
-) -> torch.Tensor:
-    """PatchCore's image score (paper Eq. 7) for the most anomalous patch of each image.
-
-    For ``m_test`` (the patch with the largest NN distance ``s* = ||m_test - m*||``) and its
-    nearest bank row ``m*``::
-
-        s = (1 - exp(||m_test - m*||) / sum_{m in N_b(m*)} exp(||m_test - m||)) * s*
-
-    where ``N_b(m*)`` are the ``b`` bank rows nearest to ``m*`` (``m*`` itself included). A
-    patch whose neighbourhood in the bank is sparse (all distances alike) is down-weighted
-    less than one sitting next to a dense cluster it simply missed.
-
-    Args:
-        queries: ``[B, D]`` the highest-scoring patch feature of each image.
-        nn_indices: ``[B]`` their nearest bank rows.
-        bank: ``[M, D]`` memory bank.
-    Returns:
-        ``[B]`` reweighted image scores.
-    """
-    if num_neighbors < 1:
-        raise ValueError(f"num_neighbors must be >= 1, got {num_neighbors}")
-    bank = bank.to(queries.device)
-    b = min(num_neighbors, bank.shape[0])
-    centers = bank.index_select(0, nn_indices)  # [B, D]: m*
-    bank_sq = (bank * bank).sum(dim=1)
-    rows = max(1, max_block_elements // bank.shape[0])
-    neighbours = []
-    for start in range(0, centers.shape[0], rows):  # b nearest bank rows of each m*, bounded blocks
-        block = centers[start : start + rows]
-        sq = bank_sq.unsqueeze(0) - 2.0 * block @ bank.T + (block * block).sum(dim=1, keepdim=True)  # [rows, M]
-        neighbours.append(sq.topk(b, dim=1, largest=False).indices)
-    support = bank[torch.cat(neighbours)]  # [B, b, D]
-    dists = (queries.unsqueeze(1) - support).norm(dim=2)  # [B, b]: ||m_test - m||, m in N_b(m*)
-    s_star = (queries - centers).norm(dim=1)  # [B]
-    weight = 1.0 - torch.exp(s_star - torch.logsumexp(dists, dim=1))
-    return weight * s_star
 
 
 class PatchCore(FeatureMapDetector):
@@ -228,6 +124,13 @@ class PatchCore(FeatureMapDetector):
         self.seed = seed
         self.memory_bank: Optional[torch.Tensor] = None
         self._last: Optional[tuple] = None  # (features, embedding, nn values, nn indices) of the last batch
+
+    def export_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """Settings of the scoring path and the memory bank ``[M, D]``."""
+        settings, tensors = super().export_state()
+        settings.update(embedding_dim=self.embedding_dim, image_score=self.image_score, num_neighbors=self.num_neighbors)
+        tensors["memory_bank"] = self.memory_bank
+        return settings, tensors
 
     def embed(self, features: Sequence[torch.Tensor], *, fitting: bool = False) -> torch.Tensor:
         """The extractor's per-layer maps of one batch -> patch embeddings ``[B, h, w, D]``."""
