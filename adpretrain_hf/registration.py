@@ -21,3 +21,12 @@ if importlib.util.find_spec("adpretrain_hf.modeling.pipeline_anomaly_features") 
     from .modeling.pipeline_anomaly_features import register_pipeline
 
     register_pipeline()
+
+if importlib.util.find_spec("adpretrain_hf.modeling.modeling_detector_adpretrain") is not None:
+    from transformers import AutoConfig, AutoModel
+
+    from .modeling.configuration_detector_adpretrain import ADPretrainDetectorConfig
+    from .modeling.modeling_detector_adpretrain import ADPretrainDetectorModel
+
+    AutoConfig.register(ADPretrainDetectorConfig.model_type, ADPretrainDetectorConfig, exist_ok=True)
+    AutoModel.register(ADPretrainDetectorConfig, ADPretrainDetectorModel, exist_ok=True)

@@ -10,6 +10,10 @@ Peak memory: CPU = peak RSS above the phase's starting RSS (a psutil sampler thr
 glibc's free memory is trimmed before each phase so earlier runs do not hide it);
 GPU = ``torch.cuda.max_memory_allocated`` above the phase's start.
 
+PaDiM runs in both forms (``padim`` = one Gaussian per layer, the default; ``padim-concat``
+= one Gaussian over the concatenated layers); the ``stats MiB`` column is the size of the
+fitted statistics, and a first table gives the formula's value for real backbones.
+
     python benchmarks/detectors.py                    # ~1 minute on 2 cores
     python benchmarks/detectors.py --train 50 --channels 128 --devices cpu --threads 0
 """
@@ -30,7 +34,28 @@ import torch
 
 from adpretrain_hf.detectors import PaDiM, PatchCore
 from adpretrain_hf.detectors import patchcore as patchcore_module
+from adpretrain_hf.detectors.padim import PADIM_MODES, padim_statistics_bytes
 from adpretrain_hf.modeling.matching_adpretrain import faiss_available
+
+
+#: (name, per-layer (C, h, w)) of real backbones at 224 px, for the PaDiM memory table
+PADIM_MEMORY_LAYOUTS = (
+    ("CLIP ViT-L/14 @224 (4 x 1024 on 16x16)", [(1024, 16, 16)] * 4),
+    ("EfficientNet-Lite0 @224 (24/40/112 on 56/28/14)", [(24, 56, 56), (40, 28, 28), (112, 14, 14)]),
+    ("WideResNet-50 @224 (256/512/1024 on 56/28/14)", [(256, 56, 56), (512, 28, 28), (1024, 14, 14)]),
+)
+PADIM_METHODS = {"padim": "per_layer", "padim-concat": "concatenated"}
+
+
+def print_padim_memory_table(extra: tuple[str, list[tuple[int, int, int]]]) -> None:
+    """Formula memory of PaDiM's fitted statistics (float32 means + Cholesky factors), both forms."""
+    print("PaDiM statistics (float32 means + Cholesky factors), formula:")
+    header = f"{'layout':<52}" + "".join(f"{mode + ' MiB':>20}" for mode in PADIM_MODES)
+    print(header)
+    print("-" * len(header))
+    for name, shapes in (*PADIM_MEMORY_LAYOUTS, extra):
+        print(f"{name:<52}" + "".join(f"{padim_statistics_bytes(shapes, mode) / 2**20:>20,.1f}" for mode in PADIM_MODES))
+    print()
 
 
 class LookupExtractor:
@@ -107,7 +132,7 @@ def bench_ours(name: str, extractor: LookupExtractor, args, device: torch.device
     if name == "patchcore":
         det = PatchCore(extractor, coreset_ratio=args.coreset_ratio, batch_size=args.batch_size, progress=False)
     else:
-        det = PaDiM(extractor, batch_size=args.batch_size, progress=False)
+        det = PaDiM(extractor, mode=PADIM_METHODS[name], batch_size=args.batch_size, progress=False)
     coreset_s = []
     original = patchcore_module.greedy_coreset_indices
 
@@ -129,9 +154,11 @@ def bench_ours(name: str, extractor: LookupExtractor, args, device: torch.device
     )
     if name == "patchcore":
         note = f"bank {tuple(det.memory_bank.shape)}, coreset {coreset_s[0]:.1f}s"
+        stats_mib = det.memory_bank.numel() * det.memory_bank.element_size() / 2**20
     else:
-        note = f"cov {tuple(det.cholesky.shape)}"
-    return dict(fit_s=fit_s, fit_mib=fit_mib, pred_s=pred_s, pred_mib=pred_mib, note=note)
+        note = f"cov {[tuple(c.shape) for c in det.cholesky]}"
+        stats_mib = det.statistics_bytes() / 2**20
+    return dict(fit_s=fit_s, fit_mib=fit_mib, pred_s=pred_s, pred_mib=pred_mib, stats_mib=stats_mib, note=note)
 
 
 def bench_anomalib(name: str, tables: list[torch.Tensor], args, device: torch.device) -> dict:
@@ -151,6 +178,8 @@ def bench_anomalib(name: str, tables: list[torch.Tensor], args, device: torch.de
             stop = min(start + args.batch_size, first + count)
             yield {n: t[start:stop] for n, t in zip(layers, tables)}
 
+    if name not in ("patchcore", "padim-concat"):
+        raise NotImplementedError(f"anomalib has no {name} form (its PaDiM concatenates layers)")
     if name == "patchcore":
         def embed(feats):
             emb = PatchcoreModel.generate_embedding(holder, {k: pool(v) for k, v in feats.items()})
@@ -189,7 +218,7 @@ def bench_anomalib(name: str, tables: list[torch.Tensor], args, device: torch.de
 
     with torch.no_grad():
         _, pred_s, pred_mib = timed(device, predict)
-    return dict(fit_s=fit_s, fit_mib=fit_mib, pred_s=pred_s, pred_mib=pred_mib, note="anomalib")
+    return dict(fit_s=fit_s, fit_mib=fit_mib, pred_s=pred_s, pred_mib=pred_mib, stats_mib=float("nan"), note="anomalib")
 
 
 def main() -> None:
@@ -203,7 +232,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--coreset-ratio", type=float, default=0.1)
     parser.add_argument("--devices", default="auto", help="'auto' (cpu + cuda if visible), or e.g. 'cpu', 'cuda'")
-    parser.add_argument("--methods", default="patchcore,padim")
+    parser.add_argument("--methods", default="patchcore,padim,padim-concat", help="patchcore, padim (per layer), padim-concat")
     parser.add_argument(
         "--threads", type=int, default=1,
         help="torch CPU threads; 0 = torch's default. 1 by default: on a shared, busy 2-core machine OpenMP "
@@ -224,12 +253,15 @@ def main() -> None:
         print("anomalib not installed: skipped")
 
     n = args.train + args.test
+    print_padim_memory_table((f"this run ({args.layers} x {args.channels} on {args.grid}x{args.grid})",
+                              [(args.channels, args.grid, args.grid)] * args.layers))
     print(
         f"features: {args.train} train + {args.test} test images x {args.layers} layers x {args.channels}-d "
         f"at {args.grid}x{args.grid}; maps {args.image_size}x{args.image_size}; torch threads {torch.get_num_threads()}; "
         f"faiss {'yes' if faiss_available() else 'no'}; load avg {os.getloadavg()[0]:.1f}"
     )
-    header = f"{'device':<7}{'method':<11}{'impl':<10}{'fit s':>8}{'fit MiB':>10}{'pred s':>9}{'pred MiB':>10}  notes"
+    header = (f"{'device':<7}{'method':<14}{'impl':<10}{'fit s':>8}{'fit MiB':>10}{'pred s':>9}{'pred MiB':>10}"
+              f"{'stats MiB':>11}  notes")
     print(header)
     print("-" * len(header))
     for dev in devices:
@@ -239,17 +271,17 @@ def main() -> None:
         extractor = LookupExtractor(tables, args.image_size)
         for method in args.methods.split(","):
             runs = [("ours", lambda: bench_ours(method, extractor, args, device))]
-            if have_anomalib:
+            if have_anomalib and method in ("patchcore", "padim-concat"):
                 runs.append(("anomalib", lambda: bench_anomalib(method, tables, args, device)))
             for impl, run in runs:
                 try:
                     r = run()
                 except Exception as err:  # report and go on (e.g. an anomalib API change)
-                    print(f"{dev:<7}{method:<11}{impl:<10}  failed: {type(err).__name__}: {err}")
+                    print(f"{dev:<7}{method:<14}{impl:<10}  failed: {type(err).__name__}: {err}")
                     continue
                 print(
-                    f"{dev:<7}{method:<11}{impl:<10}{r['fit_s']:>8.2f}{r['fit_mib']:>10.0f}"
-                    f"{r['pred_s']:>9.2f}{r['pred_mib']:>10.0f}  {r['note']}"
+                    f"{dev:<7}{method:<14}{impl:<10}{r['fit_s']:>8.2f}{r['fit_mib']:>10.0f}"
+                    f"{r['pred_s']:>9.2f}{r['pred_mib']:>10.0f}{r['stats_mib']:>11.1f}  {r['note']}"
                 )
         del tables, extractor
 

@@ -18,7 +18,7 @@ from scipy.spatial.distance import cdist, mahalanobis
 
 from adpretrain_hf.detectors import DETECTORS, FeatureNorm, PaDiM, PatchCore, build_detector
 from adpretrain_hf.detectors.coreset import greedy_coreset_indices, greedy_k_center, random_projection_matrix
-from adpretrain_hf.detectors.padim import PADIM_COV_EPS
+from adpretrain_hf.detectors.padim import PADIM_COV_EPS, padim_statistics_bytes
 from adpretrain_hf.detectors.patchcore import aggregate_patch_features
 from adpretrain_hf.modeling.matching_adpretrain import faiss_available
 
@@ -99,17 +99,29 @@ def loop_adaptive_pool(v: np.ndarray, out: int) -> np.ndarray:
     return np.array([v[(i * n) // out : -((-(i + 1) * n) // out)].mean() for i in range(out)])
 
 
-def loop_patchcore_embedding(maps: list[np.ndarray], dim: int) -> np.ndarray:
-    """Per-layer [B, C_l, h_l, w_l] -> [B, h, w, dim] by explicit loops."""
+def loop_local_context(maps: list[np.ndarray]) -> list[np.ndarray]:
+    """Per-layer [B, C_l, h_l, w_l] -> 3x3 averaged, bilinearly resized to the largest grid [B, C_l, h, w]."""
     grid = max((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])
-    b = maps[0].shape[0]
-    out = np.zeros((b, grid[0], grid[1], dim))
+    out = []
+    for m in maps:
+        avg = [loop_local_average(x) for x in m]
+        out.append(np.stack([loop_bilinear(a, grid) if m.shape[-2:] != grid else a for a in avg]))
+    return out
+
+
+def loop_patchcore_embedding(maps: list[np.ndarray], dim: int) -> np.ndarray:
+    """Per-layer [B, C_l, h_l, w_l] -> [B, h, w, D] by explicit loops: pool each layer to
+    min(dim, C_l) (never up), concatenate, pool to min(dim, total)."""
+    layers = loop_local_context(maps)
+    b, _, h, w = layers[0].shape
+    total = sum(min(dim, m.shape[1]) for m in maps)
+    width = min(dim, total)
+    out = np.zeros((b, h, w, width))
     for n in range(b):
-        layers = [loop_bilinear(loop_local_average(m[n]), grid) if m.shape[-2:] != grid else loop_local_average(m[n]) for m in maps]
-        for i in range(grid[0]):
-            for j in range(grid[1]):
-                pooled = [loop_adaptive_pool(layer[:, i, j], dim) for layer in layers]
-                out[n, i, j] = loop_adaptive_pool(np.concatenate(pooled), dim)
+        for i in range(h):
+            for j in range(w):
+                pooled = [loop_adaptive_pool(layer[n, :, i, j], min(dim, layer.shape[1])) for layer in layers]
+                out[n, i, j] = loop_adaptive_pool(np.concatenate(pooled), width)
     return out
 
 
@@ -150,9 +162,10 @@ def test_featurenorm_matches_explicit_pipeline(ext):
 def test_patchcore_aggregation_matches_loops(ext, layer_ids):
     feats = ext(images(2, seed=2))
     used = [feats[i] for i in layer_ids]
-    for dim in (10, 5):  # widening (8..16 channels -> 10) and narrowing (-> 5) poolings
+    for dim in (10, 5, 1024):  # narrowing some layers (8 stays 8), all layers, none
         ref = loop_patchcore_embedding([f.double().numpy() for f in used], dim=dim)
         got = aggregate_patch_features(used, dim=dim)
+        assert got.shape == ref.shape
         np.testing.assert_allclose(got.numpy(), ref, rtol=1e-5, atol=1e-6)
 
 
@@ -184,7 +197,7 @@ def test_coreset_projection_and_selection():
 
 
 def fit_patchcore(ext, **kwargs) -> PatchCore:
-    options = dict(embed_dim=32, coreset_ratio=0.25, backend="torch", batch_size=4, progress=False)
+    options = dict(embedding_dim=32, coreset_ratio=0.25, backend="torch", batch_size=4, progress=False)
     options.update(kwargs)
     return PatchCore(ext, **options).fit(images(6, seed=3))
 
@@ -197,12 +210,38 @@ def test_patchcore_bank_and_scores_vs_bruteforce(ext):
     np.testing.assert_allclose(det.memory_bank.numpy(), train[keep].numpy(), atol=1e-6)
 
     x = images(3, seed=4)
+    det.image_score = "max"
     maps, scores = det.predict(x)
     emb = aggregate_patch_features(ext(x), 32).double().numpy().reshape(3 * 64, 32)
     grid = cdist(emb, det.memory_bank.double().numpy()).min(axis=1).reshape(3, 8, 8)
-    ref, ref_scores = ref_maps([grid], (32, 32))
+    ref, ref_map_max = ref_maps([grid], (32, 32))
     np.testing.assert_allclose(maps.numpy(), ref, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(scores.numpy(), ref_scores, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(scores.numpy(), grid.reshape(3, -1).max(axis=1), rtol=1e-4, atol=1e-4)  # raw, unsmoothed
+    det.image_score = "map_max"
+    np.testing.assert_allclose(det.predict(x)[1].numpy(), ref_map_max, rtol=1e-4, atol=1e-4)
+
+
+def test_patchcore_keeps_narrow_backbones_unwidened():
+    ext176 = FakeExtractor(channels=(24, 40, 112))  # EfficientNet-Lite0's widths: 176 channels in all
+    train, x = images(4, seed=20), images(2, seed=21)
+    det = PatchCore(ext176, coreset_ratio=1.0, backend="torch", image_score="max", progress=False).fit(train)
+    assert det.memory_bank.shape == (4 * 64, 176)  # default embedding_dim 1024 does not widen 176
+    bank = np.concatenate(loop_local_context([f.double().numpy() for f in ext176(train)]), axis=1)  # plain concat
+    bank = bank.transpose(0, 2, 3, 1).reshape(-1, 176)
+    np.testing.assert_allclose(det.memory_bank.numpy(), bank, rtol=1e-5, atol=1e-6)
+    test = np.concatenate(loop_local_context([f.double().numpy() for f in ext176(x)]), axis=1)
+    test = test.transpose(0, 2, 3, 1).reshape(-1, 176)
+    nn = np.array([min(np.sqrt(((q - r) ** 2).sum()) for r in bank) for q in test]).reshape(2, 8, 8)  # brute force
+    maps, scores = det.predict(x)
+    ref, _ = ref_maps([nn], (32, 32))
+    np.testing.assert_allclose(maps.numpy(), ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(scores.numpy(), nn.reshape(2, -1).max(axis=1), rtol=1e-4, atol=1e-4)
+    narrow = PatchCore(ext176, embedding_dim=100, coreset_ratio=1.0, progress=False).fit(train[:1])
+    assert narrow.memory_bank.shape[1] == 100  # 24 + 40 + 100 = 164 -> 100
+    with pytest.raises(ValueError, match="embedding_dim"):
+        PatchCore(ext176, embedding_dim=0)
+    with pytest.raises(ValueError, match="image_score"):
+        PatchCore(ext176, image_score="mean")
 
 
 @pytest.mark.skipif(not faiss_available(), reason="faiss not installed")
@@ -216,10 +255,11 @@ def test_patchcore_faiss_and_chunked_torch_agree(ext):
 
 def test_patchcore_reweighting_matches_formula(ext):
     b = 4
-    det = fit_patchcore(ext, reweight=True, num_neighbors=b, coreset_ratio=0.5)
+    det = fit_patchcore(ext, num_neighbors=b, coreset_ratio=0.5)  # the default image score is Eq. 7
+    assert det.image_score == "reweighted"
     x = images(3, seed=6)
     maps, scores = det.predict(x)
-    plain_maps, _ = fit_patchcore(ext, coreset_ratio=0.5).predict(x)
+    plain_maps, _ = fit_patchcore(ext, coreset_ratio=0.5, image_score="map_max").predict(x)
     np.testing.assert_allclose(maps.numpy(), plain_maps.numpy(), atol=1e-6)  # only the image score changes
 
     bank = det.memory_bank.double().numpy()
@@ -252,18 +292,18 @@ def loop_padim_embedding(feats: list[np.ndarray]) -> np.ndarray:
 @pytest.fixture(scope="module")
 def padim_fit(ext):
     train = images(10, seed=7)
-    det = PaDiM(ext, batch_size=4, progress=False).fit(train)  # 3 batches: exercises the streaming sums
+    det = PaDiM(ext, mode="concatenated", batch_size=4, progress=False).fit(train)  # 3 batches: streaming sums
     emb = loop_padim_embedding([f.double().numpy() for f in ext(train)])  # [10, 36, 8, 8]
     return det, emb
 
 
 def test_padim_mean_and_covariance_vs_numpy(padim_fit):
     det, emb = padim_fit
-    assert det.grid == (8, 8) and det.mean.shape == (64, 36)
-    cov = det.covariance().double().numpy()
+    assert det.grids == [(8, 8)] and det.means[0].shape == (64, 36)
+    cov = det.covariances()[0].double().numpy()
     flat = emb.reshape(10, 36, 64)
     for p in range(64):
-        np.testing.assert_allclose(det.mean[p].numpy(), flat[:, :, p].mean(axis=0), atol=1e-5)
+        np.testing.assert_allclose(det.means[0][p].numpy(), flat[:, :, p].mean(axis=0), atol=1e-5)
         expected = np.cov(flat[:, :, p], rowvar=False) + PADIM_COV_EPS * np.eye(36)
         np.testing.assert_allclose(cov[p], expected, atol=1e-4)
 
@@ -285,14 +325,65 @@ def test_padim_mahalanobis_vs_scipy(ext, padim_fit):
     np.testing.assert_allclose(scores.numpy(), ref_scores, rtol=1e-3, atol=1e-3)
 
 
+def numpy_mahalanobis_grid(train: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """float64 per-position Gaussian of ``train [N, C, h, w]``, distances of ``test [B, C, h, w]`` -> ``[B, h, w]``."""
+    n, c, h, w = train.shape
+    out = np.zeros((test.shape[0], h, w))
+    for i in range(h):
+        for j in range(w):
+            x = train[:, :, i, j]
+            mu = x.mean(axis=0)
+            cov = (x - mu).T @ (x - mu) / (n - 1) + PADIM_COV_EPS * np.eye(c)
+            inv = np.linalg.inv(cov)
+            for b in range(test.shape[0]):
+                d = test[b, :, i, j] - mu
+                out[b, i, j] = math.sqrt(d @ inv @ d)
+    return out
+
+
+def test_padim_per_layer_is_default_and_matches_numpy(ext):
+    train, x = images(10, seed=7), images(2, seed=8)
+    det = PaDiM(ext, batch_size=4, progress=False).fit(train)
+    assert det.mode == "per_layer" and det.grids == [(8, 8), (8, 8), (4, 4)]
+    assert [tuple(m.shape) for m in det.means] == [(64, 8), (64, 12), (16, 16)]
+    maps, scores = det.predict(x)
+    tr = [f.double().numpy() for f in ext(train)]
+    te = [f.double().numpy() for f in ext(x)]
+    grids = [numpy_mahalanobis_grid(a, b) for a, b in zip(tr, te)]  # one Gaussian per layer, on its own grid
+    ref, ref_scores = ref_maps(grids, (32, 32))  # each grid upsampled to the image, then averaged
+    np.testing.assert_allclose(maps.numpy(), ref, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(scores.numpy(), ref_scores, rtol=1e-3, atol=1e-3)
+    cov2 = det.covariances()[2].double().numpy()[5]  # layer 2, position (1, 1)
+    x2 = tr[2][:, :, 1, 1]
+    np.testing.assert_allclose(cov2, np.cov(x2, rowvar=False) + PADIM_COV_EPS * np.eye(16), atol=1e-4)
+
+
+def test_padim_statistics_memory_formula(ext):
+    train = images(4, seed=7)
+    shapes = [(8, 8, 8), (12, 8, 8), (16, 4, 4)]
+    for mode, expected_values in (("per_layer", 64 * (64 + 8) + 64 * (144 + 12) + 16 * (256 + 16)),
+                                  ("concatenated", 64 * (36 * 36 + 36))):
+        det = PaDiM(ext, mode=mode, progress=False).fit(train)
+        assert det.statistics_bytes() == padim_statistics_bytes(shapes, mode) == 4 * expected_values
+    clip_large = [(1024, 16, 16)] * 4
+    assert padim_statistics_bytes(clip_large, "concatenated") > 4 * padim_statistics_bytes(clip_large, "per_layer") * 0.99
+    with pytest.raises(ValueError, match="mode"):
+        PaDiM(ext, mode="joint")
+
+
 def test_padim_channel_subset_and_layers(ext):
     train = images(6, seed=9)
-    det = PaDiM(ext, num_features=10, layers=[1, 2], seed=1, progress=False).fit(train)
-    idx = det.channel_index.tolist()
+    det = PaDiM(ext, mode="concatenated", num_features=10, layers=[1, 2], seed=1, progress=False).fit(train)
+    idx = det.channel_index[0].tolist()
     assert len(idx) == 10 and idx == sorted(set(idx)) and max(idx) < 12 + 16
     full = loop_padim_embedding([f.double().numpy() for f in ext(train)[1:]])
-    np.testing.assert_allclose(det.mean.numpy(), full[:, idx].reshape(6, 10, 64).mean(axis=0).T, atol=1e-5)
-    auto = PaDiM(ext, num_features="auto")
+    np.testing.assert_allclose(det.means[0].numpy(), full[:, idx].reshape(6, 10, 64).mean(axis=0).T, atol=1e-5)
+    per_layer = PaDiM(ext, num_features=10, layers=[0, 2], seed=1, progress=False).fit(train)
+    assert per_layer.channel_index[0] is None and len(per_layer.channel_index[1]) == 10  # 8 channels: all kept
+    sub = per_layer.channel_index[1].tolist()
+    last = ext(train)[2].double().numpy()[:, sub].reshape(6, 10, 16)
+    np.testing.assert_allclose(per_layer.means[1].numpy(), last.mean(axis=0).T, atol=1e-5)
+    auto = PaDiM(ext, mode="concatenated", num_features="auto")
     assert auto._choose_channels(448, torch.device("cpu")).numel() == 100  # the original's ResNet-18 size
     assert auto._choose_channels(1792, torch.device("cpu")).numel() == 550  # and WideResNet-50's
     assert auto._choose_channels(36, torch.device("cpu")) is None  # narrower than 550: keep all
@@ -337,7 +428,7 @@ def test_bad_inputs_raise_clear_errors(ext):
     with pytest.raises(ValueError, match="num_features"):
         PaDiM(ext, num_features=0)
     with pytest.raises(ValueError, match="exceeds"):
-        PaDiM(ext, num_features=999, progress=False).fit(x)
+        PaDiM(ext, mode="concatenated", num_features=999, progress=False).fit(x)
     with pytest.raises(TypeError, match="list"):
         FeatureNorm(lambda p: torch.zeros(1, 2, 3, 3), progress=False).predict(x[:1])
 

@@ -10,7 +10,7 @@ paths inside a detector.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Iterable, Iterator, Protocol, Sequence, Union, runtime_checkable
+from typing import Iterable, Iterator, Optional, Protocol, Sequence, Union, runtime_checkable
 
 import torch
 from tqdm.auto import tqdm
@@ -112,6 +112,25 @@ class Detector(ABC):
             maps.append(batch_maps.float().cpu())
             scores.append(self._image_scores(batch_maps, grids, features).float().cpu())
         return torch.cat(maps), torch.cat(scores)
+
+    def export_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """``(settings, tensors)`` that rebuild this fitted detector's scoring: JSON-able
+        settings and named tensors (saved as safetensors). Subclasses add theirs."""
+        return {"sigma": float(self.sigma)}, {}
+
+    def model_layers(self) -> list[int]:
+        """The feature extractor's layers this detector scores (indices into what it returns)."""
+        return list(range(len(getattr(self.extractor, "layers", []))))
+
+    def to_detector_model(self, feature_source: Optional[str] = None):
+        """This fitted detector as an ``ADPretrainDetectorModel`` (a savable, loadable folder).
+
+        The extractor must be a ``ModelFeatureExtractor``: its model is bundled (shared, not
+        copied). ``feature_source`` records which checkpoint the features came from.
+        """
+        from ..deployment import detector_to_model
+
+        return detector_to_model(self, feature_source=feature_source)
 
     # -- for subclasses ----------------------------------------------------------
     @abstractmethod

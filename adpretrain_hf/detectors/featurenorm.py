@@ -17,9 +17,9 @@ from __future__ import annotations
 from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ..modeling.anomaly_map_adpretrain import GAUSSIAN_SIGMA
+from ..modeling.scoring_adpretrain import largest_grid, resize_to_grid
 from .base import Detector, FeatureExtractor, ImageBatches
 
 __all__ = ["FeatureMapDetector", "FeatureNorm", "largest_grid", "resize_to_grid", "resolve_layers"]
@@ -53,19 +53,6 @@ def resolve_layers(layers: Optional[Sequence[int]], num_layers: int, default_las
     if len(set(resolved)) != len(resolved):
         raise ValueError(f"layers={list(layers)!r} names the same layer twice: give each layer once")
     return resolved
-
-
-def largest_grid(maps: Sequence[torch.Tensor]) -> tuple[int, int]:
-    """The ``(h, w)`` of the map with the most positions (the first one on ties)."""
-    return max((tuple(m.shape[-2:]) for m in maps), key=lambda hw: hw[0] * hw[1])
-
-
-def resize_to_grid(maps: torch.Tensor, grid: tuple[int, int], mode: str) -> torch.Tensor:
-    """``[B, C, h, w]`` -> ``[B, C, *grid]`` (no-op when the grid already matches)."""
-    if tuple(maps.shape[-2:]) == tuple(grid):
-        return maps
-    kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
-    return F.interpolate(maps, size=grid, mode=mode, **kwargs)
 
 
 class FeatureMapDetector(Detector):
@@ -127,6 +114,12 @@ class FeatureMapDetector(Detector):
                 yield batch
 
         return checked(images)
+
+    def model_layers(self) -> list[int]:
+        """The extractor's layer indices this detector uses (resolved as at fit)."""
+        if self.layer_indices is not None:
+            return list(self.layer_indices)
+        return resolve_layers(self.layers, len(getattr(self.extractor, "layers", [])), self.default_last_layers)
 
     # -- feature validation -------------------------------------------------------------
     def _select(self, features: Sequence[torch.Tensor], *, fitting: bool, check_grid: bool) -> list[torch.Tensor]:

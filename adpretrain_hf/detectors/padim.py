@@ -3,23 +3,38 @@
 Per grid position a multivariate Gaussian of the patch embedding is fitted on normal
 images; a test patch scores its Mahalanobis distance to its position's Gaussian.
 
-- Embedding: all layers (``layers=``), each resized to the largest grid by *nearest*
-  interpolation and concatenated along channels. The original's ``embedding_concat``
-  (unfold / fold) copies each coarse cell to the fine cells it covers, which is nearest
-  upsampling; anomalib also uses ``mode="nearest"``.
+Two forms (``mode=``):
+
+- ``"per_layer"`` (default, the ADPretrain release): one Gaussian per *layer* and position,
+  on that layer's own grid. Each layer gives a Mahalanobis grid ``[B, h_l, w_l]``; the base
+  class upsamples every grid bilinearly to the image and averages them ("upsample, mean
+  over layers"), then blurs (sigma 4) and takes the max.
+- ``"concatenated"`` (the original PaDiM paper): all layers resized to the largest grid by
+  *nearest* interpolation (the original's ``embedding_concat`` copies each coarse cell to
+  the fine cells it covers; anomalib also uses ``mode="nearest"``), concatenated along
+  channels, one Gaussian per position of that grid, one score grid.
+
+Memory of the fitted statistics (float32, 4 bytes; the Cholesky factor has the covariance's
+size, the means are negligible beside it):
+
+- per layer:     ``4 * sum_l P_l * C_l**2`` bytes (``P_l = h_l * w_l``);
+- concatenated:  ``4 * P_max * (sum_l C_l)**2`` bytes.
+
+CLIP ViT-L/14 at 224 (4 layers x 1024 channels on 16x16): 4.0 GiB per layer vs 16.0 GiB
+(17.2 GB) concatenated. EfficientNet-Lite0 at 224 (24/40/112 channels on 56x56/28x28/14x14):
+21.5 MiB per layer vs 373 MiB concatenated. ``padim_statistics_bytes`` computes it for any layout.
+
 - Optional random channel subset ``num_features=`` (the original keeps 100 of ResNet-18's
   448 channels and 550 of WideResNet-50's 1792). Default ``None`` keeps all; ``"auto"``
   picks the original's count for those two widths and ``PADIM_AUTO_MAX_FEATURES`` otherwise.
+  Concatenated: a subset of the concatenated channels (more than there are is an error).
+  Per layer: each layer keeps at most that many of its own channels.
 - Statistics: per position mean and unbiased covariance (``numpy.cov``'s ``N - 1``) plus
   ``PADIM_COV_EPS * I`` (0.01). They are accumulated in one streaming pass (sums of
   outer products of features shifted by the first batch's mean, which keeps float32
   accurate), so the training embeddings are never stored together.
-- Distance: the covariance is Cholesky-factored once at fit (``cov = L L^T``); per batch
+- Distance: each covariance is Cholesky-factored once at fit (``cov = L L^T``); per batch
   ``z = L^-1 (x - mu)`` by a triangular solve and ``d = ||z||`` -- no explicit inverse.
-
-The reference notes' "upsample, mean over layers" has nothing to average here: PaDiM's
-layers are concatenated into one embedding, so it produces one score grid (the largest
-grid); the base class upsamples it, blurs it (sigma 4) and takes the max.
 """
 
 from __future__ import annotations
@@ -28,6 +43,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from ..modeling.scoring_adpretrain import mahalanobis_distances
 from .base import FeatureExtractor
 from .featurenorm import FeatureMapDetector, largest_grid, resize_to_grid
 
@@ -35,46 +51,105 @@ __all__ = [
     "PADIM_AUTO_FEATURES",
     "PADIM_AUTO_MAX_FEATURES",
     "PADIM_COV_EPS",
+    "PADIM_MODES",
     "PADIM_RESIZE_MODE",
     "PaDiM",
     "mahalanobis_distances",
+    "padim_statistics_bytes",
 ]
 
 PADIM_COV_EPS = 0.01  # regulariser added to every covariance's diagonal
+PADIM_MODES = ("per_layer", "concatenated")  # one Gaussian per layer (release) | over all layers (paper)
 PADIM_RESIZE_MODE = "nearest"  # how coarser layers reach the largest grid (original embedding_concat)
 PADIM_AUTO_FEATURES = {448: 100, 1792: 550}  # original subsets: ResNet-18 (448 ch) -> 100, WRN-50 (1792) -> 550
 PADIM_AUTO_MAX_FEATURES = 550  # "auto" for other widths: at most this many channels
 PADIM_FACTOR_BLOCK = 16  # positions factored at a time (bounds the extra memory of the Cholesky)
+FLOAT32_BYTES = 4
 
 
-def mahalanobis_distances(embedding: torch.Tensor, mean: torch.Tensor, cholesky: torch.Tensor) -> torch.Tensor:
-    """Per-position Mahalanobis distances.
+def padim_statistics_bytes(layer_shapes: Sequence[tuple[int, int, int]], mode: str = "per_layer") -> int:
+    """Bytes of PaDiM's fitted float32 statistics (means + Cholesky factors) for ``[(C_l, h_l, w_l)]``.
 
-    Args:
-        embedding: ``[B, D, P]`` test embeddings (``P`` grid positions).
-        mean: ``[P, D]`` per-position means.
-        cholesky: ``[P, D, D]`` lower Cholesky factors of the per-position covariances.
-    Returns:
-        ``[B, P]`` distances ``sqrt((x - mu)^T cov^-1 (x - mu))``.
+    ``per_layer``: ``sum_l P_l (C_l^2 + C_l)``; ``concatenated``: ``P_max (D^2 + D)``, ``D = sum_l C_l``.
     """
-    delta = embedding.to(mean.dtype).permute(2, 1, 0) - mean.unsqueeze(2)  # [P, D, B]
-    z = torch.linalg.solve_triangular(cholesky, delta, upper=False)  # [P, D, B]: L^-1 (x - mu)
-    return z.square().sum(dim=1).sqrt().T  # [B, P]
+    if mode not in PADIM_MODES:
+        raise ValueError(f"unknown PaDiM mode {mode!r}: choose one of {PADIM_MODES}")
+    if mode == "per_layer":
+        values = sum(h * w * (c * c + c) for c, h, w in layer_shapes)
+    else:
+        d = sum(c for c, _, _ in layer_shapes)
+        values = max(h * w for _, h, w in layer_shapes) * (d * d + d)
+    return FLOAT32_BYTES * values
+
+
+class _GaussianSums:
+    """Streaming per-position sums for one embedding ``[b, D, h, w]`` -> mean and Cholesky factor."""
+
+    def __init__(self, first: torch.Tensor) -> None:
+        x = first.flatten(2).permute(2, 0, 1)  # [P, b, D]
+        self.grid = tuple(first.shape[-2:])
+        self.shift = x.mean(dim=1, keepdim=True)  # [P, 1, D]: makes the sums well conditioned
+        positions, dim = x.shape[0], x.shape[2]
+        self.total = torch.zeros(positions, dim, dtype=x.dtype, device=x.device)  # sum of (x - shift)
+        self.outer = torch.zeros(positions, dim, dim, dtype=x.dtype, device=x.device)  # sum of outer products
+
+    def add(self, emb: torch.Tensor) -> None:
+        xc = emb.flatten(2).permute(2, 0, 1) - self.shift  # [P, b, D]
+        self.total += xc.sum(dim=1)
+        self.outer.baddbmm_(xc.transpose(1, 2), xc)  # [P, D, b] @ [P, b, D], in place
+
+    def finish(self, count: int, cov_eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean [P, D], cholesky [P, D, D])``; the sums' buffer becomes the factors."""
+        centred_mean = self.total / count  # [P, D]
+        # cov = (sum (x-s)(x-s)^T - n m m^T) / (n - 1) with m = mean - s, in place on `outer`.
+        outer = self.outer
+        outer.baddbmm_(centred_mean.unsqueeze(2), centred_mean.unsqueeze(1), alpha=-float(count))
+        outer.div_(count - 1)
+        outer.diagonal(dim1=1, dim2=2).add_(cov_eps)
+        mean = (centred_mean + self.shift.squeeze(1)).contiguous()
+        self.total = self.shift = self.outer = None
+        return mean, _factor_in_place(outer)
+
+
+def _factor_in_place(cov: torch.Tensor) -> torch.Tensor:
+    """Cholesky factors of ``cov [P, D, D]`` written over it, a block of positions at a time.
+
+    Peak memory stays at one ``[P, D, D]`` buffer plus a block, instead of two buffers.
+    The factors are stored transposed (``L^T`` row-major == ``L`` column-major), the
+    layout LAPACK's triangular solve reads without copying the whole stack each batch.
+    """
+    factors = cov.transpose(1, 2)  # a view; writes below go to cov's storage
+    for start in range(0, cov.shape[0], PADIM_FACTOR_BLOCK):
+        block, info = torch.linalg.cholesky_ex(cov[start : start + PADIM_FACTOR_BLOCK])
+        if bool((info != 0).any()):
+            raise ValueError(
+                "a PaDiM covariance is not positive definite (features with NaN/inf, or cov_eps=0 with "
+                "fewer images than channels): check the features or raise cov_eps"
+            )
+        factors[start : start + PADIM_FACTOR_BLOCK].copy_(block)
+    return factors
 
 
 class PaDiM(FeatureMapDetector):
-    """PaDiM: per-position Gaussians of concatenated multi-layer features, Mahalanobis scores.
+    """PaDiM: per-position Gaussians of multi-layer features, Mahalanobis scores.
 
     Args:
         extractor: the feature source.
-        layers: layer indices to concatenate (default: all).
-        num_features: keep a random subset of this many embedding channels; ``None`` (default)
+        layers: layer indices to use (default: all).
+        mode: ``"per_layer"`` (default; one Gaussian per layer, maps averaged, as the release)
+            or ``"concatenated"`` (one Gaussian over all layers, as the original paper).
+        num_features: keep a random subset of this many channels; ``None`` (default)
             keeps all, ``"auto"`` uses the original's sizes (see module docstring).
         cov_eps: diagonal regulariser (``PADIM_COV_EPS = 0.01``).
         seed: seeds the channel subset.
 
-    After ``fit``: ``mean [P, D]``, ``cholesky [P, D, D]`` (``P = h*w`` of the largest grid),
-    ``channel_index [D]`` (or ``None`` when all channels are kept) and ``grid (h, w)``.
+    Fitted state, one entry per *group* (a used layer in ``per_layer`` mode; the single
+    concatenated embedding in ``concatenated`` mode):
+        ``means``: list of ``[P_g, D_g]`` per-position means;
+        ``cholesky``: list of ``[P_g, D_g, D_g]`` lower Cholesky factors of the regularised
+        covariances (``cov = L L^T``; ``covariances()`` rebuilds them);
+        ``channel_index``: list of ``[D_g]`` kept channels, or ``None`` where all are kept;
+        ``grids``: list of ``(h_g, w_g)``, ``P_g = h_g * w_g``.
     """
 
     name = "padim"
@@ -84,30 +159,47 @@ class PaDiM(FeatureMapDetector):
         extractor: FeatureExtractor,
         *,
         layers: Optional[Sequence[int]] = None,
+        mode: str = "per_layer",
         num_features: Union[int, str, None] = None,
         cov_eps: float = PADIM_COV_EPS,
         seed: int = 0,
         **kwargs,
     ) -> None:
         super().__init__(extractor, layers=layers, **kwargs)
+        if mode not in PADIM_MODES:
+            raise ValueError(f"unknown PaDiM mode {mode!r}: choose 'per_layer' (release) or 'concatenated' (paper)")
         if num_features is not None and num_features != "auto" and (not isinstance(num_features, int) or num_features < 1):
             raise ValueError(f"num_features must be a positive int, 'auto' or None (all channels), got {num_features!r}")
         if cov_eps < 0:
             raise ValueError(f"cov_eps must be >= 0, got {cov_eps}")
+        self.mode = mode
         self.num_features = num_features
         self.cov_eps = cov_eps
         self.seed = seed
-        self.channel_index: Optional[torch.Tensor] = None
-        self.mean: Optional[torch.Tensor] = None
-        self.cholesky: Optional[torch.Tensor] = None
-        self.grid: Optional[tuple[int, int]] = None
+        self.channel_index: list[Optional[torch.Tensor]] = []
+        self.means: list[torch.Tensor] = []
+        self.cholesky: list[torch.Tensor] = []
+        self.grids: list[tuple[int, int]] = []
+
+    def export_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """Per group ``g``: ``mean_g [P_g, D_g]``, ``cholesky_g [P_g, D_g, D_g]`` (lower factors),
+        ``channel_index_g [D_g]`` where a subset is kept; settings name the mode and grids."""
+        settings, tensors = super().export_state()
+        settings.update(mode=self.mode, grids=[list(g) for g in self.grids])
+        for g, (mean, factor, index) in enumerate(zip(self.means, self.cholesky, self.channel_index)):
+            tensors[f"mean_{g}"], tensors[f"cholesky_{g}"] = mean, factor.contiguous()
+            if index is not None:
+                tensors[f"channel_index_{g}"] = index
+        return settings, tensors
 
     # -- embedding ---------------------------------------------------------------------
-    def _choose_channels(self, total: int, device: torch.device) -> Optional[torch.Tensor]:
+    def _choose_channels(self, total: int, device: torch.device, group: int = 0) -> Optional[torch.Tensor]:
         if self.num_features is None:
             return None
         if self.num_features == "auto":
             keep = PADIM_AUTO_FEATURES.get(total, min(total, PADIM_AUTO_MAX_FEATURES))
+        elif self.mode == "per_layer":
+            keep = min(self.num_features, total)
         else:
             keep = self.num_features
             if keep > total:
@@ -117,81 +209,62 @@ class PaDiM(FeatureMapDetector):
                 )
         if keep == total:
             return None
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(self.seed + group)
         return torch.randperm(total, generator=generator)[:keep].sort().values.to(device)
 
-    def embed(self, features: Sequence[torch.Tensor], *, fitting: bool = False) -> torch.Tensor:
-        """Per-layer maps of one batch -> concatenated (and subset) embedding ``[B, D, h, w]``."""
-        used = self._select(features, fitting=fitting, check_grid=True)
+    def _groups(self, used: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Used layers ``[B, C_l, h_l, w_l]`` -> the maps Gaussians are fitted on, before subsetting."""
+        if self.mode == "per_layer":
+            return [f.float() for f in used]
         grid = largest_grid(used)
-        emb = torch.cat([resize_to_grid(f.float(), grid, PADIM_RESIZE_MODE) for f in used], dim=1)  # [B, C, h, w]
-        if self.channel_index is not None:
-            emb = emb.index_select(1, self.channel_index.to(emb.device))
-        return emb
+        return [torch.cat([resize_to_grid(f.float(), grid, PADIM_RESIZE_MODE) for f in used], dim=1)]  # [B, C, h, w]
+
+    def embed(self, features: Sequence[torch.Tensor], *, fitting: bool = False) -> list[torch.Tensor]:
+        """Per-layer maps of one batch -> one (channel-subset) embedding ``[B, D_g, h_g, w_g]`` per group."""
+        groups = self._groups(self._select(features, fitting=fitting, check_grid=True))
+        return [g if idx is None else g.index_select(1, idx.to(g.device)) for g, idx in zip(groups, self.channel_index)]
 
     # -- fit: streaming Gaussian statistics --------------------------------------------------
     @torch.no_grad()
     def _fit(self, feature_batches: list[list[torch.Tensor]]) -> None:
-        self.fitted_layout, self.channel_index = None, None
+        self.fitted_layout = None
         count = sum(int(batch[0].shape[0]) for batch in feature_batches if len(batch) > 0)
         if count < 2:
             raise ValueError(
                 f"PaDiM needs at least 2 normal images to estimate a covariance, got {count}: pass more training images"
             )
-        shift = total = outer = None
+        sums: list[_GaussianSums] = []
         for i in range(len(feature_batches)):
-            used = self._select(feature_batches[i], fitting=True, check_grid=True)
-            if shift is None:
-                self.channel_index = self._choose_channels(sum(f.shape[1] for f in used), used[0].device)
-            emb = self.embed(feature_batches[i])  # [b, D, h, w]
+            if not sums:
+                groups = self._groups(self._select(feature_batches[i], fitting=True, check_grid=True))
+                self.channel_index = [self._choose_channels(g.shape[1], g.device, n) for n, g in enumerate(groups)]
+            embedded = self.embed(feature_batches[i])  # per group [b, D_g, h_g, w_g]
             feature_batches[i] = None  # free the raw maps as soon as they are embedded
-            x = emb.flatten(2).permute(2, 0, 1)  # [P, b, D]
-            if shift is None:
-                self.grid = tuple(emb.shape[-2:])
-                shift = x.mean(dim=1, keepdim=True)  # [P, 1, D]: makes the sums well conditioned
-                positions, dim = x.shape[0], x.shape[2]
-                total = torch.zeros(positions, dim, dtype=x.dtype, device=x.device)  # sum of (x - shift)
-                outer = torch.zeros(positions, dim, dim, dtype=x.dtype, device=x.device)  # sum of outer products
-            xc = x - shift
-            total += xc.sum(dim=1)
-            outer.baddbmm_(xc.transpose(1, 2), xc)  # [P, D, b] @ [P, b, D], in place
-        centred_mean = total / count  # [P, D]
-        # cov = (sum (x-s)(x-s)^T - n m m^T) / (n - 1) with m = mean - s, in place on `outer`.
-        outer.baddbmm_(centred_mean.unsqueeze(2), centred_mean.unsqueeze(1), alpha=-float(count))
-        outer.div_(count - 1)
-        outer.diagonal(dim1=1, dim2=2).add_(self.cov_eps)
-        self.mean = (centred_mean + shift.squeeze(1)).contiguous()
-        del total, shift, centred_mean
-        self.cholesky = self._factor_in_place(outer)  # [P, D, D]
+            if not sums:
+                sums = [_GaussianSums(e) for e in embedded]
+            for acc, emb in zip(sums, embedded):
+                acc.add(emb)
+        self.grids = [acc.grid for acc in sums]
+        self.means, self.cholesky = [], []
+        for acc in sums:
+            mean, factor = acc.finish(count, self.cov_eps)
+            self.means.append(mean)
+            self.cholesky.append(factor)
 
-    @staticmethod
-    def _factor_in_place(cov: torch.Tensor) -> torch.Tensor:
-        """Cholesky factors of ``cov [P, D, D]`` written over it, a block of positions at a time.
-
-        Peak memory stays at one ``[P, D, D]`` buffer plus a block, instead of two buffers.
-        The factors are stored transposed (``L^T`` row-major == ``L`` column-major), the
-        layout LAPACK's triangular solve reads without copying the whole stack each batch.
-        """
-        factors = cov.transpose(1, 2)  # a view; writes below go to cov's storage
-        for start in range(0, cov.shape[0], PADIM_FACTOR_BLOCK):
-            block, info = torch.linalg.cholesky_ex(cov[start : start + PADIM_FACTOR_BLOCK])
-            if bool((info != 0).any()):
-                raise ValueError(
-                    "a PaDiM covariance is not positive definite (features with NaN/inf, or cov_eps=0 with "
-                    "fewer images than channels): check the features or raise cov_eps"
-                )
-            factors[start : start + PADIM_FACTOR_BLOCK].copy_(block)
-        return factors
-
-    def covariance(self) -> torch.Tensor:
-        """The fitted (regularised) covariances ``[P, D, D]``, rebuilt as ``L L^T``."""
-        if self.cholesky is None:
+    def covariances(self) -> list[torch.Tensor]:
+        """The fitted (regularised) covariances per group, ``[P_g, D_g, D_g]``, rebuilt as ``L L^T``."""
+        if not self.cholesky:
             raise RuntimeError("PaDiM is not fitted: call fit(normal_images) first")
-        return self.cholesky @ self.cholesky.transpose(1, 2)
+        return [factor @ factor.transpose(1, 2) for factor in self.cholesky]
+
+    def statistics_bytes(self) -> int:
+        """Bytes held by the fitted means and Cholesky factors."""
+        return sum(t.numel() * t.element_size() for t in (*self.means, *self.cholesky))
 
     # -- predict -----------------------------------------------------------------------------
     def _score_grids(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        emb = self.embed(features)  # [B, D, h, w]
-        b, d, h, w = emb.shape
-        dist = mahalanobis_distances(emb.reshape(b, d, h * w), self.mean, self.cholesky)  # [B, P]
-        return [dist.view(b, h, w)]
+        grids = []
+        for emb, mean, factor in zip(self.embed(features), self.means, self.cholesky):
+            b, d, h, w = emb.shape
+            grids.append(mahalanobis_distances(emb.reshape(b, d, h * w), mean, factor).view(b, h, w))  # [B, h, w]
+        return grids

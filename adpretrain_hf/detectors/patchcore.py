@@ -1,144 +1,67 @@
 """PatchCore (Roth et al., CVPR 2022) on any feature extractor.
 
-Pipeline, as the original:
+Pipeline:
 1. the last 3 layers (``layers=``), each averaged over its 3x3 neighbourhood (local
    context, "locally aware patch features"; avg-pool k=3, stride 1, zero padding counted,
    as both the original and anomalib);
 2. every layer bilinearly resized to the largest grid among them;
-3. each layer's channel vector pooled to ``PATCHCORE_DIM = 1024`` (``adaptive_avg_pool1d``
-   over channels), the ``L`` vectors stacked and the stack flattened and pooled again to
-   1024. (The original's quirk, kept: pooling the flattened ``[L, 1024]`` stack means output
-   dims ``[i*L, (i+1)*L)`` of the stack feed output dim ``i``, so the first third of the
-   embedding summarises layer 1, and so on.)
+3. channel pooling that only *reduces*: each layer's channel vector is pooled
+   (``adaptive_avg_pool1d``) to ``min(embedding_dim, C_l)``, the layers concatenated and
+   pooled again to ``min(embedding_dim, sum)`` (``embedding_dim = PATCHCORE_DIM = 1024``).
+   WideResNet-50's 512 + 1024 channels become 1024; EfficientNet-Lite0's 24 + 40 + 112 = 176
+   stay 176 (the plain concatenation). Pooling *up* to 1024 (what a fixed 1024 does to narrow
+   backbones) only replicates channels unevenly, which weights some channels more than
+   others in the distance and multiplies the nearest-neighbour work (6x for 176 channels).
+   (The original pools every layer to 1024 first, so WRN-50's 512-channel layer is doubled
+   before the 2048 -> 1024 reduction; here it is not widened.) The pooled concatenation
+   keeps each layer's channels together, so an output dim mixes at most two layers.
 4. memory bank = greedy k-center coreset of 10% of all training patches (``coreset.py``);
 5. patch score = L2 distance to the nearest bank row (``nearest_neighbors(metric="l2")``:
    faiss flat L2 on CPU when installed, chunked torch otherwise, so memory stays bounded);
-   one score grid on the largest grid; the base class upsamples, blurs (sigma 4), takes max.
-
-``reweight=True`` replaces the image score by the paper's Eq. 7 (see ``reweighted_scores``).
+   one score grid on the largest grid; the base class upsamples and blurs (sigma 4) it into
+   the anomaly map.
+6. image score (``image_score=``): ``"reweighted"`` (default, the paper's Eq. 7 and the
+   release) scales the image's *largest raw* patch NN distance by a weight from the bank's
+   density around its nearest bank row (``reweighted_scores``); ``"max"`` is that largest raw
+   distance unweighted; ``"map_max"`` the max of the smoothed anomaly map (not PatchCore's).
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ..modeling.matching_adpretrain import DEFAULT_MAX_BLOCK_ELEMENTS, nearest_neighbors
+from ..modeling.scoring_adpretrain import (
+    PATCHCORE_DIM,
+    PATCHCORE_NEIGHBOURHOOD,
+    PATCHCORE_REWEIGHT_NEIGHBORS,
+    aggregate_patch_features,
+    channel_pooling_map,
+    embedding_width,
+    layer_widths,
+    reweighted_scores,
+)
 from .base import FeatureExtractor
 from .coreset import CORESET_PROJECTION_DIM, CORESET_RATIO, greedy_coreset_indices
-from .featurenorm import FeatureMapDetector, largest_grid, resize_to_grid
+from .featurenorm import FeatureMapDetector, largest_grid
 
 __all__ = [
     "PATCHCORE_DIM",
+    "PATCHCORE_IMAGE_SCORES",
     "PATCHCORE_LAYERS",
     "PATCHCORE_NEIGHBOURHOOD",
     "PATCHCORE_REWEIGHT_NEIGHBORS",
     "PatchCore",
     "aggregate_patch_features",
     "channel_pooling_map",
+    "embedding_width",
     "reweighted_scores",
 ]
 
-PATCHCORE_DIM = 1024  # per-layer and final embedding width
+PATCHCORE_IMAGE_SCORES = ("reweighted", "max", "map_max")  # Eq. 7 | largest raw NN distance | max of the map
 PATCHCORE_LAYERS = 3  # default: the extractor's last 3 layers
-PATCHCORE_NEIGHBOURHOOD = 3  # 3x3 local-context average
-PATCHCORE_REWEIGHT_NEIGHBORS = 9  # b in Eq. 7: bank neighbours of m* in the softmax
-
-
-@functools.lru_cache(maxsize=8)
-def channel_pooling_map(channels: tuple[int, ...], dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """PatchCore's two channel poolings as one sparse linear map, in gather form.
-
-    Per layer ``adaptive_avg_pool1d(C_l -> dim)``, then the flattened ``[L, dim]`` stack
-    ``adaptive_avg_pool1d(L*dim -> dim)``: both are linear, so ``out = concat(x_l) @ W``
-    with ``W [sum C_l, dim]``. ``W`` is built by running exactly those poolings on identity
-    matrices (so it *is* the original's definition) and has only a few non-zeros per
-    output column (2 for 3 x 256 -> 1024), so it is applied as ``K`` gathers +
-    multiply-adds: ~5x faster than the pooling kernels on CPU, and no ``[n, L*dim]`` stack.
-
-    Returns:
-        ``(index [K, dim] long, weight [K, dim] float32)``:
-        ``out[:, i] = sum_k x[:, index[k, i]] * weight[k, i]`` (CPU tensors; cached).
-    """
-    stacked = torch.zeros(sum(channels), 1, len(channels) * dim, dtype=torch.float64)
-    offset = 0
-    for layer, c in enumerate(channels):
-        per_layer = F.adaptive_avg_pool1d(torch.eye(c, dtype=torch.float64).unsqueeze(1), dim)  # [c, 1, dim]
-        stacked[offset : offset + c, :, layer * dim : (layer + 1) * dim] = per_layer
-        offset += c
-    weights = F.adaptive_avg_pool1d(stacked, dim).squeeze(1)  # [sum C_l, dim]
-    k = int((weights != 0).sum(dim=0).max())
-    index = weights.topk(k, dim=0).indices  # [K, dim]; zero-weight padding where a column has fewer
-    return index, weights.gather(0, index).float()
-
-
-def aggregate_patch_features(maps: Sequence[torch.Tensor], dim: int = PATCHCORE_DIM) -> torch.Tensor:
-    """Locally aware patch features: per-layer maps ``[B, C_l, h_l, w_l]`` -> ``[B, h, w, dim]``.
-
-    ``(h, w)`` is the largest grid among ``maps``; the channel poolings run through
-    ``channel_pooling_map`` (same result as ``adaptive_avg_pool1d`` per layer, then on the stack).
-    """
-    grid = largest_grid(maps)
-    k = PATCHCORE_NEIGHBOURHOOD
-    local = []
-    for fmap in maps:
-        pooled = F.avg_pool2d(fmap.float(), kernel_size=k, stride=1, padding=k // 2)  # [B, C_l, h_l, w_l]
-        local.append(resize_to_grid(pooled, grid, mode="bilinear").permute(0, 2, 3, 1))  # [B, h, w, C_l]
-    x = torch.cat(local, dim=-1).reshape(-1, sum(f.shape[1] for f in maps))  # [B*h*w, sum C_l]
-    index, weight = channel_pooling_map(tuple(int(f.shape[1]) for f in maps), dim)
-    index, weight = index.to(x.device), weight.to(x.device)
-    out = x.index_select(1, index[0]).mul_(weight[0])  # [B*h*w, dim]
-    for j in range(1, index.shape[0]):
-        out.addcmul_(x.index_select(1, index[j]), weight[j])
-    return out.view(maps[0].shape[0], grid[0], grid[1], dim)
-
-
-@torch.no_grad()
-def reweighted_scores(
-    queries: torch.Tensor,
-    nn_indices: torch.Tensor,
-    bank: torch.Tensor,
-    num_neighbors: int = PATCHCORE_REWEIGHT_NEIGHBORS,
-    max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
-) -> torch.Tensor:
-    """PatchCore's image score (paper Eq. 7) for the most anomalous patch of each image.
-
-    For ``m_test`` (the patch with the largest NN distance ``s* = ||m_test - m*||``) and its
-    nearest bank row ``m*``::
-
-        s = (1 - exp(||m_test - m*||) / sum_{m in N_b(m*)} exp(||m_test - m||)) * s*
-
-    where ``N_b(m*)`` are the ``b`` bank rows nearest to ``m*`` (``m*`` itself included). A
-    patch whose neighbourhood in the bank is sparse (all distances alike) is down-weighted
-    less than one sitting next to a dense cluster it simply missed.
-
-    Args:
-        queries: ``[B, D]`` the highest-scoring patch feature of each image.
-        nn_indices: ``[B]`` their nearest bank rows.
-        bank: ``[M, D]`` memory bank.
-    Returns:
-        ``[B]`` reweighted image scores.
-    """
-    if num_neighbors < 1:
-        raise ValueError(f"num_neighbors must be >= 1, got {num_neighbors}")
-    bank = bank.to(queries.device)
-    b = min(num_neighbors, bank.shape[0])
-    centers = bank.index_select(0, nn_indices)  # [B, D]: m*
-    bank_sq = (bank * bank).sum(dim=1)
-    rows = max(1, max_block_elements // bank.shape[0])
-    neighbours = []
-    for start in range(0, centers.shape[0], rows):  # b nearest bank rows of each m*, bounded blocks
-        block = centers[start : start + rows]
-        sq = bank_sq.unsqueeze(0) - 2.0 * block @ bank.T + (block * block).sum(dim=1, keepdim=True)  # [rows, M]
-        neighbours.append(sq.topk(b, dim=1, largest=False).indices)
-    support = bank[torch.cat(neighbours)]  # [B, b, D]
-    dists = (queries.unsqueeze(1) - support).norm(dim=2)  # [B, b]: ||m_test - m||, m in N_b(m*)
-    s_star = (queries - centers).norm(dim=1)  # [B]
-    weight = 1.0 - torch.exp(s_star - torch.logsumexp(dists, dim=1))
-    return weight * s_star
 
 
 class PatchCore(FeatureMapDetector):
@@ -147,16 +70,19 @@ class PatchCore(FeatureMapDetector):
     Args:
         extractor: the feature source.
         layers: layer indices (default: the last ``PATCHCORE_LAYERS = 3``, or all if fewer).
-        embed_dim: embedding width after pooling (``PATCHCORE_DIM = 1024``).
+        embedding_dim: the most channels kept, per layer and in the final embedding
+            (``PATCHCORE_DIM = 1024``); narrower features keep their width.
         coreset_ratio: fraction of training patches kept (``CORESET_RATIO = 0.1``; 1.0 keeps all).
         projection_dim: width of the random projection the coreset search runs on (128).
-        reweight: image score by Eq. 7 of the paper instead of the max of the smoothed map.
+        image_score: ``"reweighted"`` (default; Eq. 7 on the largest raw NN distance),
+            ``"max"`` (largest raw NN distance) or ``"map_max"`` (max of the smoothed map).
         num_neighbors: ``b`` of Eq. 7 (9).
         backend: nearest-neighbour backend, ``"auto" | "torch" | "faiss"``.
         max_block_elements: bound on the torch backend's distance block (memory for big banks).
         seed: seeds the coreset's projection and start point.
 
-    After ``fit``: ``memory_bank [M, embed_dim]`` on the features' device.
+    After ``fit``: ``memory_bank [M, D]`` on the features' device, ``D = embedding_width``
+    (``min(embedding_dim, sum_l min(embedding_dim, C_l))``).
     """
 
     name = "patchcore"
@@ -167,10 +93,10 @@ class PatchCore(FeatureMapDetector):
         extractor: FeatureExtractor,
         *,
         layers: Optional[Sequence[int]] = None,
-        embed_dim: int = PATCHCORE_DIM,
+        embedding_dim: int = PATCHCORE_DIM,
         coreset_ratio: float = CORESET_RATIO,
         projection_dim: Optional[int] = CORESET_PROJECTION_DIM,
-        reweight: bool = False,
+        image_score: str = "reweighted",
         num_neighbors: int = PATCHCORE_REWEIGHT_NEIGHBORS,
         backend: str = "auto",
         max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
@@ -178,18 +104,20 @@ class PatchCore(FeatureMapDetector):
         **kwargs,
     ) -> None:
         super().__init__(extractor, layers=layers, **kwargs)
-        if embed_dim < 1:
-            raise ValueError(f"embed_dim must be >= 1, got {embed_dim}")
+        if not isinstance(embedding_dim, int) or embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be a positive int (the most channels kept), got {embedding_dim!r}")
+        if image_score not in PATCHCORE_IMAGE_SCORES:
+            raise ValueError(f"unknown image_score {image_score!r}: choose one of {PATCHCORE_IMAGE_SCORES}")
         if not 0.0 < coreset_ratio <= 1.0:
             raise ValueError(f"coreset_ratio must be in (0, 1], got {coreset_ratio}: use 0.1 for PatchCore's 10%")
         if num_neighbors < 1:
             raise ValueError(f"num_neighbors must be >= 1, got {num_neighbors}")
         if backend not in ("auto", "torch", "faiss"):
             raise ValueError(f"unknown backend {backend!r}: choose 'auto', 'torch' or 'faiss'")
-        self.embed_dim = embed_dim
+        self.embedding_dim = embedding_dim
         self.coreset_ratio = coreset_ratio
         self.projection_dim = projection_dim
-        self.reweight = reweight
+        self.image_score = image_score
         self.num_neighbors = num_neighbors
         self.backend = backend
         self.max_block_elements = max_block_elements
@@ -197,10 +125,17 @@ class PatchCore(FeatureMapDetector):
         self.memory_bank: Optional[torch.Tensor] = None
         self._last: Optional[tuple] = None  # (features, embedding, nn values, nn indices) of the last batch
 
+    def export_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """Settings of the scoring path and the memory bank ``[M, D]``."""
+        settings, tensors = super().export_state()
+        settings.update(embedding_dim=self.embedding_dim, image_score=self.image_score, num_neighbors=self.num_neighbors)
+        tensors["memory_bank"] = self.memory_bank
+        return settings, tensors
+
     def embed(self, features: Sequence[torch.Tensor], *, fitting: bool = False) -> torch.Tensor:
-        """The extractor's per-layer maps of one batch -> patch embeddings ``[B, h, w, embed_dim]``."""
+        """The extractor's per-layer maps of one batch -> patch embeddings ``[B, h, w, D]``."""
         used = self._select(features, fitting=fitting, check_grid=False)
-        return aggregate_patch_features(used, self.embed_dim)
+        return aggregate_patch_features(used, self.embedding_dim)
 
     @torch.no_grad()
     def _fit(self, feature_batches: list[list[torch.Tensor]]) -> None:
@@ -211,12 +146,13 @@ class PatchCore(FeatureMapDetector):
             used = self._select(batch, fitting=True, check_grid=False)
             h, w = largest_grid(used)
             sizes.append(int(used[0].shape[0]) * h * w)
+        width = embedding_width([c for c, _, _ in self.fitted_layout], self.embedding_dim)
         bank = None
         start = 0
         for i, size in enumerate(sizes):
-            rows = self.embed(feature_batches[i], fitting=True).reshape(size, self.embed_dim)
+            rows = self.embed(feature_batches[i], fitting=True).reshape(size, width)
             if bank is None:
-                bank = torch.empty(sum(sizes), self.embed_dim, dtype=rows.dtype, device=rows.device)  # [N, D]
+                bank = torch.empty(sum(sizes), width, dtype=rows.dtype, device=rows.device)  # [N, D]
             bank[start : start + size] = rows
             start += size
             feature_batches[i] = None  # free the raw maps as soon as they are embedded
@@ -239,12 +175,16 @@ class PatchCore(FeatureMapDetector):
         flat = emb.reshape(-1, d)
         dist, idx = self._nearest(flat)
         # Kept for _image_scores (called right after on the same batch) when reweighting.
-        self._last = (features, flat.view(b, h * w, d), dist.view(b, h * w), idx.view(b, h * w)) if self.reweight else None
+        reweight = self.image_score == "reweighted"
+        self._last = (features, flat.view(b, h * w, d), dist.view(b, h * w), idx.view(b, h * w)) if reweight else None
         return [dist.view(b, h, w)]
 
     def _image_scores(self, maps: torch.Tensor, grids: list[torch.Tensor], features: Sequence[torch.Tensor]) -> torch.Tensor:
-        if not self.reweight:
+        """PatchCore's image score from the *raw* NN distances (see ``image_score``), ``[B]``."""
+        if self.image_score == "map_max":
             return super()._image_scores(maps, grids, features)
+        if self.image_score == "max":
+            return grids[0].flatten(1).amax(dim=1)
         if self._last is None or self._last[0] is not features:
             raise RuntimeError("internal: reweighting needs _score_grids to run on the same batch first")
         _, emb, dist, idx = self._last

@@ -10,8 +10,9 @@ on top of the frozen features. What they share lives here, once:
 - a fixed number of epochs with a tqdm bar per epoch (``progress=False`` silences it);
   optionally a validation split carved from the *normal training images* reports a loss
   per epoch and may keep the best epoch. Never select an epoch on test data;
-- ``save(dir)`` writes the weights and fit-time constants (safetensors) plus a JSON of the
-  config and layout; ``load(dir, extractor)`` rebuilds a detector whose ``predict`` is
+- ``export_state()`` / ``from_state()`` give the weights and fit-time constants plus the
+  config and layout (what ``ADPretrainDetectorModel`` stores); ``save(dir)`` / ``load(dir,
+  extractor)`` write and read them as safetensors + JSON. A rebuilt detector's ``predict`` is
   bit-identical to the one that was saved.
 """
 
@@ -225,14 +226,12 @@ class TrainedDetector(Detector):
         """Anomaly maps ``[N, H, W]`` and image scores ``[N]``; each image scored independently."""
         return super().predict(self._validated(images))
 
-    def save(self, directory: str | os.PathLike) -> None:
-        """Write ``detector.safetensors`` (weights + fit-time constants) and ``detector_config.json``."""
+    def export_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """Settings (method config, fitted layout, sigma, history) and the network's weights
+        plus fit-time constants (its state dict, on the CPU)."""
         if not self.is_fitted or self.model is None:
-            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(normal_images) before save()")
-        os.makedirs(directory, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        save_file(state, os.path.join(directory, WEIGHTS_FILE), metadata={"detector": self.name})
-        meta = {
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(normal_images) first")
+        settings = {
             "detector": self.name,
             "format_version": FORMAT_VERSION,
             "config": asdict(self.config),
@@ -242,8 +241,41 @@ class TrainedDetector(Detector):
             "history": {"epoch_losses": self.history.epoch_losses, "val_losses": self.history.val_losses,
                         "best_epoch": self.history.best_epoch},
         }
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        return settings, state
+
+    @classmethod
+    def from_state(
+        cls, extractor: FeatureExtractor, settings: dict[str, Any], state: dict[str, torch.Tensor], *,
+        progress: bool = False, accelerator: Accelerator | None = None,
+    ) -> "TrainedDetector":
+        """Inverse of :meth:`export_state`: a fitted detector whose ``predict`` is bit-identical."""
+        if settings.get("format_version", 0) > FORMAT_VERSION:
+            raise ValueError(f"this detector was saved by a newer adpretrain_hf (format {settings['format_version']}): upgrade the package")
+        if settings.get("detector") != cls.name:
+            raise ValueError(f"the state holds a {settings.get('detector')!r} detector, not {cls.name!r}: load it with its own class")
+        config = cls.config_class.from_dict(settings["config"])
+        det = cls(extractor, config, batch_size=settings["batch_size"], sigma=settings["sigma"], progress=progress, accelerator=accelerator)
+        det.layer_shapes = [tuple(s) for s in settings["layer_shapes"]]
+        history = settings.get("history", {})
+        det.history = TrainingHistory(epoch_losses=history.get("epoch_losses", []), val_losses=history.get("val_losses", []),
+                                      best_epoch=history.get("best_epoch"))
+        model = det._build_model()
+        model.load_state_dict({k: v.detach().cpu() for k, v in state.items()})
+        det.model = det.accelerator.unwrap_model(det.accelerator.prepare(model))
+        det.model.eval()
+        det.is_fitted = True
+        return det
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write ``detector.safetensors`` (weights + fit-time constants) and ``detector_config.json``."""
+        if not self.is_fitted or self.model is None:
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(normal_images) before save()")
+        settings, state = self.export_state()
+        os.makedirs(directory, exist_ok=True)
+        save_file(state, os.path.join(directory, WEIGHTS_FILE), metadata={"detector": self.name})
         with open(os.path.join(directory, CONFIG_FILE), "w", encoding="utf-8") as fh:
-            json.dump(meta, fh, indent=2)
+            json.dump(settings, fh, indent=2)
 
     @classmethod
     def load(
@@ -255,23 +287,9 @@ class TrainedDetector(Detector):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}: save a fitted detector there first")
         with open(path, encoding="utf-8") as fh:
-            meta = json.load(fh)
-        if meta.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{directory} was saved by a newer adpretrain_hf (format {meta['format_version']}): upgrade the package")
-        if meta.get("detector") != cls.name:
-            raise ValueError(f"{directory} holds a {meta.get('detector')!r} detector, not {cls.name!r}: load it with its own class")
-        config = cls.config_class.from_dict(meta["config"])
-        det = cls(extractor, config, batch_size=meta["batch_size"], sigma=meta["sigma"], progress=progress, accelerator=accelerator)
-        det.layer_shapes = [tuple(s) for s in meta["layer_shapes"]]
-        history = meta.get("history", {})
-        det.history = TrainingHistory(epoch_losses=history.get("epoch_losses", []), val_losses=history.get("val_losses", []),
-                                      best_epoch=history.get("best_epoch"))
-        model = det._build_model()
-        model.load_state_dict(load_file(os.path.join(directory, WEIGHTS_FILE)))
-        det.model = det.accelerator.unwrap_model(det.accelerator.prepare(model))
-        det.model.eval()
-        det.is_fitted = True
-        return det
+            settings = json.load(fh)
+        state = load_file(os.path.join(directory, WEIGHTS_FILE))
+        return cls.from_state(extractor, settings, state, progress=progress, accelerator=accelerator)
 
     # -- the training pipeline (base.Detector hook) --------------------------------------
     def _fit(self, feature_batches: list[list[torch.Tensor]]) -> None:

@@ -1,0 +1,238 @@
+"""Fitting, wrapping and calibrating detectors as deployable ``ADPretrainDetectorModel`` folders.
+
+The evaluation code fits detectors to measure them; an inspection line needs one fitted
+detector it can keep, ship and trust: one folder (``save_pretrained``), a decision threshold,
+a normalised score and a predicted mask. This module is that path::
+
+    detector = fit_detector("ckpt", "patchcore", train_images, val_images=normal_val)
+    detector.save_pretrained("patchcore-screws")
+    out = ADPretrainDetectorModel.from_pretrained("patchcore-screws")(pixel_values)
+    out.labels, out.normalized_scores, out.pred_masks
+
+Images are PIL images, paths or numpy arrays (through the model's image processor), or an
+already processed ``[N, 3, H, W]`` tensor. Thresholds are fitted on the detector *model's*
+own outputs (the deployed path), never on the fitting code's.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from tqdm.auto import tqdm
+
+from .detectors import build_detector
+from .detectors.base import Detector
+from .extractor import ModelFeatureExtractor
+from .modeling.calibration_adpretrain import DEFAULT_QUANTILE, fit_threshold, score_range
+from .modeling.configuration_detector_adpretrain import ADPretrainDetectorConfig
+from .modeling.image_processing_adpretrain import ADPretrainImageProcessor
+from .modeling.modeling_adpretrain import ADPretrainModel
+from .modeling.modeling_detector_adpretrain import (
+    REFERENCE_BANK_PREFIX,
+    ADPretrainDetectorModel,
+    net_buffer_name,
+)
+from .modeling.pipeline_anomaly_features import load_rgb
+
+__all__ = ["calibrate", "detector_to_model", "fit_detector", "load_pixel_values", "predict_maps"]
+
+DEFAULT_REFERENCE_SHOTS = 8  # references default to the first this-many training images (the paper's 8-shot set)
+_TRAINED_STATE_KEY = "trained"
+
+Images = Union[torch.Tensor, Sequence[Any], Any]
+
+
+def load_pixel_values(images: Images, processor: ADPretrainImageProcessor, what: str = "images") -> torch.Tensor:
+    """PIL images / paths / numpy arrays (one or a list) -> ``[N, 3, H, W]``; a tensor passes through."""
+    if isinstance(images, torch.Tensor):
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"{what} tensor must be processed pixel values [N, 3, H, W], got {tuple(images.shape)}: pass PIL images or paths instead")
+        return images.float()
+    if images is None:
+        raise ValueError(f"no {what} given: pass PIL images, paths or numpy arrays")
+    items = list(images) if isinstance(images, (list, tuple)) else [images]
+    if len(items) == 0:
+        raise ValueError(f"no {what} given: the list is empty")
+    rgb = [load_rgb(item, what[:-1] if what.endswith("s") else what) for item in items]
+    return processor(rgb, return_tensors="pt")["pixel_values"].float()
+
+
+def _load_masks(masks: Any, processor: ADPretrainImageProcessor, count: int) -> torch.Tensor:
+    """Masks (PIL / numpy / None for a normal image, or a tensor ``[N, H, W]``) -> ``[N, H, W]`` {0, 1}."""
+    if isinstance(masks, torch.Tensor):
+        out = masks.reshape(masks.shape[0], *masks.shape[-2:]).float()
+    else:
+        items = list(masks)
+        height, width = processor.output_size
+        present = [i for i, m in enumerate(items) if m is not None]
+        out = torch.zeros(len(items), height, width)
+        if present:
+            out[present] = processor.preprocess_masks([items[i] for i in present])
+    if out.shape[0] != count:
+        raise ValueError(f"{out.shape[0]} masks for {count} validation images: give one mask per image (None for a normal one)")
+    return out
+
+
+@torch.no_grad()
+def predict_maps(
+    detector_model: ADPretrainDetectorModel, pixel_values: torch.Tensor, batch_size: int = 32, progress: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw ``(anomaly maps [N, H, W], scores [N])`` of a detector model, on the CPU, in batches."""
+    maps, scores = [], []
+    starts = range(0, pixel_values.shape[0], batch_size)
+    for start in tqdm(starts, desc="detector: score", disable=not progress, leave=False):
+        batch_maps, batch_scores = detector_model.score(pixel_values[start : start + batch_size].to(detector_model.device))
+        maps.append(batch_maps.float().cpu())
+        scores.append(batch_scores.float().cpu())
+    return torch.cat(maps), torch.cat(scores)
+
+
+def detector_to_model(detector: Detector, feature_source: Optional[str] = None) -> ADPretrainDetectorModel:
+    """Wrap a fitted detector (on a ``ModelFeatureExtractor``) as an ``ADPretrainDetectorModel``.
+
+    The extractor's ADPretrain model is shared, not copied. For pretrained features its
+    reference bank (backbone tokens of the normal references) is stored for the used layers.
+    """
+    extractor = detector.extractor
+    if not isinstance(extractor, ModelFeatureExtractor):
+        raise TypeError(
+            f"to_detector_model needs a detector on a ModelFeatureExtractor (it bundles the model), got {type(extractor).__name__}: "
+            "build the detector with ModelFeatureExtractor(model, features=...)"
+        )
+    if not detector.is_fitted:
+        raise RuntimeError(f"{type(detector).__name__} is not fitted: call fit(normal_images) first")
+    settings, tensors = detector.export_state()
+    model = extractor.model
+    layers = [extractor.layers[i] for i in detector.model_layers()]
+    if detector.name in ("cflow", "glass", "uniad"):
+        settings = {"sigma": float(detector.sigma), _TRAINED_STATE_KEY: True, **settings}
+        tensors = {net_buffer_name(k): v for k, v in tensors.items()}
+    needs_bank = extractor.kind == "pretrained" and (model.config.use_residual or model.config.projector_type == "cross_attn")
+    if needs_bank:
+        if model.reference_bank is None:
+            raise ValueError("the model holds no reference bank: call extractor.set_references(normal_pixel_values) before fitting")
+        tensors.update({f"{REFERENCE_BANK_PREFIX}{layer}": model.reference_bank[layer] for layer in layers})
+    source = feature_source or getattr(model, "name_or_path", None) or None
+    config = ADPretrainDetectorConfig(
+        method=detector.name,
+        method_settings=settings,
+        feature_kind=extractor.kind,
+        layers=layers,
+        feature_source=source,
+        adpretrain_config=model.config,
+        fitted_shapes={k: list(v.shape) for k, v in tensors.items()},
+        fitted_dtypes={k: str(v.dtype).replace("torch.", "") for k, v in tensors.items() if v.dtype != torch.float32},
+    )
+    detector_model = ADPretrainDetectorModel(config, adpretrain_model=model)
+    device = next(model.parameters()).device
+    for name, value in tensors.items():
+        detector_model.fitted.get(name).copy_(value.detach())
+    detector_model.fitted.to(device)
+    return detector_model.eval()
+
+
+def calibrate(
+    detector_model: ADPretrainDetectorModel,
+    val_images: Images,
+    labels: Optional[Sequence[int]] = None,
+    masks: Optional[Any] = None,
+    quantile: float = DEFAULT_QUANTILE,
+    margin: float = 0.0,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> ADPretrainDetectorModel:
+    """(Re)fit the image and pixel thresholds and the score range on validation images (in place).
+
+    - ``labels=None``: all images are normal; image threshold = ``quantile`` of their scores
+      (+ ``margin`` x range), pixel threshold = ``quantile`` of all their map values.
+    - labels with both classes: image threshold maximising F1; with ``masks`` too, pixel
+      threshold maximising pixel F1 (else the ``quantile`` of the normal images' pixels).
+    Normalisation uses min/max of all validation scores.
+    """
+    processor = ADPretrainImageProcessor.from_adpretrain_config(detector_model.adpretrain.config)
+    pixel_values = load_pixel_values(val_images, processor, "val_images")
+    maps, scores = predict_maps(detector_model, pixel_values, batch_size, progress)
+    truth = None
+    if labels is not None:
+        truth = torch.as_tensor(list(labels) if not isinstance(labels, torch.Tensor) else labels).reshape(-1).bool()
+        if truth.numel() != scores.numel():
+            raise ValueError(f"{truth.numel()} labels for {scores.numel()} validation images: give one label (0 normal, 1 anomalous) per image")
+    image_threshold, how = fit_threshold(scores, truth, quantile, margin)
+    if masks is not None and how == "f1":
+        pixel_truth = _load_masks(masks, processor, scores.numel()).bool()
+        if pixel_truth.shape[-2:] != maps.shape[-2:]:
+            raise ValueError(f"masks are {tuple(pixel_truth.shape[-2:])} but the maps {tuple(maps.shape[-2:])}: pass the original masks, not resized ones")
+        pixel_threshold, _ = fit_threshold(maps, pixel_truth, quantile)
+    else:
+        normal = maps if truth is None else maps[~truth]
+        pixel_threshold, _ = fit_threshold(normal, None, quantile)
+    low, high = score_range(scores)
+    config = detector_model.config
+    config.image_threshold, config.pixel_threshold = image_threshold, pixel_threshold
+    config.score_min, config.score_max, config.calibration = low, high, how
+    return detector_model
+
+
+def _resolve_model(model: Union[ADPretrainModel, str, os.PathLike], device: Optional[Union[str, torch.device]]) -> tuple[ADPretrainModel, Optional[str]]:
+    if isinstance(model, (str, os.PathLike)):
+        source = os.fspath(model)
+        model = ADPretrainModel.from_pretrained(source)
+    elif isinstance(model, ADPretrainModel):
+        source = getattr(model, "name_or_path", None) or None
+    else:
+        raise TypeError(f"model must be an ADPretrainModel or a checkpoint folder / Hub id, got {type(model).__name__}")
+    if device is not None:
+        model.to(device)
+    return model.eval(), source
+
+
+def fit_detector(
+    model: Union[ADPretrainModel, str],
+    method: str,
+    train_images: Images,
+    *,
+    features: str = "pretrained",
+    layers: Optional[Sequence[int]] = None,
+    references: Optional[Images] = None,
+    val_images: Optional[Images] = None,
+    val_labels: Optional[Sequence[int]] = None,
+    val_masks: Optional[Any] = None,
+    quantile: float = DEFAULT_QUANTILE,
+    method_kwargs: Optional[dict] = None,
+    device: Optional[Union[str, torch.device]] = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> ADPretrainDetectorModel:
+    """Fit ``method`` on normal ``train_images`` and return a deployable detector model.
+
+    Args:
+        model: an ``ADPretrainModel`` or its checkpoint folder / Hub id (recorded as the feature source).
+        method: ``"featurenorm" | "patchcore" | "padim" | "cflow" | "glass" | "uniad"``.
+        features: ``"pretrained"`` (ADPretrain, "w/") or ``"backbone"`` ("w/o").
+        layers: indices into the model's tapped layers (None: the method's default).
+        references: normal reference images for the residuals (default: the first 8 training images).
+        val_images / val_labels / val_masks: calibration set (see :func:`calibrate`); None leaves it uncalibrated.
+        method_kwargs: extra detector options (e.g. ``{"coreset_ratio": 0.1}``, ``{"quick": True}``).
+    """
+    model, source = _resolve_model(model, device)
+    processor = ADPretrainImageProcessor.from_adpretrain_config(model.config)
+    train = load_pixel_values(train_images, processor, "train_images")
+    extractor = ModelFeatureExtractor(model, features=features)
+    if extractor.needs_references or model.config.projector_type == "cross_attn":
+        refs = train[:DEFAULT_REFERENCE_SHOTS] if references is None else load_pixel_values(references, processor, "references")
+        model.set_references(refs.to(device=extractor.device, dtype=extractor.dtype))
+    kwargs = dict(method_kwargs or {})
+    if method.strip().lower() in ("cflow", "glass", "uniad"):
+        extractor = ModelFeatureExtractor(model, features=features, layers=layers)
+    elif layers is not None:
+        kwargs["layers"] = list(layers)
+    detector = build_detector(method, extractor, batch_size=batch_size, progress=progress, **kwargs)
+    detector.fit(train)
+    detector_model = detector_to_model(detector, feature_source=source)
+    if val_images is not None:
+        calibrate(detector_model, val_images, val_labels, val_masks, quantile, batch_size=batch_size, progress=progress)
+    elif val_labels is not None or val_masks is not None:
+        raise ValueError("val_labels / val_masks given without val_images: pass the validation images too")
+    return detector_model

@@ -1,0 +1,101 @@
+"""``ADPretrainDetectorConfig``: everything a fitted detector folder needs besides its tensors.
+
+A fitted detector is an ADPretrain model (its feature source) plus the method's fitted
+tensors plus a calibration. This config records the method and its settings, which features
+it was fitted on (``feature_kind``, ``layers``, ``feature_source`` for provenance), the nested
+ADPretrain config (so the folder rebuilds the model without the original checkpoint), the
+shapes of the fitted tensors (so ``from_pretrained`` can allocate them before loading), and
+the calibration (thresholds and the score range of the validation images).
+
+Part of the remote-code bundle: imports only transformers and its siblings.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+from transformers import PretrainedConfig
+
+from .configuration_adpretrain import ADPretrainConfig
+
+FEATURE_KINDS = ("backbone", "pretrained")
+#: methods whose scoring lives in this folder (loadable without adpretrain_hf)
+SELF_CONTAINED_METHODS = ("featurenorm", "patchcore", "padim")
+#: methods that need adpretrain_hf installed to load (their networks live in the package)
+PACKAGE_METHODS = ("cflow", "glass", "uniad")
+METHODS = SELF_CONTAINED_METHODS + PACKAGE_METHODS
+_DROPPED_NESTED_KEYS = ("auto_map", "architectures", "transformers_version", "custom_pipelines", "_name_or_path")
+
+
+class ADPretrainDetectorConfig(PretrainedConfig):
+    r"""Configuration of a fitted anomaly detector on ADPretrain (or backbone) features.
+
+    Args:
+        method: ``"featurenorm" | "patchcore" | "padim" | "cflow" | "glass" | "uniad"``.
+        method_settings: the method's settings (e.g. PatchCore's ``embed_dim``, ``reweight``,
+            ``num_neighbors``; ``sigma`` of the map smoothing; a trained method's config).
+        feature_kind: ``"pretrained"`` (ADPretrain features, the paper's "w/") or
+            ``"backbone"`` (the frozen backbone's own, "w/o").
+        layers: indices into the ADPretrain model's tapped layers the detector uses.
+        feature_source: the ADPretrain checkpoint path or Hub id it was fitted with (provenance only).
+        adpretrain_config: the nested ADPretrain model config (dict or ``ADPretrainConfig``).
+        fitted_shapes: name -> shape of every fitted tensor (memory bank, means, reference bank...).
+        fitted_dtypes: name -> dtype name for the fitted tensors that are not float32.
+        image_threshold / pixel_threshold: decision thresholds on the raw image score / map value.
+        score_min / score_max: range of the validation image scores (normalisation).
+        calibration: how the thresholds were fitted (``"quantile:0.99"``, ``"f1"``) or None.
+    """
+
+    model_type = "adpretrain-detector"
+
+    def __init__(
+        self,
+        method: str = "featurenorm",
+        method_settings: Optional[dict] = None,
+        feature_kind: str = "pretrained",
+        layers: Optional[Sequence[int]] = None,
+        feature_source: Optional[str] = None,
+        adpretrain_config: Any = None,
+        fitted_shapes: Optional[dict] = None,
+        fitted_dtypes: Optional[dict] = None,
+        image_threshold: Optional[float] = None,
+        pixel_threshold: Optional[float] = None,
+        score_min: Optional[float] = None,
+        score_max: Optional[float] = None,
+        calibration: Optional[str] = None,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(adpretrain_config, ADPretrainConfig):
+            adpretrain_config = adpretrain_config.to_dict()
+        self.adpretrain_config = {k: v for k, v in dict(adpretrain_config or {}).items() if k not in _DROPPED_NESTED_KEYS}
+        self.method = str(method).lower()
+        self.method_settings = dict(method_settings or {})
+        self.feature_kind = feature_kind
+        self.layers = None if layers is None else [int(i) for i in layers]
+        self.feature_source = None if feature_source is None else str(feature_source)
+        self.fitted_shapes = {str(k): [int(d) for d in v] for k, v in (fitted_shapes or {}).items()}
+        self.fitted_dtypes = {str(k): str(v) for k, v in (fitted_dtypes or {}).items()}
+        self.image_threshold = None if image_threshold is None else float(image_threshold)
+        self.pixel_threshold = None if pixel_threshold is None else float(pixel_threshold)
+        self.score_min = None if score_min is None else float(score_min)
+        self.score_max = None if score_max is None else float(score_max)
+        self.calibration = calibration
+        super().__init__(**kwargs)
+        if self.method not in METHODS:
+            raise ValueError(f"method={method!r} is not supported: choose one of {METHODS}")
+        if self.feature_kind not in FEATURE_KINDS:
+            raise ValueError(f"feature_kind={feature_kind!r} is not supported: choose one of {FEATURE_KINDS}")
+
+    @property
+    def is_calibrated(self) -> bool:
+        return self.image_threshold is not None
+
+    def nested_adpretrain_config(self) -> ADPretrainConfig:
+        """The feature source's config, always bundling the backbone (a folder is self-contained)."""
+        values = dict(self.adpretrain_config)
+        values.pop("model_type", None)
+        values["bundle_backbone"] = True
+        return ADPretrainConfig(**values)
+
+
+ADPretrainDetectorConfig.register_for_auto_class()

@@ -1,0 +1,279 @@
+"""``ADPretrainDetectorModel``: a fitted anomaly detector as one Hub folder.
+
+The model holds its feature source (an :class:`ADPretrainModel`: frozen backbone + projectors,
+bundled so a deployment machine needs no network) and the method's fitted tensors as
+registered buffers (safetensors, no pickle): FeatureNorm and the residuals' reference bank,
+PatchCore's memory bank, PaDiM's means and Cholesky factors, a trained method's weights.
+
+Shapes (B images, H x W the processor's size)::
+
+    pixel_values       [B, 3, H, W]   processor-normalised
+    anomaly_map        [B, H, W]      float32
+    scores             [B]            raw image scores
+    normalized_scores  [B]            in [0, 1], threshold at 0.5   (None until calibrated)
+    labels             [B]            bool, score >= image_threshold (None until calibrated)
+    pred_masks         [B, H, W]      bool, map >= pixel_threshold   (None until calibrated)
+
+FeatureNorm, PatchCore and PaDiM score with this folder's code only (remote code works
+without ``adpretrain_hf``); CFLOW, GLASS and UniAD need the package for their networks.
+The forward pass is plain torch (exact nearest-neighbour search by chunked matmul, no faiss)
+so FeatureNorm and PatchCore export to ONNX as they are.
+
+Part of the remote-code bundle.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+from transformers.utils import ModelOutput
+
+from .anomaly_map_adpretrain import GAUSSIAN_SIGMA, anomaly_map_from_grids, tokens_to_grid
+from .calibration_adpretrain import normalize_scores
+from .configuration_detector_adpretrain import PACKAGE_METHODS, ADPretrainDetectorConfig
+from .modeling_adpretrain import ADPretrainModel, ADPretrainPreTrainedModel
+from .residual_adpretrain import reference_residuals
+from .scoring_adpretrain import (
+    PATCHCORE_DIM,
+    PATCHCORE_REWEIGHT_NEIGHBORS,
+    aggregate_patch_features,
+    largest_grid,
+    mahalanobis_distances,
+    nearest_in_bank,
+    resize_to_grid,
+    reweighted_scores,
+)
+
+REFERENCE_BANK_PREFIX = "reference_bank_"  # + model layer index: [M_l, C_l] backbone tokens of the references
+NET_PREFIX = "net__"  # + state-dict key with "." -> "__": a trained method's network
+PADIM_RESIZE_MODE = "nearest"  # PaDiM's layer concatenation (original embedding_concat)
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64, "int32": torch.int32,
+           "bool": torch.bool, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class AnomalyDetectionOutput(ModelOutput):
+    """Outputs of :class:`ADPretrainDetectorModel` (see the module docstring for shapes)."""
+
+    anomaly_map: Optional[torch.Tensor] = None
+    scores: Optional[torch.Tensor] = None
+    normalized_scores: Optional[torch.Tensor] = None
+    labels: Optional[torch.Tensor] = None
+    pred_masks: Optional[torch.Tensor] = None
+
+
+def net_buffer_name(key: str) -> str:
+    """A trained network's state-dict key -> a buffer name (buffers cannot hold dots)."""
+    if "__" in key:
+        raise ValueError(f"state-dict key {key!r} contains '__', which the detector folder reserves: rename the submodule")
+    return NET_PREFIX + key.replace(".", "__")
+
+
+def net_state_key(name: str) -> str:
+    """Inverse of :func:`net_buffer_name`."""
+    return name[len(NET_PREFIX):].replace("__", ".")
+
+
+class FittedTensors(nn.Module):
+    """The fitted tensors as persistent buffers, allocated from ``config.fitted_shapes``
+    (so ``from_pretrained`` can build them before the weights are read)."""
+
+    def __init__(self, shapes: dict, dtypes: dict) -> None:
+        super().__init__()
+        for name, shape in shapes.items():
+            self.register_buffer(name, torch.zeros(shape, dtype=_DTYPES[dtypes.get(name, "float32")]))
+
+    def get(self, name: str) -> Optional[torch.Tensor]:
+        return self._buffers.get(name)
+
+
+class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
+    """A fitted detector: ``pixel_values [B, 3, H, W]`` -> :class:`AnomalyDetectionOutput`.
+
+    Build one with ``adpretrain_hf.fit_detector(...)`` (or ``detector.to_detector_model()``);
+    load one with ``from_pretrained(dir_or_hub_id)``. ``adpretrain_model`` lets the fitting code
+    hand over the already-built feature model instead of allocating a second one.
+    """
+
+    config_class = ADPretrainDetectorConfig
+    base_model_prefix = "adpretrain"
+    _keys_to_ignore_on_load_missing = None
+
+    def __init__(self, config: ADPretrainDetectorConfig, adpretrain_model: Optional[ADPretrainModel] = None) -> None:
+        super().__init__(config)
+        if config.method in PACKAGE_METHODS and importlib.util.find_spec("adpretrain_hf") is None:
+            raise ImportError(
+                f"this folder holds a {config.method!r} detector, whose network code lives in the adpretrain_hf package: "
+                "pip install adpretrain-hf (FeatureNorm, PatchCore and PaDiM folders load without it)"
+            )
+        self.fitted = FittedTensors(config.fitted_shapes, config.fitted_dtypes)
+        self._trained_detector = None  # CFLOW/GLASS/UniAD, rebuilt from the buffers on first use
+        if adpretrain_model is None:
+            self.adpretrain = ADPretrainModel(config.nested_adpretrain_config())
+            self.post_init()
+        else:  # initialise first, then attach: post_init must never touch fitted weights
+            self.post_init()
+            self.adpretrain = adpretrain_model
+
+    # -- features ------------------------------------------------------------------------
+    @property
+    def image_size(self) -> tuple[int, int]:
+        size = int(self.adpretrain.config.image_size)
+        return size, size
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.config.layers if self.config.layers is not None else range(len(self.adpretrain.config.layers)))
+
+    def extract_features(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """``pixel_values [B, 3, H, W]`` -> the used layers' maps ``[B, C_l, h_l, w_l]`` (float32).
+
+        Pretrained features: each layer's tokens minus their cosine (or L2) nearest reference
+        token from the stored bank, through that layer's projector.
+        """
+        model = self.adpretrain
+        model.check_pixel_values(pixel_values)
+        dtype = next(model.projectors.parameters()).dtype
+        tokens = model.backbone(pixel_values.to(dtype))
+        grids = model.grid_sizes
+        maps = []
+        for layer in self.layers:
+            x = tokens[layer]  # [B, N, C]
+            if self.config.feature_kind == "pretrained":
+                bank = self.fitted.get(f"{REFERENCE_BANK_PREFIX}{layer}")
+                if model.config.use_residual:
+                    if bank is None:
+                        raise ValueError(f"the folder holds no reference bank for layer {layer}: refit with fit_detector(...)")
+                    _, idx = nearest_in_bank(x.reshape(-1, x.shape[-1]), bank, metric=model.config.matching_metric)
+                    x = x - bank.index_select(0, idx).reshape(x.shape).to(x.dtype)
+                projector = model.projectors[layer]
+                context = None
+                if projector.kind == "cross_attn":
+                    context = reference_residuals(bank, model.config.num_learnable_references).to(x.dtype)
+                x = projector(x, context)
+            maps.append(tokens_to_grid(x.float(), grids[layer]))
+        return maps
+
+    # -- scoring -------------------------------------------------------------------------
+    def _setting(self, name: str, default: Any) -> Any:
+        return self.config.method_settings.get(name, default)
+
+    def score(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw ``(anomaly_map [B, H, W], scores [B])`` of the fitted method."""
+        features = self.extract_features(pixel_values)
+        size = tuple(pixel_values.shape[-2:])
+        sigma = float(self._setting("sigma", GAUSSIAN_SIGMA))
+        method = self.config.method
+        if method == "featurenorm":
+            return anomaly_map_from_grids([f.norm(dim=1) for f in features], size, sigma)
+        if method == "patchcore":
+            return self._patchcore(features, size, sigma)
+        if method == "padim":
+            return self._padim(features, size, sigma)
+        return self._trained(features, size)
+
+    def _patchcore(self, features: list[torch.Tensor], size: tuple, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        bank = self.fitted.memory_bank  # [M, D]
+        emb = aggregate_patch_features(features, int(self._setting("embedding_dim", PATCHCORE_DIM)))  # [B, h, w, D]
+        h, w, d = emb.shape[1:]
+        flat = emb.reshape(-1, d)
+        dist, idx = nearest_in_bank(flat, bank, metric="l2")
+        maps, map_max = anomaly_map_from_grids([dist.reshape(-1, h, w)], size, sigma)
+        image_score = self._setting("image_score", "reweighted")
+        if image_score == "map_max":
+            return maps, map_max
+        dist, idx = dist.reshape(-1, h * w), idx.reshape(-1, h * w)
+        if image_score == "max":
+            return maps, dist.amax(dim=1)
+        worst = dist.argmax(dim=1, keepdim=True)  # [B, 1] the most anomalous patch of each image
+        queries = flat.reshape(-1, h * w, d).gather(1, worst.unsqueeze(-1).expand(-1, 1, d)).squeeze(1)  # [B, D]
+        nearest = idx.gather(1, worst).squeeze(1)  # [B]
+        num_neighbors = int(self._setting("num_neighbors", PATCHCORE_REWEIGHT_NEIGHBORS))
+        return maps, reweighted_scores(queries, nearest, bank, num_neighbors)
+
+    def _padim(self, features: list[torch.Tensor], size: tuple, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per group (a layer, or all layers concatenated): Mahalanobis grid ``[B, h_g, w_g]``."""
+        if self._setting("mode", "per_layer") == "per_layer":
+            groups = features
+        else:
+            grid = largest_grid(features)
+            groups = [torch.cat([resize_to_grid(f, grid, PADIM_RESIZE_MODE) for f in features], dim=1)]  # [B, C, h, w]
+        grids = []
+        for g, emb in enumerate(groups):
+            channel_index = self.fitted.get(f"channel_index_{g}")
+            if channel_index is not None:
+                emb = emb.index_select(1, channel_index)
+            dist = mahalanobis_distances(emb.flatten(2), self.fitted.get(f"mean_{g}"), self.fitted.get(f"cholesky_{g}"))
+            grids.append(dist.reshape(-1, *emb.shape[-2:]))  # [B, h_g, w_g]
+        return anomaly_map_from_grids(grids, size, sigma)
+
+    def _trained(self, features: list[torch.Tensor], size: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        detector = self.trained_detector()
+        grids = detector._score_grids(features)
+        maps, _ = anomaly_map_from_grids(grids, size, detector.sigma)
+        return maps, detector._image_scores(maps, grids, features)
+
+    def trained_detector(self) -> Any:
+        """The CFLOW/GLASS/UniAD detector rebuilt from the stored network (needs adpretrain_hf)."""
+        if self._trained_detector is None:
+            detectors = importlib.import_module("adpretrain_hf.detectors")
+            state = {net_state_key(k): v for k, v in self.fitted.named_buffers() if k.startswith(NET_PREFIX)}
+            cls = detectors.DETECTORS[self.config.method]
+            self._trained_detector = cls.from_state(_DetectorModelExtractor(self), dict(self.config.method_settings), state)
+        return self._trained_detector
+
+    # -- forward -------------------------------------------------------------------------
+    @torch.no_grad()
+    def forward(self, pixel_values: torch.Tensor, return_dict: bool = True) -> Union[AnomalyDetectionOutput, tuple]:
+        """Score ``pixel_values [B, 3, H, W]``; calibrated fields are None until :func:`calibrate`."""
+        device = next(self.adpretrain.parameters()).device
+        anomaly_map, scores = self.score(pixel_values.to(device))
+        config = self.config
+        normalized = labels = masks = None
+        if config.image_threshold is not None:
+            labels = scores >= config.image_threshold
+            low = config.score_min if config.score_min is not None else config.image_threshold
+            high = config.score_max if config.score_max is not None else config.image_threshold
+            normalized = normalize_scores(scores, config.image_threshold, low, high)
+        if config.pixel_threshold is not None:
+            masks = anomaly_map >= config.pixel_threshold
+        output = AnomalyDetectionOutput(anomaly_map, scores, normalized, labels, masks)
+        return output if return_dict else output.to_tuple()
+
+    # -- persistence ---------------------------------------------------------------------
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Config (method, settings, provenance, calibration), safetensors (feature model +
+        fitted tensors), the image processor and the modeling code (Hub layout)."""
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        try:
+            from .image_processing_adpretrain import ADPretrainImageProcessor
+        except ImportError:  # pragma: no cover - processor file absent in an old bundle
+            return result
+        ADPretrainImageProcessor.from_adpretrain_config(self.adpretrain.config).save_pretrained(save_directory)
+        return result
+
+
+class _DetectorModelExtractor:
+    """The detector model's features as a ``FeatureExtractor`` for a rebuilt trained detector."""
+
+    kind: str
+
+    def __init__(self, model: ADPretrainDetectorModel) -> None:
+        self.model = model
+        self.kind = model.config.feature_kind
+        self.image_size = model.image_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.adpretrain.parameters()).device
+
+    def __call__(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        return self.model.extract_features(pixel_values.to(self.device))
+
+
+ADPretrainDetectorModel.register_for_auto_class("AutoModel")
