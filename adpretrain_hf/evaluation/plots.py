@@ -1,7 +1,9 @@
 """Pictures of a run: anomaly-map overlays (w/o vs w/ side by side) and the mean-metric bar chart.
 
-Matplotlib's object API with the Agg canvas (``Figure`` + ``FigureCanvasAgg``), never
-``pyplot``: no global backend switch, nothing opens a window, and it works headless.
+Overlays are composed with PIL (:mod:`adpretrain_hf.overlays`: a colour lookup table, no
+matplotlib figure per image, a few ms each). The one chart per run uses matplotlib's object
+API with the Agg canvas (``Figure`` + ``FigureCanvasAgg``), never ``pyplot``: no global
+backend switch, nothing opens a window, and it works headless.
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image, ImageDraw
+
+from ..overlays import LABEL_COLOR, PANEL_BACKGROUND, draw_contour, render_overlay
 
 from .config import METRICS
 from .report import DISPLAY_NAMES, KIND_LABELS, METRIC_LABELS
 
 HEATMAP_ALPHA = 0.5
-HEATMAP_CMAP = "jet"
-CONTOUR_COLOR = "white"
+MIN_TILE_SIZE = 160  # px: smaller images are upscaled (nearest) so titles and the colour bar fit
+TITLE_HEIGHT = 14  # px of a title strip (PIL's default font is about 11 px high)
+TILE_GAP = 4  # px between tiles
 FIGURE_DPI = 100
 KIND_COLORS = {"backbone": "#9e9e9e", "pretrained": "#1f77b4"}
 
@@ -47,6 +53,19 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "image"
 
 
+def _upscale(array: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour upscaling of ``[H, W, ...]`` by an integer factor (tiny presets' 64 px images)."""
+    return array if factor == 1 else np.repeat(np.repeat(array, factor, axis=0), factor, axis=1)
+
+
+def _titled(tile: Image.Image, title: str) -> Image.Image:
+    """``tile`` under a one-line title strip of ``TITLE_HEIGHT`` px."""
+    canvas = Image.new("RGB", (tile.width, tile.height + TITLE_HEIGHT), PANEL_BACKGROUND)
+    canvas.paste(tile, (0, TITLE_HEIGHT))
+    ImageDraw.Draw(canvas).text((2, 2), title, fill=LABEL_COLOR)
+    return canvas
+
+
 def save_overlays(
     out_dir: Path,
     category: str,
@@ -66,37 +85,42 @@ def save_overlays(
     ``pixel_values [M, 3, H, W]`` and ``masks [M, H, W]`` are the selected images;
     ``maps[(method, kind)] [M, H, W]`` their maps, ``scores[(method, kind)] [M]`` their image
     scores, ``ranges[(method, kind)]`` the (min, max) over *all* test maps of that cell (so a
-    normal image looks calm next to an anomalous one).
+    normal image looks calm next to an anomalous one). Rendered with
+    :func:`adpretrain_hf.overlays.render_overlay` (PIL, no matplotlib figure per image).
     """
     folder = out_dir / "overlays" / _safe_name(category)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for i, sample_id in enumerate(sample_ids):
-        image = to_display(pixel_values[i], mean, std)
-        mask = masks[i].numpy()
-        fig = Figure(figsize=(2.4 * (1 + len(kinds)), 2.4 * len(methods)), dpi=FIGURE_DPI)
-        FigureCanvasAgg(fig)
-        axes = fig.subplots(len(methods), 1 + len(kinds), squeeze=False)
-        for row, method in enumerate(methods):
-            axes[row][0].imshow(image)
-            if mask.any():
-                axes[row][0].contour(mask, levels=[0.5], colors=CONTOUR_COLOR, linewidths=0.8)
-            axes[row][0].set_title(f"{DISPLAY_NAMES.get(method, method)}: input + GT", fontsize=8)
-            for col, kind in enumerate(kinds, start=1):
-                ax = axes[row][col]
+        image = np.round(to_display(pixel_values[i], mean, std) * 255).astype(np.uint8)
+        factor = max(1, -(-MIN_TILE_SIZE // image.shape[0]))
+        image = _upscale(image, factor)
+        mask = _upscale(masks[i].numpy() > 0.5, factor)
+        contour = mask if mask.any() else None
+        rows = []
+        for method in methods:
+            name = DISPLAY_NAMES.get(method, method)
+            input_tile = Image.fromarray(draw_contour(image, mask) if contour is not None else image)
+            row = [_titled(input_tile, f"{name}: input + GT")]
+            for kind in kinds:
                 low, high = ranges[(method, kind)]
-                heat = (maps[(method, kind)][i].numpy() - low) / max(high - low, 1e-12)
-                ax.imshow(image)
-                ax.imshow(heat, cmap=HEATMAP_CMAP, alpha=HEATMAP_ALPHA, vmin=0.0, vmax=1.0)
-                if mask.any():
-                    ax.contour(mask, levels=[0.5], colors=CONTOUR_COLOR, linewidths=0.8)
-                ax.set_title(f"{KIND_LABELS[kind]} (score {float(scores[(method, kind)][i]):.3g})", fontsize=8)
-        for ax in axes.flat:
-            ax.axis("off")
-        fig.suptitle(f"{category}: {sample_id}", fontsize=9)
-        fig.tight_layout()
+                heat = _upscale(maps[(method, kind)][i].float().numpy(), factor)
+                tile = render_overlay(image, heat, vmin=low, vmax=high, pred_mask=contour, alpha=HEATMAP_ALPHA)
+                row.append(_titled(tile, f"{KIND_LABELS[kind]} (score {float(scores[(method, kind)][i]):.3g})"))
+            rows.append(row)
+        width = max(sum(t.width for t in row) + TILE_GAP * (len(row) - 1) for row in rows)
+        height = TITLE_HEIGHT + sum(max(t.height for t in row) for row in rows) + TILE_GAP * len(rows)
+        sheet = Image.new("RGB", (width, height), PANEL_BACKGROUND)
+        ImageDraw.Draw(sheet).text((2, 2), f"{category}: {sample_id}", fill=LABEL_COLOR)
+        y = TITLE_HEIGHT + TILE_GAP
+        for row in rows:
+            x = 0
+            for tile in row:
+                sheet.paste(tile, (x, y))
+                x += tile.width + TILE_GAP
+            y += max(t.height for t in row) + TILE_GAP
         path = folder / f"{i:02d}_{_safe_name(sample_id)}.png"
-        fig.savefig(path)
+        sheet.save(path)
         written.append(path)
     return written
 
