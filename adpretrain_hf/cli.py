@@ -66,6 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        import adpretrain_hf
+
+        adpretrain_hf.register()  # deferred while only parsing (see adpretrain_hf/__init__.py)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("adpretrain: interrupted", file=sys.stderr)

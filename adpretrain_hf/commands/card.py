@@ -15,8 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--checkpoint", help="a save_pretrained folder; the card is written into it as README.md")
     source.add_argument("--preset", help="a preset name, for a planned checkpoint's card (needs --output)")
     parser.add_argument("--results", action="append", default=[], help="results.json from `adpretrain evaluate` (repeatable)")
-    parser.add_argument("--repo-id", default=None, help="Hub repo id shown in the card (default adpretrain/<preset>)")
-    parser.add_argument("--dataset-name", default="MVTec AD", help="name of the evaluation dataset in the model-index")
+    parser.add_argument("--repo-id", default=None, help="Hub repo id shown in the card (default: the run's --hub-model-id, else the folder name; adpretrain/<preset> for --preset)")
+    parser.add_argument("--dataset-name", default=None, help="name of the evaluation dataset in the model-index (default: the data folder the results JSON records)")
+    parser.add_argument("--training-dataset", action="append", default=[], help="Hub dataset id of the training data, for the card's datasets: metadata (repeatable; never inferred)")
     parser.add_argument("--output", default=None, help="where to write the card (default: <checkpoint>/README.md)")
 
 
@@ -24,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from adpretrain_hf.cli import CommandError
-    from adpretrain_hf.hub import build_model_card, load_results, write_model_card
+    from adpretrain_hf.hub import build_model_card, evaluation_dataset_name, load_results, write_model_card
     from adpretrain_hf.modeling import ADPretrainConfig
 
     for path in args.results:
@@ -33,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint:
         if not (Path(args.checkpoint) / "config.json").is_file():
             raise CommandError(f"{args.checkpoint} is not a checkpoint folder (no config.json)", "point --checkpoint at a save_pretrained folder")
-        path = write_model_card(args.checkpoint, repo_id=args.repo_id, results_files=args.results)
+        path = write_model_card(
+            args.checkpoint, repo_id=args.repo_id, results_files=args.results, dataset_name=args.dataset_name, datasets=args.training_dataset
+        )
         if args.output:
             Path(args.output).write_text(path.read_text())
             path = Path(args.output)
@@ -45,7 +48,10 @@ def run(args: argparse.Namespace) -> int:
             config = ADPretrainConfig.from_preset(args.preset)
         except ValueError as err:
             raise CommandError(str(err), "see the preset list in the error") from None
-        card = build_model_card(config, args.repo_id or f"adpretrain/{args.preset}", results, dataset_name=args.dataset_name)
+        dataset_name = args.dataset_name or evaluation_dataset_name(args.results)
+        card = build_model_card(
+            config, args.repo_id or f"adpretrain/{args.preset}", results, dataset_name=dataset_name, planned=True, datasets=args.training_dataset
+        )
         card.save(args.output)
         path = Path(args.output)
     print(f"model card written to {path}")

@@ -1,0 +1,180 @@
+"""``pipeline("anomaly-detection")``: images in; a fitted detector's decision per image out.
+
+    detect = pipeline("anomaly-detection", model=detector_dir)   # a folder written by `adpretrain fit`
+    out = detect(image)   # {"score", "normalized_score", "label", "anomaly_map" [H, W], "pred_mask" [H, W]}
+
+Why a pipeline: a fitted ``ADPretrainDetectorModel`` scores processor-sized pixel values; an
+inspection line has image files of any size. The pipeline reads them (PIL / path / numpy,
+grayscale / RGBA, like ``anomaly-features``), batches them through the detector, and maps the
+anomaly map back onto each input image (the processor's resize + center crop undone).
+
+Per image: ``score`` (float, raw), ``normalized_score`` (float in [0, 1], threshold at 0.5),
+``label`` (bool, anomalous), ``anomaly_map`` (``[H, W]`` float32 at the input's own size) and
+``pred_mask`` (``[H, W]`` bool, ``anomaly_map >= config.pixel_threshold``). The calibrated
+fields are None for a detector fitted without validation images.
+
+Precision: float32 by default on every device, because the thresholds were calibrated on
+float32 scores; ``dtype=torch.bfloat16`` is accepted but shifts scores against them.
+
+Part of the remote-code bundle (the detector folder's ``custom_pipelines``): imports only
+torch / transformers / numpy / PIL and its siblings relatively.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional, Union
+
+import torch
+from transformers import AutoModel, Pipeline
+from transformers.pipelines import PIPELINE_REGISTRY
+
+from .image_processing_adpretrain import ADPretrainImageProcessor
+from .pipeline_anomaly_features import _DTYPES, _LENIENT_KWARGS, ImageLike, load_rgb, map_to_image
+
+TASK = "anomaly-detection"
+OUTPUTS = ("score", "normalized_score", "label", "anomaly_map", "pred_mask")
+# model output field -> flat batch key (only fields the model filled are batched)
+_BATCHED_FIELDS = {"anomaly_map": "anomaly_map", "scores": "score", "normalized_scores": "normalized_score", "labels": "label"}
+
+
+def _detector_processor(model: Any) -> ADPretrainImageProcessor:
+    """The processor saved in the detector folder, else the one its feature model's config implies."""
+    source = getattr(model, "name_or_path", "") or ""
+    if source:
+        try:
+            return ADPretrainImageProcessor.from_pretrained(source)
+        except OSError:  # no preprocessor_config.json there
+            pass
+    feature_model = getattr(model, "adpretrain", None)
+    if feature_model is None:
+        raise ValueError(
+            f"the anomaly-detection pipeline needs a fitted ADPretrainDetectorModel, got {type(model).__name__}: "
+            "fit one with `adpretrain fit ...` or adpretrain_hf.fit_detector(...)"
+        )
+    return ADPretrainImageProcessor.from_adpretrain_config(feature_model.config)
+
+
+def _resolve_dtype(dtype: Any) -> Optional[torch.dtype]:
+    """None/"auto" -> float32 (the calibration's precision); else a torch dtype or a short name."""
+    if dtype is None or dtype == "auto":
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in _DTYPES:
+        return _DTYPES[dtype.lower()]
+    raise ValueError(f"dtype={dtype!r} is not supported: pass torch.float32 (default), torch.bfloat16/float16, 'fp32', 'bf16' or 'fp16'")
+
+
+class AnomalyDetectionPipeline(Pipeline):
+    """Task ``anomaly-detection``: see the module docstring.
+
+    Call options: ``return_tensors`` (``"pt"`` default | ``"np"``), ``batch_size``,
+    ``num_workers``. Constructor: ``device``, ``dtype`` (float32 unless told otherwise).
+    """
+
+    _load_image_processor = False  # built from the detector folder below (works for in-memory models too)
+    _load_tokenizer = False
+    _load_feature_extractor = False
+    _load_processor = False
+    _load_video_processor = False
+
+    def __init__(self, model: Any, image_processor: Any = None, dtype: Any = None, **kwargs: Any) -> None:
+        if image_processor is None:
+            image_processor = _detector_processor(model)
+        super().__init__(model, image_processor=image_processor, **kwargs)
+        target = _resolve_dtype(dtype)
+        if target != self.model.dtype:
+            self.model.to(target)
+
+    def __call__(self, inputs: Any, **kwargs: Any) -> Any:
+        """One image -> one dict; a list (or tuple) of images -> a list of dicts."""
+        if isinstance(inputs, tuple):
+            inputs = list(inputs)
+        if isinstance(inputs, list) and not inputs:
+            raise ValueError("no images given: pass one image or a non-empty list of images")
+        return super().__call__(inputs, **kwargs)
+
+    def _sanitize_parameters(self, return_tensors=None, **kwargs):
+        unknown = sorted(set(kwargs) - set(_LENIENT_KWARGS))
+        if unknown:
+            raise TypeError(
+                f"unknown option(s) {unknown} for the anomaly-detection pipeline: it takes return_tensors, "
+                "batch_size, num_workers (and device/dtype when built)"
+            )
+        post = {}
+        if return_tensors is not None:
+            if return_tensors not in ("pt", "np"):
+                raise ValueError(f"return_tensors={return_tensors!r}: use 'pt' (torch) or 'np' (numpy)")
+            post["return_tensors"] = return_tensors
+        return {}, {}, post
+
+    def preprocess(self, image: ImageLike) -> dict[str, torch.Tensor]:
+        """One input -> ``pixel_values [1, 3, S, S]`` and ``original_size [1, 2]`` (H, W)."""
+        rgb = load_rgb(image)
+        pixel_values = self.image_processor(rgb, return_tensors="pt")["pixel_values"]
+        return {"pixel_values": pixel_values, "original_size": torch.tensor([[rgb.height, rgb.width]])}
+
+    def _forward(self, model_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Batched detector call -> a flat dict of ``[B, ...]`` tensors (what the un-batcher splits)."""
+        result = self.model(model_inputs["pixel_values"].to(self.model.dtype))
+        flat = {"original_size": model_inputs["original_size"]}
+        for field, key in _BATCHED_FIELDS.items():
+            value = getattr(result, field)
+            if value is not None:
+                flat[key] = value.float() if value.is_floating_point() else value
+        return flat
+
+    def postprocess(self, model_outputs: dict[str, torch.Tensor], return_tensors: str = "pt") -> dict[str, Any]:
+        """Un-batched ``[1, ...]`` tensors -> the per-image dict, maps at the input's own size."""
+        height, width = (int(v) for v in model_outputs["original_size"][0])
+        anomaly_map = map_to_image(model_outputs["anomaly_map"][0], self.image_processor, (height, width))
+        threshold = self.model.config.pixel_threshold
+        record = {
+            "score": float(model_outputs["score"].reshape(-1)[0]),
+            "normalized_score": float(model_outputs["normalized_score"].reshape(-1)[0]) if "normalized_score" in model_outputs else None,
+            "label": bool(model_outputs["label"].reshape(-1)[0]) if "label" in model_outputs else None,
+            "anomaly_map": anomaly_map,
+            "pred_mask": anomaly_map >= threshold if threshold is not None else None,
+        }
+        if return_tensors == "np":
+            record = {k: v.cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in record.items()}
+        return record
+
+
+def custom_pipeline_entry() -> dict[str, dict[str, Any]]:
+    """The ``custom_pipelines`` entry of a detector's config.json (``Pipeline.save_pretrained``'s layout)."""
+    impl = f"{AnomalyDetectionPipeline.__module__.split('.')[-1]}.{AnomalyDetectionPipeline.__name__}"
+    return {TASK: {"impl": impl, "pt": [AutoModel.__name__], "type": "image"}}
+
+
+def save_detection_pipeline(save_directory: Union[str, os.PathLike]) -> None:
+    """Make a saved detector folder a remote-code pipeline: copy this file (and its relative
+    imports) and add ``custom_pipelines`` to config.json, so ``pipeline("anomaly-detection",
+    model=dir_or_id, trust_remote_code=True)`` works where adpretrain_hf is not installed."""
+    from transformers.dynamic_module_utils import custom_object_save
+
+    config_file = os.path.join(os.fspath(save_directory), "config.json")
+    if not os.path.isfile(config_file):
+        raise ValueError(f"{save_directory} has no config.json: save the detector with save_pretrained(dir) first")
+    custom_object_save(AnomalyDetectionPipeline, os.fspath(save_directory))
+    with open(config_file, encoding="utf-8") as handle:
+        config = json.load(handle)
+    config["custom_pipelines"] = {**config.get("custom_pipelines", {}), **custom_pipeline_entry()}
+    with open(config_file, "w", encoding="utf-8") as handle:  # PretrainedConfig's own JSON layout
+        handle.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def register_detection_pipeline() -> None:
+    """Make ``pipeline("anomaly-detection", ...)`` resolve to :class:`AnomalyDetectionPipeline`."""
+    PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=AnomalyDetectionPipeline, pt_model=AutoModel, type="image")
+
+
+def task_registered_locally() -> bool:
+    """True when an installed adpretrain_hf registered this task (then no remote code is needed)."""
+    impl = PIPELINE_REGISTRY.supported_tasks.get(TASK, {}).get("impl")
+    return impl is not None and impl.__module__.startswith("adpretrain_hf.")
+
+
+__all__ = ["AnomalyDetectionPipeline", "OUTPUTS", "TASK", "custom_pipeline_entry", "register_detection_pipeline", "save_detection_pipeline"]

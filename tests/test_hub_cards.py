@@ -1,0 +1,137 @@
+"""Model cards state only what was recorded: the run's data folder, repo id, backbone weights, results."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from huggingface_hub import ModelCard
+
+from adpretrain_hf.cli import main
+from adpretrain_hf.hub import build_model_card, load_results, training_record, write_model_card
+from adpretrain_hf.modeling import ADPretrainConfig
+
+
+def _run_args(data_root, **overrides):
+    """The dict ``PretrainArguments.to_dict()`` hands the card writer at the end of training."""
+    args = {
+        "data_root": str(data_root), "output_dir": "unused", "preset": "tiny-clip", "model": {}, "backbone_weights": None,
+        "categories": None, "epochs": 2, "batch_size": 4, "learning_rate": 3e-3, "weight_decay": 5e-4,
+        "lr_milestones": [7, 9], "seed": 7, "mixed_precision": "no", "max_steps": None, "push_to_hub": True,
+        "hub_model_id": "someone/my-detector-features",
+    }
+    args.update(overrides)
+    return args
+
+
+@pytest.fixture
+def trained_checkpoint(tiny_clip_model, tmp_path):
+    """A checkpoint folder as training leaves it: weights, 3 steps in metrics.jsonl, a data folder of 2 classes."""
+    ckpt = tmp_path / "run"
+    tiny_clip_model.save_pretrained(ckpt)
+    (ckpt / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "loss": 1.0}) + "\n" for i in range(1, 4)))
+    data = tmp_path / "my_parts"
+    for name in ("gear", "washer"):
+        (data / name / "OK").mkdir(parents=True)
+    return ckpt, data
+
+
+def test_a_training_card_states_the_runs_own_data_repo_and_backbone(trained_checkpoint):
+    ckpt, data = trained_checkpoint
+    path = write_model_card(ckpt, training_args=_run_args(data))
+    card = ModelCard.load(path)
+    meta = card.data.to_dict()
+    assert meta["model_name"] == "someone/my-detector-features"  # the --hub-model-id, not adpretrain/<preset>
+    assert "pipeline_tag" not in meta  # image-feature-extraction cannot load this model
+    assert "datasets" not in meta and "Real-IAD (30" not in card.text  # nothing claimed about Real-IAD
+    assert "base_model" not in meta  # random backbone: no base model to name
+    assert "`my_parts`" in card.text and "gear, washer" in card.text
+    assert str(data.parent) not in card.text  # local paths are reduced to the folder name
+    assert "Optimisation steps run: 3." in card.text
+    assert "randomly initialised" in card.text
+    assert 'AutoModel.from_pretrained("someone/my-detector-features")' in card.text
+    assert "| train.seed | 7 |" in card.text
+
+
+def test_results_added_later_keep_the_recorded_training_facts(trained_checkpoint, tmp_path):
+    ckpt, data = trained_checkpoint
+    write_model_card(ckpt, training_args=_run_args(data, categories=["gear"], hub_model_id=None))
+    scores = {"image_auroc": 0.875, "pixel_auroc": 0.5, "aupro": 0.25}
+    payload = {"results": {"mean": {"featurenorm": {"pretrained": scores}}}, "config": {"data_root": "/x/visa_subset", "layout_resolved": "mvtec"}}
+    (tmp_path / "results.json").write_text(json.dumps(payload))
+    assert main(["card", "--checkpoint", str(ckpt), "--results", str(tmp_path / "results.json")]) == 0
+    card = ModelCard.load(ckpt / "README.md")
+    assert "categories gear." in card.text and "washer" not in card.text.split("## Training data")[1].split("##")[0]
+    assert "\n# run\n" in card.text  # no Hub id recorded: the folder's name
+    index = card.data.to_dict()["model-index"][0]["results"][0]
+    assert index["dataset"]["name"] == "visa_subset (mvtec layout)"  # what the evaluation recorded, not "MVTec AD"
+    assert {m["value"] for m in index["metrics"]} == {round(v, 4) for v in scores.values()}
+
+
+@pytest.mark.parametrize(
+    ("weights", "expected"),
+    [("auto", "owner/clip-backbone"), ("other/weights", "other/weights"), (None, None)],
+)
+def test_base_model_is_the_backbone_the_run_loaded(weights, expected, tmp_path):
+    config = ADPretrainConfig.from_preset("tiny-clip", backbone_id="owner/clip-backbone")
+    record = training_record(_run_args(tmp_path, backbone_weights=weights))
+    meta = build_model_card(config, "me/x", training_record=record).data.to_dict()
+    assert meta.get("base_model") == expected
+
+
+def test_a_local_backbone_folder_is_not_a_base_model(tmp_path):
+    local = tmp_path / "owner" / "weights"
+    local.mkdir(parents=True)
+    record = training_record(_run_args(tmp_path, backbone_weights=str(local)))
+    config = ADPretrainConfig.from_preset("tiny-clip", backbone_id="owner/clip-backbone")
+    card = build_model_card(config, "me/x", training_record=record)
+    assert "base_model" not in card.data.to_dict()
+    assert "local folder weights" in card.text
+
+
+def test_a_planned_card_says_it_is_planned(tmp_path):
+    out = tmp_path / "card.md"
+    assert main(["card", "--preset", "clip-base", "--output", str(out)]) == 0
+    card = ModelCard.load(out)
+    meta = card.data.to_dict()
+    assert meta["base_model"] == ADPretrainConfig.from_preset("clip-base").backbone_id
+    assert "datasets" not in meta and "pipeline_tag" not in meta
+    assert "Not trained yet" in card.text
+
+
+def test_shipped_preset_cards_match_the_generator(tmp_path):
+    from adpretrain_hf.hub import template_path
+
+    for name in ("clip-base", "clip-large", "dinov2-base", "dinov2-large", "imagebind"):
+        shipped = template_path().parent / f"{name}.md"
+        assert main(["card", "--preset", name, "--output", str(tmp_path / f"{name}.md")]) == 0
+        assert shipped.read_text() == (tmp_path / f"{name}.md").read_text(), f"regenerate model_cards/{name}.md"
+
+
+def test_a_card_without_a_training_record_claims_no_training_data(tiny_clip_model, tmp_path):
+    tiny_clip_model.save_pretrained(tmp_path / "plain")
+    card = ModelCard.load(write_model_card(tmp_path / "plain"))
+    assert "Not recorded" in card.text and "datasets" not in card.data.to_dict()
+
+
+def test_results_that_are_not_json_name_the_file(tmp_path):
+    bad = tmp_path / "notjson"
+    bad.write_text("accuracy: high\n")
+    with pytest.raises(ValueError, match="notjson is not JSON"):
+        load_results([bad])
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="list.json holds a JSON list"):
+        load_results([tmp_path / "list.json"])
+
+
+def test_card_command_prints_one_line_for_bad_results(tiny_clip_model, tmp_path):
+    tiny_clip_model.save_pretrained(tmp_path / "ckpt")
+    (tmp_path / "notjson").write_text("{oops")
+    result = subprocess.run(
+        [sys.executable, "-m", "adpretrain_hf.cli", "card", "--checkpoint", str(tmp_path / "ckpt"), "--results", str(tmp_path / "notjson")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 1
+    error_line = result.stderr.strip().splitlines()[0]
+    assert str(tmp_path / "notjson") in error_line and "is not JSON" in error_line
+    assert "Traceback" not in result.stderr
