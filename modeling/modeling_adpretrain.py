@@ -284,8 +284,8 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
         of an earlier checkpoint (a stale bank, another model's processor config) do not survive;
         entries save_pretrained does not own (e.g. ``logs/``) are kept. The backbone is bundled
         unless ``config.bundle_backbone`` is False. ``save_references``: True writes the current
-        reference bank to ``reference_bank.safetensors``; None (default) keeps a bank that was
-        loaded with the checkpoint; False leaves it out.
+        reference bank to ``reference_bank.safetensors``; None (default) does so only when the
+        model was loaded from a checkpoint that had one (keep what was loaded); False leaves it out.
         """
         from .atomic_io_adpretrain import replace_folder
         from .hub_adpretrain import is_foreign, save_extras

@@ -99,3 +99,11 @@ def test_model_that_never_had_a_bank_is_saved_without_one(tmp_path):
     model.set_references(_images(1, 1))  # set in memory only: saved only when asked
     model.save_pretrained(tmp_path)
     assert not (tmp_path / "reference_bank.safetensors").exists()
+
+
+def test_changed_backbone_family_without_recorded_structure_fails_at_load(saved):
+    weights = saved / "model.safetensors"
+    save_file(load_file(weights), weights, metadata={"format": "pt"})
+    _edit_config(saved, backbone_family="dinov2")
+    with pytest.raises(ValueError, match=r"does not build a model.*backbone_family='dinov2' needs a backbone_config with model_type='dinov2'"):
+        ADPretrainModel.from_pretrained(saved)
