@@ -235,10 +235,14 @@ def save_custom_pipeline(save_directory) -> None:
 
 
 def is_foreign(name: str) -> bool:
-    """Entries of a checkpoint folder that ``save_pretrained`` does not own (kept across re-saves):
-    anything but its JSON/safetensors/code/card files, e.g. a training run's ``logs/`` or metrics."""
-    owned_suffixes = (".json", ".safetensors", ".py")
-    return not (name.endswith(owned_suffixes) or name in ("README.md", "__pycache__"))
+    """Entries of a checkpoint folder that ``save_pretrained`` does not own, kept across re-saves
+    (a training run's ``logs/``, ``checkpoints/``, ``metrics.jsonl``, a ``results.json``).
+
+    Owned, so dropped unless the new save writes them again: config and processor JSON, weights
+    and bank (``*.safetensors``, the shard index), remote code (``*.py``), the model card.
+    """
+    owned = ("config.json", PROCESSOR_FILE, WEIGHTS_INDEX_FILE, "README.md", "__pycache__")
+    return not (name in owned or name.endswith((".safetensors", ".py")))
 
 
 def load_extras(model, path_or_id, kwargs: dict) -> None:

@@ -118,12 +118,13 @@ def test_resave_drops_files_the_new_model_does_not_write_and_keeps_foreign_ones(
     (tmp_path / "README.md").write_text("card of the CLIP model")
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "events").write_text("training log")
+    (tmp_path / "results.json").write_text("{}")
     torch.manual_seed(0)
     cnn = ADPretrainModel(ADPretrainConfig.from_preset("tiny-cnn")).eval()
     cnn.save_pretrained(tmp_path)
     files = set(os.listdir(tmp_path))
     assert "reference_bank.safetensors" not in files and "README.md" not in files
-    assert (tmp_path / "logs" / "events").read_text() == "training log"
+    assert (tmp_path / "logs" / "events").read_text() == "training log" and (tmp_path / "results.json").is_file()
     processor = json.loads((tmp_path / "preprocessor_config.json").read_text())
     assert processor["image_mean"] == pytest.approx(list(cnn.config.image_mean))
     assert processor["image_mean"] != pytest.approx(list(clip.config.image_mean))
