@@ -103,7 +103,13 @@ class _HFViTAdapter(BackboneAdapter):
     def __init__(self, config) -> None:
         super().__init__(config)
         backbone_config = dict(config.backbone_config)
-        model_type = backbone_config.pop("model_type")
+        model_type = backbone_config.pop("model_type", None)
+        expected = self.model_class.config_class.model_type
+        if model_type != expected:
+            raise ValueError(
+                f"backbone_family={config.backbone_family!r} needs a backbone_config with model_type={expected!r}, "
+                f"got {model_type!r}: set backbone_family to the backbone's own family (or build the config from a preset)"
+            )
         self.model = self.model_class(CONFIG_MAPPING[model_type](**backbone_config))
         self.patch_size = self.model.config.patch_size
         self.check_layers()

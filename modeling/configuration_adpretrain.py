@@ -76,6 +76,14 @@ LOSS_ARGUMENT_NAMES: dict[str, str] = {
 
 ANOMALY_FEATURES_TASK = "anomaly-features"
 
+# Fields the weights were trained with: a change makes the same weights compute something else.
+# save_pretrained records them in model.safetensors; from_pretrained refuses a config that differs.
+STRUCTURAL_FIELDS = (
+    "backbone_family", "image_size", "patch_size", "layers", "feature_dims", "projector_type",
+    "num_learnable_references", "projector_num_heads", "mlp_ratio", "use_se_gate", "se_reduction",
+    "num_projector_blocks", "use_residual", "matching_metric",
+)
+
 
 def _task_registered_locally() -> bool:
     """True when an installed adpretrain_hf registered the anomaly-features pipeline."""
@@ -263,6 +271,10 @@ class ADPretrainConfig(PretrainedConfig):
             raise ValueError("image_mean and image_std need three values (RGB)")
         if self.num_reference_shots < 1:
             raise ValueError("num_reference_shots must be >= 1")
+
+    def weights_structure(self) -> dict[str, Any]:
+        """The :data:`STRUCTURAL_FIELDS` of this config (what weights saved with it depend on)."""
+        return {field: getattr(self, field) for field in STRUCTURAL_FIELDS}
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "ADPretrainConfig":

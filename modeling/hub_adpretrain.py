@@ -3,6 +3,9 @@
 - Before loading, the checkpoint's tensor shapes are compared with the shapes its config
   would build (on the meta device, no memory), so a mismatch fails with the name of the
   layer instead of a size error from deep inside torch.
+- The structural config fields the weights were saved with (``STRUCTURAL_FIELDS``) are kept
+  in the safetensors metadata; a config that differs is refused at load, naming the field.
+- Unreadable (truncated, corrupt) weight or bank files are named in the error.
 - Extras: the optional stored reference bank, the image processor config, and the
   backbone weights when the checkpoint does not bundle them.
 
@@ -13,15 +16,24 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional
+import shutil
+import struct
+from typing import Any, Optional
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from .atomic_io_adpretrain import missing_folder_hint
+
 REFERENCE_BANK_FILE = "reference_bank.safetensors"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+PROCESSOR_FILE = "preprocessor_config.json"
+STRUCTURE_METADATA_KEY = "adpretrain_structure"  # safetensors metadata: JSON of config.weights_structure()
+_HEADER_LENGTH_BYTES = 8  # safetensors: little-endian u64 header length, then the JSON header
+_HEADER_ALIGNMENT = 8
+_COPY_CHUNK_BYTES = 16 * 1024 * 1024
 _HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
 
 
@@ -39,7 +51,8 @@ def _resolve(path_or_id, filename: str, kwargs: dict) -> Optional[str]:
     )
 
 
-def _checkpoint_shapes(path_or_id, kwargs: dict) -> Optional[dict[str, tuple]]:
+def _weight_files(path_or_id, kwargs: dict) -> Optional[list[str]]:
+    """Local paths of the checkpoint's safetensors weight files (one, or every shard); None when absent."""
     files = []
     single = _resolve(path_or_id, WEIGHTS_FILE, kwargs)
     if single:
@@ -53,12 +66,66 @@ def _checkpoint_shapes(path_or_id, kwargs: dict) -> Optional[dict[str, tuple]]:
         files = [_resolve(path_or_id, shard, kwargs) for shard in shards]
         if not all(files):
             return None
-    shapes = {}
-    for file in files:
+    return files
+
+
+def _read_header(file: str) -> tuple[dict[str, tuple], dict[str, str]]:
+    """Tensor shapes and metadata of one safetensors file; a corrupt file is named in the error."""
+    try:
         with safe_open(file, framework="pt") as handle:
-            for key in handle.keys():
-                shapes[key] = tuple(handle.get_slice(key).get_shape())
-    return shapes
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+            return shapes, dict(handle.metadata() or {})
+    except Exception as err:  # SafetensorError, OSError: truncated or not a safetensors file
+        raise ValueError(
+            f"weights file {file} is unreadable ({type(err).__name__}: {err}): it is truncated or corrupt; "
+            "save or download the checkpoint again"
+        ) from err
+
+
+def add_structure_metadata(folder: str, config) -> None:
+    """Record ``config.weights_structure()`` in the metadata of every weight file in ``folder``.
+
+    Rewrites only the header and streams the tensor bytes (offsets are relative to the data).
+    """
+    files = _weight_files(folder, {}) or []
+    extra = {STRUCTURE_METADATA_KEY: json.dumps(config.weights_structure(), sort_keys=True)}
+    for file in files:
+        with open(file, "rb") as source:
+            (length,) = struct.unpack("<Q", source.read(_HEADER_LENGTH_BYTES))
+            header = json.loads(source.read(length))
+            header["__metadata__"] = {**header.get("__metadata__", {}), **extra}
+            raw = json.dumps(header, separators=(",", ":")).encode()
+            raw += b" " * (-len(raw) % _HEADER_ALIGNMENT)
+            with open(file + ".partial", "wb") as target:
+                target.write(struct.pack("<Q", len(raw)))
+                target.write(raw)
+                shutil.copyfileobj(source, target, _COPY_CHUNK_BYTES)
+        os.replace(file + ".partial", file)
+
+
+def structure_mismatch(saved: Optional[dict[str, Any]], config) -> Optional[str]:
+    """``"field: config.json says X, the weights were saved with Y"`` for the first differing field."""
+    if not saved:
+        return None
+    current = json.loads(json.dumps(config.weights_structure()))
+    for field, value in saved.items():
+        if field in current and current[field] != value and not (field == "feature_dims" and current[field] is None):
+            return f"{field}: the config says {current[field]!r} but the weights were saved with {value!r}"
+    return None
+
+
+def _checkpoint_header(path_or_id, kwargs: dict) -> Optional[tuple[dict[str, tuple], Optional[dict]]]:
+    """``(shapes, saved structure or None)`` over all weight files; None when there are none."""
+    files = _weight_files(path_or_id, kwargs)
+    if files is None:
+        return None
+    shapes, structure = {}, None
+    for file in files:
+        file_shapes, metadata = _read_header(file)
+        shapes.update(file_shapes)
+        if STRUCTURE_METADATA_KEY in metadata:
+            structure = json.loads(metadata[STRUCTURE_METADATA_KEY])
+    return shapes, structure
 
 
 def _describe(key: str, config) -> str:
@@ -71,21 +138,40 @@ def _describe(key: str, config) -> str:
 
 
 def check_checkpoint_matches_config(model_class, path_or_id, kwargs: dict) -> None:
-    """Raise ``ValueError`` naming the first layer whose weights do not fit the config."""
-    shapes = _checkpoint_shapes(path_or_id, kwargs)
-    if shapes is None:
+    """Raise ``ValueError`` naming the field or layer whose weights do not fit the config.
+
+    Order: a config that cannot even build a model, then tensor shapes (naming the layer), then
+    the structural fields recorded at save time (naming the field and both values).
+    """
+    hint = missing_folder_hint(str(path_or_id))
+    if hint:
+        raise ValueError(hint)
+    header = _checkpoint_header(path_or_id, kwargs)
+    if header is None:
         return  # no safetensors weights found: let transformers report what is missing
+    shapes, saved = header
     config = kwargs.get("config")
     if config is None or isinstance(config, (str, os.PathLike)):
         hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
         config = model_class.config_class.from_pretrained(config or path_or_id, **hub_kwargs)
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in model_class(config).state_dict().items()}
+        overrides = {k: kwargs[k] for k in config.weights_structure() if k in kwargs}
+        if overrides:  # from_pretrained(dir, layers=...) overrides the saved config the same way
+            config = model_class.config_class(**{**config.to_dict(), **overrides})
+    mismatch = structure_mismatch(saved, config)
+    suffix = f" ({mismatch})" if mismatch else ""
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in model_class(config).state_dict().items()}
+    except Exception as err:  # e.g. a backbone_family whose adapter cannot read this backbone_config
+        raise ValueError(
+            f"the config of checkpoint {path_or_id} does not build a model{suffix or ''}: {type(err).__name__}: {err}. "
+            "Load it with the config it was saved with"
+        ) from err
     for key, shape in shapes.items():
         if key in expected and expected[key] != shape:
             raise ValueError(
                 f"checkpoint {path_or_id} does not match its config at {_describe(key, config)}: "
-                f"weight {key!r} has shape {shape} but the config builds {expected[key]}. "
+                f"weight {key!r} has shape {shape} but the config builds {expected[key]}{suffix}. "
                 "Load it with the config it was saved with (don't override layers/feature sizes/projector settings)."
             )
     missing_projectors = [k for k in expected if k.startswith("projectors.") and k not in shapes]
@@ -99,10 +185,20 @@ def check_checkpoint_matches_config(model_class, path_or_id, kwargs: dict) -> No
             f"checkpoint {path_or_id} holds no backbone weights but its config says bundle_backbone=True: "
             "set bundle_backbone=False and backbone_id=<id or folder> to load them from elsewhere"
         )
+    mismatch = structure_mismatch(saved, config)  # feature_dims is filled now that a model was built
+    if mismatch:
+        raise ValueError(
+            f"checkpoint {path_or_id} was saved with another model structure: {mismatch}. "
+            "Load it with the config it was saved with (restore that field in config.json, or drop the override)"
+        )
 
 
 def save_extras(model, save_directory, save_references: bool) -> None:
-    """Write the reference bank (when asked) and the image processor config beside the weights."""
+    """Write the structure metadata, the reference bank (when asked) and the image processor config.
+
+    ``save_directory`` is a fresh folder (the atomic save's temporary), so nothing stale is kept.
+    """
+    add_structure_metadata(save_directory, model.config)
     if save_references:
         bank = model.reference_bank
         if bank is None:
@@ -112,8 +208,7 @@ def save_extras(model, save_directory, save_references: bool) -> None:
         from .image_processing_adpretrain import ADPretrainImageProcessor
     except ImportError:  # processor file absent in an old bundle
         return
-    if not os.path.isfile(os.path.join(save_directory, "preprocessor_config.json")):
-        ADPretrainImageProcessor.from_adpretrain_config(model.config).save_pretrained(save_directory)
+    ADPretrainImageProcessor.from_adpretrain_config(model.config).save_pretrained(save_directory)
     save_custom_pipeline(save_directory)
 
 
@@ -139,12 +234,30 @@ def save_custom_pipeline(save_directory) -> None:
         handle.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def is_foreign(name: str) -> bool:
+    """Entries of a checkpoint folder that ``save_pretrained`` does not own, kept across re-saves
+    (a training run's ``logs/``, ``checkpoints/``, ``metrics.jsonl``, a ``results.json``).
+
+    Owned, so dropped unless the new save writes them again: config and processor JSON, weights
+    and bank (``*.safetensors``, the shard index), remote code (``*.py``), the model card.
+    """
+    owned = ("config.json", PROCESSOR_FILE, WEIGHTS_INDEX_FILE, "README.md", "__pycache__")
+    return not (name in owned or name.endswith((".safetensors", ".py")))
+
+
 def load_extras(model, path_or_id, kwargs: dict) -> None:
     """After loading: fetch un-bundled backbone weights; restore a stored reference bank."""
     if not model.config.bundle_backbone:
         model.load_backbone_weights()
     bank_file = _resolve(path_or_id, REFERENCE_BANK_FILE, kwargs)
     if bank_file:
-        tensors = load_file(bank_file)
+        try:
+            tensors = load_file(bank_file)
+        except Exception as err:  # SafetensorError / OSError: truncated or corrupt
+            raise ValueError(
+                f"reference bank file {bank_file} is unreadable ({type(err).__name__}: {err}): "
+                "it is truncated or corrupt; delete it (and pass references) or save the model again"
+            ) from err
         dtype = next(model.projectors.parameters()).dtype
         model.set_reference_bank([tensors[f"layer_{i}"].to(dtype) for i in range(len(tensors))])
+        model.bank_from_checkpoint = True

@@ -18,11 +18,10 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 import torch
-from PIL import Image
 from transformers.image_processing_backends import PilBackend
 from transformers.image_utils import PILImageResampling
 
-MASK_THRESHOLD = 127  # uint8 mask values above this are defect pixels
+from .image_io_adpretrain import UINT8_MAX, read_mask
 
 
 class ADPretrainImageProcessor(PilBackend):
@@ -58,26 +57,20 @@ class ADPretrainImageProcessor(PilBackend):
         return int(crop["height"]), int(crop["width"])
 
     def preprocess_masks(self, masks: Union[Any, Sequence[Any]]) -> torch.Tensor:
-        """Masks (PIL / numpy ``[H, W]``; None = all normal, needs ``sizes``) -> ``[N, h, w]`` float {0, 1}.
+        """Masks (paths, PIL, numpy / tensor ``[H, W]``) -> ``[N, h, w]`` float {0, 1}; nonzero = defect.
 
-        Uses the image path's own resize and crop with nearest interpolation, so the
-        geometry is identical to :meth:`__call__` on the matching images.
+        One rule for every storage (0/255 or 0/1 ``L``, palette ``P`` indices, RGB, 16-bit, bool):
+        see ``image_io_adpretrain.read_mask``. Uses the image path's own resize and crop with
+        nearest interpolation, so the geometry is identical to :meth:`__call__` on the matching images.
         """
         if not isinstance(masks, (list, tuple)):
             masks = [masks]
         if len(masks) == 0:
-            raise ValueError("no masks given")
+            raise ValueError("no masks given: pass one mask per image (an all-zero array for a normal image)")
         arrays = []
-        for mask in masks:
-            if isinstance(mask, torch.Tensor):
-                mask = mask.cpu().numpy()
-            if isinstance(mask, np.ndarray):
-                if mask.ndim == 3:
-                    mask = mask[..., 0] if mask.shape[-1] in (1, 3, 4) else mask[0]
-                mask = Image.fromarray(((mask > 0) * 255).astype(np.uint8) if mask.dtype != np.uint8 else mask)
-            if not isinstance(mask, Image.Image):
-                raise TypeError(f"a mask must be a PIL image, numpy array or tensor, got {type(mask).__name__}")
-            arrays.append(np.asarray(mask.convert("L"))[..., None].repeat(3, axis=-1))
+        for i, mask in enumerate(masks):
+            binary = read_mask(mask, what=f"mask #{i}").astype(np.uint8) * UINT8_MAX
+            arrays.append(np.repeat(binary[..., None], 3, axis=-1))
         out = self(
             arrays,
             resample=PILImageResampling.NEAREST,
@@ -86,7 +79,7 @@ class ADPretrainImageProcessor(PilBackend):
             do_convert_rgb=False,
             return_tensors="pt",
         )["pixel_values"]
-        return (out[:, 0] > MASK_THRESHOLD).float()
+        return (out[:, 0] > 0).float()
 
 
 ADPretrainImageProcessor.register_for_auto_class("AutoImageProcessor")

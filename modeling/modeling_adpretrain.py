@@ -107,6 +107,7 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
         self.centers = LayerCenters(dims)
         self.matching_backend = "auto"
         self._reference_bank: Optional[list[torch.Tensor]] = None
+        self.bank_from_checkpoint = False  # the checkpoint came with a bank: save_pretrained keeps the current one
         self.post_init()
 
     # -- freezing ------------------------------------------------------------------
@@ -127,8 +128,15 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
     def check_pixel_values(self, pixel_values: torch.Tensor, name: str = "pixel_values") -> None:
         if not isinstance(pixel_values, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor [B, 3, H, W]; use ADPretrainImageProcessor to turn images into one")
+        if not pixel_values.is_floating_point():
+            raise TypeError(
+                f"{name} has dtype {pixel_values.dtype}: the model takes normalised float pixels, "
+                "not raw 0..255 values; turn images into pixel_values with ADPretrainImageProcessor"
+            )
         if pixel_values.dim() != 4:
             raise ValueError(f"{name} must be [B, 3, H, W], got shape {tuple(pixel_values.shape)}")
+        if pixel_values.shape[0] == 0:
+            raise ValueError(f"{name} is an empty batch {tuple(pixel_values.shape)}: pass at least one image")
         if pixel_values.shape[1] != 3:
             raise ValueError(
                 f"{name} has {pixel_values.shape[1]} channels; the backbone takes 3 (RGB): convert grayscale/RGBA images to RGB"
@@ -142,6 +150,12 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
                 f"{name} is {height}x{width}{hint}, but this model takes {size}x{size} images: "
                 f"resize/crop with ADPretrainImageProcessor (or the preset's image_size)"
             )
+        if not bool(torch.isfinite(pixel_values).all()):  # one reduction per batch; details only on failure
+            bad = (~torch.isfinite(pixel_values)).flatten(1).any(1).nonzero().flatten().tolist()
+            raise ValueError(
+                f"{name} holds NaN/inf values in image #{bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
+                + ": scores would be NaN or that image would silently drop out; fix or drop the image"
+            )
 
     # -- reference banks -------------------------------------------------------------
     @torch.no_grad()
@@ -154,9 +168,9 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
             b, k = reference_pixel_values.shape[:2]
             flat = self.compute_reference_bank(reference_pixel_values.flatten(0, 1), batch_size)
             return [bank.reshape(b, -1, bank.shape[-1]) for bank in flat]
-        self.check_pixel_values(reference_pixel_values, "reference_pixel_values")
-        if reference_pixel_values.shape[0] == 0:
+        if isinstance(reference_pixel_values, torch.Tensor) and reference_pixel_values.shape[:1] == (0,):
             raise ValueError("the reference set is empty: pass at least one normal image to set_references()")
+        self.check_pixel_values(reference_pixel_values, "reference_pixel_values")
         chunks = [self.backbone(reference_pixel_values[i : i + batch_size]) for i in range(0, reference_pixel_values.shape[0], batch_size)]
         return [torch.cat([chunk[layer] for chunk in chunks]).flatten(0, 1) for layer in range(len(chunks[0]))]
 
@@ -171,10 +185,14 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
             raise ValueError(f"the bank has {len(bank)} layers but the model taps {len(self.projectors)}")
         if any(b.shape[0] == 0 for b in bank):
             raise ValueError("the reference set is empty: pass at least one normal image to set_references()")
+        for layer, tokens in enumerate(bank):
+            if not bool(torch.isfinite(tokens).all()):
+                raise ValueError(f"the reference bank of tapped layer #{layer} holds NaN/inf values: recompute it from finite normal images")
         self._reference_bank = bank
 
     def clear_references(self) -> None:
         self._reference_bank = None
+        self.bank_from_checkpoint = False
 
     @property
     def reference_bank(self) -> Optional[list[torch.Tensor]]:
@@ -258,19 +276,34 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
             raise ValueError("no backbone weights to load: set config.backbone_id or pass source=<id or folder>")
         self.backbone.load_pretrained(source, self.config.backbone_pretrained)
 
-    def save_pretrained(self, save_directory, *args, save_references: bool = False, **kwargs):
-        """Save config, safetensors weights and the modeling code (Hub layout).
+    def save_pretrained(self, save_directory, *args, save_references: Optional[bool] = None, **kwargs):
+        """Save config, safetensors weights, processor config and the modeling code (Hub layout).
 
-        The backbone is bundled unless ``config.bundle_backbone`` is False. With
-        ``save_references=True`` the current reference bank goes to ``reference_bank.safetensors``.
+        Atomic: everything is written into a hidden sibling folder that replaces ``save_directory``
+        in one rename, so a crash leaves the old checkpoint or the new one, never a mix, and files
+        of an earlier checkpoint (a stale bank, another model's processor config) do not survive;
+        entries save_pretrained does not own (e.g. ``logs/``) are kept. The backbone is bundled
+        unless ``config.bundle_backbone`` is False. ``save_references``: True writes the current
+        reference bank to ``reference_bank.safetensors``; None (default) does so only when the
+        model was loaded from a checkpoint that had one (keep what was loaded); False leaves it out.
         """
-        from .hub_adpretrain import save_extras
+        from .atomic_io_adpretrain import replace_folder
+        from .hub_adpretrain import is_foreign, save_extras
 
+        if save_references is None:
+            save_references = bool(self.bank_from_checkpoint and self._reference_bank is not None)
+        push_to_hub = kwargs.pop("push_to_hub", False)
         if not self.config.bundle_backbone and kwargs.get("state_dict") is None:
             kwargs["state_dict"] = {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
-        result = super().save_pretrained(save_directory, *args, **kwargs)
-        save_extras(self, save_directory, save_references)
-        return result
+
+        def write(folder: str) -> None:
+            ADPretrainPreTrainedModel.save_pretrained(self, folder, *args, **kwargs)
+            save_extras(self, folder, save_references)
+
+        replace_folder(save_directory, write, keep=is_foreign)
+        if push_to_hub:  # uploads its own fresh save (transformers' PushToHubMixin)
+            hub_kwargs = {k: kwargs[k] for k in ("token", "private", "commit_message", "revision") if k in kwargs}
+            self.push_to_hub(kwargs.get("repo_id", os.path.basename(os.path.abspath(save_directory))), **hub_kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):

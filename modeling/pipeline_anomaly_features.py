@@ -33,6 +33,7 @@ from transformers.image_transforms import get_resize_output_image_size, get_size
 from transformers.image_utils import SizeDict, get_image_size_for_max_height_width
 from transformers.pipelines import PIPELINE_REGISTRY
 
+from .image_io_adpretrain import read_image
 from .image_processing_adpretrain import ADPretrainImageProcessor
 
 TASK = "anomaly-features"
@@ -57,45 +58,8 @@ ImageLike = Union[Image.Image, str, os.PathLike, np.ndarray]
 
 # -- inputs -------------------------------------------------------------------------------
 def load_rgb(image: Any, what: str = "image") -> Image.Image:
-    """One input (PIL image, path, numpy ``[H, W]`` / ``[H, W, 1|3|4]`` uint8 or float in [0, 1]) -> RGB PIL.
-
-    Grayscale is replicated to three channels and alpha is dropped, because the backbones
-    take RGB only; everything goes through PIL so all kinds share the processor's path.
-    """
-    if isinstance(image, (str, os.PathLike)):
-        path = os.fspath(image)
-        if not os.path.isfile(path):
-            raise ValueError(f"{what} file {path!r} does not exist: pass the path of an image file, a PIL image or a numpy array")
-        try:
-            with Image.open(path) as handle:
-                return handle.convert("RGB")
-        except Exception as err:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
-            raise ValueError(f"could not read {what} file {path!r} ({type(err).__name__}: {err}): pass a PNG/JPEG/... that PIL can open") from err
-    if isinstance(image, Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
-    if isinstance(image, np.ndarray):
-        return Image.fromarray(_array_to_uint8(image, what)).convert("RGB")
-    raise TypeError(
-        f"{what} must be a PIL image, a path (str/Path) or a numpy array [H, W(, C)], got {type(image).__name__}"
-        + (": convert tensors with .permute(1, 2, 0).numpy()" if isinstance(image, torch.Tensor) else "")
-    )
-
-
-def _array_to_uint8(array: np.ndarray, what: str) -> np.ndarray:
-    """``[H, W]`` or ``[H, W, 1|3|4]`` uint8 / float in [0, 1] -> uint8 array PIL can take."""
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
-        hint = ": channels-first? use array.transpose(1, 2, 0)" if array.ndim == 3 and array.shape[0] in (1, 3, 4) else ""
-        raise ValueError(f"{what} array has shape {array.shape}; expected [H, W] (grayscale) or [H, W, 3|4] (RGB/RGBA){hint}")
-    if array.dtype == np.uint8:
-        return np.ascontiguousarray(array)
-    if np.issubdtype(array.dtype, np.floating):
-        low, high = float(np.nanmin(array)), float(np.nanmax(array))
-        if np.isnan(array).any() or low < 0.0 or high > 1.0:
-            raise ValueError(f"float {what} arrays must hold values in [0, 1], got [{low:.3g}, {high:.3g}]: divide by 255 or pass uint8")
-        return np.round(array * 255.0).astype(np.uint8)
-    raise ValueError(f"{what} array has dtype {array.dtype}: pass uint8 (0..255) or float in [0, 1]")
+    """One input (PIL image, path, numpy ``[H, W]`` / ``[H, W, 1|3|4]``) -> RGB PIL (the shared reader)."""
+    return read_image(image, what)
 
 
 # -- geometry of the processor ----------------------------------------------------------------
@@ -263,7 +227,7 @@ class AnomalyFeaturesPipeline(Pipeline):
         items = list(references) if isinstance(references, (list, tuple)) else [references]
         if not items:
             raise ValueError("references is empty: pass at least one normal image")
-        images = [load_rgb(item, what=f"reference #{i}") for i, item in enumerate(items)]
+        images = [self._read(item, what=f"reference #{i}") for i, item in enumerate(items)]
         pixels = self.image_processor(images, return_tensors="pt")["pixel_values"].float().contiguous()
         digest = hashlib.sha256(pixels.numpy().tobytes()).hexdigest()
         return f"{tuple(pixels.shape)}:{digest}", pixels
@@ -290,10 +254,21 @@ class AnomalyFeaturesPipeline(Pipeline):
             self._stored_bank = (stored, [bank.to(self.device, dtype) for bank in stored])
         return self._stored_bank[1]
 
+    def _read(self, image: ImageLike, what: str) -> Image.Image:
+        """The shared reader, plus: an image smaller than one backbone patch carries nothing to score."""
+        rgb = load_rgb(image, what)
+        smallest = int(self.model.config.patch_size)
+        if min(rgb.width, rgb.height) < smallest:
+            raise ValueError(
+                f"{what} is {rgb.width}x{rgb.height} pixels, smaller than one backbone patch ({smallest}x{smallest}): "
+                "upsampling it would score made-up content; pass the full-resolution image"
+            )
+        return rgb
+
     # -- steps --------------------------------------------------------------------------------
     def preprocess(self, image: ImageLike) -> dict[str, torch.Tensor]:
         """One input -> ``pixel_values [1, 3, S, S]`` and ``original_size [1, 2]`` (H, W)."""
-        rgb = load_rgb(image)
+        rgb = self._read(image, "image")
         pixel_values = self.image_processor(rgb, return_tensors="pt")["pixel_values"]
         return {"pixel_values": pixel_values, "original_size": torch.tensor([[rgb.height, rgb.width]])}
 

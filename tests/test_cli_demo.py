@@ -71,8 +71,8 @@ def test_features_command_scores_a_folder(tiny_clip_model, tmp_path):
     assert code == 0
     rows = list(csv.DictReader(open(tmp_path / "out" / "scores.csv")))
     assert [r["file"] for r in rows] == ["img_0.png", "img_1.png", "img_2.png"]
-    assert Image.open(tmp_path / "out" / "maps" / "img_0.png").size == (100, 80)  # the image's own size
-    features = np.load(tmp_path / "out" / "features" / "img_0.npz")
+    assert Image.open(tmp_path / "out" / "maps" / "img_0.png.png").size == (100, 80)  # the image's own size
+    features = np.load(tmp_path / "out" / "features" / "img_0.png.npz")
     assert sorted(features.files) == ["block_1", "block_2", "block_3", "block_4"]
     assert features["block_1"].shape == (8, 8, 32)
 

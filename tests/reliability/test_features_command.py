@@ -1,0 +1,90 @@
+"""``adpretrain features``: real batching, validated options (exit 2, one line), distinct output names."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from adpretrain_hf import ADPretrainModel
+from adpretrain_hf.cli import main
+from adpretrain_hf.commands import features as features_command
+
+
+@pytest.fixture
+def folders(tiny_clip_model, tmp_path):
+    tiny_clip_model.save_pretrained(tmp_path / "ckpt")
+    rng = np.random.default_rng(0)
+    (tmp_path / "test").mkdir()
+    (tmp_path / "good").mkdir()
+    for name in ("a.png", "a.jpg", "b.png", "c.png", "d.png"):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "test" / name)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "good" / "g.png")
+    return tmp_path
+
+
+def _args(folders, *extra):
+    return ["features", "--model", str(folders / "ckpt"), "--images", str(folders / "test"),
+            "--references", str(folders / "good"), "--output", str(folders / "out"), *extra]
+
+
+def test_batches_reach_the_model_and_outputs_keep_extensions(folders, monkeypatch):
+    sizes = []
+    forward = ADPretrainModel.forward
+
+    def spy(self, pixel_values, *args, **kwargs):
+        sizes.append(pixel_values.shape[0])
+        return forward(self, pixel_values, *args, **kwargs)
+
+    monkeypatch.setattr(ADPretrainModel, "forward", spy)
+    assert main(_args(folders, "--batch-size", "3")) == 0
+    assert sorted(sizes) == [2, 3]  # 5 images in two model calls, not five
+    rows = {r["file"]: float(r["score"]) for r in csv.DictReader(open(folders / "out" / "scores.csv"))}
+    assert sorted(rows) == ["a.jpg", "a.png", "b.png", "c.png", "d.png"]
+    maps = sorted(p.name for p in (folders / "out" / "maps").iterdir())
+    assert maps == ["a.jpg.png", "a.png.png", "b.png.png", "c.png.png", "d.png.png"]
+    # Scores against the model called directly on the processed images.
+    from transformers import AutoImageProcessor
+
+    processor = AutoImageProcessor.from_pretrained(folders / "ckpt")
+    model = ADPretrainModel.from_pretrained(folders / "ckpt").eval()
+    with torch.no_grad():
+        refs = processor([Image.open(folders / "good" / "g.png").convert("RGB")], return_tensors="pt")["pixel_values"]
+        for name, score in rows.items():
+            pixels = processor([Image.open(folders / "test" / name).convert("RGB")], return_tensors="pt")["pixel_values"]
+            assert score == pytest.approx(float(forward(model, pixels, reference_pixel_values=refs).scores), abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    "extra,pattern",
+    [
+        (["--shots", "-7"], "argument --shots: -7 is not allowed"),
+        (["--batch-size", "0"], "argument --batch-size: 0 is not allowed"),
+        (["--device", "gpu7"], "argument --device: 'gpu7' is not a device"),
+    ],
+)
+def test_bad_options_exit_2_naming_them(folders, capsys, extra, pattern):
+    with pytest.raises(SystemExit) as info:
+        main(_args(folders, *extra))
+    assert info.value.code == 2
+    assert pattern in capsys.readouterr().err
+
+
+def test_missing_model_folder_is_named(folders, capsys):
+    for missing in (str(folders / "nope"), "./nope", "runs/nope/ckpt"):
+        with pytest.raises(SystemExit) as info:
+            main(["features", "--model", missing, "--images", str(folders / "test"),
+                  "--references", str(folders / "good"), "--output", str(folders / "out")])
+        assert info.value.code == 2
+        assert f"model folder {missing} does not exist" in capsys.readouterr().err
+
+
+def test_device_auto_follows_the_machine(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert features_command._device("auto") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert features_command._device("auto") == "cuda"
+    with pytest.raises(Exception, match="1 visible CUDA device"):
+        features_command._device("cuda:3")
