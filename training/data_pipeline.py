@@ -40,17 +40,22 @@ class TrainingData:
 def make_two_view_transform(processor: ADPretrainImageProcessor, augment: TwoViewAugment):
     """A ``datasets`` transform: rows -> two augmented views, the shared mask and row metadata."""
 
+    mean = torch.tensor(processor.image_mean, dtype=torch.float32)[:, None, None]
+    std = torch.tensor(processor.image_std, dtype=torch.float32)[:, None, None]
+
     def transform(batch: dict[str, list[Any]]) -> dict[str, Any]:
         view1, view2, masks = [], [], []
         for image_value, mask_value in zip(batch["image"], batch["mask"]):
             image, mask = load_image_and_mask({"image": image_value, "mask": mask_value})
-            first, second = augment(image)
-            view1.append(first)
-            view2.append(second)
+            # Resize + crop first, augment at the model's resolution (the release blurs the 224 px view), normalise last.
+            resized = processor(image, do_normalize=False, return_tensors="pt")["pixel_values"][0].float()
+            first, second = augment(resized)
+            view1.append((first - mean) / std)
+            view2.append((second - mean) / std)
             masks.append(mask)
         return {
-            "view1": processor(view1, return_tensors="pt")["pixel_values"],
-            "view2": processor(view2, return_tensors="pt")["pixel_values"],
+            "view1": torch.stack(view1),
+            "view2": torch.stack(view2),
             "mask": processor.preprocess_masks(masks),
             "category": batch["category"],
             "view": batch["view"],
