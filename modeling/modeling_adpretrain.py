@@ -16,6 +16,7 @@ to the weights, so ``AutoModel.from_pretrained(dir, trust_remote_code=True)`` wo
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
@@ -38,6 +39,7 @@ from .residual_adpretrain import reference_residuals, residual_features
 
 REFERENCE_BANK_FILE = "reference_bank.safetensors"
 REFERENCE_BATCH_SIZE = 32
+LINEAR_INIT_NEGATIVE_SLOPE = 5  # nn.Linear's kaiming_uniform_(a=sqrt(5)): weights U(+-1/sqrt(fan_in))
 
 
 @dataclass
@@ -63,11 +65,21 @@ class ADPretrainPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
+        """PyTorch's own initialisation, as the release (which never re-initialises): Linear
+        kaiming-uniform weight and bias U(+-1/sqrt(fan_in)) (not transformers' N(0, 0.02)),
+        ``nn.MultiheadAttention``'s in/out projections, references N(0, 1). Children run before
+        parents, and transformers calls this on missing weights only (``from_pretrained``)."""
         if isinstance(module, LearnableReferences):
             hf_init.normal_(module.references, mean=0.0, std=1.0)  # N(0, 1), as the release
         elif isinstance(module, MultiHeadAttention):
             hf_init.xavier_uniform_(module.in_proj_weight)  # nn.MultiheadAttention's init
             hf_init.zeros_(module.in_proj_bias)
+            hf_init.zeros_(module.out_proj.bias)
+        elif isinstance(module, nn.Linear):
+            hf_init.kaiming_uniform_(module.weight, a=math.sqrt(LINEAR_INIT_NEGATIVE_SLOPE))  # nn.Linear.reset_parameters
+            if module.bias is not None:
+                bound = 1.0 / math.sqrt(module.in_features) if module.in_features > 0 else 0.0
+                hf_init.uniform_(module.bias, -bound, bound)
         elif isinstance(module, LayerCenters):
             for buffer in module.buffers():
                 hf_init.zeros_(buffer)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import colorsys
+import math
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from adpretrain_hf.data import TwoViewAugment, load_image_and_mask
-from adpretrain_hf.data.augment import GRAYSCALE_PROB, _shift_hue
+from adpretrain_hf.data import augment as augment_module
+from adpretrain_hf.data.augment import GRAYSCALE_PROB
 
 
 def colourful(seed: int = 0, size=(40, 28)) -> Image.Image:
@@ -41,9 +44,24 @@ def test_reproducible_with_a_seed():
     runs_c = [np.asarray(v) for _ in range(4) for v in c(image)]
     assert all(np.array_equal(x, y) for x, y in zip(runs_a, runs_b))
     assert not all(np.array_equal(x, y) for x, y in zip(runs_a, runs_c))
-    rng_views = [np.asarray(v) for v in TwoViewAugment()(image, rng=np.random.default_rng(9))]
-    again = [np.asarray(v) for v in TwoViewAugment()(image, rng=np.random.default_rng(9))]
+    rng_views = [np.asarray(v) for v in TwoViewAugment()(image, generator=torch.Generator().manual_seed(9))]
+    again = [np.asarray(v) for v in TwoViewAugment(generator=torch.Generator().manual_seed(9))(image)]
     assert all(np.array_equal(x, y) for x, y in zip(rng_views, again))
+    reseeded = TwoViewAugment(seed=6)
+    reseeded.reseed(5)
+    assert all(np.array_equal(x, np.asarray(y)) for x, y in zip(runs_a[:2], reseeded(image)))
+
+
+def test_tensor_views_are_reproducible_and_global_rng_free():
+    pixels = torch.rand(3, 16, 20, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(1)
+    a = TwoViewAugment(seed=11)(pixels)
+    torch.manual_seed(2)  # the global RNG must not matter
+    b = TwoViewAugment(seed=11)(pixels)
+    for x, y in zip(a, b):
+        assert x.shape == pixels.shape and x.dtype == torch.float32
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    assert not torch.equal(a[0], a[1])
 
 
 def test_grayscale_rate():
@@ -70,15 +88,6 @@ def test_no_geometric_change():
             assert abs(cy - 14.5) < 0.5 and abs(cx - 45.5) < 0.5
 
 
-def test_hue_shift_against_colorsys():
-    rgb = np.array([[[230, 40, 40], [40, 200, 60], [30, 60, 220], [200, 180, 20]]], np.uint8)
-    shifted = np.asarray(_shift_hue(Image.fromarray(rgb), 0.25)).astype(float)
-    for pixel, got in zip(rgb[0], shifted[0]):
-        h, s, v = colorsys.rgb_to_hsv(*(pixel / 255.0))
-        expected = np.array(colorsys.hsv_to_rgb((h + 0.25) % 1.0, s, v)) * 255
-        assert np.abs(got - expected).max() < 12  # PIL keeps H, S, V in 8 bits
-
-
 def test_non_rgb_inputs_become_rgb():
     augment = TwoViewAugment(seed=0)
     for mode in ("L", "RGBA", "P"):
@@ -86,8 +95,57 @@ def test_non_rgb_inputs_become_rgb():
         assert all(v.mode == "RGB" and v.size == (40, 28) for v in views)
     with pytest.raises(TypeError, match="PIL image"):
         augment(np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"\[3, H, W\]"):
+        augment(torch.zeros(4, 4, 3))
+    with pytest.raises(ValueError, match="not both"):
+        TwoViewAugment(seed=1, generator=torch.Generator())
     with pytest.raises(TypeError, match="seed must be an int"):
         TwoViewAugment(seed="1")
+
+
+def _independent_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian (+-3 sigma, reflect padding) of ``[3, H, W]``, in plain torch."""
+    half = math.ceil(3 * sigma)
+    x = torch.arange(-half, half + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).float()
+    padded = F.pad(image[None], (half, half, half, half), mode="reflect")
+    rows = F.conv2d(padded, kernel.view(1, 1, 1, -1).repeat(3, 1, 1, 1), groups=3)
+    return F.conv2d(rows, kernel.view(1, 1, -1, 1).repeat(3, 1, 1, 1), groups=3)[0]
+
+
+def test_pipeline_blurs_the_processed_view(monkeypatch):
+    """Resize + crop first, then the blur: the view is an independent blur of the resized image."""
+    from adpretrain_hf.modeling import ADPretrainConfig
+    from adpretrain_hf.modeling.image_processing_adpretrain import ADPretrainImageProcessor
+    from adpretrain_hf.training.data_pipeline import make_two_view_transform
+
+    monkeypatch.setattr(augment_module, "COLOR_JITTER_PROB", 0.0)
+    monkeypatch.setattr(augment_module, "GRAYSCALE_PROB", 0.0)
+    monkeypatch.setattr(augment_module, "BLUR_PROB", 1.0)
+    processor = ADPretrainImageProcessor.from_adpretrain_config(ADPretrainConfig.from_preset("tiny-clip"))
+    source = colourful(7, size=(256, 256)).resize((256, 256))  # 4x the model's 64 px
+    seed = 13
+    out = make_two_view_transform(processor, TwoViewAugment(seed=seed))(
+        {"image": [source], "mask": [None], "category": ["c"], "view": [""], "row_index": [0]}
+    )
+    # The same draws, independently: three Bernoulli draws, then sigma ~ U[0.1, 2.0], per view.
+    g = torch.Generator().manual_seed(seed)
+    sigmas = []
+    for _ in range(2):
+        torch.rand((), generator=g), torch.rand((), generator=g), torch.rand((), generator=g)
+        sigmas.append(0.1 + 1.9 * float(torch.rand((), generator=g)))
+    mean = torch.tensor(processor.image_mean)[:, None, None]
+    std = torch.tensor(processor.image_std)[:, None, None]
+    resized = torch.from_numpy(np.array(source.resize((64, 64), Image.BICUBIC))).permute(2, 0, 1).float() / 255
+    for key, sigma in zip(("view1", "view2"), sigmas):
+        view = out[key][0] * std + mean
+        expected = _independent_blur(resized, sigma)
+        torch.testing.assert_close(view, expected, rtol=0, atol=2e-3)
+        # Blurring the 256 px source with the same sigma, then resizing, is 4x weaker: clearly different.
+        weak = _independent_blur(torch.from_numpy(np.array(source)).permute(2, 0, 1).float() / 255, sigma)
+        weak = F.interpolate(weak[None], size=(64, 64), mode="bicubic", antialias=True, align_corners=False)[0]
+        assert (view - weak).abs().mean() > 5 * (view - expected).abs().mean()
 
 
 def test_load_image_and_mask(tmp_path):

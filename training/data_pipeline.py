@@ -60,6 +60,8 @@ class TwoViewTransform:
         self.processor = processor
         self.seed = seed
         self.epoch = 0
+        self.mean = torch.tensor(processor.image_mean, dtype=torch.float32)[:, None, None]
+        self.std = torch.tensor(processor.image_std, dtype=torch.float32)[:, None, None]
 
     def augment(self, row: int) -> TwoViewAugment:
         seed = None if self.seed is None else derived_seed(self.seed, AUGMENT_STREAM, self.epoch, row)
@@ -70,13 +72,15 @@ class TwoViewTransform:
         view1, view2, masks = [], [], []
         for image_value, mask_value, row in zip(batch["image"], batch["mask"], batch[ROW_INDEX]):
             image, mask = load_image_and_mask({"image": image_value, "mask": mask_value})
-            first, second = self.augment(int(row))(image)
-            view1.append(first)
-            view2.append(second)
+            # Resize + crop first, augment at the model's resolution (the release blurs the 224 px view), normalise last.
+            resized = processor(image, do_normalize=False, return_tensors="pt")["pixel_values"][0].float()
+            first, second = self.augment(int(row))(resized)
+            view1.append((first - self.mean) / self.std)
+            view2.append((second - self.mean) / self.std)
             masks.append(mask)
         return {
-            "view1": processor(view1, return_tensors="pt")["pixel_values"],
-            "view2": processor(view2, return_tensors="pt")["pixel_values"],
+            "view1": torch.stack(view1),
+            "view2": torch.stack(view2),
             "mask": processor.preprocess_masks(masks),
             "category": batch["category"],
             "view": batch["view"],

@@ -1,0 +1,66 @@
+"""Projector initialisation follows PyTorch's defaults (as the release), not transformers' N(0, 0.02)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from adpretrain_hf import ADPretrainConfig, ADPretrainModel
+
+TRANSFORMERS_STD = 0.02
+
+
+def _uniform_std(fan_in: int) -> float:
+    """Std of U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's nn.Linear weight and bias."""
+    return 1.0 / math.sqrt(fan_in) / math.sqrt(3.0)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return ADPretrainModel(ADPretrainConfig.from_preset("tiny-clip"))
+
+
+def test_linear_layers_keep_pytorchs_default_bounds(model):
+    linears = [(n, m) for n, m in model.projectors.named_modules() if isinstance(m, nn.Linear)]
+    assert linears
+    weights = {}
+    for name, linear in linears:
+        bound = 1.0 / math.sqrt(linear.in_features)
+        assert linear.weight.abs().max() <= bound + 1e-7, name
+        weights.setdefault(linear.in_features, []).append(linear.weight.detach().flatten())
+        if not name.endswith("attn.out_proj"):
+            assert linear.bias.abs().max() <= bound + 1e-7 and linear.bias.abs().max() > 0, name
+    for fan_in, values in weights.items():
+        std = float(torch.cat(values).std())
+        assert abs(std - _uniform_std(fan_in)) < 0.1 * _uniform_std(fan_in), (fan_in, std)
+        assert abs(std - TRANSFORMERS_STD) > 0.01
+
+
+def test_attention_and_references_follow_nn_multiheadattention(model):
+    block = model.projectors[0].blocks[0]
+    assert float(block.attn.in_proj_bias.detach().abs().max()) == 0.0 and float(block.attn.out_proj.bias.detach().abs().max()) == 0.0
+    w = block.attn.in_proj_weight
+    xavier_bound = math.sqrt(6.0 / (w.shape[0] + w.shape[1]))
+    w = w.detach()
+    assert w.abs().max() <= xavier_bound + 1e-7 and float(w.std()) > 0.8 * xavier_bound / math.sqrt(3.0)
+    refs = torch.cat([p.learnable.references.detach().flatten() for p in model.projectors])
+    assert abs(float(refs.std()) - 1.0) < 0.1 and abs(float(refs.mean())) < 0.1
+
+
+def test_from_pretrained_keeps_every_saved_weight(model, tmp_path):
+    """Loading must not re-run the init over loaded weights (transformers inits missing ones only)."""
+    model.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "model.safetensors")
+    for name in saved:
+        if name.startswith("projectors.") and saved[name].is_floating_point():
+            saved[name] = torch.full_like(saved[name], 0.5)  # a value no init produces
+    save_file(saved, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    state = ADPretrainModel.from_pretrained(tmp_path).state_dict()
+    assert any(name.startswith("projectors.") for name in saved)
+    for name, value in saved.items():
+        torch.testing.assert_close(state[name], value, msg=name)
