@@ -32,7 +32,9 @@ from adpretrain_hf.modeling.image_processing_adpretrain import ADPretrainImagePr
 from adpretrain_hf.modeling.residual_adpretrain import residual_features
 
 from .arguments import PretrainArguments, tracker_names
-from .checkpointing import CHECKPOINT_DIR, CheckpointError, clean_temporaries, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpointing import (
+    CHECKPOINT_DIR, CheckpointError, check_safe, clean_temporaries, latest_checkpoint, load_checkpoint, save_checkpoint,
+)
 from .data_pipeline import TrainingData, build_training_data, collate_views, draw_references
 from .feature_cache import ReferenceFeatureCache
 from .seeding import seed_everything, worker_init
@@ -109,6 +111,7 @@ class Pretrainer:
     def __init__(self, args: PretrainArguments, model: Optional[ADPretrainModel] = None) -> None:
         self.args = args.validate()
         self.output_dir = Path(args.output_dir)
+        self.resume_from = self._resume_folder()
         self.accelerator = Accelerator(
             mixed_precision=_mixed_precision(args),
             gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -176,18 +179,25 @@ class Pretrainer:
 
     def _reduced_terms(self, out: Any) -> tuple[float, list[float], list[float]]:
         """Loss, per-layer angle and norm terms, each the mean over processes (one all-reduce)."""
-        terms = torch.stack([out.loss.detach().float(), *(torch.as_tensor(v).float().to(out.loss.device) for v in [*out.angle, *out.norm])])
+        terms = torch.stack([out.loss.detach().float(), *(torch.as_tensor(v).detach().float().to(out.loss.device) for v in [*out.angle, *out.norm])])
         terms = self.accelerator.reduce(terms, reduction="mean").tolist()
         layers = len(out.angle)
         return terms[0], terms[1 : 1 + layers], terms[1 + layers :]
 
-    def _resume(self) -> dict[str, list[torch.Tensor]]:
-        """Load the checkpoint named by ``--resume``; metrics of later steps are dropped."""
+    def _resume_folder(self) -> Optional[Path]:
+        """The checkpoint named by ``--resume``, checked (no pickle) before anything is built."""
+        if not self.args.resume:
+            return None
         root = self.output_dir / CHECKPOINT_DIR
         checkpoint = latest_checkpoint(root) if self.args.resume == "latest" else Path(self.args.resume)
         if checkpoint is None:
             raise CheckpointError(f"nothing to resume from: no checkpoint under {root} (run without --resume to start)")
-        running_state = load_checkpoint(self, checkpoint)
+        check_safe(checkpoint)
+        return checkpoint
+
+    def _resume(self) -> dict[str, list[torch.Tensor]]:
+        """Load the ``--resume`` checkpoint; metrics of later steps are dropped."""
+        running_state = load_checkpoint(self, self.resume_from)
         if self.accelerator.is_main_process:
             _truncate_metrics(self.output_dir / METRICS_FILE, self.state.step)
         return running_state
