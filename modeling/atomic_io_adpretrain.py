@@ -52,6 +52,8 @@ def _leftovers(target: str) -> list[tuple[str, int]]:
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return False  # our own leftovers are never in use: this call is the only save here
+    if os.name == "nt":  # os.kill would terminate the process there: keep others' leftovers
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -111,7 +113,7 @@ def exchange(a: str, b: str) -> bool:
     """Atomically swap two existing paths (Linux ``renameat2``); False where that is unavailable."""
     try:
         renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (AttributeError, OSError):
+    except (AttributeError, OSError, TypeError):  # no renameat2 (macOS, old glibc, Windows)
         return False
     result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
     if result == 0:

@@ -18,13 +18,20 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=_model_source, help="checkpoint folder or Hub id")
-    parser.add_argument("--images", required=True, help="folder of images to score")
-    parser.add_argument("--references", required=True, help="folder of normal reference images (the first --shots are used)")
+    parser.add_argument("--images", required=True, type=_existing_folder, help="folder of images to score")
+    parser.add_argument("--references", required=True, type=_existing_folder, help="folder of normal reference images (the first --shots are used)")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--shots", type=_positive_int, default=8, help="number of reference images (default 8)")
     parser.add_argument("--save-features", action="store_true", help="also write per-layer features as .npz")
     parser.add_argument("--batch-size", type=_positive_int, default=8, help="images per model call (default 8)")
     parser.add_argument("--device", type=_device, default="auto", help="auto (default: the GPU when there is one), cpu, cuda, cuda:N")
+
+
+def _existing_folder(value: str) -> str:
+    """argparse type: a folder that exists."""
+    if not os.path.isdir(value):
+        raise argparse.ArgumentTypeError(f"folder {value} does not exist: pass an existing folder of images")
+    return value
 
 
 def _positive_int(value: str) -> int:

@@ -62,6 +62,7 @@ def test_batches_reach_the_model_and_outputs_keep_extensions(folders, monkeypatc
         (["--shots", "-7"], "argument --shots: -7 is not allowed"),
         (["--batch-size", "0"], "argument --batch-size: 0 is not allowed"),
         (["--device", "gpu7"], "argument --device: 'gpu7' is not a device"),
+        (["--images", "/no/such/folder"], "argument --images: folder /no/such/folder does not exist"),
     ],
 )
 def test_bad_options_exit_2_naming_them(folders, capsys, extra, pattern):
