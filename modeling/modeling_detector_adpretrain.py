@@ -186,7 +186,7 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
         return self._trained(features, size)
 
     def _patchcore(self, features: list[torch.Tensor], size: tuple, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
-        bank = self.fitted.memory_bank  # [M, D]
+        bank = self.fitted.memory_bank.float()  # [M, D]; float32 even when the model was cast to bf16
         emb = aggregate_patch_features(features, int(self._setting("embedding_dim", PATCHCORE_DIM)))  # [B, h, w, D]
         h, w, d = emb.shape[1:]
         flat = emb.reshape(-1, d)
@@ -216,7 +216,8 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
             channel_index = self.fitted.get(f"channel_index_{g}")
             if channel_index is not None:
                 emb = emb.index_select(1, channel_index)
-            dist = mahalanobis_distances(emb.flatten(2), self.fitted.get(f"mean_{g}"), self.fitted.get(f"cholesky_{g}"))
+            mean, factor = self.fitted.get(f"mean_{g}").float(), self.fitted.get(f"cholesky_{g}").float()
+            dist = mahalanobis_distances(emb.flatten(2), mean, factor)
             grids.append(dist.reshape(-1, *emb.shape[-2:]))  # [B, h_g, w_g]
         return anomaly_map_from_grids(grids, size, sigma)
 
