@@ -111,9 +111,8 @@ def detector_to_model(detector: Detector, feature_source: Optional[str] = None) 
         tensors = {net_buffer_name(k): v for k, v in tensors.items()}
     needs_bank = extractor.kind == "pretrained" and (model.config.use_residual or model.config.projector_type == "cross_attn")
     if needs_bank:
-        if model.reference_bank is None:
-            raise ValueError("the model holds no reference bank: call extractor.set_references(normal_pixel_values) before fitting")
-        tensors.update({f"{REFERENCE_BANK_PREFIX}{layer}": model.reference_bank[layer] for layer in layers})
+        bank = extractor.reference_bank()  # raises, naming the fix, when no references were given
+        tensors.update({f"{REFERENCE_BANK_PREFIX}{layer}": bank.layers[layer] for layer in layers})
     source = feature_source or getattr(model, "name_or_path", None) or None
     config = ADPretrainDetectorConfig(
         method=detector.name,

@@ -205,6 +205,10 @@ class ModelFeatureExtractor:
         """The same extractor (model, kind, layers, cache) with another reference bank."""
         return ModelFeatureExtractor(self.model, self.kind, self.layers, references=references, source=self.source)
 
+    def reference_bank(self) -> Optional[ReferenceBank]:
+        """The bank residual/pretrained features are computed against (``None`` when none is needed)."""
+        return self._bank()
+
     def _bank(self) -> Optional[ReferenceBank]:
         if not self.needs_references:
             return self.references

@@ -29,6 +29,7 @@ HYPERSPHERE_RADIUS = 0.4
 ABNORMAL_MARGIN = 0.75
 """Delta r: abnormal features are pushed beyond r + Delta r, Eq. (5) (appendix E, Tab. 9)."""
 LOSS_WEIGHT = 1.0
+NORM_LOSS_WEIGHT = 1.0  # weight of the norm loss: 0 trains the angle loss alone (Table 2, ExpID 2.5)
 """lambda weighting the angle loss in Eq. (7) (Tab. 10)."""
 
 PAPER_LOSS_FORM: dict[str, Any] = {
@@ -63,6 +64,7 @@ LOSS_ARGUMENT_NAMES: dict[str, str] = {
     "hypersphere_radius": "radius",
     "abnormal_margin": "margin",
     "loss_weight": "loss_weight",
+    "norm_loss_weight": "norm_loss_weight",
     "norm_kind": "norm_kind",
     "angle_anchors": "anchors",
     "loss_normalization": "normalization",
@@ -142,7 +144,10 @@ class ADPretrainConfig(PretrainedConfig):
             reserves that name for generation.)
         hypersphere_radius: r of the norm-oriented loss (0.4).
         abnormal_margin: Delta r; abnormal features are pushed beyond r + Delta r (0.75).
-        loss_weight: lambda weighting the angle loss in Eq. 7 (1.0).
+        loss_weight: lambda weighting the angle loss in Eq. 7 (1.0); 0 trains the norm loss alone
+            (the paper's Table 2 ablation, ExpID 2.6).
+        norm_loss_weight: weight of the norm loss (1.0, as in Eq. 7); 0 trains the angle loss alone
+            (Table 2, ExpID 2.5).
         norm_kind: ``"paper"`` sqrt(||x||^2+1)-1 or ``"release"`` sqrt(||x||+1)-1.
         angle_anchors: ``"first"`` (paper Eq. 7) or ``"both"`` views as anchors (release).
         loss_normalization: ``"paper"`` (Eq. 7's 1/2N average over both views) or ``"release"``
@@ -189,6 +194,7 @@ class ADPretrainConfig(PretrainedConfig):
         hypersphere_radius: float = HYPERSPHERE_RADIUS,
         abnormal_margin: float = ABNORMAL_MARGIN,
         loss_weight: float = LOSS_WEIGHT,
+        norm_loss_weight: float = NORM_LOSS_WEIGHT,
         norm_kind: str = DEFAULT_LOSS_FORM["norm_kind"],
         angle_anchors: str = DEFAULT_LOSS_FORM["angle_anchors"],
         loss_normalization: str = DEFAULT_LOSS_FORM["loss_normalization"],
@@ -228,6 +234,7 @@ class ADPretrainConfig(PretrainedConfig):
         self.hypersphere_radius = hypersphere_radius
         self.abnormal_margin = abnormal_margin
         self.loss_weight = loss_weight
+        self.norm_loss_weight = norm_loss_weight
         self.norm_kind = norm_kind
         self.angle_anchors = angle_anchors
         self.loss_normalization = loss_normalization

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 RUNTIME_OPTIONS = {"chunk_size", "max_block_elements"}  # memory controls, not part of the recipe
 CONFIG_TO_LOSS = {  # written out here, independently of LOSS_ARGUMENT_NAMES
     "angle_temperature": "temperature", "hypersphere_radius": "radius", "abnormal_margin": "margin",
-    "loss_weight": "loss_weight", "norm_kind": "norm_kind", "angle_anchors": "anchors",
+    "loss_weight": "loss_weight", "norm_loss_weight": "norm_loss_weight", "norm_kind": "norm_kind", "angle_anchors": "anchors",
     "loss_normalization": "normalization", "detach_exp_factor": "detach_exp_factor",
     "adaptive_radius": "adaptive_radius", "hinge_normals": "hinge_normals", "push_inner_normals": "push_inner_normals",
 }
@@ -45,9 +45,9 @@ def test_config_and_loss_defaults_are_the_same():
         assert _loss_parameters()[argument].default == getattr(config, field), field
 
 
-@pytest.mark.parametrize("form,numbers", [(PAPER_LOSS_FORM, (0.3, 0.7, 0.2, 2.5)), (RELEASE_LOSS_FORM, (0.05, 0.2, 1.5, 0.5))])
+@pytest.mark.parametrize("form,numbers", [(PAPER_LOSS_FORM, (0.3, 0.7, 0.2, 2.5, 0.25)), (RELEASE_LOSS_FORM, (0.05, 0.2, 1.5, 0.5, 3.0))])
 def test_from_config_reaches_every_option(form, numbers):
-    values = dict(zip(("angle_temperature", "hypersphere_radius", "abnormal_margin", "loss_weight"), numbers))
+    values = dict(zip(("angle_temperature", "hypersphere_radius", "abnormal_margin", "loss_weight", "norm_loss_weight"), numbers))
     values.update({k: v for k, v in form.items() if k in CONFIG_TO_LOSS})
     loss = ADPretrainLoss.from_config(ADPretrainConfig(**values), max_block_elements=1234)
     for field, argument in CONFIG_TO_LOSS.items():

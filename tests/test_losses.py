@@ -547,3 +547,19 @@ def test_running_center_initial_value():
     torch.testing.assert_close(running.compute()[1], torch.ones(7))  # no normal patch: unchanged
     with pytest.raises(ValueError, match="momentum"):
         RunningCenter(momentum=1.0)
+
+
+@pytest.mark.parametrize("normalization", ["paper", "release"])
+def test_single_loss_ablations_keep_only_their_term(normalization):
+    """Table 2 (a) ExpID 2.5 / 2.6: norm_loss_weight=0 is the angle loss alone, loss_weight=0 the norm loss alone."""
+    v1, v2, labels, centers = _layers(31)
+    both = ADPretrainLoss(normalization=normalization, chunk_size=4)(v1, v2, labels, centers)
+    angle_only = ADPretrainLoss(normalization=normalization, norm_loss_weight=0.0, chunk_size=4)(v1, v2, labels, centers)
+    norm_only = ADPretrainLoss(normalization=normalization, loss_weight=0.0, chunk_size=4)(v1, v2, labels, centers)
+    # Each single-term loss plus the other equals the full loss, and each equals its own term's
+    # reported value combined as the normalization says (norm terms: mean of the two views).
+    _assert_close(angle_only.loss + norm_only.loss, both.loss)
+    norm_scale = 1.0 if normalization == "paper" else 2.0
+    _assert_close(norm_only.loss, norm_scale * sum(both.norm))
+    with pytest.raises(ValueError, match="nothing would be trained"):
+        ADPretrainLoss(loss_weight=0.0, norm_loss_weight=0.0)

@@ -116,7 +116,9 @@ def read_json(path: Path) -> Any:
 
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+    """Each tensor saved as its own copy: run state may hold one tensor under two names
+    (e.g. fixed centers are also the initial ones), which safetensors refuses as shared memory."""
+    save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, str(path))
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:

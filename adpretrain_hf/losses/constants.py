@@ -18,6 +18,7 @@ from adpretrain_hf.modeling.configuration_adpretrain import (  # noqa: F401
     HYPERSPHERE_RADIUS,
     LOSS_ARGUMENT_NAMES,
     LOSS_WEIGHT,
+    NORM_LOSS_WEIGHT,
     NORM_KINDS,
     PAPER_LOSS_FORM,
     RELEASE_LOSS_FORM,

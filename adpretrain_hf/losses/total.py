@@ -38,6 +38,7 @@ from .constants import (
     HYPERSPHERE_RADIUS,
     LOSS_ARGUMENT_NAMES,
     LOSS_WEIGHT,
+    NORM_LOSS_WEIGHT,
     NORM_KINDS,
     NORMALIZATIONS,
     PAPER_LOSS_FORM,
@@ -98,7 +99,8 @@ class ADPretrainLoss(nn.Module):
 
     Args:
         temperature: ``tau`` of Eq. (2).  radius: ``r``.  margin: ``Delta r``.
-        loss_weight: ``lambda`` of Eq. (7).
+        loss_weight: ``lambda`` of Eq. (7).  norm_loss_weight: the norm terms' weight (1 in
+            Eq. 7; 0 leaves the angle loss alone, as in the paper's Table 2 ablation).
         norm_kind: ``"paper"`` or ``"release"`` (see ``norm_contrastive_loss``).
         anchors: ``"first"`` (paper) or ``"both"`` (release), see ``angle_contrastive_loss``.
         normalization: ``"paper"`` (Eq. 7) or ``"release"`` (plain sum), see the module docstring.
@@ -127,6 +129,7 @@ class ADPretrainLoss(nn.Module):
         radius: float = HYPERSPHERE_RADIUS,
         margin: float = ABNORMAL_MARGIN,
         loss_weight: float = LOSS_WEIGHT,
+        norm_loss_weight: float = NORM_LOSS_WEIGHT,
         norm_kind: str = _DEFAULTS["norm_kind"],
         anchors: str = _DEFAULTS["anchors"],
         normalization: str = _DEFAULTS["normalization"],
@@ -143,6 +146,9 @@ class ADPretrainLoss(nn.Module):
         self.radius = check_positive("radius", radius)
         self.margin = check_positive("margin", margin, allow_zero=True)
         self.loss_weight = check_positive("loss_weight", loss_weight, allow_zero=True)
+        self.norm_loss_weight = check_positive("norm_loss_weight", norm_loss_weight, allow_zero=True)
+        if self.loss_weight == 0 and self.norm_loss_weight == 0:
+            raise ValueError("loss_weight and norm_loss_weight are both 0: nothing would be trained; keep at least one > 0")
         self.norm_kind = check_choice("norm_kind", norm_kind, NORM_KINDS)
         self.anchors = check_choice("anchors", anchors, ANCHOR_MODES)
         self.normalization = check_choice("normalization", normalization, NORMALIZATIONS)
@@ -156,7 +162,7 @@ class ADPretrainLoss(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"temperature={self.temperature}, radius={self.radius}, margin={self.margin}, "
-            f"loss_weight={self.loss_weight}, norm_kind={self.norm_kind!r}, anchors={self.anchors!r}, "
+            f"loss_weight={self.loss_weight}, norm_loss_weight={self.norm_loss_weight}, norm_kind={self.norm_kind!r}, anchors={self.anchors!r}, "
             f"normalization={self.normalization!r}, detach_exp_factor={self.detach_exp_factor}, "
             f"adaptive_radius={self.adaptive_radius}, hinge_normals={self.hinge_normals}, "
             f"push_inner_normals={self.push_inner_normals}"
@@ -237,9 +243,9 @@ class ADPretrainLoss(nn.Module):
             angle_mean = angle_sum / max(1, num_anchors)
             norm1, norm2 = self._norm(v1, norm_lab), self._norm(v2, norm_lab)
             if self.normalization == "paper":
-                layer_loss = (self.loss_weight * angle_sum) / max(1, 2 * per_view) + (norm1 + norm2) / 2
+                layer_loss = (self.loss_weight * angle_sum) / max(1, 2 * per_view) + self.norm_loss_weight * (norm1 + norm2) / 2
             else:
-                layer_loss = self.loss_weight * angle_mean + norm1 + norm2
+                layer_loss = self.loss_weight * angle_mean + self.norm_loss_weight * (norm1 + norm2)
             total = layer_loss if total is None else total + layer_loss
             layer_losses.append(layer_loss.detach())
             angles.append(angle_mean.detach())
