@@ -347,3 +347,9 @@ def test_the_adpretrain_command_forwards_and_keeps_one_line_errors(realiad_root,
     code = main(["pretrain", "--config", str(TINY_CONFIG), "--data-root", str(realiad_root), "--output-dir", str(tmp_path / "run"), "--set", "model.layerz=[1]"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "'layers'" in err, err
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "training" / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_configs_pass_validation(config, tmp_path):
+    args = load_arguments(str(config), {"data_root": str(tmp_path)}, []).validate()
+    assert args.preset == config.stem  # each config trains the preset it is named after
