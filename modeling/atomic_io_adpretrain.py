@@ -144,6 +144,7 @@ def replace_folder(target: str | os.PathLike, write: Callable[[str], None], keep
 
     ``keep(name)`` -> True for entries of the old folder that ``write`` does not own and that must
     survive (carried over as hard links); everything else the old folder held is dropped.
+    Files created in the old folder while the new one is being written are not carried over.
     """
     target = os.path.abspath(os.fspath(target))
     if os.path.exists(target) and not os.path.isdir(target):
@@ -155,11 +156,12 @@ def replace_folder(target: str | os.PathLike, write: Callable[[str], None], keep
     os.makedirs(tmp)
     try:
         write(tmp)
+        _fsync_tree(tmp)  # what write produced; carried entries are links to data already on disk
         if keep is not None and os.path.isdir(target):
             for name in os.listdir(target):
                 if keep(name) and not os.path.lexists(os.path.join(tmp, name)):
                     _carry(os.path.join(target, name), os.path.join(tmp, name))
-        _fsync_tree(tmp)
+            _fsync_dir(tmp)
         if not os.path.isdir(target):
             os.rename(tmp, target)
         elif exchange(tmp, target):

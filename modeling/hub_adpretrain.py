@@ -18,7 +18,8 @@ import json
 import os
 import shutil
 import struct
-from typing import Any, Optional
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
 
 import torch
 from safetensors import safe_open
@@ -82,14 +83,45 @@ def _read_header(file: str) -> tuple[dict[str, tuple], dict[str, str]]:
         ) from err
 
 
-def add_structure_metadata(folder: str, config) -> None:
-    """Record ``config.weights_structure()`` in the metadata of every weight file in ``folder``.
+def _structure_metadata(config) -> dict[str, str]:
+    return {STRUCTURE_METADATA_KEY: json.dumps(config.weights_structure(), sort_keys=True)}
 
-    Rewrites only the header and streams the tensor bytes (offsets are relative to the data).
+
+@contextmanager
+def structure_in_weight_files(config) -> Iterator[None]:
+    """While transformers saves: its safetensors writer adds the structure metadata, so the
+    weights are written once. :func:`add_structure_metadata` checks the result afterwards and
+    rewrites any file that lacks it (another transformers version, concurrent saves)."""
+    try:
+        from transformers import modeling_utils
+    except ImportError:  # pragma: no cover
+        modeling_utils = None
+    original = getattr(modeling_utils, "safe_save_file", None)
+    if original is None:
+        yield
+        return
+    extra = _structure_metadata(config)
+
+    def save_with_structure(tensors, filename, metadata=None):
+        return original(tensors, filename, metadata={**(metadata or {}), **extra})
+
+    modeling_utils.safe_save_file = save_with_structure
+    try:
+        yield
+    finally:
+        modeling_utils.safe_save_file = original
+
+
+def add_structure_metadata(folder: str, config) -> None:
+    """Make sure every weight file in ``folder`` records ``config.weights_structure()``.
+
+    A file that lacks it gets a new header; the tensor bytes are streamed (offsets are relative
+    to the data), nothing is loaded.
     """
-    files = _weight_files(folder, {}) or []
-    extra = {STRUCTURE_METADATA_KEY: json.dumps(config.weights_structure(), sort_keys=True)}
-    for file in files:
+    extra = _structure_metadata(config)
+    for file in _weight_files(folder, {}) or []:
+        if _read_header(file)[1].get(STRUCTURE_METADATA_KEY) == extra[STRUCTURE_METADATA_KEY]:
+            continue
         with open(file, "rb") as source:
             (length,) = struct.unpack("<Q", source.read(_HEADER_LENGTH_BYTES))
             header = json.loads(source.read(length))

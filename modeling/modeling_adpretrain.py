@@ -300,7 +300,7 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
         model was loaded from a checkpoint that had one (keep what was loaded); False leaves it out.
         """
         from .atomic_io_adpretrain import replace_folder
-        from .hub_adpretrain import is_foreign, save_extras
+        from .hub_adpretrain import is_foreign, save_extras, structure_in_weight_files
 
         if save_references is None:
             save_references = bool(self.bank_from_checkpoint and self._reference_bank is not None)
@@ -309,7 +309,8 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
             kwargs["state_dict"] = {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
 
         def write(folder: str) -> None:
-            ADPretrainPreTrainedModel.save_pretrained(self, folder, *args, **kwargs)
+            with structure_in_weight_files(self.config):
+                ADPretrainPreTrainedModel.save_pretrained(self, folder, *args, **kwargs)
             save_extras(self, folder, save_references)
 
         replace_folder(save_directory, write, keep=is_foreign)

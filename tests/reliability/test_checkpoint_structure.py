@@ -107,3 +107,28 @@ def test_changed_backbone_family_without_recorded_structure_fails_at_load(saved)
     _edit_config(saved, backbone_family="dinov2")
     with pytest.raises(ValueError, match=r"does not build a model.*backbone_family='dinov2' needs a backbone_config with model_type='dinov2'"):
         ADPretrainModel.from_pretrained(saved)
+
+
+def test_structure_is_recorded_even_when_the_writer_hook_is_unavailable(tiny_clip_model, tmp_path, monkeypatch):
+    import contextlib
+
+    from safetensors import safe_open
+
+    from adpretrain_hf.modeling import hub_adpretrain
+
+    monkeypatch.setattr(hub_adpretrain, "structure_in_weight_files", lambda config: contextlib.nullcontext())
+    tiny_clip_model.save_pretrained(tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as handle:
+        recorded = json.loads(handle.metadata()["adpretrain_structure"])
+    config = tiny_clip_model.config
+    assert recorded == {"backbone_family": config.backbone_family, "image_size": config.image_size, "patch_size": config.patch_size,
+                        "layers": config.layers, "feature_dims": config.feature_dims, "projector_type": config.projector_type,
+                        "num_learnable_references": config.num_learnable_references,
+                        "projector_num_heads": config.projector_num_heads, "mlp_ratio": config.mlp_ratio,
+                        "use_se_gate": config.use_se_gate, "se_reduction": config.se_reduction,
+                        "num_projector_blocks": config.num_projector_blocks, "use_residual": config.use_residual,
+                        "matching_metric": config.matching_metric}
+    loaded = ADPretrainModel.from_pretrained(tmp_path)  # the rewritten header still points at the same bytes
+    state = tiny_clip_model.state_dict()
+    assert loaded.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in loaded.state_dict().items())
