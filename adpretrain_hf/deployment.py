@@ -200,6 +200,7 @@ def fit_detector(
     val_labels: Optional[Sequence[int]] = None,
     val_masks: Optional[Any] = None,
     quantile: float = DEFAULT_QUANTILE,
+    margin: float = 0.0,
     method_kwargs: Optional[dict] = None,
     device: Optional[Union[str, torch.device]] = None,
     batch_size: int = 32,
@@ -212,8 +213,11 @@ def fit_detector(
         method: ``"featurenorm" | "patchcore" | "padim" | "cflow" | "glass" | "uniad"``.
         features: ``"pretrained"`` (ADPretrain, "w/") or ``"backbone"`` ("w/o").
         layers: indices into the model's tapped layers (None: the method's default).
-        references: normal reference images for the residuals (default: the first 8 training images).
+        references: normal reference images for the residuals (default: the first 8 training images);
+            they become ``model``'s reference bank (``set_references``) and are stored in the folder.
         val_images / val_labels / val_masks: calibration set (see :func:`calibrate`); None leaves it uncalibrated.
+        quantile / margin: normal-only image threshold = ``quantile`` of the scores + ``margin`` x their range
+            (``quantile=1.0, margin=0.1``: "max + 10 %"); the pixel threshold uses ``quantile`` alone.
         method_kwargs: extra detector options (e.g. ``{"coreset_ratio": 0.1}``, ``{"quick": True}``).
     """
     model, source = _resolve_model(model, device)
@@ -232,7 +236,7 @@ def fit_detector(
     detector.fit(train)
     detector_model = detector_to_model(detector, feature_source=source)
     if val_images is not None:
-        calibrate(detector_model, val_images, val_labels, val_masks, quantile, batch_size=batch_size, progress=progress)
+        calibrate(detector_model, val_images, val_labels, val_masks, quantile, margin, batch_size=batch_size, progress=progress)
     elif val_labels is not None or val_masks is not None:
         raise ValueError("val_labels / val_masks given without val_images: pass the validation images too")
     return detector_model

@@ -24,12 +24,12 @@ CENTER_MODES = ("projected", "residual")
 ANOMALY_FEATURES_TASK = "anomaly-features"
 
 
-def _task_registered_locally() -> bool:
-    """True when an installed adpretrain_hf registered the anomaly-features pipeline."""
+def _task_registered_locally(task: str = ANOMALY_FEATURES_TASK) -> bool:
+    """True when an installed adpretrain_hf registered the pipeline of ``task``."""
     try:
         from transformers.pipelines import PIPELINE_REGISTRY
 
-        impl = PIPELINE_REGISTRY.supported_tasks.get(ANOMALY_FEATURES_TASK, {}).get("impl")
+        impl = PIPELINE_REGISTRY.supported_tasks.get(task, {}).get("impl")
     except Exception:  # noqa: BLE001 - any failure means: not registered here
         return False
     return impl is not None and impl.__module__.startswith("adpretrain_hf.")

@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 
 from transformers import PretrainedConfig
 
-from .configuration_adpretrain import ADPretrainConfig
+from .configuration_adpretrain import ADPretrainConfig, _task_registered_locally
 
 FEATURE_KINDS = ("backbone", "pretrained")
 #: methods whose scoring lives in this folder (loadable without adpretrain_hf)
@@ -24,6 +24,7 @@ SELF_CONTAINED_METHODS = ("featurenorm", "patchcore", "padim")
 #: methods that need adpretrain_hf installed to load (their networks live in the package)
 PACKAGE_METHODS = ("cflow", "glass", "uniad")
 METHODS = SELF_CONTAINED_METHODS + PACKAGE_METHODS
+ANOMALY_DETECTION_TASK = "anomaly-detection"
 _DROPPED_NESTED_KEYS = ("auto_map", "architectures", "transformers_version", "custom_pipelines", "_name_or_path")
 
 
@@ -80,11 +81,19 @@ class ADPretrainDetectorConfig(PretrainedConfig):
         self.score_min = None if score_min is None else float(score_min)
         self.score_max = None if score_max is None else float(score_max)
         self.calibration = calibration
+        custom_pipelines = kwargs.pop("custom_pipelines", None)
         super().__init__(**kwargs)
+        if custom_pipelines and not _task_registered_locally(ANOMALY_DETECTION_TASK):
+            # Only where the package is absent (as ADPretrainConfig does): there the folder's own
+            # pipeline code serves pipeline("anomaly-detection", trust_remote_code=True); with the
+            # package installed its registered pipeline serves the task without trust_remote_code.
+            self.custom_pipelines = custom_pipelines
         if self.method not in METHODS:
             raise ValueError(f"method={method!r} is not supported: choose one of {METHODS}")
         if self.feature_kind not in FEATURE_KINDS:
             raise ValueError(f"feature_kind={feature_kind!r} is not supported: choose one of {FEATURE_KINDS}")
+
+    __init__._drops_custom_pipelines = True  # tells registration's stopgap (deploy-cli) it is not needed
 
     @property
     def is_calibrated(self) -> bool:

@@ -79,6 +79,14 @@ def net_state_key(name: str) -> str:
     return name[len(NET_PREFIX):].replace("__", ".")
 
 
+def _package_available() -> bool:
+    """True where adpretrain_hf can be imported (its trained detectors live there)."""
+    try:
+        return importlib.util.find_spec("adpretrain_hf") is not None
+    except ImportError:
+        return False
+
+
 class FittedTensors(nn.Module):
     """The fitted tensors as persistent buffers, allocated from ``config.fitted_shapes``
     (so ``from_pretrained`` can build them before the weights are read)."""
@@ -106,7 +114,7 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
 
     def __init__(self, config: ADPretrainDetectorConfig, adpretrain_model: Optional[ADPretrainModel] = None) -> None:
         super().__init__(config)
-        if config.method in PACKAGE_METHODS and importlib.util.find_spec("adpretrain_hf") is None:
+        if config.method in PACKAGE_METHODS and not _package_available():
             raise ImportError(
                 f"this folder holds a {config.method!r} detector, whose network code lives in the adpretrain_hf package: "
                 "pip install adpretrain-hf (FeatureNorm, PatchCore and PaDiM folders load without it)"
@@ -178,7 +186,7 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
         return self._trained(features, size)
 
     def _patchcore(self, features: list[torch.Tensor], size: tuple, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
-        bank = self.fitted.memory_bank  # [M, D]
+        bank = self.fitted.memory_bank.float()  # [M, D]; float32 even when the model was cast to bf16
         emb = aggregate_patch_features(features, int(self._setting("embedding_dim", PATCHCORE_DIM)))  # [B, h, w, D]
         h, w, d = emb.shape[1:]
         flat = emb.reshape(-1, d)
@@ -208,7 +216,8 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
             channel_index = self.fitted.get(f"channel_index_{g}")
             if channel_index is not None:
                 emb = emb.index_select(1, channel_index)
-            dist = mahalanobis_distances(emb.flatten(2), self.fitted.get(f"mean_{g}"), self.fitted.get(f"cholesky_{g}"))
+            mean, factor = self.fitted.get(f"mean_{g}").float(), self.fitted.get(f"cholesky_{g}").float()
+            dist = mahalanobis_distances(emb.flatten(2), mean, factor)
             grids.append(dist.reshape(-1, *emb.shape[-2:]))  # [B, h_g, w_g]
         return anomaly_map_from_grids(grids, size, sigma)
 

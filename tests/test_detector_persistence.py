@@ -1,0 +1,207 @@
+"""Fitted detectors as folders: save/load round trips of every method, remote code without the
+package, provenance and calibration in the config, push_to_hub through save_pretrained."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import BLOCK_PACKAGE_SNIPPET
+from safetensors import safe_open
+from transformers import AutoConfig, AutoModel
+
+from adpretrain_hf import ADPretrainConfig, ADPretrainModel
+from adpretrain_hf.deployment import calibrate, fit_detector
+from adpretrain_hf.detectors import build_detector
+from adpretrain_hf.detectors.cflow import CFLOWConfig
+from adpretrain_hf.detectors.glass import GLASSConfig
+from adpretrain_hf.detectors.uniad import UniADConfig
+from adpretrain_hf.extractor import ModelFeatureExtractor
+from adpretrain_hf.modeling.configuration_detector_adpretrain import ADPretrainDetectorConfig
+from adpretrain_hf.modeling.modeling_detector_adpretrain import ADPretrainDetectorModel
+
+TRAINED_CONFIGS = {  # tiny, --quick-sized
+    "cflow": CFLOWConfig(meta_epochs=1, sub_epochs=1, batch_size=4, coupling_blocks=2, condition_dim=16, lr_warm_epochs=0),
+    "glass": GLASSConfig(meta_epochs=1, dsc_hidden=16, embed_dim=None),
+    "uniad": UniADConfig(epochs=1, hidden_dim=16, num_heads=2, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=32, batch_size=4),
+}
+FITS = [
+    ("featurenorm", "pretrained", {}),
+    ("featurenorm", "backbone", {}),
+    ("patchcore", "pretrained", {}),
+    ("patchcore", "backbone", {"image_score": "max", "layers": [0, 2]}),
+    ("padim", "pretrained", {}),
+    ("padim", "pretrained", {"mode": "concatenated", "num_features": 20}),
+] + [(name, "pretrained", {"config": config}) for name, config in TRAINED_CONFIGS.items()]
+
+
+def _images(n, size, seed):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def cnn_model():
+    torch.manual_seed(0)
+    return ADPretrainModel(ADPretrainConfig.from_preset("tiny-cnn")).eval()
+
+
+def _fit(model, method, kind, kwargs):
+    size = model.config.image_size
+    train = _images(10, size, 0)
+    extractor = ModelFeatureExtractor(model, features=kind)
+    extractor.set_references(train[:4])
+    detector = build_detector(method, extractor, progress=False, batch_size=8, **kwargs).fit(train)
+    return detector, _images(3, size, 1)
+
+
+@pytest.mark.parametrize("method,kind,kwargs", FITS, ids=[f"{m}-{k}-{i}" for i, (m, k, _) in enumerate(FITS)])
+def test_round_trip_reproduces_the_fitted_maps(cnn_model, method, kind, kwargs, tmp_path):
+    detector, test = _fit(cnn_model, method, kind, kwargs)
+    ref_maps, ref_scores = detector.predict(test)  # the fitting code's own path (faiss/torch search)
+    model = detector.to_detector_model(feature_source="somewhere/tiny-cnn")
+    out = model(test)
+    # The folder's self-contained scoring agrees with the package's detector...
+    assert torch.allclose(out.anomaly_map, ref_maps, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(out.scores, ref_scores, atol=1e-4, rtol=1e-4)
+    assert out.labels is None and out.pred_masks is None  # not calibrated
+    # ... and a reload from safetensors + JSON reproduces it bit for bit.
+    model.save_pretrained(tmp_path)
+    assert not [f for f in os.listdir(tmp_path) if f.endswith((".bin", ".pt", ".pth", ".pkl"))]
+    loaded = AutoModel.from_pretrained(tmp_path)
+    assert isinstance(loaded, ADPretrainDetectorModel)
+    again = loaded(test)
+    assert torch.equal(again.anomaly_map, out.anomaly_map) and torch.equal(again.scores, out.scores)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["method"] == method and saved["feature_kind"] == kind and saved["feature_source"] == "somewhere/tiny-cnn"
+    assert saved["adpretrain_config"]["layers"] == list(cnn_model.config.layers)
+    with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as handle:
+        keys = set(handle.keys())
+    assert any(k.startswith("adpretrain.backbone.") for k in keys)  # the backbone is bundled
+    assert all(f"fitted.{name}" in keys for name in saved["fitted_shapes"])
+    if method == "patchcore":
+        assert torch.equal(loaded.fitted.memory_bank, detector.memory_bank)
+
+
+def test_calibration_and_provenance_survive_save(tiny_clip_model, tmp_path):
+    train, val = _images(8, 64, 0), _images(5, 64, 2)
+    model = fit_detector(tiny_clip_model, "patchcore", train, layers=[2, 3], references=train[:3], progress=False,
+                         val_images=val, quantile=0.8)
+    model.save_pretrained(tmp_path)
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(config, ADPretrainDetectorConfig) and config.layers == [2, 3]
+    assert config.fitted_shapes["reference_bank_2"] == [3 * 64, 32]  # 3 references x 8x8 tokens, width 32
+    for field in ("image_threshold", "pixel_threshold", "score_min", "score_max", "calibration"):
+        assert getattr(config, field) == getattr(model.config, field) is not None
+    loaded = ADPretrainDetectorModel.from_pretrained(tmp_path)
+    test = _images(4, 64, 3)
+    a, b = model(test), loaded(test)
+    for name in ("anomaly_map", "scores", "normalized_scores", "labels", "pred_masks"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert ((b.normalized_scores >= 0.5) == b.labels).all()
+
+
+def test_wrapping_needs_a_model_backed_fitted_detector(cnn_model):
+    class Plain:
+        kind, image_size, device, layers = "backbone", (32, 32), torch.device("cpu"), [0]
+
+        def __call__(self, x):
+            return [x]
+
+    with pytest.raises(TypeError, match="ModelFeatureExtractor"):
+        build_detector("featurenorm", Plain()).to_detector_model()
+    detector = build_detector("patchcore", ModelFeatureExtractor(cnn_model, "backbone"))
+    with pytest.raises(RuntimeError, match="not fitted"):
+        detector.to_detector_model()
+
+
+def _run_without_package(script: str, tmp_path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    return subprocess.run([sys.executable, "-c", BLOCK_PACKAGE_SNIPPET + textwrap.dedent(script)],
+                          capture_output=True, text=True, cwd=tmp_path, env=env)
+
+
+def test_remote_code_loads_without_the_package(tiny_clip_model, tmp_path):
+    train, test = _images(8, 64, 0), _images(2, 64, 4)
+    for method in ("featurenorm", "patchcore", "padim"):
+        model = fit_detector(tiny_clip_model, method, train, progress=False, val_images=_images(4, 64, 5))
+        model.save_pretrained(tmp_path / method)
+        torch.save(model(test).anomaly_map, tmp_path / f"{method}.pt")
+    torch.save(test, tmp_path / "test.pt")
+    fit_detector(tiny_clip_model, "glass", train, progress=False, method_kwargs={"config": TRAINED_CONFIGS["glass"]}
+                 ).save_pretrained(tmp_path / "glass")
+    result = _run_without_package(
+        f"""
+        import torch
+        from transformers import AutoModel
+        test = torch.load({str(tmp_path / 'test.pt')!r})
+        for method in ("featurenorm", "patchcore", "padim"):
+            model = AutoModel.from_pretrained({str(tmp_path)!r} + "/" + method, trust_remote_code=True)
+            out = model(test)
+            assert out.labels is not None and out.pred_masks is not None
+            diff = (out.anomaly_map - torch.load({str(tmp_path)!r} + "/" + method + ".pt")).abs().max().item()
+            print(method, type(model).__module__, diff)
+        try:
+            AutoModel.from_pretrained({str(tmp_path / 'glass')!r}, trust_remote_code=True)
+        except ImportError as err:
+            print("glass:", err)
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in result.stdout.strip().splitlines())
+    for method in ("featurenorm", "patchcore", "padim"):
+        module, diff = lines[method].split()
+        assert "transformers_modules" in module and float(diff) == 0.0
+    assert "pip install adpretrain-hf" in lines["glass:"]
+
+
+def test_push_to_hub_uploads_the_saved_folder(tiny_clip_model, monkeypatch):
+    import transformers.utils.hub as hf_hub_utils
+
+    model = fit_detector(tiny_clip_model, "featurenorm", _images(4, 64, 0), progress=False)
+    seen = {}
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kwargs):
+            return type("Repo", (), {"repo_id": repo_id})()
+
+    def fake_upload(self, folder, repo_id, **kwargs):
+        seen["repo"], seen["files"] = repo_id, sorted(os.listdir(folder))
+        seen["config"] = json.loads(open(os.path.join(folder, "config.json")).read())
+
+    monkeypatch.setattr(hf_hub_utils, "hf_api", lambda: FakeApi(), raising=False)
+    monkeypatch.setattr(hf_hub_utils, "create_and_tag_model_card", lambda *a, **k: type("Card", (), {"save": lambda self, p: None})())
+    monkeypatch.setattr(ADPretrainDetectorModel, "_upload_modified_files", fake_upload)
+    model.push_to_hub("someone/featurenorm-detector")
+    assert seen["repo"] == "someone/featurenorm-detector"
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "modeling_detector_adpretrain.py"} <= set(seen["files"])
+    assert seen["config"]["auto_map"]["AutoModel"].endswith("ADPretrainDetectorModel")
+
+
+def test_fit_from_a_checkpoint_folder_and_image_files(tiny_clip_model, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from adpretrain_hf.modeling.image_processing_adpretrain import ADPretrainImageProcessor
+
+    tiny_clip_model.save_pretrained(tmp_path / "ckpt")
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (80, 96, 3), dtype=np.uint8) for _ in range(10)]
+    paths = []
+    for i, array in enumerate(arrays[:9]):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(array).save(paths[-1])
+    model = fit_detector(str(tmp_path / "ckpt"), "featurenorm", paths, progress=False,
+                         val_images=[Image.fromarray(arrays[8]), arrays[9]])
+    assert model.config.feature_source == str(tmp_path / "ckpt")
+    # Default references: the first 8 training images, through the checkpoint's processor.
+    processor = ADPretrainImageProcessor.from_adpretrain_config(tiny_clip_model.config)
+    refs = processor([Image.fromarray(a) for a in arrays[:8]], return_tensors="pt")["pixel_values"]
+    expected = tiny_clip_model.compute_reference_bank(refs)
+    for layer in model.layers:
+        assert torch.equal(model.fitted.get(f"reference_bank_{layer}"), expected[layer])
+    with pytest.raises(ValueError, match="val_images"):
+        fit_detector(tiny_clip_model, "featurenorm", paths[:2], progress=False, val_labels=[0, 1])
