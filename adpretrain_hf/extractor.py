@@ -1,20 +1,147 @@
 """The one feature source of every downstream detector.
 
 ``features="backbone"`` gives the frozen backbone's own multi-layer features (the "w/o"
-columns of the paper's Table 1); ``features="pretrained"`` gives ADPretrain's projected
-residual features (the "w/" columns). Same model, same layers, same code path otherwise.
+columns of the paper's Table 1); ``features="residual"`` the residual features (each token
+minus its nearest normal reference token) without a projector (Table 2's first row);
+``features="pretrained"`` ADPretrain's projected residual features (the "w/" columns).
+Same model, same layers, same pass: one forward yields all three
+(:func:`feature_pass`), so a cache (:class:`FeatureSource`) can serve every kind from it.
+
+References travel with the extractor as a :class:`ReferenceBank` value and go to
+``model.forward(reference_features=...)``; the extractor never stores state on the model.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import hashlib
+from dataclasses import dataclass
+from typing import Optional, Protocol, Sequence
 
 import torch
 
 from .modeling.anomaly_map_adpretrain import tokens_to_grid
 from .modeling.modeling_adpretrain import ADPretrainModel
+from .modeling.residual_adpretrain import residual_features
 
-FEATURE_KINDS = ("backbone", "pretrained")
+FEATURE_KINDS = ("backbone", "residual", "pretrained")
+REFERENCE_KINDS = ("residual", "pretrained")  # kinds whose features depend on the references
+REFERENCE_BATCH_SIZE = 32
+
+TokenLayers = list[torch.Tensor]  # per tapped layer: [B, N_l, C_l]
+
+
+def pixel_hash(image: torch.Tensor) -> str:
+    """A content key for one preprocessed image ``[3, H, W]``: equal pixels, equal key."""
+    data = image.detach().float().cpu().contiguous().numpy().tobytes()
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def combine_keys(keys: Sequence[str]) -> str:
+    """One key for an ordered list of keys (e.g. a reference set from its images' keys)."""
+    return hashlib.blake2b("|".join(keys).encode(), digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True)
+class ReferenceBank:
+    """Normal reference tokens handed to ``model.forward(reference_features=...)``.
+
+    ``layers[l]``: ``[M_l, C_l]`` shared by every image, or ``[B, M_l, C_l]`` one bank per image
+    of a batch (semantic-aligned references). ``keys``: one content key for a shared bank, or
+    one per image for per-image banks; features computed against equal keys are equal, so a
+    cache may key them by it (``None``: not cacheable).
+    """
+
+    layers: tuple[torch.Tensor, ...]
+    keys: Optional[tuple[str, ...]] = None
+
+    @property
+    def per_image(self) -> bool:
+        return self.layers[0].dim() == 3
+
+    def key_for(self, row: int) -> Optional[str]:
+        """The bank's key as seen by image ``row`` of the batch."""
+        if self.keys is None:
+            return None
+        return self.keys[row] if self.per_image else self.keys[0]
+
+    def rows(self, index: torch.Tensor) -> "ReferenceBank":
+        """The banks of some images of the batch (a shared bank is returned unchanged)."""
+        if not self.per_image:
+            return self
+        keys = None if self.keys is None else tuple(self.keys[i] for i in index.tolist())
+        return ReferenceBank(tuple(layer[index.to(layer.device)] for layer in self.layers), keys)
+
+    @classmethod
+    def from_tokens(cls, tokens: TokenLayers, image_keys: Optional[Sequence[str]] = None) -> "ReferenceBank":
+        """A shared bank from the references' tokens (per layer ``[K, N_l, C_l]`` -> ``[K*N_l, C_l]``)."""
+        keys = None if image_keys is None else (combine_keys(list(image_keys)),)
+        return cls(tuple(layer.flatten(0, 1) for layer in tokens), keys)
+
+    @classmethod
+    def from_pixels(cls, model: ADPretrainModel, reference_pixel_values: torch.Tensor, batch_size: int = REFERENCE_BATCH_SIZE) -> "ReferenceBank":
+        """A shared bank of normal images ``[K, 3, H, W]`` (one backbone pass over them)."""
+        param = next(model.parameters())
+        pixels = reference_pixel_values.to(device=param.device, dtype=param.dtype)
+        bank = model.compute_reference_bank(pixels, batch_size)
+        return cls(tuple(bank), (combine_keys([pixel_hash(image) for image in reference_pixel_values]),))
+
+
+@dataclass
+class FeaturePass:
+    """Every feature kind of one batch, per layer ``[B, N_l, C_l]`` in the model's dtype."""
+
+    backbone: TokenLayers
+    residual: Optional[TokenLayers] = None
+    pretrained: Optional[TokenLayers] = None
+
+    def get(self, kind: str) -> TokenLayers:
+        value = getattr(self, kind)
+        if value is None:
+            raise ValueError(f"{kind} features were not computed in this pass: pass references (a ReferenceBank)")
+        return value
+
+
+def uses_references(model: ADPretrainModel) -> bool:
+    """Does the model's forward need normal references (residual matching or cross-attention)?"""
+    return bool(model.config.use_residual or model.config.projector_type == "cross_attn")
+
+
+@torch.no_grad()
+def feature_pass(
+    model: ADPretrainModel, pixel_values: torch.Tensor, bank: Optional[ReferenceBank], backbone_tokens: Optional[TokenLayers] = None
+) -> FeaturePass:
+    """One pass over ``pixel_values [B, 3, H, W]`` giving backbone, residual and projected tokens.
+
+    Without ``backbone_tokens`` this is ``model.forward`` (the backbone runs once); with them
+    (cached earlier) the backbone is skipped and the same residual + projector steps as
+    ``forward`` run on them. Without a bank only the backbone tokens come back (when the model
+    needs references).
+    """
+    needs_bank = uses_references(model)
+    if bank is None and needs_bank:
+        tokens = backbone_tokens if backbone_tokens is not None else list(model.backbone(pixel_values))
+        return FeaturePass(tokens)
+    reference_features = None if bank is None else list(bank.layers)
+    if backbone_tokens is None:
+        out = model(pixel_values, reference_features=reference_features, output_anomaly_map=False)
+        return FeaturePass(list(out.backbone_features), list(out.residuals), list(out.features))
+    if model.config.use_residual:
+        assert reference_features is not None
+        residuals = [
+            residual_features(x, b.to(x.device), model.config.matching_metric, model.matching_backend)
+            for x, b in zip(backbone_tokens, reference_features)
+        ]
+    else:
+        residuals = list(backbone_tokens)
+    return FeaturePass(list(backbone_tokens), residuals, model.project(residuals, reference_features))
+
+
+class FeatureSource(Protocol):
+    """Where an extractor gets tokens from: a cache keyed by image content and reference set."""
+
+    def tokens(self, model: ADPretrainModel, kind: str, pixel_values: torch.Tensor, bank: Optional[ReferenceBank]) -> TokenLayers:
+        """Per layer ``[B, N_l, C_l]`` of ``kind`` for ``pixel_values [B, 3, H, W]`` (on the model's device)."""
+        ...
 
 
 class ModelFeatureExtractor:
@@ -22,10 +149,13 @@ class ModelFeatureExtractor:
 
     Args:
         model: an :class:`ADPretrainModel`.
-        features: ``"pretrained"`` or ``"backbone"``.
+        features: ``"backbone"``, ``"residual"`` or ``"pretrained"``.
         layers: indices into the model's tapped layers to return (default: all).
         device, dtype: where and in which precision the model runs (bf16 on a GPU is fine;
             outputs are always float32).
+        references: the normal reference bank (residual/pretrained kinds); ``None`` falls back
+            to a bank kept on the model by ``model.set_references``.
+        source: a feature cache shared by several extractors (``None``: compute every call).
     """
 
     def __init__(
@@ -35,6 +165,8 @@ class ModelFeatureExtractor:
         layers: Optional[Sequence[int]] = None,
         device: Optional[torch.device | str] = None,
         dtype: Optional[torch.dtype] = None,
+        references: Optional[ReferenceBank] = None,
+        source: Optional[FeatureSource] = None,
     ) -> None:
         if features not in FEATURE_KINDS:
             raise ValueError(f"features={features!r} is not supported: choose one of {FEATURE_KINDS}")
@@ -49,6 +181,8 @@ class ModelFeatureExtractor:
             raise ValueError(f"layer indices {bad} are out of range: the model taps {num_layers} layers (0..{num_layers - 1})")
         size = model.config.image_size
         self.image_size = (size, size)
+        self.references = references
+        self.source = source
 
     @property
     def device(self) -> torch.device:
@@ -60,22 +194,39 @@ class ModelFeatureExtractor:
 
     @property
     def needs_references(self) -> bool:
-        return self.kind == "pretrained" and self.model.config.use_residual
+        return self.kind in REFERENCE_KINDS and uses_references(self.model)
 
     def set_references(self, reference_pixel_values: torch.Tensor) -> None:
         """Normal reference images ``[K, 3, H, W]`` for the residuals (ignored for backbone features)."""
         if self.needs_references:
-            self.model.set_references(reference_pixel_values.to(device=self.device, dtype=self.dtype))
+            self.references = ReferenceBank.from_pixels(self.model, reference_pixel_values)
+
+    def with_references(self, references: Optional[ReferenceBank]) -> "ModelFeatureExtractor":
+        """The same extractor (model, kind, layers, cache) with another reference bank."""
+        return ModelFeatureExtractor(self.model, self.kind, self.layers, references=references, source=self.source)
+
+    def _bank(self) -> Optional[ReferenceBank]:
+        if not self.needs_references:
+            return self.references
+        if self.references is not None:
+            return self.references
+        kept = self.model.reference_bank
+        if kept is None:
+            raise ValueError("residual/pretrained features need normal references: call extractor.set_references(normal_pixel_values)")
+        return ReferenceBank(tuple(kept))
 
     @torch.no_grad()
     def __call__(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        self.model.check_pixel_values(pixel_values)
+        bank = self._bank() if self.kind in REFERENCE_KINDS else None
+        if self.source is not None:  # keyed by the pixels as given (before any dtype cast)
+            tokens = self.source.tokens(self.model, self.kind, pixel_values, bank)
+            grids = self.model.grid_sizes
+            return [tokens_to_grid(tokens[i].float(), grids[i]) for i in self.layers]
         pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
         if self.kind == "backbone":
-            self.model.check_pixel_values(pixel_values)
-            tokens = self.model.backbone(pixel_values)
+            tokens = list(self.model.backbone(pixel_values))
         else:
-            if self.needs_references and self.model.reference_bank is None:
-                raise ValueError("pretrained features need normal references: call extractor.set_references(normal_pixel_values)")
-            tokens = self.model(pixel_values, output_anomaly_map=False).features
+            tokens = feature_pass(self.model, pixel_values, bank).get(self.kind)
         grids = self.model.grid_sizes
         return [tokens_to_grid(tokens[i].float(), grids[i]) for i in self.layers]

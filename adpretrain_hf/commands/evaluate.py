@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shots", type=int, default=8, help="normal reference images per query (default: 8, the paper's)")
     parser.add_argument("--compare-backbone", action=argparse.BooleanOptionalAction, default=True,
                         help="also run every method on the backbone's own features, the w/o column (default: yes)")
+    parser.add_argument("--feature-kinds", default=None, metavar="K1,K2",
+                        help="feature kinds to evaluate: backbone (w/o), residual (no projector, Table 2), pretrained (w/); "
+                             "default: backbone,pretrained (pretrained alone with --no-compare-backbone)")
     parser.add_argument("--output", default=None, metavar="DIR", help="write results.json/csv/md, overlays and comparison.png here")
     parser.add_argument("--reference-strategy", choices=_STRATEGIES, default="first",
                         help="how references are chosen from the normal training images (default: first)")
@@ -56,6 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-overlays", type=int, default=4, help="overlay PNGs per category (default: 4)")
     parser.add_argument("--aligned-feature-net", default=None, metavar="PATH",
                         help="ResNet-18 state dict for --reference-strategy aligned (default: random init, warns)")
+    parser.add_argument("--feature-cache-mb", type=float, default=4096.0, metavar="MB",
+                        help="memory for cached features per category; past it they spill to disk (default: 4096; 0: all on disk)")
+    parser.add_argument("--no-feature-cache", action="store_true",
+                        help="run the backbone for every request instead of once per image (slower; for comparisons)")
+    parser.add_argument("--feature-cache-dir", default=None, metavar="DIR", help="where spilled features go (default: the temp folder)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -100,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
             train_shots=args.train_shots, reference_seeds=args.reference_seeds, quick=args.quick,
             realiad_fit_fraction=args.realiad_fit_fraction, split_seed=args.split_seed, device=args.device,
             dtype=args.dtype, batch_size=args.batch_size, num_overlays=args.num_overlays, progress=not args.no_progress,
-            aligned_feature_net=args.aligned_feature_net, extra={"argv": sys.argv[1:]},
+            aligned_feature_net=args.aligned_feature_net, kinds=args.feature_kinds, feature_cache=not args.no_feature_cache,
+            feature_cache_mb=args.feature_cache_mb, feature_cache_dir=args.feature_cache_dir, extra={"argv": sys.argv[1:]},
         ).validate()
     except (TypeError, ValueError) as err:
         raise CommandError(str(err), "fix the option named above (see `adpretrain evaluate --help`)") from err

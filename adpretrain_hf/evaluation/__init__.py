@@ -8,10 +8,11 @@ Modules, one job each:
     config: :class:`EvaluationConfig`, the checked settings.
     loading: dataset -> preprocessed tensors (one geometry for images and masks), Real-IAD split.
     protocols: train_fraction / train_shots / noise_ratio selections (seeded, per category).
+    feature_cache: one backbone pass per image, features kept by image content and reference set.
     reference_sets: shared and per-image ("aligned") references, and their extractors.
     cell: one (category, method, features, seed) cell: fit, predict, metrics.
     report: aggregation (mean, std), markdown, JSON, CSV.
-    plots: overlays and the comparison chart (matplotlib, Agg canvas).
+    plots: overlays (PIL, ``adpretrain_hf.overlays``) and the comparison chart (matplotlib, Agg canvas).
     runner: :func:`evaluate_model`, the orchestration.
 See ``docs/EVALUATION.md``.
 """

@@ -13,8 +13,12 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
-FEATURE_KINDS: tuple[str, ...] = ("backbone", "pretrained")
-"""``"backbone"``: the frozen backbone's features (Table 1 "w/o"); ``"pretrained"``: ADPretrain's ("w/")."""
+FEATURE_KINDS: tuple[str, ...] = ("backbone", "residual", "pretrained")
+"""``"backbone"``: the frozen backbone's features (Table 1 "w/o"); ``"residual"``: residual features
+without a projector (Table 2's first row); ``"pretrained"``: ADPretrain's ("w/")."""
+DEFAULT_KINDS: tuple[str, ...] = ("backbone", "pretrained")
+DEFAULT_FEATURE_CACHE_MB = 4096.0
+"""Memory for cached features per category; past it they spill to safetensors files on disk."""
 METRICS: tuple[str, ...] = ("image_auroc", "pixel_auroc", "aupro")
 """The paper's I-AUROC, P-AUROC and PRO (AUPRO up to FPR 0.3), all in [0, 1]."""
 AUPRO_FPR_LIMIT = 0.3
@@ -87,7 +91,10 @@ class EvaluationConfig:
     shots: int = DEFAULT_SHOTS
     """Normal references per query (the pool size when smaller)."""
     compare_backbone: bool = True
-    """Also run each method on the backbone's own features (the "w/o" column)."""
+    """Also run each method on the backbone's own features (the "w/o" column); ignored when ``kinds`` is set."""
+    kinds: Optional[tuple[str, ...]] = None
+    """Feature kinds to evaluate, from :data:`FEATURE_KINDS` (``None``: backbone + pretrained, or
+    pretrained alone without ``compare_backbone``)."""
     output_dir: Optional[str] = None
     """Where results.json/csv/md, overlays and comparison.png go (``None``: nothing written)."""
     reference_strategy: str = "first"
@@ -123,6 +130,12 @@ class EvaluationConfig:
     aligned_feature_net: Optional[Any] = None
     """Early-stage CNN of the "aligned" matcher: a ResNet-18 state-dict path or an ``nn.Module``
     (default: random-init ResNet-18, with a warning)."""
+    feature_cache: bool = True
+    """One backbone pass per image, shared by every method and kind (``False``: a pass per request, as before)."""
+    feature_cache_mb: float = DEFAULT_FEATURE_CACHE_MB
+    """Memory budget of the feature cache in MB (0: everything goes to disk)."""
+    feature_cache_dir: Optional[str] = None
+    """Where the cache's spill folder is made (default: the system's temp folder); removed after each category."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes recorded in ``results.json`` (e.g. the CLI command line)."""
 
@@ -136,6 +149,10 @@ class EvaluationConfig:
         methods = _names(self.methods, "methods")
         assert methods is not None
         self.methods = tuple(name.lower() for name in methods)
+        kinds = _names(self.kinds, "kinds")
+        self.kinds = None if kinds is None else tuple(k for k in FEATURE_KINDS if k in kinds) + tuple(k for k in kinds if k not in FEATURE_KINDS)
+        if self.feature_cache_dir is not None:
+            self.feature_cache_dir = os.fspath(self.feature_cache_dir)
         if isinstance(self.dtype, torch.dtype):
             self.dtype = str(self.dtype).replace("torch.", "")
         if self.device is not None:
@@ -159,7 +176,10 @@ class EvaluationConfig:
 
     @property
     def feature_kinds(self) -> tuple[str, ...]:
-        return FEATURE_KINDS if self.compare_backbone else ("pretrained",)
+        """The kinds evaluated, in :data:`FEATURE_KINDS` order."""
+        if self.kinds is not None:
+            return self.kinds
+        return DEFAULT_KINDS if self.compare_backbone else ("pretrained",)
 
     def validate(self) -> "EvaluationConfig":
         """Raise ``ValueError`` / ``TypeError`` naming the bad setting and the fix."""
@@ -174,6 +194,13 @@ class EvaluationConfig:
             raise ValueError(
                 f"unknown reference_strategy {self.reference_strategy!r}: choose one of {list(REFERENCE_STRATEGY_CHOICES)}"
             )
+        unknown_kinds = [kind for kind in self.feature_kinds if kind not in FEATURE_KINDS]
+        if unknown_kinds:
+            raise ValueError(f"unknown feature kind(s) {unknown_kinds}: choose from {list(FEATURE_KINDS)}, comma-separated")
+        if "glass" in self.methods and "residual" in self.feature_kinds:
+            raise ValueError("GLASS picks its adaptor by feature kind and has none for 'residual': drop glass or the residual kind")
+        if isinstance(self.feature_cache_mb, bool) or not isinstance(self.feature_cache_mb, (int, float)) or self.feature_cache_mb < 0:
+            raise ValueError(f"feature_cache_mb={self.feature_cache_mb!r} must be a number >= 0 (0: the cache lives on disk)")
         for name in ("shots", "reference_seeds", "batch_size"):
             _check_int(name, getattr(self, name), 1)
         for name in ("reference_seed", "split_seed", "num_overlays"):

@@ -28,7 +28,7 @@ MIN_TILE_SIZE = 160  # px: smaller images are upscaled (nearest) so titles and t
 TITLE_HEIGHT = 14  # px of a title strip (PIL's default font is about 11 px high)
 TILE_GAP = 4  # px between tiles
 FIGURE_DPI = 100
-KIND_COLORS = {"backbone": "#9e9e9e", "pretrained": "#1f77b4"}
+KIND_COLORS = {"backbone": "#9e9e9e", "residual": "#ff7f0e", "pretrained": "#1f77b4"}
 
 
 def pick_overlay_indices(labels: Sequence[int], count: int) -> list[int]:

@@ -1,13 +1,15 @@
 """Which normal references the pretrained features see, and the extractor that applies them.
 
 Shared strategies ("first", "random", "kmeans") give one set of ``K`` pool images for every
-query: the model keeps one reference bank (``set_references``) and nothing else changes.
+query: one :class:`~adpretrain_hf.extractor.ReferenceBank` built from the pool's cached backbone
+tokens, handed to the extractor (never stored on the model).
 
 "aligned" (appendix C) gives every image its own ``K`` references. It is implemented with
 per-image banks: :class:`AlignedReferences` matches an image (the matcher's histograms + KL,
 cached by the image's bytes so each image is matched once per reference seed, whichever
 detector asks), and :class:`PerImageReferenceExtractor` gathers the matched pool images'
-cached backbone tokens into a ``[B, K*N_l, C_l]`` bank per layer for that batch. Matching
+cached backbone tokens into a ``[B, K*N_l, C_l]`` bank per layer for that batch, keyed per
+image by its reference set (so a feature cache keeps its projected features). Matching
 happens inside the extractor, so it also covers images a detector makes itself (GLASS's
 augmentations). Costs: the pool's backbone tokens stay in memory (``N_pool * sum_l N_l*C_l``
 values: about 4 MB per pool image for a 1024-wide, 4-layer ViT at 224 px), each batch builds
@@ -19,40 +21,27 @@ itself has an all-zero residual, so the pool image equal to the query is exclude
 from __future__ import annotations
 
 import os
-
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
 
-from ..extractor import ModelFeatureExtractor
+from ..extractor import ModelFeatureExtractor, ReferenceBank, combine_keys, pixel_hash
 from ..references import SemanticAlignedMatcher, select_references
+from .feature_cache import DirectSource, batched_tokens, shared_bank
+
+__all__ = ["AlignedReferences", "PerImageReferenceExtractor", "ReferencePlan", "global_features", "pixel_hash",
+           "plan_references", "pretrained_extractor"]
 
 
-def pixel_hash(image: torch.Tensor) -> str:
-    """A key for one preprocessed image ``[3, H, W]``: equal pixels, equal key."""
-    data = image.detach().float().cpu().contiguous().numpy().tobytes()
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-@torch.no_grad()
-def backbone_tokens(model: Any, pixel_values: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    """Backbone patch tokens of images ``[N, 3, H, W]`` -> per layer ``[N, N_l, C_l]`` (model's device/dtype)."""
-    param = next(model.parameters())
-    chunks = [
-        model.backbone(pixel_values[start : start + batch_size].to(device=param.device, dtype=param.dtype))
-        for start in range(0, pixel_values.shape[0], batch_size)
-    ]
-    return [torch.cat([chunk[layer] for chunk in chunks]) for layer in range(len(chunks[0]))]
-
-
-def global_features(model: Any, pixel_values: torch.Tensor, batch_size: int) -> torch.Tensor:
+def global_features(model: Any, pixel_values: torch.Tensor, batch_size: int, source: Any = None) -> torch.Tensor:
     """Mean-pooled backbone tokens of every tapped layer, concatenated: ``[N, sum_l C_l]`` float32 (CPU).
 
-    The "kmeans" strategy clusters these to pick references that cover the pool's variety.
+    The "kmeans" strategy clusters these to pick references that cover the pool's variety;
+    with a feature cache as ``source`` the pool is not encoded again.
     """
-    return torch.cat([tokens.float().mean(dim=1) for tokens in backbone_tokens(model, pixel_values, batch_size)], dim=1).cpu()
+    tokens = batched_tokens(source or DirectSource(), model, pixel_values, batch_size)
+    return torch.cat([layer.float().mean(dim=1) for layer in tokens], dim=1).cpu()
 
 
 class AlignedReferences:
@@ -62,15 +51,17 @@ class AlignedReferences:
         matcher: a :class:`SemanticAlignedMatcher` fitted on ``pool_pixel_values``.
         pool_pixel_values: ``[N_pool, 3, H, W]`` the normal pool.
         k: references per image.
+        source: where the pool's backbone tokens come from (a feature cache; default: computed once here).
     """
 
-    def __init__(self, matcher: SemanticAlignedMatcher, pool_pixel_values: torch.Tensor, k: int) -> None:
+    def __init__(self, matcher: SemanticAlignedMatcher, pool_pixel_values: torch.Tensor, k: int, source: Any = None) -> None:
         if not 1 <= k <= pool_pixel_values.shape[0]:
             raise ValueError(f"k={k} must lie in [1, {pool_pixel_values.shape[0]}] (the pool size)")
         self.matcher = matcher
         self.pool_pixel_values = pool_pixel_values
         self.k = k
         self.pool_hashes = [pixel_hash(image) for image in pool_pixel_values]
+        self.source = source or DirectSource()
         self._cache: dict[str, torch.Tensor] = {}
         self._tokens: Optional[list[torch.Tensor]] = None
 
@@ -91,8 +82,16 @@ class AlignedReferences:
     def pool_tokens(self, model: Any, batch_size: int) -> list[torch.Tensor]:
         """The pool's backbone tokens per layer ``[N_pool, N_l, C_l]``, computed once."""
         if self._tokens is None:
-            self._tokens = backbone_tokens(model, self.pool_pixel_values, batch_size)
+            self._tokens = batched_tokens(self.source, model, self.pool_pixel_values, batch_size)
         return self._tokens
+
+    def bank(self, model: Any, pixel_values: torch.Tensor, batch_size: int) -> ReferenceBank:
+        """Per-image banks of a batch: per layer ``[B, k*N_l, C_l]``, keyed by each image's reference set."""
+        idx = self.indices(pixel_values)  # [B, k]
+        tokens = self.pool_tokens(model, batch_size)
+        layers = tuple(layer[idx.to(layer.device)].flatten(1, 2) for layer in tokens)
+        keys = tuple(combine_keys([self.pool_hashes[j] for j in row.tolist()]) for row in idx)
+        return ReferenceBank(layers, keys)
 
 
 class PerImageReferenceExtractor:
@@ -103,8 +102,8 @@ class PerImageReferenceExtractor:
     """
 
     def __init__(self, base: ModelFeatureExtractor, references: AlignedReferences, batch_size: int = 32) -> None:
-        if base.kind != "pretrained":
-            raise ValueError("per-image references only matter for pretrained features: pass a 'pretrained' extractor")
+        if not base.needs_references:
+            raise ValueError(f"per-image references do not matter for {base.kind!r} features: pass a 'pretrained' or 'residual' extractor")
         self.base = base
         self.references = references
         self.batch_size = batch_size
@@ -117,19 +116,8 @@ class PerImageReferenceExtractor:
 
     @torch.no_grad()
     def __call__(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
-        model = self.base.model
-        idx = self.references.indices(pixel_values)  # [B, k]
-        tokens = self.references.pool_tokens(model, self.batch_size)
-        banks = [layer[idx.to(layer.device)].flatten(1, 2) for layer in tokens]  # [B, k*N_l, C_l]
-        previous = model.reference_bank
-        model.set_reference_bank(banks)
-        try:
-            return self.base(pixel_values)
-        finally:
-            if previous is None:
-                model.clear_references()
-            else:
-                model.set_reference_bank(previous)
+        bank = self.references.bank(self.base.model, pixel_values, self.batch_size)
+        return self.base.with_references(bank)(pixel_values)
 
 
 @dataclass
@@ -162,14 +150,18 @@ def plan_references(
     batch_size: int,
     device: Optional[str] = None,
     aligned_feature_net: Optional[str] = None,
+    source: Any = None,
 ) -> ReferencePlan:
-    """Choose the references of one seed; "aligned" also matches the test images (recorded)."""
+    """Choose the references of one seed; "aligned" also matches the test images (recorded).
+
+    ``source`` (a feature cache) serves the pool's backbone tokens to "kmeans" and "aligned".
+    """
     if strategy == "aligned":
         pool_size = pool_pixel_values.shape[0]
         k = min(k, max(1, pool_size - 1))  # one pool image is the query itself for training images
         matcher = SemanticAlignedMatcher(feature_net=aligned_feature_net, top_k=k, device=device, seed=seed, batch_size=batch_size)
         matcher.fit(pool_pixel_values)
-        aligned = AlignedReferences(matcher, pool_pixel_values, k)
+        aligned = AlignedReferences(matcher, pool_pixel_values, k, source)
         per_test = aligned.indices(test_pixel_values)
         record = {
             "strategy": strategy, "seed": seed, "k": k, "self_excluded": True,
@@ -179,7 +171,7 @@ def plan_references(
             "per_test_image": {tid: [pool_ids[j] for j in row.tolist()] for tid, row in zip(test_ids, per_test)},
         }
         return ReferencePlan(seed, strategy, k, aligned=aligned, record=record)
-    features = global_features(model, pool_pixel_values, batch_size) if strategy == "kmeans" else None
+    features = global_features(model, pool_pixel_values, batch_size, source) if strategy == "kmeans" else None
     chosen = [int(i) for i in select_references(strategy, pool_pixel_values, k=k, seed=seed, global_features=features)]
     record = {
         "strategy": strategy, "seed": seed, "k": k, "pool_positions": chosen,
@@ -188,13 +180,14 @@ def plan_references(
     return ReferencePlan(seed, strategy, k, shared=chosen, record=record)
 
 
-def pretrained_extractor(model: Any, plan: ReferencePlan, pool_pixel_values: torch.Tensor, batch_size: int) -> Any:
-    """The "w/" extractor with this plan's references applied."""
-    base = ModelFeatureExtractor(model, features="pretrained")
+def pretrained_extractor(
+    model: Any, plan: ReferencePlan, pool_pixel_values: torch.Tensor, batch_size: int, source: Any = None, kind: str = "pretrained"
+) -> Any:
+    """The ``kind`` ("pretrained" or "residual") extractor with this plan's references, served by ``source``."""
+    base = ModelFeatureExtractor(model, features=kind, source=source)
     if not base.needs_references:  # e.g. a non-residual ablation model
         return base
     if plan.aligned is not None:
         return PerImageReferenceExtractor(base, plan.aligned, batch_size)
     assert plan.shared is not None
-    base.set_references(pool_pixel_values[plan.shared])
-    return base
+    return base.with_references(shared_bank(source or DirectSource(), model, pool_pixel_values[plan.shared], batch_size))

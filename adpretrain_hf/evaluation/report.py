@@ -20,7 +20,7 @@ from .config import METRICS
 MEAN_ROW = "mean"
 DISPLAY_NAMES = {"featurenorm": "FeatureNorm", "patchcore": "PatchCore", "padim": "PaDiM", "cflow": "CFLOW", "glass": "GLASS", "uniad": "UniAD"}
 METRIC_LABELS = {"image_auroc": "I-AUROC", "pixel_auroc": "P-AUROC", "aupro": "PRO"}
-KIND_LABELS = {"backbone": "w/o", "pretrained": "w/"}
+KIND_LABELS = {"backbone": "w/o", "residual": "res.", "pretrained": "w/"}
 CSV_COLUMNS = ("category", "method", "features", *METRICS, *(f"{m}_std" for m in METRICS), "num_runs", "num_train", "num_test")
 
 
@@ -93,7 +93,8 @@ def markdown_table(results: dict[str, Any], methods: Sequence[str], kinds: Seque
     has_std = any(key.endswith("_std") for row in results.values() for per in row.values() for s in per.values() for key in s)
     legend = "Cells: " + " / ".join(METRIC_LABELS[m] for m in METRICS) + " in %"
     if "backbone" in kinds:
-        legend += "; `w/` cells give the difference to `w/o` in parentheses"
+        shown = "`w/` and `res.` (residual features, no projector)" if "residual" in kinds else "`w/`"
+        legend += f"; {shown} cells give the difference to `w/o` in parentheses"
     if has_std:
         legend += "; ± is the std over reference sets"
     lines = [
@@ -109,7 +110,7 @@ def markdown_table(results: dict[str, Any], methods: Sequence[str], kinds: Seque
             per_kind = row.get(method, {})
             for kind in kinds:
                 scores = per_kind.get(kind)
-                base = per_kind.get("backbone") if kind == "pretrained" and "backbone" in kinds else None
+                base = per_kind.get("backbone") if kind != "backbone" and "backbone" in kinds else None
                 cells.append("–" if scores is None else _cell_text(scores, base))
         lines.append("| " + " | ".join(cells) + " |")
     lines += [""] + [f"- {note}" for note in notes]

@@ -1,8 +1,10 @@
 """The Table-1 runner: every (category, method, feature kind) cell, then the report.
 
 Per category: select and preprocess images (protocols), run each method on the backbone's
-features ("w/o") once -- they do not use references -- and on the pretrained features ("w/")
-once per reference set; keep the first set's maps for the overlays. Then aggregate, print
+features ("w/o") once -- they do not use references -- and on the residual / pretrained
+features ("w/") once per reference set; keep the first set's maps for the overlays. A
+per-category :class:`~adpretrain_hf.evaluation.feature_cache.FeatureCache` makes that one
+backbone pass per distinct image (and one projector pass per image and reference set). Then aggregate, print
 the markdown table and write ``results.json`` / ``results.csv`` / ``results.md`` / overlays /
 ``comparison.png``.
 """
@@ -17,9 +19,10 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
-from ..extractor import ModelFeatureExtractor
+from ..extractor import REFERENCE_KINDS, ModelFeatureExtractor
 from .cell import PredictionHook, is_trained, run_cell
-from .config import AUPRO_FPR_LIMIT, DEFAULT_METHODS, DEFAULT_SHOTS, EvaluationConfig
+from .config import AUPRO_FPR_LIMIT, DEFAULT_FEATURE_CACHE_MB, DEFAULT_METHODS, DEFAULT_SHOTS, EvaluationConfig
+from .feature_cache import DirectSource, FeatureCache
 from .loading import CategoryData, describe_model, load_splits, prepare_category
 from .plots import pick_overlay_indices, save_comparison_chart, save_overlays
 from .protocols import category_protocol_record, effective_shots, protocol_record
@@ -56,6 +59,10 @@ def evaluate_model(
     print_markdown: bool = True,
     aligned_feature_net: Optional[str] = None,
     prediction_hook: Optional[PredictionHook] = None,
+    feature_kinds: Union[None, str, Sequence[str]] = None,
+    feature_cache: bool = True,
+    feature_cache_mb: float = DEFAULT_FEATURE_CACHE_MB,
+    feature_cache_dir: Union[None, str, os.PathLike] = None,
 ) -> dict[str, Any]:
     """Evaluate detectors with backbone ("w/o") vs ADPretrain ("w/") features, as in Table 1.
 
@@ -79,6 +86,10 @@ def evaluate_model(
         print_markdown: print the table on stdout. aligned_feature_net: ResNet-18 weights for
             the "aligned" matcher. prediction_hook: called with every cell's
             :class:`~adpretrain_hf.evaluation.cell.CellPredictions`.
+        feature_kinds: kinds to evaluate, e.g. ``"backbone,residual,pretrained"`` (default: from
+            ``compare_backbone``). feature_cache: one backbone pass per image (``False``: the old
+            pass per request); ``feature_cache_mb``: its memory, past which it spills to disk
+            (in a temporary folder under ``feature_cache_dir``, removed after each category).
 
     Returns:
         The ``results.json`` payload: ``results`` (per category and ``"mean"``: method ->
@@ -92,7 +103,8 @@ def evaluate_model(
         train_shots=train_shots, reference_seeds=reference_seeds, quick=quick,
         realiad_fit_fraction=realiad_fit_fraction, split_seed=split_seed, device=device, dtype=dtype,
         batch_size=batch_size, num_overlays=num_overlays, progress=progress, print_markdown=print_markdown,
-        aligned_feature_net=aligned_feature_net,
+        aligned_feature_net=aligned_feature_net, kinds=feature_kinds, feature_cache=feature_cache,
+        feature_cache_mb=feature_cache_mb, feature_cache_dir=feature_cache_dir,
     )
     return run_evaluation(model_or_path, config, prediction_hook)
 
@@ -130,27 +142,26 @@ def run_evaluation(
     out = Path(config.output_dir) if config.output_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    protocol, references, runs, counts = protocol_record(config), {}, [], {}
+    protocol, references, runs, counts, cache_stats = protocol_record(config), {}, [], {}, {}
     if splits.realiad_split is not None:
         protocol["realiad_split"] = splits.realiad_split
-    kept_bank = model.reference_bank
-    try:
-        for category in tqdm(splits.categories, desc="categories", disable=not config.progress):
-            data = prepare_category(category, splits, processor, config)
-            k = effective_shots(config.shots, data.pool_pixel_values.shape[0], category)
-            protocol["per_category"][category] = category_protocol_record(
-                data.selection, data.train_ids, data.test_ids, data.test_labels.tolist(), k)
-            counts[category] = {"num_train": data.train_pixel_values.shape[0], "num_test": data.test_pixel_values.shape[0]}
-            picked = pick_overlay_indices(data.test_labels.tolist(), config.num_overlays) if out is not None else []
-            category_runs, references[category], kept = _run_category(model, data, k, config, prediction_hook, picked)
-            runs += category_runs
-            if out is not None and picked:
-                _overlays(out, data, picked, kept, config, processor)
-    finally:
-        if kept_bank is None:
-            model.clear_references()
-        else:
-            model.set_reference_bank(kept_bank)
+    for category in tqdm(splits.categories, desc="categories", disable=not config.progress):
+        data = prepare_category(category, splits, processor, config)
+        k = effective_shots(config.shots, data.pool_pixel_values.shape[0], category)
+        protocol["per_category"][category] = category_protocol_record(
+            data.selection, data.train_ids, data.test_ids, data.test_labels.tolist(), k)
+        counts[category] = {"num_train": data.train_pixel_values.shape[0], "num_test": data.test_pixel_values.shape[0]}
+        picked = pick_overlay_indices(data.test_labels.tolist(), config.num_overlays) if out is not None else []
+        source = feature_source(config)
+        _admit(source, data)
+        try:
+            category_runs, references[category], kept = _run_category(model, data, k, config, prediction_hook, picked, source)
+        finally:
+            source.close()
+        cache_stats[category] = source.stats.to_json()
+        runs += category_runs
+        if out is not None and picked:
+            _overlays(out, data, picked, kept, config, processor)
 
     kinds = config.feature_kinds
     results = aggregate(runs, splits.categories, config.methods, kinds)
@@ -164,6 +175,7 @@ def run_evaluation(
         "metrics": {"image_auroc": "I-AUROC", "pixel_auroc": "P-AUROC (all test pixels pooled)",
                     "aupro": f"AUPRO, MVTec definition, area up to FPR {AUPRO_FPR_LIMIT} divided by {AUPRO_FPR_LIMIT}"},
         "runs": [run.to_json() for run in runs],
+        "feature_passes": cache_stats,
     }
     markdown = markdown_table(results, config.methods, kinds, _notes(config, splits.layout))
     if out is not None:
@@ -187,15 +199,30 @@ def run_evaluation(
 Kept = dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, tuple[float, float]]]
 
 
+def feature_source(config: EvaluationConfig) -> Any:
+    """The category's feature source: a :class:`FeatureCache`, or :class:`DirectSource` with the cache off."""
+    if not config.feature_cache:
+        return DirectSource()
+    return FeatureCache(config.feature_cache_mb, config.feature_cache_dir, kinds=config.feature_kinds)
+
+
+def _admit(source: Any, data: CategoryData) -> None:
+    """Only the category's own images are worth storing (not a detector's augmentations)."""
+    if isinstance(source, FeatureCache):
+        source.admit(data.train_pixel_values)
+        source.admit(data.test_pixel_values)
+
+
 def _run_category(
-    model: Any, data: CategoryData, k: int, config: EvaluationConfig, hook: Optional[PredictionHook], picked: list[int]
+    model: Any, data: CategoryData, k: int, config: EvaluationConfig, hook: Optional[PredictionHook], picked: list[int], source: Any
 ) -> tuple[list[Any], dict[str, Any], Kept]:
     """All cells of one category: ``(runs, references record, what the overlays need from the first set)``.
 
     Only the overlay images' maps are kept, so memory does not grow with the test set.
     """
     kinds, seeds = config.feature_kinds, config.seeds
-    total = len(config.methods) * (("backbone" in kinds) + len(seeds))
+    with_references = [kind for kind in kinds if kind in REFERENCE_KINDS]
+    total = len(config.methods) * (("backbone" in kinds) + len(seeds) * len(with_references))
     bar = tqdm(total=total, desc=data.name, leave=False, disable=not config.progress)
     runs, kept, sets = [], {}, []
 
@@ -213,18 +240,20 @@ def _run_category(
 
     try:
         if "backbone" in kinds:  # backbone features never see the references: one run
-            backbone = ModelFeatureExtractor(model, features="backbone")
+            backbone = ModelFeatureExtractor(model, features="backbone", source=source)
             for method in config.methods:
                 cell(method, backbone, seeds[0])
-        for seed in seeds:
+        for seed in seeds if with_references else []:
             plan = plan_references(
                 config.effective_strategy, model, data.pool_pixel_values, k, seed, pool_ids=data.pool_ids,
                 pool_paths=data.pool_paths, test_pixel_values=data.test_pixel_values, test_ids=data.test_ids,
-                batch_size=config.batch_size, device=config.device, aligned_feature_net=config.aligned_feature_net)
+                batch_size=config.batch_size, device=config.device, aligned_feature_net=config.aligned_feature_net,
+                source=source)
             sets.append(plan.record)
-            extractor = pretrained_extractor(model, plan, data.pool_pixel_values, config.batch_size)
-            for method in config.methods:
-                cell(method, extractor, seed)
+            for kind in with_references:
+                extractor = pretrained_extractor(model, plan, data.pool_pixel_values, config.batch_size, source, kind)
+                for method in config.methods:
+                    cell(method, extractor, seed)
     finally:
         bar.close()
     return runs, {"strategy": config.effective_strategy, "sets": sets}, kept

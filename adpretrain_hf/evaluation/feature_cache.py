@@ -1,0 +1,234 @@
+"""One backbone pass per image in an evaluation: features cached by image content and reference set.
+
+Why: every method of Table 1, both the "w/o" and "w/" cells, the reference bank and the
+KMeans/aligned strategies all need the same backbone tokens of the same images; without a
+cache the backbone ran 4.3x per distinct image (issue 14). :class:`FeatureCache` keeps, per
+image (key: a hash of its preprocessed pixels), the backbone tokens, and per (image, reference
+set) the residual and projected tokens, each ``[N_l, C_l]`` per layer in the model's dtype.
+Entries live in memory up to a budget and spill to safetensors files on disk after it.
+:class:`DirectSource` is the same interface without storage (the cache switched off), which
+also counts the images the backbone sees.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..extractor import REFERENCE_KINDS, FeaturePass, ReferenceBank, TokenLayers, feature_pass, pixel_hash, uses_references
+from ..modeling.modeling_adpretrain import ADPretrainModel
+
+DEFAULT_CACHE_MB = 4096.0
+"""Memory budget of the cache; entries past it go to disk."""
+BYTES_PER_MB = 2**20
+SPILL_PREFIX = "adpretrain-feature-cache-"
+NO_REFERENCES = "no-references"  # bank key of a model whose features do not depend on references
+
+
+@dataclass
+class CacheStats:
+    """Counters of one category: how often the backbone and projectors ran, what was stored where."""
+
+    backbone_images: int = 0  # images run through the backbone
+    projector_images: int = 0  # images run through the residual + projector step
+    distinct: set[str] = field(default_factory=set)  # content keys of every image asked for
+    memory_bytes: int = 0
+    disk_bytes: int = 0
+    spill_files: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "backbone_images": self.backbone_images, "projector_images": self.projector_images,
+            "distinct_images": len(self.distinct), "memory_mb": round(self.memory_bytes / BYTES_PER_MB, 3),
+            "disk_mb": round(self.disk_bytes / BYTES_PER_MB, 3), "spill_files": self.spill_files,
+        }
+
+
+def _on_model(model: ADPretrainModel, pixel_values: torch.Tensor) -> torch.Tensor:
+    param = next(model.projectors.parameters())
+    return pixel_values.to(device=param.device, dtype=param.dtype)
+
+
+class DirectSource:
+    """No cache: every request runs its own pass (the behaviour before issue 14), counted."""
+
+    def __init__(self) -> None:
+        self.stats = CacheStats()
+
+    def tokens(self, model: ADPretrainModel, kind: str, pixel_values: torch.Tensor, bank: Optional[ReferenceBank]) -> TokenLayers:
+        """Per layer ``[B, N_l, C_l]`` of ``kind`` for ``pixel_values [B, 3, H, W]``."""
+        self.stats.distinct.update(pixel_hash(image) for image in pixel_values)
+        self.stats.backbone_images += pixel_values.shape[0]
+        pixels = _on_model(model, pixel_values)
+        if kind not in REFERENCE_KINDS:
+            return list(model.backbone(pixels))
+        self.stats.projector_images += pixel_values.shape[0]
+        return feature_pass(model, pixels, bank).get(kind)
+
+    def close(self) -> None:
+        """Nothing to release (same surface as :class:`FeatureCache`)."""
+
+
+class FeatureCache:
+    """Tokens by (image content, reference set), in memory up to ``budget_mb`` then on disk.
+
+    Args:
+        budget_mb: memory for entries (0: every entry goes to disk).
+        spill_dir: folder for the spill files' temporary folder (default: the system's temp).
+        kinds: reference-dependent kinds worth keeping (``"residual"``, ``"pretrained"``);
+            backbone tokens are always kept, the other kinds derive from them.
+
+    :meth:`admit` restricts storage to known images (the category's): images a detector makes
+    itself (GLASS's augmentations, new every epoch) are computed but never stored.
+    """
+
+    def __init__(self, budget_mb: float = DEFAULT_CACHE_MB, spill_dir: Optional[str] = None, kinds: Sequence[str] = REFERENCE_KINDS) -> None:
+        if budget_mb < 0:
+            raise ValueError(f"feature cache budget {budget_mb} MB is negative: pass 0 (all on disk) or more")
+        self.budget_bytes = int(budget_mb * BYTES_PER_MB)
+        self.spill_dir = spill_dir
+        self.kinds = tuple(k for k in kinds if k in REFERENCE_KINDS)
+        self.stats = CacheStats()
+        self._memory: dict[str, list[torch.Tensor]] = {}
+        self._disk: dict[str, tuple[str, int, int]] = {}  # key -> (file, first tensor index, layers)
+        self._folder: Optional[str] = None
+        self._admitted: Optional[set[str]] = None
+
+    def admit(self, pixel_values: torch.Tensor) -> None:
+        """Store features only of these images ``[N, 3, H, W]`` (and others admitted before)."""
+        if self._admitted is None:
+            self._admitted = set()
+        self._admitted.update(pixel_hash(image) for image in pixel_values)
+
+    def _storable(self, image_key: str) -> bool:
+        return self._admitted is None or image_key in self._admitted
+
+    # -- lookup -----------------------------------------------------------------------
+    @staticmethod
+    def _key(kind: str, image_key: str, bank_key: Optional[str]) -> Optional[str]:
+        if kind not in REFERENCE_KINDS:
+            return f"{image_key}/backbone"
+        return None if bank_key is None else f"{image_key}/{bank_key}/{kind}"
+
+    @staticmethod
+    def _bank_key(model: ADPretrainModel, bank: Optional[ReferenceBank], row: int) -> Optional[str]:
+        """The reference set image ``row`` is matched against (``None``: unknown, not cacheable)."""
+        if not uses_references(model):
+            return NO_REFERENCES
+        return None if bank is None else bank.key_for(row)
+
+    def __contains__(self, key: Optional[str]) -> bool:
+        return key is not None and (key in self._memory or key in self._disk)
+
+    def _get(self, key: str, device: torch.device) -> list[torch.Tensor]:
+        if key in self._memory:
+            return self._memory[key]
+        path, start, layers = self._disk[key]
+        with safe_open(path, framework="pt", device=str(device)) as handle:
+            return [handle.get_tensor(str(start + layer)) for layer in range(layers)]
+
+    def tokens(self, model: ADPretrainModel, kind: str, pixel_values: torch.Tensor, bank: Optional[ReferenceBank]) -> TokenLayers:
+        """Per layer ``[B, N_l, C_l]`` of ``kind`` for ``pixel_values [B, 3, H, W]``; misses run one pass."""
+        hashes = [pixel_hash(image) for image in pixel_values]
+        self.stats.distinct.update(hashes)
+        keys = [self._key(kind, h, self._bank_key(model, bank, i)) for i, h in enumerate(hashes)]
+        missing = [i for i, key in enumerate(keys) if key not in self]
+        fresh: dict[int, list[torch.Tensor]] = {}
+        if missing:
+            fresh = self._compute(model, kind, pixel_values, hashes, bank, missing)
+        device = next(model.parameters()).device
+        rows = [fresh[i] if i in fresh else self._get(key, device) for i, key in enumerate(keys)]  # type: ignore[arg-type]
+        return [torch.stack([row[layer] for row in rows]) for layer in range(len(rows[0]))]
+
+    # -- computing and storing -------------------------------------------------------
+    def _compute(
+        self, model: ADPretrainModel, kind: str, pixel_values: torch.Tensor, hashes: list[str],
+        bank: Optional[ReferenceBank], missing: list[int],
+    ) -> dict[int, list[torch.Tensor]]:
+        """One pass over the missing rows (backbone skipped where its tokens are cached); store and return them."""
+        device = next(model.parameters()).device
+        have_tokens = [i for i in missing if self._key("backbone", hashes[i], None) in self]
+        need_tokens = [i for i in missing if i not in set(have_tokens)]
+        out: dict[int, list[torch.Tensor]] = {}
+        for rows, cached in ((need_tokens, False), (have_tokens, True)):
+            if not rows:
+                continue
+            index = torch.tensor(rows)
+            tokens = None
+            if cached:
+                per_row = [self._get(self._key("backbone", hashes[i], None), device) for i in rows]  # type: ignore[arg-type]
+                tokens = [torch.stack([row[layer] for row in per_row]) for layer in range(len(per_row[0]))]
+            sub_bank = bank.rows(index) if bank is not None and kind in REFERENCE_KINDS else None
+            if kind not in REFERENCE_KINDS:  # the backbone alone: no projector for a "w/o" request
+                result = FeaturePass(tokens if tokens is not None else list(model.backbone(_on_model(model, pixel_values[index]))))
+            else:
+                result = feature_pass(model, _on_model(model, pixel_values[index]), sub_bank, tokens)
+                self.stats.projector_images += len(rows)
+            if not cached:
+                self.stats.backbone_images += len(rows)
+            entries: dict[str, list[torch.Tensor]] = {}
+            for j, i in enumerate(rows):
+                out[i] = [layer[j] for layer in result.get(kind)]
+                if not self._storable(hashes[i]):
+                    continue
+                backbone_key = self._key("backbone", hashes[i], None)
+                if not cached and backbone_key is not None:
+                    entries[backbone_key] = [layer[j].clone() for layer in result.backbone]  # not a view of the batch
+                for other in self.kinds:
+                    value = getattr(result, other)
+                    other_key = self._key(other, hashes[i], self._bank_key(model, sub_bank, j))
+                    if value is not None and other_key is not None:
+                        entries[other_key] = [layer[j].clone() for layer in value]
+            self._put(entries)
+        return out
+
+    def _put(self, entries: dict[str, list[torch.Tensor]]) -> None:
+        """Keep entries in memory while the budget allows, else write them to one safetensors file."""
+        if not entries:
+            return
+        size = sum(t.numel() * t.element_size() for tensors in entries.values() for t in tensors)
+        if self.stats.memory_bytes + size <= self.budget_bytes:
+            self._memory.update(entries)
+            self.stats.memory_bytes += size
+            return
+        if self._folder is None:
+            self._folder = tempfile.mkdtemp(prefix=SPILL_PREFIX, dir=self.spill_dir)
+        path = os.path.join(self._folder, f"{self.stats.spill_files:06d}.safetensors")
+        flat: dict[str, torch.Tensor] = {}
+        for key, tensors in entries.items():
+            start = len(flat)
+            for layer, tensor in enumerate(tensors):
+                flat[str(start + layer)] = tensor.detach().contiguous()
+            self._disk[key] = (path, start, len(tensors))
+        save_file(flat, path)
+        self.stats.spill_files += 1
+        self.stats.disk_bytes += size
+
+    def close(self) -> None:
+        """Drop every entry and delete the spill files (call after a category)."""
+        self._memory.clear()
+        self._disk.clear()
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+
+
+def batched_tokens(source: Any, model: ADPretrainModel, pixel_values: torch.Tensor, batch_size: int) -> TokenLayers:
+    """Backbone tokens of ``[N, 3, H, W]`` through ``source`` in batches -> per layer ``[N, N_l, C_l]``."""
+    chunks = [source.tokens(model, "backbone", pixel_values[s : s + batch_size], None) for s in range(0, pixel_values.shape[0], batch_size)]
+    return [torch.cat([chunk[layer] for chunk in chunks]) for layer in range(len(chunks[0]))]
+
+
+def shared_bank(source: Any, model: ADPretrainModel, reference_pixel_values: torch.Tensor, batch_size: int) -> ReferenceBank:
+    """The reference bank of ``[K, 3, H, W]`` normal images from the source's backbone tokens (no re-encoding when cached)."""
+    if reference_pixel_values.shape[0] == 0:
+        raise ValueError("the reference set is empty: pass at least one normal image")
+    tokens = batched_tokens(source, model, reference_pixel_values, batch_size)
+    return ReferenceBank.from_tokens(tokens, [pixel_hash(image) for image in reference_pixel_values])
