@@ -152,10 +152,4 @@ def register_detection_pipeline() -> None:
     PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=AnomalyDetectionPipeline, pt_model=AutoModel, type="image")
 
 
-def task_registered_locally() -> bool:
-    """True when an installed adpretrain_hf registered this task (then no remote code is needed)."""
-    impl = PIPELINE_REGISTRY.supported_tasks.get(TASK, {}).get("impl")
-    return impl is not None and impl.__module__.startswith("adpretrain_hf.")
-
-
 __all__ = ["AnomalyDetectionPipeline", "OUTPUTS", "TASK", "custom_pipeline_entry", "register_detection_pipeline", "save_detection_pipeline"]

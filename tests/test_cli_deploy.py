@@ -18,6 +18,7 @@ from adpretrain_hf.overlays import COLORBAR_PANEL_WIDTH
 
 SIZE = 64  # tiny-clip's input size
 QUANTILE = 0.9
+MARGIN = 0.25
 
 
 def _normal(rng, size=(SIZE, SIZE)):
@@ -157,14 +158,16 @@ def test_fit_predict_export_chain(fitted, workspace):
 def test_a_normal_only_val_folder_sets_the_quantile_threshold(workspace, tmp_path):
     assert main([
         "fit", "--model", str(workspace / "ckpt"), "--method", "featurenorm", "--train", str(workspace / "train"),
-        "--val", str(workspace / "val_normal"), "--quantile", str(QUANTILE), "--output", str(tmp_path / "fn"), "--no-progress",
+        "--val", str(workspace / "val_normal"), "--quantile", str(QUANTILE), "--margin", str(MARGIN),
+        "--output", str(tmp_path / "fn"), "--no-progress",
     ]) == 0
     config = json.loads((tmp_path / "fn" / "config.json").read_text())
     from transformers import pipeline
 
     scores = [r["score"] for r in pipeline("anomaly-detection", model=str(tmp_path / "fn"), device="cpu")(
         [str(p) for p in sorted((workspace / "val_normal").iterdir())])]
-    assert config["image_threshold"] == pytest.approx(float(np.quantile(scores, QUANTILE)), rel=1e-5)
+    expected = float(np.quantile(scores, QUANTILE)) + MARGIN * (max(scores) - min(scores))
+    assert config["image_threshold"] == pytest.approx(expected, rel=1e-5)
     assert config["score_min"] == pytest.approx(min(scores), rel=1e-5) and config["score_max"] == pytest.approx(max(scores), rel=1e-5)
 
 

@@ -26,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--references", default=None, help="normal reference images for the residuals (default: the first 8 training images)")
     parser.add_argument("--layers", default=None, help="comma-separated indices into the model's tapped layers (default: the method's)")
     parser.add_argument("--quantile", type=float, default=DEFAULT_QUANTILE, help="threshold quantile of normal validation scores (default 0.99)")
+    parser.add_argument("--margin", type=float, default=0.0, help="normal-only --val: add this fraction of the score range to the threshold (e.g. --quantile 1 --margin 0.1)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="detector option, e.g. coreset_ratio=0.1 (repeatable; values read as JSON)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:0, ...")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -60,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0.0 < args.quantile <= 1.0:
         raise CommandError(f"--quantile {args.quantile} is outside (0, 1]", "e.g. --quantile 0.99")
+    if args.margin < 0:
+        raise CommandError(f"--margin {args.margin} is negative", "use 0 (default) or a positive fraction of the score range, e.g. 0.1")
     if not (Path(args.model) / "config.json").is_file() and Path(args.model).exists():
         raise CommandError(f"{args.model} is not a checkpoint folder (no config.json)", "point --model at a save_pretrained folder or a Hub id")
     _, train = find_images(args.train, "train")
@@ -73,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         args.model, args.method, [str(p) for p in train], features=args.features, layers=layers,
         references=[str(p) for p in references] if references else None,
         val_images=[str(p) for p in val.images] if val else None, val_labels=val.labels if val else None, val_masks=masks,
-        quantile=args.quantile, method_kwargs=_options(args.option), device=device, batch_size=args.batch_size,
+        quantile=args.quantile, margin=args.margin, method_kwargs=_options(args.option), device=device, batch_size=args.batch_size,
         progress=not args.no_progress,
     )
     out = Path(args.output)
