@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .detectors import build_detector
 from .detectors.base import Detector
+from .detectors.featurenorm import FeatureMapDetector, LayerSelectingExtractor
 from .extractor import ModelFeatureExtractor
 from .modeling.calibration_adpretrain import DEFAULT_QUANTILE, fit_threshold, score_range
 from .modeling.configuration_detector_adpretrain import ADPretrainDetectorConfig
@@ -95,7 +96,9 @@ def detector_to_model(detector: Detector, feature_source: Optional[str] = None) 
     The extractor's ADPretrain model is shared, not copied. For pretrained features its
     reference bank (backbone tokens of the normal references) is stored for the used layers.
     """
-    extractor = detector.extractor
+    extractor, selected = detector.extractor, None
+    if isinstance(extractor, LayerSelectingExtractor):  # a trained detector's layers= (resolved at fit)
+        extractor, selected = extractor.inner, extractor.layer_indices
     if not isinstance(extractor, ModelFeatureExtractor):
         raise TypeError(
             f"to_detector_model needs a detector on a ModelFeatureExtractor (it bundles the model), got {type(extractor).__name__}: "
@@ -105,7 +108,11 @@ def detector_to_model(detector: Detector, feature_source: Optional[str] = None) 
         raise RuntimeError(f"{type(detector).__name__} is not fitted: call fit(normal_images) first")
     settings, tensors = detector.export_state()
     model = extractor.model
-    layers = [extractor.layers[i] for i in detector.model_layers()]
+    if isinstance(detector, FeatureMapDetector):
+        selected = detector.model_layers()
+    elif selected is None:
+        selected = list(range(len(extractor.layers)))
+    layers = [extractor.layers[i] for i in selected]
     if detector.name in ("cflow", "glass", "uniad"):
         settings = {"sigma": float(detector.sigma), _TRAINED_STATE_KEY: True, **settings}
         tensors = {net_buffer_name(k): v for k, v in tensors.items()}
@@ -228,9 +235,7 @@ def fit_detector(
         refs = train[:DEFAULT_REFERENCE_SHOTS] if references is None else load_pixel_values(references, processor, "references")
         model.set_references(refs.to(device=extractor.device, dtype=extractor.dtype))
     kwargs = dict(method_kwargs or {})
-    if method.strip().lower() in ("cflow", "glass", "uniad"):
-        extractor = ModelFeatureExtractor(model, features=features, layers=layers)
-    elif layers is not None:
+    if layers is not None:
         kwargs["layers"] = list(layers)
     detector = build_detector(method, extractor, batch_size=batch_size, progress=progress, **kwargs)
     detector.fit(train)

@@ -57,6 +57,8 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=None, help="override the preset's input size")
     parser.add_argument("--backbone-weights", default=None, help="'auto' (the preset's real weights) or a file/folder")
     parser.add_argument("--train-images", type=int, default=16)
+    parser.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)), help="comma-separated timed batch sizes")
+    parser.add_argument("--fit-batch-size", type=int, default=8, help="images per feature batch while fitting (memory)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
@@ -67,11 +69,11 @@ def main() -> None:
     size = model.config.image_size
     generator = torch.Generator().manual_seed(0)
     train = torch.randn(args.train_images, 3, size, size, generator=generator)
-    batches = {b: torch.randn(b, 3, size, size, generator=generator) for b in BATCH_SIZES}
+    batches = {b: torch.randn(b, 3, size, size, generator=generator) for b in map(int, args.batch_sizes.split(","))}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for method in METHODS:
-            detector = fit_detector(model, method, train, progress=False)
+            detector = fit_detector(model, method, train, progress=False, batch_size=args.fit_batch_size)
             path = export_onnx(detector, Path(tmp) / f"{method}.onnx")
             session = onnx_session(path, threads=args.threads)
             for batch, pixels in batches.items():

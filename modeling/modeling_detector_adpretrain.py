@@ -233,7 +233,9 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
             detectors = importlib.import_module("adpretrain_hf.detectors")
             state = {net_state_key(k): v for k, v in self.fitted.named_buffers() if k.startswith(NET_PREFIX)}
             cls = detectors.DETECTORS[self.config.method]
-            self._trained_detector = cls.from_state(_DetectorModelExtractor(self), dict(self.config.method_settings), state)
+            extractor = _DetectorModelExtractor(self)  # already returns exactly the used layers
+            layers = list(range(len(self.layers))) if hasattr(cls, "default_last_layers") else None
+            self._trained_detector = cls.from_state(extractor, dict(self.config.method_settings), state, layers=layers)
         return self._trained_detector
 
     # -- forward -------------------------------------------------------------------------

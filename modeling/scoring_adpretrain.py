@@ -25,7 +25,7 @@ import torch.nn.functional as F
 PATCHCORE_DIM = 1024  # the most channels kept per layer and in the final embedding
 PATCHCORE_NEIGHBOURHOOD = 3  # 3x3 local-context average
 PATCHCORE_REWEIGHT_NEIGHBORS = 9  # b in Eq. 7: bank neighbours of m* in the softmax
-BANK_CHUNK_ROWS = 4096  # bank rows per distance block in nearest_in_bank (memory bound only)
+BANK_CHUNK_ROWS = 1024  # bank rows per distance block in nearest_in_bank: [queries, 1024] floats at a time
 REWEIGHT_MAX_BLOCK_ELEMENTS = 1 << 26  # distance-block bound of reweighted_scores
 
 
@@ -129,16 +129,14 @@ def nearest_in_bank(
     q = queries.float()
     if metric == "cosine":
         q = F.normalize(q, dim=1)
-    q_sq = (q * q).sum(dim=1, keepdim=True)  # [n, 1]
     best_val = best_idx = None
     for start in range(0, bank.shape[0], chunk_rows):
         block = bank[start : start + chunk_rows].float()
-        if metric == "cosine":
-            val, idx = (q @ F.normalize(block, dim=1).T).max(dim=1)  # [n]
-            val = -val  # compare as "lower is better" below
-        else:
-            sq = q_sq - 2.0 * (q @ block.T) + (block * block).sum(dim=1).unsqueeze(0)  # [n, m]
-            val, idx = sq.min(dim=1)
+        if metric == "cosine":  # one [n, m] block of cosines; kept as -cos so lower is closer
+            val, idx = torch.mm(q, F.normalize(block, dim=1).T).max(dim=1)
+            val = -val
+        else:  # ||b||^2 - 2 q.b (||q||^2 is the same for every row: added after the min)
+            val, idx = torch.addmm((block * block).sum(dim=1).unsqueeze(0), q, block.T, alpha=-2.0).min(dim=1)
         idx = idx + start
         if best_val is None:
             best_val, best_idx = val, idx
@@ -148,7 +146,7 @@ def nearest_in_bank(
             best_idx = torch.where(better, idx, best_idx)
     if metric == "cosine":
         return -best_val, best_idx
-    return best_val.clamp_min(0.0).sqrt(), best_idx
+    return (best_val + (q * q).sum(dim=1)).clamp_min(0.0).sqrt(), best_idx
 
 
 def reweighted_scores(

@@ -35,7 +35,9 @@ FITS = [
     ("patchcore", "backbone", {"image_score": "max", "layers": [0, 2]}),
     ("padim", "pretrained", {}),
     ("padim", "pretrained", {"mode": "concatenated", "num_features": 20}),
-] + [(name, "pretrained", {"config": config}) for name, config in TRAINED_CONFIGS.items()]
+] + [(name, "pretrained", {"config": config}) for name, config in TRAINED_CONFIGS.items()] + [
+    ("glass", "backbone", {"config": TRAINED_CONFIGS["glass"], "layers": [0, 1, 2]}),  # not GLASS's default (last 2)
+]
 
 
 def _images(n, size, seed):
@@ -77,6 +79,8 @@ def test_round_trip_reproduces_the_fitted_maps(cnn_model, method, kind, kwargs, 
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["method"] == method and saved["feature_kind"] == kind and saved["feature_source"] == "somewhere/tiny-cnn"
     assert saved["adpretrain_config"]["layers"] == list(cnn_model.config.layers)
+    if "layers" in kwargs:
+        assert saved["layers"] == kwargs["layers"]
     with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as handle:
         keys = set(handle.keys())
     assert any(k.startswith("adpretrain.backbone.") for k in keys)  # the backbone is bundled

@@ -6,12 +6,27 @@ package imports without them and ``build_detector`` says why one is missing).
 
     >>> detector = build_detector("patchcore", extractor, coreset_ratio=0.1)
     >>> maps, scores = detector.fit(train_images).predict(test_images)
+
+Layers: every detector takes ``layers=`` (indices into the extractor's list, negative from
+the end); without it each uses its published default, its class's ``default_last_layers``
+(the last k layers; ``None`` = all), collected in ``DEFAULT_LAST_LAYERS``:
+
+============  ===========  =====================================================
+detector      layers       source
+============  ===========  =====================================================
+featurenorm   all          ADPretrain (norm map per layer, averaged)
+patchcore     last 3       PatchCore / ADPretrain release
+padim         all          PaDiM / ADPretrain release (one Gaussian per layer)
+cflow         last 3       CFLOW-AD / ADPretrain release
+glass         last 2       GLASS / ADPretrain release
+uniad         all          UniAD (every tapped stage, resized to one grid)
+============  ===========  =====================================================
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, Optional
 
 from .base import Detector, FeatureExtractor, iter_image_batches
 from .featurenorm import FeatureMapDetector, FeatureNorm
@@ -19,6 +34,7 @@ from .padim import PaDiM
 from .patchcore import PatchCore
 
 __all__ = [
+    "DEFAULT_LAST_LAYERS",
     "DETECTORS",
     "Detector",
     "FeatureExtractor",
@@ -56,6 +72,10 @@ for _name, (_module, _classes) in _OPTIONAL.items():
         for _alias in {_classes[0], _detector_cls.__name__}:  # e.g. CFLOW, and the class's own name
             globals()[_alias] = _detector_cls
             __all__.append(_alias)
+
+
+#: registry name -> default layer choice (last k layers; None = all), read from each class
+DEFAULT_LAST_LAYERS: dict[str, Optional[int]] = {name: cls.default_last_layers for name, cls in DETECTORS.items()}
 
 
 def build_detector(name: str, extractor: FeatureExtractor, **kwargs: Any) -> Detector:

@@ -118,10 +118,6 @@ class Detector(ABC):
         settings and named tensors (saved as safetensors). Subclasses add theirs."""
         return {"sigma": float(self.sigma)}, {}
 
-    def model_layers(self) -> list[int]:
-        """The feature extractor's layers this detector scores (indices into what it returns)."""
-        return list(range(len(getattr(self.extractor, "layers", []))))
-
     def to_detector_model(self, feature_source: Optional[str] = None):
         """This fitted detector as an ``ADPretrainDetectorModel`` (a savable, loadable folder).
 

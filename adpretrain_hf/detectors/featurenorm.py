@@ -10,11 +10,17 @@ is the ~50 AUROC "FeatureNorm w/o" column of Tab. 1.
 the extractor's list, validating the maps it returns, and checking that predict sees the
 layout fit saw. (These helpers would sit naturally in ``base.py``; they live here because
 this module is the simplest detector and every training-free detector imports it.)
+
+Layer choice is one rule for every detector: ``layers=`` (indices, negative from the end)
+or, by default, the class's ``default_last_layers`` (its published default; ``None`` = all).
+``FeatureMapDetector`` applies it itself; the trained detectors (which take the whole
+extractor output) get it from the ``SelectsLayers`` mixin, which wraps their extractor in a
+``LayerSelectingExtractor``.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Any, ClassVar, Iterable, Iterator, Optional, Sequence
 
 import torch
 
@@ -22,7 +28,15 @@ from ..modeling.anomaly_map_adpretrain import GAUSSIAN_SIGMA
 from ..modeling.scoring_adpretrain import largest_grid, resize_to_grid
 from .base import Detector, FeatureExtractor, ImageBatches
 
-__all__ = ["FeatureMapDetector", "FeatureNorm", "largest_grid", "resize_to_grid", "resolve_layers"]
+__all__ = [
+    "FeatureMapDetector",
+    "FeatureNorm",
+    "LayerSelectingExtractor",
+    "SelectsLayers",
+    "largest_grid",
+    "resize_to_grid",
+    "resolve_layers",
+]
 
 
 def resolve_layers(layers: Optional[Sequence[int]], num_layers: int, default_last: Optional[int] = None) -> list[int]:
@@ -55,6 +69,63 @@ def resolve_layers(layers: Optional[Sequence[int]], num_layers: int, default_las
     return resolved
 
 
+def check_layers_argument(layers: Optional[Sequence[int]]) -> Optional[list[int]]:
+    """``None`` or a non-empty sequence of layer indices (range-checked later, against the extractor)."""
+    if layers is not None and (isinstance(layers, (int, str)) or len(layers) == 0):
+        raise ValueError(f"layers must be a non-empty sequence of layer indices (e.g. [0, 2]) or None, got {layers!r}")
+    return None if layers is None else list(layers)
+
+
+class LayerSelectingExtractor:
+    """An extractor returning only some of another extractor's layers.
+
+    The indices are resolved (``resolve_layers``) at the first call, when the number of
+    layers is known. ``kind``, ``image_size``, ``device`` and any other attribute come from
+    the wrapped extractor.
+    """
+
+    def __init__(self, extractor: Any, layers: Optional[Sequence[int]], default_last: Optional[int]) -> None:
+        self.inner = extractor
+        self.layers = check_layers_argument(layers)
+        self.default_last = default_last
+        self.layer_indices: Optional[list[int]] = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not set yet (e.g. during unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def __call__(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """``[B, 3, H, W]`` -> the chosen layers' maps ``[B, C_l, h_l, w_l]``."""
+        features = self.inner(pixel_values)
+        if isinstance(features, torch.Tensor) or not isinstance(features, (list, tuple)):
+            raise TypeError(f"the extractor must return a list of [B, C, h, w] maps, got {type(features).__name__}")
+        if self.layer_indices is None:
+            self.layer_indices = resolve_layers(self.layers, len(features), self.default_last)
+        elif max(self.layer_indices) >= len(features):
+            raise ValueError(f"the extractor now returns {len(features)} layers, but layers {self.layer_indices} were chosen")
+        return [features[i] for i in self.layer_indices]
+
+
+class SelectsLayers:
+    """Mixin giving a detector built on the whole extractor output ``layers=`` and a default.
+
+    Put it first among the bases (``class CFLOW(SelectsLayers, TrainedDetector)``): it takes
+    ``layers`` from the keyword arguments and hands the rest of the constructor a
+    ``LayerSelectingExtractor`` over the chosen layers (``None``: the class's
+    ``default_last_layers``, i.e. its published default).
+    """
+
+    #: with ``layers=None`` use the last this-many layers (``None``: all layers).
+    default_last_layers: ClassVar[Optional[int]] = None
+
+    def __init__(self, extractor: Any, *args: Any, layers: Optional[Sequence[int]] = None, **kwargs: Any) -> None:
+        self.layers = check_layers_argument(layers)
+        if self.layers is not None or self.default_last_layers is not None:
+            extractor = LayerSelectingExtractor(extractor, self.layers, self.default_last_layers)
+        super().__init__(extractor, *args, **kwargs)
+
+
 class FeatureMapDetector(Detector):
     """A ``Detector`` that validates images and feature maps and remembers the fitted layout.
 
@@ -64,7 +135,7 @@ class FeatureMapDetector(Detector):
     """
 
     #: with ``layers=None`` use the last this-many layers (``None``: all layers).
-    default_last_layers: Optional[int] = None
+    default_last_layers: ClassVar[Optional[int]] = None
 
     def __init__(
         self,
@@ -78,9 +149,7 @@ class FeatureMapDetector(Detector):
         if not callable(extractor):
             raise TypeError(f"extractor must be callable (pixel_values -> list of [B, C, h, w] maps), got {type(extractor).__name__}")
         super().__init__(extractor, batch_size=batch_size, sigma=sigma, progress=progress)
-        if layers is not None and (isinstance(layers, int) or len(layers) == 0):
-            raise ValueError(f"layers must be a non-empty sequence of layer indices (e.g. [0, 2]) or None, got {layers!r}")
-        self.layers = None if layers is None else list(layers)
+        self.layers = check_layers_argument(layers)
         self.layer_indices: Optional[list[int]] = None  # resolved at fit / first predict
         self.fitted_layout: Optional[list[tuple[int, int, int]]] = None  # (C, h, w) per used layer
 

@@ -238,6 +238,7 @@ class TrainedDetector(Detector):
             "layer_shapes": [list(s) for s in self.layer_shapes],
             "sigma": self.sigma,
             "batch_size": self.batch_size,
+            "layers": getattr(self, "layers", None),
             "history": {"epoch_losses": self.history.epoch_losses, "val_losses": self.history.val_losses,
                         "best_epoch": self.history.best_epoch},
         }
@@ -247,15 +248,22 @@ class TrainedDetector(Detector):
     @classmethod
     def from_state(
         cls, extractor: FeatureExtractor, settings: dict[str, Any], state: dict[str, torch.Tensor], *,
-        progress: bool = False, accelerator: Accelerator | None = None,
+        layers: list[int] | None = None, progress: bool = False, accelerator: Accelerator | None = None,
     ) -> "TrainedDetector":
-        """Inverse of :meth:`export_state`: a fitted detector whose ``predict`` is bit-identical."""
+        """Inverse of :meth:`export_state`: a fitted detector whose ``predict`` is bit-identical.
+
+        ``layers`` (for detectors with ``layers=``) picks the extractor's layers; default: the
+        ones chosen at fit (``settings["layers"]``, else the class default).
+        """
         if settings.get("format_version", 0) > FORMAT_VERSION:
             raise ValueError(f"this detector was saved by a newer adpretrain_hf (format {settings['format_version']}): upgrade the package")
         if settings.get("detector") != cls.name:
             raise ValueError(f"the state holds a {settings.get('detector')!r} detector, not {cls.name!r}: load it with its own class")
         config = cls.config_class.from_dict(settings["config"])
-        det = cls(extractor, config, batch_size=settings["batch_size"], sigma=settings["sigma"], progress=progress, accelerator=accelerator)
+        layers = settings.get("layers") if layers is None else layers
+        choice = {} if layers is None else {"layers": layers}
+        det = cls(extractor, config, batch_size=settings["batch_size"], sigma=settings["sigma"], progress=progress,
+                  accelerator=accelerator, **choice)
         det.layer_shapes = [tuple(s) for s in settings["layer_shapes"]]
         history = settings.get("history", {})
         det.history = TrainingHistory(epoch_losses=history.get("epoch_losses", []), val_losses=history.get("val_losses", []),
@@ -269,8 +277,6 @@ class TrainedDetector(Detector):
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write ``detector.safetensors`` (weights + fit-time constants) and ``detector_config.json``."""
-        if not self.is_fitted or self.model is None:
-            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(normal_images) before save()")
         settings, state = self.export_state()
         os.makedirs(directory, exist_ok=True)
         save_file(state, os.path.join(directory, WEIGHTS_FILE), metadata={"detector": self.name})

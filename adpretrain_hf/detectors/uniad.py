@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import ImageBatches, iter_image_batches
+from .featurenorm import SelectsLayers
 from .trained import TrainedConfig, TrainedDetector
 
 NEIGHBOR_SIZE_AT_14 = 7  # the paper's neighbourhood on its 14x14 grid
@@ -228,11 +229,12 @@ class UniADModel(nn.Module):
         return rec.transpose(1, 2).reshape(b, c, h, w)
 
 
-class UniAD(TrainedDetector):
+class UniAD(SelectsLayers, TrainedDetector):
     """UniAD: ``UniAD(extractor, UniADConfig(...), quick=False, epochs=None)``; ``fit`` also takes ``{category: images}``."""
 
     name = "uniad"
     config_class = UniADConfig
+    default_last_layers = None  # published UniAD: every tapped stage (``layers=`` overrides)
     default_sigma = 0.0  # the release does not smooth UniAD's maps
     config: UniADConfig
 
