@@ -39,7 +39,7 @@ if [[ $MODE == gpu ]]; then
     THROUGHPUT=(--preset "$BIG" --dtype bf16 --batch-size 64 --iters 10 --warmup 3 --device "$DEV")
     PIPELINE=(--preset "$BIG" --dtype bf16 --batch-size 64 --num-images 256 --repeats 2 --device "$DEV")
     PRETRAIN=(--preset "$BIG" --dtype bf16 --batch-size 32 --shots 8 --iters 3 --warmup 1 --device "$DEV")
-    EVALUATION=(--preset "$BIG" --dtype bf16 --device "$DEV" --num-train 48 --num-test 32 --modes no-cache,cache)
+    EVALUATION=(--preset "$BIG" --dtype bf16 --device "$DEV" --num-train 48 --num-test 32 --repeats 2 --modes no-cache,cache)
     DETECTORS=(--devices "$DEV" --train 200 --test 50 --threads 0)
     T_THROUGHPUT=60; T_PIPELINE=75; T_PRETRAIN=90; T_EVALUATION=150; T_DETECTORS=60; T_TESTS=40
 else
@@ -48,7 +48,7 @@ else
     PIPELINE=(--preset "$BIG" --batch-size 4 --num-images 8 --repeats 1 --device "$DEV")
     PRETRAIN=(--preset "$BIG" --batch-size 2 --shots 2 --iters 1 --warmup 1 --device "$DEV")
     EVALUATION=(--preset "$BIG" --device "$DEV" --num-train 4 --num-test 4 --methods featurenorm,padim --shots 2
-                --num-overlays 1 --no-warmup --modes no-cache,cache)
+                --num-overlays 1 --no-warmup --repeats 1 --modes no-cache,cache)
     DETECTORS=(--devices "$DEV" --train 8 --test 4 --layers 2 --channels 16 --grid 4 --image-size 32 --batch-size 4)
     T_THROUGHPUT=120; T_PIPELINE=120; T_PRETRAIN=120; T_EVALUATION=300; T_DETECTORS=120; T_TESTS=300
 fi
