@@ -50,21 +50,26 @@ def register() -> None:
 
 
 def _imported_for_a_light_module() -> bool:
-    """True when the outermost import in progress targets the CLI (or ``python -m adpretrain_hf.cli``).
+    """True when a script (``__main__``: the console script, ``python -m adpretrain_hf.cli``,
+    ``python -c``) imports the CLI: the outermost import in progress targets it.
 
     Reads the import machinery's frames: ``_find_and_load(name)`` for ``import``/``from``
-    statements, ``_get_module_details(mod_name)`` for ``python -m``. Any doubt -> False
-    (register eagerly, the safe default).
+    statements, ``_get_module_details(mod_name)`` for ``python -m``. Library code (tests, user
+    modules) importing the CLI registers eagerly, as does any doubt.
     """
     frame = sys._getframe(1)
-    targets = []
+    target, importer = None, None
     while frame is not None:
         if frame.f_code.co_name in ("_find_and_load", "_get_module_details", "_run_module_as_main"):
             name = frame.f_locals.get("name", frame.f_locals.get("mod_name"))
             if isinstance(name, str):
-                targets.append(name)
+                target, importer = name, frame.f_back
         frame = frame.f_back
-    return bool(targets) and targets[-1].startswith(_LIGHT_IMPORT_TARGETS)
+    if target is None or not target.startswith(_LIGHT_IMPORT_TARGETS):
+        return False
+    while importer is not None and importer.f_code.co_filename.startswith("<frozen"):
+        importer = importer.f_back  # skip importlib's own frames
+    return importer is None or importer.f_globals.get("__name__") in ("__main__", "runpy")
 
 
 def __getattr__(name: str) -> Any:

@@ -23,6 +23,9 @@ COMMANDS: dict[str, str] = {
     "synth": "synth",
     "card": "card",
     "convert": "convert",
+    "fit": "fit",
+    "predict": "predict",
+    "export": "export",
 }
 
 

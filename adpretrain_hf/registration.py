@@ -32,22 +32,8 @@ if importlib.util.find_spec("adpretrain_hf.modeling.modeling_detector_adpretrain
     AutoModel.register(ADPretrainDetectorConfig, ADPretrainDetectorModel, exist_ok=True)
 
 if importlib.util.find_spec("adpretrain_hf.modeling.pipeline_anomaly_detection") is not None:
-    import functools
-
-    from .modeling.configuration_detector_adpretrain import ADPretrainDetectorConfig as _DetectorConfig
+    # The detector config drops a folder's custom_pipelines where this registration exists, so the
+    # package's task serves pipeline("anomaly-detection") without trust_remote_code.
     from .modeling.pipeline_anomaly_detection import register_detection_pipeline
 
     register_detection_pipeline()
-    if not getattr(_DetectorConfig.__init__, "_drops_custom_pipelines", False):
-        # Stopgap until the detector config does this itself (as ADPretrainConfig does): with the package
-        # installed, the registered task serves pipeline("anomaly-detection"); a folder's custom_pipelines
-        # (there for machines without the package) would make transformers demand trust_remote_code.
-        _original_init = _DetectorConfig.__init__
-
-        @functools.wraps(_original_init)
-        def _init_without_custom_pipelines(self, *args, **kwargs):
-            kwargs.pop("custom_pipelines", None)
-            _original_init(self, *args, **kwargs)
-
-        _init_without_custom_pipelines._drops_custom_pipelines = True
-        _DetectorConfig.__init__ = _init_without_custom_pipelines

@@ -27,11 +27,11 @@ import os
 from typing import Any, Optional, Union
 
 import torch
-from transformers import AutoModel, Pipeline
+from transformers import AutoModel
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .image_processing_adpretrain import ADPretrainImageProcessor
-from .pipeline_anomaly_features import _DTYPES, _LENIENT_KWARGS, ImageLike, load_rgb, map_to_image
+from .pipeline_anomaly_features import _DTYPES, _LENIENT_KWARGS, AnomalyFeaturesPipeline, map_to_image
 
 TASK = "anomaly-detection"
 OUTPUTS = ("score", "normalized_score", "label", "anomaly_map", "pred_mask")
@@ -67,34 +67,21 @@ def _resolve_dtype(dtype: Any) -> Optional[torch.dtype]:
     raise ValueError(f"dtype={dtype!r} is not supported: pass torch.float32 (default), torch.bfloat16/float16, 'fp32', 'bf16' or 'fp16'")
 
 
-class AnomalyDetectionPipeline(Pipeline):
+class AnomalyDetectionPipeline(AnomalyFeaturesPipeline):
     """Task ``anomaly-detection``: see the module docstring.
 
+    Shares input reading (``__call__``, ``preprocess``: PIL / path / numpy -> pixel values and
+    the original size) with ``anomaly-features``; the model call and the outputs are its own.
     Call options: ``return_tensors`` (``"pt"`` default | ``"np"``), ``batch_size``,
     ``num_workers``. Constructor: ``device``, ``dtype`` (float32 unless told otherwise).
     """
 
     _load_image_processor = False  # built from the detector folder below (works for in-memory models too)
-    _load_tokenizer = False
-    _load_feature_extractor = False
-    _load_processor = False
-    _load_video_processor = False
 
     def __init__(self, model: Any, image_processor: Any = None, dtype: Any = None, **kwargs: Any) -> None:
         if image_processor is None:
             image_processor = _detector_processor(model)
-        super().__init__(model, image_processor=image_processor, **kwargs)
-        target = _resolve_dtype(dtype)
-        if target != self.model.dtype:
-            self.model.to(target)
-
-    def __call__(self, inputs: Any, **kwargs: Any) -> Any:
-        """One image -> one dict; a list (or tuple) of images -> a list of dicts."""
-        if isinstance(inputs, tuple):
-            inputs = list(inputs)
-        if isinstance(inputs, list) and not inputs:
-            raise ValueError("no images given: pass one image or a non-empty list of images")
-        return super().__call__(inputs, **kwargs)
+        super().__init__(model, image_processor=image_processor, dtype=_resolve_dtype(dtype), **kwargs)
 
     def _sanitize_parameters(self, return_tensors=None, **kwargs):
         unknown = sorted(set(kwargs) - set(_LENIENT_KWARGS))
@@ -109,12 +96,6 @@ class AnomalyDetectionPipeline(Pipeline):
                 raise ValueError(f"return_tensors={return_tensors!r}: use 'pt' (torch) or 'np' (numpy)")
             post["return_tensors"] = return_tensors
         return {}, {}, post
-
-    def preprocess(self, image: ImageLike) -> dict[str, torch.Tensor]:
-        """One input -> ``pixel_values [1, 3, S, S]`` and ``original_size [1, 2]`` (H, W)."""
-        rgb = load_rgb(image)
-        pixel_values = self.image_processor(rgb, return_tensors="pt")["pixel_values"]
-        return {"pixel_values": pixel_values, "original_size": torch.tensor([[rgb.height, rgb.width]])}
 
     def _forward(self, model_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Batched detector call -> a flat dict of ``[B, ...]`` tensors (what the un-batcher splits)."""
@@ -169,12 +150,6 @@ def save_detection_pipeline(save_directory: Union[str, os.PathLike]) -> None:
 def register_detection_pipeline() -> None:
     """Make ``pipeline("anomaly-detection", ...)`` resolve to :class:`AnomalyDetectionPipeline`."""
     PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=AnomalyDetectionPipeline, pt_model=AutoModel, type="image")
-
-
-def task_registered_locally() -> bool:
-    """True when an installed adpretrain_hf registered this task (then no remote code is needed)."""
-    impl = PIPELINE_REGISTRY.supported_tasks.get(TASK, {}).get("impl")
-    return impl is not None and impl.__module__.startswith("adpretrain_hf.")
 
 
 __all__ = ["AnomalyDetectionPipeline", "OUTPUTS", "TASK", "custom_pipeline_entry", "register_detection_pipeline", "save_detection_pipeline"]

@@ -127,12 +127,19 @@ class FeatureCache:
     def __contains__(self, key: Optional[str]) -> bool:
         return key is not None and (key in self._memory or key in self._disk)
 
-    def _get(self, key: str, device: torch.device) -> list[torch.Tensor]:
-        if key in self._memory:
-            return self._memory[key]
-        path, start, layers = self._disk[key]
-        with safe_open(path, framework="pt", device=str(device)) as handle:
-            return [handle.get_tensor(str(start + layer)) for layer in range(layers)]
+    def _get_many(self, keys: list[str], device: torch.device) -> dict[str, list[torch.Tensor]]:
+        """Several entries; each spill file is opened once."""
+        found = {key: self._memory[key] for key in keys if key in self._memory}
+        by_file: dict[str, list[str]] = {}
+        for key in keys:
+            if key not in found:
+                by_file.setdefault(self._disk[key][0], []).append(key)
+        for path, file_keys in by_file.items():
+            with safe_open(path, framework="pt", device=str(device)) as handle:
+                for key in file_keys:
+                    _, start, layers = self._disk[key]
+                    found[key] = [handle.get_tensor(str(start + layer)) for layer in range(layers)]
+        return found
 
     def tokens(self, model: ADPretrainModel, kind: str, pixel_values: torch.Tensor, bank: Optional[ReferenceBank]) -> TokenLayers:
         """Per layer ``[B, N_l, C_l]`` of ``kind`` for ``pixel_values [B, 3, H, W]``; misses run one pass."""
@@ -144,7 +151,8 @@ class FeatureCache:
         if missing:
             fresh = self._compute(model, kind, pixel_values, hashes, bank, missing)
         device = next(model.parameters()).device
-        rows = [fresh[i] if i in fresh else self._get(key, device) for i, key in enumerate(keys)]  # type: ignore[arg-type]
+        stored = self._get_many([key for i, key in enumerate(keys) if i not in fresh], device)  # type: ignore[misc]
+        rows = [fresh[i] if i in fresh else stored[key] for i, key in enumerate(keys)]  # type: ignore[index]
         return [torch.stack([row[layer] for row in rows]) for layer in range(len(rows[0]))]
 
     # -- computing and storing -------------------------------------------------------
@@ -163,7 +171,9 @@ class FeatureCache:
             index = torch.tensor(rows)
             tokens = None
             if cached:
-                per_row = [self._get(self._key("backbone", hashes[i], None), device) for i in rows]  # type: ignore[arg-type]
+                token_keys: list[str] = [self._key("backbone", hashes[i], None) for i in rows]  # type: ignore[misc]
+                got = self._get_many(token_keys, device)
+                per_row = [got[key] for key in token_keys]
                 tokens = [torch.stack([row[layer] for row in per_row]) for layer in range(len(per_row[0]))]
             sub_bank = bank.rows(index) if bank is not None and kind in REFERENCE_KINDS else None
             if kind not in REFERENCE_KINDS:  # the backbone alone: no projector for a "w/o" request
