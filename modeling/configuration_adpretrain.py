@@ -1,4 +1,6 @@
-"""``ADPretrainConfig``: every hyperparameter of the paper, with the paper's value as default.
+"""``ADPretrainConfig``: every hyperparameter of the paper, with the paper's value as default,
+except the loss form (norm, anchors, normalisation, release switches, center), which defaults
+to the authors' release because the paper's form does not train stably on real features.
 
 Part of the remote-code bundle: imports only transformers and its siblings.
 """
@@ -56,8 +58,10 @@ RELEASE_LOSS_FORM: dict[str, Any] = {
 }
 """The loss as the authors' released code computes it: ``training/configs/release.yaml``."""
 
-DEFAULT_LOSS_FORM: dict[str, Any] = PAPER_LOSS_FORM
-"""The form ``ADPretrainConfig()`` and ``ADPretrainLoss()`` use by default."""
+DEFAULT_LOSS_FORM: dict[str, Any] = RELEASE_LOSS_FORM
+"""The form ``ADPretrainConfig()`` and ``ADPretrainLoss()`` use by default: the release's. The
+paper's pseudo-Huber norm with the exp factor in the graph overflows float32 within a few steps
+on real backbone features (docs/loss_curves/README.md); the paper's form is ``PAPER_LOSS_FORM``."""
 
 LOSS_ARGUMENT_NAMES: dict[str, str] = {
     "angle_temperature": "temperature",

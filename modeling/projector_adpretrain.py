@@ -169,7 +169,12 @@ class FeatureProjector(nn.Module):
 
 
 def lkv_parameter_count(dim: int, num_references: int = 2048, mlp_ratio: int = 4, se_reduction: int = 16) -> int:
-    """Parameters of one default LKV projector, analytically (paper: about 15 D^2 + 2062 D)."""
+    """Parameters of one default LKV projector, analytically: 15 D^2 + 2062 D (+ D/4).
+
+    This is the release's block (references 2048 D + a D x D projection, attention 4 D^2,
+    MLP 8 D^2, SE gate 2 D^2). The paper's Table 7 (21.3 / 37.8 / 59 M for B / L / H over 4
+    layers) corresponds to about 9 D^2 per layer instead; we follow the release.
+    """
     hidden = dim * mlp_ratio
     bottleneck = hidden // se_reduction
     refs = num_references * dim + dim * dim + dim

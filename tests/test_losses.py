@@ -15,6 +15,7 @@ import torch
 from adpretrain_hf.losses import (
     ABNORMAL_MARGIN,
     HYPERSPHERE_RADIUS,
+    PAPER_LOSS_OPTIONS,
     RELEASE_LOSS_OPTIONS,
     TEMPERATURE,
     ADPretrainLoss,
@@ -382,7 +383,7 @@ def _layers(seed, requires_grad=True):
 @pytest.mark.parametrize("anchors", ["first", "both"])
 def test_total_paper_matches_eq7_transcription(anchors):
     v1, v2, labels, centers = _layers(20)
-    loss_fn = ADPretrainLoss(loss_weight=0.7, anchors=anchors, chunk_size=4)
+    loss_fn = ADPretrainLoss(**{**PAPER_LOSS_OPTIONS, "anchors": anchors}, loss_weight=0.7, chunk_size=4)
     out = loss_fn(v1, v2, labels, centers)
     slow = slow_total_eq7(v1, v2, labels, centers, 0.7, TEMPERATURE, anchors)
     _assert_close(out.loss, slow)
@@ -411,15 +412,15 @@ def test_total_release_options_match_release_sum():
 
 def test_release_normalization_is_twice_eq7_for_first_view_anchors():
     v1, v2, labels, centers = _layers(22, requires_grad=False)
-    paper = ADPretrainLoss(anchors="first", normalization="paper")(v1, v2, labels, centers).loss
-    release = ADPretrainLoss(anchors="first", normalization="release")(v1, v2, labels, centers).loss
+    paper = ADPretrainLoss(**PAPER_LOSS_OPTIONS)(v1, v2, labels, centers).loss
+    release = ADPretrainLoss(**{**PAPER_LOSS_OPTIONS, "normalization": "release"})(v1, v2, labels, centers).loss
     _assert_close(release, 2 * paper, rel=1e-12)
 
 
 def test_total_without_anomalies_is_norm_only_and_finite():
     v1, v2, labels, centers = _layers(23)
     labels = [torch.zeros_like(lab) for lab in labels]
-    out = ADPretrainLoss()(v1, v2, labels, centers)
+    out = ADPretrainLoss(**PAPER_LOSS_OPTIONS)(v1, v2, labels, centers)
     assert all(a.item() == 0.0 for a in out.angle)
     _assert_close(out.loss, sum((slow_norm(a, lab) + slow_norm(b, lab)) / 2 for a, b, lab in zip(v1, v2, labels)))
     assert all(torch.isfinite(g).all() for g in _grads(out.loss, [*v1, *v2]))
@@ -428,7 +429,7 @@ def test_total_without_anomalies_is_norm_only_and_finite():
 def test_total_norm_labels_override_and_no_centers():
     v1, v2, labels, _ = _layers(24)
     norm_labels = [torch.zeros_like(lab) for lab in labels]
-    out = ADPretrainLoss()(v1, v2, labels, None, norm_labels=norm_labels)
+    out = ADPretrainLoss(**PAPER_LOSS_OPTIONS)(v1, v2, labels, None, norm_labels=norm_labels)
     expected = 0.0
     for a, b, lab, nlab in zip(v1, v2, labels, norm_labels):
         expected = expected + slow_angle(a, b, lab, None) / 2 + (slow_norm(a, nlab) + slow_norm(b, nlab)) / 2

@@ -64,3 +64,12 @@ def test_from_pretrained_keeps_every_saved_weight(model, tmp_path):
     assert any(name.startswith("projectors.") for name in saved)
     for name, value in saved.items():
         torch.testing.assert_close(state[name], value, msg=name)
+
+
+@pytest.mark.parametrize("dim,paper_millions", [(768, 21.3), (1024, 37.8), (1280, 59.0)])
+def test_projector_size_release_vs_paper_table7(dim, paper_millions):
+    """The release's block is 15 D^2 + 2062 D (+ D/4) per layer; Table 7's totals are ~9 D^2 x 4 layers."""
+    from adpretrain_hf.modeling.projector_adpretrain import lkv_parameter_count
+
+    assert lkv_parameter_count(dim) == 15 * dim * dim + 2062 * dim + dim // 4
+    assert abs(4 * 9 * dim * dim / 1e6 - paper_millions) < 0.2

@@ -7,7 +7,8 @@ that needs it is used.
 
 Modules:
     schema: the row schema and shared loader checks.
-    realiad: Real-IAD loader and its deterministic evaluation split.
+    realiad: Real-IAD loader and its evaluation split (official JSON splits, else seeded).
+    realiad_splits: finding and reading Real-IAD's official split files.
     mvtec_style: MVTec AD, MPDD, MVTec 3D-AD (RGB), BTAD, VisA.
     layouts: layout detection and the one ``load_ad_dataset`` entry point.
     synthetic (+ synthetic_scenes, synthetic_defects): offline datasets with masks.
@@ -31,6 +32,8 @@ _EXPORTS: dict[str, str] = {
     "VIEW_NAMES": "schema",
     "load_realiad": "realiad",
     "realiad_eval_split": "realiad",
+    "REALIAD_SPLIT_ATTRIBUTE": "realiad",
+    "find_split_folders": "realiad_splits",
     "parse_view": "realiad",
     "load_mvtec_style": "mvtec_style",
     "KNOWN_LAYOUTS": "layouts",

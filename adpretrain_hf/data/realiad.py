@@ -26,6 +26,7 @@ from typing import Iterable
 import numpy as np
 from datasets import Dataset, DatasetDict, Image
 
+from .realiad_splits import SEEDED_SPLIT, assign_rows, choose_split_folder
 from .schema import (
     GOOD_DEFECT,
     LABEL_ANOMALOUS,
@@ -46,6 +47,8 @@ NG_FOLDER = "NG"
 REALIAD_IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg")
 REALIAD_MASK_EXTENSIONS: tuple[str, ...] = (".png",)
 DEFAULT_FIT_FRACTION = 0.5
+REALIAD_SPLIT_ATTRIBUTE = "realiad_split"
+"""Attribute of ``realiad_eval_split``'s ``DatasetDict`` that says which split was used."""
 
 _VIEW_PATTERN = re.compile(r"(?:^|_)(C[1-5])(?=_|$)")
 
@@ -140,12 +143,28 @@ def _fit_count(num_samples: int, fit_fraction: float) -> int:
 
 
 def realiad_eval_split(
-    dataset: Dataset, fit_fraction: float = DEFAULT_FIT_FRACTION, seed: int = 0
+    dataset: Dataset,
+    fit_fraction: float = DEFAULT_FIT_FRACTION,
+    seed: int = 0,
+    *,
+    split: str = "auto",
+    image_root: str | os.PathLike | None = None,
 ) -> DatasetDict:
     """Split a Real-IAD dataset into ``{"train": fit data, "test": evaluation data}``.
 
-    Real-IAD has no official normal-only training split for downstream detectors, so one is
-    made here, reproducibly: per category, the OK *samples* (``defect == "good"``, grouped by
+    Official split files first: with ``split="auto"`` the benchmark split ``realiad_jsons/``
+    (beside or inside the image root, possibly nested in one ``realiad_jsons/`` folder; see
+    :mod:`adpretrain_hf.data.realiad_splits`) is used when it has a ``<class>.json`` for every
+    loaded class; its ``train`` / ``test`` lists decide the rows (rows it does not list are
+    left out). ``split="realiad_jsons_sv"`` (or ``realiad_jsons_fuiad_0.1``, ...) asks for one
+    folder by name (an error if missing), ``split="seeded"`` forces the seeded split below.
+    ``image_root`` defaults to the folder above the rows' class folders.
+
+    Which split was used is the returned ``DatasetDict``'s ``realiad_split`` attribute
+    (:data:`REALIAD_SPLIT_ATTRIBUTE`): ``{"name": "realiad_jsons" | ... | "seeded", "path":
+    folder or None, "per_category": counts}``, for ``results.json``.
+
+    Without split files, a seeded split is made here, reproducibly: per category, the OK *samples* (``defect == "good"``, grouped by
     ``sample_id`` so the views of one sample never straddle the split) are shuffled with a
     generator seeded by ``(seed, crc32(category))``, and the first ``round(fit_fraction * n)``
     of them (at least 1, and at most ``n - 1`` so the test side keeps normal images) go to
@@ -162,6 +181,58 @@ def realiad_eval_split(
         raise ValueError(f"dataset lacks columns {missing}: load it with load_realiad()")
     if not 0.0 < fit_fraction < 1.0:
         raise ValueError(f"fit_fraction must lie strictly between 0 and 1, got {fit_fraction}")
+    if split != SEEDED_SPLIT and len(dataset):
+        official = _official_split(dataset, split, image_root)
+        if official is not None:
+            return official
+    result = _seeded_split(dataset, fit_fraction, seed)
+    setattr(result, REALIAD_SPLIT_ATTRIBUTE, {"name": SEEDED_SPLIT, "path": None, "fit_fraction": fit_fraction, "seed": seed})
+    return result
+
+
+def _image_paths(dataset: Dataset) -> list[str]:
+    """Absolute image path per row, without decoding the images."""
+    return [value["path"] for value in dataset.cast_column("image", Image(decode=False))["image"]]
+
+
+def _infer_image_root(path: str, category: str) -> Path:
+    """The folder holding ``<category>/`` above an image path."""
+    for parent in Path(os.path.abspath(path)).parents:
+        if parent.name == category:
+            return parent.parent
+    raise ValueError(f"cannot find the class folder {category!r} above {path}: pass image_root=")
+
+
+def _official_split(dataset: Dataset, split: str, image_root: str | os.PathLike | None) -> DatasetDict | None:
+    """The split an official JSON folder describes, or None when ``split="auto"`` finds none usable."""
+    paths, categories = _image_paths(dataset), list(dataset["category"])
+    root = Path(os.path.abspath(image_root)) if image_root is not None else _infer_image_root(paths[0], categories[0])
+    folder = choose_split_folder(root, split)
+    if folder is None:
+        return None
+    missing = sorted(c for c in set(categories) if not (folder / f"{c}.json").is_file())
+    if missing:
+        if split == "auto":
+            return None
+        raise ValueError(f"{folder} has no split file for classes {missing}: leave them out or use split='{SEEDED_SPLIT}'")
+    assigned, counts = assign_rows(paths, categories, root, folder)
+    train_idx = sorted(row for row, key in assigned.items() if key == TRAIN_SPLIT)
+    test_idx = sorted(row for row, key in assigned.items() if key == TEST_SPLIT)
+    empty = sorted(c for c, n in counts.items() if n[TRAIN_SPLIT] == 0 or n[TEST_SPLIT] == 0)
+    if empty:
+        raise ValueError(
+            f"the official split {folder} matches no train or no test image of classes {empty} under {root}: "
+            "check that image_root is the image tree the JSON paths are relative to"
+        )
+    result = DatasetDict(
+        {TRAIN_SPLIT: _subset(dataset, train_idx, TRAIN_SPLIT), TEST_SPLIT: _subset(dataset, test_idx, TEST_SPLIT)}
+    )
+    setattr(result, REALIAD_SPLIT_ATTRIBUTE, {"name": folder.name, "path": str(folder), "per_category": counts})
+    return result
+
+
+def _seeded_split(dataset: Dataset, fit_fraction: float, seed: int) -> DatasetDict:
+    """The seeded 50/50 (``fit_fraction``) split of OK samples described in ``realiad_eval_split``."""
     categories = list(dataset["category"])
     defects = list(dataset["defect"])
     labels = list(dataset["label"])

@@ -116,7 +116,7 @@ def _realiad_record(split: DatasetDict, config: EvaluationConfig) -> dict[str, A
             "num_train_images": sum(cat == name for cat in split["train"]["category"]),
             "num_test_images": sum(cat == name for cat in split["test"]["category"]),
         }
-    return {"fit_fraction": config.realiad_fit_fraction, "seed": config.split_seed, "per_category": per_category}
+    return {"fit_fraction": config.realiad_fit_fraction, "seed": config.split_seed, "per_category": per_category, "split": getattr(split, "realiad_split", None)}
 
 
 def category_rows(dataset: Dataset, category: str) -> Rows:
