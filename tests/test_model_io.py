@@ -123,7 +123,8 @@ def test_remote_code_loads_without_the_package(tiny_clip_model, tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "transformers_modules" in result.stdout
-    assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
+    # Not bit-equal: another process (thread count) may round differently at the 1e-7 level.
+    torch.testing.assert_close(torch.load(tmp_path / "out.pt"), expected, rtol=1e-5, atol=1e-5)
 
 
 def _fake_hub_cache(root, repo_id, folder_writer):
