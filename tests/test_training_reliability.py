@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -98,8 +99,12 @@ def test_augmentation_depends_on_seed_epoch_and_row_only(realiad_root):
 
 
 # -- 2. exactly resumable after a real kill ---------------------------------------------------------
+# The killed run uses this process's thread count: on CPU the count decides how float32
+# reductions are split, so runs under different counts differ by an ulp without any resume.
 _HANG_AFTER_STEP = """
 import sys, time
+import torch
+torch.set_num_threads({threads})
 from adpretrain_hf.training import loop, pretrain
 write = loop.Pretrainer._write_metrics
 def hang(self, record):
@@ -115,7 +120,7 @@ sys.exit(pretrain.main(sys.argv[1:]))
 def test_a_killed_run_resumes_on_the_uninterrupted_curve(realiad_root, reference_run, tmp_path):
     out = tmp_path / "killed"
     argv = _argv(realiad_root, out, "--checkpoint-every-steps", str(KILL_AFTER), "--set", "learning_rate=1e-3", "--seed", "42")
-    script = _HANG_AFTER_STEP.format(kill_after=KILL_AFTER)
+    script = _HANG_AFTER_STEP.format(kill_after=KILL_AFTER, threads=torch.get_num_threads())
     proc = subprocess.Popen([sys.executable, "-c", script, *argv], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + KILL_TIMEOUT_S
     try:
@@ -135,9 +140,39 @@ def test_a_killed_run_resumes_on_the_uninterrupted_curve(realiad_root, reference
     (root / ".tmp-checkpoint_99").mkdir()  # a stale temporary (a save killed midway) is never picked
     (root / ".tmp-checkpoint_99" / "projectors.safetensors").write_bytes(b"half")
 
-    assert pretrain.main(argv + ["--resume", "latest"]) == 0
+    assert checkpointing.read_json(root / f"checkpoint_{KILL_AFTER}" / checkpointing.TRAINER_STATE)["cpu_threads"] == torch.get_num_threads()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", checkpointing.ThreadCountWarning)  # same count: no warning
+        assert pretrain.main(argv + ["--resume", "latest"]) == 0
     assert _losses(out) == _losses(reference_run)  # the whole curve, exactly; each step once
     assert not (root / ".tmp-checkpoint_99").exists()
+
+
+def test_a_resume_under_another_cpu_thread_count_warns(tmp_path):
+    threads = torch.get_num_threads()
+    with pytest.warns(checkpointing.ThreadCountWarning, match=rf"written with {threads + 1} CPU threads, this process uses {threads}:.*OMP_NUM_THREADS={threads + 1}"):
+        checkpointing.check_threads(tmp_path, threads + 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        checkpointing.check_threads(tmp_path, threads)  # same count
+        checkpointing.check_threads(tmp_path, None)  # a checkpoint from before the record
+
+
+def test_a_cnn_backbone_run_resumes_exactly_in_process(realiad_root, tmp_path):
+    """tiny-cnn's batched convolutions round differently with the batch's content, so this
+    fails when reference tokens are computed in history-dependent groups (empty cache on resume)."""
+    steps = 4
+    reference = tmp_path / "reference"
+    run_pretraining(_args(realiad_root, reference, preset="tiny-cnn", max_steps=steps, checkpoint_every_steps=KILL_AFTER))
+    resumed = tmp_path / "resumed"
+    _copy_checkpoint(reference / "checkpoints" / f"checkpoint_{KILL_AFTER}", resumed)
+    lines = (reference / "metrics.jsonl").read_text().splitlines()[:KILL_AFTER]
+    (resumed / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
+    run_pretraining(_args(realiad_root, resumed, preset="tiny-cnn", max_steps=steps, resume="latest"))
+    terms = [[(k, v) for k, v in r.items() if k == "step" or k == "loss" or k.startswith(("angle/", "norm/"))] for r in _records(resumed)]
+    assert [r["step"] for r in _records(resumed)] == list(range(1, steps + 1))
+    assert terms == [[(k, v) for k, v in r.items() if k == "step" or k == "loss" or k.startswith(("angle/", "norm/"))] for r in _records(reference)]
 
 
 # -- 3. no pickle on resume --------------------------------------------------------------------------
@@ -152,7 +187,11 @@ class _Payload:
 
 def _copy_latest_checkpoint(run, out):
     """A copy of ``run``'s latest checkpoint under ``out/checkpoints``; returns the copy."""
-    source = checkpointing.latest_checkpoint(run / "checkpoints")
+    return _copy_checkpoint(checkpointing.latest_checkpoint(run / "checkpoints"), out)
+
+
+def _copy_checkpoint(source, out):
+    """A copy of the checkpoint folder ``source`` under ``out/checkpoints``; returns the copy."""
     target = out / "checkpoints" / source.name
     target.mkdir(parents=True)
     for file in source.iterdir():
@@ -351,5 +390,11 @@ def test_the_adpretrain_command_forwards_and_keeps_one_line_errors(realiad_root,
 
 @pytest.mark.parametrize("config", sorted((REPO / "training" / "configs").glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_configs_pass_validation(config, tmp_path):
+    from adpretrain_hf.modeling.presets_adpretrain import PRESETS
+
     args = load_arguments(str(config), {"data_root": str(tmp_path)}, []).validate()
-    assert args.preset == config.stem  # each config trains the preset it is named after
+    assert args.preset in PRESETS
+    if config.stem in PRESETS:
+        assert args.preset == config.stem  # a preset's config trains that preset
+    else:  # a loss recipe (paper.yaml, release.yaml) says which loss it sets
+        assert args.model, f"{config.name} is named after no preset and sets no model field"

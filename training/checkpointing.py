@@ -4,7 +4,7 @@ Layout of ``<output_dir>/checkpoints/checkpoint_<step>/``:
 
 * ``projectors.safetensors``            trainable weights (main process)
 * ``optimizer.safetensors`` / ``.json`` optimizer tensors / param groups and scalars (main process)
-* ``trainer_state.json``                step, epoch, batch in epoch, scheduler, process count (main process)
+* ``trainer_state.json``                step, epoch, batch in epoch, scheduler, process count, CPU threads (main process)
 * ``process_<rank>.safetensors`` / ``.json``  per process: centers, running-center state, RNG states
 
 Every process writes into ``.tmp-checkpoint_<step>``; once all are done the main process
@@ -12,6 +12,11 @@ renames it to ``checkpoint_<step>`` (one atomic ``os.replace``), so a kill leave
 temporary folder, which :func:`latest_checkpoint` never picks and the next save removes.
 Loading refuses folders holding pickle files (Accelerate's ``.bin``/``.pkl`` states included):
 a crafted pickle would run code when loaded, so it is never opened.
+
+Exactness has one condition outside the checkpoint: on CPU, float32 reductions (matmul,
+backward) are split across torch's intra-op threads, so a different thread count changes
+results by an ulp and the curves drift apart. The count is recorded and a resume under
+another count warns (:func:`check_threads`); the run itself never changes it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -35,6 +41,7 @@ PROJECTORS_FILE = "projectors.safetensors"
 OPTIMIZER_TENSORS = "optimizer.safetensors"
 OPTIMIZER_JSON = "optimizer.json"
 TRAINER_STATE = "trainer_state.json"
+CPU_THREADS_KEY = "cpu_threads"  # torch intra-op threads of the run that wrote the checkpoint
 _NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 
 
@@ -223,6 +230,7 @@ def save_checkpoint(trainer: Any, keep: int) -> Path:
             "format_version": FORMAT_VERSION, "step": state.step, "epoch": state.epoch,
             "batch_in_epoch": state.batch_in_epoch, "num_processes": acc.num_processes,
             "seed": trainer.args.seed, "scheduler": scheduler_state(trainer.scheduler),
+            CPU_THREADS_KEY: torch.get_num_threads(),
         })  # written last: its presence marks the folder complete
     acc.wait_for_everyone()
     final = root / temp.name[len(TEMP_PREFIX) :]
@@ -230,6 +238,29 @@ def save_checkpoint(trainer: Any, keep: int) -> Path:
         commit(temp, keep)
     acc.wait_for_everyone()
     return final
+
+
+class ThreadCountWarning(RuntimeWarning):
+    """A CPU resume under another intra-op thread count than the checkpoint's run: not bit-exact."""
+
+
+def check_threads(folder: Path, saved: Optional[int]) -> None:
+    """Warn when this process's torch thread count differs from the one that wrote ``folder``.
+
+    On CPU the count decides how float32 reductions are split, so with another count the
+    resumed curve differs from the uninterrupted one by float rounding (e.g. 218.53073 vs
+    218.53072 three steps in). Checkpoints without the record (older ones) are not checked.
+    """
+    current = torch.get_num_threads()
+    if saved is None or int(saved) == current:
+        return
+    warnings.warn(
+        f"checkpoint {folder} was written with {saved} CPU threads, this process uses {current}: the resumed loss "
+        f"curve differs from the uninterrupted one by float rounding; resume with OMP_NUM_THREADS={saved} "
+        f"(or torch.set_num_threads({saved})) to continue it exactly",
+        ThreadCountWarning,
+        stacklevel=3,
+    )
 
 
 def load_checkpoint(trainer: Any, folder: Path) -> dict[str, list[torch.Tensor]]:
@@ -248,6 +279,8 @@ def load_checkpoint(trainer: Any, folder: Path) -> dict[str, list[torch.Tensor]]
             f"checkpoint {folder} was written by {progress['num_processes']} processes, this run has {acc.num_processes}: "
             f"launch with --num_processes {progress['num_processes']} to continue it exactly"
         )
+    if acc.device.type == "cpu":
+        check_threads(folder, progress.get(CPU_THREADS_KEY))
     tensor_file, json_file = process_files(acc.process_index)
     tensors, values = read_tensors(folder / tensor_file), read_json(folder / json_file)
     acc.unwrap_model(trainer.head).load_state_dict(read_tensors(folder / PROJECTORS_FILE))

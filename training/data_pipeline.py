@@ -41,6 +41,10 @@ class TrainingData:
         if self.transform is not None:
             self.transform.epoch = int(epoch)
 
+    def reference_rows(self) -> list[int]:
+        """Every row a reference draw can return (the union of the sampler's pools), sorted."""
+        return sorted({int(i) for key in self.sampler.keys for i in self.sampler.pool(*key)})
+
     def reference_pixels(self, index: int) -> torch.Tensor:
         """Processed, un-augmented pixel values ``[3, H, W]`` of row ``index`` (a reference)."""
         image, _ = load_image_and_mask(self.raw[int(index)])
@@ -54,16 +58,23 @@ class TwoViewTransform:
         processor: resizes/normalises views to ``[3, H, W]`` and masks to ``[H, W]``.
         seed: the run's seed; row ``i`` of epoch ``e`` is augmented by ``TwoViewAugment`` seeded
             with ``derived_seed(seed, AUGMENT_STREAM, e, i)``. ``None`` = fresh OS entropy per call.
+        augmenter: one ``TwoViewAugment`` used for every row instead (its own generator runs on
+            from call to call); for inspecting the augmentation, not for reproducible training.
     """
 
-    def __init__(self, processor: ADPretrainImageProcessor, seed: Optional[int]) -> None:
+    def __init__(
+        self, processor: ADPretrainImageProcessor, seed: Optional[int], augmenter: Optional[TwoViewAugment] = None
+    ) -> None:
         self.processor = processor
         self.seed = seed
+        self.augmenter = augmenter
         self.epoch = 0
         self.mean = torch.tensor(processor.image_mean, dtype=torch.float32)[:, None, None]
         self.std = torch.tensor(processor.image_std, dtype=torch.float32)[:, None, None]
 
     def augment(self, row: int) -> TwoViewAugment:
+        if self.augmenter is not None:
+            return self.augmenter
         seed = None if self.seed is None else derived_seed(self.seed, AUGMENT_STREAM, self.epoch, row)
         return TwoViewAugment(seed=seed)
 
@@ -86,6 +97,11 @@ class TwoViewTransform:
             "view": batch["view"],
             ROW_INDEX: batch[ROW_INDEX],
         }
+
+
+def make_two_view_transform(processor: ADPretrainImageProcessor, augment: TwoViewAugment) -> TwoViewTransform:
+    """A ``datasets`` transform (:class:`TwoViewTransform`) that augments every row with ``augment``."""
+    return TwoViewTransform(processor, seed=None, augmenter=augment)
 
 
 def collate_views(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -5,12 +5,19 @@ tokens are the same at every step. Each sample draws K in {1, 4, 8} references o
 class, so the same few hundred normal images are matched again and again: caching their
 tokens removes up to 8 of the 10 backbone passes a sample costs (2 views + K refs).
 Bounded: least recently used images are evicted beyond ``max_images``.
+
+Exact resume needs an image's tokens to be the same bits whatever ran before: batched
+conv/matmul kernels can round differently with the batch's size and content, and which
+images miss together depends on history (a resumed run starts with an empty cache). So an
+image is always computed in the same fixed group: consecutive chunks of the sorted
+reference rows (``rows``); a miss computes its whole group, which also prefetches the
+neighbours. Rows outside ``rows`` (or every row when ``rows`` is None) are computed alone.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 
@@ -23,7 +30,10 @@ class ReferenceFeatureCache:
         load_pixels: ``row index -> [3, H, W]`` processed (not augmented) pixel values.
         device: where tokens are computed and kept.
         max_images: LRU capacity (0 disables caching: every call recomputes).
-        batch_size: images per backbone pass when filling the cache.
+        batch_size: images per backbone pass when filling the cache (the fixed group size).
+        dtype: dtype of the pixels fed to the backbone (None = as loaded).
+        rows: every row that may be asked for (the reference pools), split once into fixed
+            groups of ``batch_size``; None = each image computed alone.
     """
 
     def __init__(
@@ -34,7 +44,10 @@ class ReferenceFeatureCache:
         max_images: int = 4096,
         batch_size: int = 32,
         dtype: torch.dtype | None = None,
+        rows: Optional[Iterable[int]] = None,
     ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} is invalid: pass the number of images per backbone pass (>= 1)")
         self.backbone = backbone
         self.load_pixels = load_pixels
         self.device = device
@@ -42,21 +55,33 @@ class ReferenceFeatureCache:
         self.batch_size = batch_size
         self.dtype = dtype
         self._store: OrderedDict[int, list[torch.Tensor]] = OrderedDict()
+        self._groups: dict[int, tuple[int, ...]] = {}
+        ordered = sorted({int(i) for i in rows}) if rows is not None else []
+        for start in range(0, len(ordered), batch_size):
+            group = tuple(ordered[start : start + batch_size])
+            self._groups.update({i: group for i in group})
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
         return len(self._store)
 
+    def group(self, index: int) -> tuple[int, ...]:
+        """The rows always computed together with ``index`` (itself alone if it is in no group)."""
+        return self._groups.get(index, (index,))
+
     @torch.no_grad()
     def _compute(self, indices: list[int]) -> dict[int, list[torch.Tensor]]:
+        """Tokens of ``indices`` and of their groups' other members, one backbone pass per group."""
         out: dict[int, list[torch.Tensor]] = {}
-        for start in range(0, len(indices), self.batch_size):
-            chunk = indices[start : start + self.batch_size]
+        for index in indices:
+            if index in out:
+                continue
+            chunk = self.group(index)
             pixels = torch.stack([self.load_pixels(i) for i in chunk]).to(self.device, dtype=self.dtype)
             tokens = self.backbone(pixels)
-            for j, index in enumerate(chunk):
-                out[index] = [layer[j] for layer in tokens]
+            for j, member in enumerate(chunk):
+                out[member] = [layer[j] for layer in tokens]
         return out
 
     def _remember(self, computed: dict[int, list[torch.Tensor]]) -> None:
@@ -78,8 +103,8 @@ class ReferenceFeatureCache:
         self.misses += len(missing)
         self.hits += len(unique) - len(missing)
         computed = self._compute(missing) if missing else {}
+        lookup = {i: computed[i] if i in computed else self._store[i] for i in unique}  # before any eviction
         self._remember(computed)
-        lookup = {i: self._store[i] if i in self._store else computed[i] for i in unique}
         for index in unique:
             if index in self._store:
                 self._store.move_to_end(index)

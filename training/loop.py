@@ -138,7 +138,8 @@ class Pretrainer:
         self.state = TrainingState()
         self.running: Optional[RunningCenter] = None
         self.cache = ReferenceFeatureCache(
-            self.model.backbone, self.data.reference_pixels, self.accelerator.device, max_images=args.feature_cache_images
+            self.model.backbone, self.data.reference_pixels, self.accelerator.device, max_images=args.feature_cache_images,
+            rows=self.data.reference_rows(),  # fixed backbone groups: a row's tokens do not depend on history
         )
         # Every loss option is a config field (--set model.<field>=...), built in one place.
         self.loss_fn = ADPretrainLoss.from_config(self.config, max_block_elements=args.loss_chunk_elements)
