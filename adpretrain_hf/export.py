@@ -11,6 +11,12 @@ dimension is dynamic). Thresholding stays outside the graph (compare ``scores`` 
 ``config.image_threshold``; it is one comparison and keeps the graph recalibration-free).
 
 PaDiM (a batched triangular solve) and the trained methods are not exported.
+
+Memory: onnxruntime's peak grows with the whole ``[queries, reference tokens]`` distance matrix
+of the residual matching (torch eager holds one 1024-column block at a time). Harmless for ViT
+grids (16x16 tokens); for high-resolution CNN grids it is not: EfficientNet-Lite0 at 224 px
+(56x56 first layer) needs about 0.3 GB at batch 1 but more than 9 GB at batch 16. Export such
+models with a small fixed ``batch_size`` (1-4).
 """
 
 from __future__ import annotations
