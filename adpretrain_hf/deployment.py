@@ -220,7 +220,8 @@ def fit_detector(
         features: ``"pretrained"`` (ADPretrain, "w/") or ``"backbone"`` ("w/o").
         layers: indices into the model's tapped layers (None: the method's default).
         references: normal reference images for the residuals (default: the first 8 training images);
-            they become ``model``'s reference bank (``set_references``) and are stored in the folder.
+            they become the extractor's reference bank and are stored in the folder. A training image
+            that is also a reference is matched against the other references only (leave-one-out).
         val_images / val_labels / val_masks: calibration set (see :func:`calibrate`); None leaves it uncalibrated.
         quantile / margin: normal-only image threshold = ``quantile`` of the scores + ``margin`` x their range
             (``quantile=1.0, margin=0.1``: "max + 10 %"); the pixel threshold uses ``quantile`` alone.
@@ -232,7 +233,7 @@ def fit_detector(
     extractor = ModelFeatureExtractor(model, features=features)
     if extractor.needs_references or model.config.projector_type == "cross_attn":
         refs = train[:DEFAULT_REFERENCE_SHOTS] if references is None else load_pixel_values(references, processor, "references")
-        model.set_references(refs.to(device=extractor.device, dtype=extractor.dtype))
+        extractor.set_references(refs)
     kwargs = dict(method_kwargs or {})
     if layers is not None:
         kwargs["layers"] = list(layers)

@@ -48,11 +48,14 @@ class ReferenceBank:
     ``layers[l]``: ``[M_l, C_l]`` shared by every image, or ``[B, M_l, C_l]`` one bank per image
     of a batch (semantic-aligned references). ``keys``: one content key for a shared bank, or
     one per image for per-image banks; features computed against equal keys are equal, so a
-    cache may key them by it (``None``: not cacheable).
+    cache may key them by it (``None``: not cacheable). ``members``: for a shared bank built
+    from whole images, each reference image's content key, in bank order (each image owns
+    ``M_l / K`` consecutive tokens of layer ``l``); it lets :meth:`without` drop one of them.
     """
 
     layers: tuple[torch.Tensor, ...]
     keys: Optional[tuple[str, ...]] = None
+    members: Optional[tuple[str, ...]] = None
 
     @property
     def per_image(self) -> bool:
@@ -71,11 +74,32 @@ class ReferenceBank:
         keys = None if self.keys is None else tuple(self.keys[i] for i in index.tolist())
         return ReferenceBank(tuple(layer[index.to(layer.device)] for layer in self.layers), keys)
 
+    def without(self, member: str) -> "ReferenceBank":
+        """The shared bank without reference image ``member``'s tokens (leave-one-out).
+
+        A normal image matched against a bank that holds its own tokens has an all-zero residual
+        (every token's nearest reference is itself), unlike any other normal image; detectors fit
+        on such images learn a point mass that no test image shows. Pretraining never draws an
+        image as its own reference, and the aligned strategy excludes it: this does the same for
+        a shared set. A bank of one image is returned unchanged (nothing would be left).
+        """
+        if self.members is None or member not in self.members or len(self.members) < 2:
+            return self
+        index = self.members.index(member)
+        count = len(self.members)
+        kept = []
+        for layer in self.layers:
+            per_member = layer.shape[0] // count
+            kept.append(torch.cat([layer[: index * per_member], layer[(index + 1) * per_member :]]))
+        members = self.members[:index] + self.members[index + 1 :]
+        return ReferenceBank(tuple(kept), (combine_keys(list(members)),), members)
+
     @classmethod
     def from_tokens(cls, tokens: TokenLayers, image_keys: Optional[Sequence[str]] = None) -> "ReferenceBank":
         """A shared bank from the references' tokens (per layer ``[K, N_l, C_l]`` -> ``[K*N_l, C_l]``)."""
         keys = None if image_keys is None else (combine_keys(list(image_keys)),)
-        return cls(tuple(layer.flatten(0, 1) for layer in tokens), keys)
+        members = None if image_keys is None else tuple(image_keys)
+        return cls(tuple(layer.flatten(0, 1) for layer in tokens), keys, members)
 
     @classmethod
     def from_pixels(cls, model: ADPretrainModel, reference_pixel_values: torch.Tensor, batch_size: int = REFERENCE_BATCH_SIZE) -> "ReferenceBank":
@@ -83,7 +107,8 @@ class ReferenceBank:
         param = next(model.parameters())
         pixels = reference_pixel_values.to(device=param.device, dtype=param.dtype)
         bank = model.compute_reference_bank(pixels, batch_size)
-        return cls(tuple(bank), (combine_keys([pixel_hash(image) for image in reference_pixel_values]),))
+        image_keys = [pixel_hash(image) for image in reference_pixel_values]
+        return cls(tuple(bank), (combine_keys(image_keys),), tuple(image_keys))
 
 
 @dataclass
@@ -223,14 +248,48 @@ class ModelFeatureExtractor:
     def __call__(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         self.model.check_pixel_values(pixel_values)
         bank = self._bank() if self.kind in REFERENCE_KINDS else None
-        if self.source is not None:  # keyed by the pixels as given (before any dtype cast)
-            tokens = self.source.tokens(self.model, self.kind, pixel_values, bank)
-            grids = self.model.grid_sizes
-            return [tokens_to_grid(tokens[i].float(), grids[i]) for i in self.layers]
-        pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
-        if self.kind == "backbone":
-            tokens = list(self.model.backbone(pixel_values))
-        else:
-            tokens = feature_pass(self.model, pixel_values, bank).get(self.kind)
+        groups = leave_one_out_groups(pixel_values, bank)
+        if len(groups) == 1:
+            tokens = self._tokens(pixel_values, bank)
+        else:  # some images are references themselves: each of those against the others only
+            tokens = [None] * len(self.model.grid_sizes)
+            for rows, group_bank in groups:
+                part = self._tokens(pixel_values[rows], group_bank)
+                for i, layer in enumerate(part):
+                    if tokens[i] is None:
+                        tokens[i] = layer.new_empty((pixel_values.shape[0], *layer.shape[1:]))
+                    tokens[i][rows.to(layer.device)] = layer
         grids = self.model.grid_sizes
         return [tokens_to_grid(tokens[i].float(), grids[i]) for i in self.layers]
+
+    def _tokens(self, pixel_values: torch.Tensor, bank: Optional[ReferenceBank]) -> TokenLayers:
+        """Per layer ``[B, N_l, C_l]`` of this extractor's kind against ``bank``."""
+        if self.source is not None:  # keyed by the pixels as given (before any dtype cast)
+            return self.source.tokens(self.model, self.kind, pixel_values, bank)
+        pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
+        if self.kind == "backbone":
+            return list(self.model.backbone(pixel_values))
+        return feature_pass(self.model, pixel_values, bank).get(self.kind)
+
+
+def leave_one_out_groups(pixel_values: torch.Tensor, bank: Optional[ReferenceBank]) -> list[tuple[torch.Tensor, Optional[ReferenceBank]]]:
+    """Split a batch ``[B, 3, H, W]`` by the bank each image must be matched against.
+
+    Images that are members of a shared bank get the bank without themselves
+    (:meth:`ReferenceBank.without`); all others share ``bank``. Returns ``(row indices, bank)``
+    pairs covering the batch; one pair when no image is a reference (the common case, which
+    costs one content hash per image).
+    """
+    everyone = torch.arange(pixel_values.shape[0])
+    if bank is None or bank.members is None or bank.per_image or len(bank.members) < 2:
+        return [(everyone, bank)]
+    keys = [pixel_hash(image) for image in pixel_values]
+    members = set(bank.members)
+    if not members.intersection(keys):
+        return [(everyone, bank)]
+    others = [row for row, key in enumerate(keys) if key not in members]
+    groups = [(torch.tensor(others, dtype=torch.long), bank)] if others else []
+    for row, key in enumerate(keys):
+        if key in members:
+            groups.append((torch.tensor([row], dtype=torch.long), bank.without(key)))
+    return groups

@@ -83,6 +83,9 @@ class AnomalyDetectionPipeline(AnomalyFeaturesPipeline):
             image_processor = _detector_processor(model)
         super().__init__(model, image_processor=image_processor, dtype=_resolve_dtype(dtype), **kwargs)
 
+    def _backbone_patch_size(self) -> int:
+        return int(self.model.adpretrain.config.patch_size)
+
     def _sanitize_parameters(self, return_tensors=None, **kwargs):
         unknown = sorted(set(kwargs) - set(_LENIENT_KWARGS))
         if unknown:

@@ -254,10 +254,14 @@ class AnomalyFeaturesPipeline(Pipeline):
             self._stored_bank = (stored, [bank.to(self.device, dtype) for bank in stored])
         return self._stored_bank[1]
 
+    def _backbone_patch_size(self) -> int:
+        """The backbone's patch (smallest stride) in pixels; pipelines over wrapped models override it."""
+        return int(self.model.config.patch_size)
+
     def _read(self, image: ImageLike, what: str) -> Image.Image:
         """The shared reader, plus: an image smaller than one backbone patch carries nothing to score."""
         rgb = load_rgb(image, what)
-        smallest = int(self.model.config.patch_size)
+        smallest = self._backbone_patch_size()
         if min(rgb.width, rgb.height) < smallest:
             raise ValueError(
                 f"{what} is {rgb.width}x{rgb.height} pixels, smaller than one backbone patch ({smallest}x{smallest}): "

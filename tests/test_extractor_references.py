@@ -1,0 +1,62 @@
+"""Reference images are never matched against themselves (leave-one-out), in the extractor and the runner."""
+
+import torch
+
+from adpretrain_hf.extractor import ModelFeatureExtractor, ReferenceBank, leave_one_out_groups, pixel_hash
+
+
+def _images(n: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 64, 64, generator=generator)
+
+
+def test_a_reference_in_the_batch_is_matched_against_the_other_references_only(tiny_clip_model):
+    images = _images(5)
+    references = images[:3]  # images 0..2 are references and also in the batch (as in a fit set)
+    extractor = ModelFeatureExtractor(tiny_clip_model, features="residual")
+    extractor.set_references(references)
+    maps = extractor(images)
+
+    # Independently: image i < 3 against the bank of the two other references; 3, 4 against all three.
+    for i in range(5):
+        others = [j for j in range(3) if j != i]
+        bank = [layer for layer in tiny_clip_model.compute_reference_bank(references[others])]
+        out = tiny_clip_model(images[i : i + 1], reference_features=bank, output_anomaly_map=False)
+        for layer, grid_map in zip(out.residuals, maps):
+            expected = layer[0].float().T.reshape(grid_map.shape[1:])
+            torch.testing.assert_close(grid_map[i], expected, rtol=1e-5, atol=1e-5)
+    # The bug this prevents: against a bank holding itself, every residual of a reference is 0.
+    assert all(float(m[:3].abs().amax()) > 0 for m in maps)
+
+
+def test_without_drops_exactly_one_members_tokens(tiny_clip_model):
+    references = _images(3, seed=1)
+    bank = ReferenceBank.from_pixels(tiny_clip_model, references)
+    keys = [pixel_hash(image) for image in references]
+    assert bank.members == tuple(keys)
+    smaller = bank.without(keys[1])
+    expected = tiny_clip_model.compute_reference_bank(references[[0, 2]])
+    for got, want in zip(smaller.layers, expected):
+        torch.testing.assert_close(got, want)
+    assert smaller.members == (keys[0], keys[2]) and smaller.keys != bank.keys
+    single = ReferenceBank.from_pixels(tiny_clip_model, references[:1])
+    assert single.without(keys[0]) is single  # one reference: nothing would be left, keep it
+
+
+def test_batches_without_references_stay_one_group(tiny_clip_model):
+    bank = ReferenceBank.from_pixels(tiny_clip_model, _images(2, seed=2))
+    groups = leave_one_out_groups(_images(4, seed=3), bank)
+    assert len(groups) == 1 and groups[0][1] is bank and groups[0][0].tolist() == [0, 1, 2, 3]
+
+
+def test_the_runners_shared_bank_knows_its_members(tiny_clip_model):
+    """The evaluation builds its shared bank through ``shared_bank``: it must carry the members,
+    or fit images that are references would silently get all-zero residuals again."""
+    from adpretrain_hf.evaluation.feature_cache import DirectSource, shared_bank
+
+    references = _images(3, seed=4)
+    bank = shared_bank(DirectSource(), tiny_clip_model, references, batch_size=2)
+    assert bank.members == tuple(pixel_hash(image) for image in references)
+    groups = leave_one_out_groups(torch.cat([references[1:2], _images(1, seed=5)]), bank)
+    assert [rows.tolist() for rows, _ in groups] == [[1], [0]]
+    assert groups[1][1].members == (bank.members[0], bank.members[2])
