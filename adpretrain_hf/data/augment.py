@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from .schema import MASK_OFF_VALUE
+from ..modeling.image_io_adpretrain import pil_to_rgb, read_mask
 
 COLOR_JITTER_BRIGHTNESS = 0.4
 COLOR_JITTER_CONTRAST = 0.4
@@ -40,7 +40,6 @@ BLUR_PROB = 0.5
 BLUR_SIGMA = (0.1, 2.0)  # standard deviation in pixels of the processed view (PIL's "radius")
 BLUR_TRUNCATE = 3.0  # the blur kernel spans +-3 sigma: side 2 * ceil(3 sigma) + 1
 MASK_ON = 255  # defective pixels in returned masks
-SIXTEEN_BIT_TO_EIGHT = 257  # 65535 / 255
 _SEED_BITS = 63
 
 ImageLike = Union[Image.Image, torch.Tensor]
@@ -163,25 +162,14 @@ def open_image(value: object) -> Image.Image:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB copy of any PIL image: grayscale is replicated, alpha dropped, 16-bit rescaled."""
-    if image.mode == "RGB":
-        return image
-    if image.mode.startswith("I") or image.mode == "F":  # 16/32-bit grayscale
-        values = np.asarray(image, dtype=np.float64)
-        if values.max(initial=0) > np.iinfo(np.uint8).max:
-            values = values / SIXTEEN_BIT_TO_EIGHT
-        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
-    return image.convert("RGB")
+    """RGB copy of any PIL image with the package's one reader rule (grayscale replicated, alpha
+    dropped, 16-bit rescaled 65535 -> 255), so training, evaluation and the pipeline see equal pixels."""
+    return pil_to_rgb(image)
 
 
 def binarise_mask(mask: Image.Image) -> Image.Image:
-    """An ``L`` mask with :data:`MASK_ON` where any colour channel is nonzero, 0 elsewhere."""
-    if mask.mode in ("RGBA", "LA", "PA"):
-        mask = mask.convert("RGB" if mask.mode == "RGBA" else "L")
-    values = np.asarray(mask)
-    if values.ndim == 3:
-        values = values.max(axis=-1)
-    return Image.fromarray(np.where(values != MASK_OFF_VALUE, MASK_ON, 0).astype(np.uint8), "L")
+    """An ``L`` mask with :data:`MASK_ON` where the one mask rule (nonzero = defect) says so, 0 elsewhere."""
+    return Image.fromarray(np.where(read_mask(mask), MASK_ON, 0).astype(np.uint8), "L")
 
 
 def load_image_and_mask(example: Mapping[str, object]) -> tuple[Image.Image, Image.Image]:
