@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -259,14 +260,32 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
     # -- persistence ---------------------------------------------------------------------
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Config (method, settings, provenance, calibration), safetensors (feature model +
-        fitted tensors), the image processor and the modeling code (Hub layout)."""
-        result = super().save_pretrained(save_directory, *args, **kwargs)
-        try:
-            from .image_processing_adpretrain import ADPretrainImageProcessor
-        except ImportError:  # pragma: no cover - processor file absent in an old bundle
-            return result
-        ADPretrainImageProcessor.from_adpretrain_config(self.adpretrain.config).save_pretrained(save_directory)
-        return result
+        fitted tensors), the image processor, the modeling code and the ``anomaly-detection``
+        pipeline code (Hub layout), so the folder also runs with ``trust_remote_code=True``
+        where the package is not installed.
+
+        Atomic like ``ADPretrainModel.save_pretrained``: written into a hidden sibling folder that
+        replaces ``save_directory`` in one rename; files of an earlier detector do not survive.
+        """
+        from .atomic_io_adpretrain import replace_folder
+        from .hub_adpretrain import is_foreign
+
+        push_to_hub = kwargs.pop("push_to_hub", False)
+
+        def write(folder: str) -> None:
+            ADPretrainPreTrainedModel.save_pretrained(self, folder, *args, **kwargs)
+            try:
+                from .image_processing_adpretrain import ADPretrainImageProcessor
+                from .pipeline_anomaly_detection import save_detection_pipeline
+            except ImportError:  # pragma: no cover - files absent in an old bundle
+                return
+            ADPretrainImageProcessor.from_adpretrain_config(self.adpretrain.config).save_pretrained(folder)
+            save_detection_pipeline(folder)
+
+        replace_folder(save_directory, write, keep=is_foreign)
+        if push_to_hub:  # uploads its own fresh save (transformers' PushToHubMixin)
+            hub_kwargs = {k: kwargs[k] for k in ("token", "private", "commit_message", "revision") if k in kwargs}
+            self.push_to_hub(kwargs.get("repo_id", os.path.basename(os.path.abspath(save_directory))), **hub_kwargs)
 
 
 class _DetectorModelExtractor:

@@ -209,3 +209,21 @@ def test_fit_from_a_checkpoint_folder_and_image_files(tiny_clip_model, tmp_path)
         assert torch.equal(model.fitted.get(f"reference_bank_{layer}"), expected[layer])
     with pytest.raises(ValueError, match="val_images"):
         fit_detector(tiny_clip_model, "featurenorm", paths[:2], progress=False, val_labels=[0, 1])
+
+
+def test_saving_over_another_detector_leaves_nothing_of_it(tiny_clip_model, tmp_path):
+    """Detector folders are written like model folders: swapped in whole, so a PaDiM saved over a
+    PatchCore keeps no memory bank, and what save_pretrained does not own (a results file) stays."""
+    from safetensors import safe_open
+
+    folder = tmp_path / "detector"
+    fit_detector(tiny_clip_model, "patchcore", _images(4, 64, 1), progress=False).save_pretrained(folder)
+    (folder / "results.json").write_text("{}")
+    (folder / "stale.safetensors").write_bytes(b"old")
+    fit_detector(tiny_clip_model, "featurenorm", _images(4, 64, 2), progress=False).save_pretrained(folder)
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:
+        assert not any(key.startswith("memory_bank") for key in handle.keys())
+    assert json.loads((folder / "config.json").read_text())["method"] == "featurenorm"
+    assert not (folder / "stale.safetensors").exists() and (folder / "results.json").is_file()
+    assert (folder / "pipeline_anomaly_detection.py").is_file()
+    assert not [p.name for p in tmp_path.iterdir() if p.name != "detector"]  # no temporary left beside it

@@ -16,7 +16,7 @@ from adpretrain_hf.deployment import fit_detector
 from adpretrain_hf.modeling import ADPretrainConfig, ADPretrainModel
 from adpretrain_hf.modeling.image_processing_adpretrain import ADPretrainImageProcessor
 from adpretrain_hf.modeling.modeling_detector_adpretrain import ADPretrainDetectorModel
-from adpretrain_hf.modeling.pipeline_anomaly_detection import AnomalyDetectionPipeline, save_detection_pipeline
+from adpretrain_hf.modeling.pipeline_anomaly_detection import AnomalyDetectionPipeline
 from conftest import BLOCK_PACKAGE_SNIPPET
 
 IMAGE_SIZE = 64  # tiny-clip's processor size
@@ -32,8 +32,7 @@ def _fit(folder, calibrated=True):
     torch.manual_seed(0)
     model = ADPretrainModel(ADPretrainConfig.from_preset("tiny-clip")).eval()
     detector = fit_detector(model, "patchcore", _images(6, 0), val_images=_images(4, 1) if calibrated else None, progress=False)
-    detector.save_pretrained(folder)
-    save_detection_pipeline(folder)
+    detector.save_pretrained(folder)  # ships the pipeline code itself (the remote-code test below relies on it)
     return folder
 
 

@@ -57,7 +57,6 @@ def run(args: argparse.Namespace) -> int:
     from adpretrain_hf.cli import CommandError
     from adpretrain_hf.commands._deploy_io import find_images, load_validation_set, resolve_device
     from adpretrain_hf.deployment import fit_detector
-    from adpretrain_hf.modeling.pipeline_anomaly_detection import save_detection_pipeline
 
     if not 0.0 < args.quantile <= 1.0:
         raise CommandError(f"--quantile {args.quantile} is outside (0, 1]", "e.g. --quantile 0.99")
@@ -71,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     layers = [int(v) for v in args.layers.split(",")] if args.layers else None
     device = resolve_device(args.device)
     start = time.perf_counter()
-    masks = [Image.open(m).convert("L") if m is not None else None for m in val.masks] if val is not None and val.masks else None
+    masks = [Image.open(m) if m is not None else None for m in val.masks] if val is not None and val.masks else None  # one mask rule downstream
     detector = fit_detector(
         args.model, args.method, [str(p) for p in train], features=args.features, layers=layers,
         references=[str(p) for p in references] if references else None,
@@ -80,8 +79,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     out = Path(args.output)
-    detector.save_pretrained(out)
-    save_detection_pipeline(out)
+    detector.save_pretrained(out)  # atomic; ships the anomaly-detection pipeline code too
     config = detector.config
     print(f"{args.method} ({args.features} features) fitted on {len(train)} images in {time.perf_counter() - start:.1f} s on {device}: {out}")
     if val is None:
