@@ -16,7 +16,8 @@ from typing import Any, Optional, Sequence
 
 from transformers import PretrainedConfig
 
-from .configuration_adpretrain import ADPretrainConfig, _task_registered_locally
+from .configuration_adpretrain import ADPretrainConfig
+from .tasks_adpretrain import ANOMALY_DETECTION_TASK, task_registered_locally
 
 FEATURE_KINDS = ("backbone", "pretrained")
 #: methods whose scoring lives in this folder (loadable without adpretrain_hf)
@@ -24,7 +25,6 @@ SELF_CONTAINED_METHODS = ("featurenorm", "patchcore", "padim")
 #: methods that need adpretrain_hf installed to load (their networks live in the package)
 PACKAGE_METHODS = ("cflow", "glass", "uniad")
 METHODS = SELF_CONTAINED_METHODS + PACKAGE_METHODS
-ANOMALY_DETECTION_TASK = "anomaly-detection"
 _DROPPED_NESTED_KEYS = ("auto_map", "architectures", "transformers_version", "custom_pipelines", "_name_or_path")
 
 
@@ -83,7 +83,7 @@ class ADPretrainDetectorConfig(PretrainedConfig):
         self.calibration = calibration
         custom_pipelines = kwargs.pop("custom_pipelines", None)
         super().__init__(**kwargs)
-        if custom_pipelines and not _task_registered_locally(ANOMALY_DETECTION_TASK):
+        if custom_pipelines and not task_registered_locally(ANOMALY_DETECTION_TASK):
             # Only where the package is absent (as ADPretrainConfig does): there the folder's own
             # pipeline code serves pipeline("anomaly-detection", trust_remote_code=True); with the
             # package installed its registered pipeline serves the task without trust_remote_code.

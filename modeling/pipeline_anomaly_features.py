@@ -28,15 +28,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import AutoModel, Pipeline
+from transformers import Pipeline
 from transformers.image_transforms import get_resize_output_image_size, get_size_with_aspect_ratio
 from transformers.image_utils import SizeDict, get_image_size_for_max_height_width
-from transformers.pipelines import PIPELINE_REGISTRY
 
 from .image_io_adpretrain import read_image
 from .image_processing_adpretrain import ADPretrainImageProcessor
 
-TASK = "anomaly-features"
 OUTPUTS = ("features", "residuals", "backbone", "anomaly_map", "score")
 DEFAULT_OUTPUTS = ("features", "anomaly_map", "score")
 # output name -> ADPretrainOutput field holding per-layer tokens [B, N_l, C_l]
@@ -320,15 +318,3 @@ def _to_numpy(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _to_numpy(v) for k, v in value.items()}
     return value.numpy() if isinstance(value, torch.Tensor) else value
-
-
-def custom_pipeline_entry() -> dict[str, dict[str, Any]]:
-    """The ``custom_pipelines`` entry of config.json, as ``Pipeline.save_pretrained`` writes it
-    (transformers 5: impl as ``"<file>.<class>"``, model classes by name, no ``tf``)."""
-    impl = f"{AnomalyFeaturesPipeline.__module__.split('.')[-1]}.{AnomalyFeaturesPipeline.__name__}"
-    return {TASK: {"impl": impl, "pt": [AutoModel.__name__], "type": "image"}}
-
-
-def register_pipeline() -> None:
-    """Make ``pipeline("anomaly-features", ...)`` resolve to :class:`AnomalyFeaturesPipeline`."""
-    PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=AnomalyFeaturesPipeline, pt_model=AutoModel, type="image")
