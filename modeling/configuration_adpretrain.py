@@ -14,6 +14,11 @@ from transformers import PretrainedConfig
 from .presets_adpretrain import CLIP_MEAN, CLIP_STD, preset_config_kwargs
 from .tasks_adpretrain import ANOMALY_FEATURES_TASK, task_registered_locally
 
+FEATURE_KINDS = ("backbone", "residual", "pretrained")
+"""What a detector may run on: the frozen backbone's features (Table 1 "w/o"), residual features
+without a projector (Table 2's first row), or ADPretrain's projected features ("w/")."""
+TRAINING_REFERENCE_SHOTS = (1, 4, 8)
+"""K, the references per batch in pretraining, is drawn from these (the release's Rand(1, 4, 8))."""
 PROJECTOR_TYPES = ("lkv", "linear", "mlp", "self_attn", "cross_attn")
 MATCHING_METRICS = ("cosine", "l2")
 NORM_KINDS = ("paper", "release")
@@ -178,7 +183,7 @@ class ADPretrainConfig(PretrainedConfig):
         use_residual: bool = True,
         matching_metric: str = "cosine",
         num_reference_shots: int = 8,
-        training_reference_shots: Sequence[int] = (1, 4, 8),
+        training_reference_shots: Sequence[int] = TRAINING_REFERENCE_SHOTS,
         angle_temperature: float = TEMPERATURE,
         hypersphere_radius: float = HYPERSPHERE_RADIUS,
         abnormal_margin: float = ABNORMAL_MARGIN,

@@ -19,7 +19,8 @@ from transformers import PretrainedConfig
 from .configuration_adpretrain import ADPretrainConfig
 from .tasks_adpretrain import ANOMALY_DETECTION_TASK, task_registered_locally
 
-FEATURE_KINDS = ("backbone", "pretrained")
+#: the feature kinds a detector folder can be fitted on (residual features have no detector model path)
+DETECTOR_FEATURE_KINDS = ("backbone", "pretrained")
 #: methods whose scoring lives in this folder (loadable without adpretrain_hf)
 SELF_CONTAINED_METHODS = ("featurenorm", "patchcore", "padim")
 #: methods that need adpretrain_hf installed to load (their networks live in the package)
@@ -90,8 +91,8 @@ class ADPretrainDetectorConfig(PretrainedConfig):
             self.custom_pipelines = custom_pipelines
         if self.method not in METHODS:
             raise ValueError(f"method={method!r} is not supported: choose one of {METHODS}")
-        if self.feature_kind not in FEATURE_KINDS:
-            raise ValueError(f"feature_kind={feature_kind!r} is not supported: choose one of {FEATURE_KINDS}")
+        if self.feature_kind not in DETECTOR_FEATURE_KINDS:
+            raise ValueError(f"feature_kind={feature_kind!r} is not supported: choose one of {DETECTOR_FEATURE_KINDS}")
 
     __init__._drops_custom_pipelines = True  # tells registration's stopgap (deploy-cli) it is not needed
 

@@ -26,8 +26,9 @@ from typing import Any, Optional
 
 import torch
 
+from .dtypes_adpretrain import DTYPES
 from .image_processing_adpretrain import ADPretrainImageProcessor
-from .pipeline_anomaly_features import _DTYPES, _LENIENT_KWARGS, AnomalyFeaturesPipeline, map_to_image
+from .pipeline_anomaly_features import _LENIENT_KWARGS, AnomalyFeaturesPipeline, map_to_image
 
 OUTPUTS = ("score", "normalized_score", "label", "anomaly_map", "pred_mask")
 # model output field -> flat batch key (only fields the model filled are batched)
@@ -57,8 +58,8 @@ def _resolve_dtype(dtype: Any) -> Optional[torch.dtype]:
         return torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    if isinstance(dtype, str) and dtype.lower() in _DTYPES:
-        return _DTYPES[dtype.lower()]
+    if isinstance(dtype, str) and dtype.lower() in DTYPES:
+        return DTYPES[dtype.lower()]
     raise ValueError(f"dtype={dtype!r} is not supported: pass torch.float32 (default), torch.bfloat16/float16, 'fp32', 'bf16' or 'fp16'")
 
 

@@ -18,7 +18,6 @@ imports only torch / transformers / numpy / PIL and its siblings relatively.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from collections import OrderedDict
@@ -32,6 +31,8 @@ from transformers import Pipeline
 from transformers.image_transforms import get_resize_output_image_size, get_size_with_aspect_ratio
 from transformers.image_utils import SizeDict, get_image_size_for_max_height_width
 
+from .content_keys_adpretrain import combine_keys, pixel_hash
+from .dtypes_adpretrain import DTYPES
 from .image_io_adpretrain import read_image
 from .image_processing_adpretrain import ADPretrainImageProcessor
 
@@ -41,10 +42,6 @@ DEFAULT_OUTPUTS = ("features", "anomaly_map", "score")
 LAYER_OUTPUTS = {"features": "features", "residuals": "residuals", "backbone": "backbone_features"}
 MAX_CACHED_BANKS = 4  # distinct reference sets kept at once (each is K*N_l x C_l per layer)
 _LENIENT_KWARGS = ("local_files_only",)  # forwarded by pipeline() to every pipeline class
-_DTYPES = {
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-    "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
-}
 NO_REFERENCES = (
     "no normal reference images: pass references=[normal images] to the call or to "
     "pipeline('anomaly-features', ..., references=...) (their features are computed once and cached), "
@@ -142,8 +139,8 @@ def resolve_dtype(dtype: Any, device: torch.device, current: torch.dtype) -> tor
         return torch.bfloat16 if device.type == "cuda" else current
     if isinstance(dtype, torch.dtype):
         return dtype
-    if isinstance(dtype, str) and dtype.lower() in _DTYPES:
-        return _DTYPES[dtype.lower()]
+    if isinstance(dtype, str) and dtype.lower() in DTYPES:
+        return DTYPES[dtype.lower()]
     raise ValueError(f"dtype={dtype!r} is not supported: pass torch.bfloat16/float16/float32, 'bf16', 'fp16', 'fp32' or 'auto'")
 
 
@@ -227,8 +224,7 @@ class AnomalyFeaturesPipeline(Pipeline):
             raise ValueError("references is empty: pass at least one normal image")
         images = [self._read(item, what=f"reference #{i}") for i, item in enumerate(items)]
         pixels = self.image_processor(images, return_tensors="pt")["pixel_values"].float().contiguous()
-        digest = hashlib.sha256(pixels.numpy().tobytes()).hexdigest()
-        return f"{tuple(pixels.shape)}:{digest}", pixels
+        return combine_keys([pixel_hash(image) for image in pixels]), pixels
 
     def _bank(self, references: Optional[tuple[str, torch.Tensor]]) -> Optional[list[torch.Tensor]]:
         """Per-layer reference tokens on the model's device and dtype, computed once per reference set."""
