@@ -94,10 +94,8 @@ def structure_in_weight_files(config) -> Iterator[None]:
     """While transformers saves: its safetensors writer adds the structure metadata, so the
     weights are written once. :func:`add_structure_metadata` checks the result afterwards and
     rewrites any file that lacks it (another transformers version, concurrent saves)."""
-    try:
-        from transformers import modeling_utils
-    except ImportError:  # pragma: no cover
-        modeling_utils = None
+    from transformers import modeling_utils
+
     original = getattr(modeling_utils, "safe_save_file", None)
     if original is None:
         yield

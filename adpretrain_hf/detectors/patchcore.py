@@ -42,7 +42,6 @@ from ..modeling.scoring_adpretrain import (
     channel_pooling_map,
     embedding_width,
     largest_grid,
-    layer_widths,
     reweighted_scores,
 )
 from .base import FeatureExtractor
