@@ -37,15 +37,9 @@ class CommandError(Exception):
         self.hint = hint
 
 
-def _available_commands() -> dict[str, object]:
-    modules = {}
-    for name, module in COMMANDS.items():
-        try:
-            modules[name] = importlib.import_module(f"adpretrain_hf.commands.{module}")
-        except ModuleNotFoundError as err:  # a subcommand not built yet
-            if err.name != f"adpretrain_hf.commands.{module}":
-                raise
-    return modules
+def _command_modules() -> dict[str, object]:
+    """Subcommand name -> its module (light: parsers only; heavy imports wait inside ``run``)."""
+    return {name: importlib.import_module(f"adpretrain_hf.commands.{module}") for name, module in COMMANDS.items()}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in _available_commands().items():
+    for name, module in _command_modules().items():
         cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(cmd)
         cmd.set_defaults(func=module.run)

@@ -13,32 +13,21 @@ References travel with the extractor as a :class:`ReferenceBank` value and go to
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Optional, Protocol, Sequence
 
 import torch
 
 from .modeling.anomaly_map_adpretrain import tokens_to_grid
+from .modeling.configuration_adpretrain import FEATURE_KINDS
+from .modeling.content_keys_adpretrain import combine_keys, pixel_hash
 from .modeling.modeling_adpretrain import ADPretrainModel
 from .modeling.residual_adpretrain import residual_features
 
-FEATURE_KINDS = ("backbone", "residual", "pretrained")
 REFERENCE_KINDS = ("residual", "pretrained")  # kinds whose features depend on the references
 REFERENCE_BATCH_SIZE = 32
 
 TokenLayers = list[torch.Tensor]  # per tapped layer: [B, N_l, C_l]
-
-
-def pixel_hash(image: torch.Tensor) -> str:
-    """A content key for one preprocessed image ``[3, H, W]``: equal pixels, equal key."""
-    data = image.detach().float().cpu().contiguous().numpy().tobytes()
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-def combine_keys(keys: Sequence[str]) -> str:
-    """One key for an ordered list of keys (e.g. a reference set from its images' keys)."""
-    return hashlib.blake2b("|".join(keys).encode(), digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True)

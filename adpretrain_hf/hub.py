@@ -14,11 +14,11 @@ from typing import Any, Optional, Sequence
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
+from .metrics.names import METRIC_CARD_LABELS
+from .metrics.names import METRIC_NAMES as METRICS
 from .modeling.configuration_adpretrain import ADPretrainConfig
 from .modeling.presets_adpretrain import PRESETS
 
-METRICS = ("image_auroc", "pixel_auroc", "aupro")
-METRIC_NAMES = {"image_auroc": "I-AUROC", "pixel_auroc": "P-AUROC", "aupro": "AUPRO (FPR<=0.3)"}
 CARD_HYPERPARAMETERS = (
     "preset", "backbone_id", "layers", "image_size", "projector_type", "num_learnable_references",
     "projector_num_heads", "mlp_ratio", "use_se_gate", "num_projector_blocks", "use_residual",
@@ -102,7 +102,7 @@ def results_table(results: dict[str, Any]) -> str:
     mean = results.get("mean") or {}
     if not mean:
         return "No evaluation results yet: run `adpretrain evaluate ... --output DIR` and `adpretrain card --results DIR/results.json`."
-    lines = ["| method | features | " + " | ".join(METRIC_NAMES[m] for m in METRICS) + " |", "| --- | --- | ---: | ---: | ---: |"]
+    lines = ["| method | features | " + " | ".join(METRIC_CARD_LABELS[m] for m in METRICS) + " |", "| --- | --- | ---: | ---: | ---: |"]
     for method, by_kind in mean.items():
         for kind, scores in by_kind.items():
             cells = " | ".join(f"{100 * scores[m]:.1f}" if scores.get(m) is not None else "–" for m in METRICS)
@@ -119,7 +119,7 @@ def _eval_results(results: dict[str, Any], dataset_name: str) -> list[EvalResult
                 out.append(
                     EvalResult(
                         task_type="image-segmentation", task_name="anomaly detection", dataset_type=dataset_name.lower(),
-                        dataset_name=dataset_name, metric_type=metric, metric_name=f"{method} {METRIC_NAMES[metric]}",
+                        dataset_name=dataset_name, metric_type=metric, metric_name=f"{method} {METRIC_CARD_LABELS[metric]}",
                         metric_value=round(float(scores[metric]), 4),
                     )
                 )

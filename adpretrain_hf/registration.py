@@ -1,39 +1,34 @@
-"""Registers the image processor and the ``anomaly-features`` pipeline with transformers.
+"""Registers the image processor, the detector config/model and the ``anomaly-features`` /
+``anomaly-detection`` pipeline tasks with transformers.
 
-Kept apart from ``__init__`` so the registrations stay in one place; each is skipped
-quietly only when its module does not exist in this build.
+The one place where tasks meet their pipeline classes: the model and config files never import
+pipeline code. A model's ``save_pretrained`` bundles the pipeline that is registered here
+(``modeling.tasks_adpretrain.save_task_pipeline`` looks it up in transformers' registry).
 """
 
 from __future__ import annotations
 
-import importlib.util
-
-from transformers import AutoImageProcessor
+from transformers import AutoConfig, AutoImageProcessor, AutoModel
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .modeling import ADPretrainConfig
+from .modeling.configuration_detector_adpretrain import ADPretrainDetectorConfig
+from .modeling.image_processing_adpretrain import ADPretrainImageProcessor
+from .modeling.modeling_detector_adpretrain import ADPretrainDetectorModel
+from .modeling.pipeline_anomaly_detection import AnomalyDetectionPipeline
+from .modeling.pipeline_anomaly_features import AnomalyFeaturesPipeline
+from .modeling.tasks_adpretrain import ANOMALY_DETECTION_TASK, ANOMALY_FEATURES_TASK
 
-if importlib.util.find_spec("adpretrain_hf.modeling.image_processing_adpretrain") is not None:
-    from .modeling.image_processing_adpretrain import ADPretrainImageProcessor
+AutoImageProcessor.register(ADPretrainConfig, image_processor_classes={"pil": ADPretrainImageProcessor}, exist_ok=True)
+AutoConfig.register(ADPretrainDetectorConfig.model_type, ADPretrainDetectorConfig, exist_ok=True)
+AutoModel.register(ADPretrainDetectorConfig, ADPretrainDetectorModel, exist_ok=True)
 
-    AutoImageProcessor.register(ADPretrainConfig, image_processor_classes={"pil": ADPretrainImageProcessor}, exist_ok=True)
 
-if importlib.util.find_spec("adpretrain_hf.modeling.pipeline_anomaly_features") is not None:
-    from .modeling.pipeline_anomaly_features import register_pipeline
+def register_pipelines() -> None:
+    """Make ``pipeline("anomaly-features" | "anomaly-detection", ...)`` resolve to the package's
+    classes; a folder's ``custom_pipelines`` is then dropped at load (no trust_remote_code needed)."""
+    for task, pipeline_class in ((ANOMALY_FEATURES_TASK, AnomalyFeaturesPipeline), (ANOMALY_DETECTION_TASK, AnomalyDetectionPipeline)):
+        PIPELINE_REGISTRY.register_pipeline(task, pipeline_class=pipeline_class, pt_model=AutoModel, type="image")
 
-    register_pipeline()
 
-if importlib.util.find_spec("adpretrain_hf.modeling.modeling_detector_adpretrain") is not None:
-    from transformers import AutoConfig, AutoModel
-
-    from .modeling.configuration_detector_adpretrain import ADPretrainDetectorConfig
-    from .modeling.modeling_detector_adpretrain import ADPretrainDetectorModel
-
-    AutoConfig.register(ADPretrainDetectorConfig.model_type, ADPretrainDetectorConfig, exist_ok=True)
-    AutoModel.register(ADPretrainDetectorConfig, ADPretrainDetectorModel, exist_ok=True)
-
-if importlib.util.find_spec("adpretrain_hf.modeling.pipeline_anomaly_detection") is not None:
-    # The detector config drops a folder's custom_pipelines where this registration exists, so the
-    # package's task serves pipeline("anomaly-detection") without trust_remote_code.
-    from .modeling.pipeline_anomaly_detection import register_detection_pipeline
-
-    register_detection_pipeline()
+register_pipelines()

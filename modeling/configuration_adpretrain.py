@@ -11,11 +11,14 @@ from typing import Any, Optional, Sequence
 
 from transformers import PretrainedConfig
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .presets_adpretrain import CLIP_MEAN, CLIP_STD, preset_config_kwargs
+from .tasks_adpretrain import ANOMALY_FEATURES_TASK, task_registered_locally
 
+FEATURE_KINDS = ("backbone", "residual", "pretrained")
+"""What a detector may run on: the frozen backbone's features (Table 1 "w/o"), residual features
+without a projector (Table 2's first row), or ADPretrain's projected features ("w/")."""
+TRAINING_REFERENCE_SHOTS = (1, 4, 8)
+"""K, the references per batch in pretraining, is drawn from these (the release's Rand(1, 4, 8))."""
 PROJECTOR_TYPES = ("lkv", "linear", "mlp", "self_attn", "cross_attn")
 MATCHING_METRICS = ("cosine", "l2")
 NORM_KINDS = ("paper", "release")
@@ -80,8 +83,6 @@ LOSS_ARGUMENT_NAMES: dict[str, str] = {
 """Config field -> ``ADPretrainLoss`` keyword: every loss option is a config field."""
 
 
-ANOMALY_FEATURES_TASK = "anomaly-features"
-
 # Fields the weights were trained with: a change makes the same weights compute something else.
 # save_pretrained records them in model.safetensors; from_pretrained refuses a config that differs.
 STRUCTURAL_FIELDS = (
@@ -89,17 +90,6 @@ STRUCTURAL_FIELDS = (
     "num_learnable_references", "projector_num_heads", "mlp_ratio", "use_se_gate", "se_reduction",
     "num_projector_blocks", "use_residual", "matching_metric",
 )
-
-
-def _task_registered_locally(task: str = ANOMALY_FEATURES_TASK) -> bool:
-    """True when an installed adpretrain_hf registered the pipeline of ``task``."""
-    try:
-        from transformers.pipelines import PIPELINE_REGISTRY
-
-        impl = PIPELINE_REGISTRY.supported_tasks.get(task, {}).get("impl")
-    except Exception:  # noqa: BLE001 - any failure means: not registered here
-        return False
-    return impl is not None and impl.__module__.startswith("adpretrain_hf.")
 
 
 class ADPretrainConfig(PretrainedConfig):
@@ -193,7 +183,7 @@ class ADPretrainConfig(PretrainedConfig):
         use_residual: bool = True,
         matching_metric: str = "cosine",
         num_reference_shots: int = 8,
-        training_reference_shots: Sequence[int] = (1, 4, 8),
+        training_reference_shots: Sequence[int] = TRAINING_REFERENCE_SHOTS,
         angle_temperature: float = TEMPERATURE,
         hypersphere_radius: float = HYPERSPHERE_RADIUS,
         abnormal_margin: float = ABNORMAL_MARGIN,
@@ -252,7 +242,7 @@ class ADPretrainConfig(PretrainedConfig):
         self.preset = preset
         custom_pipelines = kwargs.pop("custom_pipelines", None)
         super().__init__(**kwargs)
-        if custom_pipelines and not _task_registered_locally():
+        if custom_pipelines and not task_registered_locally(ANOMALY_FEATURES_TASK):
             # Only where the package is absent: there the checkpoint's own pipeline code serves
             # pipeline("anomaly-features", trust_remote_code=True). With the package installed its
             # registered pipeline serves the task and no trust_remote_code is needed.
@@ -290,8 +280,6 @@ class ADPretrainConfig(PretrainedConfig):
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "ADPretrainConfig":
         """Config of a named preset (see ``adpretrain_hf.modeling.presets_adpretrain.PRESETS``)."""
-        from .presets_adpretrain import preset_config_kwargs
-
         kwargs = preset_config_kwargs(name)
         kwargs.update(overrides)
         return cls(**kwargs)

@@ -16,15 +16,16 @@ from typing import Any, Optional, Sequence
 
 from transformers import PretrainedConfig
 
-from .configuration_adpretrain import ADPretrainConfig, _task_registered_locally
+from .configuration_adpretrain import ADPretrainConfig
+from .tasks_adpretrain import ANOMALY_DETECTION_TASK, task_registered_locally
 
-FEATURE_KINDS = ("backbone", "pretrained")
+#: the feature kinds a detector folder can be fitted on (residual features have no detector model path)
+DETECTOR_FEATURE_KINDS = ("backbone", "pretrained")
 #: methods whose scoring lives in this folder (loadable without adpretrain_hf)
 SELF_CONTAINED_METHODS = ("featurenorm", "patchcore", "padim")
 #: methods that need adpretrain_hf installed to load (their networks live in the package)
 PACKAGE_METHODS = ("cflow", "glass", "uniad")
 METHODS = SELF_CONTAINED_METHODS + PACKAGE_METHODS
-ANOMALY_DETECTION_TASK = "anomaly-detection"
 _DROPPED_NESTED_KEYS = ("auto_map", "architectures", "transformers_version", "custom_pipelines", "_name_or_path")
 
 
@@ -83,15 +84,15 @@ class ADPretrainDetectorConfig(PretrainedConfig):
         self.calibration = calibration
         custom_pipelines = kwargs.pop("custom_pipelines", None)
         super().__init__(**kwargs)
-        if custom_pipelines and not _task_registered_locally(ANOMALY_DETECTION_TASK):
+        if custom_pipelines and not task_registered_locally(ANOMALY_DETECTION_TASK):
             # Only where the package is absent (as ADPretrainConfig does): there the folder's own
             # pipeline code serves pipeline("anomaly-detection", trust_remote_code=True); with the
             # package installed its registered pipeline serves the task without trust_remote_code.
             self.custom_pipelines = custom_pipelines
         if self.method not in METHODS:
             raise ValueError(f"method={method!r} is not supported: choose one of {METHODS}")
-        if self.feature_kind not in FEATURE_KINDS:
-            raise ValueError(f"feature_kind={feature_kind!r} is not supported: choose one of {FEATURE_KINDS}")
+        if self.feature_kind not in DETECTOR_FEATURE_KINDS:
+            raise ValueError(f"feature_kind={feature_kind!r} is not supported: choose one of {DETECTOR_FEATURE_KINDS}")
 
     __init__._drops_custom_pipelines = True  # tells registration's stopgap (deploy-cli) it is not needed
 

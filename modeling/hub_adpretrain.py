@@ -26,6 +26,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .atomic_io_adpretrain import missing_folder_hint
+from .image_processing_adpretrain import ADPretrainImageProcessor
+from .tasks_adpretrain import ANOMALY_FEATURES_TASK, save_task_pipeline
 
 REFERENCE_BANK_FILE = "reference_bank.safetensors"
 WEIGHTS_FILE = "model.safetensors"
@@ -92,10 +94,8 @@ def structure_in_weight_files(config) -> Iterator[None]:
     """While transformers saves: its safetensors writer adds the structure metadata, so the
     weights are written once. :func:`add_structure_metadata` checks the result afterwards and
     rewrites any file that lacks it (another transformers version, concurrent saves)."""
-    try:
-        from transformers import modeling_utils
-    except ImportError:  # pragma: no cover
-        modeling_utils = None
+    from transformers import modeling_utils
+
     original = getattr(modeling_utils, "safe_save_file", None)
     if original is None:
         yield
@@ -236,34 +236,8 @@ def save_extras(model, save_directory, save_references: bool) -> None:
         if bank is None:
             raise ValueError("save_references=True but the model holds no reference bank: call set_references() first")
         save_file({f"layer_{i}": b.detach().contiguous().cpu() for i, b in enumerate(bank)}, os.path.join(save_directory, REFERENCE_BANK_FILE))
-    try:
-        from .image_processing_adpretrain import ADPretrainImageProcessor
-    except ImportError:  # processor file absent in an old bundle
-        return
     ADPretrainImageProcessor.from_adpretrain_config(model.config).save_pretrained(save_directory)
-    save_custom_pipeline(save_directory)
-
-
-def save_custom_pipeline(save_directory) -> None:
-    """Make the checkpoint a remote-code pipeline, as ``Pipeline.save_pretrained`` would: copy
-    ``pipeline_anomaly_features.py`` (and its relative imports) and add ``custom_pipelines`` to
-    config.json, so ``pipeline("anomaly-features", model=dir_or_id, trust_remote_code=True)``
-    works where adpretrain_hf is not installed."""
-    try:
-        from .pipeline_anomaly_features import AnomalyFeaturesPipeline, custom_pipeline_entry
-    except ImportError:  # pipeline file absent in an old bundle
-        return
-    from transformers.dynamic_module_utils import custom_object_save
-
-    config_file = os.path.join(save_directory, "config.json")
-    if not os.path.isfile(config_file):
-        return
-    custom_object_save(AnomalyFeaturesPipeline, save_directory)
-    with open(config_file, encoding="utf-8") as handle:
-        config = json.load(handle)
-    config["custom_pipelines"] = {**config.get("custom_pipelines", {}), **custom_pipeline_entry()}
-    with open(config_file, "w", encoding="utf-8") as handle:  # PretrainedConfig's own JSON layout
-        handle.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    save_task_pipeline(save_directory, ANOMALY_FEATURES_TASK)  # the pipeline code registration serves
 
 
 def is_foreign(name: str) -> bool:

@@ -22,6 +22,7 @@ from transformers.image_processing_backends import PilBackend
 from transformers.image_utils import PILImageResampling
 
 from .image_io_adpretrain import UINT8_MAX, read_mask
+from .presets_adpretrain import CLIP_MEAN, CLIP_STD
 
 
 class ADPretrainImageProcessor(PilBackend):
@@ -29,8 +30,8 @@ class ADPretrainImageProcessor(PilBackend):
 
     model_input_names = ["pixel_values"]
     resample = PILImageResampling.BICUBIC
-    image_mean = [0.48145466, 0.4578275, 0.40821073]
-    image_std = [0.26862954, 0.26130258, 0.27577711]
+    image_mean = list(CLIP_MEAN)
+    image_std = list(CLIP_STD)
     size = {"shortest_edge": 224}
     default_to_square = False
     crop_size = {"height": 224, "width": 224}

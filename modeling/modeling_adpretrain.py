@@ -37,7 +37,6 @@ from .configuration_adpretrain import ADPretrainConfig
 from .projector_adpretrain import FeatureProjector, LearnableReferences, MultiHeadAttention
 from .residual_adpretrain import reference_residuals, residual_features
 
-REFERENCE_BANK_FILE = "reference_bank.safetensors"
 REFERENCE_BATCH_SIZE = 32
 LINEAR_INIT_NEGATIVE_SLOPE = 5  # nn.Linear's kaiming_uniform_(a=sqrt(5)): weights U(+-1/sqrt(fan_in))
 

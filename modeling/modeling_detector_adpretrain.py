@@ -35,8 +35,11 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from .anomaly_map_adpretrain import GAUSSIAN_SIGMA, anomaly_map_from_grids, tokens_to_grid
+from .atomic_io_adpretrain import replace_folder
 from .calibration_adpretrain import normalize_scores
 from .configuration_detector_adpretrain import PACKAGE_METHODS, ADPretrainDetectorConfig
+from .hub_adpretrain import is_foreign
+from .image_processing_adpretrain import ADPretrainImageProcessor
 from .modeling_adpretrain import ADPretrainModel, ADPretrainPreTrainedModel
 from .residual_adpretrain import reference_residuals
 from .scoring_adpretrain import (
@@ -49,6 +52,7 @@ from .scoring_adpretrain import (
     resize_to_grid,
     reweighted_scores,
 )
+from .tasks_adpretrain import ANOMALY_DETECTION_TASK, save_task_pipeline
 
 REFERENCE_BANK_PREFIX = "reference_bank_"  # + model layer index: [M_l, C_l] backbone tokens of the references
 NET_PREFIX = "net__"  # + state-dict key with "." -> "__": a trained method's network
@@ -267,20 +271,12 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
         Atomic like ``ADPretrainModel.save_pretrained``: written into a hidden sibling folder that
         replaces ``save_directory`` in one rename; files of an earlier detector do not survive.
         """
-        from .atomic_io_adpretrain import replace_folder
-        from .hub_adpretrain import is_foreign
-
         push_to_hub = kwargs.pop("push_to_hub", False)
 
         def write(folder: str) -> None:
             ADPretrainPreTrainedModel.save_pretrained(self, folder, *args, **kwargs)
-            try:
-                from .image_processing_adpretrain import ADPretrainImageProcessor
-                from .pipeline_anomaly_detection import save_detection_pipeline
-            except ImportError:  # pragma: no cover - files absent in an old bundle
-                return
             ADPretrainImageProcessor.from_adpretrain_config(self.adpretrain.config).save_pretrained(folder)
-            save_detection_pipeline(folder)
+            save_task_pipeline(folder, ANOMALY_DETECTION_TASK)  # the pipeline code registration serves
 
         replace_folder(save_directory, write, keep=is_foreign)
         if push_to_hub:  # uploads its own fresh save (transformers' PushToHubMixin)

@@ -22,18 +22,14 @@ torch / transformers / numpy / PIL and its siblings relatively.
 
 from __future__ import annotations
 
-import json
-import os
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import torch
-from transformers import AutoModel
-from transformers.pipelines import PIPELINE_REGISTRY
 
+from .dtypes_adpretrain import DTYPES
 from .image_processing_adpretrain import ADPretrainImageProcessor
-from .pipeline_anomaly_features import _DTYPES, _LENIENT_KWARGS, AnomalyFeaturesPipeline, map_to_image
+from .pipeline_anomaly_features import _LENIENT_KWARGS, AnomalyFeaturesPipeline, map_to_image
 
-TASK = "anomaly-detection"
 OUTPUTS = ("score", "normalized_score", "label", "anomaly_map", "pred_mask")
 # model output field -> flat batch key (only fields the model filled are batched)
 _BATCHED_FIELDS = {"anomaly_map": "anomaly_map", "scores": "score", "normalized_scores": "normalized_score", "labels": "label"}
@@ -62,8 +58,8 @@ def _resolve_dtype(dtype: Any) -> Optional[torch.dtype]:
         return torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    if isinstance(dtype, str) and dtype.lower() in _DTYPES:
-        return _DTYPES[dtype.lower()]
+    if isinstance(dtype, str) and dtype.lower() in DTYPES:
+        return DTYPES[dtype.lower()]
     raise ValueError(f"dtype={dtype!r} is not supported: pass torch.float32 (default), torch.bfloat16/float16, 'fp32', 'bf16' or 'fp16'")
 
 
@@ -127,32 +123,4 @@ class AnomalyDetectionPipeline(AnomalyFeaturesPipeline):
         return record
 
 
-def custom_pipeline_entry() -> dict[str, dict[str, Any]]:
-    """The ``custom_pipelines`` entry of a detector's config.json (``Pipeline.save_pretrained``'s layout)."""
-    impl = f"{AnomalyDetectionPipeline.__module__.split('.')[-1]}.{AnomalyDetectionPipeline.__name__}"
-    return {TASK: {"impl": impl, "pt": [AutoModel.__name__], "type": "image"}}
-
-
-def save_detection_pipeline(save_directory: Union[str, os.PathLike]) -> None:
-    """Make a saved detector folder a remote-code pipeline: copy this file (and its relative
-    imports) and add ``custom_pipelines`` to config.json, so ``pipeline("anomaly-detection",
-    model=dir_or_id, trust_remote_code=True)`` works where adpretrain_hf is not installed."""
-    from transformers.dynamic_module_utils import custom_object_save
-
-    config_file = os.path.join(os.fspath(save_directory), "config.json")
-    if not os.path.isfile(config_file):
-        raise ValueError(f"{save_directory} has no config.json: save the detector with save_pretrained(dir) first")
-    custom_object_save(AnomalyDetectionPipeline, os.fspath(save_directory))
-    with open(config_file, encoding="utf-8") as handle:
-        config = json.load(handle)
-    config["custom_pipelines"] = {**config.get("custom_pipelines", {}), **custom_pipeline_entry()}
-    with open(config_file, "w", encoding="utf-8") as handle:  # PretrainedConfig's own JSON layout
-        handle.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def register_detection_pipeline() -> None:
-    """Make ``pipeline("anomaly-detection", ...)`` resolve to :class:`AnomalyDetectionPipeline`."""
-    PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=AnomalyDetectionPipeline, pt_model=AutoModel, type="image")
-
-
-__all__ = ["AnomalyDetectionPipeline", "OUTPUTS", "TASK", "custom_pipeline_entry", "register_detection_pipeline", "save_detection_pipeline"]
+__all__ = ["AnomalyDetectionPipeline", "OUTPUTS"]

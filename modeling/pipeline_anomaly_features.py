@@ -18,7 +18,6 @@ imports only torch / transformers / numpy / PIL and its siblings relatively.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from collections import OrderedDict
@@ -28,25 +27,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import AutoModel, Pipeline
+from transformers import Pipeline
 from transformers.image_transforms import get_resize_output_image_size, get_size_with_aspect_ratio
 from transformers.image_utils import SizeDict, get_image_size_for_max_height_width
-from transformers.pipelines import PIPELINE_REGISTRY
 
+from .content_keys_adpretrain import combine_keys, pixel_hash
+from .dtypes_adpretrain import DTYPES
 from .image_io_adpretrain import read_image
 from .image_processing_adpretrain import ADPretrainImageProcessor
 
-TASK = "anomaly-features"
 OUTPUTS = ("features", "residuals", "backbone", "anomaly_map", "score")
 DEFAULT_OUTPUTS = ("features", "anomaly_map", "score")
 # output name -> ADPretrainOutput field holding per-layer tokens [B, N_l, C_l]
 LAYER_OUTPUTS = {"features": "features", "residuals": "residuals", "backbone": "backbone_features"}
 MAX_CACHED_BANKS = 4  # distinct reference sets kept at once (each is K*N_l x C_l per layer)
 _LENIENT_KWARGS = ("local_files_only",)  # forwarded by pipeline() to every pipeline class
-_DTYPES = {
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-    "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
-}
 NO_REFERENCES = (
     "no normal reference images: pass references=[normal images] to the call or to "
     "pipeline('anomaly-features', ..., references=...) (their features are computed once and cached), "
@@ -144,8 +139,8 @@ def resolve_dtype(dtype: Any, device: torch.device, current: torch.dtype) -> tor
         return torch.bfloat16 if device.type == "cuda" else current
     if isinstance(dtype, torch.dtype):
         return dtype
-    if isinstance(dtype, str) and dtype.lower() in _DTYPES:
-        return _DTYPES[dtype.lower()]
+    if isinstance(dtype, str) and dtype.lower() in DTYPES:
+        return DTYPES[dtype.lower()]
     raise ValueError(f"dtype={dtype!r} is not supported: pass torch.bfloat16/float16/float32, 'bf16', 'fp16', 'fp32' or 'auto'")
 
 
@@ -229,8 +224,7 @@ class AnomalyFeaturesPipeline(Pipeline):
             raise ValueError("references is empty: pass at least one normal image")
         images = [self._read(item, what=f"reference #{i}") for i, item in enumerate(items)]
         pixels = self.image_processor(images, return_tensors="pt")["pixel_values"].float().contiguous()
-        digest = hashlib.sha256(pixels.numpy().tobytes()).hexdigest()
-        return f"{tuple(pixels.shape)}:{digest}", pixels
+        return combine_keys([pixel_hash(image) for image in pixels]), pixels
 
     def _bank(self, references: Optional[tuple[str, torch.Tensor]]) -> Optional[list[torch.Tensor]]:
         """Per-layer reference tokens on the model's device and dtype, computed once per reference set."""
@@ -320,15 +314,3 @@ def _to_numpy(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _to_numpy(v) for k, v in value.items()}
     return value.numpy() if isinstance(value, torch.Tensor) else value
-
-
-def custom_pipeline_entry() -> dict[str, dict[str, Any]]:
-    """The ``custom_pipelines`` entry of config.json, as ``Pipeline.save_pretrained`` writes it
-    (transformers 5: impl as ``"<file>.<class>"``, model classes by name, no ``tf``)."""
-    impl = f"{AnomalyFeaturesPipeline.__module__.split('.')[-1]}.{AnomalyFeaturesPipeline.__name__}"
-    return {TASK: {"impl": impl, "pt": [AutoModel.__name__], "type": "image"}}
-
-
-def register_pipeline() -> None:
-    """Make ``pipeline("anomaly-features", ...)`` resolve to :class:`AnomalyFeaturesPipeline`."""
-    PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=AnomalyFeaturesPipeline, pt_model=AutoModel, type="image")

@@ -10,8 +10,6 @@ Part of the remote-code bundle.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 import torch.nn.functional as F
 
@@ -57,9 +55,3 @@ def reference_residuals(bank: torch.Tensor, max_tokens: int) -> torch.Tensor:
     out = picked - nearest
     return out if batched else out[0]
 
-
-def stack_reference_tokens(per_image_tokens: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Flatten reference tokens of several images ``K x [N, C]`` (or ``[K, N, C]``) into a bank ``[K*N, C]``."""
-    if isinstance(per_image_tokens, torch.Tensor):
-        return per_image_tokens.reshape(-1, per_image_tokens.shape[-1])
-    return torch.cat(list(per_image_tokens), dim=0)

@@ -29,9 +29,14 @@ BANK_CHUNK_ROWS = 1024  # bank rows per distance block in nearest_in_bank: [quer
 REWEIGHT_MAX_BLOCK_ELEMENTS = 1 << 26  # distance-block bound of reweighted_scores
 
 
+def largest_of(grids: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """The ``(h, w)`` with the most positions (the first one on ties)."""
+    return max(grids, key=lambda hw: hw[0] * hw[1])
+
+
 def largest_grid(maps: Sequence[torch.Tensor]) -> tuple[int, int]:
-    """The ``(h, w)`` of the map with the most positions (the first one on ties)."""
-    return max((tuple(m.shape[-2:]) for m in maps), key=lambda hw: hw[0] * hw[1])
+    """The ``(h, w)`` of the map ``[..., h, w]`` with the most positions (the first one on ties)."""
+    return largest_of([tuple(m.shape[-2:]) for m in maps])
 
 
 def resize_to_grid(maps: torch.Tensor, grid: tuple[int, int], mode: str) -> torch.Tensor:

@@ -14,7 +14,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModel
 
 from adpretrain_hf import ADPretrainConfig, ADPretrainModel
-from adpretrain_hf.deployment import calibrate, fit_detector
+from adpretrain_hf.deployment import fit_detector
 from adpretrain_hf.detectors import build_detector
 from adpretrain_hf.detectors.cflow import CFLOWConfig
 from adpretrain_hf.detectors.glass import GLASSConfig

@@ -14,9 +14,7 @@ from PIL import Image
 
 from adpretrain_hf.data import (
     GOOD_DEFECT,
-    ReferenceSampler,
     generate_dataset,
-    load_ad_dataset,
     load_image_and_mask,
     load_realiad,
     patch_labels,

@@ -9,7 +9,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from adpretrain_hf import ADPretrainConfig
 from adpretrain_hf.data import generate_dataset

@@ -19,6 +19,7 @@ import torch
 from datasets import Dataset
 
 from adpretrain_hf.data import ReferenceSampler, TwoViewAugment, load_image_and_mask, load_realiad
+from adpretrain_hf.modeling.configuration_adpretrain import TRAINING_REFERENCE_SHOTS
 from adpretrain_hf.modeling.image_processing_adpretrain import ADPretrainImageProcessor
 
 from .seeding import AUGMENT_STREAM, derived_seed
@@ -136,7 +137,7 @@ def build_training_data(
 
 
 def draw_references(
-    data: TrainingData, batch: dict[str, Any], rng: np.random.Generator, shot_choices: Sequence[int] = (1, 4, 8)
+    data: TrainingData, batch: dict[str, Any], rng: np.random.Generator, shot_choices: Sequence[int] = TRAINING_REFERENCE_SHOTS
 ) -> torch.Tensor:
     """K (drawn once per batch from ``shot_choices``, the paper's Rand(1, 4, 8)) same-class,
     same-view normal rows per image, never the image itself: ``[B, K]``."""

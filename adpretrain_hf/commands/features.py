@@ -106,13 +106,14 @@ def run(args: argparse.Namespace) -> int:
 
     import adpretrain_hf  # noqa: F401  (registers the task)
     from adpretrain_hf.cli import CommandError
+    from adpretrain_hf.modeling.tasks_adpretrain import ANOMALY_FEATURES_TASK
 
     images = _images_in(args.images, "images")
     references = _images_in(args.references, "references")[: args.shots]
     out = Path(args.output)
     (out / "maps").mkdir(parents=True, exist_ok=True)
     try:  # references are read, processed and turned into a bank once for the whole folder
-        extract = pipeline("anomaly-features", model=args.model, device=args.device, references=[str(p) for p in references])
+        extract = pipeline(ANOMALY_FEATURES_TASK, model=args.model, device=args.device, references=[str(p) for p in references])
     except OSError as err:  # a Hub id that is neither cached nor reachable
         raise CommandError(f"could not load --model {args.model}: {err}", "pass a local save_pretrained folder or a cached Hub id") from err
     outputs = ["anomaly_map", "score"] + (["features"] if args.save_features else [])

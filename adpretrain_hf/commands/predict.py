@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     from adpretrain_hf.cli import CommandError
     from adpretrain_hf.commands._deploy_io import find_images, output_stem, resolve_device
+    from adpretrain_hf.modeling.tasks_adpretrain import ANOMALY_DETECTION_TASK
     from adpretrain_hf.overlays import render_overlay
 
     if args.batch_size < 1:
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
-    detect = pipeline("anomaly-detection", model=args.detector, device=device)
+    detect = pipeline(ANOMALY_DETECTION_TASK, model=args.detector, device=device)
     threshold = detect.model.config.pixel_threshold
     scratch = None if args.save_maps else tempfile.TemporaryDirectory(prefix="adpretrain-maps-")
     maps_dir = out / "maps" if args.save_maps else Path(scratch.name)

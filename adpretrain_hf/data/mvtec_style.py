@@ -1,6 +1,6 @@
 """Downstream benchmarks with a train/test split: MVTec AD, MPDD, MVTec 3D-AD (RGB), BTAD, VisA.
 
-The folder layouts, as the datasets are distributed (``../shared/REFERENCE_NOTES.md``):
+The folder layouts, as the datasets are distributed:
 
 - MVTec AD / MPDD: ``<cat>/train/good/*.png``, ``<cat>/test/<defect|good>/*.png``, masks
   ``<cat>/ground_truth/<defect>/<stem>_mask.png``.

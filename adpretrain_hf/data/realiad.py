@@ -1,6 +1,6 @@
 """Real-IAD: the pretraining set's layout, and a deterministic evaluation split of it.
 
-Layout (as distributed, and as ``../shared/data/realiad-mini`` mirrors)::
+Layout (as distributed; a small subset in the same layout serves the tests of real data)::
 
     <class>/OK/<sample>/<class>_<id>_OK_C1.jpg
     <class>/NG/<defect>/<sample>/<class>_<id>_NG_C1.jpg  (+ <same stem>.png mask beside it)

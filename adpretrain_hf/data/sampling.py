@@ -16,9 +16,10 @@ from typing import Sequence
 import numpy as np
 from datasets import Dataset
 
+from ..modeling.configuration_adpretrain import TRAINING_REFERENCE_SHOTS
 from .schema import GOOD_DEFECT, LABEL_NORMAL, NO_VIEW
 
-REFERENCE_SHOT_CHOICES: tuple[int, ...] = (1, 4, 8)
+REFERENCE_SHOT_CHOICES: tuple[int, ...] = TRAINING_REFERENCE_SHOTS
 
 
 class ReferenceSampler:

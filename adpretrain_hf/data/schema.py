@@ -6,7 +6,8 @@ need to know where the images came from (see ``docs/ARCHITECTURE.md``, "Data con
 Rows hold file *paths*; ``datasets.Image()`` decodes them lazily on access.
 
 The features are explicit because inference from the data breaks on a split whose masks
-are all ``None`` (``../shared/HF_NOTES.md``).
+are all ``None``: ``datasets`` then infers a null column, which breaks the schema shared
+with the splits that have masks.
 """
 
 from __future__ import annotations

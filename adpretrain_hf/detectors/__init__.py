@@ -1,8 +1,7 @@
 """Downstream anomaly detectors on one feature-extractor interface.
 
 Training-free: ``FeatureNorm``, ``PatchCore``, ``PaDiM``. Trained: ``CFLOW``, ``GLASS``,
-``UniAD`` (registered only when their modules import: they are optional here, so this
-package imports without them and ``build_detector`` says why one is missing).
+``UniAD`` (plain torch networks, fitted on normal features).
 
     >>> detector = build_detector("patchcore", extractor, coreset_ratio=0.1)
     >>> maps, scores = detector.fit(train_images).predict(test_images)
@@ -25,54 +24,36 @@ uniad         all          UniAD (every tapped stage, resized to one grid)
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Optional
 
 from .base import Detector, FeatureExtractor, iter_image_batches
+from .cflow import CFLOW
 from .featurenorm import FeatureMapDetector, FeatureNorm
+from .glass import GLASS
 from .padim import PaDiM
 from .patchcore import PatchCore
+from .uniad import UniAD
 
 __all__ = [
+    "CFLOW",
     "DEFAULT_LAST_LAYERS",
     "DETECTORS",
+    "GLASS",
     "Detector",
     "FeatureExtractor",
     "FeatureMapDetector",
     "FeatureNorm",
     "PaDiM",
     "PatchCore",
+    "UniAD",
     "build_detector",
     "iter_image_batches",
 ]
 
 #: registry name -> detector class
-DETECTORS: dict[str, type[Detector]] = {"featurenorm": FeatureNorm, "patchcore": PatchCore, "padim": PaDiM}
-
-# registry name -> (module, accepted class names) of detectors that may be absent.
-_OPTIONAL = {"cflow": (".cflow", ("CFLOW", "CFlow")), "glass": (".glass", ("GLASS", "Glass")), "uniad": (".uniad", ("UniAD",))}
-_UNAVAILABLE: dict[str, str] = {}  # registry name -> why it is not registered
-
-
-def _load_optional(module_name: str, class_names: tuple[str, ...]) -> type[Detector]:
-    module = importlib.import_module(module_name, __name__)
-    for class_name in class_names:
-        if isinstance(getattr(module, class_name, None), type):
-            return getattr(module, class_name)
-    raise ImportError(f"{module.__name__} defines none of {', '.join(class_names)}")
-
-
-for _name, (_module, _classes) in _OPTIONAL.items():
-    try:
-        _detector_cls = _load_optional(_module, _classes)
-    except ImportError as _err:  # the module, a dependency of it, or its class is not there (yet)
-        _UNAVAILABLE[_name] = f"{type(_err).__name__}: {_err}"
-    else:
-        DETECTORS[_name] = _detector_cls
-        for _alias in {_classes[0], _detector_cls.__name__}:  # e.g. CFLOW, and the class's own name
-            globals()[_alias] = _detector_cls
-            __all__.append(_alias)
-
+DETECTORS: dict[str, type[Detector]] = {
+    "featurenorm": FeatureNorm, "patchcore": PatchCore, "padim": PaDiM, "cflow": CFLOW, "glass": GLASS, "uniad": UniAD,
+}
 
 #: registry name -> default layer choice (last k layers; None = all), read from each class
 DEFAULT_LAST_LAYERS: dict[str, Optional[int]] = {name: cls.default_last_layers for name, cls in DETECTORS.items()}
@@ -82,8 +63,7 @@ def build_detector(name: str, extractor: FeatureExtractor, **kwargs: Any) -> Det
     """Instantiate a registered detector by name (case-insensitive), e.g. ``"padim"``.
 
     ``kwargs`` go to the detector's constructor (``batch_size``, ``progress``, method options).
-    Raises ``ValueError`` for an unknown name (listing the known ones) and ``ImportError``
-    for a known detector whose module could not be imported.
+    Raises ``ValueError`` for an unknown name (listing the known ones).
     """
     if not isinstance(name, str):
         raise TypeError(f"detector name must be a string, got {type(name).__name__}")
@@ -91,6 +71,4 @@ def build_detector(name: str, extractor: FeatureExtractor, **kwargs: Any) -> Det
     if key in DETECTORS:
         return DETECTORS[key](extractor, **kwargs)
     known = ", ".join(sorted(DETECTORS))
-    if key in _UNAVAILABLE:
-        raise ImportError(f"detector {name!r} is not available here ({_UNAVAILABLE[key]}); available: {known}")
     raise ValueError(f"unknown detector {name!r}: choose one of {known}")

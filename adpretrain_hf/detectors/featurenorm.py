@@ -25,7 +25,6 @@ from typing import Any, ClassVar, Iterable, Iterator, Optional, Sequence
 import torch
 
 from ..modeling.anomaly_map_adpretrain import GAUSSIAN_SIGMA
-from ..modeling.scoring_adpretrain import largest_grid, resize_to_grid
 from .base import Detector, FeatureExtractor, ImageBatches
 
 __all__ = [
@@ -33,8 +32,6 @@ __all__ = [
     "FeatureNorm",
     "LayerSelectingExtractor",
     "SelectsLayers",
-    "largest_grid",
-    "resize_to_grid",
     "resolve_layers",
 ]
 

@@ -43,9 +43,9 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ..modeling.scoring_adpretrain import mahalanobis_distances
+from ..modeling.scoring_adpretrain import largest_grid, mahalanobis_distances, resize_to_grid
 from .base import FeatureExtractor
-from .featurenorm import FeatureMapDetector, largest_grid, resize_to_grid
+from .featurenorm import FeatureMapDetector
 
 __all__ = [
     "PADIM_AUTO_FEATURES",

@@ -32,6 +32,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..modeling.matching_adpretrain import BACKENDS as MATCHING_BACKENDS
 from ..modeling.matching_adpretrain import DEFAULT_MAX_BLOCK_ELEMENTS, nearest_neighbors
 from ..modeling.scoring_adpretrain import (
     PATCHCORE_DIM,
@@ -40,12 +41,12 @@ from ..modeling.scoring_adpretrain import (
     aggregate_patch_features,
     channel_pooling_map,
     embedding_width,
-    layer_widths,
+    largest_grid,
     reweighted_scores,
 )
 from .base import FeatureExtractor
 from .coreset import CORESET_PROJECTION_DIM, CORESET_RATIO, greedy_coreset_indices
-from .featurenorm import FeatureMapDetector, largest_grid
+from .featurenorm import FeatureMapDetector
 
 __all__ = [
     "PATCHCORE_DIM",
@@ -112,8 +113,8 @@ class PatchCore(FeatureMapDetector):
             raise ValueError(f"coreset_ratio must be in (0, 1], got {coreset_ratio}: use 0.1 for PatchCore's 10%")
         if num_neighbors < 1:
             raise ValueError(f"num_neighbors must be >= 1, got {num_neighbors}")
-        if backend not in ("auto", "torch", "faiss"):
-            raise ValueError(f"unknown backend {backend!r}: choose 'auto', 'torch' or 'faiss'")
+        if backend not in MATCHING_BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}: choose one of {MATCHING_BACKENDS}")
         self.embedding_dim = embedding_dim
         self.coreset_ratio = coreset_ratio
         self.projection_dim = projection_dim

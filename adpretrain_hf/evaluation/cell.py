@@ -16,8 +16,7 @@ import torch
 
 from ..detectors import DETECTORS, build_detector
 from ..detectors.trained import TrainedDetector
-from ..metrics import aupro, image_auroc, pixel_auroc
-from .config import AUPRO_FPR_LIMIT
+from ..metrics import AUPRO_FPR_LIMIT, aupro, image_auroc, pixel_auroc
 
 
 @dataclass

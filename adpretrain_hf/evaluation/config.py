@@ -13,16 +13,15 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
-FEATURE_KINDS: tuple[str, ...] = ("backbone", "residual", "pretrained")
-"""``"backbone"``: the frozen backbone's features (Table 1 "w/o"); ``"residual"``: residual features
-without a projector (Table 2's first row); ``"pretrained"``: ADPretrain's ("w/")."""
+from ..metrics.names import METRIC_NAMES
+from ..modeling.configuration_adpretrain import FEATURE_KINDS
+from ..modeling.dtypes_adpretrain import DTYPES, dtype_from_name  # noqa: F401 (DTYPES: the accepted names, re-exported)
+
 DEFAULT_KINDS: tuple[str, ...] = ("backbone", "pretrained")
 DEFAULT_FEATURE_CACHE_MB = 4096.0
 """Memory for cached features per category; past it they spill to safetensors files on disk."""
-METRICS: tuple[str, ...] = ("image_auroc", "pixel_auroc", "aupro")
-"""The paper's I-AUROC, P-AUROC and PRO (AUPRO up to FPR 0.3), all in [0, 1]."""
-AUPRO_FPR_LIMIT = 0.3
-"""Upper FPR bound of the PRO integral (section 4.1, following MVTec AD)."""
+METRICS: tuple[str, ...] = METRIC_NAMES
+"""The paper's I-AUROC, P-AUROC and PRO (``adpretrain_hf.metrics.METRIC_NAMES``)."""
 DEFAULT_METHODS: tuple[str, ...] = ("featurenorm", "patchcore", "padim")
 DEFAULT_SHOTS = 8
 """Normal reference images per query (section 4.1: "we match each input image with 8 reference samples")."""
@@ -30,20 +29,11 @@ REFERENCE_STRATEGY_CHOICES: tuple[str, ...] = ("first", "random", "kmeans", "ali
 LAYOUT_CHOICES: tuple[str, ...] = ("auto", "mvtec", "mpdd", "mvtec3d", "btad", "visa", "realiad")
 NOISE_SETTING = "overlap"
 """SoftPatch's setting used by the paper (4.4): injected anomalies stay in the test set."""
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16,
-}
 
 
 def parse_dtype(value: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
     """``None`` / a ``torch.dtype`` / a name such as ``"bf16"`` -> ``torch.dtype`` or ``None``."""
-    if value is None or isinstance(value, torch.dtype):
-        return value
-    if isinstance(value, str) and value.lower() in DTYPES:
-        return DTYPES[value.lower()]
-    raise ValueError(f"dtype={value!r} is not supported: pass one of {sorted(DTYPES)} (or a torch.dtype)")
+    return dtype_from_name(value)
 
 
 def _check_fraction(name: str, value: float, low_open: bool, high_closed: bool) -> None:

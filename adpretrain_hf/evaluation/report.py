@@ -14,12 +14,12 @@ import statistics
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from ..metrics.names import METRIC_LABELS
 from .cell import CellResult
 from .config import METRICS
 
 MEAN_ROW = "mean"
 DISPLAY_NAMES = {"featurenorm": "FeatureNorm", "patchcore": "PatchCore", "padim": "PaDiM", "cflow": "CFLOW", "glass": "GLASS", "uniad": "UniAD"}
-METRIC_LABELS = {"image_auroc": "I-AUROC", "pixel_auroc": "P-AUROC", "aupro": "PRO"}
 KIND_LABELS = {"backbone": "w/o", "residual": "res.", "pretrained": "w/"}
 CSV_COLUMNS = ("category", "method", "features", *METRICS, *(f"{m}_std" for m in METRICS), "num_runs", "num_train", "num_test")
 

@@ -20,8 +20,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..extractor import REFERENCE_KINDS, ModelFeatureExtractor
+from ..metrics.names import METRIC_DEFINITIONS
 from .cell import PredictionHook, is_trained, run_cell
-from .config import AUPRO_FPR_LIMIT, DEFAULT_FEATURE_CACHE_MB, DEFAULT_METHODS, DEFAULT_SHOTS, EvaluationConfig
+from .config import DEFAULT_FEATURE_CACHE_MB, DEFAULT_METHODS, DEFAULT_SHOTS, EvaluationConfig
 from .feature_cache import DirectSource, FeatureCache
 from .loading import CategoryData, describe_model, load_splits, prepare_category
 from .plots import pick_overlay_indices, save_comparison_chart, save_overlays
@@ -172,8 +173,7 @@ def run_evaluation(
                                     "layers": list(model.config.layers)}},
         "references": references,
         "protocol": protocol,
-        "metrics": {"image_auroc": "I-AUROC", "pixel_auroc": "P-AUROC (all test pixels pooled)",
-                    "aupro": f"AUPRO, MVTec definition, area up to FPR {AUPRO_FPR_LIMIT} divided by {AUPRO_FPR_LIMIT}"},
+        "metrics": dict(METRIC_DEFINITIONS),
         "runs": [run.to_json() for run in runs],
         "feature_passes": cache_stats,
     }

@@ -8,12 +8,15 @@ or ``[N, 1, H, W]`` in {0, 1}); ``load_metric(name)`` gives the same numbers as
 from .aupro import AUPRO_FPR_LIMIT, AUPRO_VARIANTS, area_up_to, aupro, pro_curve
 from .aupro_release import RELEASE_NUM_THRESHOLDS, release_pro_curve
 from .auroc import image_auroc, pixel_auroc
-from .loading import METRIC_NAMES, load_metric, metric_info, metric_module_path
+from .loading import load_metric, metric_info, metric_module_path
+from .names import METRIC_DEFINITIONS, METRIC_LABELS, METRIC_NAMES
 from .regions import label_regions
 
 __all__ = [
     "AUPRO_FPR_LIMIT",
     "AUPRO_VARIANTS",
+    "METRIC_DEFINITIONS",
+    "METRIC_LABELS",
     "METRIC_NAMES",
     "RELEASE_NUM_THRESHOLDS",
     "area_up_to",

@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-METRIC_NAMES = ("image_auroc", "pixel_auroc", "aupro")
+from .names import METRIC_NAMES
+
 MODULES_DIR = Path(__file__).resolve().parent / "modules"
 
 
