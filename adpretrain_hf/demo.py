@@ -155,9 +155,9 @@ def summarize(results: dict) -> str:
             continue
         delta = {m: 100 * (pre[m] - base[m]) for m in ("image_auroc", "pixel_auroc", "aupro")}
         better = sum(d > 0 for d in delta.values())
-        word = "better" if better == 3 else "worse" if better == 0 else "mixed"
+        word = "better than" if better == 3 else "worse than" if better == 0 else "mixed against"
         lines.append(
-            f"{method}: pretrained features are {word} than the backbone's on the held-out categories "
+            f"{method}: pretrained features are {word} the backbone's on the held-out categories "
             f"(I-AUROC {delta['image_auroc']:+.1f}, P-AUROC {delta['pixel_auroc']:+.1f}, PRO {delta['aupro']:+.1f} points)"
         )
     return "\n".join(lines)
