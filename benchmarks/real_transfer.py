@@ -43,6 +43,9 @@ VARIANTS: dict[str, dict[str, float]] = {
     "angle": {"norm_loss_weight": 0.0},
     "norm": {"loss_weight": 0.0},
     "both": {},
+    # Not in the paper: lambda = 100 lifts the angle term to the norm term's scale (with the
+    # release's loss form the norm term starts ~500x larger, so "both" trains like "norm").
+    "balanced": {"loss_weight": 100.0},
 }
 UNTRAINED_ROWS = ("backbone", "residual")
 
