@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 import torch
 
-from .dtypes_adpretrain import DTYPES
+from .dtypes_adpretrain import dtype_from_name
 from .image_processing_adpretrain import ADPretrainImageProcessor
 from .pipeline_anomaly_features import _LENIENT_KWARGS, AnomalyFeaturesPipeline, map_to_image
 
@@ -53,14 +53,8 @@ def _detector_processor(model: Any) -> ADPretrainImageProcessor:
 
 
 def _resolve_dtype(dtype: Any) -> Optional[torch.dtype]:
-    """None/"auto" -> float32 (the calibration's precision); else a torch dtype or a short name."""
-    if dtype is None or dtype == "auto":
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if isinstance(dtype, str) and dtype.lower() in DTYPES:
-        return DTYPES[dtype.lower()]
-    raise ValueError(f"dtype={dtype!r} is not supported: pass torch.float32 (default), torch.bfloat16/float16, 'fp32', 'bf16' or 'fp16'")
+    """None/"auto" -> float32 (the calibration's precision); else a torch dtype or a name of ``DTYPES``."""
+    return torch.float32 if dtype is None or dtype == "auto" else dtype_from_name(dtype)
 
 
 class AnomalyDetectionPipeline(AnomalyFeaturesPipeline):

@@ -32,7 +32,7 @@ from transformers.image_transforms import get_resize_output_image_size, get_size
 from transformers.image_utils import SizeDict, get_image_size_for_max_height_width
 
 from .content_keys_adpretrain import combine_keys, pixel_hash
-from .dtypes_adpretrain import DTYPES
+from .dtypes_adpretrain import dtype_from_name
 from .image_io_adpretrain import read_image
 from .image_processing_adpretrain import ADPretrainImageProcessor
 
@@ -137,11 +137,7 @@ def resolve_dtype(dtype: Any, device: torch.device, current: torch.dtype) -> tor
     """``None``/"auto": bf16 on CUDA (the backbone's fast path), the model's own dtype elsewhere."""
     if dtype is None or dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else current
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if isinstance(dtype, str) and dtype.lower() in DTYPES:
-        return DTYPES[dtype.lower()]
-    raise ValueError(f"dtype={dtype!r} is not supported: pass torch.bfloat16/float16/float32, 'bf16', 'fp16', 'fp32' or 'auto'")
+    return dtype_from_name(dtype)
 
 
 # -- the pipeline -----------------------------------------------------------------------------
