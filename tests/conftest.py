@@ -35,3 +35,15 @@ class _BlockAdpretrain:
         return None
 sys.meta_path.insert(0, _BlockAdpretrain())
 '''
+
+
+@pytest.fixture(scope="session")
+def realiad_root(tmp_path_factory):
+    """One object class in the Real-IAD layout: 4 OK and 6 NG samples, one view, 64 px (tiny-clip's
+    input). Shared read-only by the training tests; runs write only to their own output folders."""
+    from adpretrain_hf.data import generate_dataset
+
+    root = tmp_path_factory.mktemp("realiad")
+    generate_dataset(root, layout="realiad", categories=["bottle"], num_normal=4, num_anomalous=6,
+                     image_size=64, seed=0, num_views=1, progress=False)
+    return root

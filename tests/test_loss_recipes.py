@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from adpretrain_hf import ADPretrainConfig
-from adpretrain_hf.data import generate_dataset
 from adpretrain_hf.losses import ADPretrainLoss, PAPER_LOSS_FORM, RELEASE_LOSS_FORM
 from adpretrain_hf.training.arguments import load_arguments
 
@@ -57,14 +56,6 @@ def test_from_config_reaches_every_option(form, numbers):
 def test_from_config_rejects_a_non_config():
     with pytest.raises(ValueError, match="loss fields"):
         ADPretrainLoss.from_config(object())
-
-
-@pytest.fixture(scope="module")
-def realiad_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("recipes")
-    generate_dataset(root, layout="realiad", categories=["bottle"], num_normal=4, num_anomalous=6,
-                     image_size=64, seed=4, num_views=1, progress=False)
-    return root
 
 
 @pytest.mark.parametrize("recipe,form", [("paper", PAPER_LOSS_FORM), ("release", RELEASE_LOSS_FORM)])

@@ -11,21 +11,12 @@ import pytest
 import torch
 
 from adpretrain_hf import ADPretrainModel
-from adpretrain_hf.data import generate_dataset
 from adpretrain_hf.losses import PAPER_LOSS_FORM
 from adpretrain_hf.training.arguments import PretrainArguments, load_arguments
 from adpretrain_hf.training.feature_cache import ReferenceFeatureCache
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAIN = REPO / "training" / "pretrain.py"
-
-
-@pytest.fixture(scope="module")
-def realiad_root(tmp_path_factory):
-    """One object class in the Real-IAD layout: 4 OK and 6 NG samples, one view, 64 px."""
-    root = tmp_path_factory.mktemp("realiad")
-    generate_dataset(root, layout="realiad", categories=["bottle"], num_normal=4, num_anomalous=6, image_size=64, seed=0, num_views=1, progress=False)
-    return root
 
 
 def _run(args, env_extra=None, launcher=None, timeout=600):

@@ -19,15 +19,6 @@ MAX_STEPS = 3
 MOMENTUM = 0.5  # far from 1 so that a wrong update is visible after one step
 
 
-@pytest.fixture(scope="module")
-def realiad_root(tmp_path_factory):
-    """4 OK and 6 NG images of one class, one view, 64 px (tiny-clip's input)."""
-    root = tmp_path_factory.mktemp("realiad_center")
-    generate_dataset(root, layout="realiad", categories=["bottle"], num_normal=4, num_anomalous=6,
-                     image_size=64, seed=3, num_views=1, progress=False)
-    return root
-
-
 def _independent_labels(masks: torch.Tensor, grid: int, fraction: float) -> torch.Tensor:
     """``[B, H, W]`` {0,1} masks -> ``[B, grid*grid]`` bool, True = anomalous (block mean > fraction)."""
     b, h, w = masks.shape

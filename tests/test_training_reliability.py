@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import torch
 
-from adpretrain_hf.data import generate_dataset
 from adpretrain_hf.training import checkpointing, pretrain
 from adpretrain_hf.training.arguments import PretrainArguments, load_arguments
 from adpretrain_hf.training.loop import run_pretraining
@@ -29,13 +28,6 @@ TINY_CONFIG = REPO / "training" / "configs" / "tiny-clip.yaml"
 STEPS = 6
 KILL_AFTER = 2  # checkpoint step of the killed run
 KILL_TIMEOUT_S = 300
-
-
-@pytest.fixture(scope="module")
-def realiad_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("realiad-reliability")
-    generate_dataset(root, layout="realiad", categories=["bottle"], num_normal=4, num_anomalous=6, image_size=64, seed=0, num_views=1, progress=False)
-    return root
 
 
 def _argv(data, out, *extra):
