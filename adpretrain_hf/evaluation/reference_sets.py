@@ -5,17 +5,18 @@ query: one :class:`~adpretrain_hf.extractor.ReferenceBank` built from the pool's
 tokens, handed to the extractor (never stored on the model).
 
 "aligned" (appendix C) gives every image its own ``K`` references. It is implemented with
-per-image banks: :class:`AlignedReferences` matches an image (the matcher's histograms + KL,
-cached by the image's bytes so each image is matched once per reference seed, whichever
-detector asks), and :class:`PerImageReferenceExtractor` gathers the matched pool images'
-cached backbone tokens into a ``[B, K*N_l, C_l]`` bank per layer for that batch, keyed per
-image by its reference set (so a feature cache keeps its projected features). Matching
-happens inside the extractor, so it also covers images a detector makes itself (GLASS's
-augmentations). Costs: the pool's backbone tokens stay in memory (``N_pool * sum_l N_l*C_l``
-values: about 4 MB per pool image for a 1024-wide, 4-layer ViT at 224 px), each batch builds
-``B*K`` images' worth of bank, and every image pays one histogram + KL match against the pool.
-A query never references itself: training images are in the pool, and an image matched to
-itself has an all-zero residual, so the pool image equal to the query is excluded.
+per-image banks: :class:`AlignedReferences` caches, by the image's bytes, what
+:func:`~adpretrain_hf.references.match_aligned` (the matcher's histograms + KL) returns for an
+image, so each image is matched once per reference seed, whichever detector asks; and
+:class:`PerImageReferenceExtractor` gathers the matched pool images' cached backbone tokens
+into a ``[B, K*N_l, C_l]`` bank per layer for that batch, keyed per image by its reference set
+(so a feature cache keeps its projected features). Matching happens inside the extractor, so
+it also covers images a detector makes itself (GLASS's augmentations). Costs: the pool's
+backbone tokens stay in memory (``N_pool * sum_l N_l*C_l`` values: about 4 MB per pool image
+for a 1024-wide, 4-layer ViT at 224 px), each batch builds ``B*K`` images' worth of bank, and
+every image pays one histogram + KL match against the pool. A query never references itself:
+training images are in the pool, and an image matched to itself has an all-zero residual, so
+``match_aligned`` skips the pool images equal to the query.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any, Optional
 import torch
 
 from ..extractor import ModelFeatureExtractor, ReferenceBank, combine_keys, pixel_hash
-from ..references import SemanticAlignedMatcher, select_references
+from ..references import SemanticAlignedMatcher, match_aligned, select_references
 from .feature_cache import DirectSource, batched_tokens, shared_bank
 
 __all__ = ["AlignedReferences", "PerImageReferenceExtractor", "ReferencePlan", "global_features", "pixel_hash",
@@ -66,17 +67,20 @@ class AlignedReferences:
         self._tokens: Optional[list[torch.Tensor]] = None
 
     def indices(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Pool positions of each image's references: ``[B, 3, H, W] -> LongTensor [B, k]`` (best first)."""
+        """Pool positions of each image's references: ``[B, 3, H, W] -> LongTensor [B, k]`` (best first).
+
+        A cache over :func:`~adpretrain_hf.references.match_aligned` (which skips the pool
+        copies of the image itself), keyed by ``pixel_hash``: each distinct image is matched once.
+        """
         keys = [pixel_hash(image) for image in pixel_values]
-        missing = [i for i, key in enumerate(keys) if key not in self._cache]
+        missing: dict[str, int] = {}  # uncached key -> its first position in the batch
+        for i, key in enumerate(keys):
+            if key not in self._cache:
+                missing.setdefault(key, i)
         if missing:
-            _, distances = self.matcher.match(pixel_values[missing].float().cpu(), top_k=1)  # [m, N_pool]
-            for row, i in enumerate(missing):
-                d = distances[row].clone()
-                for j, pool_key in enumerate(self.pool_hashes):
-                    if pool_key == keys[i]:
-                        d[j] = float("inf")  # never the image itself
-                self._cache[keys[i]] = torch.topk(d, self.k, largest=False, sorted=True).indices
+            rows = list(missing.values())
+            found = match_aligned(self.matcher, pixel_values[rows], self.k, pool_keys=self.pool_hashes, query_keys=list(missing))
+            self._cache.update(zip(missing, found))
         return torch.stack([self._cache[key] for key in keys])
 
     def pool_tokens(self, model: Any, batch_size: int) -> list[torch.Tensor]:

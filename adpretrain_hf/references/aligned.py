@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
-from typing import Optional, Union
+from typing import Iterable, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -147,27 +148,38 @@ class SemanticAlignedMatcher:
         return codeword_histograms(tokens, self.codebook.flatten(0, 1), self.pool_chunk_size)
 
     @torch.no_grad()
-    def match(self, query_pixel_values: torch.Tensor, top_k: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-``K`` aligned pool images per query.
+    def match(
+        self,
+        query_pixel_values: torch.Tensor,
+        top_k: Optional[int] = None,
+        exclude: Optional[Sequence[Iterable[int]]] = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-``K`` aligned pool images per query; the one top-k of every aligned selection.
 
         Args:
             query_pixel_values: ``[Q, 3, H, W]``, preprocessed like the pool.
             top_k: ``K``; defaults to the matcher's ``top_k``.
+            exclude: per query, pool indices it may not get (e.g. the pool copies of the query
+                itself: an image referencing itself has an all-zero residual); ``None``: none.
 
         Returns:
-            ``indices [Q, K]`` (int64, pool indices, best first) and ``distances [Q, N]``
-            (float32 ``D^align`` of Eq. 9 to every pool image), both on the CPU.
+            ``indices [Q, K]`` (int64, pool indices, best first; ties resolved by one
+            ``torch.topk``) and ``distances [Q, N]`` (float32 ``D^align`` of Eq. 9 to every pool
+            image, excluded ones included), both on the CPU.
         """
         self._check_fitted()
         k = self.top_k if top_k is None else top_k
-        if not isinstance(k, int) or not 1 <= k <= self.num_pool:
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= self.num_pool:
             raise ValueError(f"top_k={k!r} must be an integer in [1, {self.num_pool}] (the pool size)")
+        _check_images(query_pixel_values)
+        mask = None if exclude is None else exclusion_mask(exclude, query_pixel_values.shape[0], self.num_pool, k)  # [Q, N]
         query_histograms = self.histograms(query_pixel_values)
         distances = block_kl_alignment(
             query_histograms, self.pool_histograms, self._cell_index, self.grid_size**2,
             pool_self_term=self._pool_self_term, chunk_size=self.pool_chunk_size,
         )
-        indices = torch.topk(distances, k, dim=1, largest=False, sorted=True).indices
+        ranked = distances if mask is None else distances.masked_fill(mask.to(distances.device), math.inf)
+        indices = torch.topk(ranked, k, dim=1, largest=False, sorted=True).indices
         return indices.cpu(), distances.cpu()
 
     def save(self, path: Union[str, "os.PathLike[str]"]) -> None:
@@ -245,3 +257,25 @@ def _check_images(pixel_values: torch.Tensor) -> None:
         raise ValueError(f"pixel_values must be [N, 3, H, W] preprocessed images, got shape {tuple(pixel_values.shape)}")
     if pixel_values.shape[0] == 0:
         raise ValueError("no images given: pass at least one image")
+
+
+def exclusion_mask(exclude: Sequence[Iterable[int]], num_queries: int, num_pool: int, k: int) -> torch.Tensor:
+    """``exclude`` (per query, pool indices to skip) as a ``[Q, N]`` bool mask; checks ``k`` still fits.
+
+    Every query must keep at least ``k`` pool images, else its top-``k`` would hold an excluded one.
+    """
+    if len(exclude) != num_queries:
+        raise ValueError(f"exclude has {len(exclude)} entries but there are {num_queries} queries: pass one list of pool indices per query")
+    mask = torch.zeros(num_queries, num_pool, dtype=torch.bool)
+    for query, skipped in enumerate(exclude):
+        skipped = [int(j) for j in skipped]
+        if any(not 0 <= j < num_pool for j in skipped):
+            raise ValueError(f"exclude[{query}]={skipped} holds a pool index outside [0, {num_pool - 1}]: pass positions in the fitted pool")
+        mask[query, skipped] = True
+        left = num_pool - int(mask[query].sum())
+        if left < k:
+            raise ValueError(
+                f"query {query} may use only {left} of the {num_pool} pool images after exclusions, fewer than "
+                f"k={k}: use k <= {left} or a larger pool"
+            )
+    return mask
