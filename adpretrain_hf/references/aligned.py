@@ -265,12 +265,16 @@ def exclusion_mask(exclude: Sequence[Iterable[int]], num_queries: int, num_pool:
     Every query must keep at least ``k`` pool images, else its top-``k`` would hold an excluded one.
     """
     if len(exclude) != num_queries:
-        raise ValueError(f"exclude has {len(exclude)} entries but there are {num_queries} queries: pass one list of pool indices per query")
+        raise ValueError(
+            f"exclude has {len(exclude)} entries but there are {num_queries} queries: pass one list of pool indices per query"
+        )
     mask = torch.zeros(num_queries, num_pool, dtype=torch.bool)
     for query, skipped in enumerate(exclude):
         skipped = [int(j) for j in skipped]
         if any(not 0 <= j < num_pool for j in skipped):
-            raise ValueError(f"exclude[{query}]={skipped} holds a pool index outside [0, {num_pool - 1}]: pass positions in the fitted pool")
+            raise ValueError(
+                f"exclude[{query}]={skipped} holds a pool index outside [0, {num_pool - 1}]: pass positions in the fitted pool"
+            )
         mask[query, skipped] = True
         left = num_pool - int(mask[query].sum())
         if left < k:

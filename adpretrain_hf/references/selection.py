@@ -97,11 +97,16 @@ def match_aligned(
     exclude = None
     if pool_keys is not None:
         if len(pool_keys) != matcher.num_pool:
-            raise ValueError(f"pool_keys has {len(pool_keys)} keys but the matcher was fitted on {matcher.num_pool} images: pass one key per pool image")
+            raise ValueError(
+                f"pool_keys has {len(pool_keys)} keys but the matcher was fitted on {matcher.num_pool} images: "
+                "pass one key per pool image"
+            )
         if query_keys is None:
             query_keys = [pixel_hash(image) for image in query_pixel_values]
         elif len(query_keys) != len(query_pixel_values):
-            raise ValueError(f"query_keys has {len(query_keys)} keys for {len(query_pixel_values)} queries: pass one key per query, or none")
+            raise ValueError(
+                f"query_keys has {len(query_keys)} keys for {len(query_pixel_values)} queries: pass one key per query, or none"
+            )
         positions: dict[str, list[int]] = {}
         for j, key in enumerate(pool_keys):
             positions.setdefault(key, []).append(j)
