@@ -91,7 +91,7 @@ class SettingsParser(HfArgumentParser):
     def _apply_settings_file(self, args: Optional[Sequence[str]]) -> None:
         import sys
 
-        probe = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+        probe = argparse.ArgumentParser(add_help=False, allow_abbrev=self.allow_abbrev)  # reads --config as this parser will
         probe.add_argument(CONFIG_FLAG, default=None)
         known, _ = probe.parse_known_args(list(sys.argv[1:] if args is None else args))
         if known.config is None:
