@@ -8,19 +8,17 @@ exits with status 2), instead of training the wrong schedule or failing deep in 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
+from adpretrain_hf.settings_values import dataclass_hints, read_settings_file, suggest, typed_value
 
 TRACKERS_OFF = "none"
 """``report_to`` value that logs to ``metrics.jsonl`` only (no tracker package needed)."""
 DEFAULT_TRACKER = "tensorboard"
-NULL_WORDS = ("null", "none", "~")  # --set key=null for Optional fields
 
 
 @dataclass
@@ -30,35 +28,44 @@ class PretrainArguments:
     ``model`` holds :class:`ADPretrainConfig` field overrides on top of ``preset``.
     """
 
-    data_root: Optional[str] = None
-    output_dir: str = "outputs/adpretrain"
-    preset: str = "clip-large"
-    model: dict = field(default_factory=dict)
-    backbone_weights: Optional[str] = None  # "auto" = config.backbone_id; or an id / local folder
-    categories: Optional[list] = None
-    epochs: int = 10
-    batch_size: int = 32
-    learning_rate: float = 1e-4
-    weight_decay: float = 5e-4
-    lr_milestones: list = field(default_factory=lambda: [7, 9])  # epochs after which lr x= lr_gamma
-    lr_gamma: float = 0.1
-    seed: int = 42
-    mixed_precision: str = "auto"  # "auto" = bf16 autocast on GPU, none on CPU; fp32 master weights
-    gradient_accumulation_steps: int = 1
-    max_steps: Optional[int] = None
-    checkpoint_every_steps: Optional[int] = None  # None = at the end of every epoch
-    checkpoints_total_limit: int = 2
-    resume: Optional[str] = None  # "latest" or a checkpoint folder
-    num_workers: int = 2
-    center_batches: int = 8  # batches used to estimate the initial center c
-    center_momentum: Optional[float] = 0.99  # projected mode: running mean; None = cumulative
-    skip_normal_only_batches: bool = False  # the release skips batches without anomalous images
-    feature_cache_images: int = 4096  # reference images whose backbone tokens are kept (0 = off)
-    loss_chunk_elements: int = 1 << 26  # bound of the angle loss's similarity block
-    push_to_hub: bool = False
-    hub_model_id: Optional[str] = None
-    progress: bool = True
-    report_to: str = DEFAULT_TRACKER  # Accelerate tracker(s): tensorboard, wandb, ..., "all" or "none"
+    data_root: Optional[str] = field(default=None, metadata={"help": "Real-IAD root folder (<class>/OK, <class>/NG)"})
+    output_dir: str = field(default="outputs/adpretrain", metadata={"help": "where the checkpoint, logs and metrics go"})
+    preset: str = field(default="clip-large", metadata={"help": "model preset, e.g. clip-large, dinov2-base, tiny-clip"})
+    model: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "ADPretrainConfig field overrides on top of the preset, a YAML mapping (or --set model.<field>=value)"})
+    backbone_weights: Optional[str] = field(default=None, metadata={
+        "help": "'auto' (the preset's backbone id) or an id / local folder (None: random backbone)"})
+    categories: Optional[list[str]] = field(default=None, metadata={"help": "comma-separated classes (None: all)", "metavar": "A,B"})
+    epochs: int = field(default=10, metadata={"help": "training epochs (paper: 10)"})
+    batch_size: int = field(default=32, metadata={"help": "images per process and step (paper: 32)"})
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (paper: 1e-4)"})
+    weight_decay: float = field(default=5e-4, metadata={"help": "AdamW weight decay (paper: 5e-4)"})
+    lr_milestones: list[int] = field(default_factory=lambda: [7, 9], metadata={
+        "help": "epochs after which the learning rate is multiplied by lr_gamma", "metavar": "E1,E2"})
+    lr_gamma: float = field(default=0.1, metadata={"help": "learning-rate factor at each milestone"})
+    seed: int = field(default=42, metadata={"help": "seed of every random draw (same seed, same run)"})
+    mixed_precision: str = field(default="auto", metadata={
+        "help": "auto = bf16 autocast on GPU, none on CPU; fp32 master weights", "choices": ("auto", "no", "bf16", "fp16")})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "batches per optimizer step"})
+    max_steps: Optional[int] = field(default=None, metadata={"help": "stop after this many optimizer steps (None: the full schedule)"})
+    checkpoint_every_steps: Optional[int] = field(default=None, metadata={
+        "help": "save an Accelerate checkpoint every N steps (None: at the end of every epoch)"})
+    checkpoints_total_limit: int = field(default=2, metadata={"help": "checkpoints kept on disk"})
+    resume: Optional[str] = field(default=None, metadata={"help": "'latest' or a checkpoint folder to continue from"})
+    num_workers: int = field(default=2, metadata={"help": "data-loader worker processes (0: load in the main process)"})
+    center_batches: int = field(default=8, metadata={"help": "batches used to estimate the initial center c"})
+    center_momentum: Optional[float] = field(default=0.99, metadata={
+        "help": "projected center mode: running-mean momentum (None: cumulative mean)"})
+    skip_normal_only_batches: bool = field(default=False, metadata={
+        "help": "skip batches without anomalous images, as the release does"})
+    feature_cache_images: int = field(default=4096, metadata={
+        "help": "reference images whose backbone tokens are kept in memory (0: off)"})
+    loss_chunk_elements: int = field(default=1 << 26, metadata={"help": "bound of the angle loss's similarity block"})
+    push_to_hub: bool = field(default=False, metadata={"help": "upload the result to the Hub (needs hub_model_id)"})
+    hub_model_id: Optional[str] = field(default=None, metadata={"help": "repo id for push_to_hub"})
+    progress: bool = field(default=True, metadata={"help": "show the progress bar"})
+    report_to: str = field(default=DEFAULT_TRACKER, metadata={
+        "help": "Accelerate tracker(s) for the logs: tensorboard, wandb, ..., all, or none (metrics.jsonl only)"})
 
     def validate(self) -> "PretrainArguments":
         _check_types(self)
@@ -143,16 +150,11 @@ def model_config_fields() -> list[str]:
     return [p for p in inspect.signature(ADPretrainConfig.__init__).parameters if p not in skip]
 
 
-def _suggest(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=1)
-    return f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(choices))}"
-
-
 def _check_model_fields(model: dict) -> None:
     known = model_config_fields()
     for key in model:
         if key not in known:
-            raise ValueError(f"model.{key} is not an ADPretrainConfig field: {_suggest(key, known)}")
+            raise ValueError(f"model.{key} is not an ADPretrainConfig field: {suggest(key, known)}")
 
 
 def _check_ranges(args: "PretrainArguments") -> None:
@@ -173,7 +175,7 @@ def tracker_names(report_to: str) -> Optional[list[str]]:
     known = list(LOGGER_TYPE_TO_CLASS) + [LoggerType.ALL.value]
     for name in names:
         if name not in known:
-            raise ValueError(f"report_to={name!r} is not a tracker: {_suggest(name, known + [TRACKERS_OFF])}")
+            raise ValueError(f"report_to={name!r} is not a tracker: {suggest(name, known + [TRACKERS_OFF])}")
         tracker = LOGGER_TYPE_TO_CLASS.get(name)
         if tracker is not None and not _tracker_installed(name):
             raise ValueError(f"report_to={name!r} but the {name} package is not installed: pip install {name}, or pass --report-to none")
@@ -187,58 +189,46 @@ def _tracker_installed(name: str) -> bool:
     return bool(check()) if check is not None else True
 
 
-def _parse_value(text: str) -> Any:
-    """``--set key=value`` values: numbers (``1e-4`` too, which YAML 1.1 reads as a string),
-    then YAML scalars/lists: true, [6, 12], null, clip-large."""
-    for convert in (int, float):
-        try:
-            return convert(text)
-        except ValueError:
-            pass
-    return yaml.safe_load(text)
+def model_config_hints() -> dict[str, Any]:
+    """``ADPretrainConfig`` init parameter -> its type hint (what ``model.<field>`` may set, and how it is read)."""
+    from adpretrain_hf.modeling import ADPretrainConfig
+
+    hints = typing.get_type_hints(ADPretrainConfig.__init__)
+    return {name: hints.get(name, Any) for name in model_config_fields()}
 
 
-def load_arguments(config_path: Optional[str], cli_values: dict[str, Any], overrides: list[str]) -> PretrainArguments:
-    """YAML config, then explicit CLI flags, then ``--set a.b=value`` overrides (model.* for ADPretrainConfig)."""
-    values: dict[str, Any] = {}
-    if config_path:
-        with open(config_path) as handle:
-            values = yaml.safe_load(handle) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{config_path} must hold a mapping of argument: value lines")
-        names = [f.name for f in dataclasses.fields(PretrainArguments)]
-        unknown = sorted(set(values) - set(names))
-        if unknown:
-            raise ValueError(f"unknown keys in {config_path}: {unknown} ({_suggest(unknown[0], names)})")
-        for key, value in values.items():  # YAML 1.1 reads 1e-4 as a string
-            if isinstance(value, str) and not _type_matches(value, _field_types()[key]):
-                values[key] = _parse_value(value)
-    values.update({k: v for k, v in cli_values.items() if v is not None})
-    values.setdefault("model", {})
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``--set key=value`` / ``--set model.<field>=value`` on top of ``values``: the name is checked
+    against :class:`PretrainArguments` / ``ADPretrainConfig`` and the text read with that field's type."""
+    values = {**values, "model": dict(values.get("model") or {})}
+    argument_hints = dataclass_hints(PretrainArguments)
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"--set takes key=value, got {item!r}")
         key, text = item.split("=", 1)
-        names = [f.name for f in dataclasses.fields(PretrainArguments)]
         if key.startswith("model."):
-            if not isinstance(values["model"], dict):
-                raise ValueError(f"model must be a mapping of ADPretrainConfig fields, got {values['model']!r}")
-            values["model"][key[len("model.") :]] = _parse_value(text)
-        elif key in names:
-            values[key] = _parse_for_field(key, text)
+            name, hints, what = key[len("model.") :], model_config_hints(), "an ADPretrainConfig field"
+        elif key in argument_hints:
+            name, hints, what = key, argument_hints, "a pretraining argument"
         else:
             raise ValueError(
-                f"--set {key}: not a pretraining argument ({_suggest(key, names)}; model.<field> for ADPretrainConfig fields)"
+                f"--set {key}: not a pretraining argument ({suggest(key, argument_hints)}; model.<field> for ADPretrainConfig fields)"
             )
-    return PretrainArguments(**values)
+        if name not in hints:
+            raise ValueError(f"--set {key}: {name!r} is not {what}: {suggest(name, hints)}")
+        try:
+            value = typed_value(text, hints[name])
+        except ValueError as err:
+            raise ValueError(f"--set {key}={text}: {err}") from None
+        if key.startswith("model."):
+            values["model"][name] = value
+        else:
+            values[key] = value
+    return values
 
 
-def _parse_for_field(name: str, text: str) -> Any:
-    """``--set`` text for a PretrainArguments field: kept as text for str fields, null for Optional ones."""
-    hint = _field_types()[name]
-    optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
-    if optional and text.strip().lower() in NULL_WORDS:
-        return None
-    if _type_matches(text, hint):  # a str field: "123" stays the text the user typed
-        return text
-    return _parse_value(text)
+def load_arguments(config_path: Optional[str], cli_values: dict[str, Any], overrides: list[str]) -> PretrainArguments:
+    """YAML config, then explicit CLI values (``None``: keep), then ``--set`` overrides (model.* for ADPretrainConfig)."""
+    values = read_settings_file(config_path, PretrainArguments) if config_path else {}
+    values.update({k: v for k, v in cli_values.items() if v is not None})
+    return PretrainArguments(**apply_overrides(values, overrides))

@@ -4,9 +4,11 @@
     accelerate launch training/pretrain.py --config training/configs/clip-large.yaml --data-root /data/Real-IAD
     accelerate launch --multi_gpu --num_processes 8 training/pretrain.py --config ... --data-root ...
 
-Any argument can also be set with ``--set key=value`` (``--set model.loss_weight=2`` for
-ADPretrainConfig fields). The trained model is ``<output_dir>/model``, a ``save_pretrained``
-checkpoint (with a model card) that ``AutoModel.from_pretrained`` and
+Every ``PretrainArguments`` field is a flag (``--learning-rate 2e-3``); ``--config`` reads
+them from YAML, and flags typed on the command line override the file. ``--set key=value``
+sets any argument too, and ``--set model.loss_weight=2`` an ADPretrainConfig field (the name
+is checked and the value read with the field's type). The trained model is
+``<output_dir>/model``, a ``save_pretrained`` checkpoint (with a model card) that ``AutoModel.from_pretrained`` and
 ``pipeline("anomaly-features")`` load; training state lives in ``<output_dir>/checkpoints``
 (``--resume latest``; safetensors + JSON, no pickle), tracker logs in ``<output_dir>/logs``,
 per-step numbers in ``<output_dir>/metrics.jsonl``. Errors in the arguments print one line
@@ -16,6 +18,7 @@ and exit with status 2 (``--debug`` for the traceback).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Optional, Sequence
 
@@ -23,63 +26,53 @@ EXIT_USAGE = 2  # argparse's status for bad arguments; used for every user error
 EXIT_INTERRUPTED = 130
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError)
 
-from adpretrain_hf.training.arguments import load_arguments
-
-# Flags mirrored 1:1 onto PretrainArguments fields (None = keep the config's value).
-_FLAGS = {
-    "--data-root": dict(type=str, help="Real-IAD root folder (<class>/OK, <class>/NG)"),
-    "--output-dir": dict(type=str, help="where the checkpoint, logs and metrics go"),
-    "--preset": dict(type=str, help="model preset, e.g. clip-large, dinov2-base, tiny-clip"),
-    "--backbone-weights": dict(type=str, help="'auto' (the preset's backbone id) or an id / local folder"),
-    "--epochs": dict(type=int), "--batch-size": dict(type=int), "--learning-rate": dict(type=float),
-    "--seed": dict(type=int), "--max-steps": dict(type=int, help="stop after this many optimizer steps"),
-    "--gradient-accumulation-steps": dict(type=int), "--num-workers": dict(type=int),
-    "--mixed-precision": dict(type=str, choices=["auto", "no", "bf16", "fp16"]),
-    "--checkpoint-every-steps": dict(type=int, help="save an Accelerate checkpoint every N steps (default: every epoch)"),
-    "--resume": dict(type=str, help="'latest' or a checkpoint folder to continue from"),
-    "--hub-model-id": dict(type=str, help="repo id for --push-to-hub"),
-    "--report-to": dict(type=str, help="tracker(s) for the logs: tensorboard (default), wandb, ..., all, or none"),
-}
+CONFIG_HELP = "YAML file of pretraining arguments (training/configs/<preset>.yaml); flags typed here override it"
+SET_HELP = ("override any argument, value read with the field's type: --set learning_rate=2e-3, "
+            "--set model.<ADPretrainConfig field>=value (e.g. model.layers=[6,12])")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pretrain.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config", type=str, help="YAML file of pretraining arguments (training/configs/<preset>.yaml)")
-    for flag, kwargs in _FLAGS.items():
-        parser.add_argument(flag, default=None, **kwargs)
-    parser.add_argument("--categories", type=str, default=None, help="comma-separated classes (default: all)")
-    parser.add_argument("--push-to-hub", action="store_true", default=None, help="upload the result to the Hub")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any argument (model.<field> for the model config)")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+def build_parser(prog: str = "pretrain.py", debug_flag: bool = True) -> argparse.ArgumentParser:
+    """Every :class:`PretrainArguments` field as a flag (``HfArgumentParser``), ``--config``, ``--set``."""
+    from adpretrain_hf.settings_parser import SettingsParser
+    from adpretrain_hf.training.arguments import PretrainArguments
+
+    parser = SettingsParser(PretrainArguments, config_help=CONFIG_HELP, prog=prog, description=__doc__,
+                            formatter_class=_HelpFormatter)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    if debug_flag:  # `adpretrain pretrain` has its own top-level --debug
+        parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and every flag's default."""
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: str = "pretrain.py") -> int:
     """Parse, train, and turn user errors into one line on stderr with exit status 2."""
-    parsed = build_parser().parse_args(argv)
+    return run_parsed(build_parser(prog).parse_args(argv), prog)
+
+
+def run_parsed(parsed: argparse.Namespace, prog: str = "pretrain.py") -> int:
+    """Train from parsed flags (``adpretrain pretrain`` parses with the same parser)."""
     try:
         _train(parsed)
     except KeyboardInterrupt:
-        print("pretrain.py: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except USER_ERRORS as err:
-        if parsed.debug:
+        if getattr(parsed, "debug", False):
             raise
-        print(f"pretrain.py: error: {err} (--debug for the traceback)", file=sys.stderr)
+        print(f"{prog}: error: {err} (--debug for the traceback)", file=sys.stderr)
         return EXIT_USAGE
     return 0
 
 
 def _train(parsed: argparse.Namespace) -> None:
-    values = {flag.lstrip("-").replace("-", "_"): getattr(parsed, flag.lstrip("-").replace("-", "_")) for flag in _FLAGS}
-    values["categories"] = parsed.categories.split(",") if parsed.categories else None
-    values["push_to_hub"] = parsed.push_to_hub
-    if parsed.no_progress:
-        values["progress"] = False
-    args = load_arguments(parsed.config, values, parsed.set).validate()  # before the heavy imports
+    from adpretrain_hf.training.arguments import PretrainArguments, apply_overrides
+
+    values = {f.name: getattr(parsed, f.name) for f in dataclasses.fields(PretrainArguments)}
+    args = PretrainArguments(**apply_overrides(values, parsed.set)).validate()  # before the heavy imports
 
     from adpretrain_hf.training.loop import run_pretraining
 

@@ -18,7 +18,7 @@ See ``docs/EVALUATION.md``.
 """
 
 from .cell import CellPredictions, CellResult, compute_metrics
-from .config import FEATURE_KINDS, METRICS, REFERENCE_STRATEGY_CHOICES, EvaluationConfig
+from .config import FEATURE_KINDS, METRICS, REFERENCE_STRATEGY_CHOICES, EvaluationConfig, make_config
 from .runner import evaluate_model, run_evaluation
 
 __all__ = [
@@ -30,5 +30,6 @@ __all__ = [
     "EvaluationConfig",
     "compute_metrics",
     "evaluate_model",
+    "make_config",
     "run_evaluation",
 ]

@@ -8,7 +8,7 @@ of ``results.json``; checking them once, before any image is loaded, turns a typ
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Optional, Sequence, Union
 
 import torch
@@ -16,6 +16,7 @@ import torch
 from ..metrics.names import METRIC_NAMES
 from ..modeling.configuration_adpretrain import FEATURE_KINDS
 from ..modeling.dtypes_adpretrain import DTYPES, dtype_from_name  # noqa: F401 (DTYPES: the accepted names, re-exported)
+from ..settings_values import suggest
 
 DEFAULT_KINDS: tuple[str, ...] = ("backbone", "pretrained")
 DEFAULT_FEATURE_CACHE_MB = 4096.0
@@ -27,6 +28,8 @@ DEFAULT_SHOTS = 8
 """Normal reference images per query (section 4.1: "we match each input image with 8 reference samples")."""
 REFERENCE_STRATEGY_CHOICES: tuple[str, ...] = ("first", "random", "kmeans", "aligned")
 LAYOUT_CHOICES: tuple[str, ...] = ("auto", "mvtec", "mpdd", "mvtec3d", "btad", "visa", "realiad")
+LEGACY_NAMES: dict[str, str] = {"feature_kinds": "kinds"}
+"""Keyword names ``evaluate_model`` took before :class:`EvaluationConfig` was its one list of settings."""
 NOISE_SETTING = "overlap"
 """SoftPatch's setting used by the paper (4.4): injected anomalies stay in the test set."""
 
@@ -68,66 +71,65 @@ def _names(value: Union[None, str, Sequence[str]], what: str) -> Optional[tuple[
 
 @dataclass
 class EvaluationConfig:
-    """Settings of :func:`~adpretrain_hf.evaluation.evaluate_model` (see its docstring for each)."""
+    """Settings of :func:`~adpretrain_hf.evaluation.evaluate_model`: the one list of them.
 
-    data_root: str
-    """Folder holding the dataset's categories."""
-    layout: str = "auto"
-    """``"auto"`` or one of :data:`LAYOUT_CHOICES` (how the folder is organised)."""
-    categories: Optional[tuple[str, ...]] = None
-    """Categories to evaluate (``None``: all found)."""
-    methods: tuple[str, ...] = DEFAULT_METHODS
-    """Detector names from ``adpretrain_hf.detectors.DETECTORS``."""
-    shots: int = DEFAULT_SHOTS
-    """Normal references per query (the pool size when smaller)."""
-    compare_backbone: bool = True
-    """Also run each method on the backbone's own features (the "w/o" column); ignored when ``kinds`` is set."""
-    kinds: Optional[tuple[str, ...]] = None
-    """Feature kinds to evaluate, from :data:`FEATURE_KINDS` (``None``: backbone + pretrained, or
-    pretrained alone without ``compare_backbone``)."""
-    output_dir: Optional[str] = None
-    """Where results.json/csv/md, overlays and comparison.png go (``None``: nothing written)."""
-    reference_strategy: str = "first"
-    """first | random | kmeans | aligned (:data:`REFERENCE_STRATEGY_CHOICES`)."""
-    reference_seed: int = 0
-    """Seed of the first reference set (random / KMeans draws)."""
-    train_fraction: float = 1.0
-    """Share of normal training images used (Table 3a: 0.1)."""
-    noise_ratio: float = 0.0
-    """SoftPatch overlap noise: int(ratio x normal training images) anomalous test images join training (Table 3b: 0.1)."""
-    train_shots: Optional[int] = None
-    """Few-shot: exactly this many normal training images (Table 5: 2 or 4)."""
-    reference_seeds: int = 1
-    """Number of reference sets; mean and std over them (Table 4: 3)."""
-    quick: bool = False
-    """Trained methods run their few-epoch smoke preset (never for reported numbers)."""
-    realiad_fit_fraction: float = 0.5
-    """Real-IAD: share of OK samples the detectors fit on."""
-    split_seed: int = 0
-    """Seeds the Real-IAD split and the protocol draws."""
-    device: Optional[str] = None
-    """Where the model runs (``None``: where it is)."""
-    dtype: Optional[str] = None
-    """Model precision name (:data:`DTYPES`), e.g. ``"bf16"`` on a GPU; ``None``: unchanged."""
-    batch_size: int = 32
-    """Images per forward pass (and per file-reading chunk)."""
-    num_overlays: int = 4
-    """Overlay PNGs per category."""
-    progress: bool = True
-    """Show a tqdm bar over categories and one per category."""
-    print_markdown: bool = True
-    """Print the markdown table on stdout."""
-    aligned_feature_net: Optional[Any] = None
-    """Early-stage CNN of the "aligned" matcher: a ResNet-18 state-dict path or an ``nn.Module``
-    (default: random-init ResNet-18, with a warning)."""
-    feature_cache: bool = True
-    """One backbone pass per image, shared by every method and kind (``False``: a pass per request, as before)."""
-    feature_cache_mb: float = DEFAULT_FEATURE_CACHE_MB
-    """Memory budget of the feature cache in MB (0: everything goes to disk)."""
-    feature_cache_dir: Optional[str] = None
-    """Where the cache's spill folder is made (default: the system's temp folder); removed after each category."""
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Free-form notes recorded in ``results.json`` (e.g. the CLI command line)."""
+    Each field's ``metadata`` holds its help text (and choices / flag aliases): ``adpretrain
+    evaluate`` derives its flags from them with ``HfArgumentParser``, and ``--config FILE``
+    reads the same names from YAML or JSON.
+    """
+
+    data_root: str = field(metadata={"help": "dataset folder holding the categories", "aliases": ["--data"], "metavar": "ROOT"})
+    layout: str = field(default="auto", metadata={"help": "how the dataset folder is organised (auto: detected)", "choices": LAYOUT_CHOICES})
+    categories: Optional[tuple[str, ...]] = field(
+        default=None, metadata={"help": "categories to evaluate, comma-separated (None: all found)", "metavar": "A,B"})
+    methods: tuple[str, ...] = field(default=DEFAULT_METHODS, metadata={
+        "help": "detectors, comma-separated: featurenorm, patchcore, padim, cflow, glass, uniad "
+                "(adpretrain_hf.detectors.DETECTORS)", "metavar": "M1,M2"})
+    shots: int = field(default=DEFAULT_SHOTS, metadata={
+        "help": "normal reference images per query (the paper's 8; the pool size when smaller)"})
+    compare_backbone: bool = field(default=True, metadata={
+        "help": "also run each method on the backbone's own features, the w/o column (ignored when kinds is set)"})
+    kinds: Optional[tuple[str, ...]] = field(default=None, metadata={
+        "help": "feature kinds to evaluate: backbone (w/o), residual (no projector, Table 2), pretrained (w/); "
+                "None: backbone,pretrained, or pretrained alone without compare_backbone",
+        "aliases": ["--feature-kinds", "--feature_kinds"], "metavar": "K1,K2"})
+    output_dir: Optional[str] = field(default=None, metadata={
+        "help": "where results.json/csv/md, overlays and comparison.png go (None: nothing written)",
+        "aliases": ["--output"], "metavar": "DIR"})
+    reference_strategy: str = field(default="first", metadata={
+        "help": "how references are chosen from the normal training images (appendix C)", "choices": REFERENCE_STRATEGY_CHOICES})
+    reference_seed: int = field(default=0, metadata={"help": "seed of the first reference set (random / KMeans draws)"})
+    train_fraction: float = field(default=1.0, metadata={
+        "help": "share of normal training images used (Table 3a: 0.1)", "metavar": "F"})
+    noise_ratio: float = field(default=0.0, metadata={
+        "help": "SoftPatch overlap noise: int(R x normal training images) anomalous test images join training, "
+                "kept in test (Table 3b: 0.1)", "metavar": "R"})
+    train_shots: Optional[int] = field(default=None, metadata={
+        "help": "few-shot: exactly N normal training images (Table 5: 2 or 4)", "metavar": "N"})
+    reference_seeds: int = field(default=1, metadata={
+        "help": "number of reference sets, mean and std over them (Table 4: 3; 'first' becomes 'random')", "metavar": "N"})
+    quick: bool = field(default=False, metadata={
+        "help": "trained methods (cflow, glass, uniad) run their few-epoch smoke preset (never for reported numbers)"})
+    realiad_fit_fraction: float = field(default=0.5, metadata={"help": "Real-IAD: share of OK samples the detectors fit on"})
+    split_seed: int = field(default=0, metadata={"help": "seeds the Real-IAD split and the protocol draws"})
+    device: Optional[str] = field(default=None, metadata={"help": "where the model runs, e.g. cuda:0 (None: where it is)"})
+    dtype: Optional[str] = field(default=None, metadata={
+        "help": "model precision, e.g. bfloat16 on a GPU (None: unchanged)", "choices": tuple(DTYPES)})
+    batch_size: int = field(default=32, metadata={"help": "images per forward pass (and per file-reading chunk)"})
+    num_overlays: int = field(default=4, metadata={"help": "overlay PNGs per category"})
+    progress: bool = field(default=True, metadata={"help": "show a tqdm bar over categories and one per category"})
+    print_markdown: bool = field(default=True, metadata={"help": "print the markdown table on stdout"})
+    aligned_feature_net: Optional[Any] = field(default=None, metadata={
+        "help": "early-stage CNN of the 'aligned' matcher: a ResNet-18 state-dict path (Python: or an nn.Module); "
+                "None: random-init ResNet-18, with a warning", "metavar": "PATH"})
+    feature_cache: bool = field(default=True, metadata={
+        "help": "one backbone pass per image, shared by every method and kind (off: a pass per request, slower)"})
+    feature_cache_mb: float = field(default=DEFAULT_FEATURE_CACHE_MB, metadata={
+        "help": "memory for cached features per category in MB; past it they spill to disk (0: all on disk)", "metavar": "MB"})
+    feature_cache_dir: Optional[str] = field(default=None, metadata={
+        "help": "where the cache's spill folder is made (None: the temp folder); removed after each category", "metavar": "DIR"})
+    extra: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "free-form notes recorded in results.json, a YAML/JSON mapping (the CLI adds its command line)"})
 
     def __post_init__(self) -> None:
         if not isinstance(self.data_root, (str, os.PathLike)):
@@ -220,3 +222,27 @@ class EvaluationConfig:
         data["aligned_feature_net"] = str(data["aligned_feature_net"]) if data["aligned_feature_net"] is not None else None
         data["effective_reference_strategy"] = self.effective_strategy
         return data
+
+
+def make_config(config: Union[None, "EvaluationConfig", str, os.PathLike] = None, **overrides: Any) -> EvaluationConfig:
+    """``config`` (an :class:`EvaluationConfig`, or the dataset folder as a shortcut) with
+    ``overrides`` applied; every name is checked against the fields first.
+
+    Raises ``TypeError`` naming an unknown setting and the closest field, or a missing ``data_root``.
+    """
+    known = [f.name for f in fields(EvaluationConfig)]
+    settings = {LEGACY_NAMES.get(name, name): value for name, value in overrides.items()}
+    for name in settings:
+        if name not in known:
+            raise TypeError(f"unknown evaluation setting {name!r}: {suggest(name, known)} (the fields of EvaluationConfig)")
+    if isinstance(config, EvaluationConfig):
+        return replace(config, **settings)
+    if config is not None:
+        if not isinstance(config, (str, os.PathLike)):
+            raise TypeError(f"config must be an EvaluationConfig or the dataset folder, got {type(config).__name__}")
+        if "data_root" in settings:
+            raise TypeError("data_root given twice: pass the dataset folder either positionally or as data_root=")
+        settings["data_root"] = config
+    if "data_root" not in settings:
+        raise TypeError("no data_root: pass the dataset folder, e.g. evaluate_model(model, '/data/mvtec_ad')")
+    return EvaluationConfig(**settings)

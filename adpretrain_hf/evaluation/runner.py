@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ..extractor import REFERENCE_KINDS, ModelFeatureExtractor
 from ..metrics.names import METRIC_DEFINITIONS
 from .cell import PredictionHook, is_trained, run_cell
-from .config import DEFAULT_FEATURE_CACHE_MB, DEFAULT_METHODS, DEFAULT_SHOTS, EvaluationConfig
+from .config import EvaluationConfig, make_config
 from .feature_cache import DirectSource, FeatureCache
 from .loading import CategoryData, describe_model, load_splits, prepare_category
 from .plots import pick_overlay_indices, save_comparison_chart, save_overlays
@@ -35,79 +35,29 @@ RESULTS_JSON, RESULTS_CSV, RESULTS_MD, CHART_PNG = "results.json", "results.csv"
 
 def evaluate_model(
     model_or_path: Any,
-    data_root: Union[str, os.PathLike],
-    layout: str = "auto",
-    categories: Union[None, str, Sequence[str]] = None,
-    methods: Union[str, Sequence[str]] = DEFAULT_METHODS,
-    shots: int = DEFAULT_SHOTS,
-    compare_backbone: bool = True,
-    output_dir: Union[None, str, os.PathLike] = None,
-    reference_strategy: str = "first",
-    reference_seed: int = 0,
-    train_fraction: float = 1.0,
-    noise_ratio: float = 0.0,
-    train_shots: Optional[int] = None,
-    reference_seeds: int = 1,
-    quick: bool = False,
-    realiad_fit_fraction: float = 0.5,
-    split_seed: int = 0,
-    device: Optional[str] = None,
-    dtype: Union[None, str, torch.dtype] = None,
-    batch_size: int = 32,
-    num_overlays: int = 4,
-    progress: bool = True,
+    config: Union[None, EvaluationConfig, str, os.PathLike] = None,
     *,
-    print_markdown: bool = True,
-    aligned_feature_net: Optional[str] = None,
     prediction_hook: Optional[PredictionHook] = None,
-    feature_kinds: Union[None, str, Sequence[str]] = None,
-    feature_cache: bool = True,
-    feature_cache_mb: float = DEFAULT_FEATURE_CACHE_MB,
-    feature_cache_dir: Union[None, str, os.PathLike] = None,
+    **overrides: Any,
 ) -> dict[str, Any]:
     """Evaluate detectors with backbone ("w/o") vs ADPretrain ("w/") features, as in Table 1.
 
     Args:
         model_or_path: an ``ADPretrainModel``, or a checkpoint folder / Hub id for ``from_pretrained``.
-        data_root: dataset folder; ``layout`` ``"auto"`` or mvtec|mpdd|mvtec3d|btad|visa|realiad.
-        categories: names (list or ``"a,b"``); default all.
-        methods: detector names (``featurenorm``, ``patchcore``, ``padim``, ``cflow``, ``glass``, ``uniad``).
-        shots: references per query (8 in the paper; the pool size when it is smaller).
-        compare_backbone: also run every method on the backbone's own features.
-        output_dir: where to write results.json/csv/md, overlays and comparison.png (None: nothing written).
-        reference_strategy: first|random|kmeans|aligned; ``reference_seed`` seeds the first set.
-        train_fraction: share of normal training images (Table 3a: 0.1); ``train_shots``: exactly
-            that many (Table 5: 2 or 4). ``noise_ratio``: SoftPatch overlap noise (Table 3b: 0.1).
-        reference_seeds: number of reference sets (Table 4: 3); ``"first"`` becomes ``"random"`` then.
-        quick: trained methods run their few-epoch smoke preset (never for reported numbers).
-        realiad_fit_fraction, split_seed: Real-IAD's seeded fit/test split; ``split_seed`` also
-            seeds the protocol draws.
-        device, dtype, batch_size: where/how features run (dtype e.g. ``"bf16"`` on a GPU).
-        num_overlays: overlay PNGs per category. progress: per-category tqdm bars.
-        print_markdown: print the table on stdout. aligned_feature_net: ResNet-18 weights for
-            the "aligned" matcher. prediction_hook: called with every cell's
-            :class:`~adpretrain_hf.evaluation.cell.CellPredictions`.
-        feature_kinds: kinds to evaluate, e.g. ``"backbone,residual,pretrained"`` (default: from
-            ``compare_backbone``). feature_cache: one backbone pass per image (``False``: the old
-            pass per request); ``feature_cache_mb``: its memory, past which it spills to disk
-            (in a temporary folder under ``feature_cache_dir``, removed after each category).
+        config: an :class:`EvaluationConfig`, or the dataset folder (``data_root``) as a shortcut.
+        prediction_hook: called with every cell's :class:`~adpretrain_hf.evaluation.cell.CellPredictions`.
+        **overrides: any :class:`EvaluationConfig` field, on top of ``config`` -- e.g. ``layout="mvtec"``,
+            ``methods=["patchcore"]`` or ``"a,b"``, ``shots=8``, ``output_dir="eval"``, ``dtype="bf16"``,
+            ``kinds="backbone,residual,pretrained"`` (``feature_kinds=`` also accepted); each field's
+            ``metadata["help"]`` says what it does (``adpretrain evaluate --help`` lists them all).
+            An unknown name raises ``TypeError`` with the closest field.
 
     Returns:
         The ``results.json`` payload: ``results`` (per category and ``"mean"``: method ->
         backbone|pretrained -> metrics in [0, 1], ``<metric>_std`` with several reference sets),
         ``config``, ``references``, ``protocol`` and ``runs`` (every cell with timings).
     """
-    config = EvaluationConfig(
-        data_root=data_root, layout=layout, categories=categories, methods=methods, shots=shots,
-        compare_backbone=compare_backbone, output_dir=output_dir, reference_strategy=reference_strategy,
-        reference_seed=reference_seed, train_fraction=train_fraction, noise_ratio=noise_ratio,
-        train_shots=train_shots, reference_seeds=reference_seeds, quick=quick,
-        realiad_fit_fraction=realiad_fit_fraction, split_seed=split_seed, device=device, dtype=dtype,
-        batch_size=batch_size, num_overlays=num_overlays, progress=progress, print_markdown=print_markdown,
-        aligned_feature_net=aligned_feature_net, kinds=feature_kinds, feature_cache=feature_cache,
-        feature_cache_mb=feature_cache_mb, feature_cache_dir=feature_cache_dir,
-    )
-    return run_evaluation(model_or_path, config, prediction_hook)
+    return run_evaluation(model_or_path, make_config(config, **overrides), prediction_hook)
 
 
 def load_model(model_or_path: Any, config: EvaluationConfig) -> Any:
