@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import ClassVar, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -232,45 +232,36 @@ class CFLOW(SelectsLayers, TrainedDetector):
         perm = torch.randperm(x.shape[0], device=x.device)
         return x[perm], cond[perm]
 
-    def _train_epoch(self, train: list[torch.Tensor], epoch: int, optimizers: list) -> list[float]:
-        cfg, (opt,) = self.config, optimizers
-        n_images = train[0].shape[0]
-        iters = max(1, n_images // cfg.batch_size) * cfg.sub_epochs
-        lr_epoch = self._epoch_lr(epoch)
-        warm_to = self._epoch_lr(cfg.lr_warm_epochs)
-        losses, it = [], 0
-        for _ in range(cfg.sub_epochs):
-            for batch in self._minibatches(train, cfg.batch_size):
-                if epoch < cfg.lr_warm_epochs:  # linear warm-up across the first meta-epochs
-                    p = (it + epoch * iters) / (cfg.lr_warm_epochs * iters)
-                    lr = cfg.lr / 10 + p * (warm_to - cfg.lr / 10)
-                else:
-                    lr = lr_epoch
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                it += 1
-                for l, feats in enumerate(batch):
-                    x, cond = self._fibers(l, feats)
-                    n = min(cfg.fiber_batch, x.shape[0])
-                    for f in range(x.shape[0] // n):  # the remainder waits for the next shuffle, as released
-                        with self.accelerator.autocast():
-                            log_prob = self.model.flows[l].log_prob_per_dim(x[f * n : (f + 1) * n], cond[f * n : (f + 1) * n])
-                        loss = self._loss(log_prob.float()).mean()
-                        opt.zero_grad()
-                        self.accelerator.backward(loss)
-                        opt.step()
-                        losses.append(loss.item())
-        return losses
+    def _train_batches(self, train: list[torch.Tensor], epoch: int) -> Iterator[list[torch.Tensor]]:
+        """``sub_epochs`` shuffled passes over the training images per (meta-)epoch."""
+        for _ in range(self.config.sub_epochs):
+            yield from self._minibatches(train, self.config.batch_size)
 
-    def _validation_loss(self, val: list[torch.Tensor]) -> float:
-        total, count = 0.0, 0
-        for batch in self._eval_batches(val):
-            for l, feats in enumerate(batch):
+    def _learning_rate(self, epoch: int, index: int, train: list[torch.Tensor]) -> float:
+        """Linear warm-up from lr/10 across the first meta-epochs (per image batch), then cosine per meta-epoch."""
+        cfg = self.config
+        if epoch >= cfg.lr_warm_epochs:
+            return self._epoch_lr(epoch)
+        iters = max(1, train[0].shape[0] // cfg.batch_size) * cfg.sub_epochs  # image batches per meta-epoch
+        p = (index + epoch * iters) / (cfg.lr_warm_epochs * iters)
+        return cfg.lr / 10 + p * (self._epoch_lr(cfg.lr_warm_epochs) - cfg.lr / 10)
+
+    def _batch_losses(self, batch: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """Per layer, the batch's shuffled fibers in chunks of ``fiber_batch``: one step each."""
+        cfg = self.config
+        for l, feats in enumerate(batch):
+            x, cond = self._fibers(l, feats)
+            n = min(cfg.fiber_batch, x.shape[0])
+            for f in range(x.shape[0] // n):  # the remainder waits for the next shuffle, as released
                 with self.accelerator.autocast():
-                    lp = self.model.layer_log_prob(l, feats)
-                total += self._loss(lp.float()).sum().item()
-                count += lp.numel()
-        return total / count
+                    log_prob = self.model.flows[l].log_prob_per_dim(x[f * n : (f + 1) * n], cond[f * n : (f + 1) * n])
+                yield self._loss(log_prob.float()).mean()
+
+    def _validation_sums(self, batch: list[torch.Tensor]) -> Iterator[tuple[float, int]]:
+        for l, feats in enumerate(batch):
+            with self.accelerator.autocast():
+                lp = self.model.layer_log_prob(l, feats)
+            yield self._loss(lp.float()).sum().item(), lp.numel()
 
     def _after_training(self, train: list[torch.Tensor]) -> None:
         """Fix ``M_l`` = max per-dim log-likelihood over the training positions of layer l."""

@@ -24,7 +24,7 @@ image score: max of the raw per-position scores (release).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable, ClassVar, Sequence
+from typing import Callable, ClassVar, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -275,26 +275,26 @@ class GLASS(SelectsLayers, TrainedDetector):
                 n += emb.shape[0]
         self.model.center.copy_(total / n)
 
-    def _train_epoch(self, train: list[torch.Tensor], epoch: int, optimizers: list) -> list[float]:
+    def _train_batches(self, train: list[torch.Tensor], epoch: int) -> Iterator[tuple[torch.Tensor, list[torch.Tensor] | None]]:
+        """Shuffled cached embeddings ``[b, D, h, w]`` (with synthetic images drawn independently
+        of them); the centre follows the adaptor at each epoch's start; an epoch stops once more
+        than ``images_per_epoch`` images were seen (release ``limit``)."""
         cfg = self.config
         self._update_center()
-        losses, seen = [], 0
+        seen = 0
         for (embedded,) in self._minibatches(self._train_embedded, cfg.batch_size):
             synthetic = None
-            if self._synthetic is not None:  # synthetic images drawn independently of the normal batch
+            if self._synthetic is not None:
                 idx = torch.randint(0, self._synthetic[0].shape[0], (embedded.shape[0],))
                 synthetic = [t[idx].to(self.device) for t in self._synthetic]
-            loss = self._step_loss(embedded, synthetic)
-            for opt in optimizers:
-                opt.zero_grad()
-            self.accelerator.backward(loss)
-            for opt in optimizers:
-                opt.step()
-            losses.append(loss.item())
+            yield embedded, synthetic
             seen += embedded.shape[0]
             if cfg.images_per_epoch is not None and seen > cfg.images_per_epoch:
                 break
-        return losses
+
+    def _batch_losses(self, batch: tuple[torch.Tensor, list[torch.Tensor] | None]) -> Iterator[torch.Tensor]:
+        embedded, synthetic = batch
+        yield self._step_loss(embedded, synthetic)
 
     def _discriminate(self, x: torch.Tensor) -> torch.Tensor:
         with self.accelerator.autocast():
@@ -352,13 +352,9 @@ class GLASS(SelectsLayers, TrainedDetector):
             scores, mask = scores[hard], mask[hard]
         return focal_loss(scores, mask, cfg.focal_gamma)
 
-    def _validation_loss(self, val: list[torch.Tensor]) -> float:
+    def _validation_sums(self, batch: list[torch.Tensor]) -> Iterator[tuple[float, int]]:
         """BCE of normal vs noise-only synthetic features (no ascent: needs no gradients), image-weighted."""
-        total, n = 0.0, 0
-        for batch in self._eval_batches(val):
-            total += float(self._step_loss(self._embed(batch), None, ascent=False)) * batch[0].shape[0]
-            n += batch[0].shape[0]
-        return total / n
+        yield float(self._step_loss(self._embed(batch), None, ascent=False)) * batch[0].shape[0], batch[0].shape[0]
 
     def _score_grids(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Discriminator output per position on the first layer's grid: ``[[b, h_0, w_0]]``."""

@@ -1,114 +1,49 @@
-"""Shared machinery of the *trained* downstream detectors (CFLOW, GLASS, UniAD).
+"""The training loop every *trained* downstream detector (CFLOW, GLASS, UniAD) runs.
 
 PatchCore, PaDiM and FeatureNorm only store statistics; these three train a small network
-on top of the frozen features. What they share lives here, once:
+on top of the frozen features. The loop they share lives here, once:
 
 - the extractor is frozen, so features are extracted **once** at ``fit`` and every epoch
   trains on the cached per-layer maps ``[N, C_l, h_l, w_l]`` (float32, CPU);
 - an ``accelerate.Accelerator`` places the network and runs mixed precision (one setting per
   process, an accelerate rule: see :func:`make_accelerator`);
-- a fixed number of epochs with a tqdm bar per epoch (``progress=False`` silences it);
-  optionally a validation split carved from the *normal training images* reports a loss
-  per epoch and may keep the best epoch. Never select an epoch on test data;
-- ``export_state()`` / ``from_state()`` give the weights and fit-time constants plus the
-  config and layout (what ``ADPretrainDetectorModel`` stores); ``save(dir)`` / ``load(dir,
-  extractor)`` write and read them as safetensors + JSON. A rebuilt detector's ``predict`` is
-  bit-identical to the one that was saved.
+- seeding (the caller's RNG is restored afterwards), a fixed number of epochs with a tqdm
+  bar (``progress=False`` silences it), one optimiser step per loss the method yields
+  (zero grad, backward, optional gradient clipping, step), the method's learning-rate
+  schedule, a non-finite-loss check;
+- optionally a validation split carved from the *normal training images* reports a loss
+  per epoch and may keep the best epoch. Never select an epoch on test data.
+
+A method supplies only what is its own (see the hooks at the end of
+:class:`TrainedDetector`): the network, its optimisers, the loss(es) of one batch, the
+validation loss of one batch, its score grids and, where it differs from the default, its
+batches, learning rate and gradient clipping. Settings are in ``trained_config.py``,
+saving and loading in ``trained_state.py``.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
-import os
 from abc import abstractmethod
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import Any, ClassVar, Iterable, Iterator, Sequence
 
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from .base import Detector, FeatureExtractor, ImageBatches, iter_image_batches
+from .trained_config import MIXED_PRECISION_CHOICES, TrainedConfig, TrainingHistory
+from .trained_state import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, SavesTrainedState
 
-CONFIG_FILE = "detector_config.json"
-WEIGHTS_FILE = "detector.safetensors"
-FORMAT_VERSION = 1
-MIXED_PRECISION_CHOICES = (None, "no", "fp16", "bf16", "fp8")
+__all__ = [
+    "CONFIG_FILE", "FORMAT_VERSION", "MIXED_PRECISION_CHOICES", "WEIGHTS_FILE", "LayerShapes", "TrainedConfig",
+    "TrainedDetector", "TrainingHistory", "concat_feature_batches", "make_accelerator", "seeded", "split_validation",
+]
 
 LayerShapes = list[tuple[int, int, int]]  # per layer (C_l, h_l, w_l)
-
-
-@dataclass
-class TrainedConfig:
-    """Fields every trained detector shares; method configs subclass it.
-
-    Subclasses set ``epoch_field`` (the name of their epoch-count field, which ``epochs=``
-    overrides) and ``quick_overrides`` (the smoke-test preset applied by ``quick=True``).
-    """
-
-    epoch_field: ClassVar[str] = "epochs"
-    quick_overrides: ClassVar[dict[str, Any]] = {}
-
-    batch_size: int = 8
-    """Training images per optimisation batch (each method's published value)."""
-    seed: int = 0
-    """Seeds initialisation, shuffling and noise; the global RNG is restored after fit."""
-    cpu: bool = False
-    """Force the CPU even when an accelerator is visible."""
-    mixed_precision: str | None = None
-    """accelerate's ``"no" | "fp16" | "bf16" | "fp8"``; None keeps the process's current setting."""
-    validation_fraction: float = 0.0
-    """Share of the normal *training* images held out to report a validation loss per epoch."""
-    keep_best_on_validation: bool = False
-    """With a validation split, restore the epoch with the lowest validation loss."""
-
-    @property
-    def num_epochs(self) -> int:
-        return int(getattr(self, self.epoch_field))
-
-    def quick(self) -> "TrainedConfig":
-        """A copy cut to a few epochs for smoke tests (never for reported numbers)."""
-        return replace(self, **self.quick_overrides)
-
-    def with_epochs(self, epochs: int) -> "TrainedConfig":
-        return replace(self, **{self.epoch_field: epochs})
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first bad field and its fix."""
-        if self.num_epochs < 1:
-            raise ValueError(f"{self.epoch_field} must be >= 1, got {self.num_epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not 0.0 <= self.validation_fraction < 1.0:
-            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
-        if self.keep_best_on_validation and self.validation_fraction == 0.0:
-            raise ValueError("keep_best_on_validation needs a validation split: set validation_fraction > 0")
-        if self.mixed_precision not in MIXED_PRECISION_CHOICES:
-            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION_CHOICES}, got {self.mixed_precision!r}")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainedConfig":
-        """Inverse of ``asdict`` after a JSON round trip (lists back to tuples)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} fields {unknown}: was this saved by another detector?")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
-
-@dataclass
-class TrainingHistory:
-    """Losses seen during fit: one per optimisation step, and per-epoch means."""
-
-    step_losses: list[float] = field(default_factory=list)
-    epoch_losses: list[float] = field(default_factory=list)
-    val_losses: list[float] = field(default_factory=list)
-    best_epoch: int | None = None
 
 
 def make_accelerator(cpu: bool, mixed_precision: str | None) -> Accelerator:
@@ -166,13 +101,14 @@ def split_validation(features: list[torch.Tensor], fraction: float) -> tuple[lis
     return [f[train] for f in features], [f[val] for f in features]
 
 
-class TrainedDetector(Detector):
+class TrainedDetector(SavesTrainedState, Detector):
     """A :class:`Detector` that trains a network on cached features.
 
     Subclasses set ``config_class`` and ``default_sigma`` and implement ``_build_model``,
-    ``_make_optimizers``, ``_train_epoch``, ``_validation_loss`` and ``_score_grids``.
-    Fit-time constants belong in the model as (persistent) buffers so they travel with
-    the weights.
+    ``_make_optimizers``, ``_batch_losses``, ``_validation_sums`` and ``_score_grids``
+    (optionally ``_train_batches``, ``_learning_rate``, ``_max_grad_norm``,
+    ``_before_training``, ``_after_training``). Fit-time constants belong in the model as
+    (persistent) buffers so they travel with the weights.
     """
 
     config_class: ClassVar[type[TrainedConfig]] = TrainedConfig
@@ -226,78 +162,7 @@ class TrainedDetector(Detector):
         """Anomaly maps ``[N, H, W]`` and image scores ``[N]``; each image scored independently."""
         return super().predict(self._validated(images))
 
-    def export_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
-        """Settings (method config, fitted layout, sigma, history) and the network's weights
-        plus fit-time constants (its state dict, on the CPU)."""
-        if not self.is_fitted or self.model is None:
-            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(normal_images) first")
-        settings = {
-            "detector": self.name,
-            "format_version": FORMAT_VERSION,
-            "config": asdict(self.config),
-            "layer_shapes": [list(s) for s in self.layer_shapes],
-            "sigma": self.sigma,
-            "batch_size": self.batch_size,
-            "layers": getattr(self, "layers", None),
-            "history": {"epoch_losses": self.history.epoch_losses, "val_losses": self.history.val_losses,
-                        "best_epoch": self.history.best_epoch},
-        }
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        return settings, state
-
-    @classmethod
-    def from_state(
-        cls, extractor: FeatureExtractor, settings: dict[str, Any], state: dict[str, torch.Tensor], *,
-        layers: list[int] | None = None, progress: bool = False, accelerator: Accelerator | None = None,
-    ) -> "TrainedDetector":
-        """Inverse of :meth:`export_state`: a fitted detector whose ``predict`` is bit-identical.
-
-        ``layers`` (for detectors with ``layers=``) picks the extractor's layers; default: the
-        ones chosen at fit (``settings["layers"]``, else the class default).
-        """
-        if settings.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"this detector was saved by a newer adpretrain_hf (format {settings['format_version']}): upgrade the package")
-        if settings.get("detector") != cls.name:
-            raise ValueError(f"the state holds a {settings.get('detector')!r} detector, not {cls.name!r}: load it with its own class")
-        config = cls.config_class.from_dict(settings["config"])
-        layers = settings.get("layers") if layers is None else layers
-        choice = {} if layers is None else {"layers": layers}
-        det = cls(extractor, config, batch_size=settings["batch_size"], sigma=settings["sigma"], progress=progress,
-                  accelerator=accelerator, **choice)
-        det.layer_shapes = [tuple(s) for s in settings["layer_shapes"]]
-        history = settings.get("history", {})
-        det.history = TrainingHistory(epoch_losses=history.get("epoch_losses", []), val_losses=history.get("val_losses", []),
-                                      best_epoch=history.get("best_epoch"))
-        model = det._build_model()
-        model.load_state_dict({k: v.detach().cpu() for k, v in state.items()})
-        det.model = det.accelerator.unwrap_model(det.accelerator.prepare(model))
-        det.model.eval()
-        det.is_fitted = True
-        return det
-
-    def save(self, directory: str | os.PathLike) -> None:
-        """Write ``detector.safetensors`` (weights + fit-time constants) and ``detector_config.json``."""
-        settings, state = self.export_state()
-        os.makedirs(directory, exist_ok=True)
-        save_file(state, os.path.join(directory, WEIGHTS_FILE), metadata={"detector": self.name})
-        with open(os.path.join(directory, CONFIG_FILE), "w", encoding="utf-8") as fh:
-            json.dump(settings, fh, indent=2)
-
-    @classmethod
-    def load(
-        cls, directory: str | os.PathLike, extractor: FeatureExtractor, *, progress: bool = True,
-        accelerator: Accelerator | None = None,
-    ) -> "TrainedDetector":
-        """Rebuild a detector saved by :meth:`save`; the extractor must give the fit-time layout."""
-        path = os.path.join(directory, CONFIG_FILE)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}: save a fitted detector there first")
-        with open(path, encoding="utf-8") as fh:
-            settings = json.load(fh)
-        state = load_file(os.path.join(directory, WEIGHTS_FILE))
-        return cls.from_state(extractor, settings, state, progress=progress, accelerator=accelerator)
-
-    # -- the training pipeline (base.Detector hook) --------------------------------------
+    # -- the training loop (base.Detector hook) ------------------------------------------
     def _fit(self, feature_batches: list[list[torch.Tensor]]) -> None:
         features = concat_feature_batches(feature_batches)
         self.layer_shapes = [tuple(f.shape[1:]) for f in features]
@@ -317,6 +182,7 @@ class TrainedDetector(Detector):
                 self._after_training(train)
 
     def _run_epochs(self, train: list[torch.Tensor], val: list[torch.Tensor] | None, optimizers: list) -> None:
+        """Every epoch: train, record its losses, then (with a split) the validation loss and the best state."""
         best: tuple[float, dict[str, torch.Tensor]] | None = None
         bar = tqdm(range(self.config.num_epochs), desc=f"{self.name}: train", unit="epoch", disable=not self.progress, leave=False)
         for epoch in bar:
@@ -341,6 +207,41 @@ class TrainedDetector(Detector):
             bar.set_postfix(postfix)
         if best is not None:
             self.model.load_state_dict(best[1])
+
+    def _train_epoch(self, train: list[torch.Tensor], epoch: int, optimizers: list) -> list[float]:
+        """One epoch: per batch set the method's learning rate, then one optimiser step per
+        loss the method yields for it. Returns the loss of every step."""
+        losses = []
+        for index, batch in enumerate(self._train_batches(train, epoch)):
+            lr = self._learning_rate(epoch, index, train)
+            if lr is not None:
+                for opt in optimizers:
+                    for group in opt.param_groups:
+                        group["lr"] = lr
+            for loss in self._batch_losses(batch):
+                self._optimizer_step(loss, optimizers)
+                losses.append(loss.item())
+        return losses
+
+    def _optimizer_step(self, loss: torch.Tensor, optimizers: list) -> None:
+        """Zero every optimiser's gradients, backpropagate (scaled under fp16), clip, step them all."""
+        for opt in optimizers:
+            opt.zero_grad()
+        self.accelerator.backward(loss)
+        max_norm = self._max_grad_norm()
+        if max_norm is not None:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
+        for opt in optimizers:
+            opt.step()
+
+    def _validation_loss(self, val: list[torch.Tensor]) -> float:
+        """Mean of the method's per-element validation loss over all held-out images (in order)."""
+        total, count = 0.0, 0
+        for batch in self._eval_batches(val):
+            for loss_sum, n in self._validation_sums(batch):
+                total += loss_sum
+                count += n
+        return total / count
 
     # -- helpers for subclasses ----------------------------------------------------------
     def _minibatches(self, features: list[torch.Tensor], batch_size: int) -> Iterator[list[torch.Tensor]]:
@@ -381,6 +282,21 @@ class TrainedDetector(Detector):
                 )
             yield batch
 
+    # -- what a method supplies ----------------------------------------------------------
+    def _train_batches(self, train: list[torch.Tensor], epoch: int) -> Iterable[Any]:
+        """The batches of one epoch, drawn lazily (the RNG order is part of the result).
+        Default: shuffled per-layer maps, ``config.batch_size`` images each."""
+        return self._minibatches(train, self.config.batch_size)
+
+    def _learning_rate(self, epoch: int, index: int, train: list[torch.Tensor]) -> float | None:
+        """The lr for every parameter group before batch ``index`` of ``epoch``; None keeps the
+        optimisers' own (default: no schedule)."""
+        return None
+
+    def _max_grad_norm(self) -> float | None:
+        """Clip the gradient norm of all parameters to this before each step; None: no clipping."""
+        return None
+
     def _before_training(self, train: list[torch.Tensor]) -> None:
         """Hook: fit-time statistics needed before the first step (GLASS's centre)."""
 
@@ -396,9 +312,12 @@ class TrainedDetector(Detector):
         """The method's optimisers, before accelerate wraps them."""
 
     @abstractmethod
-    def _train_epoch(self, train: list[torch.Tensor], epoch: int, optimizers: list) -> list[float]:
-        """One epoch over the cached training features; returns the loss of every step."""
+    def _batch_losses(self, batch: Any) -> Iterator[torch.Tensor]:
+        """Yield the scalar loss of each optimisation step one training batch makes (usually
+        one; CFLOW makes several). The loop steps the optimisers after each yield, before
+        the next loss is computed."""
 
     @abstractmethod
-    def _validation_loss(self, val: list[torch.Tensor]) -> float:
-        """The training objective on held-out normal images (no augmentation noise where possible)."""
+    def _validation_sums(self, batch: list[torch.Tensor]) -> Iterator[tuple[float, int]]:
+        """Yield ``(sum of the per-element loss, element count)`` for held-out normal features
+        (eval mode, no gradients); the validation loss is the overall mean."""

@@ -23,7 +23,7 @@ model on the shuffled mix; the per-category setting is simply one instance per c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Mapping, Sequence
+from typing import ClassVar, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -264,35 +264,27 @@ class UniAD(SelectsLayers, TrainedDetector):
     def _make_optimizers(self, model: nn.Module) -> list[torch.optim.Optimizer]:
         return [torch.optim.AdamW(model.parameters(), lr=self.config.lr, betas=(0.9, 0.999), weight_decay=self.config.weight_decay)]
 
-    def _train_epoch(self, train: list[torch.Tensor], epoch: int, optimizers: list) -> list[float]:
-        cfg, (opt,) = self.config, optimizers
-        lr = cfg.lr * (cfg.lr_gamma if epoch >= round(cfg.lr_step_fraction * cfg.epochs) else 1.0)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        losses = []
-        for batch in self._minibatches(train, cfg.batch_size):
-            x = align_features(batch, self.grid)
-            with self.accelerator.autocast():
-                rec = self.model(x)
-            loss = F.mse_loss(rec.float(), x)
-            opt.zero_grad()
-            self.accelerator.backward(loss)
-            if cfg.clip_grad_norm is not None:
-                self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm)
-            opt.step()
-            losses.append(loss.item())
-        return losses
+    def _learning_rate(self, epoch: int, index: int, train: list[torch.Tensor]) -> float:
+        """StepLR: ``lr``, times ``lr_gamma`` from ``lr_step_fraction`` of the epochs on."""
+        cfg = self.config
+        return cfg.lr * (cfg.lr_gamma if epoch >= round(cfg.lr_step_fraction * cfg.epochs) else 1.0)
 
-    def _validation_loss(self, val: list[torch.Tensor]) -> float:
-        """MSE of the reconstruction of clean held-out features (eval mode: no jitter, no dropout)."""
-        total, n = 0.0, 0
-        for batch in self._eval_batches(val):
-            x = align_features(batch, self.grid)
-            with self.accelerator.autocast():
-                rec = self.model(x)
-            total += F.mse_loss(rec.float(), x, reduction="sum").item()
-            n += x.numel()
-        return total / n
+    def _max_grad_norm(self) -> float | None:
+        return self.config.clip_grad_norm
+
+    def _batch_losses(self, batch: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """MSE between the reconstruction of the (jittered, in train mode) tokens and the clean features."""
+        x = align_features(batch, self.grid)
+        with self.accelerator.autocast():
+            rec = self.model(x)
+        yield F.mse_loss(rec.float(), x)
+
+    def _validation_sums(self, batch: list[torch.Tensor]) -> Iterator[tuple[float, int]]:
+        """Squared reconstruction error of clean held-out features (eval mode: no jitter, no dropout)."""
+        x = align_features(batch, self.grid)
+        with self.accelerator.autocast():
+            rec = self.model(x)
+        yield F.mse_loss(rec.float(), x, reduction="sum").item(), x.numel()
 
     def _score_grids(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """``[[b, h, w]]``: L2 distance between reconstruction and input over all concatenated channels."""

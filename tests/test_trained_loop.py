@@ -1,0 +1,163 @@
+"""The training loop ``TrainedDetector`` owns, against loops written out by hand.
+
+1. UniAD fitted through the shared loop equals a plain torch loop (same seed, shuffles,
+   jitter/dropout noise, StepLR, gradient clipping): identical step losses and weights.
+2. A toy detector with one scalar weight ``w`` and SGD, whose trajectory is a closed-form
+   recurrence: one optimiser step per yielded loss (the second loss of a batch sees the
+   updated ``w``), the per-batch learning rate, the validation mean over batches of
+   different sizes, and keep-best restoring the best epoch's weight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adpretrain_hf.detectors.trained import TrainedConfig, TrainedDetector
+from adpretrain_hf.detectors.uniad import UniAD, UniADConfig, UniADModel, align_features
+
+
+class ConvExtractor:
+    """Fixed random conv stack: ``[B, 3, 32, 32]`` -> ``[[B, 8, 8, 8], [B, 16, 4, 4]]`` (two CNN-like stages)."""
+
+    kind, image_size, device = "backbone", (32, 32), torch.device("cpu")
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.w1, self.w2 = torch.randn(8, 3, 4, 4, generator=g) / 4.0, torch.randn(16, 8, 2, 2, generator=g) / 4.0
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        f1 = F.leaky_relu(F.conv2d(x, self.w1, stride=4), 0.1)
+        return [f1, F.leaky_relu(F.conv2d(f1, self.w2, stride=2), 0.1)]
+
+
+TRAIN = torch.randn(24, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 0.2
+
+
+def test_uniad_loop_equals_a_plain_torch_loop():
+    cfg = UniADConfig(epochs=4, hidden_dim=16, num_heads=2, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=16,
+                      lr=1e-3, batch_size=8, lr_step_fraction=0.5, clip_grad_norm=0.05, seed=3)
+    ext = ConvExtractor()
+    det = UniAD(ext, cfg, progress=False, batch_size=32).fit(TRAIN)  # one extraction batch, as below
+    device, n = det.device, TRAIN.shape[0]
+
+    feats = ext(TRAIN)
+    losses = []
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(cfg.seed)
+        model = UniADModel(sum(f.shape[1] for f in feats), (4, 4), cfg).to(device)  # grid: the coarsest layer
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+        model.train()
+        for epoch in range(cfg.epochs):
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * (cfg.lr_gamma if epoch >= cfg.epochs // 2 else 1.0)
+            order = torch.randperm(n)
+            for start in range(0, n, cfg.batch_size):  # 24 images: three full batches
+                idx = order[start : start + cfg.batch_size]
+                x = align_features([f[idx].to(device) for f in feats], (4, 4))
+                loss = F.mse_loss(model(x), x)
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+                opt.step()
+                losses.append(loss.item())
+
+    tol = {"rtol": 0.0, "atol": 0.0} if device.type == "cpu" else {}  # bitwise on the CPU; GPU kernels may not be deterministic
+    assert len(losses) == cfg.epochs * 3
+    torch.testing.assert_close(torch.tensor(det.history.step_losses), torch.tensor(losses), **tol)
+    fitted = det.model.state_dict()
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(fitted[name], value, **tol, msg=name)
+
+
+# -- a toy detector whose loop is a closed-form recurrence --------------------------------
+VALUE, VAL_SHIFT, LR, DECAY = 8.0, 3.0, 0.05, 0.9
+
+
+class ToyExtractor:
+    """``[B, 3, 2, 2]`` -> one layer ``[B, 1, 1, 1]``: the first pixel."""
+
+    kind, image_size, device = "backbone", (2, 2), torch.device("cpu")
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x[:, :1, :1, :1]]
+
+
+@dataclass
+class ToyConfig(TrainedConfig):
+    epochs: int = 1
+
+
+class ScalarModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(()))
+
+
+class Toy(TrainedDetector):
+    """Loss ``(w - mean of the batch)^2`` twice per batch; validation ``(w - (x - 3))^2`` per image."""
+
+    name = "toy"
+    config_class = ToyConfig
+    default_sigma = 0.0
+
+    def _build_model(self) -> nn.Module:
+        return ScalarModel()
+
+    def _make_optimizers(self, model: nn.Module) -> list[torch.optim.Optimizer]:
+        return [torch.optim.SGD(model.parameters(), lr=1.0)]  # the schedule below sets the lr
+
+    def _learning_rate(self, epoch: int, index: int, train: list[torch.Tensor]) -> float:
+        return LR * DECAY**epoch
+
+    def _batch_losses(self, batch: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+        for _ in range(2):
+            yield (self.model.w - batch[0].mean()) ** 2
+
+    def _validation_sums(self, batch: list[torch.Tensor]) -> Iterator[tuple[float, int]]:
+        per_image = (self.model.w - (batch[0].flatten() - VAL_SHIFT)) ** 2
+        yield per_image.sum().item(), per_image.numel()
+
+    def _score_grids(self, features):
+        return [features[0][:, 0] - self.model.w]
+
+
+def toy_trajectory(epochs: int, steps_per_epoch: int) -> tuple[list[float], list[float]]:
+    """Hand recurrence of SGD on ``(w - VALUE)^2``: the loss before each step, ``w`` after each epoch."""
+    w, losses, ends = 0.0, [], []
+    for epoch in range(epochs):
+        for _ in range(steps_per_epoch):
+            losses.append((w - VALUE) ** 2)
+            w -= LR * DECAY**epoch * 2 * (w - VALUE)
+        ends.append(w)
+    return losses, ends
+
+
+def test_toy_loop_steps_once_per_yielded_loss_with_the_schedule():
+    images = torch.full((8, 3, 2, 2), VALUE)
+    det = Toy(ToyExtractor(), ToyConfig(epochs=5, batch_size=4), progress=False).fit(images)
+    losses, ends = toy_trajectory(5, steps_per_epoch=2 * 2)  # 2 batches x 2 losses each
+    torch.testing.assert_close(torch.tensor(det.history.step_losses), torch.tensor(losses), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(det.model.w.detach(), torch.tensor(ends[-1]))
+    # Validation loss: the mean over all images, here in batches of 3 and 1 (self.batch_size=3).
+    det.batch_size = 3
+    held_out = [1.0, 2.0, 4.0, 16.0]
+    val = det._validation_loss([torch.tensor(held_out).reshape(4, 1, 1, 1)])
+    assert abs(val - sum((ends[-1] - (x - VAL_SHIFT)) ** 2 for x in held_out) / 4) < 1e-3
+
+
+def test_toy_keep_best_restores_the_best_epoch():
+    """w climbs from 0 towards 8: the epoch ending closest to 8 - 3 = 5 is best, and its weight is what stays."""
+    images = torch.full((8, 3, 2, 2), VALUE)
+    cfg = ToyConfig(epochs=8, batch_size=4, validation_fraction=0.5, keep_best_on_validation=True)
+    det = Toy(ToyExtractor(), cfg, progress=False).fit(images)
+    _, ends = toy_trajectory(8, steps_per_epoch=2)  # 4 training images: one batch x 2 losses
+    val = [(w - (VALUE - VAL_SHIFT)) ** 2 for w in ends]
+    best = min(range(8), key=val.__getitem__)
+    assert 0 < best < 7 and det.history.best_epoch == best
+    torch.testing.assert_close(torch.tensor(det.history.val_losses), torch.tensor(val), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(det.model.w.detach(), torch.tensor(ends[best]))
