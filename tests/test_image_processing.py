@@ -193,3 +193,18 @@ def test_load_save_round_trip_keeps_the_edit(edited_ckpt, tmp_path, same_folder)
     image = rgb(7)
     torch.testing.assert_close(pixels(processor_for(ADPretrainModel.from_pretrained(target)), [image]),
                                pixels(independent(64), [image]), atol=ATOL, rtol=0)
+
+
+def test_hub_id_uses_the_processor_cached_with_it(edited_ckpt, tmp_path):
+    """A Hub id loaded from a cache folder (offline): from_pretrained keeps that repo's processor."""
+    import shutil
+
+    snapshot = "0" * 40
+    repo = tmp_path / "hub" / "models--someone--tiny"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(snapshot)
+    shutil.copytree(edited_ckpt, repo / "snapshots" / snapshot)
+    model = ADPretrainModel.from_pretrained("someone/tiny", cache_dir=str(tmp_path / "hub"), local_files_only=True)
+    assert model.name_or_path == "someone/tiny"
+    image = rgb(9)
+    assert_edited(pixels(processor_for(model), [image]), [image], 64)
