@@ -172,10 +172,10 @@ def _norm_histograms(checkpoint: Path, downstream_root: Path, out: Path) -> None
     from .evaluation.loading import category_rows, preprocess_rows
     from .extractor import ModelFeatureExtractor
     from .modeling import ADPretrainModel
-    from .modeling.image_processing_adpretrain import ADPretrainImageProcessor
+    from .modeling.image_processing_adpretrain import processor_for
 
     model = ADPretrainModel.from_pretrained(checkpoint).eval()
-    processor = ADPretrainImageProcessor.from_adpretrain_config(model.config)
+    processor = processor_for(model)
     data = load_ad_dataset(downstream_root, layout="mvtec")
     first = data["train"]["category"][0]
     train_rows = category_rows(data["train"], first)

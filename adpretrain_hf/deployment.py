@@ -28,7 +28,7 @@ from .detectors.featurenorm import FeatureMapDetector, LayerSelectingExtractor
 from .extractor import ModelFeatureExtractor
 from .modeling.calibration_adpretrain import DEFAULT_QUANTILE, fit_threshold, score_range
 from .modeling.configuration_detector_adpretrain import ADPretrainDetectorConfig
-from .modeling.image_processing_adpretrain import ADPretrainImageProcessor
+from .modeling.image_processing_adpretrain import ADPretrainImageProcessor, processor_for
 from .modeling.modeling_adpretrain import ADPretrainModel
 from .modeling.modeling_detector_adpretrain import (
     REFERENCE_BANK_PREFIX,
@@ -157,7 +157,7 @@ def calibrate(
       threshold maximising pixel F1 (else the ``quantile`` of the normal images' pixels).
     Normalisation uses min/max of all validation scores.
     """
-    processor = ADPretrainImageProcessor.from_adpretrain_config(detector_model.adpretrain.config)
+    processor = processor_for(detector_model)  # the detector folder's, else its feature model's
     pixel_values = load_pixel_values(val_images, processor, "val_images")
     maps, scores = predict_maps(detector_model, pixel_values, batch_size, progress)
     truth = None
@@ -228,7 +228,7 @@ def fit_detector(
         method_kwargs: extra detector options (e.g. ``{"coreset_ratio": 0.1}``, ``{"quick": True}``).
     """
     model, source = _resolve_model(model, device)
-    processor = ADPretrainImageProcessor.from_adpretrain_config(model.config)
+    processor = processor_for(model)  # saved with the checkpoint, else the config's; the detector saves it
     train = load_pixel_values(train_images, processor, "train_images")
     extractor = ModelFeatureExtractor(model, features=features)
     if extractor.needs_references or model.config.projector_type == "cross_attn":

@@ -39,7 +39,7 @@ from adpretrain_hf import ADPretrainConfig, ADPretrainModel
 from adpretrain_hf.data import generate_dataset
 from adpretrain_hf.evaluation import evaluate_model
 from adpretrain_hf.evaluation import runner as runner_module
-from adpretrain_hf.modeling.image_processing_adpretrain import ADPretrainImageProcessor
+from adpretrain_hf.modeling.image_processing_adpretrain import processor_for
 
 MODES = {"no-cache": {"feature_cache": False}, "cache": {}, "cache-disk": {"feature_cache_mb": 0}}
 CATEGORY = "tile"
@@ -100,7 +100,7 @@ def _timed_overlays() -> list[float]:
 
 def bare_backbone_seconds(model: ADPretrainModel, files: list[Path], batch_size: int, device: torch.device) -> float:
     """One backbone pass over the preprocessed distinct images (preprocessing not timed)."""
-    processor = ADPretrainImageProcessor.from_adpretrain_config(model.config)
+    processor = processor_for(model)
     param = next(model.parameters())
     pixels = processor([Image.open(f).convert("RGB") for f in files], return_tensors="pt")["pixel_values"]
     with torch.inference_mode():

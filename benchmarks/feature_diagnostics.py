@@ -263,14 +263,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     from adpretrain_hf.evaluation import EvaluationConfig
     from adpretrain_hf.evaluation.loading import load_splits, prepare_category
-    from adpretrain_hf.modeling.image_processing_adpretrain import ADPretrainImageProcessor
+    from adpretrain_hf.modeling.image_processing_adpretrain import processor_for
 
     args = parse_args(argv)
     if not os.path.isdir(args.data):
         raise SystemExit(f"data folder {args.data} does not exist: pass the folder holding the categories")
     device = pick_device(args.device)
     model = load_model(args, device)
-    processor = ADPretrainImageProcessor.from_adpretrain_config(model.config)
+    processor = processor_for(model)
     config = EvaluationConfig(data_root=args.data, layout=args.layout, categories=args.categories, shots=args.shots,
                               realiad_fit_fraction=args.realiad_fit_fraction, split_seed=args.split_seed,
                               batch_size=args.batch_size, progress=not args.no_progress, print_markdown=False)

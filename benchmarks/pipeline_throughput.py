@@ -29,7 +29,7 @@ import torch
 from transformers import pipeline
 
 from adpretrain_hf import ADPretrainConfig, ADPretrainModel
-from adpretrain_hf.modeling.image_processing_adpretrain import ADPretrainImageProcessor
+from adpretrain_hf.modeling.image_processing_adpretrain import processor_for
 from adpretrain_hf.modeling.pipeline_anomaly_features import OUTPUTS, resolve_dtype
 
 REFERENCE_SHOTS = 8  # the paper's evaluation setting
@@ -74,7 +74,7 @@ def main() -> None:
     model = ADPretrainModel(ADPretrainConfig.from_preset(args.preset)).eval()
     dtype = resolve_dtype(args.dtype, device, model.dtype)
     model.to(device, dtype)
-    processor = ADPretrainImageProcessor.from_adpretrain_config(model.config)
+    processor = processor_for(model)
     side = args.image_size or model.config.image_size
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (side, side, 3), dtype=np.uint8) for _ in range(args.num_images)]

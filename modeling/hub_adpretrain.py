@@ -26,18 +26,17 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .atomic_io_adpretrain import missing_folder_hint
-from .image_processing_adpretrain import ADPretrainImageProcessor
+from .image_processing_adpretrain import HUB_DOWNLOAD_KWARGS, PROCESSOR_FILE, SAVED_PROCESSOR_ATTR, load_saved_processor, processor_for
 from .tasks_adpretrain import ANOMALY_FEATURES_TASK, save_task_pipeline
 
 REFERENCE_BANK_FILE = "reference_bank.safetensors"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
-PROCESSOR_FILE = "preprocessor_config.json"
 STRUCTURE_METADATA_KEY = "adpretrain_structure"  # safetensors metadata: JSON of config.weights_structure()
 _HEADER_LENGTH_BYTES = 8  # safetensors: little-endian u64 header length, then the JSON header
 _HEADER_ALIGNMENT = 8
 _COPY_CHUNK_BYTES = 16 * 1024 * 1024
-_HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
+_HUB_KWARGS = HUB_DOWNLOAD_KWARGS
 
 
 def _resolve(path_or_id, filename: str, kwargs: dict) -> Optional[str]:
@@ -229,6 +228,8 @@ def save_extras(model, save_directory, save_references: bool) -> None:
     """Write the structure metadata, the reference bank (when asked) and the image processor config.
 
     ``save_directory`` is a fresh folder (the atomic save's temporary), so nothing stale is kept.
+    The processor is ``processor_for(model)``: the one the model was loaded with, so an edited
+    ``preprocessor_config.json`` survives a load -> save round trip.
     """
     add_structure_metadata(save_directory, model.config)
     if save_references:
@@ -236,7 +237,7 @@ def save_extras(model, save_directory, save_references: bool) -> None:
         if bank is None:
             raise ValueError("save_references=True but the model holds no reference bank: call set_references() first")
         save_file({f"layer_{i}": b.detach().contiguous().cpu() for i, b in enumerate(bank)}, os.path.join(save_directory, REFERENCE_BANK_FILE))
-    ADPretrainImageProcessor.from_adpretrain_config(model.config).save_pretrained(save_directory)
+    processor_for(model, warn_missing=False).save_pretrained(save_directory)
     save_task_pipeline(save_directory, ANOMALY_FEATURES_TASK)  # the pipeline code registration serves
 
 
@@ -251,8 +252,14 @@ def is_foreign(name: str) -> bool:
     return not (name in owned or name.endswith((".safetensors", ".py")))
 
 
+def keep_saved_processor(model, path_or_id, kwargs: dict) -> None:
+    """Remember the checkpoint's ``preprocessor_config.json`` (fetched like the weights) for ``processor_for``."""
+    setattr(model, SAVED_PROCESSOR_ATTR, load_saved_processor(path_or_id, kwargs))
+
+
 def load_extras(model, path_or_id, kwargs: dict) -> None:
-    """After loading: fetch un-bundled backbone weights; restore a stored reference bank."""
+    """After loading: keep the saved processor; fetch un-bundled backbone weights; restore a stored reference bank."""
+    keep_saved_processor(model, path_or_id, kwargs)
     if not model.config.bundle_backbone:
         model.load_backbone_weights()
     bank_file = _resolve(path_or_id, REFERENCE_BANK_FILE, kwargs)

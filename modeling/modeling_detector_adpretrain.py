@@ -38,8 +38,8 @@ from .anomaly_map_adpretrain import GAUSSIAN_SIGMA, anomaly_map_from_grids, toke
 from .atomic_io_adpretrain import replace_folder
 from .calibration_adpretrain import normalize_scores
 from .configuration_detector_adpretrain import PACKAGE_METHODS, ADPretrainDetectorConfig
-from .hub_adpretrain import is_foreign
-from .image_processing_adpretrain import ADPretrainImageProcessor
+from .hub_adpretrain import is_foreign, keep_saved_processor
+from .image_processing_adpretrain import processor_for
 from .modeling_adpretrain import ADPretrainModel, ADPretrainPreTrainedModel
 from .residual_adpretrain import reference_residuals
 from .scoring_adpretrain import (
@@ -275,13 +275,20 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
 
         def write(folder: str) -> None:
             ADPretrainPreTrainedModel.save_pretrained(self, folder, *args, **kwargs)
-            ADPretrainImageProcessor.from_adpretrain_config(self.adpretrain.config).save_pretrained(folder)
+            processor_for(self, warn_missing=False).save_pretrained(folder)  # the one it was loaded / fitted with
             save_task_pipeline(folder, ANOMALY_DETECTION_TASK)  # the pipeline code registration serves
 
         replace_folder(save_directory, write, keep=is_foreign)
         if push_to_hub:  # uploads its own fresh save (transformers' PushToHubMixin)
             hub_kwargs = {k: kwargs[k] for k in ("token", "private", "commit_message", "revision") if k in kwargs}
             self.push_to_hub(kwargs.get("repo_id", os.path.basename(os.path.abspath(save_directory))), **hub_kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Load a detector folder / Hub repo; keeps its ``preprocessor_config.json`` for ``processor_for``."""
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        keep_saved_processor(model[0] if isinstance(model, tuple) else model, pretrained_model_name_or_path, kwargs)
+        return model
 
 
 class _DetectorModelExtractor:

@@ -27,7 +27,7 @@ from typing import Any, Optional
 import torch
 
 from .dtypes_adpretrain import dtype_from_name
-from .image_processing_adpretrain import ADPretrainImageProcessor
+from .image_processing_adpretrain import ADPretrainImageProcessor, processor_for
 from .pipeline_anomaly_features import _LENIENT_KWARGS, AnomalyFeaturesPipeline, map_to_image
 
 OUTPUTS = ("score", "normalized_score", "label", "anomaly_map", "pred_mask")
@@ -36,20 +36,13 @@ _BATCHED_FIELDS = {"anomaly_map": "anomaly_map", "scores": "score", "normalized_
 
 
 def _detector_processor(model: Any) -> ADPretrainImageProcessor:
-    """The processor saved in the detector folder, else the one its feature model's config implies."""
-    source = getattr(model, "name_or_path", "") or ""
-    if source:
-        try:
-            return ADPretrainImageProcessor.from_pretrained(source)
-        except OSError:  # no preprocessor_config.json there
-            pass
-    feature_model = getattr(model, "adpretrain", None)
-    if feature_model is None:
+    """The processor saved in the detector folder, else the one its feature model implies (``processor_for``)."""
+    if getattr(model, "adpretrain", None) is None:
         raise ValueError(
             f"the anomaly-detection pipeline needs a fitted ADPretrainDetectorModel, got {type(model).__name__}: "
             "fit one with `adpretrain fit ...` or adpretrain_hf.fit_detector(...)"
         )
-    return ADPretrainImageProcessor.from_adpretrain_config(feature_model.config)
+    return processor_for(model, warn_missing=False)
 
 
 def _resolve_dtype(dtype: Any) -> Optional[torch.dtype]:
@@ -66,7 +59,7 @@ class AnomalyDetectionPipeline(AnomalyFeaturesPipeline):
     ``num_workers``. Constructor: ``device``, ``dtype`` (float32 unless told otherwise).
     """
 
-    _load_image_processor = False  # built from the detector folder below (works for in-memory models too)
+    _load_image_processor = False  # processor_for: the detector folder's, else its feature model's (in-memory too)
 
     def __init__(self, model: Any, image_processor: Any = None, dtype: Any = None, **kwargs: Any) -> None:
         if image_processor is None:

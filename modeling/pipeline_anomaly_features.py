@@ -19,7 +19,6 @@ imports only torch / transformers / numpy / PIL and its siblings relatively.
 from __future__ import annotations
 
 import os
-import warnings
 from collections import OrderedDict
 from typing import Any, Optional, Sequence, Union
 
@@ -34,7 +33,7 @@ from transformers.image_utils import SizeDict, get_image_size_for_max_height_wid
 from .content_keys_adpretrain import combine_keys, pixel_hash
 from .dtypes_adpretrain import dtype_from_name
 from .image_io_adpretrain import read_image
-from .image_processing_adpretrain import ADPretrainImageProcessor
+from .image_processing_adpretrain import ADPretrainImageProcessor, processor_for
 
 OUTPUTS = ("features", "residuals", "backbone", "anomaly_map", "score")
 DEFAULT_OUTPUTS = ("features", "anomaly_map", "score")
@@ -110,29 +109,6 @@ def map_to_image(anomaly_map: torch.Tensor, processor: Any, size: tuple[int, int
     return frame[0, 0]
 
 
-def _default_processor(model: Any) -> ADPretrainImageProcessor:
-    """The processor saved beside the model's checkpoint, else the one its config implies.
-
-    ``pipeline()`` passes no processor for in-memory models, and none when the checkpoint has
-    no preprocessor_config.json: the config holds the image size and statistics, so the
-    fallback is exact for checkpoints saved by this package; we warn because a hand-made
-    checkpoint may have meant another geometry.
-    """
-    source = getattr(model, "name_or_path", "") or ""
-    if source:
-        try:
-            return ADPretrainImageProcessor.from_pretrained(source)
-        except OSError:  # no preprocessor_config.json there (a corrupt one still raises)
-            warnings.warn(
-                f"checkpoint {source!r} has no preprocessor_config.json: using "
-                f"ADPretrainImageProcessor.from_adpretrain_config(model.config) (shortest edge -> {model.config.image_size}, "
-                "center crop, the config's mean/std). Pass image_processor=... or save one beside the weights to silence this.",
-                UserWarning,
-                stacklevel=3,
-            )
-    return ADPretrainImageProcessor.from_adpretrain_config(model.config)
-
-
 def resolve_dtype(dtype: Any, device: torch.device, current: torch.dtype) -> torch.dtype:
     """``None``/"auto": bf16 on CUDA (the backbone's fast path), the model's own dtype elsewhere."""
     if dtype is None or dtype == "auto":
@@ -150,9 +126,9 @@ class AnomalyFeaturesPipeline(Pipeline):
     (``"pt"`` | ``"np"``), ``batch_size``, ``num_workers``. Constructor: ``device``, ``dtype``.
     """
 
-    # None = "load when the checkpoint has one": True would make pipeline() raise for in-memory
-    # models and for checkpoints without preprocessor_config.json instead of falling back.
-    _load_image_processor = None
+    # False: pipeline() does not load the processor itself; processor_for(model) picks the one
+    # saved with the checkpoint (checked against config.image_size), else the config's default.
+    _load_image_processor = False
     _load_tokenizer = False
     _load_feature_extractor = False
     _load_processor = False
@@ -162,7 +138,9 @@ class AnomalyFeaturesPipeline(Pipeline):
         self._bank_cache: OrderedDict = OrderedDict()
         self._stored_bank: Optional[tuple[list, list[torch.Tensor]]] = None
         if image_processor is None:
-            image_processor = _default_processor(model)
+            image_processor = processor_for(model)
+        elif isinstance(image_processor, (str, os.PathLike)):  # a folder / Hub id, as pipeline() would load
+            image_processor = ADPretrainImageProcessor.from_pretrained(image_processor)
         super().__init__(model, image_processor=image_processor, **kwargs)
         target = resolve_dtype(dtype, self.device, self.model.dtype)
         if target != self.model.dtype:

@@ -123,7 +123,7 @@ class Pretrainer:
         self.model = model if model is not None else build_model(args)
         self.config = self.model.config
         self.model.backbone.to(self.accelerator.device)
-        self.processor = ADPretrainImageProcessor.from_adpretrain_config(self.config)
+        self.processor = ADPretrainImageProcessor.for_model(self.model)
         self.data: TrainingData = build_training_data(args.data_root, self.processor, args.categories, seed=args.seed)
         loader = DataLoader(
             self.data.dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers,

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     from adpretrain_hf.cli import CommandError
     from adpretrain_hf.export import check_onnx, export_onnx
-    from adpretrain_hf.modeling.image_processing_adpretrain import ADPretrainImageProcessor
+    from adpretrain_hf.modeling.image_processing_adpretrain import processor_for
     from adpretrain_hf.modeling.modeling_detector_adpretrain import ADPretrainDetectorModel
 
     folder = Path(args.detector)
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     detector = ADPretrainDetectorModel.from_pretrained(folder).eval()
     target = Path(args.output) if args.output else folder / "model.onnx"
     path = export_onnx(detector, target, batch_size=args.batch_size, opset=args.opset)
-    processor = ADPretrainImageProcessor.from_pretrained(folder)
+    processor = processor_for(detector)
     height, width = processor.output_size
     rng = np.random.default_rng(PARITY_SEED)
     images = [Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)) for _ in range(args.batch_size or PARITY_IMAGES)]

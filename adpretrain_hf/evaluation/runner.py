@@ -81,14 +81,14 @@ def run_evaluation(
     model_or_path: Any, config: EvaluationConfig, prediction_hook: Optional[PredictionHook] = None, model_name: Optional[str] = None
 ) -> dict[str, Any]:
     """:func:`evaluate_model` on a ready :class:`EvaluationConfig`; ``model_name`` names an in-memory model in the JSON."""
-    from ..modeling.image_processing_adpretrain import ADPretrainImageProcessor
+    from ..modeling.image_processing_adpretrain import processor_for
 
     config.validate()
     if config.effective_strategy != config.reference_strategy:
         warnings.warn(f"reference_seeds={config.reference_seeds} with strategy 'first' would repeat one set: "
                       "drawing the reference sets at random instead", stacklevel=2)
     model = load_model(model_or_path, config)
-    processor = ADPretrainImageProcessor.from_adpretrain_config(model.config)
+    processor = processor_for(model)  # the one saved with the checkpoint, else the config's
     splits = load_splits(config)
     out = Path(config.output_dir) if config.output_dir is not None else None
     if out is not None:
