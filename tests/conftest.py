@@ -25,18 +25,6 @@ def tiny_clip_model():
     return ADPretrainModel(ADPretrainConfig.from_preset("tiny-clip")).eval()
 
 
-BLOCK_PACKAGE_SNIPPET = '''
-import sys
-class _BlockAdpretrain:
-    """Make adpretrain_hf unimportable, as on a machine that never installed it."""
-    def find_spec(self, name, path=None, target=None):
-        if name == "adpretrain_hf" or name.startswith("adpretrain_hf."):
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
-        return None
-sys.meta_path.insert(0, _BlockAdpretrain())
-'''
-
-
 @pytest.fixture(scope="session")
 def realiad_root(tmp_path_factory):
     """One object class in the Real-IAD layout: 4 OK and 6 NG samples, one view, 64 px (tiny-clip's

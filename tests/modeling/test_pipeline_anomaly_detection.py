@@ -17,7 +17,7 @@ from adpretrain_hf.modeling import ADPretrainConfig, ADPretrainModel
 from adpretrain_hf.modeling.image_processing_adpretrain import ADPretrainImageProcessor
 from adpretrain_hf.modeling.modeling_detector_adpretrain import ADPretrainDetectorModel
 from adpretrain_hf.modeling.pipeline_anomaly_detection import AnomalyDetectionPipeline
-from conftest import BLOCK_PACKAGE_SNIPPET
+from tests.helpers import BLOCK_PACKAGE_SNIPPET
 
 IMAGE_SIZE = 64  # tiny-clip's processor size
 

@@ -23,7 +23,7 @@ from transformers import AutoModel, pipeline
 from adpretrain_hf import ADPretrainConfig, ADPretrainModel
 from adpretrain_hf.modeling.image_processing_adpretrain import ADPretrainImageProcessor
 from adpretrain_hf.modeling.pipeline_anomaly_features import AnomalyFeaturesPipeline, map_to_image
-from conftest import BLOCK_PACKAGE_SNIPPET
+from tests.helpers import BLOCK_PACKAGE_SNIPPET
 
 ATOL = 1e-5  # float32 rounding: batched vs single matmuls / blur
 

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import BLOCK_PACKAGE_SNIPPET
+from tests.helpers import BLOCK_PACKAGE_SNIPPET
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModel
 

@@ -14,7 +14,7 @@ from adpretrain_hf import ADPretrainConfig
 from adpretrain_hf.losses import ADPretrainLoss, PAPER_LOSS_FORM, RELEASE_LOSS_FORM
 from adpretrain_hf.training.arguments import load_arguments
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RUNTIME_OPTIONS = {"chunk_size", "max_block_elements"}  # memory controls, not part of the recipe
 CONFIG_TO_LOSS = {  # written out here, independently of LOSS_ARGUMENT_NAMES
     "angle_temperature": "temperature", "hypersphere_radius": "radius", "abnormal_margin": "margin",

@@ -15,7 +15,7 @@ from adpretrain_hf.losses import PAPER_LOSS_FORM
 from adpretrain_hf.training.arguments import PretrainArguments, load_arguments
 from adpretrain_hf.training.feature_cache import ReferenceFeatureCache
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PRETRAIN = REPO / "training" / "pretrain.py"
 
 

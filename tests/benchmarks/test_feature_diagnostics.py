@@ -13,7 +13,7 @@ import torch
 from scipy.spatial.distance import cdist
 from sklearn.metrics import roc_auc_score
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "feature_diagnostics.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "feature_diagnostics.py"
 
 
 @pytest.fixture(scope="module")

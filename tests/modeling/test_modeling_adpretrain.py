@@ -14,7 +14,7 @@ from scipy.ndimage import gaussian_filter
 from transformers import AutoModel, CLIPVisionConfig, CLIPVisionModel
 
 from adpretrain_hf import ADPretrainConfig, ADPretrainModel
-from conftest import BLOCK_PACKAGE_SNIPPET
+from tests.helpers import BLOCK_PACKAGE_SNIPPET
 
 
 def _images(n, size=64, seed=0):

@@ -23,7 +23,7 @@ from adpretrain_hf.training import checkpointing, pretrain
 from adpretrain_hf.training.arguments import PretrainArguments, load_arguments
 from adpretrain_hf.training.loop import run_pretraining
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY_CONFIG = REPO / "training" / "configs" / "tiny-clip.yaml"
 STEPS = 6
 KILL_AFTER = 2  # checkpoint step of the killed run

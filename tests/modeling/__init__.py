@@ -1,0 +1,1 @@
+"""Tests of modeling/ (installed as adpretrain_hf.modeling)."""

@@ -1,0 +1,1 @@
+"""Cross-cutting tests: rules and suites that span several modules, named after what they check."""

@@ -1,0 +1,1 @@
+"""Tests of adpretrain_hf/references/."""

@@ -1,0 +1,1 @@
+"""Tests of training/ (installed as adpretrain_hf.training)."""
