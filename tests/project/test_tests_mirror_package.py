@@ -109,6 +109,16 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "tests/detectors/test_trained.py",
         "the three trained detectors share one test module",
     ),
+    "detectors/trained_config": (
+        "tests/detectors/test_trained_loop.py",
+        "the settings and history are what the shared loop reads and writes",
+    ),
+    "detectors/trained_state": (
+        "tests/detectors/test_trained.py",
+        "save/load round trips of every trained detector",
+    ),
+    "settings_values": ("tests/test_settings_parser.py", "typed values and name checks, through both CLIs' parsers"),
+    "commands/_deferred": ("tests/test_settings_parser.py", "the lazy subparsers of `adpretrain evaluate` / `pretrain`"),
     "detectors/coreset": (
         "tests/detectors/test_training_free.py",
         "FeatureNorm, PatchCore (with its coreset) and PaDiM against brute force",
@@ -198,10 +208,6 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "what a checkpoint was saved with is what it loads as",
     ),
     "modeling/image_io_adpretrain": ("tests/project/test_input_checks.py", "16-bit images and mask storages"),
-    "modeling/image_processing_adpretrain": (
-        "tests/modeling/test_pipeline_anomaly_features.py",
-        "the pipeline tests compute its preprocessing by hand",
-    ),
     "modeling/configuration_detector_adpretrain": (
         "tests/modeling/test_modeling_detector_adpretrain.py",
         "detector config round trips with its model",
