@@ -22,7 +22,6 @@ from .modeling.anomaly_map_adpretrain import tokens_to_grid
 from .modeling.configuration_adpretrain import FEATURE_KINDS
 from .modeling.content_keys_adpretrain import combine_keys, pixel_hash
 from .modeling.modeling_adpretrain import ADPretrainModel
-from .modeling.residual_adpretrain import residual_features
 
 REFERENCE_KINDS = ("residual", "pretrained")  # kinds whose features depend on the references
 REFERENCE_BATCH_SIZE = 32
@@ -92,10 +91,9 @@ class ReferenceBank:
 
     @classmethod
     def from_pixels(cls, model: ADPretrainModel, reference_pixel_values: torch.Tensor, batch_size: int = REFERENCE_BATCH_SIZE) -> "ReferenceBank":
-        """A shared bank of normal images ``[K, 3, H, W]`` (one backbone pass over them)."""
-        param = next(model.parameters())
-        pixels = reference_pixel_values.to(device=param.device, dtype=param.dtype)
-        bank = model.compute_reference_bank(pixels, batch_size)
+        """A shared bank of normal images ``[K, 3, H, W]`` (one backbone pass over them, in chunks
+        of ``batch_size`` moved to the model's device and dtype by ``model.backbone_features``)."""
+        bank = model.compute_reference_bank(reference_pixel_values, batch_size)
         image_keys = [pixel_hash(image) for image in reference_pixel_values]
         return cls(tuple(bank), (combine_keys(image_keys),), tuple(image_keys))
 
@@ -122,39 +120,35 @@ def uses_references(model: ADPretrainModel) -> bool:
 
 @torch.no_grad()
 def feature_pass(
-    model: ADPretrainModel, pixel_values: torch.Tensor, bank: Optional[ReferenceBank], backbone_tokens: Optional[TokenLayers] = None
+    model: ADPretrainModel,
+    pixel_values: torch.Tensor,
+    bank: Optional[ReferenceBank],
+    backbone_tokens: Optional[TokenLayers] = None,
+    batch_size: Optional[int] = None,
 ) -> FeaturePass:
     """One pass over ``pixel_values [B, 3, H, W]`` giving backbone, residual and projected tokens.
 
-    Without ``backbone_tokens`` this is ``model.forward`` (the backbone runs once); with them
-    (cached earlier) the backbone is skipped and the same residual + projector steps as
-    ``forward`` run on them. Without a bank only the backbone tokens come back (when the model
-    needs references).
+    The model's public steps, as ``forward`` composes them (without the anomaly map):
+    ``backbone_features`` (in chunks of ``batch_size``; skipped when ``backbone_tokens`` were
+    cached earlier), ``residuals``, ``project``. Without a bank only the backbone tokens come
+    back (when the model needs references).
     """
-    needs_bank = uses_references(model)
-    if bank is None and needs_bank:
-        tokens = backbone_tokens if backbone_tokens is not None else list(model.backbone(pixel_values))
-        return FeaturePass(tokens)
+    tokens = backbone_tokens if backbone_tokens is not None else model.backbone_features(pixel_values, batch_size)
+    if bank is None and uses_references(model):
+        return FeaturePass(list(tokens))
     reference_features = None if bank is None else list(bank.layers)
-    if backbone_tokens is None:
-        out = model(pixel_values, reference_features=reference_features, output_anomaly_map=False)
-        return FeaturePass(list(out.backbone_features), list(out.residuals), list(out.features))
-    if model.config.use_residual:
-        assert reference_features is not None
-        residuals = [
-            residual_features(x, b.to(x.device), model.config.matching_metric, model.matching_backend)
-            for x, b in zip(backbone_tokens, reference_features)
-        ]
-    else:
-        residuals = list(backbone_tokens)
-    return FeaturePass(list(backbone_tokens), residuals, model.project(residuals, reference_features))
+    residuals = model.residuals(tokens, reference_features)
+    return FeaturePass(list(tokens), residuals, model.project(residuals, reference_features))
 
 
 class FeatureSource(Protocol):
     """Where an extractor gets tokens from: a cache keyed by image content and reference set."""
 
-    def tokens(self, model: ADPretrainModel, kind: str, pixel_values: torch.Tensor, bank: Optional[ReferenceBank]) -> TokenLayers:
-        """Per layer ``[B, N_l, C_l]`` of ``kind`` for ``pixel_values [B, 3, H, W]`` (on the model's device)."""
+    def tokens(
+        self, model: ADPretrainModel, kind: str, pixel_values: torch.Tensor, bank: Optional[ReferenceBank], batch_size: Optional[int] = None
+    ) -> TokenLayers:
+        """Per layer ``[B, N_l, C_l]`` of ``kind`` for ``pixel_values [B, 3, H, W]`` (on the model's device);
+        the backbone runs ``batch_size`` images at a time (``model.backbone_features``)."""
         ...
 
 
@@ -255,9 +249,8 @@ class ModelFeatureExtractor:
         """Per layer ``[B, N_l, C_l]`` of this extractor's kind against ``bank``."""
         if self.source is not None:  # keyed by the pixels as given (before any dtype cast)
             return self.source.tokens(self.model, self.kind, pixel_values, bank)
-        pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
-        if self.kind == "backbone":
-            return list(self.model.backbone(pixel_values))
+        if self.kind == "backbone":  # backbone_features moves the pixels to the model's device and dtype
+            return self.model.backbone_features(pixel_values)
         return feature_pass(self.model, pixel_values, bank).get(self.kind)
 
 

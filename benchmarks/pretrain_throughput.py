@@ -24,7 +24,6 @@ import torch
 
 from adpretrain_hf import ADPretrainConfig, ADPretrainModel
 from adpretrain_hf.losses import ADPretrainLoss
-from adpretrain_hf.modeling.residual_adpretrain import residual_features
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -67,14 +66,15 @@ def main() -> None:
     centers = [torch.zeros(d, device=device) for d in model.backbone.feature_dims]
     loss_fn = ADPretrainLoss()
     optimizer = torch.optim.Adam(model.trainable_parameters(), lr=1e-4)
-    with torch.no_grad(), autocast:
-        cached_bank = [t.reshape(b, -1, t.shape[-1]) for t in model.backbone(references)]
+    with autocast:
+        cached_bank = [t.reshape(b, -1, t.shape[-1]) for t in model.backbone_features(references)]
 
     def step(use_cache: bool) -> None:
-        with torch.no_grad(), autocast:
-            tokens = [model.backbone(v) for v in views]
-            bank = cached_bank if use_cache else [t.reshape(b, -1, t.shape[-1]) for t in model.backbone(references)]
-            res = [[residual_features(x, r) for x, r in zip(view, bank)] for view in tokens]
+        # The model's public steps, as training/loop.py runs them (one backbone pass over both views).
+        with autocast:
+            both = model.backbone_features(torch.cat(views))
+            bank = cached_bank if use_cache else [t.reshape(b, -1, t.shape[-1]) for t in model.backbone_features(references)]
+        res = [model.residuals([t[:b] for t in both], bank), model.residuals([t[b:] for t in both], bank)]
         with autocast:
             f1, f2 = model.project(res[0]), model.project(res[1])
         out = loss_fn([f.float() for f in f1], [f.float() for f in f2], labels, centers)
@@ -83,7 +83,7 @@ def main() -> None:
         optimizer.step()
 
     with torch.no_grad(), autocast:
-        t_backbone = _timed(lambda: model.backbone(views[0]), args.iters, args.warmup, device)
+        t_backbone = _timed(lambda: model.backbone(views[0]), args.iters, args.warmup, device)  # the bare backbone: the baseline
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t_uncached = _timed(lambda: step(False), args.iters, args.warmup, device)

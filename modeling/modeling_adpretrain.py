@@ -9,6 +9,11 @@ Shapes (B images, L tapped layers, N_l = h_l * w_l tokens, C_l channels):
     anomaly_map             [B, H, W]           FeatureNorm: mean of upsampled norm maps, Gaussian sigma 4
     scores                  [B]                 max of the anomaly map
 
+The public steps ``backbone_features``, ``residuals``, ``project`` and ``anomaly_map`` are the
+only way the package runs the model (training, extractors, caches, the detector folder);
+``forward`` composes them. Reference banks are passed explicitly; ``set_references`` is a
+user convenience nothing inside the package relies on.
+
 Part of the remote-code bundle: ``save_pretrained`` copies this file and its siblings next
 to the weights, so ``AutoModel.from_pretrained(dir, trust_remote_code=True)`` works where
 ``adpretrain_hf`` is not installed.
@@ -168,6 +173,91 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
                 + ": scores would be NaN or that image would silently drop out; fix or drop the image"
             )
 
+    # -- the public steps: forward composes exactly these four -----------------------------
+    @torch.no_grad()
+    def backbone_features(self, pixel_values: torch.Tensor, batch_size: Optional[int] = None) -> list[torch.Tensor]:
+        """The frozen backbone's tokens: ``pixel_values [B, 3, H, W]`` -> L x ``[B, N_l, C_l]``.
+
+        The package's one chunked backbone loop (no other code calls ``self.backbone``): the
+        pixels are checked once, then run ``batch_size`` images at a time (all at once when
+        None), each chunk moved to the backbone's device and dtype, so a large set can stay on
+        the CPU. The backbone is frozen, hence no gradient; an enclosing autocast applies.
+        """
+        self.check_pixel_values(pixel_values)
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} is invalid: pass the number of images per backbone pass (>= 1) or None")
+        param, total = next(self.backbone.parameters()), pixel_values.shape[0]
+        if batch_size is None or batch_size >= total:  # no slicing: a traced graph keeps its dynamic batch
+            return list(self.backbone(pixel_values.to(device=param.device, dtype=param.dtype)))
+        starts = range(0, total, batch_size)
+        chunks = [self.backbone(pixel_values[s : s + batch_size].to(device=param.device, dtype=param.dtype)) for s in starts]
+        return [torch.cat([chunk[layer] for chunk in chunks]) for layer in range(len(chunks[0]))]
+
+    @torch.no_grad()
+    def residuals(
+        self,
+        backbone_features: Sequence[torch.Tensor],
+        reference_features: Optional[Sequence[torch.Tensor]] = None,
+        backend: Optional[str] = None,
+    ) -> list[torch.Tensor]:
+        """Residual features (paper section 3.1): each token minus its nearest reference token.
+
+        ``backbone_features``: per layer ``[B, N_l, C_l]``; ``reference_features``: the same
+        layers' banks, ``[M_l, C_l]`` shared or ``[B, M_l, C_l]`` per image. Returns per layer
+        ``[B, N_l, C_l]``, matched with ``config.matching_metric`` by ``backend`` (default
+        ``self.matching_backend``); the tokens themselves when ``config.use_residual`` is False.
+        """
+        tokens = list(backbone_features)
+        if not self.config.use_residual:
+            return tokens
+        if reference_features is None:
+            raise ValueError(
+                "residual matching needs normal references: pass reference_features (per layer [M_l, C_l], "
+                "from model.compute_reference_bank(normal_pixel_values))"
+            )
+        banks = list(reference_features)
+        if len(banks) != len(tokens):
+            raise ValueError(
+                f"the reference bank has {len(banks)} layers but the features have {len(tokens)}: "
+                "build the bank with this model's compute_reference_bank"
+            )
+        backend = backend or self.matching_backend
+        return [residual_features(x, bank.to(x.device), self.config.matching_metric, backend) for x, bank in zip(tokens, banks)]
+
+    def project(
+        self,
+        residuals: Sequence[torch.Tensor],
+        reference_features: Optional[Sequence[torch.Tensor]] = None,
+        layers: Optional[Sequence[int]] = None,
+    ) -> list[torch.Tensor]:
+        """Each layer's Feature Projector: per layer ``[B, N_l, C_l]`` -> ``[B, N_l, C_l]`` (with gradient).
+
+        ``layers``: the tapped-layer indices ``residuals`` holds (default: all, in order);
+        ``reference_features`` feeds the ``cross_attn`` ablation only.
+        """
+        layers = list(range(len(self.projectors))) if layers is None else list(layers)
+        if len(layers) != len(residuals):
+            raise ValueError(f"{len(residuals)} residual layers given for tapped layers {layers}: pass one per layer")
+        features = []
+        for position, (layer, residual) in enumerate(zip(layers, residuals)):
+            projector, context = self.projectors[layer], None
+            if projector.kind == "cross_attn":
+                if reference_features is None:
+                    raise ValueError("the cross_attn projector needs normal references: pass reference_features")
+                context = reference_residuals(reference_features[position], self.config.num_learnable_references).to(residual.dtype)
+            features.append(projector(residual, context))
+        return features
+
+    def anomaly_map(self, features: Sequence[torch.Tensor], image_size: Union[int, tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """FeatureNorm: per layer ``[B, N_l, C_l]`` -> ``(anomaly_map [B, H, W], scores [B])``.
+
+        Each layer's token norms on its grid, upsampled to ``image_size``, averaged, smoothed
+        with a Gaussian of ``config.anomaly_map_sigma``; the score is the map's max.
+        """
+        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        grids = feature_norm_grids([f.detach() for f in features], self.grid_sizes)
+        return anomaly_map_from_grids(grids, size, self.config.anomaly_map_sigma)
+
     # -- reference banks -------------------------------------------------------------
     @torch.no_grad()
     def compute_reference_bank(self, reference_pixel_values: torch.Tensor, batch_size: int = REFERENCE_BATCH_SIZE) -> list[torch.Tensor]:
@@ -181,12 +271,12 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
             return [bank.reshape(b, -1, bank.shape[-1]) for bank in flat]
         if isinstance(reference_pixel_values, torch.Tensor) and reference_pixel_values.shape[:1] == (0,):
             raise ValueError("the reference set is empty: pass at least one normal image to set_references()")
-        self.check_pixel_values(reference_pixel_values, "reference_pixel_values")
-        chunks = [self.backbone(reference_pixel_values[i : i + batch_size]) for i in range(0, reference_pixel_values.shape[0], batch_size)]
-        return [torch.cat([chunk[layer] for chunk in chunks]).flatten(0, 1) for layer in range(len(chunks[0]))]
+        self.check_pixel_values(reference_pixel_values, "reference_pixel_values")  # names the references in errors
+        return [layer.flatten(0, 1) for layer in self.backbone_features(reference_pixel_values, batch_size)]
 
     def set_references(self, reference_pixel_values: torch.Tensor) -> None:
-        """Compute and keep the bank of these normal images (``[K, 3, H, W]``) for later calls."""
+        """A user convenience: compute and keep the bank of these normal images (``[K, 3, H, W]``)
+        for later calls. Library code passes banks explicitly instead (``reference_features``)."""
         self._reference_bank = self.compute_reference_bank(reference_pixel_values)
 
     def set_reference_bank(self, bank: Sequence[torch.Tensor]) -> None:
@@ -222,16 +312,6 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
         )
 
     # -- forward -----------------------------------------------------------------------
-    def project(self, residuals: Sequence[torch.Tensor], bank: Optional[Sequence[torch.Tensor]] = None) -> list[torch.Tensor]:
-        """Apply each layer's projector; ``bank`` feeds the ``cross_attn`` ablation only."""
-        features = []
-        for layer, (projector, residual) in enumerate(zip(self.projectors, residuals)):
-            context = None
-            if projector.kind == "cross_attn":
-                context = reference_residuals(bank[layer], self.config.num_learnable_references).to(residual.dtype)
-            features.append(projector(residual, context))
-        return features
-
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -240,42 +320,29 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
         output_anomaly_map: bool = True,
         return_dict: bool = True,
     ) -> Union[ADPretrainOutput, tuple]:
-        """Features of ``pixel_values [B, 3, H, W]`` against normal references.
+        """Features of ``pixel_values [B, 3, H, W]`` against normal references: the four public
+        steps in order (``backbone_features`` -> ``residuals`` -> ``project`` -> ``anomaly_map``).
 
         References come from ``reference_pixel_values`` (``[K, 3, H, W]`` shared or
         ``[B, K, 3, H, W]`` per sample), precomputed ``reference_features`` (per layer
         ``[M, C]`` or ``[B, M, C]``), or the bank kept by :meth:`set_references`.
         """
-        self.check_pixel_values(pixel_values)
-        backbone_features = self.backbone(pixel_values)
+        backbone_features = self.backbone_features(pixel_values)
+        bank = None
         if self.config.use_residual or self.config.projector_type == "cross_attn":
             bank = self._resolve_bank(reference_pixel_values, reference_features)
-        else:
-            bank = None
-        if self.config.use_residual:
-            with torch.no_grad():
-                residuals = [
-                    residual_features(x, b.to(x.device), self.config.matching_metric, self.matching_backend)
-                    for x, b in zip(backbone_features, bank)
-                ]
-        else:
-            residuals = list(backbone_features)
+        residuals = self.residuals(backbone_features, bank)
         features = self.project(residuals, bank)
-        grids = self.backbone.grid_sizes(pixel_values.shape[-1])
         anomaly_map = scores = None
         if output_anomaly_map:
-            anomaly_map, scores = anomaly_map_from_grids(
-                feature_norm_grids([f.detach() for f in features], grids),
-                tuple(pixel_values.shape[-2:]),
-                self.config.anomaly_map_sigma,
-            )
+            anomaly_map, scores = self.anomaly_map(features, tuple(pixel_values.shape[-2:]))
         output = ADPretrainOutput(
             features=tuple(features),
             residuals=tuple(residuals),
             backbone_features=tuple(backbone_features),
             anomaly_map=anomaly_map,
             scores=scores,
-            grid_sizes=tuple(grids),
+            grid_sizes=tuple(self.grid_sizes),
         )
         return output if return_dict else output.to_tuple()
 

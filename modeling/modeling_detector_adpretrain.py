@@ -41,7 +41,7 @@ from .configuration_detector_adpretrain import PACKAGE_METHODS, ADPretrainDetect
 from .hub_adpretrain import is_foreign, keep_saved_processor
 from .image_processing_adpretrain import processor_for
 from .modeling_adpretrain import ADPretrainModel, ADPretrainPreTrainedModel
-from .residual_adpretrain import reference_residuals
+from .residual_adpretrain import TRACEABLE_BACKEND
 from .scoring_adpretrain import (
     PATCHCORE_DIM,
     PATCHCORE_REWEIGHT_NEIGHBORS,
@@ -146,31 +146,25 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
     def extract_features(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """``pixel_values [B, 3, H, W]`` -> the used layers' maps ``[B, C_l, h_l, w_l]`` (float32).
 
-        Pretrained features: each layer's tokens minus their cosine (or L2) nearest reference
-        token from the stored bank, through that layer's projector.
+        The feature model's public steps: ``backbone_features``, then for pretrained features
+        ``residuals`` against the stored bank (plain-torch matching, so the graph traces to
+        ONNX) and ``project``, on the used layers only.
         """
         model = self.adpretrain
-        model.check_pixel_values(pixel_values)
-        dtype = next(model.projectors.parameters()).dtype
-        tokens = model.backbone(pixel_values.to(dtype))
+        tokens = model.backbone_features(pixel_values)  # checks the pixels, casts to the model's dtype
+        layers = self.layers
+        features = [tokens[layer] for layer in layers]  # [B, N_l, C_l] each
+        if self.config.feature_kind == "pretrained":
+            banks = [self.fitted.get(f"{REFERENCE_BANK_PREFIX}{layer}") for layer in layers]
+            if model.config.use_residual or model.config.projector_type == "cross_attn":
+                missing = [layer for layer, bank in zip(layers, banks) if bank is None]
+                if missing:
+                    raise ValueError(f"the folder holds no reference bank for layer {missing[0]}: refit with fit_detector(...)")
+            reference_features = None if any(bank is None for bank in banks) else banks
+            residuals = model.residuals(features, reference_features, backend=TRACEABLE_BACKEND)
+            features = model.project(residuals, reference_features, layers=layers)
         grids = model.grid_sizes
-        maps = []
-        for layer in self.layers:
-            x = tokens[layer]  # [B, N, C]
-            if self.config.feature_kind == "pretrained":
-                bank = self.fitted.get(f"{REFERENCE_BANK_PREFIX}{layer}")
-                if model.config.use_residual:
-                    if bank is None:
-                        raise ValueError(f"the folder holds no reference bank for layer {layer}: refit with fit_detector(...)")
-                    _, idx = nearest_in_bank(x.reshape(-1, x.shape[-1]), bank, metric=model.config.matching_metric)
-                    x = x - bank.index_select(0, idx).reshape(x.shape).to(x.dtype)
-                projector = model.projectors[layer]
-                context = None
-                if projector.kind == "cross_attn":
-                    context = reference_residuals(bank, model.config.num_learnable_references).to(x.dtype)
-                x = projector(x, context)
-            maps.append(tokens_to_grid(x.float(), grids[layer]))
-        return maps
+        return [tokens_to_grid(x.float(), grids[layer]) for x, layer in zip(features, layers)]
 
     # -- scoring -------------------------------------------------------------------------
     def _setting(self, name: str, default: Any) -> Any:

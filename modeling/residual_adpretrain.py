@@ -5,6 +5,9 @@ always taken on the raw vectors. Each tapped layer has its own bank. A bank is e
 *shared* (``[M, C]``: evaluation's fixed 8-shot set) or *per sample* (``[B, M, C]``:
 pretraining draws K references for every image).
 
+Library code reaches this through ``ADPretrainModel.residuals`` (the model's public step),
+never directly, so the metric and matcher backend come from the model in one place.
+
 Part of the remote-code bundle.
 """
 
@@ -14,15 +17,26 @@ import torch
 import torch.nn.functional as F
 
 from .matching_adpretrain import batched_nearest_indices, nearest_neighbors
+from .scoring_adpretrain import nearest_in_bank
+
+TRACEABLE_BACKEND = "traceable"
+"""Shared-bank matching in plain torch over fixed bank chunks (``nearest_in_bank``): the loop
+runs over the bank, whose size is static, so the graph traces to ONNX with a dynamic batch."""
 
 
 def residual_features(
     tokens: torch.Tensor, bank: torch.Tensor, metric: str = "cosine", backend: str = "auto"
 ) -> torch.Tensor:
-    """``tokens [B, N, C]`` minus each token's nearest bank row; bank ``[M, C]`` or ``[B, M, C]``."""
+    """``tokens [B, N, C]`` minus each token's nearest bank row; bank ``[M, C]`` or ``[B, M, C]``.
+
+    ``backend``: a ``matching_adpretrain.BACKENDS`` name, or ``TRACEABLE_BACKEND`` (ONNX export).
+    """
     if bank.dim() == 2:
         flat = tokens.reshape(-1, tokens.shape[-1])
-        _, idx = nearest_neighbors(flat, bank, metric=metric, backend=backend)
+        if backend == TRACEABLE_BACKEND:
+            _, idx = nearest_in_bank(flat, bank, metric=metric)
+        else:
+            _, idx = nearest_neighbors(flat, bank, metric=metric, backend=backend)
         nearest = bank.to(tokens.device)[idx].reshape(tokens.shape)
     elif bank.dim() == 3:
         if bank.shape[0] != tokens.shape[0]:

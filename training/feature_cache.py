@@ -26,7 +26,8 @@ class ReferenceFeatureCache:
     """Per-image backbone tokens, computed on first use.
 
     Args:
-        backbone: callable ``pixel_values [n, 3, H, W] -> list of [n, N_l, C_l]``.
+        backbone_features: callable ``pixel_values [n, 3, H, W] -> list of [n, N_l, C_l]``: the
+            model's public step ``model.backbone_features`` (a group is one call: one backbone pass).
         load_pixels: ``row index -> [3, H, W]`` processed (not augmented) pixel values.
         device: where tokens are computed and kept.
         max_images: LRU capacity (0 disables caching: every call recomputes).
@@ -38,7 +39,7 @@ class ReferenceFeatureCache:
 
     def __init__(
         self,
-        backbone: Callable[[torch.Tensor], Sequence[torch.Tensor]],
+        backbone_features: Callable[[torch.Tensor], Sequence[torch.Tensor]],
         load_pixels: Callable[[int], torch.Tensor],
         device: torch.device,
         max_images: int = 4096,
@@ -48,7 +49,7 @@ class ReferenceFeatureCache:
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} is invalid: pass the number of images per backbone pass (>= 1)")
-        self.backbone = backbone
+        self.backbone_features = backbone_features
         self.load_pixels = load_pixels
         self.device = device
         self.max_images = max_images
@@ -79,7 +80,7 @@ class ReferenceFeatureCache:
                 continue
             chunk = self.group(index)
             pixels = torch.stack([self.load_pixels(i) for i in chunk]).to(self.device, dtype=self.dtype)
-            tokens = self.backbone(pixels)
+            tokens = self.backbone_features(pixels)
             for j, member in enumerate(chunk):
                 out[member] = [layer[j] for layer in tokens]
         return out

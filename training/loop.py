@@ -29,7 +29,6 @@ from adpretrain_hf.data import patch_labels
 from adpretrain_hf.losses import ADPretrainLoss, CenterEstimator, RunningCenter
 from adpretrain_hf.modeling import ADPretrainConfig, ADPretrainModel
 from adpretrain_hf.modeling.image_processing_adpretrain import ADPretrainImageProcessor
-from adpretrain_hf.modeling.residual_adpretrain import residual_features
 
 from .arguments import PretrainArguments, tracker_names
 from .checkpointing import (
@@ -45,7 +44,12 @@ LOGS_DIR = "logs"
 
 
 class ProjectorHead(nn.Module):
-    """The trainable part as one module, so Accelerate/DDP wrap only the projectors."""
+    """``model.project`` as a module of its own, so Accelerate/DDP wrap only the projectors.
+
+    Why it exists: DDP must wrap a module whose forward produces the gradients it all-reduces;
+    wrapping the whole model would put the frozen backbone (most of the parameters) into DDP's
+    buckets and broadcasts. It re-implements nothing: its forward *is* ``model.project``.
+    """
 
     def __init__(self, model: ADPretrainModel) -> None:
         super().__init__()
@@ -53,6 +57,7 @@ class ProjectorHead(nn.Module):
         self._model = [model]  # not a submodule: the frozen backbone stays out of DDP and the optimizer
 
     def forward(self, residuals: list[torch.Tensor], banks: Optional[list[torch.Tensor]] = None) -> list[torch.Tensor]:
+        """Per layer ``[B, N_l, C_l]`` residuals -> projected features (``banks``: ``cross_attn`` only)."""
         return self._model[0].project(residuals, banks)
 
 
@@ -138,7 +143,7 @@ class Pretrainer:
         self.state = TrainingState()
         self.running: Optional[RunningCenter] = None
         self.cache = ReferenceFeatureCache(
-            self.model.backbone, self.data.reference_pixels, self.accelerator.device, max_images=args.feature_cache_images,
+            self.model.backbone_features, self.data.reference_pixels, self.accelerator.device, max_images=args.feature_cache_images,
             rows=self.data.reference_rows(),  # fixed backbone groups: a row's tokens do not depend on history
         )
         # Every loss option is a config field (--set model.<field>=...), built in one place.
@@ -149,18 +154,18 @@ class Pretrainer:
     # -- one batch --------------------------------------------------------------
     @torch.no_grad()
     def _residuals(self, batch: dict[str, Any]) -> tuple[list, list, list, list]:
-        """Backbone on both views, residuals against each sample's references, patch labels."""
+        """Backbone on both views, residuals against each sample's references, patch labels.
+
+        The model's public steps: ``backbone_features`` (under autocast) and ``residuals``
+        (the model's metric and matcher backend; identity without residual matching).
+        """
         device = self.accelerator.device
         banks = self.cache.banks(draw_references(self.data, batch, self.rng, self.config.training_reference_shots))
-        metric = self.config.matching_metric
+        size = len(batch["view1"])
         with self.accelerator.autocast():
             # One backbone pass over both views (2B images) instead of two half-size passes.
-            both = self.model.backbone(torch.cat([batch["view1"], batch["view2"]]).to(device))
-            views = [[t[: len(batch["view1"])] for t in both], [t[len(batch["view1"]) :] for t in both]]
-        if self.config.use_residual:
-            res1, res2 = ([residual_features(x, b, metric) for x, b in zip(view, banks)] for view in views)
-        else:
-            res1, res2 = views
+            both = self.model.backbone_features(torch.cat([batch["view1"], batch["view2"]]).to(device))
+        res1, res2 = (self.model.residuals(view, banks) for view in ([t[:size] for t in both], [t[size:] for t in both]))
         masks = batch["mask"].to(device)
         labels = [patch_labels(masks, grid, self.config.patch_anomaly_fraction) for grid in self.grids]
         return res1, res2, labels, banks

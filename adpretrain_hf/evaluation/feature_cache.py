@@ -51,26 +51,22 @@ class CacheStats:
         }
 
 
-def _on_model(model: ADPretrainModel, pixel_values: torch.Tensor) -> torch.Tensor:
-    param = next(model.projectors.parameters())
-    return pixel_values.to(device=param.device, dtype=param.dtype)
-
-
 class DirectSource:
     """No cache: every request runs its own pass (the behaviour before issue 14), counted."""
 
     def __init__(self) -> None:
         self.stats = CacheStats()
 
-    def tokens(self, model: ADPretrainModel, kind: str, pixel_values: torch.Tensor, bank: Optional[ReferenceBank]) -> TokenLayers:
-        """Per layer ``[B, N_l, C_l]`` of ``kind`` for ``pixel_values [B, 3, H, W]``."""
+    def tokens(
+        self, model: ADPretrainModel, kind: str, pixel_values: torch.Tensor, bank: Optional[ReferenceBank], batch_size: Optional[int] = None
+    ) -> TokenLayers:
+        """Per layer ``[B, N_l, C_l]`` of ``kind`` for ``pixel_values [B, 3, H, W]`` (backbone in chunks of ``batch_size``)."""
         self.stats.distinct.update(pixel_hash(image) for image in pixel_values)
         self.stats.backbone_images += pixel_values.shape[0]
-        pixels = _on_model(model, pixel_values)
         if kind not in REFERENCE_KINDS:
-            return list(model.backbone(pixels))
+            return model.backbone_features(pixel_values, batch_size)
         self.stats.projector_images += pixel_values.shape[0]
-        return feature_pass(model, pixels, bank).get(kind)
+        return feature_pass(model, pixel_values, bank, batch_size=batch_size).get(kind)
 
     def close(self) -> None:
         """Nothing to release (same surface as :class:`FeatureCache`)."""
@@ -141,15 +137,18 @@ class FeatureCache:
                     found[key] = [handle.get_tensor(str(start + layer)) for layer in range(layers)]
         return found
 
-    def tokens(self, model: ADPretrainModel, kind: str, pixel_values: torch.Tensor, bank: Optional[ReferenceBank]) -> TokenLayers:
-        """Per layer ``[B, N_l, C_l]`` of ``kind`` for ``pixel_values [B, 3, H, W]``; misses run one pass."""
+    def tokens(
+        self, model: ADPretrainModel, kind: str, pixel_values: torch.Tensor, bank: Optional[ReferenceBank], batch_size: Optional[int] = None
+    ) -> TokenLayers:
+        """Per layer ``[B, N_l, C_l]`` of ``kind`` for ``pixel_values [B, 3, H, W]``; misses run one
+        pass (the backbone ``batch_size`` images at a time)."""
         hashes = [pixel_hash(image) for image in pixel_values]
         self.stats.distinct.update(hashes)
         keys = [self._key(kind, h, self._bank_key(model, bank, i)) for i, h in enumerate(hashes)]
         missing = [i for i, key in enumerate(keys) if key not in self]
         fresh: dict[int, list[torch.Tensor]] = {}
         if missing:
-            fresh = self._compute(model, kind, pixel_values, hashes, bank, missing)
+            fresh = self._compute(model, kind, pixel_values, hashes, bank, missing, batch_size)
         device = next(model.parameters()).device
         stored = self._get_many([key for i, key in enumerate(keys) if i not in fresh], device)  # type: ignore[misc]
         rows = [fresh[i] if i in fresh else stored[key] for i, key in enumerate(keys)]  # type: ignore[index]
@@ -158,7 +157,7 @@ class FeatureCache:
     # -- computing and storing -------------------------------------------------------
     def _compute(
         self, model: ADPretrainModel, kind: str, pixel_values: torch.Tensor, hashes: list[str],
-        bank: Optional[ReferenceBank], missing: list[int],
+        bank: Optional[ReferenceBank], missing: list[int], batch_size: Optional[int] = None,
     ) -> dict[int, list[torch.Tensor]]:
         """One pass over the missing rows (backbone skipped where its tokens are cached); store and return them."""
         device = next(model.parameters()).device
@@ -177,9 +176,9 @@ class FeatureCache:
                 tokens = [torch.stack([row[layer] for row in per_row]) for layer in range(len(per_row[0]))]
             sub_bank = bank.rows(index) if bank is not None and kind in REFERENCE_KINDS else None
             if kind not in REFERENCE_KINDS:  # the backbone alone: no projector for a "w/o" request
-                result = FeaturePass(tokens if tokens is not None else list(model.backbone(_on_model(model, pixel_values[index]))))
+                result = FeaturePass(tokens if tokens is not None else model.backbone_features(pixel_values[index], batch_size))
             else:
-                result = feature_pass(model, _on_model(model, pixel_values[index]), sub_bank, tokens)
+                result = feature_pass(model, pixel_values[index], sub_bank, tokens, batch_size)
                 self.stats.projector_images += len(rows)
             if not cached:
                 self.stats.backbone_images += len(rows)
@@ -200,14 +199,23 @@ class FeatureCache:
         return out
 
     def _put(self, entries: dict[str, list[torch.Tensor]]) -> None:
-        """Keep entries in memory while the budget allows, else write them to one safetensors file."""
-        if not entries:
+        """Keep entries in memory while the budget allows; write the rest to one safetensors file.
+
+        Entry by entry: a whole pool encoded in one call (``batched_tokens``) fills the memory
+        budget first and spills only what does not fit.
+        """
+        spilled: dict[str, list[torch.Tensor]] = {}
+        for key, tensors in entries.items():
+            entry_bytes = sum(t.numel() * t.element_size() for t in tensors)
+            if not spilled and self.stats.memory_bytes + entry_bytes <= self.budget_bytes:
+                self._memory[key] = tensors
+                self.stats.memory_bytes += entry_bytes
+            else:
+                spilled[key] = tensors
+        if not spilled:
             return
+        entries = spilled
         size = sum(t.numel() * t.element_size() for tensors in entries.values() for t in tensors)
-        if self.stats.memory_bytes + size <= self.budget_bytes:
-            self._memory.update(entries)
-            self.stats.memory_bytes += size
-            return
         if self._folder is None:
             self._folder = tempfile.mkdtemp(prefix=SPILL_PREFIX, dir=self.spill_dir)
         path = os.path.join(self._folder, f"{self.stats.spill_files:06d}.safetensors")
@@ -231,9 +239,9 @@ class FeatureCache:
 
 
 def batched_tokens(source: Any, model: ADPretrainModel, pixel_values: torch.Tensor, batch_size: int) -> TokenLayers:
-    """Backbone tokens of ``[N, 3, H, W]`` through ``source`` in batches -> per layer ``[N, N_l, C_l]``."""
-    chunks = [source.tokens(model, "backbone", pixel_values[s : s + batch_size], None) for s in range(0, pixel_values.shape[0], batch_size)]
-    return [torch.cat([chunk[layer] for chunk in chunks]) for layer in range(len(chunks[0]))]
+    """Backbone tokens of ``[N, 3, H, W]`` through ``source`` -> per layer ``[N, N_l, C_l]``; the
+    images the source must encode go through the model's chunked loop, ``batch_size`` at a time."""
+    return source.tokens(model, "backbone", pixel_values, None, batch_size=batch_size)
 
 
 def shared_bank(source: Any, model: ADPretrainModel, reference_pixel_values: torch.Tensor, batch_size: int) -> ReferenceBank:
