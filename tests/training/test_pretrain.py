@@ -41,7 +41,7 @@ def _common(data, out):
 def test_pretraining_lowers_the_loss_and_writes_a_loadable_checkpoint(realiad_root, tmp_path):
     out = tmp_path / "run"
     # The paper's loss form: on tiny random features (small norms) it is stable and falls fast; the
-    # release's default form lowers the loss by only ~18% in these 30 steps (tests/test_loss_recipes.py runs it).
+    # release's default form lowers the loss by only ~18% in these 30 steps (tests/project/test_loss_recipes.py runs it).
     paper_form = [arg for k, v in PAPER_LOSS_FORM.items() for arg in ("--set", f"model.{k}={str(v).lower()}")]
     _run(_common(realiad_root, out) + ["--epochs", "30", "--set", "learning_rate=3e-3"] + paper_form)
     losses = [r["loss"] for r in _metrics(out)]
