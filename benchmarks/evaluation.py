@@ -113,6 +113,17 @@ def bare_backbone_seconds(model: ADPretrainModel, files: list[Path], batch_size:
     return time.perf_counter() - start
 
 
+def _config_fields() -> set[str]:
+    """Settings of ``EvaluationConfig`` (where ``evaluate_model`` takes them as overrides), if it exists."""
+    try:
+        from dataclasses import fields
+
+        from adpretrain_hf.evaluation import EvaluationConfig
+    except ImportError:  # an older checkout: the settings were evaluate_model's own parameters
+        return set()
+    return {f.name for f in fields(EvaluationConfig)}
+
+
 def main() -> None:
     args = parse_args()
     if args.threads:
@@ -127,7 +138,7 @@ def main() -> None:
     generate_dataset(root, layout="mvtec", categories=[CATEGORY], num_normal=args.num_train, num_anomalous=num_anomalous,
                      num_test_normal=args.num_test - num_anomalous, image_size=size, seed=0, progress=False, overwrite=True)
     files = sorted(p for p in (root / CATEGORY).rglob("*.png") if "ground_truth" not in p.parts)
-    has_cache = "feature_cache" in inspect.signature(evaluate_model).parameters
+    has_cache = "feature_cache" in inspect.signature(evaluate_model).parameters or "feature_cache" in _config_fields()
     modes = args.modes.split(",") if has_cache else ["legacy"]
     seen, overlay_s = _count_backbone(model), _timed_overlays()
     settings = dict(methods=args.methods, shots=args.shots, compare_backbone=True, device=str(device), dtype=args.dtype,
