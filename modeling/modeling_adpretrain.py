@@ -228,23 +228,26 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
         self,
         residuals: Sequence[torch.Tensor],
         reference_features: Optional[Sequence[torch.Tensor]] = None,
-        layers: Optional[Sequence[int]] = None,
+        layer_positions: Optional[Sequence[int]] = None,
     ) -> list[torch.Tensor]:
         """Each layer's Feature Projector: per layer ``[B, N_l, C_l]`` -> ``[B, N_l, C_l]`` (with gradient).
 
-        ``layers``: the tapped-layer indices ``residuals`` holds (default: all, in order);
+        ``layer_positions``: the 0-based positions in the list of tapped layers that ``residuals``
+        holds (default: all, in order; not block numbers, which are ``config.layers``);
         ``reference_features`` feeds the ``cross_attn`` ablation only.
         """
-        layers = list(range(len(self.projectors))) if layers is None else list(layers)
-        if len(layers) != len(residuals):
-            raise ValueError(f"{len(residuals)} residual layers given for tapped layers {layers}: pass one per layer")
+        positions = list(range(len(self.projectors))) if layer_positions is None else list(layer_positions)
+        if len(positions) != len(residuals):
+            raise ValueError(
+                f"{len(residuals)} residual layers given for layer positions {positions}: pass one per position"
+            )
         features = []
-        for position, (layer, residual) in enumerate(zip(layers, residuals)):
-            projector, context = self.projectors[layer], None
+        for entry, (position, residual) in enumerate(zip(positions, residuals)):
+            projector, context = self.projectors[position], None
             if projector.kind == "cross_attn":
                 if reference_features is None:
                     raise ValueError("the cross_attn projector needs normal references: pass reference_features")
-                context = reference_residuals(reference_features[position], self.config.num_learnable_references).to(residual.dtype)
+                context = reference_residuals(reference_features[entry], self.config.num_learnable_references).to(residual.dtype)
             features.append(projector(residual, context))
         return features
 

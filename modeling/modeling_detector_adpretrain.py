@@ -140,8 +140,10 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
         return size, size
 
     @property
-    def layers(self) -> list[int]:
-        return list(self.config.layers if self.config.layers is not None else range(len(self.adpretrain.config.layers)))
+    def layer_positions(self) -> list[int]:
+        """0-based positions in the feature model's list of tapped layers that the detector uses."""
+        positions = self.config.layer_positions
+        return list(positions if positions is not None else range(len(self.adpretrain.config.layers)))
 
     def extract_features(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """``pixel_values [B, 3, H, W]`` -> the used layers' maps ``[B, C_l, h_l, w_l]`` (float32).
@@ -152,19 +154,21 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
         """
         model = self.adpretrain
         tokens = model.backbone_features(pixel_values)  # checks the pixels, casts to the model's dtype
-        layers = self.layers
-        features = [tokens[layer] for layer in layers]  # [B, N_l, C_l] each
+        positions = self.layer_positions
+        features = [tokens[position] for position in positions]  # [B, N_l, C_l] each
         if self.config.feature_kind == "pretrained":
-            banks = [self.fitted.get(f"{REFERENCE_BANK_PREFIX}{layer}") for layer in layers]
+            banks = [self.fitted.get(f"{REFERENCE_BANK_PREFIX}{position}") for position in positions]
             if model.config.use_residual or model.config.projector_type == "cross_attn":
-                missing = [layer for layer, bank in zip(layers, banks) if bank is None]
+                missing = [position for position, bank in zip(positions, banks) if bank is None]
                 if missing:
-                    raise ValueError(f"the folder holds no reference bank for layer {missing[0]}: refit with fit_detector(...)")
+                    raise ValueError(
+                        f"the folder holds no reference bank for layer position {missing[0]}: refit with fit_detector(...)"
+                    )
             reference_features = None if any(bank is None for bank in banks) else banks
             residuals = model.residuals(features, reference_features, backend=TRACEABLE_BACKEND)
-            features = model.project(residuals, reference_features, layers=layers)
+            features = model.project(residuals, reference_features, layer_positions=positions)
         grids = model.grid_sizes
-        return [tokens_to_grid(x.float(), grids[layer]) for x, layer in zip(features, layers)]
+        return [tokens_to_grid(x.float(), grids[position]) for x, position in zip(features, positions)]
 
     # -- scoring -------------------------------------------------------------------------
     def _setting(self, name: str, default: Any) -> Any:
@@ -233,8 +237,10 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
             state = {net_state_key(k): v for k, v in self.fitted.named_buffers() if k.startswith(NET_PREFIX)}
             cls = detectors.DETECTORS[self.config.method]
             extractor = _DetectorModelExtractor(self)  # already returns exactly the used layers
-            layers = list(range(len(self.layers))) if hasattr(cls, "default_last_layers") else None
-            self._trained_detector = cls.from_state(extractor, dict(self.config.method_settings), state, layers=layers)
+            positions = list(range(len(self.layer_positions))) if hasattr(cls, "default_last_positions") else None
+            self._trained_detector = cls.from_state(
+                extractor, dict(self.config.method_settings), state, layer_positions=positions
+            )
         return self._trained_detector
 
     # -- forward -------------------------------------------------------------------------

@@ -97,13 +97,13 @@ def test_residuals_errors_and_identity(tiny_clip_model):
         model.config.use_residual = True
 
 
-def test_project_on_a_subset_of_layers(tiny_clip_model):
+def test_project_on_a_subset_of_layer_positions(tiny_clip_model):
     model = tiny_clip_model
     tokens = model.backbone_features(_images(2, 7))
     everything = model.project(tokens)
-    subset = model.project([tokens[3], tokens[1]], layers=[3, 1])
+    subset = model.project([tokens[3], tokens[1]], layer_positions=[3, 1])
     assert torch.equal(subset[0], everything[3]) and torch.equal(subset[1], everything[1])
-    with pytest.raises(ValueError, match="one per layer"):
+    with pytest.raises(ValueError, match="one per position"):
         model.project(tokens[:2])
 
 
