@@ -7,7 +7,7 @@ Shapes (B images, L tapped layers, N_l = h_l * w_l tokens, C_l channels):
     residuals               L x [B, N_l, C_l]   x - nearest normal reference token
     features                L x [B, N_l, C_l]   projected residuals (ADPretrain features)
     anomaly_map             [B, H, W]           FeatureNorm: mean of upsampled norm maps, Gaussian sigma 4
-    scores                  [B]                 max of the anomaly map
+    score                   [B]                 max of the anomaly map (one per image)
 
 The public steps ``backbone_features``, ``residuals``, ``project`` and ``anomaly_map`` are the
 only way the package runs the model (training, extractors, caches, the detector folder);
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -46,6 +47,24 @@ REFERENCE_BATCH_SIZE = 32
 LINEAR_INIT_NEGATIVE_SLOPE = 5  # nn.Linear's kaiming_uniform_(a=sqrt(5)): weights U(+-1/sqrt(fan_in))
 
 
+def renamed_field(new: str, old: str) -> property:
+    """A read-only property ``old`` that warns (``FutureWarning``) and returns field ``new``.
+
+    Output fields were renamed to the pipelines' per-image names (issue 14: ``scores`` ->
+    ``score``); the old attribute keeps working for one release.
+    """
+
+    def getter(self: ModelOutput) -> Optional[torch.Tensor]:
+        warnings.warn(
+            f"{type(self).__name__}.{old} is deprecated and will be removed in the next release: use .{new} (same tensor)",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return getattr(self, new)
+
+    return property(getter, doc=f"Deprecated: the old name of ``{new}``.")
+
+
 @dataclass
 class ADPretrainOutput(ModelOutput):
     """Outputs of :class:`ADPretrainModel` (see the module docstring for shapes)."""
@@ -54,8 +73,10 @@ class ADPretrainOutput(ModelOutput):
     residuals: Optional[tuple] = None
     backbone_features: Optional[tuple] = None
     anomaly_map: Optional[torch.Tensor] = None
-    scores: Optional[torch.Tensor] = None
+    score: Optional[torch.Tensor] = None
     grid_sizes: Optional[tuple] = None
+
+    scores = renamed_field("score", "scores")
 
 
 class ADPretrainPreTrainedModel(PreTrainedModel):
@@ -336,15 +357,15 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
             bank = self._resolve_bank(reference_pixel_values, reference_features)
         residuals = self.residuals(backbone_features, bank)
         features = self.project(residuals, bank)
-        anomaly_map = scores = None
+        anomaly_map = score = None
         if output_anomaly_map:
-            anomaly_map, scores = self.anomaly_map(features, tuple(pixel_values.shape[-2:]))
+            anomaly_map, score = self.anomaly_map(features, tuple(pixel_values.shape[-2:]))
         output = ADPretrainOutput(
             features=tuple(features),
             residuals=tuple(residuals),
             backbone_features=tuple(backbone_features),
             anomaly_map=anomaly_map,
-            scores=scores,
+            score=score,
             grid_sizes=tuple(self.grid_sizes),
         )
         return output if return_dict else output.to_tuple()

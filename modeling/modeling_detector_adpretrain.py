@@ -9,9 +9,9 @@ Shapes (B images, H x W the processor's size)::
 
     pixel_values       [B, 3, H, W]   processor-normalised
     anomaly_map        [B, H, W]      float32
-    scores             [B]            raw image scores
-    normalized_scores  [B]            in [0, 1], threshold at 0.5   (None until calibrated)
-    labels             [B]            bool, score >= image_threshold (None until calibrated)
+    score              [B]            raw image score, one per image
+    normalized_score   [B]            in [0, 1], threshold at 0.5   (None until calibrated)
+    label              [B]            bool, score >= image_threshold (None until calibrated)
     pred_masks         [B, H, W]      bool, map >= pixel_threshold   (None until calibrated)
 
 FeatureNorm, PatchCore and PaDiM score with this folder's code only (remote code works
@@ -40,7 +40,7 @@ from .calibration_adpretrain import normalize_scores
 from .configuration_detector_adpretrain import PACKAGE_METHODS, ADPretrainDetectorConfig
 from .hub_adpretrain import is_foreign, keep_saved_processor
 from .image_processing_adpretrain import processor_for
-from .modeling_adpretrain import ADPretrainModel, ADPretrainPreTrainedModel
+from .modeling_adpretrain import ADPretrainModel, ADPretrainPreTrainedModel, renamed_field
 from .residual_adpretrain import TRACEABLE_BACKEND
 from .scoring_adpretrain import (
     PATCHCORE_DIM,
@@ -66,10 +66,14 @@ class AnomalyDetectionOutput(ModelOutput):
     """Outputs of :class:`ADPretrainDetectorModel` (see the module docstring for shapes)."""
 
     anomaly_map: Optional[torch.Tensor] = None
-    scores: Optional[torch.Tensor] = None
-    normalized_scores: Optional[torch.Tensor] = None
-    labels: Optional[torch.Tensor] = None
+    score: Optional[torch.Tensor] = None
+    normalized_score: Optional[torch.Tensor] = None
+    label: Optional[torch.Tensor] = None
     pred_masks: Optional[torch.Tensor] = None
+
+    scores = renamed_field("score", "scores")
+    normalized_scores = renamed_field("normalized_score", "normalized_scores")
+    labels = renamed_field("label", "labels")
 
 
 def net_buffer_name(key: str) -> str:
@@ -175,7 +179,7 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
         return self.config.method_settings.get(name, default)
 
     def score(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw ``(anomaly_map [B, H, W], scores [B])`` of the fitted method."""
+        """Raw ``(anomaly_map [B, H, W], score [B])`` of the fitted method."""
         features = self.extract_features(pixel_values)
         size = tuple(pixel_values.shape[-2:])
         sigma = float(self._setting("sigma", GAUSSIAN_SIGMA))
@@ -248,17 +252,17 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
     def forward(self, pixel_values: torch.Tensor, return_dict: bool = True) -> Union[AnomalyDetectionOutput, tuple]:
         """Score ``pixel_values [B, 3, H, W]``; calibrated fields are None until :func:`calibrate`."""
         device = next(self.adpretrain.parameters()).device
-        anomaly_map, scores = self.score(pixel_values.to(device))
+        anomaly_map, score = self.score(pixel_values.to(device))
         config = self.config
-        normalized = labels = masks = None
+        normalized = label = masks = None
         if config.image_threshold is not None:
-            labels = scores >= config.image_threshold
+            label = score >= config.image_threshold
             low = config.score_min if config.score_min is not None else config.image_threshold
             high = config.score_max if config.score_max is not None else config.image_threshold
-            normalized = normalize_scores(scores, config.image_threshold, low, high)
+            normalized = normalize_scores(score, config.image_threshold, low, high)
         if config.pixel_threshold is not None:
             masks = anomaly_map >= config.pixel_threshold
-        output = AnomalyDetectionOutput(anomaly_map, scores, normalized, labels, masks)
+        output = AnomalyDetectionOutput(anomaly_map, score, normalized, label, masks)
         return output if return_dict else output.to_tuple()
 
     # -- persistence ---------------------------------------------------------------------

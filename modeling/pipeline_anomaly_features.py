@@ -262,7 +262,7 @@ class AnomalyFeaturesPipeline(Pipeline):
                     block = self.model.config.layers[pos]
                     flat[f"{name}.{block}"] = tokens[pos].reshape(tokens[pos].shape[0], h, w, -1)
         if need_map:
-            flat["anomaly_map"], flat["score"] = result.anomaly_map, result.scores
+            flat["anomaly_map"], flat["score"] = result.anomaly_map, result.score
         return flat
 
     def postprocess(self, model_outputs, outputs=DEFAULT_OUTPUTS, return_tensors="pt") -> dict[str, Any]:

@@ -27,13 +27,16 @@ def test_forward_outputs_and_featurenorm_map(tiny_clip_model):
     out = model(x, reference_pixel_values=refs)
     assert len(out.features) == len(out.residuals) == len(out.backbone_features) == 4
     assert all(f.shape == (2, 64, 32) for f in out.features)
-    assert out.anomaly_map.shape == (2, 64, 64) and out.scores.shape == (2,)
+    assert out.anomaly_map.shape == (2, 64, 64) and out.score.shape == (2,)
     # Independent FeatureNorm: per-layer norms, bilinear upsample, mean, scipy Gaussian, max.
     norms = [f.norm(dim=-1).reshape(2, 1, 8, 8) for f in out.features]
     mean = torch.stack([F.interpolate(n, size=(64, 64), mode="bilinear", align_corners=False) for n in norms]).mean(0)[:, 0]
     expected = np.stack([gaussian_filter(m.detach().double().numpy(), sigma=4, mode="reflect", truncate=4) for m in mean])
     assert np.allclose(out.anomaly_map.numpy(), expected, atol=1e-5)
-    assert torch.allclose(out.scores, out.anomaly_map.flatten(1).amax(1))
+    assert torch.allclose(out.score, out.anomaly_map.flatten(1).amax(1))
+    assert "score" in out.keys() and "scores" not in out.keys()
+    with pytest.warns(FutureWarning, match=r"ADPretrainOutput.scores is deprecated.*use .score"):
+        assert out.scores is out.score  # the old name, one release
 
 
 def test_stored_bank_equals_per_call_references(tiny_clip_model):
@@ -146,7 +149,7 @@ def test_load_by_hub_id_from_offline_cache(tiny_clip_model, tmp_path, monkeypatc
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     loaded = AutoModel.from_pretrained("adpretrain/tiny-clip", cache_dir=str(cache))
     x, refs = _images(1), _images(2, seed=1)
-    assert torch.equal(loaded(x, reference_pixel_values=refs).scores, tiny_clip_model(x, reference_pixel_values=refs).scores)
+    assert torch.equal(loaded(x, reference_pixel_values=refs).score, tiny_clip_model(x, reference_pixel_values=refs).score)
 
 
 def test_unbundled_backbone_loads_from_backbone_id(tmp_path):

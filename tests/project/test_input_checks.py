@@ -89,7 +89,7 @@ def test_finite_inputs_are_unchanged_by_the_checks(model):
     x, refs = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
     bank = model.compute_reference_bank(refs)
     out = model(x, reference_features=bank)
-    assert torch.isfinite(out.scores).all() and torch.equal(out.scores, model(x, reference_pixel_values=refs).scores)
+    assert torch.isfinite(out.score).all() and torch.equal(out.score, model(x, reference_pixel_values=refs).score)
 
 
 # -- masks: nonzero = defect, whatever the storage -----------------------------------------------

@@ -41,7 +41,7 @@ def test_forward_is_the_four_public_steps(tiny_clip_model):
     for got, want in ((out.backbone_features, tokens), (out.residuals, residuals), (out.features, features)):
         assert len(got) == len(want) == 4
         assert all(torch.equal(a, b) for a, b in zip(got, want))
-    assert torch.equal(out.anomaly_map, anomaly_map) and torch.equal(out.scores, scores)
+    assert torch.equal(out.anomaly_map, anomaly_map) and torch.equal(out.score, scores)
     assert anomaly_map.shape == (3, SIZE, SIZE) and scores.shape == (3,)
 
 
