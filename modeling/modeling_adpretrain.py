@@ -181,8 +181,8 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
         height, width = pixel_values.shape[-2:]
         size = self.config.image_size
         if (height, width) != (size, size):
-            stride = self.backbone.patch_size
-            hint = f" (and not divisible by the patch size {stride})" if height % stride or width % stride else ""
+            stride = self.backbone.smallest_stride
+            hint = f" (and not divisible by the backbone's smallest stride {stride})" if height % stride or width % stride else ""
             raise ValueError(
                 f"{name} is {height}x{width}{hint}, but this model takes {size}x{size} images: "
                 f"resize/crop with ADPretrainImageProcessor (or the preset's image_size)"

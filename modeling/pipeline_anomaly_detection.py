@@ -66,8 +66,8 @@ class AnomalyDetectionPipeline(AnomalyFeaturesPipeline):
             image_processor = _detector_processor(model)
         super().__init__(model, image_processor=image_processor, dtype=_resolve_dtype(dtype), **kwargs)
 
-    def _backbone_patch_size(self) -> int:
-        return int(self.model.adpretrain.config.patch_size)
+    def _smallest_stride(self) -> int:
+        return int(self.model.adpretrain.backbone.smallest_stride)
 
     def _sanitize_parameters(self, return_tensors=None, **kwargs):
         unknown = sorted(set(kwargs) - set(_LENIENT_KWARGS))

@@ -59,7 +59,7 @@ def test_residual_ablation_feeds_raw_features():
     "pixels,match",
     [
         (torch.randn(1, 1, 64, 64), "channels"),
-        (torch.randn(1, 3, 60, 60), "divisible by the patch size"),
+        (torch.randn(1, 3, 60, 60), "divisible by the backbone.s smallest stride 8"),
         (torch.randn(1, 3, 48, 48), "64x64"),
         (torch.randn(3, 64, 64), r"\[B, 3, H, W\]"),
     ],
