@@ -390,7 +390,7 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
         model was loaded from a checkpoint that had one (keep what was loaded); False leaves it out.
         """
         from .atomic_io_adpretrain import replace_folder
-        from .hub_adpretrain import is_foreign, save_extras, structure_in_weight_files
+        from .checkpoint_io_adpretrain import is_foreign, save_extras, structure_in_weight_files
 
         if save_references is None:
             save_references = bool(self.bank_from_checkpoint and self._reference_bank is not None)
@@ -411,7 +411,7 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """Load a checkpoint; checks the weights against the config before anything is built."""
-        from .hub_adpretrain import check_checkpoint_matches_config, load_extras
+        from .checkpoint_io_adpretrain import check_checkpoint_matches_config, load_extras
 
         check_checkpoint_matches_config(cls, pretrained_model_name_or_path, kwargs)
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)

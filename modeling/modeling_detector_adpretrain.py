@@ -38,7 +38,7 @@ from .anomaly_map_adpretrain import GAUSSIAN_SIGMA, anomaly_map_from_grids, toke
 from .atomic_io_adpretrain import replace_folder
 from .calibration_adpretrain import normalize_scores
 from .configuration_detector_adpretrain import PACKAGE_METHODS, ADPretrainDetectorConfig
-from .hub_adpretrain import is_foreign, keep_saved_processor
+from .checkpoint_io_adpretrain import is_foreign, keep_saved_processor
 from .image_processing_adpretrain import processor_for
 from .modeling_adpretrain import ADPretrainModel, ADPretrainPreTrainedModel, renamed_field
 from .residual_adpretrain import TRACEABLE_BACKEND

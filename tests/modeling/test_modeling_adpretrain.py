@@ -107,6 +107,8 @@ def test_remote_code_loads_without_the_package(tiny_clip_model, tmp_path):
     x, refs = _images(1), _images(2, seed=1)
     expected = tiny_clip_model(x, reference_pixel_values=refs).anomaly_map
     tiny_clip_model.save_pretrained(tmp_path / "ckpt")
+    bundle = set(os.listdir(tmp_path / "ckpt"))  # the checkpoint plumbing travels under its name
+    assert "checkpoint_io_adpretrain.py" in bundle and "hub_adpretrain.py" not in bundle
     torch.save({"x": x, "refs": refs}, tmp_path / "inputs.pt")
     script = BLOCK_PACKAGE_SNIPPET + textwrap.dedent(
         f"""

@@ -114,9 +114,9 @@ def test_structure_is_recorded_even_when_the_writer_hook_is_unavailable(tiny_cli
 
     from safetensors import safe_open
 
-    from adpretrain_hf.modeling import hub_adpretrain
+    from adpretrain_hf.modeling import checkpoint_io_adpretrain
 
-    monkeypatch.setattr(hub_adpretrain, "structure_in_weight_files", lambda config: contextlib.nullcontext())
+    monkeypatch.setattr(checkpoint_io_adpretrain, "structure_in_weight_files", lambda config: contextlib.nullcontext())
     tiny_clip_model.save_pretrained(tmp_path)
     with safe_open(str(tmp_path / "model.safetensors"), "pt") as handle:
         recorded = json.loads(handle.metadata()["adpretrain_structure"])
