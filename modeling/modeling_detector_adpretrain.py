@@ -54,7 +54,7 @@ from .scoring_adpretrain import (
 )
 from .tasks_adpretrain import ANOMALY_DETECTION_TASK, save_task_pipeline
 
-REFERENCE_BANK_PREFIX = "reference_bank_"  # + model layer index: [M_l, C_l] backbone tokens of the references
+REFERENCE_BANK_PREFIX = "reference_bank_"  # + layer position: [M_l, C_l] backbone tokens of the references
 NET_PREFIX = "net__"  # + state-dict key with "." -> "__": a trained method's network
 PADIM_RESIZE_MODE = "nearest"  # PaDiM's layer concatenation (original embedding_concat)
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64, "int32": torch.int32,
