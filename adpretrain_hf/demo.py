@@ -169,7 +169,7 @@ def _norm_histograms(checkpoint: Path, downstream_root: Path, out: Path) -> None
 
     from .data import load_ad_dataset
     from .diagnostics import patch_norms, plot_norm_histograms
-    from .evaluation.loading import category_rows, preprocess_rows
+    from .evaluation.category_inputs import category_rows, preprocess_rows
     from .extractor import ModelFeatureExtractor
     from .modeling import ADPretrainModel
     from .modeling.image_processing_adpretrain import processor_for

@@ -7,7 +7,7 @@ a normalised score and a predicted mask. This module is that path::
     detector = fit_detector("ckpt", "patchcore", train_images, val_images=normal_val)
     detector.save_pretrained("patchcore-screws")
     out = ADPretrainDetectorModel.from_pretrained("patchcore-screws")(pixel_values)
-    out.labels, out.normalized_scores, out.pred_masks
+    out.label, out.normalized_score, out.pred_masks
 
 Images are PIL images, paths or numpy arrays (through the model's image processor), or an
 already processed ``[N, 3, H, W]`` tensor. Thresholds are fitted on the detector *model's*
@@ -36,6 +36,7 @@ from .modeling.modeling_detector_adpretrain import (
     net_buffer_name,
 )
 from .modeling.pipeline_anomaly_features import load_rgb
+from .renamed_keywords import renamed_keyword
 
 __all__ = ["calibrate", "detector_to_model", "fit_detector", "load_pixel_values", "predict_maps"]
 
@@ -97,8 +98,8 @@ def detector_to_model(detector: Detector, feature_source: Optional[str] = None) 
     reference bank (backbone tokens of the normal references) is stored for the used layers.
     """
     extractor, selected = detector.extractor, None
-    if isinstance(extractor, LayerSelectingExtractor):  # a trained detector's layers= (resolved at fit)
-        extractor, selected = extractor.inner, extractor.layer_indices
+    if isinstance(extractor, LayerSelectingExtractor):  # a trained detector's layer_positions= (resolved at fit)
+        extractor, selected = extractor.inner, extractor.resolved_positions
     if not isinstance(extractor, ModelFeatureExtractor):
         raise TypeError(
             f"to_detector_model needs a detector on a ModelFeatureExtractor (it bundles the model), got {type(extractor).__name__}: "
@@ -109,23 +110,23 @@ def detector_to_model(detector: Detector, feature_source: Optional[str] = None) 
     settings, tensors = detector.export_state()
     model = extractor.model
     if isinstance(detector, FeatureMapDetector):
-        selected = detector.model_layers()
+        selected = detector.used_layer_positions()
     elif selected is None:
-        selected = list(range(len(extractor.layers)))
-    layers = [extractor.layers[i] for i in selected]
+        selected = list(range(len(extractor.layer_positions)))
+    positions = [extractor.layer_positions[i] for i in selected]  # in the model's list of tapped layers
     if detector.name in ("cflow", "glass", "uniad"):
         settings = {"sigma": float(detector.sigma), _TRAINED_STATE_KEY: True, **settings}
         tensors = {net_buffer_name(k): v for k, v in tensors.items()}
     needs_bank = extractor.kind == "pretrained" and (model.config.use_residual or model.config.projector_type == "cross_attn")
     if needs_bank:
         bank = extractor.reference_bank()  # raises, naming the fix, when no references were given
-        tensors.update({f"{REFERENCE_BANK_PREFIX}{layer}": bank.layers[layer] for layer in layers})
+        tensors.update({f"{REFERENCE_BANK_PREFIX}{position}": bank.layers[position] for position in positions})
     source = feature_source or getattr(model, "name_or_path", None) or None
     config = ADPretrainDetectorConfig(
         method=detector.name,
         method_settings=settings,
         feature_kind=extractor.kind,
-        layers=layers,
+        layer_positions=positions,
         feature_source=source,
         adpretrain_config=model.config,
         fitted_shapes={k: list(v.shape) for k, v in tensors.items()},
@@ -200,7 +201,7 @@ def fit_detector(
     train_images: Images,
     *,
     features: str = "pretrained",
-    layers: Optional[Sequence[int]] = None,
+    layer_positions: Optional[Sequence[int]] = None,
     references: Optional[Images] = None,
     val_images: Optional[Images] = None,
     val_labels: Optional[Sequence[int]] = None,
@@ -211,6 +212,7 @@ def fit_detector(
     device: Optional[Union[str, torch.device]] = None,
     batch_size: int = 32,
     progress: bool = True,
+    layers: Optional[Sequence[int]] = None,
 ) -> ADPretrainDetectorModel:
     """Fit ``method`` on normal ``train_images`` and return a deployable detector model.
 
@@ -218,7 +220,8 @@ def fit_detector(
         model: an ``ADPretrainModel`` or its checkpoint folder / Hub id (recorded as the feature source).
         method: ``"featurenorm" | "patchcore" | "padim" | "cflow" | "glass" | "uniad"``.
         features: ``"pretrained"`` (ADPretrain, "w/") or ``"backbone"`` ("w/o").
-        layers: indices into the model's tapped layers (None: the method's default).
+        layer_positions: 0-based positions in the model's list of tapped layers (None: the method's
+            default); ``layers=`` is its deprecated old name.
         references: normal reference images for the residuals (default: the first 8 training images);
             they become the extractor's reference bank and are stored in the folder. A training image
             that is also a reference is matched against the other references only (leave-one-out).
@@ -227,6 +230,7 @@ def fit_detector(
             (``quantile=1.0, margin=0.1``: "max + 10 %"); the pixel threshold uses ``quantile`` alone.
         method_kwargs: extra detector options (e.g. ``{"coreset_ratio": 0.1}``, ``{"quick": True}``).
     """
+    layer_positions = renamed_keyword(layer_positions, layers, "fit_detector")
     model, source = _resolve_model(model, device)
     processor = processor_for(model)  # saved with the checkpoint, else the config's; the detector saves it
     train = load_pixel_values(train_images, processor, "train_images")
@@ -235,8 +239,8 @@ def fit_detector(
         refs = train[:DEFAULT_REFERENCE_SHOTS] if references is None else load_pixel_values(references, processor, "references")
         extractor.set_references(refs)
     kwargs = dict(method_kwargs or {})
-    if layers is not None:
-        kwargs["layers"] = list(layers)
+    if layer_positions is not None:
+        kwargs["layer_positions"] = list(layer_positions)
     detector = build_detector(method, extractor, batch_size=batch_size, progress=progress, **kwargs)
     detector.fit(train)
     detector_model = detector_to_model(detector, feature_source=source)

@@ -37,19 +37,19 @@ __all__ = ["EXPORTABLE_METHODS", "check_onnx", "export_onnx"]
 EXPORTABLE_METHODS = ("featurenorm", "patchcore")
 DEFAULT_OPSET = 17
 INPUT_NAME = "pixel_values"
-OUTPUT_NAMES = ("anomaly_map", "scores")
+OUTPUT_NAMES = ("anomaly_map", "score")  # the detector output's field names: [B, H, W], [B]
 
 
 class _ScoringGraph(nn.Module):
-    """The traced module: ``pixel_values`` -> ``(anomaly_map, scores)`` in float32."""
+    """The traced module: ``pixel_values`` -> ``(anomaly_map [B, H, W], score [B])`` in float32."""
 
     def __init__(self, detector_model: ADPretrainDetectorModel) -> None:
         super().__init__()
         self.detector_model = detector_model
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        maps, scores = self.detector_model.score(pixel_values)
-        return maps.float(), scores.float()
+        maps, score = self.detector_model.score(pixel_values)
+        return maps.float(), score.float()
 
 
 def _check_exportable(detector_model: ADPretrainDetectorModel) -> None:
@@ -119,14 +119,14 @@ def check_onnx(
 ) -> dict[str, float]:
     """Run the exported graph (onnxruntime, CPU) and the torch path on the same pixels.
 
-    Returns ``{"anomaly_map": max |diff|, "scores": max |diff|, "map_scale": max |map|}``.
+    Returns ``{"anomaly_map": max |diff|, "score": max |diff|, "map_scale": max |map|}``.
     """
     _check_exportable(detector_model)
-    maps, scores = detector_model.score(pixel_values.to(detector_model.device))
+    maps, score = detector_model.score(pixel_values.to(detector_model.device))
     session = onnx_session(path)
-    onnx_maps, onnx_scores = session.run(list(OUTPUT_NAMES), {INPUT_NAME: pixel_values.float().cpu().numpy()})
+    onnx_maps, onnx_score = session.run(list(OUTPUT_NAMES), {INPUT_NAME: pixel_values.float().cpu().numpy()})
     return {
         "anomaly_map": float(np.abs(onnx_maps - maps.float().cpu().numpy()).max()),
-        "scores": float(np.abs(onnx_scores - scores.float().cpu().numpy()).max()),
+        "score": float(np.abs(onnx_score - score.float().cpu().numpy()).max()),
         "map_scale": float(maps.abs().max()),
     }

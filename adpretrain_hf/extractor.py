@@ -22,6 +22,7 @@ from .modeling.anomaly_map_adpretrain import tokens_to_grid
 from .modeling.configuration_adpretrain import FEATURE_KINDS
 from .modeling.content_keys_adpretrain import combine_keys, pixel_hash
 from .modeling.modeling_adpretrain import ADPretrainModel
+from .renamed_keywords import renamed_keyword
 
 REFERENCE_KINDS = ("residual", "pretrained")  # kinds whose features depend on the references
 REFERENCE_BATCH_SIZE = 32
@@ -158,7 +159,9 @@ class ModelFeatureExtractor:
     Args:
         model: an :class:`ADPretrainModel`.
         features: ``"backbone"``, ``"residual"`` or ``"pretrained"``.
-        layers: indices into the model's tapped layers to return (default: all).
+        layer_positions: 0-based positions in the model's list of tapped layers to return
+            (default: all), e.g. ``[0, 2]`` for the 1st and 3rd of ``config.layers``;
+            ``layers=`` is its deprecated old name.
         device, dtype: where and in which precision the model runs (bf16 on a GPU is fine;
             outputs are always float32).
         references: the normal reference bank (residual/pretrained kinds); ``None`` falls back
@@ -170,11 +173,13 @@ class ModelFeatureExtractor:
         self,
         model: ADPretrainModel,
         features: str = "pretrained",
-        layers: Optional[Sequence[int]] = None,
+        layer_positions: Optional[Sequence[int]] = None,
         device: Optional[torch.device | str] = None,
         dtype: Optional[torch.dtype] = None,
         references: Optional[ReferenceBank] = None,
         source: Optional[FeatureSource] = None,
+        *,
+        layers: Optional[Sequence[int]] = None,
     ) -> None:
         if features not in FEATURE_KINDS:
             raise ValueError(f"features={features!r} is not supported: choose one of {FEATURE_KINDS}")
@@ -182,11 +187,15 @@ class ModelFeatureExtractor:
         if device is not None or dtype is not None:
             self.model.to(device=device, dtype=dtype)
         self.kind = features
+        layer_positions = renamed_keyword(layer_positions, layers, "ModelFeatureExtractor")
         num_layers = len(model.config.layers)
-        self.layers = list(range(num_layers)) if layers is None else list(layers)
-        bad = [i for i in self.layers if not 0 <= i < num_layers]
+        self.layer_positions = list(range(num_layers)) if layer_positions is None else list(layer_positions)
+        bad = [i for i in self.layer_positions if not 0 <= i < num_layers]
         if bad:
-            raise ValueError(f"layer indices {bad} are out of range: the model taps {num_layers} layers (0..{num_layers - 1})")
+            raise ValueError(
+                f"layer positions {bad} are out of range: the model taps {num_layers} layers (positions 0..{num_layers - 1}); "
+                "pass 0-based positions, not block numbers"
+            )
         size = model.config.image_size
         self.image_size = (size, size)
         self.references = references
@@ -210,8 +219,8 @@ class ModelFeatureExtractor:
             self.references = ReferenceBank.from_pixels(self.model, reference_pixel_values)
 
     def with_references(self, references: Optional[ReferenceBank]) -> "ModelFeatureExtractor":
-        """The same extractor (model, kind, layers, cache) with another reference bank."""
-        return ModelFeatureExtractor(self.model, self.kind, self.layers, references=references, source=self.source)
+        """The same extractor (model, kind, layer positions, cache) with another reference bank."""
+        return ModelFeatureExtractor(self.model, self.kind, self.layer_positions, references=references, source=self.source)
 
     def reference_bank(self) -> Optional[ReferenceBank]:
         """The bank residual/pretrained features are computed against (``None`` when none is needed)."""
@@ -243,7 +252,7 @@ class ModelFeatureExtractor:
                         tokens[i] = layer.new_empty((pixel_values.shape[0], *layer.shape[1:]))
                     tokens[i][rows.to(layer.device)] = layer
         grids = self.model.grid_sizes
-        return [tokens_to_grid(tokens[i].float(), grids[i]) for i in self.layers]
+        return [tokens_to_grid(tokens[i].float(), grids[i]) for i in self.layer_positions]
 
     def _tokens(self, pixel_values: torch.Tensor, bank: Optional[ReferenceBank]) -> TokenLayers:
         """Per layer ``[B, N_l, C_l]`` of this extractor's kind against ``bank``."""

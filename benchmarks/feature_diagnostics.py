@@ -165,7 +165,7 @@ def layer_stats(train: torch.Tensor, test: torch.Tensor, targets: torch.Tensor, 
 
 
 def diagnose_category(model: Any, data: Any, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """All layers and kinds of one prepared category (``evaluation.loading.CategoryData``)."""
+    """All layers and kinds of one prepared category (``evaluation.category_inputs.CategoryData``)."""
     pool = data.pool_pixel_values
     references = pool[: args.shots]
     train_images = pool
@@ -262,7 +262,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     from adpretrain_hf.evaluation import EvaluationConfig
-    from adpretrain_hf.evaluation.loading import load_splits, prepare_category
+    from adpretrain_hf.evaluation.category_inputs import load_splits, prepare_category
     from adpretrain_hf.modeling.image_processing_adpretrain import processor_for
 
     args = parse_args(argv)

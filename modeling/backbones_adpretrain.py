@@ -45,9 +45,15 @@ def square_patch_grids(image_size: int, patch_size: int, num_layers: int) -> lis
 
 
 class BackboneAdapter(nn.Module):
-    """Base class: freezing, layer checks and the shared interface."""
+    """Base class: freezing, layer checks and the shared interface.
+
+    Every adapter sets ``smallest_stride``: the pixels per token of its finest tapped grid (a
+    ViT's patch size; a CNN's smallest tapped reduction). Input sides should be multiples of it,
+    and an image smaller than it carries no token to score.
+    """
 
     family = "base"
+    smallest_stride: int
 
     def __init__(self, config) -> None:
         super().__init__()
@@ -113,6 +119,7 @@ class _HFViTAdapter(BackboneAdapter):
             )
         self.model = self.model_class(CONFIG_MAPPING[model_type](**backbone_config))
         self.patch_size = self.model.config.patch_size
+        self.smallest_stride = int(self.patch_size)  # one token grid: the patch is the stride
         self.check_layers()
         self.freeze()
 
@@ -164,6 +171,7 @@ class OpenCLIPAdapter(BackboneAdapter):
         embed_dim = vision_cfg.pop("embed_dim", 512)
         self.model = _build_vision_tower(embed_dim, vision_cfg)
         self.patch_size = int(vision_cfg["patch_size"])
+        self.smallest_stride = self.patch_size  # one token grid: the patch is the stride
         self._num_blocks = int(vision_cfg["layers"])
         self._width = int(vision_cfg["width"])
         self.check_layers()
@@ -231,7 +239,7 @@ class TimmCNNAdapter(BackboneAdapter):
             self.model_name, pretrained=False, features_only=True, out_indices=tuple(layer - 1 for layer in self.layers), **kwargs
         )
         self._dims = list(self.model.feature_info.channels())
-        self.patch_size = min(self.model.feature_info.reduction())
+        self.smallest_stride = int(min(self.model.feature_info.reduction()))  # the finest tapped stage; no patches
         self._grids: dict[int, list[tuple[int, int]]] = {}
         self.channels_last = True  # input memory format only; weights stay contiguous for safetensors
         self.freeze()

@@ -119,7 +119,8 @@ class ADPretrainConfig(PretrainedConfig):
             [6,12,18,24] for 24, [8,16,24,32] for ImageBind).
         feature_dims: channel width of each tapped layer (filled from the backbone).
         image_size: side of the square input (paper: 224).
-        patch_size: backbone patch size / stride of a tapped layer's grid.
+        patch_size: backbone patch size / stride of a tapped layer's grid (recorded for the
+            weights structure; inputs are checked against the adapter's ``smallest_stride``).
         image_mean, image_std: normalisation statistics (CLIP for CLIP/ImageBind, ImageNet for DINOv2).
         projector_type: ``"lkv"`` (learnable key/value attention, the paper) or the Table 2(b)
             ablations ``"linear"``, ``"mlp"``, ``"self_attn"``, ``"cross_attn"``.

@@ -2,7 +2,7 @@
 
 A fitted detector is an ADPretrain model (its feature source) plus the method's fitted
 tensors plus a calibration. This config records the method and its settings, which features
-it was fitted on (``feature_kind``, ``layers``, ``feature_source`` for provenance), the nested
+it was fitted on (``feature_kind``, ``layer_positions``, ``feature_source`` for provenance), the nested
 ADPretrain config (so the folder rebuilds the model without the original checkpoint), the
 shapes of the fitted tensors (so ``from_pretrained`` can allocate them before loading), and
 the calibration (thresholds and the score range of the validation images).
@@ -26,6 +26,8 @@ SELF_CONTAINED_METHODS = ("featurenorm", "patchcore", "padim")
 #: methods that need adpretrain_hf installed to load (their networks live in the package)
 PACKAGE_METHODS = ("cflow", "glass", "uniad")
 METHODS = SELF_CONTAINED_METHODS + PACKAGE_METHODS
+#: the key ``layer_positions`` was saved under before issue 14 (read when loading old folders)
+OLD_LAYER_POSITIONS_KEY = "layers"
 _DROPPED_NESTED_KEYS = ("auto_map", "architectures", "transformers_version", "custom_pipelines", "_name_or_path")
 
 
@@ -38,7 +40,9 @@ class ADPretrainDetectorConfig(PretrainedConfig):
             ``num_neighbors``; ``sigma`` of the map smoothing; a trained method's config).
         feature_kind: ``"pretrained"`` (ADPretrain features, the paper's "w/") or
             ``"backbone"`` (the frozen backbone's own, "w/o").
-        layers: indices into the ADPretrain model's tapped layers the detector uses.
+        layer_positions: 0-based positions in the ADPretrain model's list of tapped layers the
+            detector uses (``None``: all). Folders saved before this name existed hold it as
+            ``layers``; that key is read as ``layer_positions``.
         feature_source: the ADPretrain checkpoint path or Hub id it was fitted with (provenance only).
         adpretrain_config: the nested ADPretrain model config (dict or ``ADPretrainConfig``).
         fitted_shapes: name -> shape of every fitted tensor (memory bank, means, reference bank...).
@@ -55,7 +59,7 @@ class ADPretrainDetectorConfig(PretrainedConfig):
         method: str = "featurenorm",
         method_settings: Optional[dict] = None,
         feature_kind: str = "pretrained",
-        layers: Optional[Sequence[int]] = None,
+        layer_positions: Optional[Sequence[int]] = None,
         feature_source: Optional[str] = None,
         adpretrain_config: Any = None,
         fitted_shapes: Optional[dict] = None,
@@ -73,7 +77,10 @@ class ADPretrainDetectorConfig(PretrainedConfig):
         self.method = str(method).lower()
         self.method_settings = dict(method_settings or {})
         self.feature_kind = feature_kind
-        self.layers = None if layers is None else [int(i) for i in layers]
+        saved_before_rename = kwargs.pop(OLD_LAYER_POSITIONS_KEY, None)
+        if layer_positions is None:
+            layer_positions = saved_before_rename
+        self.layer_positions = None if layer_positions is None else [int(i) for i in layer_positions]
         self.feature_source = None if feature_source is None else str(feature_source)
         self.fitted_shapes = {str(k): [int(d) for d in v] for k, v in (fitted_shapes or {}).items()}
         self.fitted_dtypes = {str(k): str(v) for k, v in (fitted_dtypes or {}).items()}

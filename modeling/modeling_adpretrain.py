@@ -7,7 +7,7 @@ Shapes (B images, L tapped layers, N_l = h_l * w_l tokens, C_l channels):
     residuals               L x [B, N_l, C_l]   x - nearest normal reference token
     features                L x [B, N_l, C_l]   projected residuals (ADPretrain features)
     anomaly_map             [B, H, W]           FeatureNorm: mean of upsampled norm maps, Gaussian sigma 4
-    scores                  [B]                 max of the anomaly map
+    score                   [B]                 max of the anomaly map (one per image)
 
 The public steps ``backbone_features``, ``residuals``, ``project`` and ``anomaly_map`` are the
 only way the package runs the model (training, extractors, caches, the detector folder);
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -46,6 +47,24 @@ REFERENCE_BATCH_SIZE = 32
 LINEAR_INIT_NEGATIVE_SLOPE = 5  # nn.Linear's kaiming_uniform_(a=sqrt(5)): weights U(+-1/sqrt(fan_in))
 
 
+def renamed_field(new: str, old: str) -> property:
+    """A read-only property ``old`` that warns (``FutureWarning``) and returns field ``new``.
+
+    Output fields were renamed to the pipelines' per-image names (issue 14: ``scores`` ->
+    ``score``); the old attribute keeps working for one release.
+    """
+
+    def getter(self: ModelOutput) -> Optional[torch.Tensor]:
+        warnings.warn(
+            f"{type(self).__name__}.{old} is deprecated and will be removed in the next release: use .{new} (same tensor)",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return getattr(self, new)
+
+    return property(getter, doc=f"Deprecated: the old name of ``{new}``.")
+
+
 @dataclass
 class ADPretrainOutput(ModelOutput):
     """Outputs of :class:`ADPretrainModel` (see the module docstring for shapes)."""
@@ -54,8 +73,10 @@ class ADPretrainOutput(ModelOutput):
     residuals: Optional[tuple] = None
     backbone_features: Optional[tuple] = None
     anomaly_map: Optional[torch.Tensor] = None
-    scores: Optional[torch.Tensor] = None
+    score: Optional[torch.Tensor] = None
     grid_sizes: Optional[tuple] = None
+
+    scores = renamed_field("score", "scores")
 
 
 class ADPretrainPreTrainedModel(PreTrainedModel):
@@ -160,8 +181,8 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
         height, width = pixel_values.shape[-2:]
         size = self.config.image_size
         if (height, width) != (size, size):
-            stride = self.backbone.patch_size
-            hint = f" (and not divisible by the patch size {stride})" if height % stride or width % stride else ""
+            stride = self.backbone.smallest_stride
+            hint = f" (and not divisible by the backbone's smallest stride {stride})" if height % stride or width % stride else ""
             raise ValueError(
                 f"{name} is {height}x{width}{hint}, but this model takes {size}x{size} images: "
                 f"resize/crop with ADPretrainImageProcessor (or the preset's image_size)"
@@ -228,23 +249,26 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
         self,
         residuals: Sequence[torch.Tensor],
         reference_features: Optional[Sequence[torch.Tensor]] = None,
-        layers: Optional[Sequence[int]] = None,
+        layer_positions: Optional[Sequence[int]] = None,
     ) -> list[torch.Tensor]:
         """Each layer's Feature Projector: per layer ``[B, N_l, C_l]`` -> ``[B, N_l, C_l]`` (with gradient).
 
-        ``layers``: the tapped-layer indices ``residuals`` holds (default: all, in order);
+        ``layer_positions``: the 0-based positions in the list of tapped layers that ``residuals``
+        holds (default: all, in order; not block numbers, which are ``config.layers``);
         ``reference_features`` feeds the ``cross_attn`` ablation only.
         """
-        layers = list(range(len(self.projectors))) if layers is None else list(layers)
-        if len(layers) != len(residuals):
-            raise ValueError(f"{len(residuals)} residual layers given for tapped layers {layers}: pass one per layer")
+        positions = list(range(len(self.projectors))) if layer_positions is None else list(layer_positions)
+        if len(positions) != len(residuals):
+            raise ValueError(
+                f"{len(residuals)} residual layers given for layer positions {positions}: pass one per position"
+            )
         features = []
-        for position, (layer, residual) in enumerate(zip(layers, residuals)):
-            projector, context = self.projectors[layer], None
+        for entry, (position, residual) in enumerate(zip(positions, residuals)):
+            projector, context = self.projectors[position], None
             if projector.kind == "cross_attn":
                 if reference_features is None:
                     raise ValueError("the cross_attn projector needs normal references: pass reference_features")
-                context = reference_residuals(reference_features[position], self.config.num_learnable_references).to(residual.dtype)
+                context = reference_residuals(reference_features[entry], self.config.num_learnable_references).to(residual.dtype)
             features.append(projector(residual, context))
         return features
 
@@ -333,15 +357,15 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
             bank = self._resolve_bank(reference_pixel_values, reference_features)
         residuals = self.residuals(backbone_features, bank)
         features = self.project(residuals, bank)
-        anomaly_map = scores = None
+        anomaly_map = score = None
         if output_anomaly_map:
-            anomaly_map, scores = self.anomaly_map(features, tuple(pixel_values.shape[-2:]))
+            anomaly_map, score = self.anomaly_map(features, tuple(pixel_values.shape[-2:]))
         output = ADPretrainOutput(
             features=tuple(features),
             residuals=tuple(residuals),
             backbone_features=tuple(backbone_features),
             anomaly_map=anomaly_map,
-            scores=scores,
+            score=score,
             grid_sizes=tuple(self.grid_sizes),
         )
         return output if return_dict else output.to_tuple()
@@ -366,7 +390,7 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
         model was loaded from a checkpoint that had one (keep what was loaded); False leaves it out.
         """
         from .atomic_io_adpretrain import replace_folder
-        from .hub_adpretrain import is_foreign, save_extras, structure_in_weight_files
+        from .checkpoint_io_adpretrain import is_foreign, save_extras, structure_in_weight_files
 
         if save_references is None:
             save_references = bool(self.bank_from_checkpoint and self._reference_bank is not None)
@@ -387,7 +411,7 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """Load a checkpoint; checks the weights against the config before anything is built."""
-        from .hub_adpretrain import check_checkpoint_matches_config, load_extras
+        from .checkpoint_io_adpretrain import check_checkpoint_matches_config, load_extras
 
         check_checkpoint_matches_config(cls, pretrained_model_name_or_path, kwargs)
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)

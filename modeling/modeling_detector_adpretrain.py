@@ -9,9 +9,9 @@ Shapes (B images, H x W the processor's size)::
 
     pixel_values       [B, 3, H, W]   processor-normalised
     anomaly_map        [B, H, W]      float32
-    scores             [B]            raw image scores
-    normalized_scores  [B]            in [0, 1], threshold at 0.5   (None until calibrated)
-    labels             [B]            bool, score >= image_threshold (None until calibrated)
+    score              [B]            raw image score, one per image
+    normalized_score   [B]            in [0, 1], threshold at 0.5   (None until calibrated)
+    label              [B]            bool, score >= image_threshold (None until calibrated)
     pred_masks         [B, H, W]      bool, map >= pixel_threshold   (None until calibrated)
 
 FeatureNorm, PatchCore and PaDiM score with this folder's code only (remote code works
@@ -38,9 +38,9 @@ from .anomaly_map_adpretrain import GAUSSIAN_SIGMA, anomaly_map_from_grids, toke
 from .atomic_io_adpretrain import replace_folder
 from .calibration_adpretrain import normalize_scores
 from .configuration_detector_adpretrain import PACKAGE_METHODS, ADPretrainDetectorConfig
-from .hub_adpretrain import is_foreign, keep_saved_processor
+from .checkpoint_io_adpretrain import is_foreign, keep_saved_processor
 from .image_processing_adpretrain import processor_for
-from .modeling_adpretrain import ADPretrainModel, ADPretrainPreTrainedModel
+from .modeling_adpretrain import ADPretrainModel, ADPretrainPreTrainedModel, renamed_field
 from .residual_adpretrain import TRACEABLE_BACKEND
 from .scoring_adpretrain import (
     PATCHCORE_DIM,
@@ -54,7 +54,7 @@ from .scoring_adpretrain import (
 )
 from .tasks_adpretrain import ANOMALY_DETECTION_TASK, save_task_pipeline
 
-REFERENCE_BANK_PREFIX = "reference_bank_"  # + model layer index: [M_l, C_l] backbone tokens of the references
+REFERENCE_BANK_PREFIX = "reference_bank_"  # + layer position: [M_l, C_l] backbone tokens of the references
 NET_PREFIX = "net__"  # + state-dict key with "." -> "__": a trained method's network
 PADIM_RESIZE_MODE = "nearest"  # PaDiM's layer concatenation (original embedding_concat)
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64, "int32": torch.int32,
@@ -66,10 +66,14 @@ class AnomalyDetectionOutput(ModelOutput):
     """Outputs of :class:`ADPretrainDetectorModel` (see the module docstring for shapes)."""
 
     anomaly_map: Optional[torch.Tensor] = None
-    scores: Optional[torch.Tensor] = None
-    normalized_scores: Optional[torch.Tensor] = None
-    labels: Optional[torch.Tensor] = None
+    score: Optional[torch.Tensor] = None
+    normalized_score: Optional[torch.Tensor] = None
+    label: Optional[torch.Tensor] = None
     pred_masks: Optional[torch.Tensor] = None
+
+    scores = renamed_field("score", "scores")
+    normalized_scores = renamed_field("normalized_score", "normalized_scores")
+    labels = renamed_field("label", "labels")
 
 
 def net_buffer_name(key: str) -> str:
@@ -140,8 +144,10 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
         return size, size
 
     @property
-    def layers(self) -> list[int]:
-        return list(self.config.layers if self.config.layers is not None else range(len(self.adpretrain.config.layers)))
+    def layer_positions(self) -> list[int]:
+        """0-based positions in the feature model's list of tapped layers that the detector uses."""
+        positions = self.config.layer_positions
+        return list(positions if positions is not None else range(len(self.adpretrain.config.layers)))
 
     def extract_features(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """``pixel_values [B, 3, H, W]`` -> the used layers' maps ``[B, C_l, h_l, w_l]`` (float32).
@@ -152,26 +158,28 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
         """
         model = self.adpretrain
         tokens = model.backbone_features(pixel_values)  # checks the pixels, casts to the model's dtype
-        layers = self.layers
-        features = [tokens[layer] for layer in layers]  # [B, N_l, C_l] each
+        positions = self.layer_positions
+        features = [tokens[position] for position in positions]  # [B, N_l, C_l] each
         if self.config.feature_kind == "pretrained":
-            banks = [self.fitted.get(f"{REFERENCE_BANK_PREFIX}{layer}") for layer in layers]
+            banks = [self.fitted.get(f"{REFERENCE_BANK_PREFIX}{position}") for position in positions]
             if model.config.use_residual or model.config.projector_type == "cross_attn":
-                missing = [layer for layer, bank in zip(layers, banks) if bank is None]
+                missing = [position for position, bank in zip(positions, banks) if bank is None]
                 if missing:
-                    raise ValueError(f"the folder holds no reference bank for layer {missing[0]}: refit with fit_detector(...)")
+                    raise ValueError(
+                        f"the folder holds no reference bank for layer position {missing[0]}: refit with fit_detector(...)"
+                    )
             reference_features = None if any(bank is None for bank in banks) else banks
             residuals = model.residuals(features, reference_features, backend=TRACEABLE_BACKEND)
-            features = model.project(residuals, reference_features, layers=layers)
+            features = model.project(residuals, reference_features, layer_positions=positions)
         grids = model.grid_sizes
-        return [tokens_to_grid(x.float(), grids[layer]) for x, layer in zip(features, layers)]
+        return [tokens_to_grid(x.float(), grids[position]) for x, position in zip(features, positions)]
 
     # -- scoring -------------------------------------------------------------------------
     def _setting(self, name: str, default: Any) -> Any:
         return self.config.method_settings.get(name, default)
 
     def score(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw ``(anomaly_map [B, H, W], scores [B])`` of the fitted method."""
+        """Raw ``(anomaly_map [B, H, W], score [B])`` of the fitted method."""
         features = self.extract_features(pixel_values)
         size = tuple(pixel_values.shape[-2:])
         sigma = float(self._setting("sigma", GAUSSIAN_SIGMA))
@@ -233,8 +241,10 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
             state = {net_state_key(k): v for k, v in self.fitted.named_buffers() if k.startswith(NET_PREFIX)}
             cls = detectors.DETECTORS[self.config.method]
             extractor = _DetectorModelExtractor(self)  # already returns exactly the used layers
-            layers = list(range(len(self.layers))) if hasattr(cls, "default_last_layers") else None
-            self._trained_detector = cls.from_state(extractor, dict(self.config.method_settings), state, layers=layers)
+            positions = list(range(len(self.layer_positions))) if hasattr(cls, "default_last_positions") else None
+            self._trained_detector = cls.from_state(
+                extractor, dict(self.config.method_settings), state, layer_positions=positions
+            )
         return self._trained_detector
 
     # -- forward -------------------------------------------------------------------------
@@ -242,17 +252,17 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
     def forward(self, pixel_values: torch.Tensor, return_dict: bool = True) -> Union[AnomalyDetectionOutput, tuple]:
         """Score ``pixel_values [B, 3, H, W]``; calibrated fields are None until :func:`calibrate`."""
         device = next(self.adpretrain.parameters()).device
-        anomaly_map, scores = self.score(pixel_values.to(device))
+        anomaly_map, score = self.score(pixel_values.to(device))
         config = self.config
-        normalized = labels = masks = None
+        normalized = label = masks = None
         if config.image_threshold is not None:
-            labels = scores >= config.image_threshold
+            label = score >= config.image_threshold
             low = config.score_min if config.score_min is not None else config.image_threshold
             high = config.score_max if config.score_max is not None else config.image_threshold
-            normalized = normalize_scores(scores, config.image_threshold, low, high)
+            normalized = normalize_scores(score, config.image_threshold, low, high)
         if config.pixel_threshold is not None:
             masks = anomaly_map >= config.pixel_threshold
-        output = AnomalyDetectionOutput(anomaly_map, scores, normalized, labels, masks)
+        output = AnomalyDetectionOutput(anomaly_map, score, normalized, label, masks)
         return output if return_dict else output.to_tuple()
 
     # -- persistence ---------------------------------------------------------------------

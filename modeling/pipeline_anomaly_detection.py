@@ -31,8 +31,8 @@ from .image_processing_adpretrain import ADPretrainImageProcessor, processor_for
 from .pipeline_anomaly_features import _LENIENT_KWARGS, AnomalyFeaturesPipeline, map_to_image
 
 OUTPUTS = ("score", "normalized_score", "label", "anomaly_map", "pred_mask")
-# model output field -> flat batch key (only fields the model filled are batched)
-_BATCHED_FIELDS = {"anomaly_map": "anomaly_map", "scores": "score", "normalized_scores": "normalized_score", "labels": "label"}
+# model output fields batched as they are named (only those the model filled)
+_BATCHED_FIELDS = ("anomaly_map", "score", "normalized_score", "label")
 
 
 def _detector_processor(model: Any) -> ADPretrainImageProcessor:
@@ -66,8 +66,8 @@ class AnomalyDetectionPipeline(AnomalyFeaturesPipeline):
             image_processor = _detector_processor(model)
         super().__init__(model, image_processor=image_processor, dtype=_resolve_dtype(dtype), **kwargs)
 
-    def _backbone_patch_size(self) -> int:
-        return int(self.model.adpretrain.config.patch_size)
+    def _smallest_stride(self) -> int:
+        return int(self.model.adpretrain.backbone.smallest_stride)
 
     def _sanitize_parameters(self, return_tensors=None, **kwargs):
         unknown = sorted(set(kwargs) - set(_LENIENT_KWARGS))
@@ -87,10 +87,10 @@ class AnomalyDetectionPipeline(AnomalyFeaturesPipeline):
         """Batched detector call -> a flat dict of ``[B, ...]`` tensors (what the un-batcher splits)."""
         result = self.model(model_inputs["pixel_values"].to(self.model.dtype))
         flat = {"original_size": model_inputs["original_size"]}
-        for field, key in _BATCHED_FIELDS.items():
+        for field in _BATCHED_FIELDS:
             value = getattr(result, field)
             if value is not None:
-                flat[key] = value.float() if value.is_floating_point() else value
+                flat[field] = value.float() if value.is_floating_point() else value
         return flat
 
     def postprocess(self, model_outputs: dict[str, torch.Tensor], return_tensors: str = "pt") -> dict[str, Any]:

@@ -222,17 +222,19 @@ class AnomalyFeaturesPipeline(Pipeline):
             self._stored_bank = (stored, [bank.to(self.device, dtype) for bank in stored])
         return self._stored_bank[1]
 
-    def _backbone_patch_size(self) -> int:
-        """The backbone's patch (smallest stride) in pixels; pipelines over wrapped models override it."""
-        return int(self.model.config.patch_size)
+    def _smallest_stride(self) -> int:
+        """The backbone adapter's smallest stride in pixels (a ViT's patch, a CNN's finest tapped
+        reduction); pipelines over wrapped models override it."""
+        return int(self.model.backbone.smallest_stride)
 
     def _read(self, image: ImageLike, what: str) -> Image.Image:
-        """The shared reader, plus: an image smaller than one backbone patch carries nothing to score."""
+        """The shared reader, plus: an image smaller than the backbone's smallest stride carries nothing to score."""
         rgb = load_rgb(image, what)
-        smallest = self._backbone_patch_size()
+        smallest = self._smallest_stride()
         if min(rgb.width, rgb.height) < smallest:
             raise ValueError(
-                f"{what} is {rgb.width}x{rgb.height} pixels, smaller than one backbone patch ({smallest}x{smallest}): "
+                f"{what} is {rgb.width}x{rgb.height} pixels, smaller than one token of the backbone "
+                f"(its smallest stride: {smallest}x{smallest}): "
                 "upsampling it would score made-up content; pass the full-resolution image"
             )
         return rgb
@@ -262,7 +264,7 @@ class AnomalyFeaturesPipeline(Pipeline):
                     block = self.model.config.layers[pos]
                     flat[f"{name}.{block}"] = tokens[pos].reshape(tokens[pos].shape[0], h, w, -1)
         if need_map:
-            flat["anomaly_map"], flat["score"] = result.anomaly_map, result.scores
+            flat["anomaly_map"], flat["score"] = result.anomaly_map, result.score
         return flat
 
     def postprocess(self, model_outputs, outputs=DEFAULT_OUTPUTS, return_tensors="pt") -> dict[str, Any]:

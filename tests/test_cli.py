@@ -88,7 +88,7 @@ def test_card_results_come_from_the_evaluation_json(tiny_clip_model, tmp_path):
 
 
 def test_results_of_several_runs_are_merged(tmp_path):
-    from adpretrain_hf.hub import load_results
+    from adpretrain_hf.hub_publishing import load_results
 
     scores = dict.fromkeys(METRICS, 0.5)
     (tmp_path / "a.json").write_text(json.dumps({"results": {"mean": {"patchcore": {"backbone": scores}}}}))

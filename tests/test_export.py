@@ -22,19 +22,19 @@ def test_onnx_matches_torch_with_a_dynamic_batch(tiny_clip_model, method, kwargs
     graph = onnx.load(str(path))
     onnx.checker.check_model(graph)
     assert [i.name for i in graph.graph.input] == ["pixel_values"]
-    assert [o.name for o in graph.graph.output] == ["anomaly_map", "scores"]
+    assert [o.name for o in graph.graph.output] == ["anomaly_map", "score"]
     if method == "patchcore":  # the memory bank is baked in as an initialiser
         bank = model.fitted.memory_bank.numpy()
         assert any(np.array_equal(onnx.numpy_helper.to_array(t), bank) for t in graph.graph.initializer)
     for batch in (1, 3):  # exported with batch 2: the batch axis is dynamic
         diffs = check_onnx(model, path, _images(batch, 64, batch))
-        assert diffs["anomaly_map"] <= MAX_ABS_DIFF * max(1.0, diffs["map_scale"]) and diffs["scores"] <= MAX_ABS_DIFF * max(1.0, diffs["map_scale"])
+        assert diffs["anomaly_map"] <= MAX_ABS_DIFF * max(1.0, diffs["map_scale"]) and diffs["score"] <= MAX_ABS_DIFF * max(1.0, diffs["map_scale"])
     # Independent of check_onnx: run the session by hand against the detector model's forward.
     test = _images(2, 64, 9)
     onnx_map, onnx_scores = onnx_session(path).run(None, {"pixel_values": test.numpy()})
     out = model(test)
     assert onnx_map.shape == (2, 64, 64) and onnx_scores.shape == (2,)
-    assert np.allclose(onnx_map, out.anomaly_map.numpy(), atol=1e-4) and np.allclose(onnx_scores, out.scores.numpy(), atol=1e-4)
+    assert np.allclose(onnx_map, out.anomaly_map.numpy(), atol=1e-4) and np.allclose(onnx_scores, out.score.numpy(), atol=1e-4)
 
 
 def test_fixed_batch_and_unsupported_methods(tiny_clip_model, tmp_path):

@@ -1,5 +1,6 @@
 """Reference images are never matched against themselves (leave-one-out), in the extractor and the runner."""
 
+import pytest
 import torch
 
 from adpretrain_hf.extractor import ModelFeatureExtractor, ReferenceBank, leave_one_out_groups, pixel_hash
@@ -60,3 +61,21 @@ def test_the_runners_shared_bank_knows_its_members(tiny_clip_model):
     groups = leave_one_out_groups(torch.cat([references[1:2], _images(1, seed=5)]), bank)
     assert [rows.tolist() for rows, _ in groups] == [[1], [0]]
     assert groups[1][1].members == (bank.members[0], bank.members[2])
+
+
+def test_layer_positions_pick_from_the_tapped_layers_and_layers_is_a_warned_alias(tiny_clip_model):
+    """``layer_positions`` are 0-based positions in ``config.layers`` (not block numbers)."""
+    images = _images(2, seed=5)
+    everything = ModelFeatureExtractor(tiny_clip_model, features="backbone")(images)
+    tokens = tiny_clip_model.backbone_features(images)  # independent: the model's step, gridded here
+    side = tiny_clip_model.grid_sizes[0][0]
+    picked = ModelFeatureExtractor(tiny_clip_model, features="backbone", layer_positions=[3, 1])(images)
+    for got, position in zip(picked, [3, 1]):
+        expected = tokens[position].float().transpose(1, 2).reshape(2, -1, side, side)
+        torch.testing.assert_close(got, expected)
+        torch.testing.assert_close(got, everything[position])
+    with pytest.warns(FutureWarning, match="layer_positions="):
+        old = ModelFeatureExtractor(tiny_clip_model, features="backbone", layers=[3, 1])
+    assert old.layer_positions == [3, 1]
+    with pytest.raises(ValueError, match="out of range.*positions 0..3"):
+        ModelFeatureExtractor(tiny_clip_model, features="backbone", layer_positions=[4])

@@ -303,11 +303,11 @@ class Pretrainer:
         self.model.centers.set([c.to(self.model.centers.get()[0].device) for c in self.state.centers])
         if acc.is_main_process:
             self.model.save_pretrained(model_dir)
-            from adpretrain_hf.hub import write_model_card
+            from adpretrain_hf.hub_publishing import write_model_card
 
             write_model_card(model_dir, training_args=self.args.to_dict())
             if self.args.push_to_hub:
-                from adpretrain_hf.hub import push_checkpoint
+                from adpretrain_hf.hub_publishing import push_checkpoint
 
                 push_checkpoint(model_dir, self.args.hub_model_id)
             print(f"checkpoint written: {model_dir}", flush=True)

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from adpretrain_hf.cli import CommandError
-    from adpretrain_hf.hub import build_model_card, evaluation_dataset_name, load_results, write_model_card
+    from adpretrain_hf.hub_publishing import build_model_card, evaluation_dataset_name, load_results, write_model_card
     from adpretrain_hf.modeling import ADPretrainConfig
 
     for path in args.results:

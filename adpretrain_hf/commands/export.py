@@ -1,6 +1,6 @@
 """``adpretrain export``: a fitted detector folder -> ONNX, checked against torch.
 
-Exports ``pixel_values [B, 3, H, W] -> (anomaly_map [B, H, W], scores [B])`` (FeatureNorm and
+Exports ``pixel_values [B, 3, H, W] -> (anomaly_map [B, H, W], score [B])`` (FeatureNorm and
 PatchCore; thresholds stay outside the graph) and prints the parity check: onnxruntime and
 torch on the same processed images, max absolute differences.
 """
@@ -48,5 +48,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"{detector.config.method} detector exported to {path} ({path.stat().st_size / 2**20:.1f} MiB, opset {args.opset}, "
           f"batch {'dynamic' if args.batch_size is None else args.batch_size})")
     print(f"parity on {len(images)} images (onnxruntime vs torch): max |d anomaly_map| = {parity['anomaly_map']:.3g} "
-          f"(map values up to {parity['map_scale']:.3g}), max |d score| = {parity['scores']:.3g}")
+          f"(map values up to {parity['map_scale']:.3g}), max |d score| = {parity['score']:.3g}")
     return 0

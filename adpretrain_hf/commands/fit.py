@@ -24,7 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="detector folder to write")
     parser.add_argument("--features", default="pretrained", choices=("pretrained", "backbone"), help="ADPretrain features (w/, default) or the backbone's own (w/o)")
     parser.add_argument("--references", default=None, help="normal reference images for the residuals (default: the first 8 training images)")
-    parser.add_argument("--layers", default=None, help="comma-separated indices into the model's tapped layers (default: the method's)")
+    parser.add_argument(
+        "--layer-positions", default=None,
+        help="comma-separated 0-based positions in the model's list of tapped layers, e.g. 0,2 (default: the method's)",
+    )
+    parser.add_argument("--layers", dest="old_layers", default=None, help=argparse.SUPPRESS)  # old name of --layer-positions
     parser.add_argument("--quantile", type=float, default=DEFAULT_QUANTILE, help="threshold quantile of normal validation scores (default 0.99)")
     parser.add_argument("--margin", type=float, default=0.0, help="normal-only --val: add this fraction of the score range to the threshold (e.g. --quantile 1 --margin 0.1)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="detector option, e.g. coreset_ratio=0.1 (repeatable; values read as JSON)")
@@ -48,6 +52,27 @@ def _options(pairs: list[str]) -> dict:
     return options
 
 
+def _layer_positions(args: argparse.Namespace) -> list[int] | None:
+    """``--layer-positions 0,2`` (or the deprecated ``--layers``, which warns) as ints."""
+    import warnings
+
+    from adpretrain_hf.cli import CommandError
+
+    text = args.layer_positions
+    if args.old_layers is not None:
+        if text is not None:
+            raise CommandError("both --layer-positions and --layers (its old name) given", "pass only --layer-positions")
+        warnings.warn("adpretrain fit: --layers is deprecated and will be removed in the next release: use "
+                      "--layer-positions (same values)", FutureWarning, stacklevel=2)
+        text = args.old_layers
+    if not text:
+        return None
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise CommandError(f"--layer-positions {text!r} is not a comma-separated list of integers", "e.g. --layer-positions 0,2") from None
+
+
 def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
@@ -67,12 +92,12 @@ def run(args: argparse.Namespace) -> int:
     _, train = find_images(args.train, "train")
     references = find_images(args.references, "references")[1] if args.references else None
     val = load_validation_set(args.val) if args.val else None
-    layers = [int(v) for v in args.layers.split(",")] if args.layers else None
+    layer_positions = _layer_positions(args)
     device = resolve_device(args.device)
     start = time.perf_counter()
     masks = [Image.open(m) if m is not None else None for m in val.masks] if val is not None and val.masks else None  # one mask rule downstream
     detector = fit_detector(
-        args.model, args.method, [str(p) for p in train], features=args.features, layers=layers,
+        args.model, args.method, [str(p) for p in train], features=args.features, layer_positions=layer_positions,
         references=[str(p) for p in references] if references else None,
         val_images=[str(p) for p in val.images] if val else None, val_labels=val.labels if val else None, val_masks=masks,
         quantile=args.quantile, margin=args.margin, method_kwargs=_options(args.option), device=device, batch_size=args.batch_size,

@@ -6,12 +6,13 @@ Training-free: ``FeatureNorm``, ``PatchCore``, ``PaDiM``. Trained: ``CFLOW``, ``
     >>> detector = build_detector("patchcore", extractor, coreset_ratio=0.1)
     >>> maps, scores = detector.fit(train_images).predict(test_images)
 
-Layers: every detector takes ``layers=`` (indices into the extractor's list, negative from
-the end); without it each uses its published default, its class's ``default_last_layers``
-(the last k layers; ``None`` = all), collected in ``DEFAULT_LAST_LAYERS``:
+Layers: every detector takes ``layer_positions=`` (0-based positions in the extractor's list
+of maps, negative from the end; ``layers=`` is the deprecated old name); without it each uses
+its published default, its class's ``default_last_positions`` (the last k positions; ``None`` =
+all), collected in ``DEFAULT_LAST_POSITIONS``:
 
 ============  ===========  =====================================================
-detector      layers       source
+detector      positions    source
 ============  ===========  =====================================================
 featurenorm   all          ADPretrain (norm map per layer, averaged)
 patchcore     last 3       PatchCore / ADPretrain release
@@ -36,7 +37,7 @@ from .uniad import UniAD
 
 __all__ = [
     "CFLOW",
-    "DEFAULT_LAST_LAYERS",
+    "DEFAULT_LAST_POSITIONS",
     "DETECTORS",
     "GLASS",
     "Detector",
@@ -55,8 +56,8 @@ DETECTORS: dict[str, type[Detector]] = {
     "featurenorm": FeatureNorm, "patchcore": PatchCore, "padim": PaDiM, "cflow": CFLOW, "glass": GLASS, "uniad": UniAD,
 }
 
-#: registry name -> default layer choice (last k layers; None = all), read from each class
-DEFAULT_LAST_LAYERS: dict[str, Optional[int]] = {name: cls.default_last_layers for name, cls in DETECTORS.items()}
+#: registry name -> default choice of positions (the last k; None = all), read from each class
+DEFAULT_LAST_POSITIONS: dict[str, Optional[int]] = {name: cls.default_last_positions for name, cls in DETECTORS.items()}
 
 
 def build_detector(name: str, extractor: FeatureExtractor, **kwargs: Any) -> Detector:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .featurenorm import SelectsLayers
+from .featurenorm import SelectsLayerPositions
 from .trained import TrainedConfig, TrainedDetector
 
 LOG_2PI_HALF = 0.5 * math.log(2 * math.pi)
@@ -196,12 +196,12 @@ class CFLOWModel(nn.Module):
         return torch.cat(out).reshape(b, h, w)
 
 
-class CFLOW(SelectsLayers, TrainedDetector):
+class CFLOW(SelectsLayerPositions, TrainedDetector):
     """CFLOW-AD: ``CFLOW(extractor, CFLOWConfig(...), quick=False, epochs=None)``; ``epochs`` sets meta-epochs."""
 
     name = "cflow"
     config_class = CFLOWConfig
-    default_last_layers = 3  # the release's CFLOW: the last 3 tapped layers (``layers=`` overrides)
+    default_last_positions = 3  # the release's CFLOW: the last 3 tapped layers (``layer_positions=`` overrides)
     default_sigma = 0.0  # the release does not smooth CFLOW's maps
     config: CFLOWConfig
 

@@ -6,15 +6,17 @@ hypersphere and anomalies outside it, so the norm alone is an anomaly score (pap
 Sec. 4.1 and Tab. 5); with raw backbone features the norm carries no such meaning, which
 is the ~50 AUROC "FeatureNorm w/o" column of Tab. 1.
 
-``FeatureMapDetector`` holds what PatchCore and PaDiM need as well: choosing layers from
-the extractor's list, validating the maps it returns, and checking that predict sees the
+``FeatureMapDetector`` holds what PatchCore and PaDiM need as well: choosing positions in
+the extractor's list of maps, validating the maps it returns, and checking that predict sees the
 layout fit saw. (These helpers would sit naturally in ``base.py``; they live here because
 this module is the simplest detector and every training-free detector imports it.)
 
-Layer choice is one rule for every detector: ``layers=`` (indices, negative from the end)
-or, by default, the class's ``default_last_layers`` (its published default; ``None`` = all).
+Layer choice is one rule for every detector: ``layer_positions=`` (0-based positions in the
+extractor's list, negative from the end; not the 1-indexed block numbers of
+``ADPretrainConfig.layers``) or, by default, the class's ``default_last_positions`` (its
+published default; ``None`` = all). ``layers=`` is accepted for one release with a FutureWarning.
 ``FeatureMapDetector`` applies it itself; the trained detectors (which take the whole
-extractor output) get it from the ``SelectsLayers`` mixin, which wraps their extractor in a
+extractor output) get it from the ``SelectsLayerPositions`` mixin, which wraps their extractor in a
 ``LayerSelectingExtractor``.
 """
 
@@ -25,67 +27,78 @@ from typing import Any, ClassVar, Iterable, Iterator, Optional, Sequence
 import torch
 
 from ..modeling.anomaly_map_adpretrain import GAUSSIAN_SIGMA
+from ..renamed_keywords import renamed_keyword
 from .base import Detector, FeatureExtractor, ImageBatches
 
 __all__ = [
     "FeatureMapDetector",
     "FeatureNorm",
     "LayerSelectingExtractor",
-    "SelectsLayers",
-    "resolve_layers",
+    "SelectsLayerPositions",
+    "check_layer_positions_argument",
+    "resolve_layer_positions",
 ]
 
 
-def resolve_layers(layers: Optional[Sequence[int]], num_layers: int, default_last: Optional[int] = None) -> list[int]:
-    """Turn a user's layer choice into sorted-as-given non-negative indices.
+def resolve_layer_positions(
+    layer_positions: Optional[Sequence[int]], num_layers: int, default_last: Optional[int] = None
+) -> list[int]:
+    """Turn a user's choice of positions into sorted-as-given non-negative positions.
 
     Args:
-        layers: indices into the extractor's list (negative counts from the end), or
-            ``None`` for the default.
+        layer_positions: 0-based positions in the extractor's list of maps (negative counts
+            from the end), or ``None`` for the default. (Not backbone block numbers: those are
+            ``ADPretrainConfig.layers``, 1-indexed.)
         num_layers: how many maps the extractor returns.
-        default_last: with ``layers=None``, take the last ``default_last`` layers (all of
-            them when fewer exist); ``None`` takes all layers.
+        default_last: with ``layer_positions=None``, take the last ``default_last`` positions
+            (all of them when fewer exist); ``None`` takes all.
     """
-    if layers is None:
+    if layer_positions is None:
         count = num_layers if default_last is None else min(default_last, num_layers)
         return list(range(num_layers - count, num_layers))
-    if isinstance(layers, int) or len(layers) == 0:
-        raise ValueError(f"layers must be a non-empty sequence of layer indices (e.g. [0, 2]), got {layers!r}")
+    if isinstance(layer_positions, int) or len(layer_positions) == 0:
+        raise ValueError(f"layer_positions must be a non-empty sequence of positions (e.g. [0, 2]), got {layer_positions!r}")
     resolved = []
-    for index in layers:
+    for index in layer_positions:
         if not isinstance(index, int) or isinstance(index, bool):
-            raise TypeError(f"layer indices must be ints, got {index!r} in layers={list(layers)!r}")
+            raise TypeError(f"layer positions must be ints, got {index!r} in layer_positions={list(layer_positions)!r}")
         if not -num_layers <= index < num_layers:
             raise ValueError(
-                f"layer index {index} is out of range: the extractor returns {num_layers} layers "
-                f"(valid indices {-num_layers}..{num_layers - 1})"
+                f"layer position {index} is out of range: the extractor returns {num_layers} layers "
+                f"(valid positions {-num_layers}..{num_layers - 1})"
             )
         resolved.append(index % num_layers)
     if len(set(resolved)) != len(resolved):
-        raise ValueError(f"layers={list(layers)!r} names the same layer twice: give each layer once")
+        raise ValueError(f"layer_positions={list(layer_positions)!r} names the same layer twice: give each position once")
     return resolved
 
 
-def check_layers_argument(layers: Optional[Sequence[int]]) -> Optional[list[int]]:
-    """``None`` or a non-empty sequence of layer indices (range-checked later, against the extractor)."""
-    if layers is not None and (isinstance(layers, (int, str)) or len(layers) == 0):
-        raise ValueError(f"layers must be a non-empty sequence of layer indices (e.g. [0, 2]) or None, got {layers!r}")
-    return None if layers is None else list(layers)
+def check_layer_positions_argument(layer_positions: Optional[Sequence[int]]) -> Optional[list[int]]:
+    """``None`` or a non-empty sequence of positions (range-checked later, against the extractor)."""
+    if layer_positions is not None and (isinstance(layer_positions, (int, str)) or len(layer_positions) == 0):
+        raise ValueError(
+            f"layer_positions must be a non-empty sequence of positions (e.g. [0, 2]) or None, got {layer_positions!r}"
+        )
+    return None if layer_positions is None else list(layer_positions)
 
 
 class LayerSelectingExtractor:
-    """An extractor returning only some of another extractor's layers.
+    """An extractor returning only the maps at some positions of another extractor's list.
 
-    The indices are resolved (``resolve_layers``) at the first call, when the number of
-    layers is known. ``kind``, ``image_size``, ``device`` and any other attribute come from
+    The positions are resolved (``resolve_layer_positions``) at the first call, when the number
+    of maps is known. ``kind``, ``image_size``, ``device`` and any other attribute come from
     the wrapped extractor.
     """
 
-    def __init__(self, extractor: Any, layers: Optional[Sequence[int]], default_last: Optional[int]) -> None:
+    def __init__(
+        self, extractor: Any, layer_positions: Optional[Sequence[int]] = None, default_last: Optional[int] = None,
+        *, layers: Optional[Sequence[int]] = None,
+    ) -> None:
         self.inner = extractor
-        self.layers = check_layers_argument(layers)
+        layer_positions = renamed_keyword(layer_positions, layers, "LayerSelectingExtractor")
+        self.layer_positions = check_layer_positions_argument(layer_positions)
         self.default_last = default_last
-        self.layer_indices: Optional[list[int]] = None
+        self.resolved_positions: Optional[list[int]] = None
 
     def __getattr__(self, name: str) -> Any:
         if name == "inner":  # not set yet (e.g. during unpickling): no recursion
@@ -93,33 +106,39 @@ class LayerSelectingExtractor:
         return getattr(self.inner, name)
 
     def __call__(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
-        """``[B, 3, H, W]`` -> the chosen layers' maps ``[B, C_l, h_l, w_l]``."""
+        """``[B, 3, H, W]`` -> the chosen positions' maps ``[B, C_l, h_l, w_l]``."""
         features = self.inner(pixel_values)
         if isinstance(features, torch.Tensor) or not isinstance(features, (list, tuple)):
             raise TypeError(f"the extractor must return a list of [B, C, h, w] maps, got {type(features).__name__}")
-        if self.layer_indices is None:
-            self.layer_indices = resolve_layers(self.layers, len(features), self.default_last)
-        elif max(self.layer_indices) >= len(features):
-            raise ValueError(f"the extractor now returns {len(features)} layers, but layers {self.layer_indices} were chosen")
-        return [features[i] for i in self.layer_indices]
+        if self.resolved_positions is None:
+            self.resolved_positions = resolve_layer_positions(self.layer_positions, len(features), self.default_last)
+        elif max(self.resolved_positions) >= len(features):
+            raise ValueError(
+                f"the extractor now returns {len(features)} layers, but layer positions {self.resolved_positions} were chosen"
+            )
+        return [features[i] for i in self.resolved_positions]
 
 
-class SelectsLayers:
-    """Mixin giving a detector built on the whole extractor output ``layers=`` and a default.
+class SelectsLayerPositions:
+    """Mixin giving a detector built on the whole extractor output ``layer_positions=`` and a default.
 
-    Put it first among the bases (``class CFLOW(SelectsLayers, TrainedDetector)``): it takes
-    ``layers`` from the keyword arguments and hands the rest of the constructor a
-    ``LayerSelectingExtractor`` over the chosen layers (``None``: the class's
-    ``default_last_layers``, i.e. its published default).
+    Put it first among the bases (``class CFLOW(SelectsLayerPositions, TrainedDetector)``): it
+    takes ``layer_positions`` (or its deprecated old name ``layers``) from the keyword arguments
+    and hands the rest of the constructor a ``LayerSelectingExtractor`` over the chosen positions
+    (``None``: the class's ``default_last_positions``, i.e. its published default).
     """
 
-    #: with ``layers=None`` use the last this-many layers (``None``: all layers).
-    default_last_layers: ClassVar[Optional[int]] = None
+    #: with ``layer_positions=None`` use the last this-many positions (``None``: all of them).
+    default_last_positions: ClassVar[Optional[int]] = None
 
-    def __init__(self, extractor: Any, *args: Any, layers: Optional[Sequence[int]] = None, **kwargs: Any) -> None:
-        self.layers = check_layers_argument(layers)
-        if self.layers is not None or self.default_last_layers is not None:
-            extractor = LayerSelectingExtractor(extractor, self.layers, self.default_last_layers)
+    def __init__(
+        self, extractor: Any, *args: Any, layer_positions: Optional[Sequence[int]] = None,
+        layers: Optional[Sequence[int]] = None, **kwargs: Any,
+    ) -> None:
+        layer_positions = renamed_keyword(layer_positions, layers, type(self).__name__)
+        self.layer_positions = check_layer_positions_argument(layer_positions)
+        if self.layer_positions is not None or self.default_last_positions is not None:
+            extractor = LayerSelectingExtractor(extractor, self.layer_positions, self.default_last_positions)
         super().__init__(extractor, *args, **kwargs)
 
 
@@ -128,26 +147,29 @@ class FeatureMapDetector(Detector):
 
     Args:
         extractor: the feature source (see ``base.FeatureExtractor``).
-        layers: which of the extractor's layers the method uses (``None``: its default).
+        layer_positions: which positions of the extractor's list of maps the method uses
+            (``None``: its default). ``layers=`` is its deprecated old name.
     """
 
-    #: with ``layers=None`` use the last this-many layers (``None``: all layers).
-    default_last_layers: ClassVar[Optional[int]] = None
+    #: with ``layer_positions=None`` use the last this-many positions (``None``: all of them).
+    default_last_positions: ClassVar[Optional[int]] = None
 
     def __init__(
         self,
         extractor: FeatureExtractor,
         *,
-        layers: Optional[Sequence[int]] = None,
+        layer_positions: Optional[Sequence[int]] = None,
         batch_size: int = 32,
         sigma: float = GAUSSIAN_SIGMA,
         progress: bool = True,
+        layers: Optional[Sequence[int]] = None,
     ) -> None:
         if not callable(extractor):
             raise TypeError(f"extractor must be callable (pixel_values -> list of [B, C, h, w] maps), got {type(extractor).__name__}")
         super().__init__(extractor, batch_size=batch_size, sigma=sigma, progress=progress)
-        self.layers = check_layers_argument(layers)
-        self.layer_indices: Optional[list[int]] = None  # resolved at fit / first predict
+        layer_positions = renamed_keyword(layer_positions, layers, type(self).__name__)
+        self.layer_positions = check_layer_positions_argument(layer_positions)
+        self.resolved_positions: Optional[list[int]] = None  # resolved at fit / first predict
         self.fitted_layout: Optional[list[tuple[int, int, int]]] = None  # (C, h, w) per used layer
 
     # -- image validation (the base class checks the rank, we check the channels) -------
@@ -181,11 +203,12 @@ class FeatureMapDetector(Detector):
 
         return checked(images)
 
-    def model_layers(self) -> list[int]:
-        """The extractor's layer indices this detector uses (resolved as at fit)."""
-        if self.layer_indices is not None:
-            return list(self.layer_indices)
-        return resolve_layers(self.layers, len(getattr(self.extractor, "layers", [])), self.default_last_layers)
+    def used_layer_positions(self) -> list[int]:
+        """The positions in the extractor's list of maps this detector uses (resolved as at fit)."""
+        if self.resolved_positions is not None:
+            return list(self.resolved_positions)
+        available = len(getattr(self.extractor, "layer_positions", []))
+        return resolve_layer_positions(self.layer_positions, available, self.default_last_positions)
 
     # -- feature validation -------------------------------------------------------------
     def _select(self, features: Sequence[torch.Tensor], *, fitting: bool, check_grid: bool) -> list[torch.Tensor]:
@@ -205,16 +228,18 @@ class FeatureMapDetector(Detector):
                 raise ValueError(f"feature layer {i} must be a [B, C, h, w] map, got {shape}")
             if fmap.shape[0] != features[0].shape[0]:
                 raise ValueError(f"feature layers disagree on the batch size: {[int(f.shape[0]) for f in features]}")
-        if self.layer_indices is None or fitting:
-            self.layer_indices = resolve_layers(self.layers, len(features), self.default_last_layers)
-        elif max(self.layer_indices) >= len(features):
-            raise ValueError(f"the extractor now returns {len(features)} layers, but layers {self.layer_indices} were fitted")
-        used = [features[i] for i in self.layer_indices]
+        if self.resolved_positions is None or fitting:
+            self.resolved_positions = resolve_layer_positions(self.layer_positions, len(features), self.default_last_positions)
+        elif max(self.resolved_positions) >= len(features):
+            raise ValueError(
+                f"the extractor now returns {len(features)} layers, but layer positions {self.resolved_positions} were fitted"
+            )
+        used = [features[i] for i in self.resolved_positions]
         layout = [(int(f.shape[1]), int(f.shape[2]), int(f.shape[3])) for f in used]
         if fitting and self.fitted_layout is None:
             self.fitted_layout = layout
         elif self.fitted_layout is not None:
-            for index, (now, then) in zip(self.layer_indices, zip(layout, self.fitted_layout)):
+            for index, (now, then) in zip(self.resolved_positions, zip(layout, self.fitted_layout)):
                 if now[0] != then[0] or (check_grid and now[1:] != then[1:]):
                     raise ValueError(
                         f"layer {index} has shape (C, h, w) = {now} but the detector was fitted on {then}: "
@@ -238,13 +263,13 @@ class FeatureNorm(FeatureMapDetector):
     Args:
         extractor: the feature source; use ``kind="pretrained"`` for the paper's
             FeatureNorm-dagger column, ``"backbone"`` for the raw-norm baseline.
-        layers: layer indices to use (default: all).
+        layer_positions: positions in the extractor's list of maps to use (default: all).
     """
 
     name = "featurenorm"
 
-    def __init__(self, extractor: FeatureExtractor, *, layers: Optional[Sequence[int]] = None, **kwargs) -> None:
-        super().__init__(extractor, layers=layers, **kwargs)
+    def __init__(self, extractor: FeatureExtractor, *, layer_positions: Optional[Sequence[int]] = None, **kwargs) -> None:
+        super().__init__(extractor, layer_positions=layer_positions, **kwargs)
         self.is_fitted = True
 
     def fit(self, normal_images: Optional[ImageBatches] = None) -> "FeatureNorm":

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import ImageBatches
-from .featurenorm import SelectsLayers
+from .featurenorm import SelectsLayerPositions
 from .trained import TrainedConfig, TrainedDetector
 
 Synthesizer = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -186,12 +186,12 @@ class GLASSModel(nn.Module):
         return self.adaptor(embedded.flatten(2).transpose(1, 2).reshape(-1, embedded.shape[1]))
 
 
-class GLASS(SelectsLayers, TrainedDetector):
+class GLASS(SelectsLayerPositions, TrainedDetector):
     """GLASS-h: ``GLASS(extractor, GLASSConfig(...), synthesizer=None, quick=False, epochs=None)``."""
 
     name = "glass"
     config_class = GLASSConfig
-    default_last_layers = 2  # the release's GLASS: the last 2 tapped layers (``layers=`` overrides)
+    default_last_positions = 2  # the release's GLASS: the last 2 tapped layers (``layer_positions=`` overrides)
     default_sigma = 4.0
     config: GLASSConfig
 

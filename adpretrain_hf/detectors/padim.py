@@ -135,7 +135,8 @@ class PaDiM(FeatureMapDetector):
 
     Args:
         extractor: the feature source.
-        layers: layer indices to use (default: all).
+        layer_positions: positions in the extractor's list of maps to use (default: all);
+            ``layers=`` is its deprecated old name.
         mode: ``"per_layer"`` (default; one Gaussian per layer, maps averaged, as the release)
             or ``"concatenated"`` (one Gaussian over all layers, as the original paper).
         num_features: keep a random subset of this many channels; ``None`` (default)
@@ -158,14 +159,14 @@ class PaDiM(FeatureMapDetector):
         self,
         extractor: FeatureExtractor,
         *,
-        layers: Optional[Sequence[int]] = None,
+        layer_positions: Optional[Sequence[int]] = None,
         mode: str = "per_layer",
         num_features: Union[int, str, None] = None,
         cov_eps: float = PADIM_COV_EPS,
         seed: int = 0,
         **kwargs,
     ) -> None:
-        super().__init__(extractor, layers=layers, **kwargs)
+        super().__init__(extractor, layer_positions=layer_positions, **kwargs)
         if mode not in PADIM_MODES:
             raise ValueError(f"unknown PaDiM mode {mode!r}: choose 'per_layer' (release) or 'concatenated' (paper)")
         if num_features is not None and num_features != "auto" and (not isinstance(num_features, int) or num_features < 1):

@@ -1,7 +1,7 @@
 """PatchCore (Roth et al., CVPR 2022) on any feature extractor.
 
 Pipeline:
-1. the last 3 layers (``layers=``), each averaged over its 3x3 neighbourhood (local
+1. the last 3 layers (``layer_positions=``), each averaged over its 3x3 neighbourhood (local
    context, "locally aware patch features"; avg-pool k=3, stride 1, zero padding counted,
    as both the original and anomalib);
 2. every layer bilinearly resized to the largest grid among them;
@@ -70,7 +70,8 @@ class PatchCore(FeatureMapDetector):
 
     Args:
         extractor: the feature source.
-        layers: layer indices (default: the last ``PATCHCORE_LAYERS = 3``, or all if fewer).
+        layer_positions: positions in the extractor's list of maps (default: the last
+            ``PATCHCORE_LAYERS = 3``, or all if fewer); ``layers=`` is its deprecated old name.
         embedding_dim: the most channels kept, per layer and in the final embedding
             (``PATCHCORE_DIM = 1024``); narrower features keep their width.
         coreset_ratio: fraction of training patches kept (``CORESET_RATIO = 0.1``; 1.0 keeps all).
@@ -87,13 +88,13 @@ class PatchCore(FeatureMapDetector):
     """
 
     name = "patchcore"
-    default_last_layers = PATCHCORE_LAYERS
+    default_last_positions = PATCHCORE_LAYERS
 
     def __init__(
         self,
         extractor: FeatureExtractor,
         *,
-        layers: Optional[Sequence[int]] = None,
+        layer_positions: Optional[Sequence[int]] = None,
         embedding_dim: int = PATCHCORE_DIM,
         coreset_ratio: float = CORESET_RATIO,
         projection_dim: Optional[int] = CORESET_PROJECTION_DIM,
@@ -104,7 +105,7 @@ class PatchCore(FeatureMapDetector):
         seed: int = 0,
         **kwargs,
     ) -> None:
-        super().__init__(extractor, layers=layers, **kwargs)
+        super().__init__(extractor, layer_positions=layer_positions, **kwargs)
         if not isinstance(embedding_dim, int) or embedding_dim < 1:
             raise ValueError(f"embedding_dim must be a positive int (the most channels kept), got {embedding_dim!r}")
         if image_score not in PATCHCORE_IMAGE_SCORES:

@@ -1,6 +1,6 @@
 """Saving and rebuilding a fitted trained detector (CFLOW, GLASS, UniAD).
 
-A fitted detector is its settings (method config, fitted layer layout, sigma, layer choice,
+A fitted detector is its settings (method config, fitted layer layout, sigma, layer positions,
 training history) plus its network's state dict, which also carries the fit-time constants
 (CFLOW's normalisers, GLASS's centre) as buffers. ``export_state()`` / ``from_state()``
 hand these to ``ADPretrainDetectorModel``; ``save(dir)`` / ``load(dir, extractor)`` write
@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # the mixin is only ever used through TrainedDetector
 CONFIG_FILE = "detector_config.json"
 WEIGHTS_FILE = "detector.safetensors"
 FORMAT_VERSION = 1
+OLD_SETTINGS_KEY = "layers"  # what "layer_positions" was saved as before issue 14's rename; still read
 
 
 class SavesTrainedState:
@@ -52,7 +53,7 @@ class SavesTrainedState:
             "layer_shapes": [list(s) for s in self.layer_shapes],
             "sigma": self.sigma,
             "batch_size": self.batch_size,
-            "layers": getattr(self, "layers", None),
+            "layer_positions": getattr(self, "layer_positions", None),
             "history": {"epoch_losses": self.history.epoch_losses, "val_losses": self.history.val_losses,
                         "best_epoch": self.history.best_epoch},
         }
@@ -62,20 +63,22 @@ class SavesTrainedState:
     @classmethod
     def from_state(
         cls, extractor: "FeatureExtractor", settings: dict[str, Any], state: dict[str, torch.Tensor], *,
-        layers: list[int] | None = None, progress: bool = False, accelerator: "Accelerator | None" = None,
+        layer_positions: list[int] | None = None, progress: bool = False, accelerator: "Accelerator | None" = None,
     ) -> "TrainedDetector":
         """Inverse of :meth:`export_state`: a fitted detector whose ``predict`` is bit-identical.
 
-        ``layers`` (for detectors with ``layers=``) picks the extractor's layers; default: the
-        ones chosen at fit (``settings["layers"]``, else the class default).
+        ``layer_positions`` (for detectors with ``layer_positions=``) picks positions in the
+        extractor's list of maps; default: the ones chosen at fit (``settings["layer_positions"]``,
+        or ``settings["layers"]`` in states saved before the rename, else the class default).
         """
         if settings.get("format_version", 0) > FORMAT_VERSION:
             raise ValueError(f"this detector was saved by a newer adpretrain_hf (format {settings['format_version']}): upgrade the package")
         if settings.get("detector") != cls.name:
             raise ValueError(f"the state holds a {settings.get('detector')!r} detector, not {cls.name!r}: load it with its own class")
         config = cls.config_class.from_dict(settings["config"])
-        layers = settings.get("layers") if layers is None else layers
-        choice = {} if layers is None else {"layers": layers}
+        if layer_positions is None:
+            layer_positions = settings.get("layer_positions", settings.get(OLD_SETTINGS_KEY))
+        choice = {} if layer_positions is None else {"layer_positions": layer_positions}
         det = cls(extractor, config, batch_size=settings["batch_size"], sigma=settings["sigma"], progress=progress,
                   accelerator=accelerator, **choice)
         det.layer_shapes = [tuple(s) for s in settings["layer_shapes"]]

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import ImageBatches, iter_image_batches
-from .featurenorm import SelectsLayers
+from .featurenorm import SelectsLayerPositions
 from .trained import TrainedConfig, TrainedDetector
 
 NEIGHBOR_SIZE_AT_14 = 7  # the paper's neighbourhood on its 14x14 grid
@@ -229,12 +229,12 @@ class UniADModel(nn.Module):
         return rec.transpose(1, 2).reshape(b, c, h, w)
 
 
-class UniAD(SelectsLayers, TrainedDetector):
+class UniAD(SelectsLayerPositions, TrainedDetector):
     """UniAD: ``UniAD(extractor, UniADConfig(...), quick=False, epochs=None)``; ``fit`` also takes ``{category: images}``."""
 
     name = "uniad"
     config_class = UniADConfig
-    default_last_layers = None  # published UniAD: every tapped stage (``layers=`` overrides)
+    default_last_positions = None  # published UniAD: every tapped stage (``layer_positions=`` overrides)
     default_sigma = 0.0  # the release does not smooth UniAD's maps
     config: UniADConfig
 

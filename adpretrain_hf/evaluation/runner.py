@@ -24,7 +24,7 @@ from ..metrics.names import METRIC_DEFINITIONS
 from .cell import PredictionHook, is_trained, run_cell
 from .config import EvaluationConfig, make_config
 from .feature_cache import DirectSource, FeatureCache
-from .loading import CategoryData, describe_model, load_splits, prepare_category
+from .category_inputs import CategoryData, describe_model, load_splits, prepare_category
 from .plots import pick_overlay_indices, save_comparison_chart, save_overlays
 from .protocols import category_protocol_record, effective_shots, protocol_record
 from .reference_sets import plan_references, pretrained_extractor

@@ -8,7 +8,7 @@ or ``[N, 1, H, W]`` in {0, 1}); ``load_metric(name)`` gives the same numbers as
 from .aupro import AUPRO_FPR_LIMIT, AUPRO_VARIANTS, area_up_to, aupro, pro_curve
 from .aupro_release import RELEASE_NUM_THRESHOLDS, release_pro_curve
 from .auroc import image_auroc, pixel_auroc
-from .loading import load_metric, metric_info, metric_module_path
+from .evaluate_modules import load_metric, metric_info, metric_module_path
 from .names import METRIC_DEFINITIONS, METRIC_LABELS, METRIC_NAMES
 from .regions import label_regions
 

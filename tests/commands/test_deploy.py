@@ -171,6 +171,18 @@ def test_a_normal_only_val_folder_sets_the_quantile_threshold(workspace, tmp_pat
     assert config["score_min"] == pytest.approx(min(scores), rel=1e-5) and config["score_max"] == pytest.approx(max(scores), rel=1e-5)
 
 
+def test_layer_positions_flag_and_its_old_name(workspace, tmp_path):
+    """``--layer-positions 1,3`` fits on positions 1 and 3 of the tapped layers; ``--layers`` still
+    works for one release, with a FutureWarning naming the new flag."""
+    common = ["fit", "--model", str(workspace / "ckpt"), "--method", "featurenorm", "--train", str(workspace / "train"),
+              "--no-progress"]
+    assert main([*common, "--layer-positions", "1,3", "--output", str(tmp_path / "new")]) == 0
+    with pytest.warns(FutureWarning, match="--layer-positions"):
+        assert main([*common, "--layers", "1,3", "--output", str(tmp_path / "old")]) == 0
+    for name in ("new", "old"):
+        assert json.loads((tmp_path / name / "config.json").read_text())["layer_positions"] == [1, 3]
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -178,6 +190,8 @@ def test_a_normal_only_val_folder_sets_the_quantile_threshold(workspace, tmp_pat
         (["predict", "--detector", "{ws}/det", "--images", "{ws}/test/*.bmp", "--output", "{ws}/x"], "no images match"),
         (["fit", "--model", "{ws}/ckpt", "--method", "patchcore", "--train", "{ws}/train", "--output", "{ws}/y", "--quantile", "2"], "outside (0, 1]"),
         (["export", "--detector", "{ws}/train"], "not a detector folder"),
+        (["fit", "--model", "{ws}/ckpt", "--method", "featurenorm", "--train", "{ws}/train", "--output", "{ws}/y",
+          "--layer-positions", "a,b"], "not a comma-separated list of integers"),
     ],
 )
 def test_bad_input_gives_one_line(argv, message, fitted, workspace, capsys):

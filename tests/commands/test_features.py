@@ -53,7 +53,7 @@ def test_batches_reach_the_model_and_outputs_keep_extensions(folders, monkeypatc
         refs = processor([Image.open(folders / "good" / "g.png").convert("RGB")], return_tensors="pt")["pixel_values"]
         for name, score in rows.items():
             pixels = processor([Image.open(folders / "test" / name).convert("RGB")], return_tensors="pt")["pixel_values"]
-            assert score == pytest.approx(float(forward(model, pixels, reference_pixel_values=refs).scores), abs=1e-5)
+            assert score == pytest.approx(float(forward(model, pixels, reference_pixel_values=refs).score), abs=1e-5)
 
 
 @pytest.mark.parametrize(

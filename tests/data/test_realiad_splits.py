@@ -70,7 +70,7 @@ def test_nested_official_split_is_used_and_recorded(tree):
         realiad_eval_split(load_realiad(root), split="realiad_jsons_fuiad_0.1")
 
     from adpretrain_hf.evaluation.config import EvaluationConfig
-    from adpretrain_hf.evaluation.loading import load_splits
+    from adpretrain_hf.evaluation.category_inputs import load_splits
 
     record = load_splits(EvaluationConfig(data_root=str(root), layout="realiad")).realiad_split
     assert record["split"]["name"] == "realiad_jsons"

@@ -1,4 +1,4 @@
-"""Which layers each detector uses: the published defaults, and ``layers=`` overriding them.
+"""Which layers each detector uses: the published defaults, and ``layer_positions=`` overriding them.
 
 The expected defaults are written out here from the papers / the release (not read from
 the classes), so a changed default fails this test.
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adpretrain_hf.detectors import DEFAULT_LAST_LAYERS, DETECTORS, FeatureMapDetector, build_detector
+from adpretrain_hf.detectors import DEFAULT_LAST_POSITIONS, DETECTORS, FeatureMapDetector, build_detector
 
 CHANNELS = (4, 5, 6, 7, 8)  # one width per layer, so a map's width names its layer
 PUBLISHED = {  # registry name -> the layers (0..4) the method uses by default
@@ -61,17 +61,29 @@ def test_published_default_layers(name):
     if name not in DETECTORS:
         pytest.skip(f"{name} is not available here")
     assert seen_layers(make(name), images(2, 0)) == PUBLISHED[name]
-    count = DEFAULT_LAST_LAYERS[name]
+    count = DEFAULT_LAST_POSITIONS[name]
     assert (list(range(5)) if count is None else list(range(5 - count, 5))) == PUBLISHED[name]
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
-def test_layers_argument_overrides_the_default(name):
+def test_layer_positions_argument_overrides_the_default(name):
     if name not in DETECTORS:
         pytest.skip(f"{name} is not available here")
-    assert seen_layers(make(name, layers=[0, -1]), images(2, 0)) == [0, 4]
+    assert seen_layers(make(name, layer_positions=[0, -1]), images(2, 0)) == [0, 4]
     with pytest.raises(ValueError, match="non-empty"):
-        make(name, layers=[])
+        make(name, layer_positions=[])
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_old_layers_keyword_still_works_and_warns(name):
+    """``layers=`` was the name of ``layer_positions=`` before issue 14: kept one release, warning."""
+    if name not in DETECTORS:
+        pytest.skip(f"{name} is not available here")
+    with pytest.warns(FutureWarning, match="layer_positions="):
+        det = make(name, layers=[1, 3])
+    assert seen_layers(det, images(2, 0)) == [1, 3]
+    with pytest.raises(TypeError, match="only layer_positions="):
+        make(name, layers=[1], layer_positions=[2])
 
 
 @pytest.mark.parametrize("name", ["cflow", "glass"])
@@ -83,4 +95,4 @@ def test_trained_detectors_fit_on_their_default_layers(name):
     maps, scores = det.predict(images(2, 2))
     assert maps.shape == (2, 32, 32) and torch.isfinite(scores).all()
     with pytest.raises(ValueError, match="out of range"):
-        make(name, layers=[7]).fit(images(4, 1))
+        make(name, layer_positions=[7]).fit(images(4, 1))

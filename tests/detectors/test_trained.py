@@ -13,6 +13,7 @@ alignment and neighbour mask, sklearn for AUROC.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -173,6 +174,22 @@ def test_validation_split_best_epoch_and_rng(ext, capsys):
     assert capsys.readouterr().err == ""  # progress=False is silent
     with pytest.raises(ValueError, match="leaves no training image"):
         UniAD(ext, UniADConfig(epochs=1, validation_fraction=0.99), progress=False).fit(TRAIN[:2])
+
+
+def test_state_saved_before_the_rename_loads(ext, tmp_path):
+    """Folders written before issue 14 hold the positions under ``"layers"``: they load the same."""
+    config = UniADConfig(epochs=1, hidden_dim=16, num_heads=2, num_encoder_layers=1, num_decoder_layers=1,
+                         dim_feedforward=32, batch_size=8)
+    det = UniAD(ext, config, layer_positions=[1], progress=False).fit(TRAIN[:8])
+    det.save(tmp_path)
+    settings = json.loads((tmp_path / CONFIG_FILE).read_text())
+    assert settings["layer_positions"] == [1] and "layers" not in settings
+    settings["layers"] = settings.pop("layer_positions")  # the previous release's file
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(settings))
+    loaded = UniAD.load(tmp_path, ext, progress=False)
+    assert loaded.layer_positions == [1]
+    for got, want in zip(loaded.predict(TEST[:4]), det.predict(TEST[:4])):
+        assert torch.equal(got, want)
 
 
 def test_load_refuses_another_detector(fitted, ext, tmp_path):

@@ -371,14 +371,14 @@ def test_padim_statistics_memory_formula(ext):
         PaDiM(ext, mode="joint")
 
 
-def test_padim_channel_subset_and_layers(ext):
+def test_padim_channel_subset_and_layer_positions(ext):
     train = images(6, seed=9)
-    det = PaDiM(ext, mode="concatenated", num_features=10, layers=[1, 2], seed=1, progress=False).fit(train)
+    det = PaDiM(ext, mode="concatenated", num_features=10, layer_positions=[1, 2], seed=1, progress=False).fit(train)
     idx = det.channel_index[0].tolist()
     assert len(idx) == 10 and idx == sorted(set(idx)) and max(idx) < 12 + 16
     full = loop_padim_embedding([f.double().numpy() for f in ext(train)[1:]])
     np.testing.assert_allclose(det.means[0].numpy(), full[:, idx].reshape(6, 10, 64).mean(axis=0).T, atol=1e-5)
-    per_layer = PaDiM(ext, num_features=10, layers=[0, 2], seed=1, progress=False).fit(train)
+    per_layer = PaDiM(ext, num_features=10, layer_positions=[0, 2], seed=1, progress=False).fit(train)
     assert per_layer.channel_index[0] is None and len(per_layer.channel_index[1]) == 10  # 8 channels: all kept
     sub = per_layer.channel_index[1].tolist()
     last = ext(train)[2].double().numpy()[:, sub].reshape(6, 10, 16)
@@ -413,7 +413,7 @@ def test_bad_inputs_raise_clear_errors(ext):
         with pytest.raises(ValueError, match=r"\[N, 3, H, W\]"):
             cls(ext, progress=False).fit(torch.zeros(3, 32, 32))
         with pytest.raises(ValueError, match="out of range"):
-            cls(ext, layers=[5], progress=False).fit(x)
+            cls(ext, layer_positions=[5], progress=False).fit(x)
     with pytest.raises(ValueError, match="at least 2"):
         PaDiM(ext, progress=False).fit(x[:1])
     padim = PaDiM(ext, progress=False).fit(x)

@@ -1,5 +1,8 @@
 """Backbone adapters: one interface, the right tokens, frozen by construction."""
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
@@ -81,3 +84,37 @@ def test_timm_cnn_adapter_keeps_per_layer_grids():
     out = model(x, reference_pixel_values=torch.randn(2, 3, 64, 64))
     assert [f.shape for f in out.features] == [(2, 256, 64), (2, 64, 128), (2, 16, 256)]
     assert out.anomaly_map.shape == (2, 64, 64)
+
+
+@pytest.mark.parametrize("preset", ["tiny-clip", "tiny-dinov2", "tiny-openclip", "tiny-cnn"])
+def test_every_adapter_has_its_smallest_stride(preset):
+    """``smallest_stride`` = pixels per token of the finest tapped grid, measured here from the
+    adapter's own output; only ViTs also have a ``patch_size`` (a CNN has no patches)."""
+    torch.manual_seed(0)
+    config = ADPretrainConfig.from_preset(preset)
+    backbone = ADPretrainModel(config).eval().backbone
+    side = config.image_size
+    tokens = backbone(torch.randn(1, 3, side, side))
+    finest = max(t.shape[1] for t in tokens)  # most tokens = finest (square) grid
+    assert backbone.smallest_stride == side // math.isqrt(finest)
+    if preset == "tiny-cnn":
+        assert not hasattr(backbone, "patch_size") and backbone.smallest_stride == 4  # ResNet layer1: stride 4
+    else:
+        assert backbone.patch_size == backbone.smallest_stride == config.patch_size
+
+
+def test_callers_read_the_adapters_stride_not_the_config(tmp_path):
+    """A CNN config whose ``patch_size`` says 32: the model and the pipeline still use the adapter's 4."""
+    from transformers import pipeline
+
+    torch.manual_seed(0)
+    model = ADPretrainModel(ADPretrainConfig.from_preset("tiny-cnn", patch_size=32)).eval()
+    with pytest.raises(ValueError, match="smallest stride 4"):
+        model(torch.randn(1, 3, 62, 62), reference_pixel_values=torch.randn(1, 3, 64, 64))
+    refs = [np.full((64, 64, 3), 100, np.uint8)]
+    pipe = pipeline("anomaly-features", model=model, device="cpu", references=refs)
+    assert pipe._smallest_stride() == 4
+    small = np.random.default_rng(0).integers(0, 256, (20, 20, 3), dtype=np.uint8)  # < 32, >= 4 pixels
+    assert np.isfinite(pipe(small, output="score")["score"])
+    with pytest.raises(ValueError, match="smallest stride: 4x4"):
+        pipe(np.zeros((3, 3, 3), np.uint8))

@@ -98,7 +98,7 @@ def test_features_pipeline_uses_the_edit_from_a_folder_and_from_a_loaded_model(e
 def test_runner_preprocesses_with_the_edit(edited_ckpt, tmp_path, monkeypatch):
     from adpretrain_hf.data import generate_dataset
     from adpretrain_hf.evaluation import evaluate_model, runner
-    from adpretrain_hf.evaluation.loading import prepare_category
+    from adpretrain_hf.evaluation.category_inputs import prepare_category
 
     root = tmp_path / "mvtec"
     generate_dataset(root, layout="mvtec", categories=["bottle"], num_normal=3, num_anomalous=2, image_size=80,

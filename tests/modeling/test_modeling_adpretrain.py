@@ -27,13 +27,16 @@ def test_forward_outputs_and_featurenorm_map(tiny_clip_model):
     out = model(x, reference_pixel_values=refs)
     assert len(out.features) == len(out.residuals) == len(out.backbone_features) == 4
     assert all(f.shape == (2, 64, 32) for f in out.features)
-    assert out.anomaly_map.shape == (2, 64, 64) and out.scores.shape == (2,)
+    assert out.anomaly_map.shape == (2, 64, 64) and out.score.shape == (2,)
     # Independent FeatureNorm: per-layer norms, bilinear upsample, mean, scipy Gaussian, max.
     norms = [f.norm(dim=-1).reshape(2, 1, 8, 8) for f in out.features]
     mean = torch.stack([F.interpolate(n, size=(64, 64), mode="bilinear", align_corners=False) for n in norms]).mean(0)[:, 0]
     expected = np.stack([gaussian_filter(m.detach().double().numpy(), sigma=4, mode="reflect", truncate=4) for m in mean])
     assert np.allclose(out.anomaly_map.numpy(), expected, atol=1e-5)
-    assert torch.allclose(out.scores, out.anomaly_map.flatten(1).amax(1))
+    assert torch.allclose(out.score, out.anomaly_map.flatten(1).amax(1))
+    assert "score" in out.keys() and "scores" not in out.keys()
+    with pytest.warns(FutureWarning, match=r"ADPretrainOutput.scores is deprecated.*use .score"):
+        assert out.scores is out.score  # the old name, one release
 
 
 def test_stored_bank_equals_per_call_references(tiny_clip_model):
@@ -56,7 +59,7 @@ def test_residual_ablation_feeds_raw_features():
     "pixels,match",
     [
         (torch.randn(1, 1, 64, 64), "channels"),
-        (torch.randn(1, 3, 60, 60), "divisible by the patch size"),
+        (torch.randn(1, 3, 60, 60), "divisible by the backbone.s smallest stride 8"),
         (torch.randn(1, 3, 48, 48), "64x64"),
         (torch.randn(3, 64, 64), r"\[B, 3, H, W\]"),
     ],
@@ -104,6 +107,8 @@ def test_remote_code_loads_without_the_package(tiny_clip_model, tmp_path):
     x, refs = _images(1), _images(2, seed=1)
     expected = tiny_clip_model(x, reference_pixel_values=refs).anomaly_map
     tiny_clip_model.save_pretrained(tmp_path / "ckpt")
+    bundle = set(os.listdir(tmp_path / "ckpt"))  # the checkpoint plumbing travels under its name
+    assert "checkpoint_io_adpretrain.py" in bundle and "hub_adpretrain.py" not in bundle
     torch.save({"x": x, "refs": refs}, tmp_path / "inputs.pt")
     script = BLOCK_PACKAGE_SNIPPET + textwrap.dedent(
         f"""
@@ -146,7 +151,7 @@ def test_load_by_hub_id_from_offline_cache(tiny_clip_model, tmp_path, monkeypatc
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     loaded = AutoModel.from_pretrained("adpretrain/tiny-clip", cache_dir=str(cache))
     x, refs = _images(1), _images(2, seed=1)
-    assert torch.equal(loaded(x, reference_pixel_values=refs).scores, tiny_clip_model(x, reference_pixel_values=refs).scores)
+    assert torch.equal(loaded(x, reference_pixel_values=refs).score, tiny_clip_model(x, reference_pixel_values=refs).score)
 
 
 def test_unbundled_backbone_loads_from_backbone_id(tmp_path):

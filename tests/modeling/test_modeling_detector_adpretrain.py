@@ -32,11 +32,11 @@ FITS = [
     ("featurenorm", "pretrained", {}),
     ("featurenorm", "backbone", {}),
     ("patchcore", "pretrained", {}),
-    ("patchcore", "backbone", {"image_score": "max", "layers": [0, 2]}),
+    ("patchcore", "backbone", {"image_score": "max", "layer_positions": [0, 2]}),
     ("padim", "pretrained", {}),
     ("padim", "pretrained", {"mode": "concatenated", "num_features": 20}),
 ] + [(name, "pretrained", {"config": config}) for name, config in TRAINED_CONFIGS.items()] + [
-    ("glass", "backbone", {"config": TRAINED_CONFIGS["glass"], "layers": [0, 1, 2]}),  # not GLASS's default (last 2)
+    ("glass", "backbone", {"config": TRAINED_CONFIGS["glass"], "layer_positions": [0, 1, 2]}),  # not GLASS's default (last 2)
 ]
 
 
@@ -67,20 +67,20 @@ def test_round_trip_reproduces_the_fitted_maps(cnn_model, method, kind, kwargs, 
     out = model(test)
     # The folder's self-contained scoring agrees with the package's detector...
     assert torch.allclose(out.anomaly_map, ref_maps, atol=1e-4, rtol=1e-4)
-    assert torch.allclose(out.scores, ref_scores, atol=1e-4, rtol=1e-4)
-    assert out.labels is None and out.pred_masks is None  # not calibrated
+    assert torch.allclose(out.score, ref_scores, atol=1e-4, rtol=1e-4)
+    assert out.label is None and out.pred_masks is None  # not calibrated
     # ... and a reload from safetensors + JSON reproduces it bit for bit.
     model.save_pretrained(tmp_path)
     assert not [f for f in os.listdir(tmp_path) if f.endswith((".bin", ".pt", ".pth", ".pkl"))]
     loaded = AutoModel.from_pretrained(tmp_path)
     assert isinstance(loaded, ADPretrainDetectorModel)
     again = loaded(test)
-    assert torch.equal(again.anomaly_map, out.anomaly_map) and torch.equal(again.scores, out.scores)
+    assert torch.equal(again.anomaly_map, out.anomaly_map) and torch.equal(again.score, out.score)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["method"] == method and saved["feature_kind"] == kind and saved["feature_source"] == "somewhere/tiny-cnn"
     assert saved["adpretrain_config"]["layers"] == list(cnn_model.config.layers)
-    if "layers" in kwargs:
-        assert saved["layers"] == kwargs["layers"]
+    if "layer_positions" in kwargs:
+        assert saved["layer_positions"] == kwargs["layer_positions"]
     with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as handle:
         keys = set(handle.keys())
     assert any(k.startswith("adpretrain.backbone.") for k in keys)  # the backbone is bundled
@@ -91,25 +91,53 @@ def test_round_trip_reproduces_the_fitted_maps(cnn_model, method, kind, kwargs, 
 
 def test_calibration_and_provenance_survive_save(tiny_clip_model, tmp_path):
     train, val = _images(8, 64, 0), _images(5, 64, 2)
-    model = fit_detector(tiny_clip_model, "patchcore", train, layers=[2, 3], references=train[:3], progress=False,
+    model = fit_detector(tiny_clip_model, "patchcore", train, layer_positions=[2, 3], references=train[:3], progress=False,
                          val_images=val, quantile=0.8)
     model.save_pretrained(tmp_path)
     config = AutoConfig.from_pretrained(tmp_path)
-    assert isinstance(config, ADPretrainDetectorConfig) and config.layers == [2, 3]
+    assert isinstance(config, ADPretrainDetectorConfig) and config.layer_positions == [2, 3]
     assert config.fitted_shapes["reference_bank_2"] == [3 * 64, 32]  # 3 references x 8x8 tokens, width 32
     for field in ("image_threshold", "pixel_threshold", "score_min", "score_max", "calibration"):
         assert getattr(config, field) == getattr(model.config, field) is not None
     loaded = ADPretrainDetectorModel.from_pretrained(tmp_path)
     test = _images(4, 64, 3)
     a, b = model(test), loaded(test)
-    for name in ("anomaly_map", "scores", "normalized_scores", "labels", "pred_masks"):
+    for name in ("anomaly_map", "score", "normalized_score", "label", "pred_masks"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
-    assert ((b.normalized_scores >= 0.5) == b.labels).all()
+    assert ((b.normalized_score >= 0.5) == b.label).all()
+    assert torch.equal(b.label, b.score >= config.image_threshold)
+    for old, new in (("scores", "score"), ("normalized_scores", "normalized_score"), ("labels", "label")):
+        with pytest.warns(FutureWarning, match=f"AnomalyDetectionOutput.{old} is deprecated.*use .{new}"):
+            assert getattr(b, old) is getattr(b, new) is not None
+
+
+def test_callers_and_folders_from_before_the_rename(tiny_clip_model, tmp_path):
+    """``fit_detector(layers=)`` warns and means ``layer_positions=``; a folder saved with the old
+    ``"layers"`` key loads with those positions and scores the same."""
+    train, test = _images(4, 64, 0), _images(2, 64, 1)
+    with pytest.warns(FutureWarning, match="layer_positions="):
+        model = fit_detector(tiny_clip_model, "featurenorm", train, layers=[1, 3], progress=False)
+    assert model.config.layer_positions == [1, 3] and model.layer_positions == [1, 3]
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["layers"] = saved.pop("layer_positions")  # as the previous release wrote it
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    config = ADPretrainDetectorConfig.from_dict(saved)
+    assert config.layer_positions == [1, 3] and "layers" not in config.to_dict()
+    loaded = ADPretrainDetectorModel.from_pretrained(tmp_path)
+    assert loaded.layer_positions == [1, 3]
+    assert torch.equal(loaded(test).anomaly_map, model(test).anomaly_map)
+    # Independently: FeatureNorm over positions 1 and 3 only is the model's own map of those layers.
+    bank = tiny_clip_model.compute_reference_bank(train)
+    tokens = tiny_clip_model.backbone_features(test)
+    features = tiny_clip_model.project(tiny_clip_model.residuals(tokens, bank))
+    expected, _ = tiny_clip_model.anomaly_map([features[1], features[3]], 64)
+    torch.testing.assert_close(model(test).anomaly_map, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_wrapping_needs_a_model_backed_fitted_detector(cnn_model):
     class Plain:
-        kind, image_size, device, layers = "backbone", (32, 32), torch.device("cpu"), [0]
+        kind, image_size, device, layer_positions = "backbone", (32, 32), torch.device("cpu"), [0]
 
         def __call__(self, x):
             return [x]
@@ -144,7 +172,7 @@ def test_remote_code_loads_without_the_package(tiny_clip_model, tmp_path):
         for method in ("featurenorm", "patchcore", "padim"):
             model = AutoModel.from_pretrained({str(tmp_path)!r} + "/" + method, trust_remote_code=True)
             out = model(test)
-            assert out.labels is not None and out.pred_masks is not None
+            assert out.label is not None and out.pred_masks is not None
             diff = (out.anomaly_map - torch.load({str(tmp_path)!r} + "/" + method + ".pt")).abs().max().item()
             print(method, type(model).__module__, diff)
         try:
@@ -205,7 +233,7 @@ def test_fit_from_a_checkpoint_folder_and_image_files(tiny_clip_model, tmp_path)
     processor = ADPretrainImageProcessor.from_adpretrain_config(tiny_clip_model.config)
     refs = processor([Image.fromarray(a) for a in arrays[:8]], return_tensors="pt")["pixel_values"]
     expected = tiny_clip_model.compute_reference_bank(refs)
-    for layer in model.layers:
+    for layer in model.layer_positions:
         assert torch.equal(model.fitted.get(f"reference_bank_{layer}"), expected[layer])
     with pytest.raises(ValueError, match="val_images"):
         fit_detector(tiny_clip_model, "featurenorm", paths[:2], progress=False, val_labels=[0, 1])

@@ -85,7 +85,7 @@ def test_single_image_equals_model_called_directly(model, processor, refs):
             h, w = expected.grid_sizes[pos]
             torch.testing.assert_close(out[name][block], field[pos][0].reshape(h, w, -1), atol=ATOL, rtol=0)
     torch.testing.assert_close(out["anomaly_map"], expected.anomaly_map[0], atol=ATOL, rtol=0)
-    assert out["score"] == pytest.approx(expected.scores[0].item(), abs=ATOL)
+    assert out["score"] == pytest.approx(expected.score[0].item(), abs=ATOL)
     assert out["anomaly_map"].dtype == torch.float32 and out["features"][1].shape == (8, 8, 32)
 
 
@@ -99,7 +99,7 @@ def test_batch_sizes_one_and_three_agree_and_maps_follow_each_input_size(model, 
         assert tuple(a["anomaly_map"].shape) == image.shape[:2]
     expected = direct(model, processor, [Image.fromarray(i) for i in images], refs)
     for i, record in enumerate(one):
-        assert record["score"] == pytest.approx(expected.scores[i].item(), abs=ATOL)
+        assert record["score"] == pytest.approx(expected.score[i].item(), abs=ATOL)
         size = images[i].shape[:2]
         torch.testing.assert_close(record["anomaly_map"], map_to_image(expected.anomaly_map[i], processor, size), atol=ATOL, rtol=0)
 
@@ -120,8 +120,8 @@ def test_grayscale_and_rgba_are_converted_to_rgb(model, processor, refs):
     pipe = make_pipe(model, processor, references=refs)
     outs = pipe([gray, gray[..., None], Image.fromarray(gray), Image.fromarray(rgba, mode="RGBA"), rgba], output="score")
     expected = direct(model, processor, [Image.fromarray(np.repeat(gray[..., None], 3, -1)), Image.fromarray(rgba[..., :3])], refs)
-    assert [o["score"] for o in outs[:3]] == pytest.approx([expected.scores[0].item()] * 3, abs=ATOL)
-    assert [o["score"] for o in outs[3:]] == pytest.approx([expected.scores[1].item()] * 2, abs=ATOL)
+    assert [o["score"] for o in outs[:3]] == pytest.approx([expected.score[0].item()] * 3, abs=ATOL)
+    assert [o["score"] for o in outs[3:]] == pytest.approx([expected.score[1].item()] * 2, abs=ATOL)
 
 
 def test_map_geometry_inverts_the_processors_resize_and_crop(processor):
@@ -170,7 +170,7 @@ def test_references_of_another_size_are_processed_like_the_images(model, process
     image = rgb_array(64, 64, 10)
     out = make_pipe(model, processor)(image, references=big_refs, output="score")
     expected = direct(model, processor, [Image.fromarray(image)], big_refs)
-    assert out["score"] == pytest.approx(expected.scores[0].item(), abs=ATOL)
+    assert out["score"] == pytest.approx(expected.score[0].item(), abs=ATOL)
 
 
 def test_stored_bank_is_used_when_no_references_are_passed(processor, refs):
@@ -180,7 +180,7 @@ def test_stored_bank_is_used_when_no_references_are_passed(processor, refs):
     image = rgb_array(64, 64, 11)
     out = make_pipe(model, processor)(image, output=["features", "score"])
     expected = direct(model, processor, [Image.fromarray(image)], refs)
-    assert out["score"] == pytest.approx(expected.scores[0].item(), abs=ATOL)
+    assert out["score"] == pytest.approx(expected.score[0].item(), abs=ATOL)
     torch.testing.assert_close(out["features"][4], expected.features[3][0].reshape(8, 8, -1), atol=ATOL, rtol=0)
 
 
@@ -310,7 +310,7 @@ def remote_run(model, processor, refs, tmp_path_factory):
                 results[f"{{name}}_feat_{{i}}"] = out["features"][4].numpy()
         hub_model = AutoModel.from_pretrained("adpretrain/tiny-clip", trust_remote_code=True).eval()
         with torch.no_grad():
-            results["hub_model_scores"] = hub_model(torch.zeros(1, 3, 64, 64), reference_pixel_values=torch.ones(2, 3, 64, 64)).scores.numpy()
+            results["hub_model_scores"] = hub_model(torch.zeros(1, 3, 64, 64), reference_pixel_values=torch.ones(2, 3, 64, 64)).score.numpy()
         np.savez({str(tmp / 'out.npz')!r}, **results)
         print("leaked:", [m for m in sys.modules if m == "adpretrain_hf" or m.startswith("adpretrain_hf.")])
         """
@@ -327,7 +327,7 @@ def test_remote_pipeline_runs_without_the_package(remote_run, model, processor, 
     expected = direct(model, processor, [Image.fromarray(i) for i in images], refs)
     for source in ("dir", "hub"):
         for i, image in enumerate(images):
-            assert float(got[f"{source}_score_{i}"]) == pytest.approx(expected.scores[i].item(), abs=ATOL)
+            assert float(got[f"{source}_score_{i}"]) == pytest.approx(expected.score[i].item(), abs=ATOL)
             map_i = map_to_image(expected.anomaly_map[i], processor, image.shape[:2]).numpy()
             np.testing.assert_allclose(got[f"{source}_map_{i}"], map_i, atol=ATOL, rtol=0)
             np.testing.assert_allclose(got[f"{source}_feat_{i}"], expected.features[3][i].reshape(8, 8, -1).numpy(), atol=ATOL, rtol=0)
@@ -336,7 +336,7 @@ def test_remote_pipeline_runs_without_the_package(remote_run, model, processor, 
 def test_hub_id_loads_from_the_offline_cache(remote_run, model, tmp_path, monkeypatch):
     _, got, _ = remote_run
     with torch.no_grad():
-        expected = model(torch.zeros(1, 3, 64, 64), reference_pixel_values=torch.ones(2, 3, 64, 64)).scores
+        expected = model(torch.zeros(1, 3, 64, 64), reference_pixel_values=torch.ones(2, 3, 64, 64)).score
     np.testing.assert_allclose(got["hub_model_scores"], expected.numpy(), atol=ATOL, rtol=0)
     # With the package installed: AutoModel by id needs no remote code; the pipeline takes pipeline_class.
     cache = _fake_hub_cache(tmp_path / "hub", "adpretrain/tiny-clip", model.save_pretrained)

@@ -62,7 +62,7 @@ def test_checkpoint_without_recorded_structure_still_loads(tiny_clip_model, save
     save_file(load_file(weights), weights, metadata={"format": "pt"})  # as written before this release
     loaded = ADPretrainModel.from_pretrained(saved)
     x, refs = _images(1, 0), _images(2, 1)
-    assert torch.equal(loaded(x, reference_pixel_values=refs).scores, tiny_clip_model(x, reference_pixel_values=refs).scores)
+    assert torch.equal(loaded(x, reference_pixel_values=refs).score, tiny_clip_model(x, reference_pixel_values=refs).score)
 
 
 @pytest.mark.parametrize("name", ["model.safetensors", "reference_bank.safetensors"])
@@ -87,7 +87,7 @@ def test_loaded_bank_is_kept_on_resave_and_the_pipeline_runs_on_it(tiny_clip_mod
     image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     pipe = pipeline("anomaly-features", model=str(tmp_path / "second"), device="cpu")
     pixels = pipe.image_processor(image, return_tensors="pt")["pixel_values"]
-    expected = tiny_clip_model(pixels, reference_pixel_values=refs).scores
+    expected = tiny_clip_model(pixels, reference_pixel_values=refs).score
     assert pipe(image)["score"] == pytest.approx(float(expected), abs=1e-5)
     # Saying otherwise still drops it.
     reloaded.save_pretrained(tmp_path / "third", save_references=False)
@@ -114,9 +114,9 @@ def test_structure_is_recorded_even_when_the_writer_hook_is_unavailable(tiny_cli
 
     from safetensors import safe_open
 
-    from adpretrain_hf.modeling import hub_adpretrain
+    from adpretrain_hf.modeling import checkpoint_io_adpretrain
 
-    monkeypatch.setattr(hub_adpretrain, "structure_in_weight_files", lambda config: contextlib.nullcontext())
+    monkeypatch.setattr(checkpoint_io_adpretrain, "structure_in_weight_files", lambda config: contextlib.nullcontext())
     tiny_clip_model.save_pretrained(tmp_path)
     with safe_open(str(tmp_path / "model.safetensors"), "pt") as handle:
         recorded = json.loads(handle.metadata()["adpretrain_structure"])

@@ -1,4 +1,4 @@
-"""The package's own import graph: model/config/hub code never imports pipeline code, and
+"""The package's own import graph: model/config/checkpoint-io code never imports pipeline code, and
 module-level imports form no cycle.
 
 Why: the modeling files are remote code copied next to the weights; a model that imports its
@@ -191,7 +191,7 @@ def test_discovery_reaches_the_mapped_subpackages(package_graph):
     assert all(path.is_file() for path, _ in modules.values())
 
 
-def test_model_config_and_hub_code_never_import_pipeline_code(package_graph):
+def test_model_config_and_checkpoint_io_code_never_import_pipeline_code(package_graph):
     _, graph = package_graph
     assert pipeline_imports_from_model_code(graph) == []
 
@@ -217,7 +217,7 @@ def test_checker_finds_a_pipeline_import_and_a_cycle(tmp_path):
         "modeling/__init__.py": "from .configuration_x import X\n",
         "modeling/configuration_x.py": "X = 1\n",
         "modeling/modeling_x.py": "def save():\n    from .pipeline_x import P\n",
-        "modeling/hub_x.py": "import importlib\ndef f():\n    importlib.import_module('fake.modeling.pipeline_y')\n",
+        "modeling/checkpoint_io_x.py": "import importlib\ndef f():\n    importlib.import_module('fake.modeling.pipeline_y')\n",
         "modeling/pipeline_x.py": "from .configuration_x import X\nP = X\n",
         "modeling/pipeline_y.py": "from .pipeline_x import P\n",
         "d.py": "def later():\n    from . import a\n",
@@ -226,7 +226,7 @@ def test_checker_finds_a_pipeline_import_and_a_cycle(tmp_path):
     _walk("fake", tmp_path / "fake", modules)
     graph = import_graph(modules)
     assert pipeline_imports_from_model_code(graph, modeling="fake.modeling") == [
-        "fake.modeling.hub_x -> fake.modeling.pipeline_y", "fake.modeling.modeling_x -> fake.modeling.pipeline_x",
+        "fake.modeling.checkpoint_io_x -> fake.modeling.pipeline_y", "fake.modeling.modeling_x -> fake.modeling.pipeline_x",
     ]
     cycle = find_cycle(graph)
     assert cycle is not None and cycle[0] == cycle[-1] and set(cycle) == {"fake.a", "fake.b", "fake.c"}

@@ -47,7 +47,7 @@ def test_16bit_png_is_rescaled_not_saturated(tmp_path, pipe):
     [
         (Image.new("RGB", (0, 0)), "0x0 pixels"),
         (np.zeros((0, 5, 3), np.uint8), "5x0 pixels"),
-        (Image.new("RGB", (1, 1)), "1x1 pixels, smaller than one backbone patch"),
+        (Image.new("RGB", (1, 1)), "1x1 pixels, smaller than one token of the backbone"),
         (np.full((64, 64), np.nan, np.float32), "NaN/inf"),
         (np.full((64, 64), np.inf, np.float32), "NaN/inf"),
     ],
@@ -89,7 +89,7 @@ def test_finite_inputs_are_unchanged_by_the_checks(model):
     x, refs = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
     bank = model.compute_reference_bank(refs)
     out = model(x, reference_features=bank)
-    assert torch.isfinite(out.scores).all() and torch.equal(out.scores, model(x, reference_pixel_values=refs).scores)
+    assert torch.isfinite(out.score).all() and torch.equal(out.score, model(x, reference_pixel_values=refs).score)
 
 
 # -- masks: nonzero = defect, whatever the storage -----------------------------------------------

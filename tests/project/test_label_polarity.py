@@ -108,7 +108,7 @@ def test_protocol_fits_on_normal_images_and_adds_anomalous_noise():
 
 def test_detector_fit_data_is_the_normal_pool_plus_anomalous_noise(tmp_path, processor):
     from adpretrain_hf.evaluation.config import EvaluationConfig
-    from adpretrain_hf.evaluation.loading import load_splits, prepare_category
+    from adpretrain_hf.evaluation.category_inputs import load_splits, prepare_category
 
     root = tmp_path / "mvtec"
     generate_dataset(root, layout="mvtec", categories=["bottle"], num_normal=10, num_anomalous=4,

@@ -41,7 +41,7 @@ def test_forward_is_the_four_public_steps(tiny_clip_model):
     for got, want in ((out.backbone_features, tokens), (out.residuals, residuals), (out.features, features)):
         assert len(got) == len(want) == 4
         assert all(torch.equal(a, b) for a, b in zip(got, want))
-    assert torch.equal(out.anomaly_map, anomaly_map) and torch.equal(out.scores, scores)
+    assert torch.equal(out.anomaly_map, anomaly_map) and torch.equal(out.score, scores)
     assert anomaly_map.shape == (3, SIZE, SIZE) and scores.shape == (3,)
 
 
@@ -97,13 +97,13 @@ def test_residuals_errors_and_identity(tiny_clip_model):
         model.config.use_residual = True
 
 
-def test_project_on_a_subset_of_layers(tiny_clip_model):
+def test_project_on_a_subset_of_layer_positions(tiny_clip_model):
     model = tiny_clip_model
     tokens = model.backbone_features(_images(2, 7))
     everything = model.project(tokens)
-    subset = model.project([tokens[3], tokens[1]], layers=[3, 1])
+    subset = model.project([tokens[3], tokens[1]], layer_positions=[3, 1])
     assert torch.equal(subset[0], everything[3]) and torch.equal(subset[1], everything[1])
-    with pytest.raises(ValueError, match="one per layer"):
+    with pytest.raises(ValueError, match="one per position"):
         model.project(tokens[:2])
 
 

@@ -61,7 +61,7 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "tests/commands/test_deploy.py",
         _DEPLOY,
     ),
-    "commands/card": ("tests/test_hub.py", "the card command writes the cards tested there"),
+    "commands/card": ("tests/test_hub_publishing.py", "the card command writes the cards tested there"),
     "commands/convert": (
         "tests/test_convert_release.py",
         "`adpretrain convert` is tested with the converter",
@@ -139,7 +139,7 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "tests/project/test_label_polarity.py",
         "its mask rules; the run config through tests/evaluation/test_runner.py",
     ),
-    "evaluation/loading": (
+    "evaluation/category_inputs": (
         "tests/data/test_realiad_splits.py",
         "category rows and the official Real-IAD split",
     ),
@@ -172,9 +172,9 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "input checks, through each metric's bad-input tests (also tests/metrics/test_aupro.py)",
     ),
     "metrics/names": ("tests/project/test_shared_facts.py", "metric names have one home"),
-    "metrics/modules/aupro/aupro": ("tests/metrics/test_loading.py", _EVALUATE_SCRIPT),
-    "metrics/modules/image_auroc/image_auroc": ("tests/metrics/test_loading.py", _EVALUATE_SCRIPT),
-    "metrics/modules/pixel_auroc/pixel_auroc": ("tests/metrics/test_loading.py", _EVALUATE_SCRIPT),
+    "metrics/modules/aupro/aupro": ("tests/metrics/test_evaluate_modules.py", _EVALUATE_SCRIPT),
+    "metrics/modules/image_auroc/image_auroc": ("tests/metrics/test_evaluate_modules.py", _EVALUATE_SCRIPT),
+    "metrics/modules/pixel_auroc/pixel_auroc": ("tests/metrics/test_evaluate_modules.py", _EVALUATE_SCRIPT),
     "references/aligned": (
         "tests/references/test_selection.py",
         "appendix C's pieces are tested together with the selection",
@@ -203,7 +203,7 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "tests/project/test_shared_facts.py",
         "every dtype alias parses to a canonical dtype",
     ),
-    "modeling/hub_adpretrain": (
+    "modeling/checkpoint_io_adpretrain": (
         "tests/project/test_checkpoint_structure.py",
         "what a checkpoint was saved with is what it loads as",
     ),

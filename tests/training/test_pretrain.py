@@ -189,7 +189,7 @@ def test_drawn_references_share_class_and_view_and_exclude_self(realiad_root):
 def test_push_to_hub_uploads_the_checkpoint_folder(tiny_clip_model, tmp_path, monkeypatch):
     from huggingface_hub import HfApi
 
-    from adpretrain_hf.hub import push_checkpoint
+    from adpretrain_hf.hub_publishing import push_checkpoint
 
     tiny_clip_model.save_pretrained(tmp_path)
     calls = {}

@@ -8,7 +8,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from adpretrain_hf.cli import main
-from adpretrain_hf.hub import build_model_card, load_results, training_record, write_model_card
+from adpretrain_hf.hub_publishing import build_model_card, load_results, training_record, write_model_card
 from adpretrain_hf.modeling import ADPretrainConfig
 
 
@@ -100,7 +100,7 @@ def test_a_planned_card_says_it_is_planned(tmp_path):
 
 
 def test_shipped_preset_cards_match_the_generator(tmp_path):
-    from adpretrain_hf.hub import template_path
+    from adpretrain_hf.hub_publishing import template_path
 
     for name in ("clip-base", "clip-large", "dinov2-base", "dinov2-large", "imagebind"):
         shipped = template_path().parent / f"{name}.md"
