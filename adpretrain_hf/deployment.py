@@ -7,7 +7,7 @@ a normalised score and a predicted mask. This module is that path::
     detector = fit_detector("ckpt", "patchcore", train_images, val_images=normal_val)
     detector.save_pretrained("patchcore-screws")
     out = ADPretrainDetectorModel.from_pretrained("patchcore-screws")(pixel_values)
-    out.label, out.normalized_score, out.pred_masks
+    out.label, out.normalized_score, out.pred_mask
 
 Images are PIL images, paths or numpy arrays (through the model's image processor), or an
 already processed ``[N, 3, H, W]`` tensor. Thresholds are fitted on the detector *model's*

@@ -12,7 +12,7 @@ Shapes (B images, H x W the processor's size)::
     score              [B]            raw image score, one per image
     normalized_score   [B]            in [0, 1], threshold at 0.5   (None until calibrated)
     label              [B]            bool, score >= image_threshold (None until calibrated)
-    pred_masks         [B, H, W]      bool, map >= pixel_threshold   (None until calibrated)
+    pred_mask          [B, H, W]      bool, map >= pixel_threshold   (None until calibrated)
 
 FeatureNorm, PatchCore and PaDiM score with this folder's code only (remote code works
 without ``adpretrain_hf``); CFLOW, GLASS and UniAD need the package for their networks.
@@ -69,11 +69,12 @@ class AnomalyDetectionOutput(ModelOutput):
     score: Optional[torch.Tensor] = None
     normalized_score: Optional[torch.Tensor] = None
     label: Optional[torch.Tensor] = None
-    pred_masks: Optional[torch.Tensor] = None
+    pred_mask: Optional[torch.Tensor] = None
 
     scores = renamed_field("score", "scores")
     normalized_scores = renamed_field("normalized_score", "normalized_scores")
     labels = renamed_field("label", "labels")
+    pred_masks = renamed_field("pred_mask", "pred_masks")
 
 
 def net_buffer_name(key: str) -> str:

@@ -82,7 +82,7 @@ def test_calibrate_normal_only_and_labelled(tiny_clip_model):
     assert (config.score_min, config.score_max) == pytest.approx((float(scores.min()), float(scores.max())))
     out = detector(val)
     assert torch.equal(out.label, out.score >= config.image_threshold)
-    assert torch.equal(out.pred_masks, out.anomaly_map >= config.pixel_threshold)
+    assert torch.equal(out.pred_mask, out.anomaly_map >= config.pixel_threshold)
     assert int(out.label.sum()) == 1  # 90 % quantile of 6 scores: only the largest is above it
 
     # Labelled, with masks: F1-optimal thresholds, image and pixel, as sklearn finds them.

@@ -68,7 +68,7 @@ def test_round_trip_reproduces_the_fitted_maps(cnn_model, method, kind, kwargs, 
     # The folder's self-contained scoring agrees with the package's detector...
     assert torch.allclose(out.anomaly_map, ref_maps, atol=1e-4, rtol=1e-4)
     assert torch.allclose(out.score, ref_scores, atol=1e-4, rtol=1e-4)
-    assert out.label is None and out.pred_masks is None  # not calibrated
+    assert out.label is None and out.pred_mask is None  # not calibrated
     # ... and a reload from safetensors + JSON reproduces it bit for bit.
     model.save_pretrained(tmp_path)
     assert not [f for f in os.listdir(tmp_path) if f.endswith((".bin", ".pt", ".pth", ".pkl"))]
@@ -102,11 +102,11 @@ def test_calibration_and_provenance_survive_save(tiny_clip_model, tmp_path):
     loaded = ADPretrainDetectorModel.from_pretrained(tmp_path)
     test = _images(4, 64, 3)
     a, b = model(test), loaded(test)
-    for name in ("anomaly_map", "score", "normalized_score", "label", "pred_masks"):
+    for name in ("anomaly_map", "score", "normalized_score", "label", "pred_mask"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     assert ((b.normalized_score >= 0.5) == b.label).all()
     assert torch.equal(b.label, b.score >= config.image_threshold)
-    for old, new in (("scores", "score"), ("normalized_scores", "normalized_score"), ("labels", "label")):
+    for old, new in (("scores", "score"), ("normalized_scores", "normalized_score"), ("labels", "label"), ("pred_masks", "pred_mask")):
         with pytest.warns(FutureWarning, match=f"AnomalyDetectionOutput.{old} is deprecated.*use .{new}"):
             assert getattr(b, old) is getattr(b, new) is not None
 
@@ -172,7 +172,7 @@ def test_remote_code_loads_without_the_package(tiny_clip_model, tmp_path):
         for method in ("featurenorm", "patchcore", "padim"):
             model = AutoModel.from_pretrained({str(tmp_path)!r} + "/" + method, trust_remote_code=True)
             out = model(test)
-            assert out.label is not None and out.pred_masks is not None
+            assert out.label is not None and out.pred_mask is not None
             diff = (out.anomaly_map - torch.load({str(tmp_path)!r} + "/" + method + ".pt")).abs().max().item()
             print(method, type(model).__module__, diff)
         try:
