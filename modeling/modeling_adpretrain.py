@@ -23,14 +23,11 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
-from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.utils import ModelOutput
 
 try:  # transformers 5: init functions that respect already-loaded weights
     from transformers import initialization as hf_init
@@ -41,42 +38,11 @@ from .anomaly_map_adpretrain import anomaly_map_from_grids, feature_norm_grids
 from .backbones_adpretrain import BackboneAdapter, build_backbone
 from .configuration_adpretrain import ADPretrainConfig
 from .projector_adpretrain import FeatureProjector, LearnableReferences, MultiHeadAttention
+from .outputs_adpretrain import ADPretrainOutput
 from .residual_adpretrain import reference_residuals, residual_features
 
 REFERENCE_BATCH_SIZE = 32
 LINEAR_INIT_NEGATIVE_SLOPE = 5  # nn.Linear's kaiming_uniform_(a=sqrt(5)): weights U(+-1/sqrt(fan_in))
-
-
-def renamed_field(new: str, old: str) -> property:
-    """A read-only property ``old`` that warns (``FutureWarning``) and returns field ``new``.
-
-    Output fields were renamed to the pipelines' per-image names (issue 14: ``scores`` ->
-    ``score``); the old attribute keeps working for one release.
-    """
-
-    def getter(self: ModelOutput) -> Optional[torch.Tensor]:
-        warnings.warn(
-            f"{type(self).__name__}.{old} is deprecated and will be removed in the next release: use .{new} (same tensor)",
-            FutureWarning,
-            stacklevel=2,
-        )
-        return getattr(self, new)
-
-    return property(getter, doc=f"Deprecated: the old name of ``{new}``.")
-
-
-@dataclass
-class ADPretrainOutput(ModelOutput):
-    """Outputs of :class:`ADPretrainModel` (see the module docstring for shapes)."""
-
-    features: Optional[tuple] = None
-    residuals: Optional[tuple] = None
-    backbone_features: Optional[tuple] = None
-    anomaly_map: Optional[torch.Tensor] = None
-    score: Optional[torch.Tensor] = None
-    grid_sizes: Optional[tuple] = None
-
-    scores = renamed_field("score", "scores")
 
 
 class ADPretrainPreTrainedModel(PreTrainedModel):

@@ -40,7 +40,8 @@ from .calibration_adpretrain import normalize_scores
 from .configuration_detector_adpretrain import PACKAGE_METHODS, ADPretrainDetectorConfig
 from .checkpoint_io_adpretrain import is_foreign, keep_saved_processor
 from .image_processing_adpretrain import processor_for
-from .modeling_adpretrain import ADPretrainModel, ADPretrainPreTrainedModel, renamed_field
+from .modeling_adpretrain import ADPretrainModel, ADPretrainPreTrainedModel
+from .outputs_adpretrain import renamed_field
 from .residual_adpretrain import TRACEABLE_BACKEND
 from .scoring_adpretrain import (
     PATCHCORE_DIM,
