@@ -89,14 +89,6 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "tests/data/test_synthetic.py",
         "scenes and poses are checked on generated images",
     ),
-    "detectors/__init__": (
-        "tests/detectors/test_training_free.py",
-        "the registry and build_detector; default layers in tests/detectors/test_featurenorm.py",
-    ),
-    "detectors/base": (
-        "tests/detectors/test_training_free.py",
-        "the Detector interface and iter_image_batches, through every method (tensor, iterable, dict input)",
-    ),
     "detectors/cflow": (
         "tests/detectors/test_trained.py",
         "the three trained detectors share one test module",
@@ -119,18 +111,6 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
     ),
     "settings_values": ("tests/test_settings_parser.py", "typed values and name checks, through both CLIs' parsers"),
     "commands/_deferred": ("tests/test_settings_parser.py", "the lazy subparsers of `adpretrain evaluate` / `pretrain`"),
-    "detectors/coreset": (
-        "tests/detectors/test_training_free.py",
-        "FeatureNorm, PatchCore (with its coreset) and PaDiM against brute force",
-    ),
-    "detectors/padim": (
-        "tests/detectors/test_training_free.py",
-        "FeatureNorm, PatchCore (with its coreset) and PaDiM against brute force",
-    ),
-    "detectors/patchcore": (
-        "tests/detectors/test_training_free.py",
-        "FeatureNorm, PatchCore (with its coreset) and PaDiM against brute force",
-    ),
     "evaluation/cell": (
         "tests/evaluation/test_runner.py",
         "indirectly: the runner fits and scores every cell end to end",
