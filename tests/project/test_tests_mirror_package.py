@@ -89,25 +89,9 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "tests/data/test_synthetic.py",
         "scenes and poses are checked on generated images",
     ),
-    "detectors/cflow": (
-        "tests/detectors/test_trained.py",
-        "the three trained detectors share one test module",
-    ),
-    "detectors/glass": (
-        "tests/detectors/test_trained.py",
-        "the three trained detectors share one test module",
-    ),
-    "detectors/uniad": (
-        "tests/detectors/test_trained.py",
-        "the three trained detectors share one test module",
-    ),
     "detectors/trained_config": (
-        "tests/detectors/test_trained_loop.py",
-        "the settings and history are what the shared loop reads and writes",
-    ),
-    "detectors/trained_state": (
         "tests/detectors/test_trained.py",
-        "save/load round trips of every trained detector",
+        "the settings and history are what the shared loop reads and writes",
     ),
     "settings_values": ("tests/test_settings_parser.py", "typed values and name checks, through both CLIs' parsers"),
     "commands/_deferred": ("tests/test_settings_parser.py", "the lazy subparsers of `adpretrain evaluate` / `pretrain`"),
@@ -351,5 +335,5 @@ def test_a_renamed_module_is_caught():
     renamed["diagnostics_v2"] = renamed.pop("diagnostics").with_name("test_diagnostics_v2.py")
     assert any("test_diagnostics.py" in p for p in stale_test_names(renamed, existing_test_modules()))
     renamed = dict(modules)
-    renamed["detectors/cflow_ad"] = renamed.pop("detectors/cflow").with_name("test_cflow_ad.py")
-    assert any(p.startswith("detectors/cflow:") for p in missing_tests(renamed, existing_test_modules()))
+    renamed["metrics/names_v2"] = renamed.pop("metrics/names").with_name("test_names_v2.py")
+    assert any(p.startswith("metrics/names:") for p in missing_tests(renamed, existing_test_modules()))
