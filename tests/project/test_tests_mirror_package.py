@@ -139,22 +139,6 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
     "metrics/modules/aupro/aupro": ("tests/metrics/test_evaluate_modules.py", _EVALUATE_SCRIPT),
     "metrics/modules/image_auroc/image_auroc": ("tests/metrics/test_evaluate_modules.py", _EVALUATE_SCRIPT),
     "metrics/modules/pixel_auroc/pixel_auroc": ("tests/metrics/test_evaluate_modules.py", _EVALUATE_SCRIPT),
-    "references/aligned": (
-        "tests/references/test_selection.py",
-        "appendix C's pieces are tested together with the selection",
-    ),
-    "references/feature_net": (
-        "tests/references/test_selection.py",
-        "appendix C's pieces are tested together with the selection",
-    ),
-    "references/histograms": (
-        "tests/references/test_selection.py",
-        "appendix C's pieces are tested together with the selection",
-    ),
-    "references/kmeans": (
-        "tests/references/test_selection.py",
-        "appendix C's pieces are tested together with the selection",
-    ),
     "modeling/anomaly_map_adpretrain": (
         "tests/modeling/test_modeling_adpretrain.py",
         "the model's anomaly maps against scipy's gaussian_filter",
