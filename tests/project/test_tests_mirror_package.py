@@ -89,10 +89,6 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "tests/data/test_synthetic.py",
         "scenes and poses are checked on generated images",
     ),
-    "detectors/trained_config": (
-        "tests/detectors/test_trained.py",
-        "the settings and history are what the shared loop reads and writes",
-    ),
     "settings_values": ("tests/test_settings_parser.py", "typed values and name checks, through both CLIs' parsers"),
     "commands/_deferred": ("tests/test_settings_parser.py", "the lazy subparsers of `adpretrain evaluate` / `pretrain`"),
     "evaluation/cell": (
