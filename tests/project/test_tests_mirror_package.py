@@ -119,14 +119,6 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "tests/evaluation/test_runner.py",
         "results.json/.csv/.md are read back and compared there",
     ),
-    "losses/_checks": (
-        "tests/losses/test_total.py",
-        "the losses' input checks (test_bad_inputs_raise_clear_errors)",
-    ),
-    "losses/constants": (
-        "tests/losses/test_norm.py",
-        "the release's 0.9 and 0.99 are written independently in the slow norm transcription",
-    ),
     "metrics/_inputs": (
         "tests/metrics/test_auroc.py",
         "input checks, through each metric's bad-input tests (also tests/metrics/test_aupro.py)",
