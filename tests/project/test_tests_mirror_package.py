@@ -119,11 +119,10 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "tests/evaluation/test_runner.py",
         "results.json/.csv/.md are read back and compared there",
     ),
-    "metrics/_inputs": (
-        "tests/metrics/test_auroc.py",
-        "input checks, through each metric's bad-input tests (also tests/metrics/test_aupro.py)",
+    "metrics/names": (
+        "tests/project/test_shared_facts.py",
+        "a name table: the metric names' one-home test (runner, reports and card use these names)",
     ),
-    "metrics/names": ("tests/project/test_shared_facts.py", "metric names have one home"),
     "metrics/modules/aupro/aupro": ("tests/metrics/test_evaluate_modules.py", _EVALUATE_SCRIPT),
     "metrics/modules/image_auroc/image_auroc": ("tests/metrics/test_evaluate_modules.py", _EVALUATE_SCRIPT),
     "metrics/modules/pixel_auroc/pixel_auroc": ("tests/metrics/test_evaluate_modules.py", _EVALUATE_SCRIPT),
