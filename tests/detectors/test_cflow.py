@@ -7,24 +7,13 @@ import pytest
 import torch
 
 from adpretrain_hf.detectors.cflow import CFLOW, CFLOWConfig, ConditionalFlow, positional_encoding_2d
-from adpretrain_hf.detectors.trained import TrainedDetector
-from tests.detectors.trained_helpers import FITTED, PREDICTIONS, TRAIN, TRAINED_EXTRACTOR, FakeExtractor
+from tests.detectors.trained_helpers import TRAIN, TRAINED_EXTRACTOR, FakeExtractor
 
 
 @pytest.fixture(scope="module")
 def ext() -> FakeExtractor:
+    """The trained tests' extractor (two layers), not the training-free tests' ``ext`` of conftest.py."""
     return TRAINED_EXTRACTOR
-
-
-@pytest.fixture(scope="module")
-def fitted() -> dict[type, TrainedDetector]:
-    """Each method fitted once per session on the normal textures (tests/detectors/trained_helpers.py)."""
-    return FITTED
-
-
-@pytest.fixture(scope="module")
-def predictions() -> dict[type, tuple[torch.Tensor, torch.Tensor]]:
-    return PREDICTIONS
 
 
 def test_positional_encoding_matches_formula():

@@ -10,24 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from adpretrain_hf.detectors.glass import GLASS, GLASSConfig, embed_features, project_to_ring
-from adpretrain_hf.detectors.trained import TrainedDetector
-from tests.detectors.trained_helpers import FITTED, PREDICTIONS, TEST, TRAIN, TRAINED_EXTRACTOR, FakeExtractor
+from tests.detectors.trained_helpers import TEST, TRAIN, TRAINED_EXTRACTOR, FakeExtractor
 
 
 @pytest.fixture(scope="module")
 def ext() -> FakeExtractor:
+    """The trained tests' extractor (two layers), not the training-free tests' ``ext`` of conftest.py."""
     return TRAINED_EXTRACTOR
-
-
-@pytest.fixture(scope="module")
-def fitted() -> dict[type, TrainedDetector]:
-    """Each method fitted once per session on the normal textures (tests/detectors/trained_helpers.py)."""
-    return FITTED
-
-
-@pytest.fixture(scope="module")
-def predictions() -> dict[type, tuple[torch.Tensor, torch.Tensor]]:
-    return PREDICTIONS
 
 
 def test_ring_projection():

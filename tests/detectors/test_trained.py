@@ -30,10 +30,8 @@ from adpretrain_hf.detectors.trained import TrainedConfig, TrainedDetector
 from adpretrain_hf.detectors.uniad import UniAD, UniADConfig, UniADModel, align_features
 from tests.detectors.trained_helpers import (
     CONFIGS,
-    FITTED,
     LABELS,
     METHODS,
-    PREDICTIONS,
     TEST,
     TRAIN,
     TRAINED_EXTRACTOR,
@@ -43,18 +41,8 @@ from tests.detectors.trained_helpers import (
 
 @pytest.fixture(scope="module")
 def ext() -> FakeExtractor:
+    """The trained tests' extractor (two layers), not the training-free tests' ``ext`` of conftest.py."""
     return TRAINED_EXTRACTOR
-
-
-@pytest.fixture(scope="module")
-def fitted() -> dict[type, TrainedDetector]:
-    """Each method fitted once per session on the normal textures (tests/detectors/trained_helpers.py)."""
-    return FITTED
-
-
-@pytest.fixture(scope="module")
-def predictions() -> dict[type, tuple[torch.Tensor, torch.Tensor]]:
-    return PREDICTIONS
 
 
 # -- behaviour shared by the three methods -----------------------------------------------

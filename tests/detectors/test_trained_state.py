@@ -9,25 +9,15 @@ import pytest
 import torch
 
 from adpretrain_hf.detectors.glass import GLASS
-from adpretrain_hf.detectors.trained import CONFIG_FILE, TrainedDetector
+from adpretrain_hf.detectors.trained import CONFIG_FILE
 from adpretrain_hf.detectors.uniad import UniAD, UniADConfig
-from tests.detectors.trained_helpers import FITTED, METHODS, PREDICTIONS, TEST, TRAIN, TRAINED_EXTRACTOR, FakeExtractor
+from tests.detectors.trained_helpers import METHODS, TEST, TRAIN, TRAINED_EXTRACTOR, FakeExtractor
 
 
 @pytest.fixture(scope="module")
 def ext() -> FakeExtractor:
+    """The trained tests' extractor (two layers), not the training-free tests' ``ext`` of conftest.py."""
     return TRAINED_EXTRACTOR
-
-
-@pytest.fixture(scope="module")
-def fitted() -> dict[type, TrainedDetector]:
-    """Each method fitted once per session on the normal textures (tests/detectors/trained_helpers.py)."""
-    return FITTED
-
-
-@pytest.fixture(scope="module")
-def predictions() -> dict[type, tuple[torch.Tensor, torch.Tensor]]:
-    return PREDICTIONS
 
 
 @pytest.mark.parametrize("cls", METHODS, ids=lambda c: c.name)
