@@ -1,4 +1,5 @@
-"""Which layers each detector uses: the published defaults, and ``layer_positions=`` overriding them.
+"""Which layers each detector uses: the published defaults, and ``layer_positions=`` overriding them;
+and FeatureNorm's maps against an explicit norm-per-patch pipeline.
 
 The expected defaults are written out here from the papers / the release (not read from
 the classes), so a changed default fails this test.
@@ -6,11 +7,15 @@ the classes), so a changed default fails this test.
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from adpretrain_hf.detectors import DEFAULT_LAST_POSITIONS, DETECTORS, FeatureMapDetector, build_detector
+from adpretrain_hf.detectors import DEFAULT_LAST_POSITIONS, DETECTORS, FeatureMapDetector, FeatureNorm, build_detector
+from tests.detectors.helpers import ref_maps
 
 CHANNELS = (4, 5, 6, 7, 8)  # one width per layer, so a map's width names its layer
 PUBLISHED = {  # registry name -> the layers (0..4) the method uses by default
@@ -96,3 +101,25 @@ def test_trained_detectors_fit_on_their_default_layers(name):
     assert maps.shape == (2, 32, 32) and torch.isfinite(scores).all()
     with pytest.raises(ValueError, match="out of range"):
         make(name, layer_positions=[7]).fit(images(4, 1))
+
+
+# -- FeatureNorm's maps -----------------------------------------------------------------------
+def test_featurenorm_matches_explicit_pipeline(ext):
+    x = images(3, seed=1)
+    det = FeatureNorm(ext, progress=False)
+    assert det.fit(None) is det  # nothing to learn; predict also works without fit
+    maps, scores = det.predict(x)
+    feats = [f.double().numpy() for f in ext(x)]
+    grids = []
+    for f in feats:
+        b, c, h, w = f.shape
+        g = np.zeros((b, h, w))
+        for n in range(b):
+            for i in range(h):
+                for j in range(w):
+                    g[n, i, j] = math.sqrt(sum(f[n, k, i, j] ** 2 for k in range(c)))
+        grids.append(g)
+    ref, ref_scores = ref_maps(grids, (32, 32))
+    assert maps.shape == (3, 32, 32) and scores.shape == (3,)
+    np.testing.assert_allclose(maps.numpy(), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(scores.numpy(), ref_scores, rtol=1e-5, atol=1e-5)

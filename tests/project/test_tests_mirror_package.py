@@ -89,48 +89,8 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "tests/data/test_synthetic.py",
         "scenes and poses are checked on generated images",
     ),
-    "detectors/__init__": (
-        "tests/detectors/test_training_free.py",
-        "the registry and build_detector; default layers in tests/detectors/test_featurenorm.py",
-    ),
-    "detectors/base": (
-        "tests/detectors/test_training_free.py",
-        "the Detector interface and iter_image_batches, through every method (tensor, iterable, dict input)",
-    ),
-    "detectors/cflow": (
-        "tests/detectors/test_trained.py",
-        "the three trained detectors share one test module",
-    ),
-    "detectors/glass": (
-        "tests/detectors/test_trained.py",
-        "the three trained detectors share one test module",
-    ),
-    "detectors/uniad": (
-        "tests/detectors/test_trained.py",
-        "the three trained detectors share one test module",
-    ),
-    "detectors/trained_config": (
-        "tests/detectors/test_trained_loop.py",
-        "the settings and history are what the shared loop reads and writes",
-    ),
-    "detectors/trained_state": (
-        "tests/detectors/test_trained.py",
-        "save/load round trips of every trained detector",
-    ),
     "settings_values": ("tests/test_settings_parser.py", "typed values and name checks, through both CLIs' parsers"),
     "commands/_deferred": ("tests/test_settings_parser.py", "the lazy subparsers of `adpretrain evaluate` / `pretrain`"),
-    "detectors/coreset": (
-        "tests/detectors/test_training_free.py",
-        "FeatureNorm, PatchCore (with its coreset) and PaDiM against brute force",
-    ),
-    "detectors/padim": (
-        "tests/detectors/test_training_free.py",
-        "FeatureNorm, PatchCore (with its coreset) and PaDiM against brute force",
-    ),
-    "detectors/patchcore": (
-        "tests/detectors/test_training_free.py",
-        "FeatureNorm, PatchCore (with its coreset) and PaDiM against brute force",
-    ),
     "evaluation/cell": (
         "tests/evaluation/test_runner.py",
         "indirectly: the runner fits and scores every cell end to end",
@@ -159,38 +119,13 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "tests/evaluation/test_runner.py",
         "results.json/.csv/.md are read back and compared there",
     ),
-    "losses/_checks": (
-        "tests/losses/test_total.py",
-        "the losses' input checks (test_bad_inputs_raise_clear_errors)",
+    "metrics/names": (
+        "tests/project/test_shared_facts.py",
+        "a name table: the metric names' one-home test (runner, reports and card use these names)",
     ),
-    "losses/constants": (
-        "tests/losses/test_norm.py",
-        "the release's 0.9 and 0.99 are written independently in the slow norm transcription",
-    ),
-    "metrics/_inputs": (
-        "tests/metrics/test_auroc.py",
-        "input checks, through each metric's bad-input tests (also tests/metrics/test_aupro.py)",
-    ),
-    "metrics/names": ("tests/project/test_shared_facts.py", "metric names have one home"),
     "metrics/modules/aupro/aupro": ("tests/metrics/test_evaluate_modules.py", _EVALUATE_SCRIPT),
     "metrics/modules/image_auroc/image_auroc": ("tests/metrics/test_evaluate_modules.py", _EVALUATE_SCRIPT),
     "metrics/modules/pixel_auroc/pixel_auroc": ("tests/metrics/test_evaluate_modules.py", _EVALUATE_SCRIPT),
-    "references/aligned": (
-        "tests/references/test_selection.py",
-        "appendix C's pieces are tested together with the selection",
-    ),
-    "references/feature_net": (
-        "tests/references/test_selection.py",
-        "appendix C's pieces are tested together with the selection",
-    ),
-    "references/histograms": (
-        "tests/references/test_selection.py",
-        "appendix C's pieces are tested together with the selection",
-    ),
-    "references/kmeans": (
-        "tests/references/test_selection.py",
-        "appendix C's pieces are tested together with the selection",
-    ),
     "modeling/anomaly_map_adpretrain": (
         "tests/modeling/test_modeling_adpretrain.py",
         "the model's anomaly maps against scipy's gaussian_filter",
@@ -371,5 +306,5 @@ def test_a_renamed_module_is_caught():
     renamed["diagnostics_v2"] = renamed.pop("diagnostics").with_name("test_diagnostics_v2.py")
     assert any("test_diagnostics.py" in p for p in stale_test_names(renamed, existing_test_modules()))
     renamed = dict(modules)
-    renamed["detectors/cflow_ad"] = renamed.pop("detectors/cflow").with_name("test_cflow_ad.py")
-    assert any(p.startswith("detectors/cflow:") for p in missing_tests(renamed, existing_test_modules()))
+    renamed["metrics/names_v2"] = renamed.pop("metrics/names").with_name("test_names_v2.py")
+    assert any(p.startswith("metrics/names:") for p in missing_tests(renamed, existing_test_modules()))

@@ -1,0 +1,28 @@
+"""Fixtures of the detector tests: ``ext``, the fixed random conv stack of tests/detectors/helpers.py
+(the trained tests override it with theirs); ``fitted`` / ``predictions``, the trained detectors
+fitted once per session (tests/detectors/trained_helpers.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adpretrain_hf.detectors.trained import TrainedDetector
+from tests.detectors.helpers import FakeExtractor
+from tests.detectors.trained_helpers import FITTED, PREDICTIONS
+
+
+@pytest.fixture(scope="module")
+def ext() -> FakeExtractor:
+    return FakeExtractor()
+
+
+@pytest.fixture(scope="module")
+def fitted() -> dict[type, TrainedDetector]:
+    """Each method fitted once per session on the normal textures (tests/detectors/trained_helpers.py)."""
+    return FITTED
+
+
+@pytest.fixture(scope="module")
+def predictions() -> dict[type, tuple[torch.Tensor, torch.Tensor]]:
+    return PREDICTIONS
