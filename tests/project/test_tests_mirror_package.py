@@ -179,34 +179,14 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "tests/references/test_selection.py",
         "appendix C's pieces are tested together with the selection",
     ),
-    "modeling/anomaly_map_adpretrain": (
-        "tests/modeling/test_modeling_adpretrain.py",
-        "the model's anomaly maps against scipy's gaussian_filter",
-    ),
-    "modeling/content_keys_adpretrain": (
-        "tests/project/test_shared_facts.py",
-        "the pixel-hash rule, against hashlib",
-    ),
-    "modeling/dtypes_adpretrain": (
-        "tests/project/test_shared_facts.py",
-        "every dtype alias parses to a canonical dtype",
-    ),
     "modeling/checkpoint_io_adpretrain": (
         "tests/project/test_checkpoint_structure.py",
         "what a checkpoint was saved with is what it loads as",
     ),
     "modeling/image_io_adpretrain": ("tests/project/test_input_checks.py", "16-bit images and mask storages"),
-    "modeling/configuration_detector_adpretrain": (
-        "tests/modeling/test_modeling_detector_adpretrain.py",
-        "detector config round trips with its model",
-    ),
     "modeling/scoring_adpretrain": (
         "tests/detectors/test_training_free.py",
         "aggregate_patch_features against loops; the rest through PatchCore/PaDiM against brute force",
-    ),
-    "modeling/tasks_adpretrain": (
-        "tests/modeling/test_pipeline_anomaly_detection.py",
-        "the task is served from a saved folder, also as remote code without the package",
     ),
     "training/checkpointing": (
         "tests/project/test_training_reliability.py",
