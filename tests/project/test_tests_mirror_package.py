@@ -183,7 +183,6 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "tests/project/test_checkpoint_structure.py",
         "what a checkpoint was saved with is what it loads as",
     ),
-    "modeling/image_io_adpretrain": ("tests/project/test_input_checks.py", "16-bit images and mask storages"),
     "modeling/scoring_adpretrain": (
         "tests/detectors/test_training_free.py",
         "aggregate_patch_features against loops; the rest through PatchCore/PaDiM against brute force",
@@ -192,7 +191,6 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "tests/project/test_training_reliability.py",
         "exact resume after a real kill, pickle-free and atomic",
     ),
-    "training/seeding": ("tests/project/test_training_reliability.py", "reproducible runs"),
 }
 
 # module -> why it has no tests of its own
