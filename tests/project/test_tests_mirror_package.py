@@ -76,7 +76,6 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "`adpretrain pretrain` forwarding and its one-line errors",
     ),
     "commands/synth": ("tests/data/test_synthetic.py", "`adpretrain synth` is tested with the generator"),
-    "data/schema": ("tests/data/test_layouts.py", "the row schema (AD_FEATURES) of every loader"),
     "detectors/__init__": (
         "tests/detectors/test_training_free.py",
         "the registry and build_detector; default layers in tests/detectors/test_featurenorm.py",
