@@ -29,15 +29,16 @@ def test_rows_are_absolute_and_the_dataset_order_ignores_the_listing(tmp_path, m
         _png(tmp_path / name, value)
     rows = [make_row("b.png", None, 0, "wood", "good", "train", "wood/b"),
             make_row("a.png", "m.png", True, "wood", "hole", "test", "wood/a", view="C1"),
-            make_row("a.png", None, 0, "tile", "good", "train", "tile/a")]
+            make_row("a.png", None, 0, "tile", "good", "train", "tile/a"),
+            make_row("a.png", None, 0, "wood", "good", "train", "wood/a-train")]
     assert rows[1]["image"] == os.path.join(tmp_path, "a.png") and rows[1]["label"] == 1
     shuffled = build_dataset(rows[::-1])
     assert shuffled.features == AD_FEATURES and shuffled.to_dict() == build_dataset(rows).to_dict()
     # sorted by (category, split, image), computed here
     expected = sorted(rows, key=lambda r: (r["category"], r["split"], r["image"]))
-    assert shuffled["sample_id"] == [r["sample_id"] for r in expected] == ["tile/a", "wood/a", "wood/b"]
+    assert shuffled["sample_id"] == [r["sample_id"] for r in expected] == ["tile/a", "wood/a", "wood/a-train", "wood/b"]
     assert shuffled[1]["mask"].getpixel((0, 0)) == 255 and shuffled[0]["mask"] is None
-    assert shuffled["view"] == ["", "C1", ""]
+    assert shuffled["view"] == ["", "C1", "", ""]
 
 
 def test_image_files_and_stems(tmp_path):
