@@ -182,10 +182,6 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "tests/project/test_checkpoint_structure.py",
         "what a checkpoint was saved with is what it loads as",
     ),
-    "modeling/scoring_adpretrain": (
-        "tests/detectors/test_training_free.py",
-        "aggregate_patch_features against loops; the rest through PatchCore/PaDiM against brute force",
-    ),
     "training/checkpointing": (
         "tests/project/test_training_reliability.py",
         "exact resume after a real kill, pickle-free and atomic",
