@@ -182,10 +182,6 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "tests/project/test_checkpoint_structure.py",
         "what a checkpoint was saved with is what it loads as",
     ),
-    "training/checkpointing": (
-        "tests/project/test_training_reliability.py",
-        "exact resume after a real kill, pickle-free and atomic",
-    ),
 }
 
 # module -> why it has no tests of its own
