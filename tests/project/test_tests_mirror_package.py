@@ -178,10 +178,6 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "tests/references/test_selection.py",
         "appendix C's pieces are tested together with the selection",
     ),
-    "modeling/checkpoint_io_adpretrain": (
-        "tests/project/test_checkpoint_structure.py",
-        "what a checkpoint was saved with is what it loads as",
-    ),
 }
 
 # module -> why it has no tests of its own
