@@ -72,6 +72,9 @@ def upsample_and_average(score_grids: Sequence[torch.Tensor], size: tuple[int, i
     """
     if len(score_grids) == 0:
         raise ValueError("no score grids to combine: at least one layer is needed")
+    for index, grid in enumerate(score_grids):
+        if grid.dim() != 3:
+            raise ValueError(f"score grid {index} has shape {tuple(grid.shape)}: pass one [N, h, w] grid per layer")
     upsampled = [
         F.interpolate(grid.float().unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
         for grid in score_grids
@@ -89,6 +92,8 @@ def anomaly_map_from_grids(
 
 def tokens_to_grid(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """``[B, h*w, C]`` tokens -> ``[B, C, h, w]`` map (row-major patch order)."""
+    if tokens.dim() != 3:
+        raise ValueError(f"tokens_to_grid expects tokens of shape [B, h*w, C], got {tuple(tokens.shape)}")
     b, n, c = tokens.shape
     h, w = grid
     if n != h * w:

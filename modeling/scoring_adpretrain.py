@@ -131,6 +131,10 @@ def nearest_in_bank(
     """
     if metric not in ("l2", "cosine"):
         raise ValueError(f"unknown metric {metric!r}: choose 'l2' or 'cosine'")
+    if bank.dim() != 2 or bank.shape[0] == 0:
+        raise ValueError(f"the bank has shape {tuple(bank.shape)}: pass a non-empty [M, D] bank (fit on normal images first)")
+    if queries.dim() != 2 or queries.shape[1] != bank.shape[1]:
+        raise ValueError(f"queries of shape {tuple(queries.shape)} do not match the [M, D] bank {tuple(bank.shape)}: pass [n, D]")
     q = queries.float()
     if metric == "cosine":
         q = F.normalize(q, dim=1)

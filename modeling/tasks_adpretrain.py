@@ -24,13 +24,18 @@ PIPELINE_MODEL_CLASSES = ("AutoModel",)  # ``custom_pipelines[task]["pt"]``: mod
 
 
 def registered_pipeline_class(task: str) -> Optional[type]:
-    """The pipeline class transformers' registry serves ``task`` with, or None."""
+    """The pipeline class transformers' registry serves ``task`` with, or None.
+
+    transformers 5 lists its own tasks' pipelines as dotted-path strings (imported lazily); a
+    registered class is always a class, so a string means "not ours" and gives None.
+    """
     try:
         from transformers.pipelines import PIPELINE_REGISTRY
 
-        return PIPELINE_REGISTRY.supported_tasks.get(task, {}).get("impl")
+        impl = PIPELINE_REGISTRY.supported_tasks.get(task, {}).get("impl")
     except Exception:  # noqa: BLE001 - any failure means: not registered here
         return None
+    return impl if isinstance(impl, type) else None
 
 
 def task_registered_locally(task: str) -> bool:

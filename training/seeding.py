@@ -29,7 +29,10 @@ SEED_BITS = 63  # derived seeds are non-negative int64s (torch.manual_seed and n
 
 def derived_seed(seed: int, stream: int, *keys: int) -> int:
     """A seed that depends only on ``(seed, stream, keys)`` (numpy's SeedSequence hashing)."""
-    words = np.random.SeedSequence([int(seed), int(stream), *(int(k) for k in keys)]).generate_state(2, np.uint64)
+    entropy = [int(seed), int(stream), *(int(k) for k in keys)]
+    if min(entropy) < 0:
+        raise ValueError(f"seed, stream and keys must be non-negative integers, got {entropy}: pass a seed >= 0")
+    words = np.random.SeedSequence(entropy).generate_state(2, np.uint64)
     return int(words[0]) >> (64 - SEED_BITS)
 
 

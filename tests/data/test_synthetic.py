@@ -1,4 +1,4 @@
-"""Synthetic generator: determinism, file names, defect/mask correspondence, poses, CLI."""
+"""Synthetic generator: determinism, file names, loader round trips, views, CLI."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from adpretrain_hf.data import (
     load_realiad,
     render_views,
 )
-from adpretrain_hf.data.synthetic_scenes import OBJECT_CATEGORIES, SCENES, TEXTURE_CATEGORIES
+from adpretrain_hf.data.synthetic_scenes import OBJECT_CATEGORIES, TEXTURE_CATEGORIES
 
 SMALL = 48  # image side for tests: fast, still large enough for every defect
 
@@ -102,27 +102,6 @@ def test_mvtec_layout_loader_roundtrip(tmp_path):
             assert row["mask"].size == row["image"].size and np.asarray(row["mask"]).any()
 
 
-@pytest.mark.parametrize("category", SYNTHETIC_CATEGORIES)
-@pytest.mark.parametrize("defect", DEFECT_KINDS)
-def test_mask_is_exactly_where_the_defect_changed_pixels(category, defect):
-    for seed in range(2):
-        view = render_views(category, defect, seed=[seed, 5], image_size=SMALL)[0]
-        assert view.image.shape == (SMALL, SMALL, 3) and view.image.dtype == np.uint8
-        changed = np.any(view.image != view.clean, axis=-1)
-        assert view.mask.dtype == bool and view.mask.sum() >= 6
-        assert not np.any(changed & ~view.mask)  # nothing changed outside the mask
-        assert changed[view.mask].mean() > 0.9  # and the masked pixels did change
-
-
-def test_defects_stay_on_the_object():
-    for seed in range(3):
-        scene = SCENES["washer"](np.random.default_rng([seed, 0]), SMALL, True)
-        view = render_views("washer", "stain", seed=[seed, 0], image_size=SMALL)[0]
-        # render_views draws the scene first from the same generator: C1 is that product plus sensor noise
-        assert np.abs(view.clean - np.clip(scene.image, 0, 255)).mean() < 3.0
-        assert not np.any(view.mask & ~scene.foreground)
-
-
 def test_views_differ_and_masks_follow_the_view():
     views = render_views("tile", "hole", seed=[3], image_size=SMALL, num_views=5)
     assert views[0].mask is not None
@@ -134,32 +113,6 @@ def test_views_differ_and_masks_follow_the_view():
             assert not np.any(changed & ~view.mask)
         else:
             assert np.array_equal(view.image, view.clean) and view.defect == "hole"
-
-
-def centroid(foreground: np.ndarray) -> np.ndarray:
-    ys, xs = np.nonzero(foreground)
-    return np.array([xs.mean(), ys.mean()])
-
-
-def principal_angle(foreground: np.ndarray) -> float:
-    ys, xs = np.nonzero(foreground)
-    cov = np.cov(np.stack([xs, ys]).astype(float))
-    vec = np.linalg.eigh(cov)[1][:, -1]
-    return float(np.arctan2(vec[1], vec[0]) % np.pi)
-
-
-def test_aligned_and_unaligned_poses():
-    size = 96
-    def scenes(aligned):
-        return [SCENES["screw"](np.random.default_rng(s), size, aligned).foreground for s in range(12)]
-    tight, loose = scenes(True), scenes(False)
-    assert np.std([centroid(f) for f in tight], axis=0).max() < 0.03 * size
-    assert np.std([centroid(f) for f in loose], axis=0).max() > 0.05 * size
-    tight_angles = [principal_angle(f) for f in tight]
-    tight_spread = np.ptp(np.unwrap(np.array(tight_angles) * 2) / 2)
-    assert tight_spread < np.deg2rad(10)
-    loose_angles = np.array([principal_angle(f) for f in loose])
-    assert np.ptp(loose_angles) > np.deg2rad(60)
 
 
 def test_generator_errors(tmp_path):

@@ -1,4 +1,7 @@
-"""Residual matching against brute force; the Feature Projector against direct formulas."""
+"""Residual features against brute force; the Feature Projector against direct formulas.
+
+The nearest-neighbour search itself: tests/modeling/test_matching_adpretrain.py.
+"""
 
 import pytest
 import torch
@@ -6,61 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from adpretrain_hf import ADPretrainConfig
-from adpretrain_hf.modeling.matching_adpretrain import batched_nearest_indices, faiss_available, nearest_neighbors
 from adpretrain_hf.modeling.projector_adpretrain import FeatureProjector, lkv_parameter_count
 from adpretrain_hf.modeling.residual_adpretrain import residual_features
 
-
-def _brute_force_nearest(queries, bank, metric):
-    """Explicit per-query loop: the slow, obvious definition."""
-    out = []
-    for q in queries:
-        if metric == "cosine":
-            scores = [float(torch.dot(q, b) / (q.norm() * b.norm())) for b in bank]
-            out.append(max(range(len(scores)), key=scores.__getitem__))
-        else:
-            scores = [float((q - b).square().sum()) for b in bank]
-            out.append(min(range(len(scores)), key=scores.__getitem__))
-    return torch.tensor(out)
-
-
-@pytest.mark.parametrize("metric", ["cosine", "l2"])
-@pytest.mark.parametrize("backend", ["torch", "faiss"])
-def test_nearest_neighbors_match_brute_force(metric, backend):
-    if backend == "faiss" and not faiss_available():
-        pytest.skip("faiss is not installed")
-    torch.manual_seed(0)
-    queries, bank = torch.randn(60, 16, dtype=torch.float64), torch.randn(45, 16, dtype=torch.float64)
-    values, idx = nearest_neighbors(queries, bank, metric=metric, backend=backend, max_block_elements=97)
-    assert torch.equal(idx, _brute_force_nearest(queries, bank, metric))
-    if metric == "l2":
-        assert torch.allclose(values.double(), (queries - bank[idx]).square().sum(1), rtol=1e-4)
-
-
-def test_torch_search_is_chunk_invariant():
-    torch.manual_seed(1)
-    queries, bank = torch.randn(300, 8), torch.randn(200, 8)
-    _, a = nearest_neighbors(queries, bank, backend="torch", max_block_elements=1)
-    _, b = nearest_neighbors(queries, bank, backend="torch", max_block_elements=10**9)
-    assert torch.equal(a, b)
-
-
-def test_faiss_does_not_modify_inputs():
-    if not faiss_available():
-        pytest.skip("faiss is not installed")
-    queries, bank = torch.randn(20, 8) * 5, torch.randn(10, 8) * 5
-    q0, b0 = queries.clone(), bank.clone()
-    nearest_neighbors(queries, bank, backend="faiss")
-    assert torch.equal(queries, q0) and torch.equal(bank, b0)
-
-
-@pytest.mark.parametrize("metric", ["cosine", "l2"])
-def test_per_sample_banks_match_a_loop(metric):
-    torch.manual_seed(2)
-    queries, banks = torch.randn(3, 20, 8), torch.randn(3, 30, 8)
-    idx = batched_nearest_indices(queries, banks, metric=metric, max_block_elements=50)
-    for b in range(3):
-        assert torch.equal(idx[b], _brute_force_nearest(queries[b], banks[b], metric))
+from .helpers import brute_force_nearest as _brute_force_nearest
 
 
 def test_residual_is_raw_minus_cosine_neighbour():
@@ -71,11 +23,6 @@ def test_residual_is_raw_minus_cosine_neighbour():
         for n in range(5):
             j = _brute_force_nearest(tokens[b, n : n + 1], bank, "cosine")[0]
             assert torch.allclose(res[b, n], tokens[b, n] - bank[j])
-
-
-def test_empty_bank_is_a_clear_error():
-    with pytest.raises(ValueError, match="empty"):
-        nearest_neighbors(torch.randn(3, 4), torch.randn(0, 4))
 
 
 @pytest.mark.parametrize("dim", [768, 1024, 1280])

@@ -76,19 +76,6 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "`adpretrain pretrain` forwarding and its one-line errors",
     ),
     "commands/synth": ("tests/data/test_synthetic.py", "`adpretrain synth` is tested with the generator"),
-    "data/mvtec_style": (
-        "tests/data/test_layouts.py",
-        "each layout is read through load_ad_dataset on a tiny tree",
-    ),
-    "data/schema": ("tests/data/test_layouts.py", "the row schema (AD_FEATURES) of every loader"),
-    "data/synthetic_defects": (
-        "tests/data/test_synthetic.py",
-        "defects and masks are checked on generated images",
-    ),
-    "data/synthetic_scenes": (
-        "tests/data/test_synthetic.py",
-        "scenes and poses are checked on generated images",
-    ),
     "settings_values": ("tests/test_settings_parser.py", "typed values and name checks, through both CLIs' parsers"),
     "commands/_deferred": ("tests/test_settings_parser.py", "the lazy subparsers of `adpretrain evaluate` / `pretrain`"),
     "evaluation/cell": (
@@ -126,57 +113,6 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
     "metrics/modules/aupro/aupro": ("tests/metrics/test_evaluate_modules.py", _EVALUATE_SCRIPT),
     "metrics/modules/image_auroc/image_auroc": ("tests/metrics/test_evaluate_modules.py", _EVALUATE_SCRIPT),
     "metrics/modules/pixel_auroc/pixel_auroc": ("tests/metrics/test_evaluate_modules.py", _EVALUATE_SCRIPT),
-    "modeling/anomaly_map_adpretrain": (
-        "tests/modeling/test_modeling_adpretrain.py",
-        "the model's anomaly maps against scipy's gaussian_filter",
-    ),
-    "modeling/content_keys_adpretrain": (
-        "tests/project/test_shared_facts.py",
-        "the pixel-hash rule, against hashlib",
-    ),
-    "modeling/dtypes_adpretrain": (
-        "tests/project/test_shared_facts.py",
-        "every dtype alias parses to a canonical dtype",
-    ),
-    "modeling/checkpoint_io_adpretrain": (
-        "tests/project/test_checkpoint_structure.py",
-        "what a checkpoint was saved with is what it loads as",
-    ),
-    "modeling/image_io_adpretrain": ("tests/project/test_input_checks.py", "16-bit images and mask storages"),
-    "modeling/configuration_detector_adpretrain": (
-        "tests/modeling/test_modeling_detector_adpretrain.py",
-        "detector config round trips with its model",
-    ),
-    "modeling/matching_adpretrain": (
-        "tests/modeling/test_residual_adpretrain.py",
-        "residual matching against brute force",
-    ),
-    "modeling/presets_adpretrain": (
-        "tests/modeling/test_configuration_adpretrain.py",
-        "presets build configs",
-    ),
-    "modeling/scoring_adpretrain": (
-        "tests/detectors/test_training_free.py",
-        "aggregate_patch_features against loops; the rest through PatchCore/PaDiM against brute force",
-    ),
-    "modeling/tasks_adpretrain": (
-        "tests/modeling/test_pipeline_anomaly_detection.py",
-        "the task is served from a saved folder, also as remote code without the package",
-    ),
-    "training/arguments": ("tests/training/test_pretrain.py", "arguments merge YAML, flags and overrides"),
-    "training/checkpointing": (
-        "tests/project/test_training_reliability.py",
-        "exact resume after a real kill, pickle-free and atomic",
-    ),
-    "training/data_pipeline": (
-        "tests/training/test_pretrain.py",
-        "drawn references share class and view and exclude themselves",
-    ),
-    "training/feature_cache": (
-        "tests/training/test_pretrain.py",
-        "the reference cache returns the backbone's tokens",
-    ),
-    "training/seeding": ("tests/project/test_training_reliability.py", "reproducible runs"),
 }
 
 # module -> why it has no tests of its own

@@ -1,4 +1,4 @@
-"""Pretraining: arguments, reference sampling and cache, and real runs of training/pretrain.py."""
+"""Pretraining: real runs of training/pretrain.py (resume, two processes, hub push, the CLI)."""
 
 import json
 import os
@@ -12,8 +12,6 @@ import torch
 
 from adpretrain_hf import ADPretrainModel
 from adpretrain_hf.losses import PAPER_LOSS_FORM
-from adpretrain_hf.training.arguments import PretrainArguments, load_arguments
-from adpretrain_hf.training.feature_cache import ReferenceFeatureCache
 
 REPO = Path(__file__).resolve().parents[2]
 PRETRAIN = REPO / "training" / "pretrain.py"
@@ -89,101 +87,6 @@ def test_two_cpu_processes_under_accelerate_launch(realiad_root, tmp_path):
     assert [r["step"] for r in records] == [1, 2, 3, 4], result.stdout[-1000:]
     assert ADPretrainModel.from_pretrained(out / "model").centers.initialized
     assert result.stdout.count("checkpoint written:") == 1  # main process only
-
-
-def test_arguments_merge_yaml_flags_and_overrides(tmp_path):
-    config = tmp_path / "c.yaml"
-    config.write_text("preset: tiny-clip\nepochs: 3\nlearning_rate: 1.0e-4\n")
-    args = load_arguments(str(config), {"epochs": 5, "batch_size": None}, ["learning_rate=2e-3", "model.norm_kind=release", "model.layers=[1, 2]"])
-    assert (args.preset, args.epochs, args.batch_size, args.learning_rate) == ("tiny-clip", 5, 32, 2e-3)
-    assert args.model == {"norm_kind": "release", "layers": [1, 2]}
-    with pytest.raises(ValueError, match="not a pretraining argument"):
-        load_arguments(None, {}, ["nonsense=1"])
-    config.write_text("epoch: 3\n")
-    with pytest.raises(ValueError, match="unknown keys"):
-        load_arguments(str(config), {}, [])
-
-
-def test_missing_data_root_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="data_root"):
-        PretrainArguments().validate()
-    with pytest.raises(ValueError, match="not a folder"):
-        PretrainArguments(data_root=str(tmp_path / "nope")).validate()
-
-
-def test_reference_cache_returns_the_backbones_tokens(tiny_clip_model):
-    images = torch.randn(5, 3, 64, 64)
-    calls = []
-
-    def backbone(pixels):
-        calls.append(pixels.shape[0])
-        return tiny_clip_model.backbone(pixels)
-
-    cache = ReferenceFeatureCache(backbone, lambda i: images[i], torch.device("cpu"), max_images=3)
-    indices = torch.tensor([[0, 1], [1, 4]])
-    banks = cache.banks(indices)
-    direct = tiny_clip_model.backbone(images)
-    for layer, bank in enumerate(banks):
-        assert bank.shape == (2, 2 * 64, 32)
-        expected = torch.cat([direct[layer][0], direct[layer][1]])
-        assert torch.allclose(bank[0], expected, atol=1e-6)
-    assert sum(calls) == 3  # three distinct images computed once
-    cache.banks(torch.tensor([[4, 1]]))
-    assert sum(calls) == 3 and cache.hits == 2  # served from the cache
-    cache.banks(torch.tensor([[2, 3]]))
-    assert len(cache) == 3  # LRU bound holds
-
-
-def test_reference_tokens_do_not_depend_on_what_was_computed_before():
-    """A backbone whose tokens depend on the rest of its batch (as batched kernels can, by an
-    ulp) must still give an image the same tokens whatever the cache's history: a resumed run
-    starts with an empty cache and must see the uninterrupted run's bits."""
-    images = torch.randn(7, 3, 4, 4)
-    rows = [0, 2, 3, 4, 6]  # the reference pool; groups of 2: (0, 2), (3, 4), (6,)
-    calls = []
-
-    def batch_mixing(pixels):
-        calls.append(pixels.shape[0])
-        tokens = pixels.flatten(2).transpose(1, 2)  # [n, 16, 3]
-        return [tokens + pixels.mean(), tokens * pixels.std()]
-
-    def direct(group, index):
-        out = batch_mixing(images[list(group)])
-        return [layer[group.index(index)] for layer in out]
-
-    busy = ReferenceFeatureCache(batch_mixing, lambda i: images[i], torch.device("cpu"), max_images=2, batch_size=2, rows=rows)
-    busy.banks(torch.tensor([[3, 0], [6, 2]]))
-    busy.banks(torch.tensor([[4, 6]]))
-    fresh = ReferenceFeatureCache(batch_mixing, lambda i: images[i], torch.device("cpu"), max_images=2, batch_size=2, rows=rows)
-    query = torch.tensor([[2, 4, 1], [6, 0, 3]])  # 1 is outside the pool: computed alone
-    calls.clear()
-    fresh_banks = fresh.banks(query)
-    assert sorted(calls) == [1, 1, 2, 2]  # groups (0, 2), (3, 4) and (6,), and row 1 alone
-    for layer, (a, b) in enumerate(zip(busy.banks(query), fresh_banks)):
-        assert torch.equal(a, b)  # bit for bit, whatever came before
-        for sample, picked in enumerate(query.tolist()):
-            groups = {0: (0, 2), 2: (0, 2), 3: (3, 4), 4: (3, 4), 6: (6,), 1: (1,)}
-            expected = torch.cat([direct(groups[i], i)[layer] for i in picked])
-            assert torch.equal(b[sample], expected)
-    with pytest.raises(ValueError, match="batch_size"):
-        ReferenceFeatureCache(batch_mixing, lambda i: images[i], torch.device("cpu"), batch_size=0)
-
-
-def test_drawn_references_share_class_and_view_and_exclude_self(realiad_root):
-    from adpretrain_hf.modeling.image_processing_adpretrain import ADPretrainImageProcessor
-    from adpretrain_hf.training.data_pipeline import build_training_data, collate_views, draw_references
-
-    processor = ADPretrainImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
-    data = build_training_data(str(realiad_root), processor, seed=0)
-    batch = collate_views([data.dataset[i] for i in range(4)])
-    assert batch["view1"].shape == (4, 3, 64, 64) and batch["mask"].shape == (4, 64, 64)
-    refs = draw_references(data, batch, np.random.default_rng(0), shot_choices=(4,))
-    assert refs.shape == (4, 4)
-    raw = data.raw
-    for row, picked in zip(batch["row_index"].tolist(), refs.tolist()):
-        assert row not in picked
-        for index in picked:
-            assert raw[index]["label"] == 0 and raw[index]["category"] == raw[row]["category"] and raw[index]["view"] == raw[row]["view"]
 
 
 def test_push_to_hub_uploads_the_checkpoint_folder(tiny_clip_model, tmp_path, monkeypatch):

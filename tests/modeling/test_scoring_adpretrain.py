@@ -1,0 +1,107 @@
+"""PatchCore/PaDiM scoring pieces against their definitions written as plain numpy loops."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from adpretrain_hf.modeling.scoring_adpretrain import (
+    aggregate_patch_features,
+    embedding_width,
+    mahalanobis_distances,
+    nearest_in_bank,
+    reweighted_scores,
+)
+
+
+def _adaptive_pool(values: np.ndarray, out: int) -> np.ndarray:
+    """adaptive_avg_pool1d over the last axis: bin i averages [floor(i*C/out), ceil((i+1)*C/out))."""
+    c = values.shape[-1]
+    return np.stack([values[..., (i * c) // out : math.ceil((i + 1) * c / out)].mean(-1) for i in range(out)], -1)
+
+
+def _local_average(fmap: np.ndarray) -> np.ndarray:
+    """3x3 mean with zero padding counted, [C, h, w]."""
+    c, h, w = fmap.shape
+    padded = np.zeros((c, h + 2, w + 2))
+    padded[:, 1:-1, 1:-1] = fmap
+    return sum(padded[:, dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)) / 9.0
+
+
+@pytest.mark.parametrize("dim", [4, 100])  # pooled, and plain concatenation
+def test_aggregate_patch_features_against_loops(dim):
+    torch.manual_seed(0)
+    maps = [torch.randn(2, 6, 4, 4), torch.randn(2, 10, 2, 2)]
+    out = aggregate_patch_features(maps, dim=dim)
+    width = min(dim, min(dim, 6) + min(dim, 10))
+    assert out.shape == (2, 4, 4, width) == (2, 4, 4, embedding_width([6, 10], dim))
+    for b in range(2):
+        layers = []
+        for fmap in maps:
+            local = torch.from_numpy(_local_average(fmap[b].double().numpy()))[None]
+            grid = local if local.shape[-1] == 4 else F.interpolate(local, size=(4, 4), mode="bilinear", align_corners=False)
+            layers.append(_adaptive_pool(grid[0].numpy().transpose(1, 2, 0), min(dim, fmap.shape[1])))
+        expected = _adaptive_pool(np.concatenate(layers, -1), width)
+        np.testing.assert_allclose(out[b].numpy(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_nearest_in_bank_against_brute_force(metric):
+    rng = np.random.default_rng(1)
+    queries, bank = rng.normal(size=(9, 5)), rng.normal(size=(23, 5))
+    values, index = nearest_in_bank(torch.from_numpy(queries), torch.from_numpy(bank), metric=metric, chunk_rows=4)
+    for i, q in enumerate(queries):
+        if metric == "l2":
+            scores = [np.linalg.norm(q - m) for m in bank]
+            best = int(np.argmin(scores))
+        else:
+            scores = [q @ m / (np.linalg.norm(q) * np.linalg.norm(m)) for m in bank]
+            best = int(np.argmax(scores))
+        assert int(index[i]) == best and float(values[i]) == pytest.approx(scores[best], abs=1e-5)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_ties_across_chunks_keep_the_lower_index_as_argmin(metric):
+    bank = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    _, index = nearest_in_bank(torch.tensor([[2.0, 0.0]]) if metric == "cosine" else bank[1:2], bank, metric, chunk_rows=1)
+    assert int(index[0]) == 1
+
+
+def test_reweighted_scores_are_equation_7():
+    rng = np.random.default_rng(2)
+    bank, queries = rng.normal(size=(12, 3)), rng.normal(size=(4, 3))
+    nn = np.array([int(np.argmin([np.linalg.norm(q - m) for m in bank])) for q in queries])
+    got = reweighted_scores(torch.from_numpy(queries), torch.from_numpy(nn), torch.from_numpy(bank), num_neighbors=3)
+    for i, q in enumerate(queries):
+        centre = bank[nn[i]]
+        support = sorted(range(len(bank)), key=lambda j: np.linalg.norm(bank[j] - centre))[:3]  # m* included
+        s_star = np.linalg.norm(q - centre)
+        weight = 1 - np.exp(s_star) / sum(np.exp(np.linalg.norm(q - bank[j])) for j in support)
+        assert float(got[i]) == pytest.approx(weight * s_star, rel=1e-6)
+
+
+def test_mahalanobis_against_the_inverse_covariance():
+    rng = np.random.default_rng(3)
+    b, d, p = 3, 4, 5
+    embedding, mean = rng.normal(size=(b, d, p)), rng.normal(size=(p, d))
+    factors = rng.normal(size=(p, d, d))
+    covariance = factors @ factors.transpose(0, 2, 1) + np.eye(d)
+    cholesky = torch.linalg.cholesky(torch.from_numpy(covariance))
+    got = mahalanobis_distances(torch.from_numpy(embedding), torch.from_numpy(mean), cholesky)
+    for i in range(b):
+        for j in range(p):
+            delta = embedding[i, :, j] - mean[j]
+            assert float(got[i, j]) == pytest.approx(np.sqrt(delta @ np.linalg.inv(covariance[j]) @ delta), rel=1e-9)
+
+
+def test_bad_options_are_one_line_errors():
+    with pytest.raises(ValueError, match="unknown metric 'dot': choose 'l2' or 'cosine'"):
+        nearest_in_bank(torch.zeros(2, 3), torch.zeros(4, 3), metric="dot")
+    with pytest.raises(ValueError, match=r"the bank has shape \(0, 3\): pass a non-empty \[M, D\] bank"):
+        nearest_in_bank(torch.zeros(2, 3), torch.zeros(0, 3))
+    with pytest.raises(ValueError, match=r"queries of shape \(2, 5\) do not match the \[M, D\] bank \(4, 3\)"):
+        nearest_in_bank(torch.zeros(2, 5), torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="num_neighbors must be >= 1, got 0"):
+        reweighted_scores(torch.zeros(1, 3), torch.zeros(1, dtype=torch.long), torch.zeros(4, 3), num_neighbors=0)

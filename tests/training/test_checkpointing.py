@@ -1,0 +1,104 @@
+"""Checkpoint files without pickle: folder bookkeeping, optimizer/scheduler state through safetensors
+and JSON, and the refusals. (Exact resume of a real killed run: tests/project/test_training_reliability.py.)"""
+
+import warnings
+
+import pytest
+import torch
+
+from adpretrain_hf.training import checkpointing as ckpt
+
+
+def _make(root, *names):
+    for name in names:
+        (root / name).mkdir(parents=True)
+        (root / name / "marker").write_text(name)
+
+
+def test_checkpoints_are_listed_by_step_and_temporaries_ignored(tmp_path):
+    _make(tmp_path, "checkpoint_10", "checkpoint_2", ".tmp-checkpoint_11", "checkpoint_x")
+    (tmp_path / "checkpoint_3").write_text("a file, not a checkpoint")
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["checkpoint_2", "checkpoint_10"]  # numeric, not lexical
+    assert ckpt.latest_checkpoint(tmp_path).name == "checkpoint_10"
+    assert ckpt.latest_checkpoint(tmp_path / "missing") is None
+
+
+def test_commit_keeps_the_newest_and_replaces_a_resaved_step(tmp_path):
+    _make(tmp_path, "checkpoint_1", "checkpoint_2", ".tmp-checkpoint_3", ".tmp-leftover")
+    final = ckpt.commit(tmp_path / ".tmp-checkpoint_3", keep=2)
+    assert final == tmp_path / "checkpoint_3"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_2", "checkpoint_3"]  # and no temporaries
+    _make(tmp_path, ".tmp-checkpoint_3")
+    (tmp_path / ".tmp-checkpoint_3" / "marker").write_text("again")
+    ckpt.commit(tmp_path / ".tmp-checkpoint_3", keep=2)
+    assert (tmp_path / "checkpoint_3" / "marker").read_text() == "again"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_2", "checkpoint_3"]
+
+
+def test_optimizer_and_scheduler_resume_as_if_never_stopped(tmp_path):
+    def setup():
+        torch.manual_seed(0)
+        weights = torch.nn.Parameter(torch.randn(4))
+        optimizer = torch.optim.Adam([weights], lr=0.1, betas=(0.8, 0.9))
+        return weights, optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[3], gamma=0.5)
+
+    def step(weights, optimizer, scheduler):
+        optimizer.zero_grad()
+        (weights ** 3).sum().backward()
+        optimizer.step()
+        scheduler.step()
+
+    weights, optimizer, scheduler = setup()
+    for _ in range(2):
+        step(weights, optimizer, scheduler)
+    tensors, values = ckpt.optimizer_state(optimizer)
+    ckpt.write_tensors(tmp_path / "opt.safetensors", tensors)
+    ckpt.write_json(tmp_path / "opt.json", values)
+    ckpt.write_json(tmp_path / "sched.json", ckpt.scheduler_state(scheduler))
+    saved_weights = weights.detach().clone()
+    for _ in range(3):
+        step(weights, optimizer, scheduler)
+
+    again, optimizer2, scheduler2 = setup()
+    with torch.no_grad():
+        again.copy_(saved_weights)
+    ckpt.load_optimizer_state(optimizer2, ckpt.read_tensors(tmp_path / "opt.safetensors"), ckpt.read_json(tmp_path / "opt.json"))
+    ckpt.load_scheduler_state(scheduler2, ckpt.read_json(tmp_path / "sched.json"))
+    assert optimizer2.param_groups[0]["betas"] == (0.8, 0.9)  # a tuple again after JSON
+    for _ in range(3):
+        step(again, optimizer2, scheduler2)
+    assert torch.equal(again, weights) and scheduler2.get_last_lr() == scheduler.get_last_lr() == [0.05]
+
+
+def test_lists_pack_and_unpack_in_order():
+    tensors = [torch.full((2,), float(i)) for i in range(12)]
+    packed = dict(reversed(ckpt.pack_list("centers", tensors).items()))  # as a file may list them
+    packed.update({"centers_other/0": torch.zeros(1), "centers/extra": torch.ones(1)})
+    assert all(torch.equal(a, b) for a, b in zip(ckpt.unpack_list("centers", packed), tensors))
+    assert len(ckpt.unpack_list("centers", packed)) == 12
+
+
+def test_unsafe_or_foreign_folders_are_refused(tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match="is not a folder: pass --resume latest"):
+        ckpt.check_safe(tmp_path / "nope")
+    _make(tmp_path, "checkpoint_1")
+    with pytest.raises(ckpt.CheckpointError, match="has no trainer_state.json: it is incomplete"):
+        ckpt.check_safe(tmp_path / "checkpoint_1")
+    (tmp_path / "checkpoint_1" / ckpt.TRAINER_STATE).write_text("{}")
+    ckpt.check_safe(tmp_path / "checkpoint_1")
+    (tmp_path / "checkpoint_1" / "optimizer.PT").write_bytes(b"")
+    with pytest.raises(ckpt.CheckpointError, match=r"holds pickle files \['optimizer.PT'\].*never opened"):
+        ckpt.check_safe(tmp_path / "checkpoint_1")
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(ckpt.CheckpointError, match="different number of parameter groups"):
+        ckpt.load_optimizer_state(optimizer, {}, {"scalars": {}, "param_groups": []})
+
+
+def test_a_different_thread_count_warns_once_with_the_fix(tmp_path):
+    current = torch.get_num_threads()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ckpt.check_threads(tmp_path, current)
+        ckpt.check_threads(tmp_path, None)  # older checkpoints carry no record
+    with pytest.warns(ckpt.ThreadCountWarning, match=f"written with {current + 1} CPU threads.*OMP_NUM_THREADS={current + 1}"):
+        ckpt.check_threads(tmp_path, current + 1)
