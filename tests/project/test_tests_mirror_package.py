@@ -35,25 +35,12 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "register(): a saved folder loads with AutoModel, no trust_remote_code (the CLI's light import:"
         " tests/commands/test_deploy.py)",
     ),
-    "demo": ("tests/test_cli.py", "the quick demo runs through `adpretrain demo`"),
     "deployment": (
         "tests/modeling/test_calibration_adpretrain.py",
         "fit_detector, predict_maps and calibrate called directly; the fit/predict/export commands over it"
         " in tests/commands/test_deploy.py",
     ),
-    "registration": (
-        "tests/modeling/test_pipeline_anomaly_features.py",
-        "pipeline(\"anomaly-features\") resolves through the registered task",
-    ),
-    "commands/_deploy_io": (
-        "tests/commands/test_deploy.py",
-        "the deploy commands' shared input/output, tested with them",
-    ),
     "commands/export": (
-        "tests/commands/test_deploy.py",
-        _DEPLOY,
-    ),
-    "commands/fit": (
         "tests/commands/test_deploy.py",
         _DEPLOY,
     ),
@@ -61,16 +48,11 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "tests/commands/test_deploy.py",
         _DEPLOY,
     ),
-    "commands/card": ("tests/test_hub_publishing.py", "the card command writes the cards tested there"),
     "commands/convert": (
         "tests/test_convert_release.py",
         "`adpretrain convert` is tested with the converter",
     ),
-    "commands/demo": ("tests/test_cli.py", "`adpretrain demo` runs there"),
-    "commands/evaluate": (
-        "tests/evaluation/test_runner.py",
-        "`adpretrain evaluate` is tested with the runner",
-    ),
+    "commands/demo": ("tests/test_demo.py", "`adpretrain demo` is run there, as a user runs the demo"),
     "commands/pretrain": (
         "tests/project/test_training_reliability.py",
         "`adpretrain pretrain` forwarding and its one-line errors",
@@ -135,10 +117,6 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "tests/evaluation/test_runner.py",
         "indirectly: the runner fits and scores every cell end to end",
     ),
-    "evaluation/config": (
-        "tests/project/test_label_polarity.py",
-        "its mask rules; the run config through tests/evaluation/test_runner.py",
-    ),
     "evaluation/category_inputs": (
         "tests/data/test_realiad_splits.py",
         "category rows and the official Real-IAD split",
@@ -150,10 +128,6 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
     "evaluation/protocols": (
         "tests/evaluation/test_runner.py",
         "indirectly: protocols run end to end (select_protocol also in tests/project/test_label_polarity.py)",
-    ),
-    "evaluation/reference_sets": (
-        "tests/evaluation/test_runner.py",
-        "reference sets are drawn by the runner",
     ),
     "evaluation/report": (
         "tests/evaluation/test_runner.py",
