@@ -52,12 +52,6 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "tests/test_convert_release.py",
         "`adpretrain convert` is tested with the converter",
     ),
-    "commands/demo": ("tests/test_demo.py", "`adpretrain demo` is run there, as a user runs the demo"),
-    "commands/pretrain": (
-        "tests/project/test_training_reliability.py",
-        "`adpretrain pretrain` forwarding and its one-line errors",
-    ),
-    "commands/synth": ("tests/data/test_synthetic.py", "`adpretrain synth` is tested with the generator"),
     "data/mvtec_style": (
         "tests/data/test_layouts.py",
         "each layout is read through load_ad_dataset on a tiny tree",
@@ -99,8 +93,6 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "tests/detectors/test_trained.py",
         "save/load round trips of every trained detector",
     ),
-    "settings_values": ("tests/test_settings_parser.py", "typed values and name checks, through both CLIs' parsers"),
-    "commands/_deferred": ("tests/test_settings_parser.py", "the lazy subparsers of `adpretrain evaluate` / `pretrain`"),
     "detectors/coreset": (
         "tests/detectors/test_training_free.py",
         "FeatureNorm, PatchCore (with its coreset) and PaDiM against brute force",
