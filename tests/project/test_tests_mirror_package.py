@@ -117,10 +117,6 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "tests/evaluation/test_runner.py",
         "indirectly: the runner draws the overlays and charts",
     ),
-    "evaluation/protocols": (
-        "tests/evaluation/test_runner.py",
-        "indirectly: protocols run end to end (select_protocol also in tests/project/test_label_polarity.py)",
-    ),
     "evaluation/report": (
         "tests/evaluation/test_runner.py",
         "results.json/.csv/.md are read back and compared there",
