@@ -117,10 +117,6 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "tests/evaluation/test_runner.py",
         "indirectly: the runner draws the overlays and charts",
     ),
-    "evaluation/report": (
-        "tests/evaluation/test_runner.py",
-        "results.json/.csv/.md are read back and compared there",
-    ),
     "losses/_checks": (
         "tests/losses/test_total.py",
         "the losses' input checks (test_bad_inputs_raise_clear_errors)",
