@@ -18,13 +18,12 @@ import warnings
 import numpy as np
 import pytest
 from PIL import Image
-from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
 from adpretrain_hf.data import generate_dataset
 from adpretrain_hf.evaluation import METRICS, evaluate_model
 
-from .helpers import CATEGORIES, NUM_ANOMALOUS, NUM_NORMAL
+from .helpers import CATEGORIES, NUM_ANOMALOUS, NUM_NORMAL, brute_force_aupro
 
 FULL_METHODS = ("featurenorm", "patchcore", "padim", "cflow")  # cflow: a trained method, quick=True
 FAST = dict(methods=("featurenorm",), compare_backbone=False, num_overlays=0, progress=False, print_markdown=False)
@@ -47,34 +46,6 @@ def run_quiet(model, root, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return evaluate_model(model, root, **{**FAST, **kwargs})
-
-
-# -- independent references ------------------------------------------------------------------
-def brute_force_aupro(maps: np.ndarray, masks: np.ndarray, limit: float = 0.3) -> float:
-    """PRO at every distinct score by explicit thresholding (8-connected regions per image), area to ``limit`` / limit."""
-    regions = np.zeros(masks.shape, dtype=np.int64)
-    offset = 0
-    for i, mask in enumerate(masks):
-        labelled, count = ndimage.label(mask > 0, structure=np.ones((3, 3)))
-        regions[i] = np.where(labelled > 0, labelled + offset, 0)
-        offset += count
-    flat_maps, flat_regions = maps.ravel(), regions.ravel()
-    sizes = np.bincount(flat_regions, minlength=offset + 1)
-    normal = flat_regions == 0
-    fpr, pro = [0.0], [0.0]
-    for threshold in np.unique(flat_maps)[::-1]:
-        marked = flat_maps >= threshold
-        fpr.append((marked & normal).sum() / normal.sum())
-        hits = np.bincount(flat_regions[marked], minlength=offset + 1)
-        pro.append(float(np.mean(hits[1:] / sizes[1:])))
-    fpr, pro = np.array(fpr), np.array(pro)
-    inside = fpr <= limit
-    area = np.trapezoid(pro[inside], fpr[inside])
-    last = np.flatnonzero(inside)[-1]
-    if last + 1 < fpr.size and fpr[last] < limit:
-        end = pro[last] + (pro[last + 1] - pro[last]) * (limit - fpr[last]) / (fpr[last + 1] - fpr[last])
-        area += 0.5 * (limit - fpr[last]) * (pro[last] + end)
-    return float(area / limit)
 
 
 # -- the full run ----------------------------------------------------------------------------
@@ -232,6 +203,3 @@ def test_api_errors(mvtec_root, model, tmp_path):
         evaluate_model(model, mvtec_root, categories=["carpet"], **FAST)
     with pytest.raises(TypeError, match="ADPretrainModel"):
         evaluate_model(42, mvtec_root, **FAST)
-
-
-# -- CLI -------------------------------------------------------------------------------------

@@ -105,14 +105,6 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "tests/detectors/test_training_free.py",
         "FeatureNorm, PatchCore (with its coreset) and PaDiM against brute force",
     ),
-    "evaluation/cell": (
-        "tests/evaluation/test_runner.py",
-        "indirectly: the runner fits and scores every cell end to end",
-    ),
-    "evaluation/category_inputs": (
-        "tests/data/test_realiad_splits.py",
-        "category rows and the official Real-IAD split",
-    ),
     "evaluation/plots": (
         "tests/evaluation/test_runner.py",
         "indirectly: the runner draws the overlays and charts",
