@@ -105,10 +105,6 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "tests/detectors/test_training_free.py",
         "FeatureNorm, PatchCore (with its coreset) and PaDiM against brute force",
     ),
-    "evaluation/plots": (
-        "tests/evaluation/test_runner.py",
-        "indirectly: the runner draws the overlays and charts",
-    ),
     "losses/_checks": (
         "tests/losses/test_total.py",
         "the losses' input checks (test_bad_inputs_raise_clear_errors)",
