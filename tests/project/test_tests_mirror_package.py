@@ -48,10 +48,6 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "tests/commands/test_deploy.py",
         _DEPLOY,
     ),
-    "commands/convert": (
-        "tests/test_convert_release.py",
-        "`adpretrain convert` is tested with the converter",
-    ),
     "data/mvtec_style": (
         "tests/data/test_layouts.py",
         "each layout is read through load_ad_dataset on a tiny tree",
