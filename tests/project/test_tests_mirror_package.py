@@ -35,11 +35,6 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "register(): a saved folder loads with AutoModel, no trust_remote_code (the CLI's light import:"
         " tests/commands/test_deploy.py)",
     ),
-    "deployment": (
-        "tests/modeling/test_calibration_adpretrain.py",
-        "fit_detector, predict_maps and calibrate called directly; the fit/predict/export commands over it"
-        " in tests/commands/test_deploy.py",
-    ),
     "commands/export": (
         "tests/commands/test_deploy.py",
         _DEPLOY,
