@@ -26,23 +26,16 @@ SCRIPT_FOLDERS = ("benchmarks",)  # tests/benchmarks/test_x.py tests benchmarks/
 
 _REEXPORTS = "re-exports only: every test imports through it"
 _EVALUATE_SCRIPT = "an `evaluate` module script: loaded offline and compared with the plain function"
-_DEPLOY = "fit | predict | export are tested together, end to end"
 
 # module (path under its package, no .py) -> (test module, why it is there)
 COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
     "__init__": (
         "tests/modeling/test_modeling_adpretrain.py",
         "register(): a saved folder loads with AutoModel, no trust_remote_code (the CLI's light import:"
-        " tests/commands/test_deploy.py)",
+        " tests/test_cli.py)",
     ),
-    "commands/export": (
-        "tests/commands/test_deploy.py",
-        _DEPLOY,
-    ),
-    "commands/predict": (
-        "tests/commands/test_deploy.py",
-        _DEPLOY,
-    ),
+    "commands/export": ("tests/project/test_deploy_commands.py", "fit | predict | export are tested together, end to end"),
+    "commands/predict": ("tests/project/test_deploy_commands.py", "fit | predict | export are tested together, end to end"),
     "data/mvtec_style": (
         "tests/data/test_layouts.py",
         "each layout is read through load_ad_dataset on a tiny tree",

@@ -1,5 +1,7 @@
-"""`adpretrain fit | predict | export` end to end on a tiny preset, with images made here (the workspace and
-fitted detector: conftest.py), and the three commands' one-line errors."""
+"""`adpretrain fit | predict | export` end to end on a tiny preset, with images made here
+(tests/commands/helpers.py), and the three commands' one-line errors.
+
+Cross-cutting: each command's own tests are in tests/commands/test_<command>.py."""
 
 import csv
 import json
@@ -7,13 +9,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from adpretrain_hf.cli import main
 from adpretrain_hf.overlays import COLORBAR_PANEL_WIDTH
 
-from .helpers import SIZE
+from tests.commands.helpers import SIZE, make_workspace
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    return make_workspace(tmp_path_factory.mktemp("deploy"))
+
+
+@pytest.fixture(scope="module")
+def fitted(workspace):
+    code = main([
+        "fit", "--model", str(workspace / "ckpt"), "--method", "patchcore", "--train", str(workspace / "train"),
+        "--val", str(workspace / "val"), "--output", str(workspace / "det"), "--device", "auto", "--no-progress",
+    ])
+    assert code == 0
+    return workspace / "det"
 
 
 def test_fit_predict_export_chain(fitted, workspace):
