@@ -34,8 +34,6 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "register(): a saved folder loads with AutoModel, no trust_remote_code (the CLI's light import:"
         " tests/test_cli.py)",
     ),
-    "commands/export": ("tests/project/test_deploy_commands.py", "fit | predict | export are tested together, end to end"),
-    "commands/predict": ("tests/project/test_deploy_commands.py", "fit | predict | export are tested together, end to end"),
     "data/mvtec_style": (
         "tests/data/test_layouts.py",
         "each layout is read through load_ad_dataset on a tiny tree",
