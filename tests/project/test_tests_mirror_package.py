@@ -29,11 +29,6 @@ _EVALUATE_SCRIPT = "an `evaluate` module script: loaded offline and compared wit
 
 # module (path under its package, no .py) -> (test module, why it is there)
 COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
-    "__init__": (
-        "tests/modeling/test_modeling_adpretrain.py",
-        "register(): a saved folder loads with AutoModel, no trust_remote_code (the CLI's light import:"
-        " tests/test_cli.py)",
-    ),
     "data/mvtec_style": (
         "tests/data/test_layouts.py",
         "each layout is read through load_ad_dataset on a tiny tree",
