@@ -74,11 +74,20 @@ def _number(text: str, kind: type) -> Any:
         raise ValueError(f"expected {'an int' if kind is int else 'a float'}, got {text!r}") from None
 
 
+def _load_yaml(text: str, example: str) -> Any:
+    """``yaml.safe_load`` with a one-line ValueError (PyYAML's own message spans several lines)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        problem = " ".join(str(getattr(err, "problem", None) or "syntax error").split())
+        raise ValueError(f"{text!r} is not valid YAML ({problem}): write it like {example}") from None
+
+
 def _items(text: str) -> list[Any]:
     """``"[7, 9]"`` (YAML / JSON) or ``"7,9"`` (the comma form users type) -> raw items."""
     stripped = text.strip()
     if stripped.startswith("["):
-        loaded = yaml.safe_load(stripped)
+        loaded = _load_yaml(stripped, "[1, 2]")
         if not isinstance(loaded, list):
             raise ValueError(f"expected a list such as [1, 2] or 1,2, got {text!r}")
         return loaded
@@ -111,12 +120,12 @@ def typed_value(text: Any, hint: Any) -> Any:
         items = [typed_value(item, item_hint) for item in _items(text)]
         return tuple(items) if origin is tuple else items
     if origin in (dict, collections.abc.Mapping):
-        loaded = yaml.safe_load(text) if text.strip() else {}
+        loaded = _load_yaml(text, "{key: value}") if text.strip() else {}
         if not isinstance(loaded, dict):
             raise ValueError(f"expected a mapping such as {{key: value}}, got {text!r}")
         return loaded
     if inner is Any:
-        return yaml.safe_load(text)
+        return _load_yaml(text, "a YAML scalar such as 3, 0.5 or text")
     raise ValueError(f"cannot read a value of type {inner!r} from text")
 
 
@@ -133,7 +142,13 @@ def read_settings_file(path: str | Path, cls: type) -> dict[str, Any]:
     if not path.is_file():
         raise ValueError(f"settings file {path} does not exist: pass a .yaml or .json file")
     text = path.read_text(encoding="utf-8")
-    values = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    try:
+        values = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        problem = " ".join(str(getattr(err, "problem", None) or getattr(err, "msg", None) or "syntax error").split())
+        line = getattr(getattr(err, "problem_mark", None), "line", getattr(err, "lineno", 0) - 1) + 1
+        raise ValueError(f"{path} is not valid {path.suffix.lstrip('.').upper() or 'YAML'} ({problem}, line {line}): "
+                         "fix its syntax") from None
     values = values or {}
     if not isinstance(values, Mapping):
         raise ValueError(f"{path} must hold a mapping of setting: value lines")

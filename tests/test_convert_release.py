@@ -14,49 +14,16 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
-from transformers import CLIPVisionConfig, CLIPVisionModel
+from transformers import CLIPVisionModel
 
-from adpretrain_hf import ADPretrainConfig, ADPretrainModel, get_preset
-from adpretrain_hf.cli import main
+from adpretrain_hf import ADPretrainConfig, ADPretrainModel
 from adpretrain_hf.convert_release import ReleaseCheckpointError, convert_release_checkpoint, release_key_shapes
 
-D, N_REFS, HEADS, LAYERS = 32, 16, 4, 4  # tiny-clip widths, a custom N_r
+from .release_files import D, HEADS, LAYERS, N_REFS, _release_shapes, _release_state, _save, _tiny_backbone_dir
 
 
 def _config(**overrides):
     return ADPretrainConfig.from_preset("tiny-clip", num_learnable_references=N_REFS, **overrides)
-
-
-def _release_shapes(dim, n_refs, ref_proj="conv1d"):
-    """The release's per-projector layout from the notes' arithmetic: MLP 4D, SE bottleneck D/4."""
-    hidden, squeeze = 4 * dim, dim // 4
-    proj = {"conv1d": (dim, dim, 1), "conv2d": (dim, dim, 1, 1), "linear": (dim, dim)}[ref_proj]
-    return {
-        "ref": (n_refs, dim), "ref_proj.weight": proj, "ref_proj.bias": (dim,),
-        "attn.in_proj_weight": (3 * dim, dim), "attn.in_proj_bias": (3 * dim,),
-        "attn.out_proj.weight": (dim, dim), "attn.out_proj.bias": (dim,),
-        "mlp.fc1.weight": (hidden, dim), "mlp.fc1.bias": (hidden,),
-        "mlp.se.0.weight": (squeeze, hidden), "mlp.se.0.bias": (squeeze,),
-        "mlp.se.2.weight": (hidden, squeeze), "mlp.se.2.bias": (hidden,),
-        "mlp.fc2.weight": (dim, hidden), "mlp.fc2.bias": (dim,),
-    }
-
-
-def _release_state(ref_proj="conv1d", seed=0, layers=LAYERS, dim=D, n_refs=N_REFS):
-    """A release-layout state dict in bf16; weights ~ 1/sqrt(fan_in) so activations stay O(1)."""
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for i in range(layers):
-        for name, shape in _release_shapes(dim, n_refs, ref_proj).items():
-            scale = 1.0 if name == "ref" else 1.0 / math.sqrt(shape[1] if len(shape) > 1 else shape[0])
-            state[f"projectors.{i}.{name}"] = (torch.randn(shape, generator=g) * scale).to(torch.bfloat16)
-    return state
-
-
-def _save(tmp_path, obj, name="release.pth"):
-    path = tmp_path / name
-    torch.save(obj, path)
-    return path
 
 
 def _release_block(x, w, heads):
@@ -87,13 +54,6 @@ def _release_block(x, w, heads):
 def _layer(state, i):
     prefix = f"projectors.{i}."
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def _tiny_backbone_dir(tmp_path):
-    kwargs = {k: v for k, v in get_preset("tiny-clip").backbone_config.items() if k != "model_type"}
-    torch.manual_seed(7)
-    CLIPVisionModel(CLIPVisionConfig(**kwargs)).save_pretrained(tmp_path / "backbone")
-    return str(tmp_path / "backbone")
 
 
 # -- layout ---------------------------------------------------------------------------------
@@ -272,30 +232,3 @@ def test_malformed_centers_and_unsupported_settings(tmp_path):
         convert_release_checkpoint(path, _config(), out_dir=tmp_path / "o")
     with pytest.raises(ValueError, match="projector_type='lkv'"):
         convert_release_checkpoint(path, _config(projector_type="mlp"))
-
-
-# -- CLI ------------------------------------------------------------------------------------
-def test_cli_help(capsys):
-    with pytest.raises(SystemExit) as info:
-        main(["convert", "--help"])
-    assert info.value.code == 0
-    out = capsys.readouterr().out
-    assert "--release-checkpoint" in out and "--bundle-backbone" in out and "out_dir" in out
-
-
-def test_cli_converts_and_reports_errors(tmp_path, capsys):
-    backbone = _tiny_backbone_dir(tmp_path)
-    state = _release_state(n_refs=64)  # the tiny-clip preset's own N_r
-    path = _save(tmp_path, {"projectors": state})
-    args = ["convert", "--release-checkpoint", str(path), "--preset", "tiny-clip", "--bundle-backbone", "--backbone-weights", backbone]
-    assert main(args + [str(tmp_path / "out")]) == 0
-    assert "converted 4 projectors" in capsys.readouterr().out
-    loaded = ADPretrainModel.from_pretrained(tmp_path / "out")
-    assert all(torch.equal(p.learnable.references, state[f"projectors.{i}.ref"].float()) for i, p in enumerate(loaded.projectors))
-    assert main(args + [str(tmp_path / "out")]) == 1  # non-empty out_dir
-    assert "--overwrite" in capsys.readouterr().err
-    state["projectors.0.extra"] = torch.ones(1)
-    torch.save({"projectors": state}, path)
-    assert main(args + [str(tmp_path / "out2")]) == 1
-    err = capsys.readouterr().err
-    assert "unmapped" in err and "'projectors.0.extra'" in err and "hint:" in err

@@ -194,7 +194,7 @@ def _figure_texts(monkeypatch) -> list:
     return closed
 
 
-@pytest.mark.filterwarnings("ignore:invalid value encountered in divide")  # numpy: density of an empty histogram
+@pytest.mark.filterwarnings("error")  # an empty kind must not warn (numpy's density of an empty histogram)
 def test_histogram_figure_has_one_panel_per_kind_with_the_auroc(tmp_path, monkeypatch):
     closed = _figure_texts(monkeypatch)
     rng = np.random.default_rng(5)
@@ -238,3 +238,44 @@ def test_bad_masks_and_thresholds_are_one_line_errors(extractor, masks, threshol
     with pytest.raises(ValueError, match=match) as caught:
         patch_norms(extractor, images, masks, threshold)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("num_masks", [1, 3])
+def test_mask_count_must_match_the_image_count(extractor, num_masks):
+    images = torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with pytest.raises(ValueError, match=f"got {num_masks} masks for 2 images: pass one mask per image") as caught:
+        patch_norms(extractor, images, torch.zeros(num_masks, IMAGE_SIZE, IMAGE_SIZE), THRESHOLD)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_empty_batch_is_a_one_line_error(extractor):
+    with pytest.raises(ValueError, match="non-empty .* pass at least one image") as caught:
+        patch_norms(extractor, torch.zeros(0, 3, IMAGE_SIZE, IMAGE_SIZE), torch.zeros(0, IMAGE_SIZE, IMAGE_SIZE), 0.1)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "by_kind, match",
+    [
+        ({"backbone": {"normal": np.array([]), "anomalous": np.array([])}}, "feature kind 'backbone' has no patches"),
+        ({}, "by_kind is empty"),
+    ],
+)
+def test_a_kind_without_patches_is_a_one_line_error(tmp_path, by_kind, match):
+    with pytest.raises(ValueError, match=match) as caught:
+        plot_norm_histograms(by_kind, tmp_path / "hist.png")
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "hist.png").exists()
+
+
+@pytest.mark.filterwarnings("error")
+def test_a_kind_without_normal_patches_draws_without_warnings(tmp_path, monkeypatch):
+    closed = _figure_texts(monkeypatch)
+    norms = {"normal": np.array([]), "anomalous": np.random.default_rng(7).random(6)}
+    plot_norm_histograms({"only-anomalous": norms}, tmp_path / "hist.png")
+    (fig,) = closed
+    assert fig.axes[0].get_title() == "only-anomalous"
+    heights = [patch.get_height() for patch in fig.axes[0].patches]
+    # the anomalous histogram is a density: its bars integrate to one over the bin widths
+    widths = [patch.get_width() for patch in fig.axes[0].patches]
+    assert sum(h * w for h, w in zip(heights, widths)) == pytest.approx(1.0)

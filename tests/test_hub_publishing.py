@@ -11,6 +11,8 @@ from adpretrain_hf.cli import main
 from adpretrain_hf.hub_publishing import build_model_card, load_results, training_record, write_model_card
 from adpretrain_hf.modeling import ADPretrainConfig
 
+METRICS = ("image_auroc", "pixel_auroc", "aupro")
+
 
 def _run_args(data_root, **overrides):
     """The dict ``PretrainArguments.to_dict()`` hands the card writer at the end of training."""
@@ -135,3 +137,14 @@ def test_card_command_prints_one_line_for_bad_results(tiny_clip_model, tmp_path)
     error_line = result.stderr.strip().splitlines()[0]
     assert str(tmp_path / "notjson") in error_line and "is not JSON" in error_line
     assert "Traceback" not in result.stderr
+
+
+def test_results_of_several_runs_are_merged(tmp_path):
+    from adpretrain_hf.hub_publishing import load_results
+
+    scores = dict.fromkeys(METRICS, 0.5)
+    (tmp_path / "a.json").write_text(json.dumps({"results": {"mean": {"patchcore": {"backbone": scores}}}}))
+    (tmp_path / "b.json").write_text(json.dumps({"results": {"mean": {"patchcore": {"pretrained": scores}, "padim": {"backbone": scores}}}}))
+    merged = load_results([tmp_path / "a.json", tmp_path / "b.json"])
+    assert set(merged["mean"]) == {"patchcore", "padim"}
+    assert set(merged["mean"]["patchcore"]) == {"backbone", "pretrained"}

@@ -89,3 +89,27 @@ def test_device_auto_follows_the_machine(monkeypatch):
     assert features_command._device("auto") == "cuda"
     with pytest.raises(Exception, match="1 visible CUDA device"):
         features_command._device("cuda:3")
+
+
+def _write_images(folder, count, seed, size=(80, 100)):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / f"img_{i}.png")
+
+
+def test_features_command_scores_a_folder(tiny_clip_model, tmp_path):
+    tiny_clip_model.save_pretrained(tmp_path / "ckpt")
+    _write_images(tmp_path / "test", 3, seed=0)
+    _write_images(tmp_path / "good", 2, seed=1, size=(64, 64))
+    code = main([
+        "features", "--model", str(tmp_path / "ckpt"), "--images", str(tmp_path / "test"),
+        "--references", str(tmp_path / "good"), "--output", str(tmp_path / "out"), "--save-features",
+    ])
+    assert code == 0
+    rows = list(csv.DictReader(open(tmp_path / "out" / "scores.csv")))
+    assert [r["file"] for r in rows] == ["img_0.png", "img_1.png", "img_2.png"]
+    assert Image.open(tmp_path / "out" / "maps" / "img_0.png.png").size == (100, 80)  # the image's own size
+    features = np.load(tmp_path / "out" / "features" / "img_0.png.npz")
+    assert sorted(features.files) == ["block_1", "block_2", "block_3", "block_4"]
+    assert features["block_1"].shape == (8, 8, 32)

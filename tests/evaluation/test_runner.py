@@ -17,37 +17,16 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
-from adpretrain_hf import ADPretrainConfig, ADPretrainModel
-from adpretrain_hf.cli import main as cli_main
 from adpretrain_hf.data import generate_dataset
-from adpretrain_hf.evaluation import METRICS, EvaluationConfig, evaluate_model
-from adpretrain_hf.evaluation import config as evaluation_config
-from adpretrain_hf.evaluation.reference_sets import PerImageReferenceExtractor, plan_references
-from adpretrain_hf.extractor import ModelFeatureExtractor
+from adpretrain_hf.evaluation import METRICS, evaluate_model
 
-CATEGORIES = ["tile", "bottle"]
-NUM_NORMAL, NUM_ANOMALOUS = 4, 2  # per category: 4 train normals; test = 2 anomalous + 2 normal
+from .helpers import CATEGORIES, NUM_ANOMALOUS, NUM_NORMAL, brute_force_aupro
+
 FULL_METHODS = ("featurenorm", "patchcore", "padim", "cflow")  # cflow: a trained method, quick=True
 FAST = dict(methods=("featurenorm",), compare_backbone=False, num_overlays=0, progress=False, print_markdown=False)
-
-
-@pytest.fixture(scope="module")
-def mvtec_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mvtec")
-    generate_dataset(root, layout="mvtec", categories=CATEGORIES, num_normal=NUM_NORMAL, num_anomalous=NUM_ANOMALOUS,
-                     image_size=64, seed=0, progress=False)
-    return root
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return ADPretrainModel(ADPretrainConfig.from_preset("tiny-clip")).eval()
 
 
 @pytest.fixture(scope="module")
@@ -67,34 +46,6 @@ def run_quiet(model, root, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return evaluate_model(model, root, **{**FAST, **kwargs})
-
-
-# -- independent references ------------------------------------------------------------------
-def brute_force_aupro(maps: np.ndarray, masks: np.ndarray, limit: float = 0.3) -> float:
-    """PRO at every distinct score by explicit thresholding (8-connected regions per image), area to ``limit`` / limit."""
-    regions = np.zeros(masks.shape, dtype=np.int64)
-    offset = 0
-    for i, mask in enumerate(masks):
-        labelled, count = ndimage.label(mask > 0, structure=np.ones((3, 3)))
-        regions[i] = np.where(labelled > 0, labelled + offset, 0)
-        offset += count
-    flat_maps, flat_regions = maps.ravel(), regions.ravel()
-    sizes = np.bincount(flat_regions, minlength=offset + 1)
-    normal = flat_regions == 0
-    fpr, pro = [0.0], [0.0]
-    for threshold in np.unique(flat_maps)[::-1]:
-        marked = flat_maps >= threshold
-        fpr.append((marked & normal).sum() / normal.sum())
-        hits = np.bincount(flat_regions[marked], minlength=offset + 1)
-        pro.append(float(np.mean(hits[1:] / sizes[1:])))
-    fpr, pro = np.array(fpr), np.array(pro)
-    inside = fpr <= limit
-    area = np.trapezoid(pro[inside], fpr[inside])
-    last = np.flatnonzero(inside)[-1]
-    if last + 1 < fpr.size and fpr[last] < limit:
-        end = pro[last] + (pro[last + 1] - pro[last]) * (limit - fpr[last]) / (fpr[last + 1] - fpr[last])
-        area += 0.5 * (limit - fpr[last]) * (pro[last] + end)
-    return float(area / limit)
 
 
 # -- the full run ----------------------------------------------------------------------------
@@ -192,15 +143,6 @@ def test_noise_ratio_adds_anomalous_test_images_to_training(mvtec_root, model):
     assert payload["protocol"]["noise_setting"] == "overlap"
 
 
-def test_invalid_protocol_settings(mvtec_root, model):
-    with pytest.raises(ValueError, match="pass one of them"):
-        EvaluationConfig(str(mvtec_root), train_shots=2, train_fraction=0.5).validate()
-    with pytest.raises(ValueError, match="noise_ratio"):
-        EvaluationConfig(str(mvtec_root), noise_ratio=1.5).validate()
-    with pytest.raises(ValueError, match="reference_strategy"):
-        EvaluationConfig(str(mvtec_root), reference_strategy="best").validate()
-
-
 def test_reference_seeds_give_mean_and_std(mvtec_root, model):
     payload = run_quiet(model, mvtec_root, reference_seeds=3, shots=2, compare_backbone=True)
     assert payload["protocol"]["reference_strategy"] == "random"  # "first" would repeat one set
@@ -235,30 +177,6 @@ def test_reference_strategies_are_recorded(mvtec_root, model, strategy):
         assert all(path.startswith("tile/train/good/") for path in chosen["paths"])
 
 
-def test_aligned_plan_clamps_k_and_gives_each_image_its_own_bank(model):
-    """The references themselves are tested in test_references.py; here: the plan and the per-image banks."""
-    g = torch.Generator().manual_seed(0)
-    pool, queries = torch.randn(5, 3, 64, 64, generator=g), torch.randn(2, 3, 64, 64, generator=g)
-    pool_ids, test_ids = [f"tile/train/{i}" for i in range(5)], ["tile/test/0", "tile/test/1"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # random-init matcher
-        plan = plan_references("aligned", model, pool, k=5, seed=0, pool_ids=pool_ids, pool_paths=[None] * 5,
-                               test_pixel_values=queries, test_ids=test_ids, batch_size=4, device="cpu")
-    assert plan.k == 4 and plan.record["k"] == 4  # 5 pool images, one of them a training image's self
-    aligned = plan.aligned
-    own = aligned.indices(pool)
-    assert all(sorted(own[i].tolist()) == sorted(set(range(5)) - {i}) for i in range(5))  # all but itself
-    refs = aligned.indices(queries)
-    assert plan.record["per_test_image"] == {t: [pool_ids[j] for j in row.tolist()] for t, row in zip(test_ids, refs)}
-    # Per-image banks give each image exactly what a call with its own references gives.
-    extractor = PerImageReferenceExtractor(ModelFeatureExtractor(model, "pretrained"), aligned)
-    batched = extractor(queries)
-    for i in range(2):
-        alone = model(queries[i : i + 1], reference_pixel_values=pool[refs[i]], output_anomaly_map=False).features
-        assert torch.allclose(batched[-1][i].flatten(1).T, alone[-1][0].float(), atol=1e-5)
-    assert model.reference_bank is None  # restored
-
-
 def test_realiad_split_is_deterministic_and_recorded(tmp_path, model):
     root = tmp_path / "realiad"
     generate_dataset(root, layout="realiad", categories=["tile"], num_normal=4, num_anomalous=2, image_size=64, seed=0,
@@ -285,41 +203,3 @@ def test_api_errors(mvtec_root, model, tmp_path):
         evaluate_model(model, mvtec_root, categories=["carpet"], **FAST)
     with pytest.raises(TypeError, match="ADPretrainModel"):
         evaluate_model(42, mvtec_root, **FAST)
-
-
-# -- CLI -------------------------------------------------------------------------------------
-def test_cli_help_lists_the_config_choices(capsys):
-    """The flags come from EvaluationConfig: its choices appear in --help, no mirror to keep in sync."""
-    with pytest.raises(SystemExit) as exit_info:
-        cli_main(["evaluate", "--help"])
-    assert exit_info.value.code == 0
-    text = capsys.readouterr().out
-    for option in ("--model", "--preset", "--reference-seeds", "--no-compare-backbone", "--train-shots", "--noise-ratio"):
-        assert option in text
-    assert "{" + ",".join(evaluation_config.LAYOUT_CHOICES) + "}" in text
-    assert "{" + ",".join(evaluation_config.REFERENCE_STRATEGY_CHOICES) + "}" in text
-    assert "{" + ",".join(evaluation_config.DTYPES) + "}" in text
-    assert "(default: " + ",".join(evaluation_config.DEFAULT_METHODS) + ")" in " ".join(text.split())
-
-
-def test_cli_run_and_errors(mvtec_root, tmp_path, capsys):
-    out = tmp_path / "cli"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        code = cli_main(["evaluate", "--preset", "tiny-clip", "--data", str(mvtec_root), "--categories", "tile",
-                         "--methods", "featurenorm,padim", "--shots", "2", "--output", str(out), "--num-overlays", "1",
-                         "--no-progress"])
-    assert code == 0
-    assert "| category | FeatureNorm w/o | FeatureNorm w/ | PaDiM w/o | PaDiM w/ |" in capsys.readouterr().out
-    payload = json.loads((out / "results.json").read_text())
-    assert payload["config"]["model"] == "preset:tiny-clip (random weights)"
-    assert set(payload["results"]["tile"]) == {"featurenorm", "padim"}
-    assert len(list((out / "overlays" / "tile").glob("*.png"))) == 1
-
-    assert cli_main(["evaluate", "--preset", "tiny-clip", "--data", str(mvtec_root), "--methods", "featurenorm,bogus"]) == 1
-    assert "choose from" in capsys.readouterr().err
-    assert cli_main(["evaluate", "--preset", "tiny-clip", "--data", str(tmp_path / "nowhere")]) == 1
-    assert "does not exist" in capsys.readouterr().err
-    assert cli_main(["evaluate", "--preset", "tiny-clip", "--data", str(mvtec_root), "--categories", "carpet", "--no-progress"]) == 1
-    err = capsys.readouterr().err
-    assert "not found" in err and "hint:" in err

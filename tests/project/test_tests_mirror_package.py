@@ -26,86 +26,9 @@ SCRIPT_FOLDERS = ("benchmarks",)  # tests/benchmarks/test_x.py tests benchmarks/
 
 _REEXPORTS = "re-exports only: every test imports through it"
 _EVALUATE_SCRIPT = "an `evaluate` module script: loaded offline and compared with the plain function"
-_DEPLOY = "fit | predict | export are tested together, end to end"
 
 # module (path under its package, no .py) -> (test module, why it is there)
 COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
-    "__init__": (
-        "tests/modeling/test_modeling_adpretrain.py",
-        "register(): a saved folder loads with AutoModel, no trust_remote_code (the CLI's light import:"
-        " tests/commands/test_deploy.py)",
-    ),
-    "demo": ("tests/test_cli.py", "the quick demo runs through `adpretrain demo`"),
-    "deployment": (
-        "tests/modeling/test_calibration_adpretrain.py",
-        "fit_detector, predict_maps and calibrate called directly; the fit/predict/export commands over it"
-        " in tests/commands/test_deploy.py",
-    ),
-    "registration": (
-        "tests/modeling/test_pipeline_anomaly_features.py",
-        "pipeline(\"anomaly-features\") resolves through the registered task",
-    ),
-    "commands/_deploy_io": (
-        "tests/commands/test_deploy.py",
-        "the deploy commands' shared input/output, tested with them",
-    ),
-    "commands/export": (
-        "tests/commands/test_deploy.py",
-        _DEPLOY,
-    ),
-    "commands/fit": (
-        "tests/commands/test_deploy.py",
-        _DEPLOY,
-    ),
-    "commands/predict": (
-        "tests/commands/test_deploy.py",
-        _DEPLOY,
-    ),
-    "commands/card": ("tests/test_hub_publishing.py", "the card command writes the cards tested there"),
-    "commands/convert": (
-        "tests/test_convert_release.py",
-        "`adpretrain convert` is tested with the converter",
-    ),
-    "commands/demo": ("tests/test_cli.py", "`adpretrain demo` runs there"),
-    "commands/evaluate": (
-        "tests/evaluation/test_runner.py",
-        "`adpretrain evaluate` is tested with the runner",
-    ),
-    "commands/pretrain": (
-        "tests/project/test_training_reliability.py",
-        "`adpretrain pretrain` forwarding and its one-line errors",
-    ),
-    "commands/synth": ("tests/data/test_synthetic.py", "`adpretrain synth` is tested with the generator"),
-    "settings_values": ("tests/test_settings_parser.py", "typed values and name checks, through both CLIs' parsers"),
-    "commands/_deferred": ("tests/test_settings_parser.py", "the lazy subparsers of `adpretrain evaluate` / `pretrain`"),
-    "evaluation/cell": (
-        "tests/evaluation/test_runner.py",
-        "indirectly: the runner fits and scores every cell end to end",
-    ),
-    "evaluation/config": (
-        "tests/project/test_label_polarity.py",
-        "its mask rules; the run config through tests/evaluation/test_runner.py",
-    ),
-    "evaluation/category_inputs": (
-        "tests/data/test_realiad_splits.py",
-        "category rows and the official Real-IAD split",
-    ),
-    "evaluation/plots": (
-        "tests/evaluation/test_runner.py",
-        "indirectly: the runner draws the overlays and charts",
-    ),
-    "evaluation/protocols": (
-        "tests/evaluation/test_runner.py",
-        "indirectly: protocols run end to end (select_protocol also in tests/project/test_label_polarity.py)",
-    ),
-    "evaluation/reference_sets": (
-        "tests/evaluation/test_runner.py",
-        "reference sets are drawn by the runner",
-    ),
-    "evaluation/report": (
-        "tests/evaluation/test_runner.py",
-        "results.json/.csv/.md are read back and compared there",
-    ),
     "metrics/names": (
         "tests/project/test_shared_facts.py",
         "a name table: the metric names' one-home test (runner, reports and card use these names)",

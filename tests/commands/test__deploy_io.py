@@ -1,0 +1,19 @@
+"""adpretrain_hf.commands._deploy_io: the MVTec-style val folder and collision-free output names."""
+
+from adpretrain_hf.commands._deploy_io import find_images, load_validation_set, output_stem
+
+
+def test_the_val_folder_is_read_the_mvtec_way(workspace):
+    labelled = load_validation_set(str(workspace / "val"))
+    assert labelled.labels == [0] * 4 + [1] * 3 and labelled.defects == ["scratch"]
+    assert [m.name if m else None for m in labelled.masks] == [None] * 4 + [f"{i}_mask.png" for i in range(3)]
+    normal = load_validation_set(str(workspace / "val_normal"))
+    assert normal.labels is None and len(normal.images) == 4
+
+
+def test_output_names_never_clash(workspace):
+    root, images = find_images(str(workspace / "test"), "images")
+    stems = [output_stem(p, root).as_posix() for p in images]
+    assert stems == ["a_jpg", "a_png", "sub/a_png"]
+    _, globbed = find_images(str(workspace / "test" / "**" / "*.png"), "images")
+    assert [p.relative_to(workspace / "test").as_posix() for p in globbed] == ["a.png", "sub/a.png"]

@@ -1,0 +1,14 @@
+"""adpretrain_hf.evaluation.config: the protocol settings' validation."""
+
+import pytest
+
+from adpretrain_hf.evaluation import EvaluationConfig
+
+
+def test_invalid_protocol_settings(mvtec_root, model):
+    with pytest.raises(ValueError, match="pass one of them"):
+        EvaluationConfig(str(mvtec_root), train_shots=2, train_fraction=0.5).validate()
+    with pytest.raises(ValueError, match="noise_ratio"):
+        EvaluationConfig(str(mvtec_root), noise_ratio=1.5).validate()
+    with pytest.raises(ValueError, match="reference_strategy"):
+        EvaluationConfig(str(mvtec_root), reference_strategy="best").validate()
