@@ -25,7 +25,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .atomic_io_adpretrain import missing_folder_hint
+from .atomic_io_adpretrain import missing_folder_hint, replace_folder
 from .image_processing_adpretrain import HUB_DOWNLOAD_KWARGS, PROCESSOR_FILE, SAVED_PROCESSOR_ATTR, load_saved_processor, processor_for
 from .tasks_adpretrain import ANOMALY_FEATURES_TASK, save_task_pipeline
 
@@ -36,7 +36,6 @@ STRUCTURE_METADATA_KEY = "adpretrain_structure"  # safetensors metadata: JSON of
 _HEADER_LENGTH_BYTES = 8  # safetensors: little-endian u64 header length, then the JSON header
 _HEADER_ALIGNMENT = 8
 _COPY_CHUNK_BYTES = 16 * 1024 * 1024
-_HUB_KWARGS = HUB_DOWNLOAD_KWARGS
 
 
 def _resolve(path_or_id, filename: str, kwargs: dict) -> Optional[str]:
@@ -46,7 +45,7 @@ def _resolve(path_or_id, filename: str, kwargs: dict) -> Optional[str]:
         return candidate if os.path.isfile(candidate) else None
     from transformers.utils import cached_file
 
-    hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+    hub_kwargs = {k: kwargs[k] for k in HUB_DOWNLOAD_KWARGS if k in kwargs}
     return cached_file(
         path_or_id, filename, _raise_exceptions_for_missing_entries=False,
         _raise_exceptions_for_connection_errors=False, **hub_kwargs,
@@ -183,7 +182,7 @@ def check_checkpoint_matches_config(model_class, path_or_id, kwargs: dict) -> No
     shapes, saved = header
     config = kwargs.get("config")
     if config is None or isinstance(config, (str, os.PathLike)):
-        hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+        hub_kwargs = {k: kwargs[k] for k in HUB_DOWNLOAD_KWARGS if k in kwargs}
         config = model_class.config_class.from_pretrained(config or path_or_id, **hub_kwargs)
         overrides = {k: kwargs[k] for k in config.weights_structure() if k in kwargs}
         if overrides:  # from_pretrained(dir, layers=...) overrides the saved config the same way
@@ -250,6 +249,19 @@ def is_foreign(name: str) -> bool:
     """
     owned = ("config.json", PROCESSOR_FILE, WEIGHTS_INDEX_FILE, "README.md", "__pycache__")
     return not (name in owned or name.endswith((".safetensors", ".py")))
+
+
+PUSH_KWARGS = ("token", "private", "commit_message", "revision")  # save_pretrained kwargs that go to push_to_hub
+
+
+def save_folder(model, save_directory, write, push_to_hub: bool, kwargs: dict) -> None:
+    """``write(folder)`` into a fresh folder swapped in for ``save_directory`` (foreign entries kept),
+    then, when asked, push the model (transformers' PushToHubMixin uploads its own fresh save).
+    One rule for the feature model and the detector folder."""
+    replace_folder(save_directory, write, keep=is_foreign)
+    if push_to_hub:
+        hub_kwargs = {k: kwargs[k] for k in PUSH_KWARGS if k in kwargs}
+        model.push_to_hub(kwargs.get("repo_id", os.path.basename(os.path.abspath(save_directory))), **hub_kwargs)
 
 
 def keep_saved_processor(model, path_or_id, kwargs: dict) -> None:

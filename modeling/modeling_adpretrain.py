@@ -22,7 +22,6 @@ to the weights, so ``AutoModel.from_pretrained(dir, trust_remote_code=True)`` wo
 from __future__ import annotations
 
 import math
-import os
 from typing import Optional, Sequence, Union
 
 import torch
@@ -355,8 +354,7 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
         reference bank to ``reference_bank.safetensors``; None (default) does so only when the
         model was loaded from a checkpoint that had one (keep what was loaded); False leaves it out.
         """
-        from .atomic_io_adpretrain import replace_folder
-        from .checkpoint_io_adpretrain import is_foreign, save_extras, structure_in_weight_files
+        from .checkpoint_io_adpretrain import save_extras, save_folder, structure_in_weight_files
 
         if save_references is None:
             save_references = bool(self.bank_from_checkpoint and self._reference_bank is not None)
@@ -369,10 +367,7 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
                 ADPretrainPreTrainedModel.save_pretrained(self, folder, *args, **kwargs)
             save_extras(self, folder, save_references)
 
-        replace_folder(save_directory, write, keep=is_foreign)
-        if push_to_hub:  # uploads its own fresh save (transformers' PushToHubMixin)
-            hub_kwargs = {k: kwargs[k] for k in ("token", "private", "commit_message", "revision") if k in kwargs}
-            self.push_to_hub(kwargs.get("repo_id", os.path.basename(os.path.abspath(save_directory))), **hub_kwargs)
+        save_folder(self, save_directory, write, push_to_hub, kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):

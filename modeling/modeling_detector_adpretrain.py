@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -35,10 +34,9 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from .anomaly_map_adpretrain import GAUSSIAN_SIGMA, anomaly_map_from_grids, tokens_to_grid
-from .atomic_io_adpretrain import replace_folder
 from .calibration_adpretrain import normalize_scores
 from .configuration_detector_adpretrain import PACKAGE_METHODS, ADPretrainDetectorConfig
-from .checkpoint_io_adpretrain import is_foreign, keep_saved_processor
+from .checkpoint_io_adpretrain import keep_saved_processor, save_folder
 from .image_processing_adpretrain import processor_for
 from .modeling_adpretrain import ADPretrainModel, ADPretrainPreTrainedModel
 from .outputs_adpretrain import renamed_field
@@ -284,10 +282,7 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
             processor_for(self, warn_missing=False).save_pretrained(folder)  # the one it was loaded / fitted with
             save_task_pipeline(folder, ANOMALY_DETECTION_TASK)  # the pipeline code registration serves
 
-        replace_folder(save_directory, write, keep=is_foreign)
-        if push_to_hub:  # uploads its own fresh save (transformers' PushToHubMixin)
-            hub_kwargs = {k: kwargs[k] for k in ("token", "private", "commit_message", "revision") if k in kwargs}
-            self.push_to_hub(kwargs.get("repo_id", os.path.basename(os.path.abspath(save_directory))), **hub_kwargs)
+        save_folder(self, save_directory, write, push_to_hub, kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
