@@ -7,13 +7,8 @@ import pytest
 import torch
 
 from adpretrain_hf.detectors.cflow import CFLOW, CFLOWConfig, ConditionalFlow, positional_encoding_2d
-from tests.detectors.trained_helpers import TRAIN, TRAINED_EXTRACTOR, FakeExtractor
+from tests.detectors.trained_helpers import TRAIN
 
-
-@pytest.fixture(scope="module")
-def ext() -> FakeExtractor:
-    """The trained tests' extractor (two layers), not the training-free tests' ``ext`` of conftest.py."""
-    return TRAINED_EXTRACTOR
 
 
 def test_positional_encoding_matches_formula():
@@ -37,8 +32,8 @@ def test_flow_log_det_matches_autograd_jacobian(soft):
         torch.testing.assert_close(log_det[n], torch.linalg.slogdet(jac)[1])
 
 
-def test_cflow_normaliser_is_the_training_maximum(fitted, ext):
+def test_cflow_normaliser_is_the_training_maximum(fitted, trained_ext):
     """``M_l`` is the max per-dim log-likelihood over training positions: training grids reach 0, never below."""
-    grids = fitted[CFLOW]._score_grids(ext(TRAIN))
+    grids = fitted[CFLOW]._score_grids(trained_ext(TRAIN))
     for g in grids:
         assert g.min().abs() < 1e-5

@@ -10,13 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from adpretrain_hf.detectors.glass import GLASS, GLASSConfig, embed_features, project_to_ring
-from tests.detectors.trained_helpers import TEST, TRAIN, TRAINED_EXTRACTOR, FakeExtractor
+from tests.detectors.trained_helpers import TEST, TRAIN, FakeExtractor
 
-
-@pytest.fixture(scope="module")
-def ext() -> FakeExtractor:
-    """The trained tests' extractor (two layers), not the training-free tests' ``ext`` of conftest.py."""
-    return TRAINED_EXTRACTOR
 
 
 def test_ring_projection():
@@ -39,8 +34,8 @@ def test_glass_defaults_by_feature_kind():
         GLASS(FakeExtractor(kind="other"))
 
 
-def test_glass_embedding_against_explicit_computation(ext):
-    feats = ext(TEST[:2])
+def test_glass_embedding_against_explicit_computation(trained_ext):
+    feats = trained_ext(TEST[:2])
     up = F.interpolate(feats[1], size=(8, 8), mode="bilinear", align_corners=False)
     torch.testing.assert_close(embed_features(feats, 1, None), torch.cat([feats[0], up], dim=1))
     local = embed_features(feats, 3, None)  # interior position: the plain 3x3 mean
@@ -48,22 +43,22 @@ def test_glass_embedding_against_explicit_computation(ext):
     assert embed_features(feats, 3, 12).shape == (2, 12, 8, 8)
 
 
-def test_glass_image_score_is_max_of_raw_patch_scores(fitted, predictions, ext):
-    raw = fitted[GLASS]._score_grids(ext(TEST))[0]
+def test_glass_image_score_is_max_of_raw_patch_scores(fitted, predictions, trained_ext):
+    raw = fitted[GLASS]._score_grids(trained_ext(TEST))[0]
     assert raw.shape == (24, 8, 8)  # the first (finest) layer's grid
     torch.testing.assert_close(predictions[GLASS][1], raw.flatten(1).amax(dim=1))
 
 
-def test_glass_image_synthesis_branch(ext, tmp_path):
+def test_glass_image_synthesis_branch(trained_ext, tmp_path):
     def paste_square(images):
         masks = torch.zeros(images.shape[0], 32, 32)
         masks[:, 8:16, 8:16] = 1
         return images + 2.0 * masks[:, None], masks
 
     cfg = GLASSConfig(meta_epochs=2, dsc_hidden=16, embed_dim=None, image_synthesis=True, ascent_steps=5)
-    det = GLASS(ext, cfg, synthesizer=paste_square, progress=False).fit(TRAIN[:8])
+    det = GLASS(trained_ext, cfg, synthesizer=paste_square, progress=False).fit(TRAIN[:8])
     assert all(math.isfinite(x) for x in det.history.step_losses) and det.predict(TEST[:2])[0].shape == (2, 32, 32)
     det.save(tmp_path)  # reloads for prediction without the synthesizer
-    assert torch.equal(GLASS.load(tmp_path, ext, progress=False).predict(TEST[:2])[1], det.predict(TEST[:2])[1])
+    assert torch.equal(GLASS.load(tmp_path, trained_ext, progress=False).predict(TEST[:2])[1], det.predict(TEST[:2])[1])
     with pytest.raises(ValueError, match="synthesizer"):
-        GLASS(ext, cfg, progress=False).fit(TRAIN[:8])
+        GLASS(trained_ext, cfg, progress=False).fit(TRAIN[:8])

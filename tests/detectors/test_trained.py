@@ -34,15 +34,9 @@ from tests.detectors.trained_helpers import (
     METHODS,
     TEST,
     TRAIN,
-    TRAINED_EXTRACTOR,
     FakeExtractor,
 )
 
-
-@pytest.fixture(scope="module")
-def ext() -> FakeExtractor:
-    """The trained tests' extractor (two layers), not the training-free tests' ``ext`` of conftest.py."""
-    return TRAINED_EXTRACTOR
 
 
 # -- behaviour shared by the three methods -----------------------------------------------
@@ -71,9 +65,9 @@ def test_each_image_is_scored_independently(fitted, predictions, cls):
 
 
 @pytest.mark.parametrize("cls", METHODS, ids=lambda c: c.name)
-def test_input_errors(fitted, ext, cls):
+def test_input_errors(fitted, trained_ext, cls):
     with pytest.raises(RuntimeError, match="not fitted"):
-        cls(ext, CONFIGS[cls], progress=False).predict(TEST)
+        cls(trained_ext, CONFIGS[cls], progress=False).predict(TEST)
     det = fitted[cls]
     with pytest.raises(ValueError, match=r"\[N, 3, 32, 32\]"):
         det.predict(torch.zeros(2, 3, 16, 16))
@@ -84,14 +78,14 @@ def test_input_errors(fitted, ext, cls):
     with pytest.raises(ValueError, match="fitted layout"):  # a different extractor after fit
         det._score_grids(FakeExtractor(channels=(4, 16))(TEST[:2]))
     with pytest.raises(TypeError, match="config must be"):
-        cls(ext, CFLOWConfig() if cls is not CFLOW else GLASSConfig())
+        cls(trained_ext, CFLOWConfig() if cls is not CFLOW else GLASSConfig())
 
 
-def test_config_presets_and_validation(ext):
-    assert CFLOW(ext, quick=True, progress=False).config.meta_epochs == 2
-    assert CFLOW(ext, epochs=7, progress=False).config.meta_epochs == 7
-    assert GLASS(ext, epochs=4, progress=False).config.meta_epochs == 4
-    assert UniAD(ext, quick=True, progress=False).config.epochs == 3
+def test_config_presets_and_validation(trained_ext):
+    assert CFLOW(trained_ext, quick=True, progress=False).config.meta_epochs == 2
+    assert CFLOW(trained_ext, epochs=7, progress=False).config.meta_epochs == 7
+    assert GLASS(trained_ext, epochs=4, progress=False).config.meta_epochs == 4
+    assert UniAD(trained_ext, quick=True, progress=False).config.epochs == 3
     # Published defaults.
     assert (CFLOWConfig().coupling_blocks, CFLOWConfig().clamp_alpha, CFLOWConfig().lr) == (8, 1.9, 2e-4)
     assert (CFLOWConfig().meta_epochs, CFLOWConfig().sub_epochs, CFLOWConfig().fiber_batch) == (25, 8, 256)
@@ -102,22 +96,22 @@ def test_config_presets_and_validation(ext):
                 UniADConfig(neighbor_size=(4, 4)), UniADConfig(validation_fraction=1.0),
                 UniADConfig(keep_best_on_validation=True), UniADConfig(mixed_precision="fp17")):
         with pytest.raises(ValueError):
-            {CFLOWConfig: CFLOW, GLASSConfig: GLASS, UniADConfig: UniAD}[type(bad)](ext, bad)
+            {CFLOWConfig: CFLOW, GLASSConfig: GLASS, UniADConfig: UniAD}[type(bad)](trained_ext, bad)
 
 
-def test_validation_split_best_epoch_and_rng(ext, capsys):
+def test_validation_split_best_epoch_and_rng(trained_ext, capsys):
     """The validation split comes from the training images; fit leaves the global RNG alone and is seeded."""
     cfg = UniADConfig(epochs=3, hidden_dim=16, num_heads=2, num_encoder_layers=1, num_decoder_layers=1,
                       dim_feedforward=16, batch_size=4, lr=1e-3, validation_fraction=0.25, keep_best_on_validation=True)
     state = torch.get_rng_state()
-    a = UniAD(ext, cfg, progress=False).fit(TRAIN)
+    a = UniAD(trained_ext, cfg, progress=False).fit(TRAIN)
     assert torch.equal(torch.get_rng_state(), state)
     assert len(a.history.val_losses) == 3 and a.history.best_epoch == min(range(3), key=a.history.val_losses.__getitem__)
-    b = UniAD(ext, cfg, progress=False).fit(TRAIN)
+    b = UniAD(trained_ext, cfg, progress=False).fit(TRAIN)
     assert torch.equal(a.predict(TEST[:4])[0], b.predict(TEST[:4])[0])  # same seed, same model
     assert capsys.readouterr().err == ""  # progress=False is silent
     with pytest.raises(ValueError, match="leaves no training image"):
-        UniAD(ext, UniADConfig(epochs=1, validation_fraction=0.99), progress=False).fit(TRAIN[:2])
+        UniAD(trained_ext, UniADConfig(epochs=1, validation_fraction=0.99), progress=False).fit(TRAIN[:2])
 
 
 # -- the shared loop against a plain torch loop (UniAD) -----------------------------------
@@ -141,11 +135,11 @@ LOOP_TRAIN = torch.randn(24, 3, 32, 32, generator=torch.Generator().manual_seed(
 def test_uniad_loop_equals_a_plain_torch_loop():
     cfg = UniADConfig(epochs=4, hidden_dim=16, num_heads=2, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=16,
                       lr=1e-3, batch_size=8, lr_step_fraction=0.5, clip_grad_norm=0.05, seed=3)
-    ext = ConvExtractor()
-    det = UniAD(ext, cfg, progress=False, batch_size=32).fit(LOOP_TRAIN)  # one extraction batch, as below
+    trained_ext = ConvExtractor()
+    det = UniAD(trained_ext, cfg, progress=False, batch_size=32).fit(LOOP_TRAIN)  # one extraction batch, as below
     device, n = det.device, LOOP_TRAIN.shape[0]
 
-    feats = ext(LOOP_TRAIN)
+    feats = trained_ext(LOOP_TRAIN)
     losses = []
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(cfg.seed)

@@ -15,13 +15,8 @@ from adpretrain_hf.detectors.uniad import (
     neighbor_mask,
     scaled_neighbor_size,
 )
-from tests.detectors.trained_helpers import TEST, TRAIN, TRAINED_EXTRACTOR, FakeExtractor
+from tests.detectors.trained_helpers import TEST, TRAIN
 
-
-@pytest.fixture(scope="module")
-def ext() -> FakeExtractor:
-    """The trained tests' extractor (two layers), not the training-free tests' ``ext`` of conftest.py."""
-    return TRAINED_EXTRACTOR
 
 
 def test_neighbor_mask_matches_loops():
@@ -52,8 +47,8 @@ def test_masked_attention_ignores_the_neighbourhood():
     assert not torch.allclose(layer(far, pos, mask)[0, 12], base)
 
 
-def test_uniad_map_is_error_on_concatenated_original_features(fitted, ext):
-    det, feats = fitted[UniAD], ext(TEST[:3])
+def test_uniad_map_is_error_on_concatenated_original_features(fitted, trained_ext):
+    det, feats = fitted[UniAD], trained_ext(TEST[:3])
     assert det.grid == (4, 4)  # the coarsest layer
     x = torch.cat([F.interpolate(feats[0], size=(4, 4), mode="bilinear", align_corners=True), feats[1]], dim=1)
     torch.testing.assert_close(align_features(feats, (4, 4)), x)
@@ -65,10 +60,10 @@ def test_uniad_map_is_error_on_concatenated_original_features(fitted, ext):
     torch.testing.assert_close(scores, F.avg_pool2d(maps[:, None], 2, stride=1).flatten(1).amax(dim=1))  # 16 px at 224 -> 2 at 32
 
 
-def test_uniad_unified_fit_on_a_mix_of_categories(ext):
+def test_uniad_unified_fit_on_a_mix_of_categories(trained_ext):
     cfg = UniADConfig(epochs=1, hidden_dim=16, num_heads=2, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=16)
     mix = {"textures": TRAIN[:6], "brighter": TRAIN[6:12] * 1.5}
-    det = UniAD(ext, cfg, progress=False).fit(mix)
+    det = UniAD(trained_ext, cfg, progress=False).fit(mix)
     assert det.predict(TEST[:2])[0].shape == (2, 32, 32)
     with pytest.raises(ValueError, match="one instance per category"):
-        UniAD(ext, UniADConfig(epochs=1, unified=False), progress=False).fit(mix)
+        UniAD(trained_ext, UniADConfig(epochs=1, unified=False), progress=False).fit(mix)
