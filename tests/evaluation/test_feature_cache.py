@@ -17,7 +17,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adpretrain_hf import ADPretrainConfig, ADPretrainModel
 from adpretrain_hf.cli import main as cli_main
 from adpretrain_hf.data import generate_dataset
 from adpretrain_hf.evaluation import EvaluationConfig, evaluate_model
@@ -34,12 +33,6 @@ def root(tmp_path_factory):
     generate_dataset(root, layout="mvtec", categories=["tile"], num_normal=NUM_NORMAL, num_anomalous=NUM_ANOMALOUS,
                      image_size=64, seed=1, progress=False)
     return root
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return ADPretrainModel(ADPretrainConfig.from_preset("tiny-clip")).eval()
 
 
 def _distinct_files(root: Path) -> int:
