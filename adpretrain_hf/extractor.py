@@ -224,9 +224,6 @@ class ModelFeatureExtractor:
 
     def reference_bank(self) -> Optional[ReferenceBank]:
         """The bank residual/pretrained features are computed against (``None`` when none is needed)."""
-        return self._bank()
-
-    def _bank(self) -> Optional[ReferenceBank]:
         if not self.needs_references:
             return self.references
         if self.references is not None:
@@ -239,7 +236,7 @@ class ModelFeatureExtractor:
     @torch.no_grad()
     def __call__(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         self.model.check_pixel_values(pixel_values)
-        bank = self._bank() if self.kind in REFERENCE_KINDS else None
+        bank = self.reference_bank() if self.kind in REFERENCE_KINDS else None
         groups = leave_one_out_groups(pixel_values, bank)
         if len(groups) == 1:
             tokens = self._tokens(pixel_values, bank)

@@ -24,9 +24,8 @@ from safetensors.torch import save_file
 
 from ..extractor import REFERENCE_KINDS, FeaturePass, ReferenceBank, TokenLayers, feature_pass, pixel_hash, uses_references
 from ..modeling.modeling_adpretrain import ADPretrainModel
+from .config import DEFAULT_FEATURE_CACHE_MB
 
-DEFAULT_CACHE_MB = 4096.0
-"""Memory budget of the cache; entries past it go to disk."""
 BYTES_PER_MB = 2**20
 SPILL_PREFIX = "adpretrain-feature-cache-"
 NO_REFERENCES = "no-references"  # bank key of a model whose features do not depend on references
@@ -85,7 +84,7 @@ class FeatureCache:
     itself (GLASS's augmentations, new every epoch) are computed but never stored.
     """
 
-    def __init__(self, budget_mb: float = DEFAULT_CACHE_MB, spill_dir: Optional[str] = None, kinds: Sequence[str] = REFERENCE_KINDS) -> None:
+    def __init__(self, budget_mb: float = DEFAULT_FEATURE_CACHE_MB, spill_dir: Optional[str] = None, kinds: Sequence[str] = REFERENCE_KINDS) -> None:
         if budget_mb < 0:
             raise ValueError(f"feature cache budget {budget_mb} MB is negative: pass 0 (all on disk) or more")
         self.budget_bytes = int(budget_mb * BYTES_PER_MB)
