@@ -30,6 +30,13 @@ REFERENCE_BATCH_SIZE = 32
 TokenLayers = list[torch.Tensor]  # per tapped layer: [B, N_l, C_l]
 
 
+def batch_keys(pixel_values: torch.Tensor) -> list[str]:
+    """``pixel_hash`` of each image of ``[B, 3, H, W]``, from one float32 CPU copy of the batch
+    (``pixel_hash`` alone copies image by image): the same keys, one device transfer."""
+    batch = pixel_values.detach().float().cpu()
+    return [pixel_hash(image) for image in batch]
+
+
 @dataclass(frozen=True)
 class ReferenceBank:
     """Normal reference tokens handed to ``model.forward(reference_features=...)``.
@@ -95,7 +102,7 @@ class ReferenceBank:
         """A shared bank of normal images ``[K, 3, H, W]`` (one backbone pass over them, in chunks
         of ``batch_size`` moved to the model's device and dtype by ``model.backbone_features``)."""
         bank = model.compute_reference_bank(reference_pixel_values, batch_size)
-        image_keys = [pixel_hash(image) for image in reference_pixel_values]
+        image_keys = batch_keys(reference_pixel_values)
         return cls(tuple(bank), (combine_keys(image_keys),), tuple(image_keys))
 
 
@@ -146,10 +153,12 @@ class FeatureSource(Protocol):
     """Where an extractor gets tokens from: a cache keyed by image content and reference set."""
 
     def tokens(
-        self, model: ADPretrainModel, kind: str, pixel_values: torch.Tensor, bank: Optional[ReferenceBank], batch_size: Optional[int] = None
+        self, model: ADPretrainModel, kind: str, pixel_values: torch.Tensor, bank: Optional[ReferenceBank],
+        batch_size: Optional[int] = None, image_keys: Optional[Sequence[str]] = None,
     ) -> TokenLayers:
         """Per layer ``[B, N_l, C_l]`` of ``kind`` for ``pixel_values [B, 3, H, W]`` (on the model's device);
-        the backbone runs ``batch_size`` images at a time (``model.backbone_features``)."""
+        the backbone runs ``batch_size`` images at a time (``model.backbone_features``). ``image_keys``:
+        the images' :func:`batch_keys` when the caller has them (``None``: computed if needed)."""
         ...
 
 
@@ -224,9 +233,6 @@ class ModelFeatureExtractor:
 
     def reference_bank(self) -> Optional[ReferenceBank]:
         """The bank residual/pretrained features are computed against (``None`` when none is needed)."""
-        return self._bank()
-
-    def _bank(self) -> Optional[ReferenceBank]:
         if not self.needs_references:
             return self.references
         if self.references is not None:
@@ -237,16 +243,21 @@ class ModelFeatureExtractor:
         return ReferenceBank(tuple(kept))
 
     @torch.no_grad()
-    def __call__(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+    def __call__(self, pixel_values: torch.Tensor, image_keys: Optional[Sequence[str]] = None) -> list[torch.Tensor]:
+        """``image_keys``: the batch's :func:`batch_keys` when the caller has them; otherwise they are
+        computed here at most once per call (for a cache, or for leave-one-out) and passed down."""
         self.model.check_pixel_values(pixel_values)
-        bank = self._bank() if self.kind in REFERENCE_KINDS else None
-        groups = leave_one_out_groups(pixel_values, bank)
+        bank = self.reference_bank() if self.kind in REFERENCE_KINDS else None
+        if image_keys is None and self.source is not None:  # keyed by the pixels as given (before any dtype cast)
+            image_keys = batch_keys(pixel_values)
+        groups = leave_one_out_groups(pixel_values, bank, keys=image_keys)
         if len(groups) == 1:
-            tokens = self._tokens(pixel_values, bank)
+            tokens = self._tokens(pixel_values, bank, image_keys)
         else:  # some images are references themselves: each of those against the others only
             tokens = [None] * len(self.model.grid_sizes)
             for rows, group_bank in groups:
-                part = self._tokens(pixel_values[rows], group_bank)
+                keys = None if image_keys is None else [image_keys[i] for i in rows.tolist()]
+                part = self._tokens(pixel_values[rows], group_bank, keys)
                 for i, layer in enumerate(part):
                     if tokens[i] is None:
                         tokens[i] = layer.new_empty((pixel_values.shape[0], *layer.shape[1:]))
@@ -254,27 +265,29 @@ class ModelFeatureExtractor:
         grids = self.model.grid_sizes
         return [tokens_to_grid(tokens[i].float(), grids[i]) for i in self.layer_positions]
 
-    def _tokens(self, pixel_values: torch.Tensor, bank: Optional[ReferenceBank]) -> TokenLayers:
+    def _tokens(self, pixel_values: torch.Tensor, bank: Optional[ReferenceBank], image_keys: Optional[Sequence[str]]) -> TokenLayers:
         """Per layer ``[B, N_l, C_l]`` of this extractor's kind against ``bank``."""
-        if self.source is not None:  # keyed by the pixels as given (before any dtype cast)
-            return self.source.tokens(self.model, self.kind, pixel_values, bank)
+        if self.source is not None:
+            return self.source.tokens(self.model, self.kind, pixel_values, bank, image_keys=image_keys)
         if self.kind == "backbone":  # backbone_features moves the pixels to the model's device and dtype
             return self.model.backbone_features(pixel_values)
         return feature_pass(self.model, pixel_values, bank).get(self.kind)
 
 
-def leave_one_out_groups(pixel_values: torch.Tensor, bank: Optional[ReferenceBank]) -> list[tuple[torch.Tensor, Optional[ReferenceBank]]]:
+def leave_one_out_groups(
+    pixel_values: torch.Tensor, bank: Optional[ReferenceBank], keys: Optional[Sequence[str]] = None
+) -> list[tuple[torch.Tensor, Optional[ReferenceBank]]]:
     """Split a batch ``[B, 3, H, W]`` by the bank each image must be matched against.
 
     Images that are members of a shared bank get the bank without themselves
     (:meth:`ReferenceBank.without`); all others share ``bank``. Returns ``(row indices, bank)``
-    pairs covering the batch; one pair when no image is a reference (the common case, which
-    costs one content hash per image).
+    pairs covering the batch; one pair when no image is a reference. ``keys``: the images'
+    :func:`batch_keys` if the caller has them; else they are computed only for a bank with members.
     """
     everyone = torch.arange(pixel_values.shape[0])
     if bank is None or bank.members is None or bank.per_image or len(bank.members) < 2:
         return [(everyone, bank)]
-    keys = [pixel_hash(image) for image in pixel_values]
+    keys = batch_keys(pixel_values) if keys is None else list(keys)
     members = set(bank.members)
     if not members.intersection(keys):
         return [(everyone, bank)]

@@ -26,18 +26,20 @@ def renamed_keyword(
     new: str = LAYER_POSITIONS_NAME,
     old: str = OLD_LAYER_POSITIONS_NAME,
     stacklevel: int = 3,
+    why: str = "it now names 1-indexed backbone blocks only",
 ) -> Optional[T]:
     """The value to use when ``owner`` got ``new=new_value`` and/or the deprecated ``old=old_value``.
 
     ``None`` means "not given" for both. Giving the old one warns (``FutureWarning``, pointing at
     the caller of ``owner``); giving both raises, since it is unclear which one was meant.
+    ``why`` says in the warning why the old name went (the default: the ``layers`` rename).
     """
     if old_value is None:
         return new_value
     if new_value is not None:
         raise TypeError(f"{owner} got both {new}= and {old}= (its old name): pass only {new}=")
     warnings.warn(
-        f"{owner}: the keyword {old}= is deprecated (it now names 1-indexed backbone blocks only) and will be "
+        f"{owner}: the keyword {old}= is deprecated ({why}) and will be "
         f"removed in the next release: pass {new}= instead (same values)",
         FutureWarning,
         stacklevel=stacklevel,

@@ -79,3 +79,31 @@ def test_layer_positions_pick_from_the_tapped_layers_and_layers_is_a_warned_alia
     assert old.layer_positions == [3, 1]
     with pytest.raises(ValueError, match="out of range.*positions 0..3"):
         ModelFeatureExtractor(tiny_clip_model, features="backbone", layer_positions=[4])
+
+
+def test_each_image_is_hashed_once_per_call(tiny_clip_model, monkeypatch):
+    """A cached call with a reference in the batch needs the keys for the cache and for
+    leave-one-out: computed once in the extractor and passed down."""
+    import hashlib
+
+    from adpretrain_hf.evaluation.feature_cache import DirectSource, FeatureCache
+
+    images = _images(4, seed=6)
+    bank = ReferenceBank.from_pixels(tiny_clip_model, images[:2])
+    hashed = []
+    original = hashlib.blake2b
+    image_bytes = images[0].numel() * 4  # pixel_hash digests an image's float32 bytes (combine_keys: short strings)
+
+    def counting(data, **kwargs):
+        if len(data) == image_bytes:
+            hashed.append(1)
+        return original(data, **kwargs)
+
+    monkeypatch.setattr(hashlib, "blake2b", counting)
+    for source in (FeatureCache(), DirectSource()):
+        hashed.clear()
+        ModelFeatureExtractor(tiny_clip_model, "residual", references=bank, source=source)(images)
+        assert len(hashed) == 4
+    hashed.clear()
+    ModelFeatureExtractor(tiny_clip_model, "residual", references=ReferenceBank(bank.layers))(images)
+    assert hashed == []  # no cache and no members: nothing needs a key

@@ -31,11 +31,14 @@ from ..renamed_keywords import renamed_keyword
 from .base import Detector, FeatureExtractor, ImageBatches
 
 __all__ = [
+    "DefaultLayerPositions",
     "FeatureMapDetector",
     "FeatureNorm",
     "LayerSelectingExtractor",
     "SelectsLayerPositions",
     "check_layer_positions_argument",
+    "chosen_positions",
+    "layer_positions_argument",
     "resolve_layer_positions",
 ]
 
@@ -82,6 +85,36 @@ def check_layer_positions_argument(layer_positions: Optional[Sequence[int]]) -> 
     return None if layer_positions is None else list(layer_positions)
 
 
+def layer_positions_argument(
+    layer_positions: Optional[Sequence[int]], layers: Optional[Sequence[int]], owner: str
+) -> Optional[list[int]]:
+    """A constructor's ``layer_positions=`` (or its deprecated ``layers=``), checked; the warning
+    points at the constructor's caller."""
+    return check_layer_positions_argument(renamed_keyword(layer_positions, layers, owner, stacklevel=4))
+
+
+def chosen_positions(
+    chosen: Optional[list[int]], layer_positions: Optional[Sequence[int]], num_layers: int, default_last: Optional[int]
+) -> list[int]:
+    """The positions resolved at the first call (``chosen is None``), or ``chosen`` re-checked
+    against ``num_layers`` maps: an extractor that now returns fewer maps is an error."""
+    if chosen is None:
+        return resolve_layer_positions(layer_positions, num_layers, default_last)
+    if max(chosen) >= num_layers:
+        raise ValueError(
+            f"the extractor now returns {num_layers} layers, but layer positions {chosen} were chosen: "
+            "use the same extractor for fit and predict"
+        )
+    return chosen
+
+
+class DefaultLayerPositions:
+    """Where a detector class declares its published layer default (one home for every detector)."""
+
+    #: with ``layer_positions=None`` use the last this-many positions (``None``: all of them).
+    default_last_positions: ClassVar[Optional[int]] = None
+
+
 class LayerSelectingExtractor:
     """An extractor returning only the maps at some positions of another extractor's list.
 
@@ -95,8 +128,7 @@ class LayerSelectingExtractor:
         *, layers: Optional[Sequence[int]] = None,
     ) -> None:
         self.inner = extractor
-        layer_positions = renamed_keyword(layer_positions, layers, "LayerSelectingExtractor")
-        self.layer_positions = check_layer_positions_argument(layer_positions)
+        self.layer_positions = layer_positions_argument(layer_positions, layers, "LayerSelectingExtractor")
         self.default_last = default_last
         self.resolved_positions: Optional[list[int]] = None
 
@@ -110,16 +142,11 @@ class LayerSelectingExtractor:
         features = self.inner(pixel_values)
         if isinstance(features, torch.Tensor) or not isinstance(features, (list, tuple)):
             raise TypeError(f"the extractor must return a list of [B, C, h, w] maps, got {type(features).__name__}")
-        if self.resolved_positions is None:
-            self.resolved_positions = resolve_layer_positions(self.layer_positions, len(features), self.default_last)
-        elif max(self.resolved_positions) >= len(features):
-            raise ValueError(
-                f"the extractor now returns {len(features)} layers, but layer positions {self.resolved_positions} were chosen"
-            )
+        self.resolved_positions = chosen_positions(self.resolved_positions, self.layer_positions, len(features), self.default_last)
         return [features[i] for i in self.resolved_positions]
 
 
-class SelectsLayerPositions:
+class SelectsLayerPositions(DefaultLayerPositions):
     """Mixin giving a detector built on the whole extractor output ``layer_positions=`` and a default.
 
     Put it first among the bases (``class CFLOW(SelectsLayerPositions, TrainedDetector)``): it
@@ -128,21 +155,17 @@ class SelectsLayerPositions:
     (``None``: the class's ``default_last_positions``, i.e. its published default).
     """
 
-    #: with ``layer_positions=None`` use the last this-many positions (``None``: all of them).
-    default_last_positions: ClassVar[Optional[int]] = None
-
     def __init__(
         self, extractor: Any, *args: Any, layer_positions: Optional[Sequence[int]] = None,
         layers: Optional[Sequence[int]] = None, **kwargs: Any,
     ) -> None:
-        layer_positions = renamed_keyword(layer_positions, layers, type(self).__name__)
-        self.layer_positions = check_layer_positions_argument(layer_positions)
+        self.layer_positions = layer_positions_argument(layer_positions, layers, type(self).__name__)
         if self.layer_positions is not None or self.default_last_positions is not None:
             extractor = LayerSelectingExtractor(extractor, self.layer_positions, self.default_last_positions)
         super().__init__(extractor, *args, **kwargs)
 
 
-class FeatureMapDetector(Detector):
+class FeatureMapDetector(DefaultLayerPositions, Detector):
     """A ``Detector`` that validates images and feature maps and remembers the fitted layout.
 
     Args:
@@ -150,9 +173,6 @@ class FeatureMapDetector(Detector):
         layer_positions: which positions of the extractor's list of maps the method uses
             (``None``: its default). ``layers=`` is its deprecated old name.
     """
-
-    #: with ``layer_positions=None`` use the last this-many positions (``None``: all of them).
-    default_last_positions: ClassVar[Optional[int]] = None
 
     def __init__(
         self,
@@ -167,8 +187,7 @@ class FeatureMapDetector(Detector):
         if not callable(extractor):
             raise TypeError(f"extractor must be callable (pixel_values -> list of [B, C, h, w] maps), got {type(extractor).__name__}")
         super().__init__(extractor, batch_size=batch_size, sigma=sigma, progress=progress)
-        layer_positions = renamed_keyword(layer_positions, layers, type(self).__name__)
-        self.layer_positions = check_layer_positions_argument(layer_positions)
+        self.layer_positions = layer_positions_argument(layer_positions, layers, type(self).__name__)
         self.resolved_positions: Optional[list[int]] = None  # resolved at fit / first predict
         self.fitted_layout: Optional[list[tuple[int, int, int]]] = None  # (C, h, w) per used layer
 
@@ -228,12 +247,9 @@ class FeatureMapDetector(Detector):
                 raise ValueError(f"feature layer {i} must be a [B, C, h, w] map, got {shape}")
             if fmap.shape[0] != features[0].shape[0]:
                 raise ValueError(f"feature layers disagree on the batch size: {[int(f.shape[0]) for f in features]}")
-        if self.resolved_positions is None or fitting:
-            self.resolved_positions = resolve_layer_positions(self.layer_positions, len(features), self.default_last_positions)
-        elif max(self.resolved_positions) >= len(features):
-            raise ValueError(
-                f"the extractor now returns {len(features)} layers, but layer positions {self.resolved_positions} were fitted"
-            )
+        self.resolved_positions = chosen_positions(
+            None if fitting else self.resolved_positions, self.layer_positions, len(features), self.default_last_positions
+        )
         used = [features[i] for i in self.resolved_positions]
         layout = [(int(f.shape[1]), int(f.shape[2]), int(f.shape[3])) for f in used]
         if fitting and self.fitted_layout is None:

@@ -22,11 +22,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..extractor import REFERENCE_KINDS, FeaturePass, ReferenceBank, TokenLayers, feature_pass, pixel_hash, uses_references
+from ..extractor import REFERENCE_KINDS, FeaturePass, ReferenceBank, TokenLayers, batch_keys, feature_pass, uses_references
 from ..modeling.modeling_adpretrain import ADPretrainModel
+from .config import DEFAULT_FEATURE_CACHE_MB
 
-DEFAULT_CACHE_MB = 4096.0
-"""Memory budget of the cache; entries past it go to disk."""
 BYTES_PER_MB = 2**20
 SPILL_PREFIX = "adpretrain-feature-cache-"
 NO_REFERENCES = "no-references"  # bank key of a model whose features do not depend on references
@@ -58,10 +57,12 @@ class DirectSource:
         self.stats = CacheStats()
 
     def tokens(
-        self, model: ADPretrainModel, kind: str, pixel_values: torch.Tensor, bank: Optional[ReferenceBank], batch_size: Optional[int] = None
+        self, model: ADPretrainModel, kind: str, pixel_values: torch.Tensor, bank: Optional[ReferenceBank],
+        batch_size: Optional[int] = None, image_keys: Optional[Sequence[str]] = None,
     ) -> TokenLayers:
-        """Per layer ``[B, N_l, C_l]`` of ``kind`` for ``pixel_values [B, 3, H, W]`` (backbone in chunks of ``batch_size``)."""
-        self.stats.distinct.update(pixel_hash(image) for image in pixel_values)
+        """Per layer ``[B, N_l, C_l]`` of ``kind`` for ``pixel_values [B, 3, H, W]`` (backbone in chunks of
+        ``batch_size``). The content keys (``image_keys`` when given) only count distinct images."""
+        self.stats.distinct.update(batch_keys(pixel_values) if image_keys is None else image_keys)
         self.stats.backbone_images += pixel_values.shape[0]
         if kind not in REFERENCE_KINDS:
             return model.backbone_features(pixel_values, batch_size)
@@ -85,7 +86,7 @@ class FeatureCache:
     itself (GLASS's augmentations, new every epoch) are computed but never stored.
     """
 
-    def __init__(self, budget_mb: float = DEFAULT_CACHE_MB, spill_dir: Optional[str] = None, kinds: Sequence[str] = REFERENCE_KINDS) -> None:
+    def __init__(self, budget_mb: float = DEFAULT_FEATURE_CACHE_MB, spill_dir: Optional[str] = None, kinds: Sequence[str] = REFERENCE_KINDS) -> None:
         if budget_mb < 0:
             raise ValueError(f"feature cache budget {budget_mb} MB is negative: pass 0 (all on disk) or more")
         self.budget_bytes = int(budget_mb * BYTES_PER_MB)
@@ -101,7 +102,7 @@ class FeatureCache:
         """Store features only of these images ``[N, 3, H, W]`` (and others admitted before)."""
         if self._admitted is None:
             self._admitted = set()
-        self._admitted.update(pixel_hash(image) for image in pixel_values)
+        self._admitted.update(batch_keys(pixel_values))
 
     def _storable(self, image_key: str) -> bool:
         return self._admitted is None or image_key in self._admitted
@@ -138,11 +139,13 @@ class FeatureCache:
         return found
 
     def tokens(
-        self, model: ADPretrainModel, kind: str, pixel_values: torch.Tensor, bank: Optional[ReferenceBank], batch_size: Optional[int] = None
+        self, model: ADPretrainModel, kind: str, pixel_values: torch.Tensor, bank: Optional[ReferenceBank],
+        batch_size: Optional[int] = None, image_keys: Optional[Sequence[str]] = None,
     ) -> TokenLayers:
         """Per layer ``[B, N_l, C_l]`` of ``kind`` for ``pixel_values [B, 3, H, W]``; misses run one
-        pass (the backbone ``batch_size`` images at a time)."""
-        hashes = [pixel_hash(image) for image in pixel_values]
+        pass (the backbone ``batch_size`` images at a time). ``image_keys``: the images'
+        :func:`~adpretrain_hf.extractor.batch_keys` when the caller has them (else computed here)."""
+        hashes = batch_keys(pixel_values) if image_keys is None else list(image_keys)
         self.stats.distinct.update(hashes)
         keys = [self._key(kind, h, self._bank_key(model, bank, i)) for i, h in enumerate(hashes)]
         missing = [i for i, key in enumerate(keys) if key not in self]
@@ -238,15 +241,17 @@ class FeatureCache:
             self._folder = None
 
 
-def batched_tokens(source: Any, model: ADPretrainModel, pixel_values: torch.Tensor, batch_size: int) -> TokenLayers:
+def batched_tokens(
+    source: Any, model: ADPretrainModel, pixel_values: torch.Tensor, batch_size: int, image_keys: Optional[Sequence[str]] = None
+) -> TokenLayers:
     """Backbone tokens of ``[N, 3, H, W]`` through ``source`` -> per layer ``[N, N_l, C_l]``; the
     images the source must encode go through the model's chunked loop, ``batch_size`` at a time."""
-    return source.tokens(model, "backbone", pixel_values, None, batch_size=batch_size)
+    return source.tokens(model, "backbone", pixel_values, None, batch_size=batch_size, image_keys=image_keys)
 
 
 def shared_bank(source: Any, model: ADPretrainModel, reference_pixel_values: torch.Tensor, batch_size: int) -> ReferenceBank:
     """The reference bank of ``[K, 3, H, W]`` normal images from the source's backbone tokens (no re-encoding when cached)."""
     if reference_pixel_values.shape[0] == 0:
         raise ValueError("the reference set is empty: pass at least one normal image")
-    tokens = batched_tokens(source, model, reference_pixel_values, batch_size)
-    return ReferenceBank.from_tokens(tokens, [pixel_hash(image) for image in reference_pixel_values])
+    keys = batch_keys(reference_pixel_values)
+    return ReferenceBank.from_tokens(batched_tokens(source, model, reference_pixel_values, batch_size, keys), keys)

@@ -18,12 +18,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
-from ..overlays import LABEL_COLOR, PANEL_BACKGROUND, draw_contour, render_overlay
+from ..overlays import DEFAULT_ALPHA, LABEL_COLOR, PANEL_BACKGROUND, draw_contour, render_overlay
 
 from .config import METRICS
 from .report import DISPLAY_NAMES, KIND_LABELS, METRIC_LABELS
 
-HEATMAP_ALPHA = 0.5
 MIN_TILE_SIZE = 160  # px: smaller images are upscaled (nearest) so titles and the colour bar fit
 TITLE_HEIGHT = 14  # px of a title strip (PIL's default font is about 11 px high)
 TILE_GAP = 4  # px between tiles
@@ -106,7 +105,7 @@ def save_overlays(
             for kind in kinds:
                 low, high = ranges[(method, kind)]
                 heat = _upscale(maps[(method, kind)][i].float().numpy(), factor)
-                tile = render_overlay(image, heat, vmin=low, vmax=high, pred_mask=contour, alpha=HEATMAP_ALPHA)
+                tile = render_overlay(image, heat, vmin=low, vmax=high, pred_mask=contour, alpha=DEFAULT_ALPHA)
                 row.append(_titled(tile, f"{KIND_LABELS[kind]} (score {float(scores[(method, kind)][i]):.3g})"))
             rows.append(row)
         width = max(sum(t.width for t in row) + TILE_GAP * (len(row) - 1) for row in rows)

@@ -10,7 +10,8 @@ per-image banks: :class:`AlignedReferences` caches, by the image's bytes, what
 image, so each image is matched once per reference seed, whichever detector asks; and
 :class:`PerImageReferenceExtractor` gathers the matched pool images' cached backbone tokens
 into a ``[B, K*N_l, C_l]`` bank per layer for that batch, keyed per image by its reference set
-(so a feature cache keeps its projected features). Matching happens inside the extractor, so
+(so a feature cache keeps its projected features); the gather is lazy (:class:`GatheredBank`),
+so only the images a cache misses pay for it. Matching happens inside the extractor, so
 it also covers images a detector makes itself (GLASS's augmentations). Costs: the pool's
 backbone tokens stay in memory (``N_pool * sum_l N_l*C_l`` values: about 4 MB per pool image
 for a 1024-wide, 4-layer ViT at 224 px), each batch builds ``B*K`` images' worth of bank, and
@@ -23,15 +24,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 
-from ..extractor import ModelFeatureExtractor, ReferenceBank, combine_keys, pixel_hash
+from ..extractor import ModelFeatureExtractor, batch_keys, combine_keys, pixel_hash
 from ..references import SemanticAlignedMatcher, match_aligned, select_references
 from .feature_cache import DirectSource, batched_tokens, shared_bank
 
-__all__ = ["AlignedReferences", "PerImageReferenceExtractor", "ReferencePlan", "global_features", "pixel_hash",
+__all__ = ["AlignedReferences", "GatheredBank", "PerImageReferenceExtractor", "ReferencePlan", "global_features", "pixel_hash",
            "plan_references", "pretrained_extractor"]
 
 
@@ -43,6 +44,38 @@ def global_features(model: Any, pixel_values: torch.Tensor, batch_size: int, sou
     """
     tokens = batched_tokens(source or DirectSource(), model, pixel_values, batch_size)
     return torch.cat([layer.float().mean(dim=1) for layer in tokens], dim=1).cpu()
+
+
+class GatheredBank:
+    """Per-image reference banks of a batch, gathered from the pool's tokens only when read.
+
+    Same surface as a per-image :class:`~adpretrain_hf.extractor.ReferenceBank`. Why lazy: a
+    feature cache needs only ``keys`` for the images it holds; only its misses (:meth:`rows`)
+    reach ``feature_pass``, which reads :attr:`layers`, so only they pay for the gather.
+    """
+
+    per_image = True
+    members = None  # per-image banks: leave-one-out is the matcher's (it skips the image itself)
+
+    def __init__(self, pool_tokens: Sequence[torch.Tensor], index: torch.Tensor, keys: tuple[str, ...]) -> None:
+        self.pool_tokens = tuple(pool_tokens)  # per layer [N_pool, N_l, C_l]
+        self.index = index  # [B, k] pool positions of each image's references, best first
+        self.keys = keys  # per image: the key of its reference set
+
+    @property
+    def layers(self) -> tuple[torch.Tensor, ...]:
+        """Per layer ``[B, k*N_l, C_l]`` (gathered on every read: read it once)."""
+        return tuple(layer[self.index.to(layer.device)].flatten(1, 2) for layer in self.pool_tokens)
+
+    def key_for(self, row: int) -> str:
+        return self.keys[row]
+
+    def rows(self, index: torch.Tensor) -> "GatheredBank":
+        """The banks of some images of the batch (still not gathered)."""
+        return GatheredBank(self.pool_tokens, self.index[index.to(self.index.device)], tuple(self.keys[i] for i in index.tolist()))
+
+    def without(self, member: str) -> "GatheredBank":
+        return self
 
 
 class AlignedReferences:
@@ -61,18 +94,19 @@ class AlignedReferences:
         self.matcher = matcher
         self.pool_pixel_values = pool_pixel_values
         self.k = k
-        self.pool_hashes = [pixel_hash(image) for image in pool_pixel_values]
+        self.pool_hashes = batch_keys(pool_pixel_values)
         self.source = source or DirectSource()
         self._cache: dict[str, torch.Tensor] = {}
         self._tokens: Optional[list[torch.Tensor]] = None
 
-    def indices(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def indices(self, pixel_values: torch.Tensor, image_keys: Optional[Sequence[str]] = None) -> torch.Tensor:
         """Pool positions of each image's references: ``[B, 3, H, W] -> LongTensor [B, k]`` (best first).
 
         A cache over :func:`~adpretrain_hf.references.match_aligned` (which skips the pool
-        copies of the image itself), keyed by ``pixel_hash``: each distinct image is matched once.
+        copies of the image itself), keyed by ``pixel_hash`` (``image_keys`` when the caller has
+        them): each distinct image is matched once.
         """
-        keys = [pixel_hash(image) for image in pixel_values]
+        keys = batch_keys(pixel_values) if image_keys is None else list(image_keys)
         missing: dict[str, int] = {}  # uncached key -> its first position in the batch
         for i, key in enumerate(keys):
             if key not in self._cache:
@@ -86,16 +120,14 @@ class AlignedReferences:
     def pool_tokens(self, model: Any, batch_size: int) -> list[torch.Tensor]:
         """The pool's backbone tokens per layer ``[N_pool, N_l, C_l]``, computed once."""
         if self._tokens is None:
-            self._tokens = batched_tokens(self.source, model, self.pool_pixel_values, batch_size)
+            self._tokens = batched_tokens(self.source, model, self.pool_pixel_values, batch_size, self.pool_hashes)
         return self._tokens
 
-    def bank(self, model: Any, pixel_values: torch.Tensor, batch_size: int) -> ReferenceBank:
-        """Per-image banks of a batch: per layer ``[B, k*N_l, C_l]``, keyed by each image's reference set."""
-        idx = self.indices(pixel_values)  # [B, k]
-        tokens = self.pool_tokens(model, batch_size)
-        layers = tuple(layer[idx.to(layer.device)].flatten(1, 2) for layer in tokens)
+    def bank(self, model: Any, pixel_values: torch.Tensor, batch_size: int, image_keys: Optional[Sequence[str]] = None) -> GatheredBank:
+        """Per-image banks of a batch (per layer ``[B, k*N_l, C_l]`` once read), keyed by each image's reference set."""
+        idx = self.indices(pixel_values, image_keys)  # [B, k]
         keys = tuple(combine_keys([self.pool_hashes[j] for j in row.tolist()]) for row in idx)
-        return ReferenceBank(layers, keys)
+        return GatheredBank(self.pool_tokens(model, batch_size), idx, keys)
 
 
 class PerImageReferenceExtractor:
@@ -120,8 +152,9 @@ class PerImageReferenceExtractor:
 
     @torch.no_grad()
     def __call__(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
-        bank = self.references.bank(self.base.model, pixel_values, self.batch_size)
-        return self.base.with_references(bank)(pixel_values)
+        keys = batch_keys(pixel_values)  # once: for the matching and for the feature cache
+        bank = self.references.bank(self.base.model, pixel_values, self.batch_size, keys)
+        return self.base.with_references(bank)(pixel_values, image_keys=keys)
 
 
 @dataclass

@@ -123,3 +123,16 @@ def test_featurenorm_matches_explicit_pipeline(ext):
     assert maps.shape == (3, 32, 32) and scores.shape == (3,)
     np.testing.assert_allclose(maps.numpy(), ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(scores.numpy(), ref_scores, rtol=1e-5, atol=1e-5)
+
+
+def test_shared_layer_choice_warns_at_the_callers_line_and_rechecks_the_count():
+    from adpretrain_hf.detectors.featurenorm import LayerSelectingExtractor
+
+    with pytest.warns(FutureWarning, match="layer_positions=") as record:
+        selecting = LayerSelectingExtractor(lambda x: [x, x, x], layers=[2])
+    assert record[0].filename == __file__  # the shared helper keeps pointing at the user's call
+    x = torch.zeros(1, 3, 4, 4)
+    assert len(selecting(x)) == 1 and selecting.resolved_positions == [2]
+    selecting.inner = lambda x: [x, x]
+    with pytest.raises(ValueError, match="now returns 2 layers"):
+        selecting(x)

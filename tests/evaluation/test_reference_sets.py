@@ -30,3 +30,29 @@ def test_aligned_plan_clamps_k_and_gives_each_image_its_own_bank(model):
         alone = model(queries[i : i + 1], reference_pixel_values=pool[refs[i]], output_anomaly_map=False).features
         assert torch.allclose(batched[-1][i].flatten(1).T, alone[-1][0].float(), atol=1e-5)
     assert model.reference_bank is None  # restored
+
+
+def test_aligned_banks_are_gathered_only_for_cache_misses(model, monkeypatch):
+    """The per-image bank is lazy: images whose features are cached never have theirs gathered,
+    and a call through the cache gives what the uncached extractor gives."""
+    from adpretrain_hf.evaluation.feature_cache import FeatureCache
+    from adpretrain_hf.evaluation.reference_sets import GatheredBank
+
+    g = torch.Generator().manual_seed(1)
+    pool, queries = torch.randn(4, 3, 64, 64, generator=g), torch.randn(3, 3, 64, 64, generator=g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random-init matcher
+        plan = plan_references("aligned", model, pool, k=2, seed=0, pool_ids=[str(i) for i in range(4)], pool_paths=[None] * 4,
+                               test_pixel_values=queries, test_ids=["a", "b", "c"], batch_size=4, device="cpu")
+    gathered = []
+    original = GatheredBank.layers.fget
+    monkeypatch.setattr(GatheredBank, "layers", property(lambda self: gathered.append(self.index.shape[0]) or original(self)))
+    plain = PerImageReferenceExtractor(ModelFeatureExtractor(model, "pretrained"), plan.aligned)(queries)
+    cached_extractor = PerImageReferenceExtractor(ModelFeatureExtractor(model, "pretrained", source=FeatureCache()), plan.aligned)
+    first = cached_extractor(queries[:2])
+    gathered.clear()
+    second = cached_extractor(queries)
+    assert gathered == [1]  # only the third image (a miss) had its bank gathered
+    for a, b, c in zip(first, second, plain):  # batches of other sizes: equal up to float rounding
+        torch.testing.assert_close(a, b[:2], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(b, c, rtol=1e-5, atol=1e-5)
