@@ -318,7 +318,7 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
         """
         backbone_features = self.backbone_features(pixel_values)
         bank = None
-        if self.config.use_residual or self.config.projector_type == "cross_attn":
+        if self.config.needs_references:
             bank = self._resolve_bank(reference_pixel_values, reference_features)
         residuals = self.residuals(backbone_features, bank)
         features = self.project(residuals, bank)

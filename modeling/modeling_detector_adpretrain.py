@@ -162,7 +162,7 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
         features = [tokens[position] for position in positions]  # [B, N_l, C_l] each
         if self.config.feature_kind == "pretrained":
             banks = [self.fitted.get(f"{REFERENCE_BANK_PREFIX}{position}") for position in positions]
-            if model.config.use_residual or model.config.projector_type == "cross_attn":
+            if model.config.needs_references:
                 missing = [position for position, bank in zip(positions, banks) if bank is None]
                 if missing:
                     raise ValueError(
