@@ -26,20 +26,19 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 import torch
 from torch import nn
-from transformers.utils import ModelOutput
 
 from .anomaly_map_adpretrain import GAUSSIAN_SIGMA, anomaly_map_from_grids, tokens_to_grid
 from .calibration_adpretrain import normalize_scores
 from .configuration_detector_adpretrain import PACKAGE_METHODS, ADPretrainDetectorConfig
 from .checkpoint_io_adpretrain import keep_saved_processor, save_folder
+from .dtypes_adpretrain import stored_dtype
 from .image_processing_adpretrain import processor_for
 from .modeling_adpretrain import ADPretrainModel, ADPretrainPreTrainedModel
-from .outputs_adpretrain import renamed_field
+from .outputs_adpretrain import AnomalyDetectionOutput
 from .residual_adpretrain import TRACEABLE_BACKEND
 from .scoring_adpretrain import (
     PATCHCORE_DIM,
@@ -56,24 +55,6 @@ from .tasks_adpretrain import ANOMALY_DETECTION_TASK, save_task_pipeline
 REFERENCE_BANK_PREFIX = "reference_bank_"  # + layer position: [M_l, C_l] backbone tokens of the references
 NET_PREFIX = "net__"  # + state-dict key with "." -> "__": a trained method's network
 PADIM_RESIZE_MODE = "nearest"  # PaDiM's layer concatenation (original embedding_concat)
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64, "int32": torch.int32,
-           "bool": torch.bool, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@dataclass
-class AnomalyDetectionOutput(ModelOutput):
-    """Outputs of :class:`ADPretrainDetectorModel` (see the module docstring for shapes)."""
-
-    anomaly_map: Optional[torch.Tensor] = None
-    score: Optional[torch.Tensor] = None
-    normalized_score: Optional[torch.Tensor] = None
-    label: Optional[torch.Tensor] = None
-    pred_mask: Optional[torch.Tensor] = None
-
-    scores = renamed_field("score", "scores")
-    normalized_scores = renamed_field("normalized_score", "normalized_scores")
-    labels = renamed_field("label", "labels")
-    pred_masks = renamed_field("pred_mask", "pred_masks")
 
 
 def net_buffer_name(key: str) -> str:
@@ -103,7 +84,7 @@ class FittedTensors(nn.Module):
     def __init__(self, shapes: dict, dtypes: dict) -> None:
         super().__init__()
         for name, shape in shapes.items():
-            self.register_buffer(name, torch.zeros(shape, dtype=_DTYPES[dtypes.get(name, "float32")]))
+            self.register_buffer(name, torch.zeros(shape, dtype=stored_dtype(dtypes.get(name, "float32"))))
 
     def get(self, name: str) -> Optional[torch.Tensor]:
         return self._buffers.get(name)
