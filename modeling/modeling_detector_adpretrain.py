@@ -37,16 +37,15 @@ from .configuration_detector_adpretrain import PACKAGE_METHODS, ADPretrainDetect
 from .checkpoint_io_adpretrain import keep_saved_processor, save_folder
 from .dtypes_adpretrain import stored_dtype
 from .image_processing_adpretrain import processor_for
+from .matching_adpretrain import TRACEABLE_BACKEND, nearest_neighbors
 from .modeling_adpretrain import ADPretrainModel, ADPretrainPreTrainedModel
 from .outputs_adpretrain import AnomalyDetectionOutput
-from .residual_adpretrain import TRACEABLE_BACKEND
 from .scoring_adpretrain import (
     PATCHCORE_DIM,
     PATCHCORE_REWEIGHT_NEIGHBORS,
     aggregate_patch_features,
     largest_grid,
     mahalanobis_distances,
-    nearest_in_bank,
     resize_to_grid,
     reweighted_scores,
 )
@@ -178,7 +177,8 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
         emb = aggregate_patch_features(features, int(self._setting("embedding_dim", PATCHCORE_DIM)))  # [B, h, w, D]
         h, w, d = emb.shape[1:]
         flat = emb.reshape(-1, d)
-        dist, idx = nearest_in_bank(flat, bank, metric="l2")
+        squared, idx = nearest_neighbors(flat, bank, metric="l2", backend=TRACEABLE_BACKEND)
+        dist = squared.sqrt()  # PatchCore scores plain L2 distances
         maps, map_max = anomaly_map_from_grids([dist.reshape(-1, h, w)], size, sigma)
         image_score = self._setting("image_score", "reweighted")
         if image_score == "map_max":

@@ -5,8 +5,7 @@ detector loaded from a folder, possibly without the package) must score identica
 pure functions live here once:
 
 - feature-map layout: ``largest_grid``, ``resize_to_grid``;
-- PatchCore: locally aware patch features (``aggregate_patch_features``), exact L2 nearest
-  neighbour in the memory bank (``nearest_in_bank``), the reweighted image score
+- PatchCore: locally aware patch features (``aggregate_patch_features``), the reweighted image score
   (``reweighted_scores``, paper Eq. 7);
 - PaDiM: per-position Mahalanobis distances (``mahalanobis_distances``).
 
@@ -25,7 +24,6 @@ import torch.nn.functional as F
 PATCHCORE_DIM = 1024  # the most channels kept per layer and in the final embedding
 PATCHCORE_NEIGHBOURHOOD = 3  # 3x3 local-context average
 PATCHCORE_REWEIGHT_NEIGHBORS = 9  # b in Eq. 7: bank neighbours of m* in the softmax
-BANK_CHUNK_ROWS = 1024  # bank rows per distance block in nearest_in_bank: [queries, 1024] floats at a time
 REWEIGHT_MAX_BLOCK_ELEMENTS = 1 << 26  # distance-block bound of reweighted_scores
 
 
@@ -111,51 +109,6 @@ def aggregate_patch_features(maps: Sequence[torch.Tensor], dim: int = PATCHCORE_
     for j in range(1, index.shape[0]):
         out = torch.addcmul(out, x.index_select(1, index[j]), weight[j])
     return out.reshape(-1, grid[0], grid[1], width)
-
-
-def nearest_in_bank(
-    queries: torch.Tensor, bank: torch.Tensor, metric: str = "l2", chunk_rows: int = BANK_CHUNK_ROWS
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact nearest bank row of each query, in plain torch (traces to ONNX).
-
-    The bank is walked in fixed chunks of ``chunk_rows`` rows (its size is static, so the loop
-    unrolls to a fixed graph while the number of queries stays dynamic), keeping a running
-    best; ties keep the lower index, as ``argmin``/``argmax``.
-
-    Args:
-        queries: ``[n, D]``; bank: ``[M, D]``.
-        metric: ``"l2"`` (PatchCore) or ``"cosine"`` (residual matching).
-    Returns:
-        ``(value [n], index [n])``: the L2 distance (not squared) for ``"l2"``, the cosine
-        similarity for ``"cosine"``; and the row index.
-    """
-    if metric not in ("l2", "cosine"):
-        raise ValueError(f"unknown metric {metric!r}: choose 'l2' or 'cosine'")
-    if bank.dim() != 2 or bank.shape[0] == 0:
-        raise ValueError(f"the bank has shape {tuple(bank.shape)}: pass a non-empty [M, D] bank (fit on normal images first)")
-    if queries.dim() != 2 or queries.shape[1] != bank.shape[1]:
-        raise ValueError(f"queries of shape {tuple(queries.shape)} do not match the [M, D] bank {tuple(bank.shape)}: pass [n, D]")
-    q = queries.float()
-    if metric == "cosine":
-        q = F.normalize(q, dim=1)
-    best_val = best_idx = None
-    for start in range(0, bank.shape[0], chunk_rows):
-        block = bank[start : start + chunk_rows].float()
-        if metric == "cosine":  # one [n, m] block of cosines; kept as -cos so lower is closer
-            val, idx = torch.mm(q, F.normalize(block, dim=1).T).max(dim=1)
-            val = -val
-        else:  # ||b||^2 - 2 q.b (||q||^2 is the same for every row: added after the min)
-            val, idx = torch.addmm((block * block).sum(dim=1).unsqueeze(0), q, block.T, alpha=-2.0).min(dim=1)
-        idx = idx + start
-        if best_val is None:
-            best_val, best_idx = val, idx
-        else:
-            better = val < best_val
-            best_val = torch.where(better, val, best_val)
-            best_idx = torch.where(better, idx, best_idx)
-    if metric == "cosine":
-        return -best_val, best_idx
-    return (best_val + (q * q).sum(dim=1)).clamp_min(0.0).sqrt(), best_idx
 
 
 def reweighted_scores(
