@@ -44,16 +44,14 @@ from .scoring_adpretrain import (
     PATCHCORE_DIM,
     PATCHCORE_REWEIGHT_NEIGHBORS,
     aggregate_patch_features,
-    largest_grid,
     mahalanobis_distances,
-    resize_to_grid,
-    reweighted_scores,
+    padim_groups,
+    patchcore_image_scores,
 )
 from .tasks_adpretrain import ANOMALY_DETECTION_TASK, save_task_pipeline
 
 REFERENCE_BANK_PREFIX = "reference_bank_"  # + layer position: [M_l, C_l] backbone tokens of the references
 NET_PREFIX = "net__"  # + state-dict key with "." -> "__": a trained method's network
-PADIM_RESIZE_MODE = "nearest"  # PaDiM's layer concatenation (original embedding_concat)
 
 
 def net_buffer_name(key: str) -> str:
@@ -183,24 +181,16 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
         image_score = self._setting("image_score", "reweighted")
         if image_score == "map_max":
             return maps, map_max
-        dist, idx = dist.reshape(-1, h * w), idx.reshape(-1, h * w)
-        if image_score == "max":
-            return maps, dist.amax(dim=1)
-        worst = dist.argmax(dim=1, keepdim=True)  # [B, 1] the most anomalous patch of each image
-        queries = flat.reshape(-1, h * w, d).gather(1, worst.unsqueeze(-1).expand(-1, 1, d)).squeeze(1)  # [B, D]
-        nearest = idx.gather(1, worst).squeeze(1)  # [B]
         num_neighbors = int(self._setting("num_neighbors", PATCHCORE_REWEIGHT_NEIGHBORS))
-        return maps, reweighted_scores(queries, nearest, bank, num_neighbors)
+        scores = patchcore_image_scores(
+            image_score, dist.reshape(-1, h * w), idx.reshape(-1, h * w), flat.reshape(-1, h * w, d), bank, num_neighbors
+        )
+        return maps, scores
 
     def _padim(self, features: list[torch.Tensor], size: tuple, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Per group (a layer, or all layers concatenated): Mahalanobis grid ``[B, h_g, w_g]``."""
-        if self._setting("mode", "per_layer") == "per_layer":
-            groups = features
-        else:
-            grid = largest_grid(features)
-            groups = [torch.cat([resize_to_grid(f, grid, PADIM_RESIZE_MODE) for f in features], dim=1)]  # [B, C, h, w]
         grids = []
-        for g, emb in enumerate(groups):
+        for g, emb in enumerate(padim_groups(features, self._setting("mode", "per_layer"))):
             channel_index = self.fitted.get(f"channel_index_{g}")
             if channel_index is not None:
                 emb = emb.index_select(1, channel_index)

@@ -6,8 +6,8 @@ pure functions live here once:
 
 - feature-map layout: ``largest_grid``, ``resize_to_grid``;
 - PatchCore: locally aware patch features (``aggregate_patch_features``), the reweighted image score
-  (``reweighted_scores``, paper Eq. 7);
-- PaDiM: per-position Mahalanobis distances (``mahalanobis_distances``).
+  (``reweighted_scores``, paper Eq. 7) and the ``image_score`` switch (``patchcore_image_scores``);
+- PaDiM: the fitted groups (``padim_groups``), per-position Mahalanobis distances (``mahalanobis_distances``).
 
 Everything here traces to ONNX except PaDiM's triangular solve. Part of the remote-code
 bundle: imports only torch.
@@ -16,7 +16,7 @@ bundle: imports only torch.
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,7 @@ PATCHCORE_DIM = 1024  # the most channels kept per layer and in the final embedd
 PATCHCORE_NEIGHBOURHOOD = 3  # 3x3 local-context average
 PATCHCORE_REWEIGHT_NEIGHBORS = 9  # b in Eq. 7: bank neighbours of m* in the softmax
 REWEIGHT_MAX_BLOCK_ELEMENTS = 1 << 26  # distance-block bound of reweighted_scores
+PADIM_RESIZE_MODE = "nearest"  # how PaDiM's coarser layers reach the largest grid (original embedding_concat)
 
 
 def largest_of(grids: Sequence[tuple[int, int]]) -> tuple[int, int]:
@@ -168,3 +169,37 @@ def mahalanobis_distances(embedding: torch.Tensor, mean: torch.Tensor, cholesky:
     delta = embedding.to(mean.dtype).permute(2, 1, 0) - mean.unsqueeze(2)  # [P, D, B]
     z = torch.linalg.solve_triangular(cholesky, delta, upper=False)  # [P, D, B]: L^-1 (x - mu)
     return z.square().sum(dim=1).sqrt().T  # [B, P]
+
+
+def patchcore_image_scores(
+    image_score: str,
+    distances: torch.Tensor,
+    nn_indices: Optional[torch.Tensor] = None,
+    embedding: Optional[torch.Tensor] = None,
+    bank: Optional[torch.Tensor] = None,
+    num_neighbors: int = PATCHCORE_REWEIGHT_NEIGHBORS,
+    max_block_elements: int = REWEIGHT_MAX_BLOCK_ELEMENTS,
+) -> torch.Tensor:
+    """PatchCore's image score ``[B]`` from the raw NN ``distances [B, P]`` (``"map_max"`` is the
+    caller's: it needs the smoothed map).
+
+    ``"max"``: the largest patch distance. ``"reweighted"``: Eq. 7 at each image's worst patch,
+    which needs its ``nn_indices [B, P]``, ``embedding [B, P, D]`` and the memory ``bank [M, D]``.
+    The worst patch is gathered (not indexed) so the graph traces to ONNX.
+    """
+    if image_score == "max":
+        return distances.amax(dim=1)
+    worst = distances.argmax(dim=1, keepdim=True)  # [B, 1] the most anomalous patch of each image
+    d = embedding.shape[-1]
+    queries = embedding.gather(1, worst.unsqueeze(-1).expand(-1, 1, d)).squeeze(1)  # [B, D]
+    nearest = nn_indices.gather(1, worst).squeeze(1)  # [B]
+    return reweighted_scores(queries, nearest, bank, num_neighbors, max_block_elements)
+
+
+def padim_groups(maps: Sequence[torch.Tensor], mode: str) -> list[torch.Tensor]:
+    """PaDiM's groups from layers ``[B, C_l, h_l, w_l]``: each layer (``"per_layer"``), else one
+    ``[B, sum C_l, h, w]`` of every layer resized to the largest grid (:data:`PADIM_RESIZE_MODE`)."""
+    if mode == "per_layer":
+        return list(maps)
+    grid = largest_grid(maps)
+    return [torch.cat([resize_to_grid(f, grid, PADIM_RESIZE_MODE) for f in maps], dim=1)]

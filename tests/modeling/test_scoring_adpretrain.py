@@ -11,6 +11,8 @@ from adpretrain_hf.modeling.scoring_adpretrain import (
     aggregate_patch_features,
     embedding_width,
     mahalanobis_distances,
+    padim_groups,
+    patchcore_image_scores,
     reweighted_scores,
 )
 
@@ -76,3 +78,26 @@ def test_mahalanobis_against_the_inverse_covariance():
 def test_bad_options_are_one_line_errors():
     with pytest.raises(ValueError, match="num_neighbors must be >= 1, got 0"):
         reweighted_scores(torch.zeros(1, 3), torch.zeros(1, dtype=torch.long), torch.zeros(4, 3), num_neighbors=0)
+
+
+def test_patchcore_image_scores_max_and_reweighted_at_the_worst_patch():
+    torch.manual_seed(4)
+    bank, embedding = torch.randn(12, 3), torch.randn(2, 5, 3)  # [M, D], [B, P, D]
+    distances = torch.cdist(embedding, bank.expand(2, -1, -1))  # [B, P, M]
+    dist, idx = distances.min(dim=2)  # [B, P]
+    assert torch.equal(patchcore_image_scores("max", dist), dist.amax(dim=1))
+    got = patchcore_image_scores("reweighted", dist, idx, embedding, bank, num_neighbors=3)
+    worst = dist.argmax(dim=1)
+    rows = torch.arange(2)
+    expected = reweighted_scores(embedding[rows, worst], idx[rows, worst], bank, num_neighbors=3)
+    assert torch.allclose(got, expected)
+
+
+def test_padim_groups_per_layer_or_concatenated_on_the_largest_grid():
+    fine, coarse = torch.randn(2, 3, 4, 4), torch.randn(2, 5, 2, 2)
+    assert [g.shape for g in padim_groups([fine, coarse], "per_layer")] == [fine.shape, coarse.shape]
+    (group,) = padim_groups([fine, coarse], "concatenated")
+    assert group.shape == (2, 8, 4, 4)
+    assert torch.equal(group[:, :3], fine)
+    assert torch.equal(group[:, 3:, ::2, ::2], coarse)  # nearest: each coarse cell fills a 2x2 block
+    assert torch.equal(group[:, 3:, 1::2, 1::2], coarse)
