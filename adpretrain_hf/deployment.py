@@ -27,7 +27,7 @@ from .detectors.base import Detector
 from .detectors.featurenorm import FeatureMapDetector, LayerSelectingExtractor
 from .extractor import ModelFeatureExtractor
 from .modeling.calibration_adpretrain import DEFAULT_QUANTILE, fit_threshold, score_range
-from .modeling.configuration_detector_adpretrain import ADPretrainDetectorConfig
+from .modeling.configuration_detector_adpretrain import PACKAGE_METHODS, ADPretrainDetectorConfig
 from .modeling.image_processing_adpretrain import ADPretrainImageProcessor, processor_for
 from .modeling.modeling_adpretrain import ADPretrainModel
 from .modeling.modeling_detector_adpretrain import (
@@ -114,10 +114,10 @@ def detector_to_model(detector: Detector, feature_source: Optional[str] = None) 
     elif selected is None:
         selected = list(range(len(extractor.layer_positions)))
     positions = [extractor.layer_positions[i] for i in selected]  # in the model's list of tapped layers
-    if detector.name in ("cflow", "glass", "uniad"):
+    if detector.name in PACKAGE_METHODS:
         settings = {"sigma": float(detector.sigma), _TRAINED_STATE_KEY: True, **settings}
         tensors = {net_buffer_name(k): v for k, v in tensors.items()}
-    needs_bank = extractor.kind == "pretrained" and (model.config.use_residual or model.config.projector_type == "cross_attn")
+    needs_bank = extractor.kind == "pretrained" and extractor.needs_references
     if needs_bank:
         bank = extractor.reference_bank()  # raises, naming the fix, when no references were given
         tensors.update({f"{REFERENCE_BANK_PREFIX}{position}": bank.layers[position] for position in positions})
@@ -235,7 +235,7 @@ def fit_detector(
     processor = processor_for(model)  # saved with the checkpoint, else the config's; the detector saves it
     train = load_pixel_values(train_images, processor, "train_images")
     extractor = ModelFeatureExtractor(model, features=features)
-    if extractor.needs_references or model.config.projector_type == "cross_attn":
+    if extractor.needs_references:
         refs = train[:DEFAULT_REFERENCE_SHOTS] if references is None else load_pixel_values(references, processor, "references")
         extractor.set_references(refs)
     kwargs = dict(method_kwargs or {})

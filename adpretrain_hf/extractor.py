@@ -123,7 +123,7 @@ class FeaturePass:
 
 def uses_references(model: ADPretrainModel) -> bool:
     """Does the model's forward need normal references (residual matching or cross-attention)?"""
-    return bool(model.config.use_residual or model.config.projector_type == "cross_attn")
+    return model.config.needs_references
 
 
 @torch.no_grad()

@@ -26,7 +26,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .atomic_io_adpretrain import missing_folder_hint, replace_folder
-from .image_processing_adpretrain import HUB_DOWNLOAD_KWARGS, PROCESSOR_FILE, SAVED_PROCESSOR_ATTR, load_saved_processor, processor_for
+from .image_processing_adpretrain import (
+    PROCESSOR_FILE,
+    SAVED_PROCESSOR_ATTR,
+    hub_download_kwargs,
+    load_saved_processor,
+    processor_for,
+    resolve_file,
+)
 from .tasks_adpretrain import ANOMALY_FEATURES_TASK, save_task_pipeline
 
 REFERENCE_BANK_FILE = "reference_bank.safetensors"
@@ -38,33 +45,19 @@ _HEADER_ALIGNMENT = 8
 _COPY_CHUNK_BYTES = 16 * 1024 * 1024
 
 
-def _resolve(path_or_id, filename: str, kwargs: dict) -> Optional[str]:
-    """Local path of ``filename`` in a folder or a (cached) Hub repo; None when absent."""
-    if os.path.isdir(str(path_or_id)):
-        candidate = os.path.join(str(path_or_id), kwargs.get("subfolder") or "", filename)
-        return candidate if os.path.isfile(candidate) else None
-    from transformers.utils import cached_file
-
-    hub_kwargs = {k: kwargs[k] for k in HUB_DOWNLOAD_KWARGS if k in kwargs}
-    return cached_file(
-        path_or_id, filename, _raise_exceptions_for_missing_entries=False,
-        _raise_exceptions_for_connection_errors=False, **hub_kwargs,
-    )
-
-
 def _weight_files(path_or_id, kwargs: dict) -> Optional[list[str]]:
     """Local paths of the checkpoint's safetensors weight files (one, or every shard); None when absent."""
     files = []
-    single = _resolve(path_or_id, WEIGHTS_FILE, kwargs)
+    single = resolve_file(path_or_id, WEIGHTS_FILE, kwargs)
     if single:
         files = [single]
     else:
-        index = _resolve(path_or_id, WEIGHTS_INDEX_FILE, kwargs)
+        index = resolve_file(path_or_id, WEIGHTS_INDEX_FILE, kwargs)
         if not index:
             return None
         with open(index) as handle:
             shards = sorted(set(json.load(handle)["weight_map"].values()))
-        files = [_resolve(path_or_id, shard, kwargs) for shard in shards]
+        files = [resolve_file(path_or_id, shard, kwargs) for shard in shards]
         if not all(files):
             return None
     return files
@@ -182,8 +175,7 @@ def check_checkpoint_matches_config(model_class, path_or_id, kwargs: dict) -> No
     shapes, saved = header
     config = kwargs.get("config")
     if config is None or isinstance(config, (str, os.PathLike)):
-        hub_kwargs = {k: kwargs[k] for k in HUB_DOWNLOAD_KWARGS if k in kwargs}
-        config = model_class.config_class.from_pretrained(config or path_or_id, **hub_kwargs)
+        config = model_class.config_class.from_pretrained(config or path_or_id, **hub_download_kwargs(kwargs))
         overrides = {k: kwargs[k] for k in config.weights_structure() if k in kwargs}
         if overrides:  # from_pretrained(dir, layers=...) overrides the saved config the same way
             config = model_class.config_class(**{**config.to_dict(), **overrides})
@@ -274,7 +266,7 @@ def load_extras(model, path_or_id, kwargs: dict) -> None:
     keep_saved_processor(model, path_or_id, kwargs)
     if not model.config.bundle_backbone:
         model.load_backbone_weights()
-    bank_file = _resolve(path_or_id, REFERENCE_BANK_FILE, kwargs)
+    bank_file = resolve_file(path_or_id, REFERENCE_BANK_FILE, kwargs)
     if bank_file:
         try:
             tensors = load_file(bank_file)

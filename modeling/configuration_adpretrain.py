@@ -34,8 +34,9 @@ HYPERSPHERE_RADIUS = 0.4
 ABNORMAL_MARGIN = 0.75
 """Delta r: abnormal features are pushed beyond r + Delta r, Eq. (5) (appendix E, Tab. 9)."""
 LOSS_WEIGHT = 1.0
-NORM_LOSS_WEIGHT = 1.0  # weight of the norm loss: 0 trains the angle loss alone (Table 2, ExpID 2.5)
 """lambda weighting the angle loss in Eq. (7) (Tab. 10)."""
+NORM_LOSS_WEIGHT = 1.0
+"""Weight of the norm loss: 0 trains the angle loss alone (Table 2, ExpID 2.5)."""
 
 PAPER_LOSS_FORM: dict[str, Any] = {
     "norm_kind": "paper",
@@ -273,6 +274,12 @@ class ADPretrainConfig(PretrainedConfig):
             raise ValueError("image_mean and image_std need three values (RGB)")
         if self.num_reference_shots < 1:
             raise ValueError("num_reference_shots must be >= 1")
+
+    @property
+    def needs_references(self) -> bool:
+        """Does the forward read normal references? Residual matching and cross-attention do;
+        the raw-feature ablation (``use_residual=False`` with another projector) never does."""
+        return bool(self.use_residual or self.projector_type == "cross_attn")
 
     def weights_structure(self) -> dict[str, Any]:
         """The :data:`STRUCTURAL_FIELDS` of this config (what weights saved with it depend on)."""

@@ -28,4 +28,15 @@ def dtype_from_name(value: Union[None, str, torch.dtype]) -> Optional[torch.dtyp
     raise ValueError(f"dtype={value!r} is not supported: pass one of {sorted(DTYPES)} (or a torch.dtype)")
 
 
-__all__ = ["DTYPES", "DTYPE_NAMES", "dtype_from_name"]
+def stored_dtype(name: str) -> torch.dtype:
+    """The dtype a saved tensor names as ``str(dtype)`` less ``"torch."`` (``"int64"``, ``"bool"``, ...).
+
+    Not :data:`DTYPES`: a stored tensor may be any torch dtype, not only a model precision.
+    """
+    dtype = getattr(torch, name, None) if isinstance(name, str) and name else None
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"stored dtype {name!r} is not a torch dtype: fix the folder's config.json (e.g. 'float32', 'int64') or re-save it")
+    return dtype
+
+
+__all__ = ["DTYPES", "DTYPE_NAMES", "dtype_from_name", "stored_dtype"]

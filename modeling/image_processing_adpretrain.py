@@ -37,6 +37,28 @@ SAVED_PROCESSOR_ATTR = "_adpretrain_saved_processor"
 HUB_DOWNLOAD_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
 
 
+def hub_download_kwargs(kwargs: dict) -> dict:
+    """The download options among ``from_pretrained``'s kwargs (the rest are model/config overrides)."""
+    return {k: kwargs[k] for k in HUB_DOWNLOAD_KWARGS if k in kwargs}
+
+
+def resolve_file(path_or_id: Any, filename: str, kwargs: dict) -> Optional[str]:
+    """Local path of ``filename`` in a folder (and ``subfolder``) or a (cached) Hub repo; None when absent.
+
+    ``kwargs``: ``from_pretrained``'s kwargs; only the download options are passed on. A missing
+    file or no connection is "absent", so callers fall back instead of failing.
+    """
+    if os.path.isdir(str(path_or_id)):
+        candidate = os.path.join(str(path_or_id), kwargs.get("subfolder") or "", filename)
+        return candidate if os.path.isfile(candidate) else None
+    from transformers.utils import cached_file
+
+    return cached_file(
+        path_or_id, filename, _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False, **hub_download_kwargs(kwargs),
+    )
+
+
 class ADPretrainImageProcessor(PilBackend):
     """Image processor of ADPretrain checkpoints (also serves masks: :meth:`preprocess_masks`)."""
 
@@ -106,20 +128,10 @@ def load_saved_processor(path_or_id: Any, hub_kwargs: Optional[dict] = None) -> 
     ``hub_kwargs``: ``from_pretrained``'s download options (``local_files_only``, ``revision``,
     ``subfolder``, ...). A corrupt ``preprocessor_config.json`` raises (it is not "absent").
     """
-    kwargs = {k: v for k, v in (hub_kwargs or {}).items() if k in HUB_DOWNLOAD_KWARGS}
     source = os.fspath(path_or_id) if isinstance(path_or_id, (str, os.PathLike)) else ""
     if not source:
         return None
-    if os.path.isdir(source):
-        file = os.path.join(source, kwargs.get("subfolder") or "", PROCESSOR_FILE)
-        file = file if os.path.isfile(file) else None
-    else:
-        from transformers.utils import cached_file
-
-        file = cached_file(
-            source, PROCESSOR_FILE, _raise_exceptions_for_missing_entries=False,
-            _raise_exceptions_for_connection_errors=False, **kwargs,
-        )
+    file = resolve_file(source, PROCESSOR_FILE, hub_kwargs or {})
     return None if file is None else ADPretrainImageProcessor.from_pretrained(os.path.dirname(file))
 
 

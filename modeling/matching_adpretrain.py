@@ -12,6 +12,9 @@ Backends:
 - ``"faiss"``: ``IndexFlatIP`` / ``IndexFlatL2`` (GPU index when faiss-gpu sees a GPU).
 - ``"auto"``: faiss for CPU tensors when faiss imports, torch otherwise (tensors already
   on a GPU stay there: copying them to a faiss CPU index would be the slow path).
+- ``"traceable"``: plain torch over fixed chunks of ``BANK_CHUNK_ROWS`` bank rows; the loop
+  runs over the bank, whose size is static, so the graph traces to ONNX with a dynamic
+  number of queries (the detector folder's forward uses it).
 
 This file is part of the remote-code bundle: faiss is optional and imported in ``try:``.
 """
@@ -31,7 +34,9 @@ except ImportError:  # pragma: no cover - exercised where faiss is absent
 
 DEFAULT_MAX_BLOCK_ELEMENTS = 1 << 26
 METRICS = ("cosine", "l2")
-BACKENDS = ("auto", "torch", "faiss")
+TRACEABLE_BACKEND = "traceable"
+BACKENDS = ("auto", "torch", "faiss", TRACEABLE_BACKEND)
+BANK_CHUNK_ROWS = 1024  # bank rows per distance block of the traceable backend: [queries, 1024] floats at a time
 
 
 def faiss_available() -> bool:
@@ -82,6 +87,33 @@ def _torch_search(
     return best_val, best_idx
 
 
+def _traceable_search(queries: torch.Tensor, bank: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact 1-NN walking the bank in fixed chunks of :data:`BANK_CHUNK_ROWS` with a running best
+    (a fixed, unrolled graph for ONNX); ties keep the lower index, as ``argmin``/``argmax``."""
+    chunk_rows = BANK_CHUNK_ROWS
+    q = queries.float()
+    if metric == "cosine":
+        q = F.normalize(q, dim=1)
+    best_val = best_idx = None
+    for start in range(0, bank.shape[0], chunk_rows):
+        block = bank[start : start + chunk_rows].float()
+        if metric == "cosine":  # one [n, m] block of cosines; kept as -cos so lower is closer
+            val, idx = torch.mm(q, F.normalize(block, dim=1).T).max(dim=1)
+            val = -val
+        else:  # ||b||^2 - 2 q.b (||q||^2 is the same for every row: added after the min)
+            val, idx = torch.addmm((block * block).sum(dim=1).unsqueeze(0), q, block.T, alpha=-2.0).min(dim=1)
+        idx = idx + start
+        if best_val is None:
+            best_val, best_idx = val, idx
+        else:
+            better = val < best_val
+            best_val = torch.where(better, val, best_val)
+            best_idx = torch.where(better, idx, best_idx)
+    if metric == "cosine":
+        return -best_val, best_idx
+    return (best_val + (q * q).sum(dim=1)).clamp_min(0.0), best_idx
+
+
 def _faiss_search(queries: torch.Tensor, bank: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
     # copies: faiss.normalize_L2 works in place and must never touch the caller's tensors
     q = queries.detach().float().cpu().numpy().copy()
@@ -115,10 +147,13 @@ def nearest_neighbors(
         bank: ``[m, d]``, ``m >= 1``.
         metric: ``"cosine"`` (returns the cosine similarity, higher is closer) or
             ``"l2"`` (returns the *squared* L2 distance, lower is closer).
+        backend: one of :data:`BACKENDS` (see the module docstring).
     Returns:
         ``(values [n], indices [n])`` on the queries' device.
     """
     _check_inputs(queries, bank, metric, backend)
+    if backend == TRACEABLE_BACKEND:  # before the empty-batch branch: the traced batch stays dynamic
+        return _traceable_search(queries, bank, metric)
     if queries.shape[0] == 0:
         empty = queries.new_empty(0)
         return empty, torch.empty(0, dtype=torch.long, device=queries.device)

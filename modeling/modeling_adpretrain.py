@@ -161,15 +161,18 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
 
     # -- the public steps: forward composes exactly these four -----------------------------
     @torch.no_grad()
-    def backbone_features(self, pixel_values: torch.Tensor, batch_size: Optional[int] = None) -> list[torch.Tensor]:
+    def backbone_features(
+        self, pixel_values: torch.Tensor, batch_size: Optional[int] = None, name: str = "pixel_values"
+    ) -> list[torch.Tensor]:
         """The frozen backbone's tokens: ``pixel_values [B, 3, H, W]`` -> L x ``[B, N_l, C_l]``.
 
         The package's one chunked backbone loop (no other code calls ``self.backbone``): the
         pixels are checked once, then run ``batch_size`` images at a time (all at once when
         None), each chunk moved to the backbone's device and dtype, so a large set can stay on
         the CPU. The backbone is frozen, hence no gradient; an enclosing autocast applies.
+        ``name`` is what the pixels are called in errors (e.g. ``"reference_pixel_values"``).
         """
-        self.check_pixel_values(pixel_values)
+        self.check_pixel_values(pixel_values, name)
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size={batch_size} is invalid: pass the number of images per backbone pass (>= 1) or None")
         param, total = next(self.backbone.parameters()), pixel_values.shape[0]
@@ -260,8 +263,8 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
             return [bank.reshape(b, -1, bank.shape[-1]) for bank in flat]
         if isinstance(reference_pixel_values, torch.Tensor) and reference_pixel_values.shape[:1] == (0,):
             raise ValueError("the reference set is empty: pass at least one normal image to set_references()")
-        self.check_pixel_values(reference_pixel_values, "reference_pixel_values")  # names the references in errors
-        return [layer.flatten(0, 1) for layer in self.backbone_features(reference_pixel_values, batch_size)]
+        tokens = self.backbone_features(reference_pixel_values, batch_size, name="reference_pixel_values")
+        return [layer.flatten(0, 1) for layer in tokens]
 
     def set_references(self, reference_pixel_values: torch.Tensor) -> None:
         """A user convenience: compute and keep the bank of these normal images (``[K, 3, H, W]``)
@@ -318,7 +321,7 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
         """
         backbone_features = self.backbone_features(pixel_values)
         bank = None
-        if self.config.use_residual or self.config.projector_type == "cross_attn":
+        if self.config.needs_references:
             bank = self._resolve_bank(reference_pixel_values, reference_features)
         residuals = self.residuals(backbone_features, bank)
         features = self.project(residuals, bank)

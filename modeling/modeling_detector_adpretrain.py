@@ -26,54 +26,32 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 import torch
 from torch import nn
-from transformers.utils import ModelOutput
 
 from .anomaly_map_adpretrain import GAUSSIAN_SIGMA, anomaly_map_from_grids, tokens_to_grid
 from .calibration_adpretrain import normalize_scores
 from .configuration_detector_adpretrain import PACKAGE_METHODS, ADPretrainDetectorConfig
 from .checkpoint_io_adpretrain import keep_saved_processor, save_folder
+from .dtypes_adpretrain import stored_dtype
 from .image_processing_adpretrain import processor_for
+from .matching_adpretrain import TRACEABLE_BACKEND, nearest_neighbors
 from .modeling_adpretrain import ADPretrainModel, ADPretrainPreTrainedModel
-from .outputs_adpretrain import renamed_field
-from .residual_adpretrain import TRACEABLE_BACKEND
+from .outputs_adpretrain import AnomalyDetectionOutput
 from .scoring_adpretrain import (
     PATCHCORE_DIM,
     PATCHCORE_REWEIGHT_NEIGHBORS,
     aggregate_patch_features,
-    largest_grid,
     mahalanobis_distances,
-    nearest_in_bank,
-    resize_to_grid,
-    reweighted_scores,
+    padim_groups,
+    patchcore_image_scores,
 )
 from .tasks_adpretrain import ANOMALY_DETECTION_TASK, save_task_pipeline
 
 REFERENCE_BANK_PREFIX = "reference_bank_"  # + layer position: [M_l, C_l] backbone tokens of the references
 NET_PREFIX = "net__"  # + state-dict key with "." -> "__": a trained method's network
-PADIM_RESIZE_MODE = "nearest"  # PaDiM's layer concatenation (original embedding_concat)
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64, "int32": torch.int32,
-           "bool": torch.bool, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@dataclass
-class AnomalyDetectionOutput(ModelOutput):
-    """Outputs of :class:`ADPretrainDetectorModel` (see the module docstring for shapes)."""
-
-    anomaly_map: Optional[torch.Tensor] = None
-    score: Optional[torch.Tensor] = None
-    normalized_score: Optional[torch.Tensor] = None
-    label: Optional[torch.Tensor] = None
-    pred_mask: Optional[torch.Tensor] = None
-
-    scores = renamed_field("score", "scores")
-    normalized_scores = renamed_field("normalized_score", "normalized_scores")
-    labels = renamed_field("label", "labels")
-    pred_masks = renamed_field("pred_mask", "pred_masks")
 
 
 def net_buffer_name(key: str) -> str:
@@ -103,7 +81,7 @@ class FittedTensors(nn.Module):
     def __init__(self, shapes: dict, dtypes: dict) -> None:
         super().__init__()
         for name, shape in shapes.items():
-            self.register_buffer(name, torch.zeros(shape, dtype=_DTYPES[dtypes.get(name, "float32")]))
+            self.register_buffer(name, torch.zeros(shape, dtype=stored_dtype(dtypes.get(name, "float32"))))
 
     def get(self, name: str) -> Optional[torch.Tensor]:
         return self._buffers.get(name)
@@ -162,7 +140,7 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
         features = [tokens[position] for position in positions]  # [B, N_l, C_l] each
         if self.config.feature_kind == "pretrained":
             banks = [self.fitted.get(f"{REFERENCE_BANK_PREFIX}{position}") for position in positions]
-            if model.config.use_residual or model.config.projector_type == "cross_attn":
+            if model.config.needs_references:
                 missing = [position for position, bank in zip(positions, banks) if bank is None]
                 if missing:
                     raise ValueError(
@@ -197,29 +175,22 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
         emb = aggregate_patch_features(features, int(self._setting("embedding_dim", PATCHCORE_DIM)))  # [B, h, w, D]
         h, w, d = emb.shape[1:]
         flat = emb.reshape(-1, d)
-        dist, idx = nearest_in_bank(flat, bank, metric="l2")
+        squared, idx = nearest_neighbors(flat, bank, metric="l2", backend=TRACEABLE_BACKEND)
+        dist = squared.sqrt()  # PatchCore scores plain L2 distances
         maps, map_max = anomaly_map_from_grids([dist.reshape(-1, h, w)], size, sigma)
         image_score = self._setting("image_score", "reweighted")
         if image_score == "map_max":
             return maps, map_max
-        dist, idx = dist.reshape(-1, h * w), idx.reshape(-1, h * w)
-        if image_score == "max":
-            return maps, dist.amax(dim=1)
-        worst = dist.argmax(dim=1, keepdim=True)  # [B, 1] the most anomalous patch of each image
-        queries = flat.reshape(-1, h * w, d).gather(1, worst.unsqueeze(-1).expand(-1, 1, d)).squeeze(1)  # [B, D]
-        nearest = idx.gather(1, worst).squeeze(1)  # [B]
         num_neighbors = int(self._setting("num_neighbors", PATCHCORE_REWEIGHT_NEIGHBORS))
-        return maps, reweighted_scores(queries, nearest, bank, num_neighbors)
+        scores = patchcore_image_scores(
+            image_score, dist.reshape(-1, h * w), idx.reshape(-1, h * w), flat.reshape(-1, h * w, d), bank, num_neighbors
+        )
+        return maps, scores
 
     def _padim(self, features: list[torch.Tensor], size: tuple, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Per group (a layer, or all layers concatenated): Mahalanobis grid ``[B, h_g, w_g]``."""
-        if self._setting("mode", "per_layer") == "per_layer":
-            groups = features
-        else:
-            grid = largest_grid(features)
-            groups = [torch.cat([resize_to_grid(f, grid, PADIM_RESIZE_MODE) for f in features], dim=1)]  # [B, C, h, w]
         grids = []
-        for g, emb in enumerate(groups):
+        for g, emb in enumerate(padim_groups(features, self._setting("mode", "per_layer"))):
             channel_index = self.fitted.get(f"channel_index_{g}")
             if channel_index is not None:
                 emb = emb.index_select(1, channel_index)

@@ -45,3 +45,19 @@ class ADPretrainOutput(ModelOutput):
     grid_sizes: Optional[tuple] = None
 
     scores = renamed_field("score", "scores")
+
+
+@dataclass
+class AnomalyDetectionOutput(ModelOutput):
+    """Outputs of ``ADPretrainDetectorModel`` (shapes: the docstring of ``modeling_detector_adpretrain``)."""
+
+    anomaly_map: Optional[torch.Tensor] = None
+    score: Optional[torch.Tensor] = None
+    normalized_score: Optional[torch.Tensor] = None
+    label: Optional[torch.Tensor] = None
+    pred_mask: Optional[torch.Tensor] = None
+
+    scores = renamed_field("score", "scores")
+    normalized_scores = renamed_field("normalized_score", "normalized_scores")
+    labels = renamed_field("label", "labels")
+    pred_masks = renamed_field("pred_mask", "pred_masks")

@@ -202,8 +202,7 @@ class AnomalyFeaturesPipeline(Pipeline):
 
     def _bank(self, references: Optional[tuple[str, torch.Tensor]]) -> Optional[list[torch.Tensor]]:
         """Per-layer reference tokens on the model's device and dtype, computed once per reference set."""
-        config = self.model.config
-        if not (config.use_residual or config.projector_type == "cross_attn"):
+        if not self.model.config.needs_references:
             return None  # raw-feature ablation: the model never reads a bank
         dtype = self.model.dtype
         if references is not None:

@@ -17,11 +17,6 @@ import torch
 import torch.nn.functional as F
 
 from .matching_adpretrain import batched_nearest_indices, nearest_neighbors
-from .scoring_adpretrain import nearest_in_bank
-
-TRACEABLE_BACKEND = "traceable"
-"""Shared-bank matching in plain torch over fixed bank chunks (``nearest_in_bank``): the loop
-runs over the bank, whose size is static, so the graph traces to ONNX with a dynamic batch."""
 
 
 def residual_features(
@@ -29,14 +24,11 @@ def residual_features(
 ) -> torch.Tensor:
     """``tokens [B, N, C]`` minus each token's nearest bank row; bank ``[M, C]`` or ``[B, M, C]``.
 
-    ``backend``: a ``matching_adpretrain.BACKENDS`` name, or ``TRACEABLE_BACKEND`` (ONNX export).
+    ``backend``: a ``matching_adpretrain.BACKENDS`` name (``"traceable"`` for ONNX export).
     """
     if bank.dim() == 2:
         flat = tokens.reshape(-1, tokens.shape[-1])
-        if backend == TRACEABLE_BACKEND:
-            _, idx = nearest_in_bank(flat, bank, metric=metric)
-        else:
-            _, idx = nearest_neighbors(flat, bank, metric=metric, backend=backend)
+        _, idx = nearest_neighbors(flat, bank, metric=metric, backend=backend)
         nearest = bank.to(tokens.device)[idx].reshape(tokens.shape)
     elif bank.dim() == 3:
         if bank.shape[0] != tokens.shape[0]:

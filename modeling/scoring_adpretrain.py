@@ -5,10 +5,9 @@ detector loaded from a folder, possibly without the package) must score identica
 pure functions live here once:
 
 - feature-map layout: ``largest_grid``, ``resize_to_grid``;
-- PatchCore: locally aware patch features (``aggregate_patch_features``), exact L2 nearest
-  neighbour in the memory bank (``nearest_in_bank``), the reweighted image score
-  (``reweighted_scores``, paper Eq. 7);
-- PaDiM: per-position Mahalanobis distances (``mahalanobis_distances``).
+- PatchCore: locally aware patch features (``aggregate_patch_features``), the reweighted image score
+  (``reweighted_scores``, paper Eq. 7) and the ``image_score`` switch (``patchcore_image_scores``);
+- PaDiM: the fitted groups (``padim_groups``), per-position Mahalanobis distances (``mahalanobis_distances``).
 
 Everything here traces to ONNX except PaDiM's triangular solve. Part of the remote-code
 bundle: imports only torch.
@@ -17,7 +16,7 @@ bundle: imports only torch.
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +24,8 @@ import torch.nn.functional as F
 PATCHCORE_DIM = 1024  # the most channels kept per layer and in the final embedding
 PATCHCORE_NEIGHBOURHOOD = 3  # 3x3 local-context average
 PATCHCORE_REWEIGHT_NEIGHBORS = 9  # b in Eq. 7: bank neighbours of m* in the softmax
-BANK_CHUNK_ROWS = 1024  # bank rows per distance block in nearest_in_bank: [queries, 1024] floats at a time
 REWEIGHT_MAX_BLOCK_ELEMENTS = 1 << 26  # distance-block bound of reweighted_scores
+PADIM_RESIZE_MODE = "nearest"  # how PaDiM's coarser layers reach the largest grid (original embedding_concat)
 
 
 def largest_of(grids: Sequence[tuple[int, int]]) -> tuple[int, int]:
@@ -113,51 +112,6 @@ def aggregate_patch_features(maps: Sequence[torch.Tensor], dim: int = PATCHCORE_
     return out.reshape(-1, grid[0], grid[1], width)
 
 
-def nearest_in_bank(
-    queries: torch.Tensor, bank: torch.Tensor, metric: str = "l2", chunk_rows: int = BANK_CHUNK_ROWS
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact nearest bank row of each query, in plain torch (traces to ONNX).
-
-    The bank is walked in fixed chunks of ``chunk_rows`` rows (its size is static, so the loop
-    unrolls to a fixed graph while the number of queries stays dynamic), keeping a running
-    best; ties keep the lower index, as ``argmin``/``argmax``.
-
-    Args:
-        queries: ``[n, D]``; bank: ``[M, D]``.
-        metric: ``"l2"`` (PatchCore) or ``"cosine"`` (residual matching).
-    Returns:
-        ``(value [n], index [n])``: the L2 distance (not squared) for ``"l2"``, the cosine
-        similarity for ``"cosine"``; and the row index.
-    """
-    if metric not in ("l2", "cosine"):
-        raise ValueError(f"unknown metric {metric!r}: choose 'l2' or 'cosine'")
-    if bank.dim() != 2 or bank.shape[0] == 0:
-        raise ValueError(f"the bank has shape {tuple(bank.shape)}: pass a non-empty [M, D] bank (fit on normal images first)")
-    if queries.dim() != 2 or queries.shape[1] != bank.shape[1]:
-        raise ValueError(f"queries of shape {tuple(queries.shape)} do not match the [M, D] bank {tuple(bank.shape)}: pass [n, D]")
-    q = queries.float()
-    if metric == "cosine":
-        q = F.normalize(q, dim=1)
-    best_val = best_idx = None
-    for start in range(0, bank.shape[0], chunk_rows):
-        block = bank[start : start + chunk_rows].float()
-        if metric == "cosine":  # one [n, m] block of cosines; kept as -cos so lower is closer
-            val, idx = torch.mm(q, F.normalize(block, dim=1).T).max(dim=1)
-            val = -val
-        else:  # ||b||^2 - 2 q.b (||q||^2 is the same for every row: added after the min)
-            val, idx = torch.addmm((block * block).sum(dim=1).unsqueeze(0), q, block.T, alpha=-2.0).min(dim=1)
-        idx = idx + start
-        if best_val is None:
-            best_val, best_idx = val, idx
-        else:
-            better = val < best_val
-            best_val = torch.where(better, val, best_val)
-            best_idx = torch.where(better, idx, best_idx)
-    if metric == "cosine":
-        return -best_val, best_idx
-    return (best_val + (q * q).sum(dim=1)).clamp_min(0.0).sqrt(), best_idx
-
-
 def reweighted_scores(
     queries: torch.Tensor,
     nn_indices: torch.Tensor,
@@ -215,3 +169,37 @@ def mahalanobis_distances(embedding: torch.Tensor, mean: torch.Tensor, cholesky:
     delta = embedding.to(mean.dtype).permute(2, 1, 0) - mean.unsqueeze(2)  # [P, D, B]
     z = torch.linalg.solve_triangular(cholesky, delta, upper=False)  # [P, D, B]: L^-1 (x - mu)
     return z.square().sum(dim=1).sqrt().T  # [B, P]
+
+
+def patchcore_image_scores(
+    image_score: str,
+    distances: torch.Tensor,
+    nn_indices: Optional[torch.Tensor] = None,
+    embedding: Optional[torch.Tensor] = None,
+    bank: Optional[torch.Tensor] = None,
+    num_neighbors: int = PATCHCORE_REWEIGHT_NEIGHBORS,
+    max_block_elements: int = REWEIGHT_MAX_BLOCK_ELEMENTS,
+) -> torch.Tensor:
+    """PatchCore's image score ``[B]`` from the raw NN ``distances [B, P]`` (``"map_max"`` is the
+    caller's: it needs the smoothed map).
+
+    ``"max"``: the largest patch distance. ``"reweighted"``: Eq. 7 at each image's worst patch,
+    which needs its ``nn_indices [B, P]``, ``embedding [B, P, D]`` and the memory ``bank [M, D]``.
+    The worst patch is gathered (not indexed) so the graph traces to ONNX.
+    """
+    if image_score == "max":
+        return distances.amax(dim=1)
+    worst = distances.argmax(dim=1, keepdim=True)  # [B, 1] the most anomalous patch of each image
+    d = embedding.shape[-1]
+    queries = embedding.gather(1, worst.unsqueeze(-1).expand(-1, 1, d)).squeeze(1)  # [B, D]
+    nearest = nn_indices.gather(1, worst).squeeze(1)  # [B]
+    return reweighted_scores(queries, nearest, bank, num_neighbors, max_block_elements)
+
+
+def padim_groups(maps: Sequence[torch.Tensor], mode: str) -> list[torch.Tensor]:
+    """PaDiM's groups from layers ``[B, C_l, h_l, w_l]``: each layer (``"per_layer"``), else one
+    ``[B, sum C_l, h, w]`` of every layer resized to the largest grid (:data:`PADIM_RESIZE_MODE`)."""
+    if mode == "per_layer":
+        return list(maps)
+    grid = largest_grid(maps)
+    return [torch.cat([resize_to_grid(f, grid, PADIM_RESIZE_MODE) for f in maps], dim=1)]

@@ -43,7 +43,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ..modeling.scoring_adpretrain import largest_grid, mahalanobis_distances, resize_to_grid
+from ..modeling.scoring_adpretrain import PADIM_RESIZE_MODE, mahalanobis_distances, padim_groups
 from .base import FeatureExtractor
 from .featurenorm import FeatureMapDetector
 
@@ -60,7 +60,6 @@ __all__ = [
 
 PADIM_COV_EPS = 0.01  # regulariser added to every covariance's diagonal
 PADIM_MODES = ("per_layer", "concatenated")  # one Gaussian per layer (release) | over all layers (paper)
-PADIM_RESIZE_MODE = "nearest"  # how coarser layers reach the largest grid (original embedding_concat)
 PADIM_AUTO_FEATURES = {448: 100, 1792: 550}  # original subsets: ResNet-18 (448 ch) -> 100, WRN-50 (1792) -> 550
 PADIM_AUTO_MAX_FEATURES = 550  # "auto" for other widths: at most this many channels
 PADIM_FACTOR_BLOCK = 16  # positions factored at a time (bounds the extra memory of the Cholesky)
@@ -215,10 +214,7 @@ class PaDiM(FeatureMapDetector):
 
     def _groups(self, used: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Used layers ``[B, C_l, h_l, w_l]`` -> the maps Gaussians are fitted on, before subsetting."""
-        if self.mode == "per_layer":
-            return [f.float() for f in used]
-        grid = largest_grid(used)
-        return [torch.cat([resize_to_grid(f.float(), grid, PADIM_RESIZE_MODE) for f in used], dim=1)]  # [B, C, h, w]
+        return padim_groups([f.float() for f in used], self.mode)
 
     def embed(self, features: Sequence[torch.Tensor], *, fitting: bool = False) -> list[torch.Tensor]:
         """Per-layer maps of one batch -> one (channel-subset) embedding ``[B, D_g, h_g, w_g]`` per group."""

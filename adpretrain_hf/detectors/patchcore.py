@@ -42,6 +42,7 @@ from ..modeling.scoring_adpretrain import (
     channel_pooling_map,
     embedding_width,
     largest_grid,
+    patchcore_image_scores,
     reweighted_scores,
 )
 from .base import FeatureExtractor
@@ -186,13 +187,11 @@ class PatchCore(FeatureMapDetector):
         if self.image_score == "map_max":
             return super()._image_scores(maps, grids, features)
         if self.image_score == "max":
-            return grids[0].flatten(1).amax(dim=1)
+            return patchcore_image_scores("max", grids[0].flatten(1))
         if self._last is None or self._last[0] is not features:
             raise RuntimeError("internal: reweighting needs _score_grids to run on the same batch first")
         _, emb, dist, idx = self._last
         self._last = None
-        rows = torch.arange(emb.shape[0], device=emb.device)
-        worst = dist.argmax(dim=1)  # [B] the most anomalous patch of each image
-        return reweighted_scores(
-            emb[rows, worst], idx[rows, worst], self.memory_bank, self.num_neighbors, self.max_block_elements
+        return patchcore_image_scores(
+            "reweighted", dist, idx, emb, self.memory_bank, self.num_neighbors, self.max_block_elements
         )

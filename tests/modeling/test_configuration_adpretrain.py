@@ -61,6 +61,15 @@ def test_config_rejects_unknown_choices(field, value):
         ADPretrainConfig(**{field: value})
 
 
+@pytest.mark.parametrize(
+    "use_residual,projector_type,expected",
+    [(True, "lkv", True), (False, "cross_attn", True), (False, "lkv", False), (False, "mlp", False)],
+)
+def test_needs_references_is_residual_matching_or_cross_attention(use_residual, projector_type, expected):
+    config = ADPretrainConfig(use_residual=use_residual, projector_type=projector_type)
+    assert config.needs_references is expected
+
+
 def test_layers_out_of_range_are_rejected():
     with pytest.raises(ValueError, match="out of range"):
         ADPretrainModel(ADPretrainConfig.from_preset("tiny-clip", layers=[2, 5]))

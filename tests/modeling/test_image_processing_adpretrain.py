@@ -18,7 +18,13 @@ from transformers.image_utils import PILImageResampling
 
 import adpretrain_hf  # noqa: F401  (registers the pipeline tasks)
 from adpretrain_hf.modeling import ADPretrainConfig, ADPretrainModel
-from adpretrain_hf.modeling.image_processing_adpretrain import PROCESSOR_FILE, ADPretrainImageProcessor, processor_for
+from adpretrain_hf.modeling.image_processing_adpretrain import (
+    PROCESSOR_FILE,
+    ADPretrainImageProcessor,
+    hub_download_kwargs,
+    processor_for,
+    resolve_file,
+)
 from adpretrain_hf.modeling.modeling_detector_adpretrain import ADPretrainDetectorModel
 
 EDITED_MEAN = [0.2, 0.3, 0.4]
@@ -208,3 +214,15 @@ def test_hub_id_uses_the_processor_cached_with_it(edited_ckpt, tmp_path):
     assert model.name_or_path == "someone/tiny"
     image = rgb(9)
     assert_edited(pixels(processor_for(model), [image]), [image], 64)
+
+
+def test_resolve_file_finds_a_folders_file_in_its_subfolder_and_none_when_absent(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.json").write_text("{}")
+    assert resolve_file(tmp_path, "a.json", {"subfolder": "sub", "layers": [1]}) == str(tmp_path / "sub" / "a.json")
+    assert resolve_file(tmp_path, "a.json", {}) is None
+    assert resolve_file("nobody/no-such-repo", "a.json", {"local_files_only": True, "cache_dir": str(tmp_path)}) is None
+
+
+def test_hub_download_kwargs_keeps_only_the_download_options():
+    assert hub_download_kwargs({"revision": "v1", "layers": [1], "subfolder": "s"}) == {"revision": "v1", "subfolder": "s"}

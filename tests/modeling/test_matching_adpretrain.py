@@ -1,9 +1,12 @@
-"""Nearest-neighbour matching (torch and faiss backends) against an explicit per-query loop."""
+"""Nearest-neighbour matching (torch, faiss and traceable backends) against an explicit per-query loop."""
 
+import numpy as np
 import pytest
 import torch
 
-from adpretrain_hf.modeling.matching_adpretrain import batched_nearest_indices, faiss_available, nearest_neighbors
+from adpretrain_hf.modeling import matching_adpretrain
+from adpretrain_hf.modeling.matching_adpretrain import BACKENDS, batched_nearest_indices, faiss_available, nearest_neighbors
+from adpretrain_hf.modeling.residual_adpretrain import residual_features
 
 from .helpers import brute_force_nearest as _brute_force_nearest
 
@@ -50,3 +53,48 @@ def test_per_sample_banks_match_a_loop(metric):
 def test_empty_bank_is_a_clear_error():
     with pytest.raises(ValueError, match="empty"):
         nearest_neighbors(torch.randn(3, 4), torch.randn(0, 4))
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_traceable_backend_against_brute_force(metric, monkeypatch):
+    monkeypatch.setattr(matching_adpretrain, "BANK_CHUNK_ROWS", 4)  # several chunks over 23 rows
+    rng = np.random.default_rng(1)
+    queries, bank = rng.normal(size=(9, 5)), rng.normal(size=(23, 5))
+    values, index = nearest_neighbors(torch.from_numpy(queries), torch.from_numpy(bank), metric=metric, backend="traceable")
+    if metric == "l2":
+        values = values.sqrt()  # the backends return squared L2
+    for i, q in enumerate(queries):
+        if metric == "l2":
+            scores = [np.linalg.norm(q - m) for m in bank]
+            best = int(np.argmin(scores))
+        else:
+            scores = [q @ m / (np.linalg.norm(q) * np.linalg.norm(m)) for m in bank]
+            best = int(np.argmax(scores))
+        assert int(index[i]) == best and float(values[i]) == pytest.approx(scores[best], abs=1e-5)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_traceable_ties_across_chunks_keep_the_lower_index_as_argmin(metric, monkeypatch):
+    monkeypatch.setattr(matching_adpretrain, "BANK_CHUNK_ROWS", 1)
+    bank = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    query = torch.tensor([[2.0, 0.0]]) if metric == "cosine" else bank[1:2]
+    _, index = nearest_neighbors(query, bank, metric, backend="traceable")
+    assert int(index[0]) == 1
+
+
+def test_traceable_is_a_backend_with_the_same_input_checks():
+    assert "traceable" in BACKENDS
+    with pytest.raises(ValueError, match=r"unknown metric 'dot': choose one of \('cosine', 'l2'\)"):
+        nearest_neighbors(torch.zeros(2, 3), torch.zeros(4, 3), metric="dot", backend="traceable")
+    with pytest.raises(ValueError, match="the reference bank is empty: give at least one reference feature"):
+        nearest_neighbors(torch.zeros(2, 3), torch.zeros(0, 3), backend="traceable")
+    with pytest.raises(ValueError, match="feature widths differ: queries have 5, the bank 3"):
+        nearest_neighbors(torch.zeros(2, 5), torch.zeros(4, 3), backend="traceable")
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_residuals_are_the_same_with_the_traceable_backend(metric):
+    torch.manual_seed(3)
+    tokens, bank = torch.randn(2, 7, 6), torch.randn(40, 6)
+    expected = residual_features(tokens, bank, metric, backend="torch")
+    assert torch.allclose(residual_features(tokens, bank, metric, backend="traceable"), expected)

@@ -69,6 +69,18 @@ def test_bad_pixel_values_are_clear_errors(tiny_clip_model, pixels, match):
         tiny_clip_model(pixels, reference_pixel_values=_images(1))
 
 
+def test_reference_pixels_are_checked_once_and_named_in_errors(tiny_clip_model, monkeypatch):
+    refs = _images(2)
+    refs[1, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"reference_pixel_values holds NaN/inf values in image #1"):
+        tiny_clip_model.compute_reference_bank(refs)
+    calls = []
+    check = tiny_clip_model.check_pixel_values
+    monkeypatch.setattr(tiny_clip_model, "check_pixel_values", lambda *args: calls.append(args[1:]) or check(*args))
+    tiny_clip_model.compute_reference_bank(_images(2))
+    assert calls == [("reference_pixel_values",)]
+
+
 def test_missing_and_empty_references_are_clear_errors(tiny_clip_model):
     with pytest.raises(ValueError, match="set_references"):
         tiny_clip_model(_images(1))

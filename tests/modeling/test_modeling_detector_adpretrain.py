@@ -21,7 +21,7 @@ from adpretrain_hf.detectors.glass import GLASSConfig
 from adpretrain_hf.detectors.uniad import UniADConfig
 from adpretrain_hf.extractor import ModelFeatureExtractor
 from adpretrain_hf.modeling.configuration_detector_adpretrain import ADPretrainDetectorConfig
-from adpretrain_hf.modeling.modeling_detector_adpretrain import ADPretrainDetectorModel
+from adpretrain_hf.modeling.modeling_detector_adpretrain import ADPretrainDetectorModel, FittedTensors
 
 TRAINED_CONFIGS = {  # tiny, --quick-sized
     "cflow": CFLOWConfig(meta_epochs=1, sub_epochs=1, batch_size=4, coupling_blocks=2, condition_dim=16, lr_warm_epochs=0),
@@ -255,3 +255,10 @@ def test_saving_over_another_detector_leaves_nothing_of_it(tiny_clip_model, tmp_
     assert not (folder / "stale.safetensors").exists() and (folder / "results.json").is_file()
     assert (folder / "pipeline_anomaly_detection.py").is_file()
     assert not [p.name for p in tmp_path.iterdir() if p.name != "detector"]  # no temporary left beside it
+
+
+def test_fitted_tensors_take_any_stored_dtype_and_refuse_an_unknown_one():
+    fitted = FittedTensors({"counts": (2,), "mask": (3,), "bank": (4, 2)}, {"counts": "int64", "mask": "bool"})
+    assert (fitted.get("counts").dtype, fitted.get("mask").dtype, fitted.get("bank").dtype) == (torch.int64, torch.bool, torch.float32)
+    with pytest.raises(ValueError, match="stored dtype 'int65' is not a torch dtype"):  # was a bare KeyError
+        FittedTensors({"counts": (2,)}, {"counts": "int65"})

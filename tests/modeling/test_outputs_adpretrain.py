@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers.utils import ModelOutput
 
-from adpretrain_hf.modeling.modeling_detector_adpretrain import AnomalyDetectionOutput
-from adpretrain_hf.modeling.outputs_adpretrain import ADPretrainOutput, renamed_field
+from adpretrain_hf.modeling import modeling_detector_adpretrain
+from adpretrain_hf.modeling.outputs_adpretrain import ADPretrainOutput, AnomalyDetectionOutput, renamed_field
 
 
 @dataclass
@@ -34,3 +34,7 @@ def test_aliases_are_not_fields_so_tuples_and_keys_are_unchanged():
     assert "scores" not in detection.keys() and "labels" not in detection.keys()
     with pytest.warns(FutureWarning):
         assert detection.labels is detection.label
+
+
+def test_detector_output_lives_here_and_keeps_its_old_import():
+    assert modeling_detector_adpretrain.AnomalyDetectionOutput is AnomalyDetectionOutput

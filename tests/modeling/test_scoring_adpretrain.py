@@ -11,7 +11,8 @@ from adpretrain_hf.modeling.scoring_adpretrain import (
     aggregate_patch_features,
     embedding_width,
     mahalanobis_distances,
-    nearest_in_bank,
+    padim_groups,
+    patchcore_image_scores,
     reweighted_scores,
 )
 
@@ -47,28 +48,6 @@ def test_aggregate_patch_features_against_loops(dim):
         np.testing.assert_allclose(out[b].numpy(), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("metric", ["l2", "cosine"])
-def test_nearest_in_bank_against_brute_force(metric):
-    rng = np.random.default_rng(1)
-    queries, bank = rng.normal(size=(9, 5)), rng.normal(size=(23, 5))
-    values, index = nearest_in_bank(torch.from_numpy(queries), torch.from_numpy(bank), metric=metric, chunk_rows=4)
-    for i, q in enumerate(queries):
-        if metric == "l2":
-            scores = [np.linalg.norm(q - m) for m in bank]
-            best = int(np.argmin(scores))
-        else:
-            scores = [q @ m / (np.linalg.norm(q) * np.linalg.norm(m)) for m in bank]
-            best = int(np.argmax(scores))
-        assert int(index[i]) == best and float(values[i]) == pytest.approx(scores[best], abs=1e-5)
-
-
-@pytest.mark.parametrize("metric", ["l2", "cosine"])
-def test_ties_across_chunks_keep_the_lower_index_as_argmin(metric):
-    bank = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
-    _, index = nearest_in_bank(torch.tensor([[2.0, 0.0]]) if metric == "cosine" else bank[1:2], bank, metric, chunk_rows=1)
-    assert int(index[0]) == 1
-
-
 def test_reweighted_scores_are_equation_7():
     rng = np.random.default_rng(2)
     bank, queries = rng.normal(size=(12, 3)), rng.normal(size=(4, 3))
@@ -97,11 +76,28 @@ def test_mahalanobis_against_the_inverse_covariance():
 
 
 def test_bad_options_are_one_line_errors():
-    with pytest.raises(ValueError, match="unknown metric 'dot': choose 'l2' or 'cosine'"):
-        nearest_in_bank(torch.zeros(2, 3), torch.zeros(4, 3), metric="dot")
-    with pytest.raises(ValueError, match=r"the bank has shape \(0, 3\): pass a non-empty \[M, D\] bank"):
-        nearest_in_bank(torch.zeros(2, 3), torch.zeros(0, 3))
-    with pytest.raises(ValueError, match=r"queries of shape \(2, 5\) do not match the \[M, D\] bank \(4, 3\)"):
-        nearest_in_bank(torch.zeros(2, 5), torch.zeros(4, 3))
     with pytest.raises(ValueError, match="num_neighbors must be >= 1, got 0"):
         reweighted_scores(torch.zeros(1, 3), torch.zeros(1, dtype=torch.long), torch.zeros(4, 3), num_neighbors=0)
+
+
+def test_patchcore_image_scores_max_and_reweighted_at_the_worst_patch():
+    torch.manual_seed(4)
+    bank, embedding = torch.randn(12, 3), torch.randn(2, 5, 3)  # [M, D], [B, P, D]
+    distances = torch.cdist(embedding, bank.expand(2, -1, -1))  # [B, P, M]
+    dist, idx = distances.min(dim=2)  # [B, P]
+    assert torch.equal(patchcore_image_scores("max", dist), dist.amax(dim=1))
+    got = patchcore_image_scores("reweighted", dist, idx, embedding, bank, num_neighbors=3)
+    worst = dist.argmax(dim=1)
+    rows = torch.arange(2)
+    expected = reweighted_scores(embedding[rows, worst], idx[rows, worst], bank, num_neighbors=3)
+    assert torch.allclose(got, expected)
+
+
+def test_padim_groups_per_layer_or_concatenated_on_the_largest_grid():
+    fine, coarse = torch.randn(2, 3, 4, 4), torch.randn(2, 5, 2, 2)
+    assert [g.shape for g in padim_groups([fine, coarse], "per_layer")] == [fine.shape, coarse.shape]
+    (group,) = padim_groups([fine, coarse], "concatenated")
+    assert group.shape == (2, 8, 4, 4)
+    assert torch.equal(group[:, :3], fine)
+    assert torch.equal(group[:, 3:, ::2, ::2], coarse)  # nearest: each coarse cell fills a 2x2 block
+    assert torch.equal(group[:, 3:, 1::2, 1::2], coarse)
