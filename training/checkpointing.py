@@ -217,7 +217,6 @@ def save_checkpoint(trainer: Any, keep: int) -> Path:
         for key, items in running_state.items():
             tensors.update(pack_list(f"running/{key}", items))
     values["reference_rng"] = trainer.rng.bit_generator.state
-    values["sampler"] = trainer.data.sampler.state_dict()
     tensor_file, json_file = process_files(acc.process_index)
     write_tensors(temp / tensor_file, tensors)
     write_json(temp / json_file, values)
@@ -291,7 +290,6 @@ def load_checkpoint(trainer: Any, folder: Path) -> dict[str, list[torch.Tensor]]
     state.initial_centers = [c.to(acc.device) for c in unpack_list("initial_centers", tensors)]
     trainer.rng = np.random.default_rng()
     trainer.rng.bit_generator.state = values["reference_rng"]
-    trainer.data.sampler.load_state_dict(values["sampler"])
     restore_rng_state(tensors, values)
     keys = values.get("running_keys", [])
     return {key: [t.to(acc.device) for t in unpack_list(f"running/{key}", tensors)] for key in keys}
