@@ -263,13 +263,15 @@ def check_threads(folder: Path, saved: Optional[int]) -> None:
 
 
 def load_checkpoint(trainer: Any, folder: Path) -> dict[str, list[torch.Tensor]]:
-    """Restore ``trainer`` from ``folder`` (every process); returns the running-center state ({} if none)."""
+    """Restore ``trainer`` from ``folder`` (every process); returns the running-center state ({} if none).
+
+    ``folder`` has passed :func:`check_safe` already: the trainer checks it before building anything.
+    """
     import numpy as np
 
     from .seeding import restore_rng_state
 
     acc, state = trainer.accelerator, trainer.state
-    check_safe(folder)
     progress = read_json(folder / TRAINER_STATE)
     if progress.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {folder} has format {progress.get('format_version')}, this version reads {FORMAT_VERSION}")

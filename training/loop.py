@@ -229,9 +229,10 @@ class Pretrainer:
             self.state.initial_centers = list(self.state.centers)
         running = None
         if self.config.center_mode == "projected":
-            running = RunningCenter(momentum=args.center_momentum, initial=self.state.centers)
-            if running_state:  # continue the running estimate exactly as it was
-                running = RunningCenter(momentum=args.center_momentum, initial=self.state.initial_centers)
+            # A resumed estimate continues exactly as it was: it started from the pre-training centers.
+            initial = self.state.initial_centers if running_state else self.state.centers
+            running = RunningCenter(momentum=args.center_momentum, initial=initial)
+            if running_state:
                 running.load_state_dict(running_state)
             self.running = running
         steps_per_epoch = math.ceil(len(self.loader) / args.gradient_accumulation_steps)
