@@ -26,7 +26,7 @@ CARD_HYPERPARAMETERS = (
     "abnormal_margin", "loss_weight", "norm_kind", "angle_anchors", "center_mode",
 )
 TRAINING_RECORD_FILE = "training_record.json"  # what the run recorded, kept beside the weights for later cards
-METRICS_FILE = "metrics.jsonl"  # one line per optimisation step, written by training/loop.py
+METRICS_FILE = "metrics.jsonl"  # one line per optimisation step, written by training/loop.py into its output_dir
 # training arguments a card may state (paths are reduced to their last component: no local layout leaks)
 RECORDED_TRAINING_ARGS = (
     "preset", "categories", "epochs", "max_steps", "batch_size", "learning_rate", "weight_decay", "lr_milestones",
@@ -135,11 +135,14 @@ def _looks_like_hub_id(value: Any) -> bool:
     return bool(owner) and bool(name) and not value.startswith((".", "~"))
 
 
-def training_record(training_args: dict[str, Any], checkpoint_dir: Optional[str | Path] = None) -> dict[str, Any]:
+def training_record(
+    training_args: dict[str, Any], checkpoint_dir: Optional[str | Path] = None, metrics_file: Optional[str | Path] = None,
+) -> dict[str, Any]:
     """The card-relevant part of a run's arguments (plus the categories its data folder held).
 
     ``data_root`` and a local ``backbone_weights`` folder are reduced to their names; the
-    number of optimisation steps comes from ``metrics.jsonl`` when the checkpoint has one.
+    number of optimisation steps comes from ``metrics_file`` (default ``checkpoint_dir/metrics.jsonl``;
+    training writes it beside the model folder, not in it) when that file exists.
     """
     record = {key: training_args.get(key) for key in RECORDED_TRAINING_ARGS if training_args.get(key) is not None}
     data_root = training_args.get("data_root")
@@ -149,7 +152,7 @@ def training_record(training_args: dict[str, Any], checkpoint_dir: Optional[str 
             record["categories_found"] = sorted(p.name for p in Path(str(data_root)).iterdir() if p.is_dir())
     weights = training_args.get("backbone_weights")
     record["backbone_weights"] = None if not weights else ("auto" if weights == "auto" else weights if _looks_like_hub_id(weights) else f"local folder {Path(str(weights)).name}")
-    metrics = Path(checkpoint_dir) / METRICS_FILE if checkpoint_dir is not None else None
+    metrics = Path(metrics_file) if metrics_file is not None else Path(checkpoint_dir) / METRICS_FILE if checkpoint_dir is not None else None
     if metrics is not None and metrics.is_file():
         record["steps_run"] = sum(1 for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip())
     return record
@@ -237,20 +240,22 @@ def write_model_card(
     training_args: Optional[dict[str, Any]] = None,
     dataset_name: Optional[str] = None,
     datasets: Sequence[str] = (),
+    metrics_file: Optional[str | Path] = None,
 ) -> Path:
     """Write ``README.md`` into a checkpoint folder from what was recorded.
 
     ``training_args`` (given at the end of training) are reduced to a record saved as
     ``training_record.json``, so a later ``adpretrain card --checkpoint`` (adding results)
-    states the same training facts. The repo id is ``repo_id``, else the run's
-    ``hub_model_id``, else the folder's name (a local checkpoint has no Hub id).
+    states the same training facts; ``metrics_file`` is the run's step log (see
+    :func:`training_record`). The repo id is ``repo_id``, else the run's ``hub_model_id``,
+    else the folder's name (a local checkpoint has no Hub id).
     """
     checkpoint_dir = Path(checkpoint_dir)
     config = ADPretrainConfig.from_pretrained(checkpoint_dir)
     record_file = checkpoint_dir / TRAINING_RECORD_FILE
     record = None
     if training_args is not None:
-        record = training_record(training_args, checkpoint_dir)
+        record = training_record(training_args, checkpoint_dir, metrics_file=metrics_file)
         record_file.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     elif record_file.is_file():
         record = json.loads(record_file.read_text(encoding="utf-8"))

@@ -28,7 +28,10 @@ def _run_args(data_root, **overrides):
 
 @pytest.fixture
 def trained_checkpoint(tiny_clip_model, tmp_path):
-    """A checkpoint folder as training leaves it: weights, 3 steps in metrics.jsonl, a data folder of 2 classes."""
+    """A model folder with 3 steps in its own metrics.jsonl (the default metrics_file=), a data folder of 2 classes.
+
+    Training itself writes metrics.jsonl into output_dir, beside the model folder, and passes it as metrics_file=.
+    """
     ckpt = tmp_path / "run"
     tiny_clip_model.save_pretrained(ckpt)
     (ckpt / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "loss": 1.0}) + "\n" for i in range(1, 4)))

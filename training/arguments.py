@@ -14,11 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from adpretrain_hf.settings_values import dataclass_hints, read_settings_file, suggest, typed_value
+from adpretrain_hf.settings_values import (
+    check_known, dataclass_hints, read_settings_file, strip_optional, suggest, typed_value,
+)
 
 TRACKERS_OFF = "none"
 """``report_to`` value that logs to ``metrics.jsonl`` only (no tracker package needed)."""
 DEFAULT_TRACKER = "tensorboard"
+MIXED_PRECISION_CHOICES = ("auto", "no", "bf16", "fp16")
 
 
 @dataclass
@@ -45,7 +48,7 @@ class PretrainArguments:
     lr_gamma: float = field(default=0.1, metadata={"help": "learning-rate factor at each milestone"})
     seed: int = field(default=42, metadata={"help": "seed of every random draw (same seed, same run)"})
     mixed_precision: str = field(default="auto", metadata={
-        "help": "auto = bf16 autocast on GPU, none on CPU; fp32 master weights", "choices": ("auto", "no", "bf16", "fp16")})
+        "help": "auto = bf16 autocast on GPU, none on CPU; fp32 master weights", "choices": MIXED_PRECISION_CHOICES})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "batches per optimizer step"})
     max_steps: Optional[int] = field(default=None, metadata={"help": "stop after this many optimizer steps (None: the full schedule)"})
     checkpoint_every_steps: Optional[int] = field(default=None, metadata={
@@ -69,15 +72,15 @@ class PretrainArguments:
 
     def validate(self) -> "PretrainArguments":
         _check_types(self)
-        _check_model_fields(self.model)
+        check_known(self.model, model_config_fields(), "an ADPretrainConfig field (what a model.<field> key sets)")
         _check_ranges(self)
         tracker_names(self.report_to)
         if not self.data_root:
             raise ValueError("data_root is not set: pass --data-root <Real-IAD folder> (or data_root: in the YAML config)")
         if not Path(self.data_root).is_dir():
             raise ValueError(f"data_root {self.data_root!r} is not a folder: point it at the Real-IAD root (<class>/OK, <class>/NG)")
-        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
-            raise ValueError(f"mixed_precision={self.mixed_precision!r}: choose auto, no, bf16 or fp16")
+        if self.mixed_precision not in MIXED_PRECISION_CHOICES:
+            raise ValueError(f"mixed_precision={self.mixed_precision!r}: choose one of {', '.join(MIXED_PRECISION_CHOICES)}")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("push_to_hub needs hub_model_id (e.g. your-name/adpretrain-clip-large)")
         return self
@@ -102,10 +105,6 @@ _MINIMA: dict[str, tuple[int, str]] = {
 }
 
 
-def _field_types() -> dict[str, Any]:
-    return typing.get_type_hints(PretrainArguments)
-
-
 def _type_matches(value: Any, hint: Any) -> bool:
     """``isinstance`` for the simple hints used here (int, float, str, bool, list, dict, Optional[...])."""
     origin = typing.get_origin(hint)
@@ -122,10 +121,9 @@ def _type_matches(value: Any, hint: Any) -> bool:
 
 
 def _type_name(hint: Any) -> str:
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    inner = args[0] if typing.get_origin(hint) is typing.Union and args else hint
+    inner, optional = strip_optional(hint)
     name = getattr(typing.get_origin(inner) or inner, "__name__", str(inner))
-    return f"{name} or null" if inner is not hint else name
+    return f"{name} or null" if optional else name
 
 
 def _article(noun: str) -> str:
@@ -133,7 +131,7 @@ def _article(noun: str) -> str:
 
 
 def _check_types(args: "PretrainArguments") -> None:
-    for name, hint in _field_types().items():
+    for name, hint in dataclass_hints(PretrainArguments).items():
         value = getattr(args, name)
         if not _type_matches(value, hint):
             raise ValueError(
@@ -148,13 +146,6 @@ def model_config_fields() -> list[str]:
 
     skip = {"self", "kwargs"}
     return [p for p in inspect.signature(ADPretrainConfig.__init__).parameters if p not in skip]
-
-
-def _check_model_fields(model: dict) -> None:
-    known = model_config_fields()
-    for key in model:
-        if key not in known:
-            raise ValueError(f"model.{key} is not an ADPretrainConfig field: {suggest(key, known)}")
 
 
 def _check_ranges(args: "PretrainArguments") -> None:

@@ -217,7 +217,6 @@ def save_checkpoint(trainer: Any, keep: int) -> Path:
         for key, items in running_state.items():
             tensors.update(pack_list(f"running/{key}", items))
     values["reference_rng"] = trainer.rng.bit_generator.state
-    values["sampler"] = trainer.data.sampler.state_dict()
     tensor_file, json_file = process_files(acc.process_index)
     write_tensors(temp / tensor_file, tensors)
     write_json(temp / json_file, values)
@@ -264,13 +263,15 @@ def check_threads(folder: Path, saved: Optional[int]) -> None:
 
 
 def load_checkpoint(trainer: Any, folder: Path) -> dict[str, list[torch.Tensor]]:
-    """Restore ``trainer`` from ``folder`` (every process); returns the running-center state ({} if none)."""
+    """Restore ``trainer`` from ``folder`` (every process); returns the running-center state ({} if none).
+
+    ``folder`` has passed :func:`check_safe` already: the trainer checks it before building anything.
+    """
     import numpy as np
 
     from .seeding import restore_rng_state
 
     acc, state = trainer.accelerator, trainer.state
-    check_safe(folder)
     progress = read_json(folder / TRAINER_STATE)
     if progress.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {folder} has format {progress.get('format_version')}, this version reads {FORMAT_VERSION}")
@@ -291,7 +292,6 @@ def load_checkpoint(trainer: Any, folder: Path) -> dict[str, list[torch.Tensor]]
     state.initial_centers = [c.to(acc.device) for c in unpack_list("initial_centers", tensors)]
     trainer.rng = np.random.default_rng()
     trainer.rng.bit_generator.state = values["reference_rng"]
-    trainer.data.sampler.load_state_dict(values["sampler"])
     restore_rng_state(tensors, values)
     keys = values.get("running_keys", [])
     return {key: [t.to(acc.device) for t in unpack_list(f"running/{key}", tensors)] for key in keys}

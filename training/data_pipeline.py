@@ -57,27 +57,23 @@ class TwoViewTransform:
 
     Args:
         processor: resizes/normalises views to ``[3, H, W]`` and masks to ``[H, W]``.
-        seed: the run's seed; row ``i`` of epoch ``e`` is augmented by ``TwoViewAugment`` seeded
-            with ``derived_seed(seed, AUGMENT_STREAM, e, i)``. ``None`` = fresh OS entropy per call.
-        augmenter: one ``TwoViewAugment`` used for every row instead (its own generator runs on
-            from call to call); for inspecting the augmentation, not for reproducible training.
+        seed: the run's seed; row ``i`` of epoch ``e`` is augmented from a generator seeded with
+            ``derived_seed(seed, AUGMENT_STREAM, e, i)``. ``None`` = fresh OS entropy per call.
     """
 
-    def __init__(
-        self, processor: ADPretrainImageProcessor, seed: Optional[int], augmenter: Optional[TwoViewAugment] = None
-    ) -> None:
+    def __init__(self, processor: ADPretrainImageProcessor, seed: Optional[int]) -> None:
         self.processor = processor
         self.seed = seed
-        self.augmenter = augmenter
+        self.augmenter = TwoViewAugment()
         self.epoch = 0
         self.mean = torch.tensor(processor.image_mean, dtype=torch.float32)[:, None, None]
         self.std = torch.tensor(processor.image_std, dtype=torch.float32)[:, None, None]
 
-    def augment(self, row: int) -> TwoViewAugment:
-        if self.augmenter is not None:
-            return self.augmenter
-        seed = None if self.seed is None else derived_seed(self.seed, AUGMENT_STREAM, self.epoch, row)
-        return TwoViewAugment(seed=seed)
+    def generator(self, row: int) -> Optional[torch.Generator]:
+        """Row ``row``'s generator this epoch (None without a seed: the augmenter draws fresh entropy)."""
+        if self.seed is None:
+            return None
+        return torch.Generator().manual_seed(derived_seed(self.seed, AUGMENT_STREAM, self.epoch, row))
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, Any]:
         processor = self.processor
@@ -86,7 +82,7 @@ class TwoViewTransform:
             image, mask = load_image_and_mask({"image": image_value, "mask": mask_value})
             # Resize + crop first, augment at the model's resolution (the release blurs the 224 px view), normalise last.
             resized = processor(image, do_normalize=False, return_tensors="pt")["pixel_values"][0].float()
-            first, second = self.augment(int(row))(resized)
+            first, second = self.augmenter(resized, generator=self.generator(int(row)))
             view1.append((first - self.mean) / self.std)
             view2.append((second - self.mean) / self.std)
             masks.append(mask)
@@ -98,11 +94,6 @@ class TwoViewTransform:
             "view": batch["view"],
             ROW_INDEX: batch[ROW_INDEX],
         }
-
-
-def make_two_view_transform(processor: ADPretrainImageProcessor, augment: TwoViewAugment) -> TwoViewTransform:
-    """A ``datasets`` transform (:class:`TwoViewTransform`) that augments every row with ``augment``."""
-    return TwoViewTransform(processor, seed=None, augmenter=augment)
 
 
 def collate_views(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:

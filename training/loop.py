@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from adpretrain_hf.data import patch_labels
+from adpretrain_hf.hub_publishing import METRICS_FILE
 from adpretrain_hf.losses import ADPretrainLoss, CenterEstimator, RunningCenter
 from adpretrain_hf.modeling import ADPretrainConfig, ADPretrainModel
 from adpretrain_hf.modeling.image_processing_adpretrain import ADPretrainImageProcessor
@@ -38,7 +39,6 @@ from .data_pipeline import TrainingData, build_training_data, collate_views, dra
 from .feature_cache import ReferenceFeatureCache
 from .seeding import seed_everything, worker_init
 
-METRICS_FILE = "metrics.jsonl"
 MODEL_DIR = "model"  # the final save_pretrained folder, owned whole by save_pretrained
 LOGS_DIR = "logs"
 
@@ -229,9 +229,10 @@ class Pretrainer:
             self.state.initial_centers = list(self.state.centers)
         running = None
         if self.config.center_mode == "projected":
-            running = RunningCenter(momentum=args.center_momentum, initial=self.state.centers)
-            if running_state:  # continue the running estimate exactly as it was
-                running = RunningCenter(momentum=args.center_momentum, initial=self.state.initial_centers)
+            # A resumed estimate continues exactly as it was: it started from the pre-training centers.
+            initial = self.state.initial_centers if running_state else self.state.centers
+            running = RunningCenter(momentum=args.center_momentum, initial=initial)
+            if running_state:
                 running.load_state_dict(running_state)
             self.running = running
         steps_per_epoch = math.ceil(len(self.loader) / args.gradient_accumulation_steps)
@@ -305,7 +306,10 @@ class Pretrainer:
             self.model.save_pretrained(model_dir)
             from adpretrain_hf.hub_publishing import write_model_card
 
-            write_model_card(model_dir, training_args=self.args.to_dict())
+            write_model_card(
+                model_dir, repo_id=self.args.hub_model_id or self.output_dir.resolve().name,
+                training_args=self.args.to_dict(), metrics_file=self.output_dir / METRICS_FILE,
+            )
             if self.args.push_to_hub:
                 from adpretrain_hf.hub_publishing import push_checkpoint
 

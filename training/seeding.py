@@ -1,14 +1,16 @@
 """Every source of randomness of a pretraining run, derived from ``args.seed``.
 
-Two kinds of randomness, two treatments:
+Three kinds of randomness, three treatments:
 
-* *Derived* streams (augmentation of a row, reference draws of a batch) get their own
-  generator seeded from ``(seed, stream, keys...)`` with :func:`derived_seed`. They depend on
-  where they are used (epoch, row, batch), not on what ran before, so they are the same with
-  any number of dataloader workers and after a resume, with nothing to save.
+* *Derived* streams (augmentation of a row, worker seeds) get their own generator seeded
+  from ``(seed, stream, keys...)`` with :func:`derived_seed`. They depend on where they are
+  used (epoch, row, worker), not on what ran before, so they are the same with any number of
+  dataloader workers and after a resume, with nothing to save.
 * *Global* generators (python ``random``, numpy's global state, torch CPU/CUDA) are seeded
   once and their states are saved with every checkpoint (:func:`capture_rng_state`,
   :func:`restore_rng_state`), as tensors (safetensors) plus JSON: never pickle.
+* Reference draws use the trainer's own generator (``Pretrainer.rng``, seeded from
+  ``seed + process_index``), whose state is saved with every checkpoint (``checkpointing.py``).
 """
 
 from __future__ import annotations
@@ -21,8 +23,6 @@ import torch
 
 # Stream ids keep derived generators apart (any distinct constants).
 AUGMENT_STREAM = 1
-REFERENCE_STREAM = 2
-CENTER_STREAM = 3
 WORKER_STREAM = 4
 SEED_BITS = 63  # derived seeds are non-negative int64s (torch.manual_seed and numpy take them)
 
@@ -37,7 +37,7 @@ def derived_seed(seed: int, stream: int, *keys: int) -> int:
 
 
 def derived_rng(seed: int, stream: int, *keys: int) -> np.random.Generator:
-    """A numpy generator for one use (one batch's reference draw, one row's augmentation)."""
+    """A numpy generator for one use (one row's augmentation in one epoch)."""
     return np.random.default_rng(derived_seed(seed, stream, *keys))
 
 

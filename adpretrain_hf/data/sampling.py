@@ -44,14 +44,6 @@ class ReferenceSampler:
         self._pools = {key: np.asarray(indices, dtype=np.int64) for key, indices in pools.items()}
         self._rng = np.random.default_rng(seed)
 
-    def state_dict(self) -> dict:
-        """The state of the generator used when calls pass no ``rng`` (JSON-safe, for checkpoints)."""
-        return {"rng": self._rng.bit_generator.state}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore what :meth:`state_dict` returned."""
-        self._rng.bit_generator.state = state["rng"]
-
     @property
     def keys(self) -> list[tuple[str, str]]:
         """The ``(category, view)`` pairs that have normal images."""

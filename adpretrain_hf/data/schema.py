@@ -31,10 +31,8 @@ VIEW_NAMES: tuple[str, ...] = ("C1", "C2", "C3", "C4", "C5")
 # File types the loaders accept as images (compared in lower case).
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
-# A mask pixel is defective when it is nonzero. The datasets code masks differently
-# (MVTec 0/255, VisA 0/1, Real-IAD's JPEG-derived masks have a few grey edge pixels), and
-# "nonzero" is the rule anomalib and the Real-IAD loaders apply to all of them.
-MASK_OFF_VALUE = 0
+# A mask pixel is defective when it is nonzero (MVTec 0/255, VisA 0/1, Real-IAD's grey JPEG
+# edges alike, as anomalib reads them): the rule's one home is modeling/image_io_adpretrain.read_mask.
 
 AD_FEATURES = Features(
     {

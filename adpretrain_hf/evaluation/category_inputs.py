@@ -17,7 +17,7 @@ import torch
 from datasets import Dataset, DatasetDict
 from datasets import Image as ImageFeature
 
-from ..data import detect_layout, load_ad_dataset, load_image_and_mask, realiad_eval_split
+from ..data import REALIAD_SPLIT_ATTRIBUTE, detect_layout, load_ad_dataset, load_image_and_mask, realiad_eval_split
 from ..data.mvtec_style import DATASET_ALIASES
 from ..data.schema import as_root
 from .config import EvaluationConfig
@@ -116,7 +116,7 @@ def _realiad_record(split: DatasetDict, config: EvaluationConfig) -> dict[str, A
             "num_train_images": sum(cat == name for cat in split["train"]["category"]),
             "num_test_images": sum(cat == name for cat in split["test"]["category"]),
         }
-    return {"fit_fraction": config.realiad_fit_fraction, "seed": config.split_seed, "per_category": per_category, "split": getattr(split, "realiad_split", None)}
+    return {"fit_fraction": config.realiad_fit_fraction, "seed": config.split_seed, "per_category": per_category, "split": getattr(split, REALIAD_SPLIT_ATTRIBUTE, None)}
 
 
 def category_rows(dataset: Dataset, category: str) -> Rows:

@@ -118,7 +118,8 @@ def test_pipeline_blurs_the_processed_view(monkeypatch):
     """Resize + crop first, then the blur: the view is an independent blur of the resized image."""
     from adpretrain_hf.modeling import ADPretrainConfig
     from adpretrain_hf.modeling.image_processing_adpretrain import ADPretrainImageProcessor
-    from adpretrain_hf.training.data_pipeline import make_two_view_transform
+    from adpretrain_hf.training.data_pipeline import TwoViewTransform
+    from adpretrain_hf.training.seeding import AUGMENT_STREAM, derived_seed
 
     monkeypatch.setattr(augment_module, "COLOR_JITTER_PROB", 0.0)
     monkeypatch.setattr(augment_module, "GRAYSCALE_PROB", 0.0)
@@ -126,11 +127,11 @@ def test_pipeline_blurs_the_processed_view(monkeypatch):
     processor = ADPretrainImageProcessor.from_adpretrain_config(ADPretrainConfig.from_preset("tiny-clip"))
     source = colourful(7, size=(256, 256)).resize((256, 256))  # 4x the model's 64 px
     seed = 13
-    out = make_two_view_transform(processor, TwoViewAugment(seed=seed))(
+    out = TwoViewTransform(processor, seed=seed)(  # the training path: row 0 of epoch 0
         {"image": [source], "mask": [None], "category": ["c"], "view": [""], "row_index": [0]}
     )
     # The same draws, independently: three Bernoulli draws, then sigma ~ U[0.1, 2.0], per view.
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(derived_seed(seed, AUGMENT_STREAM, 0, 0))
     sigmas = []
     for _ in range(2):
         torch.rand((), generator=g), torch.rand((), generator=g), torch.rand((), generator=g)

@@ -1,6 +1,7 @@
 """Checkpoint files without pickle: folder bookkeeping, optimizer/scheduler state through safetensors
 and JSON, and the refusals. (Exact resume of a real killed run: tests/project/test_training_reliability.py.)"""
 
+import copy
 import warnings
 
 import pytest
@@ -35,6 +36,18 @@ def test_commit_keeps_the_newest_and_replaces_a_resaved_step(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_2", "checkpoint_3"]
 
 
+def test_commit_keeps_the_highest_steps_whatever_the_save_order(tmp_path):
+    root = tmp_path / "checkpoints"
+    for step in (3, 10, 7):
+        temp = ckpt.temporary_folder(root, step)
+        temp.mkdir(parents=True)
+        (temp / ckpt.TRAINER_STATE).write_text("{}")
+        final = ckpt.commit(temp, keep=2)
+        assert final.name == f"checkpoint_{step}" and not temp.exists()
+    assert [p.name for p in ckpt.list_checkpoints(root)] == ["checkpoint_7", "checkpoint_10"]  # numeric order
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint_10", "checkpoint_7"]
+
+
 def test_optimizer_and_scheduler_resume_as_if_never_stopped(tmp_path):
     def setup():
         torch.manual_seed(0)
@@ -52,6 +65,7 @@ def test_optimizer_and_scheduler_resume_as_if_never_stopped(tmp_path):
     for _ in range(2):
         step(weights, optimizer, scheduler)
     tensors, values = ckpt.optimizer_state(optimizer)
+    saved_state = copy.deepcopy(optimizer.state_dict())
     ckpt.write_tensors(tmp_path / "opt.safetensors", tensors)
     ckpt.write_json(tmp_path / "opt.json", values)
     ckpt.write_json(tmp_path / "sched.json", ckpt.scheduler_state(scheduler))
@@ -62,7 +76,13 @@ def test_optimizer_and_scheduler_resume_as_if_never_stopped(tmp_path):
     again, optimizer2, scheduler2 = setup()
     with torch.no_grad():
         again.copy_(saved_weights)
+    optimizer2.param_groups[0]["lr"] = 5.0  # restored from the file, not kept
     ckpt.load_optimizer_state(optimizer2, ckpt.read_tensors(tmp_path / "opt.safetensors"), ckpt.read_json(tmp_path / "opt.json"))
+    loaded = optimizer2.state_dict()
+    assert loaded["param_groups"] == saved_state["param_groups"]
+    for param, state in saved_state["state"].items():
+        for key, value in state.items():
+            assert torch.equal(loaded["state"][param][key], value)
     ckpt.load_scheduler_state(scheduler2, ckpt.read_json(tmp_path / "sched.json"))
     assert optimizer2.param_groups[0]["betas"] == (0.8, 0.9)  # a tuple again after JSON
     for _ in range(3):

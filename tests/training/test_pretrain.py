@@ -48,7 +48,12 @@ def test_pretraining_lowers_the_loss_and_writes_a_loadable_checkpoint(realiad_ro
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
     assert {"angle/layer_0", "norm/layer_3", "lr", "cache/hit_rate"} <= set(_metrics(out)[0])
     assert list((out / "logs").rglob("events.out.tfevents*")), "tensorboard logs missing"
-    assert "## Hyperparameters" in (out / "model" / "README.md").read_text()
+    card = (out / "model" / "README.md").read_text()
+    assert "## Hyperparameters" in card
+    assert "Optimisation steps run: 30." in card  # metrics.jsonl lies in output_dir, beside the model folder
+    from huggingface_hub import ModelCard
+
+    assert ModelCard.load(out / "model" / "README.md").data.to_dict()["model_name"] == "run"  # output_dir's name, not "model"
 
     from transformers import AutoModel
 

@@ -1,12 +1,12 @@
 """Seeding: derived seeds from numpy's SeedSequence, and generator states that survive a JSON round trip."""
 
-import json
 import random
 
 import numpy as np
 import pytest
 import torch
 
+from adpretrain_hf.training.checkpointing import read_json, read_tensors, write_json, write_tensors
 from adpretrain_hf.training.seeding import (
     SEED_BITS,
     WORKER_STREAM,
@@ -42,11 +42,14 @@ def test_seed_everything_repeats_all_three_generators():
     assert all(a != b for a, b in zip(_draws(), first))
 
 
-def test_captured_state_survives_json_and_restores_every_generator():
+def test_captured_state_survives_json_and_restores_every_generator(tmp_path):
     seed_everything(3)
     tensors, values = capture_rng_state()
+    write_tensors(tmp_path / "r.safetensors", tensors)  # through the checkpoint's own files
+    write_json(tmp_path / "r.json", values)
     expected = [_draws() for _ in range(3)]
-    restore_rng_state({k: v.clone() for k, v in tensors.items()}, json.loads(json.dumps(values)))
+    seed_everything(4)
+    restore_rng_state(read_tensors(tmp_path / "r.safetensors"), read_json(tmp_path / "r.json"))
     assert [_draws() for _ in range(3)] == expected
 
 
