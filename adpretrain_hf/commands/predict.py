@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 
+from adpretrain_hf.commands._deploy_io import resolve_device
+
 HELP = "score images with a fitted detector folder: predictions.csv, overlays with colour bar and mask contour, raw maps"
 CSV_NAME = "predictions.csv"
 CSV_COLUMNS = ("path", "score", "normalized_score", "label")
@@ -30,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--save-maps", action="store_true", help="also write raw anomaly maps as .npy")
     parser.add_argument("--no-overlays", action="store_true", help="skip the overlay images")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:0, ...")
+    parser.add_argument("--device", type=resolve_device, default="auto", help="auto (CUDA when present), cpu, cuda:0, ...")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from transformers import pipeline
 
     from adpretrain_hf.cli import CommandError
-    from adpretrain_hf.commands._deploy_io import find_images, output_stem, resolve_device
+    from adpretrain_hf.commands._deploy_io import find_images, output_stem
     from adpretrain_hf.modeling.tasks_adpretrain import ANOMALY_DETECTION_TASK
     from adpretrain_hf.overlays import render_overlay
 
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     root, images = find_images(args.images, "images")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(args.device)
+    device = args.device  # resolved and checked by argparse
     detect = pipeline(ANOMALY_DETECTION_TASK, model=args.detector, device=device)
     threshold = detect.model.config.pixel_threshold
     scratch = None if args.save_maps else tempfile.TemporaryDirectory(prefix="adpretrain-maps-")
