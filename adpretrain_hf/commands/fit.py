@@ -14,8 +14,10 @@ import json
 from adpretrain_hf.commands._deploy_io import resolve_device
 
 HELP = "fit an anomaly detector (patchcore, featurenorm, padim, ...) on normal images and save it as a deployable folder"
+# copies of the modeling constants, so --help imports no torch; tests/commands/test_fit.py checks they match
 METHODS = ("featurenorm", "patchcore", "padim", "cflow", "glass", "uniad")
 DEFAULT_QUANTILE = 0.99
+FEATURE_KINDS = ("pretrained", "backbone")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", required=True, help="folder (searched recursively) or quoted glob of NORMAL training images")
     parser.add_argument("--val", default=None, help="calibration folder: normal images only, or good/ + defect sub-folders (masks found MVTec-style in ground_truth/)")
     parser.add_argument("--output", required=True, help="detector folder to write")
-    parser.add_argument("--features", default="pretrained", choices=("pretrained", "backbone"), help="ADPretrain features (w/, default) or the backbone's own (w/o)")
+    parser.add_argument("--features", default="pretrained", choices=FEATURE_KINDS, help="ADPretrain features (w/, default) or the backbone's own (w/o)")
     parser.add_argument("--references", default=None, help="normal reference images for the residuals (default: the first 8 training images)")
     parser.add_argument(
         "--layer-positions", default=None,
