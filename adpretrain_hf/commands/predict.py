@@ -69,9 +69,10 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     device = args.device  # resolved and checked by argparse
     detect = pipeline(ANOMALY_DETECTION_TASK, model=args.detector, device=device)
-    threshold = detect.model.config.pixel_threshold
-    scratch = None if args.save_maps else tempfile.TemporaryDirectory(prefix="adpretrain-maps-")
-    maps_dir = out / "maps" if args.save_maps else Path(scratch.name)
+    # overlays share one colour scale, known only after the last map: keep maps and masks on disk till then
+    scratch = None if args.no_overlays else tempfile.TemporaryDirectory(prefix="adpretrain-maps-")
+    maps_dir = out / "maps" if args.save_maps else (Path(scratch.name) / "maps" if scratch is not None else None)
+    masks_dir = Path(scratch.name) / "masks" if scratch is not None else None
     low, high = math.inf, -math.inf
     chunk = args.batch_size * CHUNK_BATCHES
     flagged = 0
@@ -88,9 +89,12 @@ def run(args: argparse.Namespace) -> int:
                     flagged += bool(result["label"])
                     amap = np.asarray(result["anomaly_map"], dtype=np.float32)
                     low, high = min(low, float(amap.min())), max(high, float(amap.max()))
-                    target = maps_dir / output_stem(path, root).with_suffix(".npy")
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    np.save(target, amap)
+                    stem = output_stem(path, root)
+                    for folder, value in ((maps_dir, amap), (masks_dir, result["pred_mask"])):
+                        if folder is not None and value is not None:  # no pred_mask when uncalibrated
+                            target = folder / stem.with_suffix(".npy")
+                            target.parent.mkdir(parents=True, exist_ok=True)
+                            np.save(target, value)
                 bar.update(len(paths))
             bar.close()
         if not args.no_overlays:
@@ -99,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
                 amap = np.load(maps_dir / stem.with_suffix(".npy"))
                 with Image.open(path) as image:
                     rgb = image.convert("RGB")
-                mask = amap >= threshold if threshold is not None else None
+                mask_file = masks_dir / stem.with_suffix(".npy")
+                mask = np.load(mask_file) if mask_file.is_file() else None
                 target = out / "overlays" / stem.with_suffix(".png")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 render_overlay(rgb, amap, vmin=low, vmax=high, pred_mask=mask).save(target, compress_level=PNG_COMPRESS_LEVEL)
