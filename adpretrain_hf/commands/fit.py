@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated 0-based positions in the model's list of tapped layers, e.g. 0,2 (default: the method's)",
     )
     parser.add_argument("--layers", dest="old_layers", default=None, help=argparse.SUPPRESS)  # old name of --layer-positions
-    parser.add_argument("--quantile", type=float, default=DEFAULT_QUANTILE, help="threshold quantile of normal validation scores (default 0.99)")
+    parser.add_argument("--quantile", type=float, default=DEFAULT_QUANTILE, help=f"threshold quantile of normal validation scores (default {DEFAULT_QUANTILE})")
     parser.add_argument("--margin", type=float, default=0.0, help="normal-only --val: add this fraction of the score range to the threshold (e.g. --quantile 1 --margin 0.1)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="detector option, e.g. coreset_ratio=0.1 (repeatable; values read as JSON)")
     parser.add_argument("--device", type=resolve_device, default="auto", help="auto (CUDA when present), cpu, cuda:0, ...")
