@@ -230,6 +230,8 @@ def fit_detector(
             (``quantile=1.0, margin=0.1``: "max + 10 %"); the pixel threshold uses ``quantile`` alone.
         method_kwargs: extra detector options (e.g. ``{"coreset_ratio": 0.1}``, ``{"quick": True}``).
     """
+    if val_images is None and (val_labels is not None or val_masks is not None):  # before the fit, not after it
+        raise ValueError("val_labels / val_masks given without val_images: pass the validation images too")
     layer_positions = renamed_keyword(layer_positions, layers, "fit_detector")
     model, source = _resolve_model(model, device)
     processor = processor_for(model)  # saved with the checkpoint, else the config's; the detector saves it
@@ -246,6 +248,4 @@ def fit_detector(
     detector_model = detector_to_model(detector, feature_source=source)
     if val_images is not None:
         calibrate(detector_model, val_images, val_labels, val_masks, quantile, margin, batch_size=batch_size, progress=progress)
-    elif val_labels is not None or val_masks is not None:
-        raise ValueError("val_labels / val_masks given without val_images: pass the validation images too")
     return detector_model

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -115,15 +115,17 @@ def onnx_session(path: Union[str, os.PathLike], threads: Optional[int] = None):
 
 @torch.no_grad()
 def check_onnx(
-    detector_model: ADPretrainDetectorModel, path: Union[str, os.PathLike], pixel_values: torch.Tensor
+    detector_model: ADPretrainDetectorModel, path: Union[str, os.PathLike], pixel_values: torch.Tensor, session: Any = None
 ) -> dict[str, float]:
     """Run the exported graph (onnxruntime, CPU) and the torch path on the same pixels.
 
-    Returns ``{"anomaly_map": max |diff|, "score": max |diff|, "map_scale": max |map|}``.
+    ``session``: an open :func:`onnx_session` of ``path`` to reuse (a caller checking many batches
+    opens one); None opens one here. Returns ``{"anomaly_map": max |diff|, "score": max |diff|,
+    "map_scale": max |map|}``.
     """
     _check_exportable(detector_model)
     maps, score = detector_model.score(pixel_values.to(detector_model.device))
-    session = onnx_session(path)
+    session = onnx_session(path) if session is None else session
     onnx_maps, onnx_score = session.run(list(OUTPUT_NAMES), {INPUT_NAME: pixel_values.float().cpu().numpy()})
     return {
         "anomaly_map": float(np.abs(onnx_maps - maps.float().cpu().numpy()).max()),

@@ -23,6 +23,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from adpretrain_hf.export import EXPORTABLE_METHODS
+
 HELD_OUT_OK, VAL_OK, VAL_NG = 0.25, 0.25, 1 / 3
 
 
@@ -105,7 +107,7 @@ def main() -> None:
                      "--train", str(work / "data" / "train"), "--val", str(work / "data" / "val"), "--output", str(detector)])
         predict_s = run([*cli, "predict", "--detector", str(detector), "--images", str(work / "data" / "test"),
                          "--output", str(predictions)])
-        export_s = run([*cli, "export", "--detector", str(detector), "--format", "onnx"]) if method in ("featurenorm", "patchcore") else float("nan")
+        export_s = run([*cli, "export", "--detector", str(detector), "--format", "onnx"]) if method in EXPORTABLE_METHODS else float("nan")
         scores = score_predictions(predictions / "predictions.csv")
         table.append((method, scores, fit_s, predict_s, export_s))
     print(f"\n{args.category}, {args.features} features from {args.model}; held out: {counts['test_ok']} OK + {counts['test_ng']} NG\n")

@@ -24,10 +24,9 @@ import torch
 
 from adpretrain_hf import ADPretrainConfig, ADPretrainModel
 from adpretrain_hf.deployment import fit_detector
-from adpretrain_hf.export import check_onnx, export_onnx, onnx_session
+from adpretrain_hf.export import EXPORTABLE_METHODS, check_onnx, export_onnx, onnx_session
 
 BATCH_SIZES = (1, 16)
-METHODS = ("featurenorm", "patchcore")
 
 
 def median_ms_per_image(run: Callable[[], object], batch: int, warmup: int, repeats: int) -> float:
@@ -72,12 +71,12 @@ def main() -> None:
     batches = {b: torch.randn(b, 3, size, size, generator=generator) for b in map(int, args.batch_sizes.split(","))}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for method in METHODS:
+        for method in EXPORTABLE_METHODS:
             detector = fit_detector(model, method, train, progress=False, batch_size=args.fit_batch_size)
             path = export_onnx(detector, Path(tmp) / f"{method}.onnx")
             session = onnx_session(path, threads=args.threads)
             for batch, pixels in batches.items():
-                diffs = check_onnx(detector, path, pixels)
+                diffs = check_onnx(detector, path, pixels, session=session)
                 with torch.no_grad():
                     eager = median_ms_per_image(lambda: detector.score(pixels), batch, args.warmup, args.repeats)
                 feed = {"pixel_values": pixels.numpy()}

@@ -50,17 +50,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from adpretrain_hf.commands._deploy_io import resolve_device
+from adpretrain_hf.modeling.scoring_adpretrain import PATCHCORE_NEIGHBOURHOOD  # --local-context averages like PatchCore
+
 KINDS = {"backbone": "backbone_features", "residual": "residuals", "projected": "features"}  # kind -> output field
-LOCAL_CONTEXT = 3  # PatchCore's neighbourhood for --local-context
 IGNORED, NORMAL, ANOMALOUS = -1, 0, 1  # patch targets
 STATS = ("norm_auroc", "nn_auroc", "nn_normal_mean", "nn_normal_std", "nn_anomalous_mean",
          "norm_normal_mean", "norm_normal_std", "norm_anomalous_mean")
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def load_model(args: argparse.Namespace, device: torch.device) -> Any:
@@ -89,7 +85,7 @@ def tokens_with_context(tokens: torch.Tensor, grid: Sequence[int]) -> torch.Tens
     """``[B, h*w, C]`` -> the same after PatchCore's 3x3 average (zero padding counted)."""
     b, _, c = tokens.shape
     fmap = tokens.transpose(1, 2).reshape(b, c, grid[0], grid[1])
-    fmap = F.avg_pool2d(fmap, LOCAL_CONTEXT, stride=1, padding=LOCAL_CONTEXT // 2)
+    fmap = F.avg_pool2d(fmap, PATCHCORE_NEIGHBOURHOOD, stride=1, padding=PATCHCORE_NEIGHBOURHOOD // 2)
     return fmap.flatten(2).transpose(1, 2)
 
 
@@ -248,7 +244,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--realiad-fit-fraction", type=float, default=0.5, help="Real-IAD: share of OK samples fitted on")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the Real-IAD split")
     parser.add_argument("--seed", type=int, default=0, help="seeds the untrained projector of --preset")
-    parser.add_argument("--device", default="auto", help="'auto' (cuda when visible), 'cpu', 'cuda:0', ...")
+    parser.add_argument("--device", type=resolve_device, default="auto", help="'auto' (cuda when visible), 'cpu', 'cuda:0', ...")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     parser.add_argument("--output", default="feature_diagnostics.json", metavar="JSON", help="where to write the JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -268,7 +264,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     args = parse_args(argv)
     if not os.path.isdir(args.data):
         raise SystemExit(f"data folder {args.data} does not exist: pass the folder holding the categories")
-    device = pick_device(args.device)
+    device = torch.device(args.device)
     model = load_model(args, device)
     processor = processor_for(model)
     config = EvaluationConfig(data_root=args.data, layout=args.layout, categories=args.categories, shots=args.shots,

@@ -80,7 +80,7 @@ step pretrain "$T_PRETRAIN" "$PY" benchmarks/pretrain_throughput.py "${PRETRAIN[
 step evaluation "$T_EVALUATION" "$PY" benchmarks/evaluation.py "${EVALUATION[@]}" --work "$LOGS/evaluation-work"
 step detectors "$T_DETECTORS" "$PY" benchmarks/detectors.py "${DETECTORS[@]}"
 # The tests that skip without CUDA: files that test torch.cuda.is_available(), their cuda/gpu tests.
-mapfile -t CUDA_TEST_FILES < <(grep -l "cuda.is_available" tests/test_*.py)
+mapfile -t CUDA_TEST_FILES < <(grep -rl --include='test_*.py' "cuda.is_available" tests)
 if [[ ${#CUDA_TEST_FILES[@]} -gt 0 ]]; then
     step cuda-tests "$T_TESTS" "$PY" -m pytest -q -rs -p no:cacheprovider "${CUDA_TEST_FILES[@]}" -k "cuda or gpu"
 else

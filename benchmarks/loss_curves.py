@@ -26,6 +26,21 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPES = ("paper", "release")
 
 
+def read_curve(output_dir: Path) -> list[tuple[int, float]]:
+    """(step, loss) pairs of a training run's metrics file (none when the run wrote none); real_transfer.py reads its runs here too."""
+    path = output_dir / METRICS_FILE
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [(int(r["step"]), float(r["loss"])) for r in map(json.loads, filter(str.strip, lines))]
+
+
+def write_curve(path: Path, curve: list[tuple[int, float]]) -> None:
+    """``step,loss`` CSV of a curve."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["step", "loss"])
+        writer.writerows(curve)
+
+
 def run_recipe(recipe: str, args: argparse.Namespace, work: Path) -> tuple[list[tuple[int, float]], str]:
     """Train ``recipe`` for ``args.steps`` steps; (step, loss) pairs and how the run ended."""
     output = work / recipe
@@ -41,8 +56,7 @@ def run_recipe(recipe: str, args: argparse.Namespace, work: Path) -> tuple[list[
         run_pretraining(arguments)
     except FloatingPointError:
         failed = True
-    lines = (output / METRICS_FILE).read_text().splitlines() if (output / METRICS_FILE).is_file() else []
-    curve = [(int(r["step"]), float(r["loss"])) for r in map(json.loads, lines)]
+    curve = read_curve(output)
     return curve, (f"stopped: loss non-finite at step {len(curve) + 1}" if failed else "finished")
 
 
@@ -78,10 +92,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         for recipe in args.recipes.split(","):
             curve, ended = run_recipe(recipe, args, Path(work))
-            with open(out / f"{recipe}.csv", "w", newline="") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(["step", "loss"])
-                writer.writerows(curve)
+            write_curve(out / f"{recipe}.csv", curve)
             rows.append((recipe, len(curve), summarise(curve), ended))
     print("| recipe | steps | first 10% mean loss | last 10% mean loss | max/min per-batch loss | run |")
     print("|---|---|---|---|---|---|")

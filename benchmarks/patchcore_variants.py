@@ -38,9 +38,9 @@ from adpretrain_hf.detectors import DETECTORS
 from adpretrain_hf.detectors import patchcore as patchcore_module
 from adpretrain_hf.detectors.patchcore import PatchCore
 from adpretrain_hf.evaluation import evaluate_model
+from adpretrain_hf.metrics.names import METRIC_NAMES
 from adpretrain_hf.modeling.scoring_adpretrain import PATCHCORE_DIM, PATCHCORE_NEIGHBOURHOOD, largest_grid, resize_to_grid
 
-METRICS = ("image_auroc", "pixel_auroc", "aupro")
 BACKBONE_KINDS = ("backbone", "residual")
 
 
@@ -106,7 +106,7 @@ def evaluate(model: str, data: Path, kinds: tuple[str, ...], out: Path) -> dict:
 
 def cell(values: list[dict]) -> str:
     parts = []
-    for metric in METRICS:
+    for metric in METRIC_NAMES:
         numbers = [100 * v[metric] for v in values]
         if len(numbers) == 1:
             parts.append(f"{numbers[0]:.1f}")

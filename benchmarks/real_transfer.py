@@ -25,18 +25,19 @@ under ``--work``; the package's one geometry then applies unchanged.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
+from loss_curves import read_curve, write_curve  # the run's (step, loss) curve, read and written as there
 from PIL import Image
+
+from adpretrain_hf.metrics.names import METRIC_NAMES
 
 CLASSES = ("magnetic_tile", "kolektor")
 METHODS = ("featurenorm", "patchcore", "padim")
-METRICS = ("image_auroc", "pixel_auroc", "aupro")
 # Loss variants of Table 2 (a) as ADPretrainConfig overrides: lambda weighs the angle loss,
 # norm_loss_weight the norm loss.
 VARIANTS: dict[str, dict[str, float]] = {
@@ -88,23 +89,11 @@ def pretrain(source: Path, run_dir: Path, overrides: dict[str, Any], seed: int, 
     return model_folder(run_dir)
 
 
-def loss_curve(run_dir: Path) -> list[tuple[int, float]]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [(int(r["step"]), float(r["loss"])) for r in records]
-
-
 def plateau_summary(curve: list[tuple[int, float]]) -> dict[str, float]:
     """Mean loss per fifth of the run: a plateau shows as the last fifths being equal within noise."""
     losses = [loss for _, loss in curve]
     fifth = max(1, len(losses) // 5)
     return {f"loss_fifth_{i + 1}": statistics.fmean(losses[i * fifth : (i + 1) * fifth] or losses[-fifth:]) for i in range(5)}
-
-
-def write_curve(run_dir: Path, curve: list[tuple[int, float]]) -> None:
-    with open(run_dir / "loss_curve.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["step", "loss"])
-        writer.writerows(curve)
 
 
 def evaluate(model_or_path: Any, target_root: Path, kinds: tuple[str, ...], out: Path, args: argparse.Namespace) -> dict:
@@ -144,7 +133,7 @@ def table(cells: dict[tuple[str, str, str], list[dict]], rows: list[str]) -> str
     for (direction, method, row), runs in cells.items():
         if row not in rows:
             continue
-        values = [mean_std([run[m] for run in runs]) for m in METRICS]
+        values = [mean_std([run[m] for run in runs]) for m in METRIC_NAMES]
         lines.append(f"| {direction} | {method} | {row} | " + " | ".join(values) + f" | {len(runs)} |")
     return "\n".join(lines)
 
@@ -196,8 +185,8 @@ def main() -> None:
                 started = time.perf_counter()
                 run_dir = work / f"run-{source}-{variant}-seed{seed}"
                 checkpoint = pretrain(source_root, run_dir, VARIANTS[variant], seed, args)
-                curve = loss_curve(run_dir)
-                write_curve(run_dir, curve)
+                curve = read_curve(run_dir)
+                write_curve(run_dir / "loss_curve.csv", curve)
                 trained = time.perf_counter()
                 if args.phase == "train":
                     print(json.dumps({f"{direction}/{variant}/seed{seed}": {**plateau_summary(curve), "train_seconds": trained - started}}), flush=True)

@@ -99,3 +99,9 @@ def test_fit_detector_input_errors(tiny_clip_model):
         fit_detector(tiny_clip_model, "featurenorm", [], progress=False)
     with pytest.raises(ValueError, match="val_labels / val_masks given without val_images: pass the validation images too"):
         fit_detector(tiny_clip_model, "featurenorm", _images(2), features="backbone", val_labels=[0, 1], progress=False)
+
+
+def test_fit_detector_checks_the_validation_arguments_before_fitting(tiny_clip_model):
+    # empty train_images would fail in the fit: the validation check must come first
+    with pytest.raises(ValueError, match="val_labels / val_masks given without val_images"):
+        fit_detector(tiny_clip_model, "featurenorm", [], val_masks=[None], progress=False)

@@ -5,11 +5,12 @@
   different sub-folders never clash (the last ``_`` separates the suffix: the map is injective);
 - a validation folder: normal images only, or MVTec-style ``good/`` + defect sub-folders with
   masks at ``ground_truth/<defect>/<stem>_mask.png`` (inside the folder or beside it);
-- ``--device auto``.
+- ``--device`` (``auto`` and a check against the machine).
 """
 
 from __future__ import annotations
 
+import argparse
 import glob
 import os
 from dataclasses import dataclass, field
@@ -104,9 +105,18 @@ def load_validation_set(spec: str) -> ValidationSet:
 
 
 def resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; anything else passes through."""
-    if name != "auto":
-        return name
+    """``--device`` (argparse type, one for every command): ``auto`` -> ``cuda`` when a GPU is visible, else
+    ``cpu``; any other name is checked against this machine, so a bad one exits 2 before any model loads."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index is not None and device.index >= count):
+            raise argparse.ArgumentTypeError(f"{name!r}: this machine has {count} visible CUDA device(s); use auto or cpu")
+    return name

@@ -13,6 +13,7 @@ HELP = "export a fitted detector folder to ONNX and print the onnxruntime-vs-tor
 FORMATS = ("onnx",)
 PARITY_IMAGES = 2  # random images pushed through both graphs for the check
 PARITY_SEED = 0
+DEFAULT_OPSET = 17  # adpretrain_hf.export.DEFAULT_OPSET, copied so --help imports no torch (tests/commands/test_export.py checks)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default="onnx", choices=FORMATS, help="export format (onnx)")
     parser.add_argument("--output", default=None, help="file to write (default: DETECTOR/model.onnx)")
     parser.add_argument("--batch-size", type=int, default=None, help="fixed batch size (default: dynamic)")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import argparse
 import os
 
+from adpretrain_hf.commands._deploy_io import IMAGE_SUFFIXES, resolve_device
+
 HELP = "extract ADPretrain features / anomaly maps / scores for a folder of images (the pipeline, from the shell)"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shots", type=_positive_int, default=8, help="number of reference images (default 8)")
     parser.add_argument("--save-features", action="store_true", help="also write per-layer features as .npz")
     parser.add_argument("--batch-size", type=_positive_int, default=8, help="images per model call (default 8)")
-    parser.add_argument("--device", type=_device, default="auto", help="auto (default: the GPU when there is one), cpu, cuda, cuda:N")
+    parser.add_argument("--device", type=resolve_device, default="auto", help="auto (default: the GPU when there is one), cpu, cuda, cuda:N")
 
 
 def _existing_folder(value: str) -> str:
@@ -43,23 +44,6 @@ def _positive_int(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"{number} is not allowed: pass a whole number >= 1")
     return number
-
-
-def _device(value: str) -> str:
-    """argparse type: ``auto`` -> ``cuda`` when a GPU is visible else ``cpu``; others checked against the machine."""
-    import torch
-
-    if value == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(value)
-    except (RuntimeError, ValueError):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a device: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0 or (device.index is not None and device.index >= count):
-            raise argparse.ArgumentTypeError(f"{value!r}: this machine has {count} visible CUDA device(s); use auto or cpu")
-    return value
 
 
 def _model_source(value: str) -> str:

@@ -11,9 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from adpretrain_hf.commands._deploy_io import resolve_device
+
 HELP = "fit an anomaly detector (patchcore, featurenorm, padim, ...) on normal images and save it as a deployable folder"
+# copies of the modeling constants, so --help imports no torch; tests/commands/test_fit.py checks they match
 METHODS = ("featurenorm", "patchcore", "padim", "cflow", "glass", "uniad")
 DEFAULT_QUANTILE = 0.99
+FEATURE_KINDS = ("pretrained", "backbone")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,17 +26,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", required=True, help="folder (searched recursively) or quoted glob of NORMAL training images")
     parser.add_argument("--val", default=None, help="calibration folder: normal images only, or good/ + defect sub-folders (masks found MVTec-style in ground_truth/)")
     parser.add_argument("--output", required=True, help="detector folder to write")
-    parser.add_argument("--features", default="pretrained", choices=("pretrained", "backbone"), help="ADPretrain features (w/, default) or the backbone's own (w/o)")
+    parser.add_argument("--features", default="pretrained", choices=FEATURE_KINDS, help="ADPretrain features (w/, default) or the backbone's own (w/o)")
     parser.add_argument("--references", default=None, help="normal reference images for the residuals (default: the first 8 training images)")
     parser.add_argument(
         "--layer-positions", default=None,
         help="comma-separated 0-based positions in the model's list of tapped layers, e.g. 0,2 (default: the method's)",
     )
     parser.add_argument("--layers", dest="old_layers", default=None, help=argparse.SUPPRESS)  # old name of --layer-positions
-    parser.add_argument("--quantile", type=float, default=DEFAULT_QUANTILE, help="threshold quantile of normal validation scores (default 0.99)")
+    parser.add_argument("--quantile", type=float, default=DEFAULT_QUANTILE, help=f"threshold quantile of normal validation scores (default {DEFAULT_QUANTILE})")
     parser.add_argument("--margin", type=float, default=0.0, help="normal-only --val: add this fraction of the score range to the threshold (e.g. --quantile 1 --margin 0.1)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="detector option, e.g. coreset_ratio=0.1 (repeatable; values read as JSON)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:0, ...")
+    parser.add_argument("--device", type=resolve_device, default="auto", help="auto (CUDA when present), cpu, cuda:0, ...")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -80,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from adpretrain_hf.cli import CommandError
-    from adpretrain_hf.commands._deploy_io import find_images, load_validation_set, resolve_device
+    from adpretrain_hf.commands._deploy_io import find_images, load_validation_set
     from adpretrain_hf.deployment import fit_detector
 
     if not 0.0 < args.quantile <= 1.0:
@@ -93,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     references = find_images(args.references, "references")[1] if args.references else None
     val = load_validation_set(args.val) if args.val else None
     layer_positions = _layer_positions(args)
-    device = resolve_device(args.device)
+    device = args.device  # resolved and checked by argparse
     start = time.perf_counter()
     masks = [Image.open(m) if m is not None else None for m in val.masks] if val is not None and val.masks else None  # one mask rule downstream
     detector = fit_detector(

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 
+from adpretrain_hf.commands._deploy_io import resolve_device
+
 HELP = "score images with a fitted detector folder: predictions.csv, overlays with colour bar and mask contour, raw maps"
 CSV_NAME = "predictions.csv"
 CSV_COLUMNS = ("path", "score", "normalized_score", "label")
@@ -30,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--save-maps", action="store_true", help="also write raw anomaly maps as .npy")
     parser.add_argument("--no-overlays", action="store_true", help="skip the overlay images")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:0, ...")
+    parser.add_argument("--device", type=resolve_device, default="auto", help="auto (CUDA when present), cpu, cuda:0, ...")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from transformers import pipeline
 
     from adpretrain_hf.cli import CommandError
-    from adpretrain_hf.commands._deploy_io import find_images, output_stem, resolve_device
+    from adpretrain_hf.commands._deploy_io import find_images, output_stem
     from adpretrain_hf.modeling.tasks_adpretrain import ANOMALY_DETECTION_TASK
     from adpretrain_hf.overlays import render_overlay
 
@@ -65,11 +67,12 @@ def run(args: argparse.Namespace) -> int:
     root, images = find_images(args.images, "images")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(args.device)
+    device = args.device  # resolved and checked by argparse
     detect = pipeline(ANOMALY_DETECTION_TASK, model=args.detector, device=device)
-    threshold = detect.model.config.pixel_threshold
-    scratch = None if args.save_maps else tempfile.TemporaryDirectory(prefix="adpretrain-maps-")
-    maps_dir = out / "maps" if args.save_maps else Path(scratch.name)
+    # overlays share one colour scale, known only after the last map: keep maps and masks on disk till then
+    scratch = None if args.no_overlays else tempfile.TemporaryDirectory(prefix="adpretrain-maps-")
+    maps_dir = out / "maps" if args.save_maps else (Path(scratch.name) / "maps" if scratch is not None else None)
+    masks_dir = Path(scratch.name) / "masks" if scratch is not None else None
     low, high = math.inf, -math.inf
     chunk = args.batch_size * CHUNK_BATCHES
     flagged = 0
@@ -86,9 +89,12 @@ def run(args: argparse.Namespace) -> int:
                     flagged += bool(result["label"])
                     amap = np.asarray(result["anomaly_map"], dtype=np.float32)
                     low, high = min(low, float(amap.min())), max(high, float(amap.max()))
-                    target = maps_dir / output_stem(path, root).with_suffix(".npy")
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    np.save(target, amap)
+                    stem = output_stem(path, root)
+                    for folder, value in ((maps_dir, amap), (masks_dir, result["pred_mask"])):
+                        if folder is not None and value is not None:  # no pred_mask when uncalibrated
+                            target = folder / stem.with_suffix(".npy")
+                            target.parent.mkdir(parents=True, exist_ok=True)
+                            np.save(target, value)
                 bar.update(len(paths))
             bar.close()
         if not args.no_overlays:
@@ -97,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
                 amap = np.load(maps_dir / stem.with_suffix(".npy"))
                 with Image.open(path) as image:
                     rgb = image.convert("RGB")
-                mask = amap >= threshold if threshold is not None else None
+                mask_file = masks_dir / stem.with_suffix(".npy")
+                mask = np.load(mask_file) if mask_file.is_file() else None
                 target = out / "overlays" / stem.with_suffix(".png")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 render_overlay(rgb, amap, vmin=low, vmax=high, pred_mask=mask).save(target, compress_level=PNG_COMPRESS_LEVEL)

@@ -1,6 +1,9 @@
-"""adpretrain_hf.commands._deploy_io: the MVTec-style val folder and collision-free output names."""
+"""adpretrain_hf.commands._deploy_io: the MVTec-style val folder, collision-free output names, --device."""
 
-from adpretrain_hf.commands._deploy_io import find_images, load_validation_set, output_stem
+import pytest
+import torch
+
+from adpretrain_hf.commands._deploy_io import find_images, load_validation_set, output_stem, resolve_device
 
 
 def test_the_val_folder_is_read_the_mvtec_way(workspace):
@@ -17,3 +20,13 @@ def test_output_names_never_clash(workspace):
     assert stems == ["a_jpg", "a_png", "sub/a_png"]
     _, globbed = find_images(str(workspace / "test" / "**" / "*.png"), "images")
     assert [p.relative_to(workspace / "test").as_posix() for p in globbed] == ["a.png", "sub/a.png"]
+
+
+def test_device_auto_follows_the_machine(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto") == "cuda"
+    with pytest.raises(Exception, match="1 visible CUDA device"):
+        resolve_device("cuda:3")

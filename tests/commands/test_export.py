@@ -44,3 +44,10 @@ def test_an_unknown_format_is_a_usage_error(featurenorm):
     with pytest.raises(SystemExit) as info:
         main(["export", "--detector", str(featurenorm), "--format", "tflite"])
     assert info.value.code == 2
+
+
+def test_the_torch_free_opset_copy_matches_the_exporter():
+    from adpretrain_hf import export
+    from adpretrain_hf.commands import export as export_command
+
+    assert export_command.DEFAULT_OPSET == export.DEFAULT_OPSET

@@ -81,16 +81,6 @@ def test_missing_model_folder_is_named(folders, capsys):
         assert f"model folder {missing} does not exist" in capsys.readouterr().err
 
 
-def test_device_auto_follows_the_machine(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert features_command._device("auto") == "cpu"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert features_command._device("auto") == "cuda"
-    with pytest.raises(Exception, match="1 visible CUDA device"):
-        features_command._device("cuda:3")
-
-
 def _write_images(folder, count, seed, size=(80, 100)):
     folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)

@@ -38,3 +38,12 @@ def test_layer_positions_flag_and_its_old_name(workspace, tmp_path):
         assert main([*common, "--layers", "1,3", "--output", str(tmp_path / "old")]) == 0
     for name in ("new", "old"):
         assert json.loads((tmp_path / name / "config.json").read_text())["layer_positions"] == [1, 3]
+
+
+def test_the_torch_free_copies_match_their_sources():
+    from adpretrain_hf.commands import fit
+    from adpretrain_hf.modeling.calibration_adpretrain import DEFAULT_QUANTILE
+    from adpretrain_hf.modeling.configuration_detector_adpretrain import DETECTOR_FEATURE_KINDS, METHODS
+
+    assert fit.METHODS == METHODS and fit.DEFAULT_QUANTILE == DEFAULT_QUANTILE
+    assert sorted(fit.FEATURE_KINDS) == sorted(DETECTOR_FEATURE_KINDS)

@@ -32,7 +32,11 @@ def test_predictions_are_the_pipelines_per_image_results(featurenorm, workspace,
     assert "8 images scored on cpu (detector not calibrated: no labels)" in out and "maps in" in out
 
 
-def test_without_overlays_or_maps_only_the_csv_is_written(featurenorm, workspace, tmp_path):
+def test_without_overlays_or_maps_only_the_csv_is_written(featurenorm, workspace, tmp_path, monkeypatch):
+    def no_map_files(*args, **kwargs):
+        raise AssertionError("a map was saved although neither overlays nor --save-maps need it")
+
+    monkeypatch.setattr(np, "save", no_map_files)
     argv = ["predict", "--detector", str(featurenorm), "--images", str(workspace / "test" / "*.png"),
             "--output", str(tmp_path), "--no-overlays", "--no-progress"]
     assert main(argv) == 0
