@@ -105,7 +105,7 @@ def evaluate(model_or_path: Any, target_root: Path, kinds: tuple[str, ...], out:
         return json.loads(cached.read_text())["results"]["mean"]
     results = evaluate_model(
         model_or_path, str(target_root), layout="realiad", methods=tuple(args.methods.split(",")), shots=8,
-        feature_kinds=kinds, output_dir=str(out), progress=False, print_markdown=False, num_overlays=0,
+        kinds=kinds, output_dir=str(out), progress=False, print_markdown=False, num_overlays=0,
     )
     return results["results"]["mean"]
 

@@ -62,6 +62,13 @@ def output_stem(path: Path, root: Path) -> Path:
     return relative.with_name(f"{relative.stem}_{suffix}" if suffix else relative.stem)
 
 
+def output_file(path: Path, root: Path, extension: str) -> Path:
+    """:func:`output_stem` plus ``extension`` (e.g. ``".npy"``). Appended, never ``with_suffix``:
+    a stem that keeps dots (``x.v1_png``) would lose its last part and collide with ``x.v2_png``."""
+    stem = output_stem(path, root)
+    return stem.with_name(stem.name + extension)
+
+
 @dataclass
 class ValidationSet:
     """Calibration images and, for a labelled folder, labels (0/1) and masks (paths or None)."""

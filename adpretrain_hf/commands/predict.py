@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from transformers import pipeline
 
     from adpretrain_hf.cli import CommandError
-    from adpretrain_hf.commands._deploy_io import find_images, output_stem
+    from adpretrain_hf.commands._deploy_io import find_images, output_file
     from adpretrain_hf.modeling.tasks_adpretrain import ANOMALY_DETECTION_TASK
     from adpretrain_hf.overlays import render_overlay
 
@@ -89,23 +89,23 @@ def run(args: argparse.Namespace) -> int:
                     flagged += bool(result["label"])
                     amap = np.asarray(result["anomaly_map"], dtype=np.float32)
                     low, high = min(low, float(amap.min())), max(high, float(amap.max()))
-                    stem = output_stem(path, root)
+                    array_name = output_file(path, root, ".npy")
                     for folder, value in ((maps_dir, amap), (masks_dir, result["pred_mask"])):
                         if folder is not None and value is not None:  # no pred_mask when uncalibrated
-                            target = folder / stem.with_suffix(".npy")
+                            target = folder / array_name
                             target.parent.mkdir(parents=True, exist_ok=True)
                             np.save(target, value)
                 bar.update(len(paths))
             bar.close()
         if not args.no_overlays:
             for path in tqdm(images, desc="overlays", unit="img", disable=args.no_progress):
-                stem = output_stem(path, root)
-                amap = np.load(maps_dir / stem.with_suffix(".npy"))
+                array_name = output_file(path, root, ".npy")
+                amap = np.load(maps_dir / array_name)
                 with Image.open(path) as image:
                     rgb = image.convert("RGB")
-                mask_file = masks_dir / stem.with_suffix(".npy")
+                mask_file = masks_dir / array_name
                 mask = np.load(mask_file) if mask_file.is_file() else None
-                target = out / "overlays" / stem.with_suffix(".png")
+                target = out / "overlays" / output_file(path, root, ".png")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 render_overlay(rgb, amap, vmin=low, vmax=high, pred_mask=mask).save(target, compress_level=PNG_COMPRESS_LEVEL)
     finally:
