@@ -88,7 +88,7 @@ def test_cli_and_evaluate_model_build_equal_configs(tmp_path, monkeypatch):
     monkeypatch.setattr(evaluation, "run_evaluation", lambda model, config, **kwargs: seen.append(config))
     monkeypatch.setattr(runner, "run_evaluation", lambda model, config, hook=None: seen.append(config))
     same = {"layout": "mvtec", "categories": "tile", "methods": "featurenorm,padim", "shots": 2, "train_shots": 4,
-            "reference_strategy": "kmeans", "feature_kinds": "backbone,residual,pretrained", "num_overlays": 1}
+            "reference_strategy": "kmeans", "kinds": "backbone,residual,pretrained", "num_overlays": 1}
     flags = [arg for name, value in same.items() for arg in (f"--{name.replace('_', '-')}", str(value))]
     assert cli_main(["evaluate", "--preset", "tiny-clip", "--data", str(tmp_path), "--no-progress", *flags]) == 0
     evaluate_model(None, str(tmp_path), progress=False, **same)

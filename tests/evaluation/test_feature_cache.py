@@ -43,7 +43,7 @@ def _distinct_files(root: Path) -> int:
 def _run(model, root, **kwargs):
     predictions = []
     settings = dict(methods=("featurenorm", "padim"), shots=2, reference_seeds=2, reference_strategy="random",
-                    feature_kinds=KINDS, batch_size=3, num_overlays=0, progress=False, print_markdown=False)
+                    kinds=KINDS, batch_size=3, num_overlays=0, progress=False, print_markdown=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         payload = evaluate_model(model, root, prediction_hook=predictions.append, **{**settings, **kwargs})
