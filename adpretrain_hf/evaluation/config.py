@@ -30,6 +30,10 @@ DEFAULT_SHOTS = 8
 REFERENCE_STRATEGY_CHOICES: tuple[str, ...] = ("first", "random", "kmeans", "aligned")
 LAYOUT_CHOICES: tuple[str, ...] = ("auto", "mvtec", "mpdd", "mvtec3d", "btad", "visa", "realiad")
 NOISE_SETTING = "overlap"
+PROTOCOL_CHOICES: tuple[str, ...] = ("release", "package")
+"""Detector protocols (``evaluation.protocols.DETECTOR_PROTOCOLS``): the released code's variants, or the package's own."""
+DEFAULT_PROTOCOL = "release"
+"""The Table-1 runner's default: numbers comparable with the paper's (issue 19)."""
 """SoftPatch's setting used by the paper (4.4): injected anomalies stay in the test set."""
 
 
@@ -84,6 +88,10 @@ class EvaluationConfig:
     methods: tuple[str, ...] = field(default=DEFAULT_METHODS, metadata={
         "help": "detectors, comma-separated: featurenorm, patchcore, padim, cflow, glass, uniad "
                 "(adpretrain_hf.detectors.DETECTORS)", "metavar": "M1,M2"})
+    protocol: str = field(default=DEFAULT_PROTOCOL, metadata={
+        "help": "detector protocol: release (the released code's PatchCore/PaDiM/FeatureNorm maths and PaDiM's "
+                "global min-max step; comparable with the paper) or package (the package's own variants); "
+                "docs/EVALUATION.md lists what each fixes", "choices": PROTOCOL_CHOICES})
     shots: int = field(default=DEFAULT_SHOTS, metadata={
         "help": "normal reference images per query (the paper's 8; the pool size when smaller)"})
     compare_backbone: bool = field(default=True, metadata={
@@ -181,6 +189,8 @@ class EvaluationConfig:
         unknown = [name for name in self.methods if name not in DETECTORS]
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}: choose from {sorted(DETECTORS)}")
+        if self.protocol not in PROTOCOL_CHOICES:
+            raise ValueError(f"unknown protocol {self.protocol!r}: choose one of {list(PROTOCOL_CHOICES)}")
         if self.reference_strategy not in REFERENCE_STRATEGY_CHOICES:
             raise ValueError(
                 f"unknown reference_strategy {self.reference_strategy!r}: choose one of {list(REFERENCE_STRATEGY_CHOICES)}"

@@ -11,6 +11,14 @@
 
 Draws use ``numpy.random.default_rng([split_seed, crc32(category)])``, so a category's
 selection does not depend on which other categories run, and is the same on every machine.
+
+Detector protocols (``EvaluationConfig.protocol``; docs/EVALUATION.md): which *variant* of each
+detector scores and which post-processing runs after it. ``"release"`` (the default) is the
+released code's maths, proven on its own outputs (tests/release_parity/); ``"package"`` keeps
+the package's own choices. A protocol is data: per method the detector constructor options
+(:func:`protocol_detector_options`) and the named post-processing steps
+(:func:`apply_post_processing`), plus the evaluation settings it fixes
+(:func:`protocol_deviations` names any run that departs from them).
 """
 
 from __future__ import annotations
@@ -19,11 +27,14 @@ import math
 import warnings
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
 
 import numpy as np
+import torch
 
-from .config import NOISE_SETTING, EvaluationConfig
+from ..modeling.release_scoring_adpretrain import global_min_max_normalise
+from .config import DEFAULT_SHOTS, NOISE_SETTING, PROTOCOL_CHOICES, EvaluationConfig
 
 
 @dataclass
@@ -119,6 +130,7 @@ def protocol_record(config: EvaluationConfig) -> dict[str, Any]:
         "reference_strategy_requested": config.reference_strategy,
         "reference_seeds": config.seeds,
         "quick": config.quick,
+        "detector_protocol": detector_protocol_record(config),
         "per_category": {},
     }
 
@@ -151,3 +163,127 @@ def effective_shots(shots: int, pool_size: int, category: str) -> int:
         return pool_size
     return shots
 
+
+
+# -- detector protocols ------------------------------------------------------------------------
+DETECTOR_OPTIONS_WIRED = False
+"""Whether ``cell.run_cell`` passes :func:`protocol_detector_options` to the detectors and runs
+:func:`apply_post_processing`. False until the detector modules take a ``variant=`` option (issue 19
+merge step); ``results.json`` records it, so a run is never labelled as the release's maths before."""
+GLOBAL_MIN_MAX = "global_min_max"
+"""Release PaDiM's step: maps min-max normalised with ONE min/max over the whole test set."""
+POST_PROCESSING_STEPS: Mapping[str, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = MappingProxyType(
+    {GLOBAL_MIN_MAX: global_min_max_normalise}
+)
+
+
+@dataclass(frozen=True)
+class DetectorProtocol:
+    """One named detector protocol.
+
+    ``detector_options``: method -> constructor options of its detector (what each option means
+    is in docs/EVALUATION.md); ``post_processing``: method -> names of :data:`POST_PROCESSING_STEPS`
+    run, in order, on the test set's maps ``[N, H, W]``; ``fixed``: evaluation settings the
+    protocol assumes (``EvaluationConfig`` field -> value); ``preprocessing``: what images go
+    through before the backbone, in words.
+    """
+
+    name: str
+    description: str
+    detector_options: Mapping[str, Mapping[str, Any]]
+    post_processing: Mapping[str, tuple[str, ...]]
+    fixed: Mapping[str, Any]
+    preprocessing: str
+
+
+_RELEASE_PREPROCESSING = (
+    "the preset's processor: bicubic shorter-side resize, center crop to image_size, the backbone's mean/std "
+    "(masks: the same geometry, nearest, binarised)"
+)
+
+DETECTOR_PROTOCOLS: Mapping[str, DetectorProtocol] = MappingProxyType({
+    "release": DetectorProtocol(
+        name="release",
+        description="the released ADPretrain code's detectors (equal to its outputs, tests/release_parity/)",
+        detector_options=MappingProxyType({
+            # last 3 levels, each level's 3x3 neighbourhood pooled to 1024, concat pooled to 1024;
+            # approximate greedy 10% coreset; squared L2; image score = max patch; align_corners=False
+            "patchcore": MappingProxyType({"variant": "release"}),
+            # per level and position: mean, unbiased cov + 0.01 I, explicit inverse, sqrt Mahalanobis;
+            # grids upsampled with align_corners=True and averaged
+            "padim": MappingProxyType({"variant": "release"}),
+            # token score sqrt(||e|| + 1) - 1 per level, align_corners=True, level mean
+            "featurenorm": MappingProxyType({"variant": "release"}),
+        }),
+        post_processing=MappingProxyType({"padim": (GLOBAL_MIN_MAX,)}),
+        fixed=MappingProxyType({"shots": DEFAULT_SHOTS, "reference_strategy": "first", "reference_seeds": 1}),
+        preprocessing=_RELEASE_PREPROCESSING,
+    ),
+    "package": DetectorProtocol(
+        name="package",
+        description="the package's own variants (channel-weighted PatchCore, Eq. 7, ||e|| FeatureNorm, ...)",
+        detector_options=MappingProxyType({
+            "patchcore": MappingProxyType({"variant": "package", "image_score": "reweighted"}),
+            "padim": MappingProxyType({"variant": "package"}),
+            "featurenorm": MappingProxyType({"variant": "package"}),
+        }),
+        post_processing=MappingProxyType({}),
+        fixed=MappingProxyType({}),
+        preprocessing=_RELEASE_PREPROCESSING,
+    ),
+})
+
+
+def detector_protocol(name: str) -> DetectorProtocol:
+    """The protocol called ``name`` (``ValueError`` naming the choices otherwise)."""
+    if name not in DETECTOR_PROTOCOLS:
+        raise ValueError(f"unknown protocol {name!r}: choose one of {list(PROTOCOL_CHOICES)}")
+    return DETECTOR_PROTOCOLS[name]
+
+
+def protocol_detector_options(name: str, method: str) -> dict[str, Any]:
+    """Constructor options of ``method``'s detector under protocol ``name`` (``{}``: its defaults,
+    e.g. for cflow / glass / uniad, which no protocol changes)."""
+    return dict(detector_protocol(name).detector_options.get(method, {}))
+
+
+def apply_post_processing(name: str, method: str, maps: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the protocol's post-processing of ``method`` on the whole test set's ``maps [N, H, W]``.
+
+    Returns ``(maps, image scores [N])``; unchanged when the protocol has no step for the method.
+    Call it once per (category, method, kind) on ALL test maps together: the release's global
+    min-max is defined over the set, not per batch.
+    """
+    for step in detector_protocol(name).post_processing.get(method, ()):
+        maps, scores = POST_PROCESSING_STEPS[step](maps)
+    return maps, scores
+
+
+def protocol_deviations(config: EvaluationConfig) -> list[str]:
+    """Settings of ``config`` that depart from what its protocol fixes, one line each (empty: none).
+
+    The runner records them in ``results.json`` so a number is never reported as the release's
+    protocol when, e.g., 2 references per query were used.
+    """
+    fixed = detector_protocol(config.protocol).fixed
+    deviations = []
+    for field_name, value in fixed.items():
+        got = config.effective_strategy if field_name == "reference_strategy" else getattr(config, field_name)
+        if got != value:
+            deviations.append(f"{field_name}={got!r} (protocol {config.protocol!r} fixes {value!r})")
+    return deviations
+
+
+def detector_protocol_record(config: EvaluationConfig) -> dict[str, Any]:
+    """The ``results.json`` entry of the detector protocol: its options, steps, settings and deviations."""
+    protocol = detector_protocol(config.protocol)
+    return {
+        "name": protocol.name,
+        "description": protocol.description,
+        "detector_options": {m: dict(o) for m, o in protocol.detector_options.items() if m in config.methods},
+        "post_processing": {m: list(s) for m, s in protocol.post_processing.items() if m in config.methods},
+        "fixed": dict(protocol.fixed),
+        "preprocessing": protocol.preprocessing,
+        "deviations": protocol_deviations(config),
+        "detector_options_applied": DETECTOR_OPTIONS_WIRED,
+    }

@@ -11,6 +11,7 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 
 from adpretrain_hf.evaluation import EvaluationConfig
 from adpretrain_hf.evaluation.protocols import (
@@ -104,3 +105,56 @@ def test_effective_shots_is_clamped_to_the_pool_with_a_warning():
     assert effective_shots(4, 10, "tile") == 4
     with pytest.warns(UserWarning, match="shots=8 .* has 3 normal training images .* using 3"):
         assert effective_shots(8, 3, "tile") == 3
+
+
+# -- detector protocols (issue 19) -------------------------------------------------------------
+from adpretrain_hf.evaluation.config import DEFAULT_PROTOCOL, PROTOCOL_CHOICES  # noqa: E402
+from adpretrain_hf.evaluation.protocols import (  # noqa: E402
+    DETECTOR_PROTOCOLS,
+    apply_post_processing,
+    detector_protocol,
+    detector_protocol_record,
+    protocol_deviations,
+    protocol_detector_options,
+    protocol_record,
+)
+
+
+def test_protocol_names_have_one_home_and_release_is_the_default():
+    assert tuple(DETECTOR_PROTOCOLS) == PROTOCOL_CHOICES
+    assert DEFAULT_PROTOCOL == "release" == EvaluationConfig(data_root="x").protocol
+    assert protocol_detector_options("release", "patchcore") == {"variant": "release"}
+    assert protocol_detector_options("package", "patchcore") == {"variant": "package", "image_score": "reweighted"}
+    assert protocol_detector_options("release", "cflow") == {}  # no protocol changes the trained methods
+    with pytest.raises(ValueError, match="choose one of"):
+        detector_protocol("paper")
+    with pytest.raises(ValueError, match="unknown protocol"):
+        EvaluationConfig(data_root="x", protocol="paper").validate()
+
+
+def test_release_post_processing_is_the_global_min_max_over_the_test_set():
+    maps = torch.tensor([[[1.0, 2.0]], [[3.0, 5.0]]])
+    scores = maps.flatten(1).amax(dim=1)
+    normalised, image_scores = apply_post_processing("release", "padim", maps, scores)
+    torch.testing.assert_close(normalised, (maps - 1.0) / 4.0)  # ONE min (1) and max (5) over both images
+    torch.testing.assert_close(image_scores, torch.tensor([0.25, 1.0]))
+    same_maps, same_scores = apply_post_processing("package", "padim", maps, scores)
+    assert same_maps is maps and same_scores is scores
+    assert apply_post_processing("release", "patchcore", maps, scores)[0] is maps  # PaDiM's step only
+
+
+def test_deviations_from_what_the_protocol_fixes_are_recorded():
+    config = EvaluationConfig(data_root="x", methods="padim,cflow")
+    assert protocol_deviations(config) == []
+    shots = EvaluationConfig(data_root="x", shots=2, reference_seeds=3)
+    assert protocol_deviations(shots) == [
+        "shots=2 (protocol 'release' fixes 8)",
+        "reference_strategy='random' (protocol 'release' fixes 'first')",
+        "reference_seeds=3 (protocol 'release' fixes 1)",
+    ]
+    assert protocol_deviations(EvaluationConfig(data_root="x", protocol="package", shots=2)) == []
+    record = protocol_record(config)["detector_protocol"]
+    assert record == detector_protocol_record(config)
+    assert record["detector_options"] == {"padim": {"variant": "release"}}  # only the methods run
+    assert record["post_processing"] == {"padim": ["global_min_max"]}
+    assert record["detector_options_applied"] is False  # never labelled as applied before the wiring
