@@ -34,6 +34,7 @@ from typing import Any
 from loss_curves import read_curve, write_curve  # the run's (step, loss) curve, read and written as there
 from PIL import Image
 
+from adpretrain_hf.evaluation.config import DEFAULT_PROTOCOL, PROTOCOL_CHOICES
 from adpretrain_hf.metrics.names import METRIC_NAMES
 
 CLASSES = ("magnetic_tile", "kolektor")
@@ -102,10 +103,12 @@ def evaluate(model_or_path: Any, target_root: Path, kinds: tuple[str, ...], out:
 
     cached = out / "results.json"
     if cached.is_file():
-        return json.loads(cached.read_text())["results"]["mean"]
+        payload = json.loads(cached.read_text())
+        if payload["config"].get("protocol", "package") == args.protocol:  # results from before protocols: package
+            return payload["results"]["mean"]
     results = evaluate_model(
         model_or_path, str(target_root), layout="realiad", methods=tuple(args.methods.split(",")), shots=8,
-        kinds=kinds, output_dir=str(out), progress=False, print_markdown=False, num_overlays=0,
+        kinds=kinds, output_dir=str(out), progress=False, print_markdown=False, num_overlays=0, protocol=args.protocol,
     )
     return results["results"]["mean"]
 
@@ -153,6 +156,10 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--squash-size", type=int, default=160)
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument(
+        "--protocol", default=DEFAULT_PROTOCOL, choices=PROTOCOL_CHOICES,
+        help="detector protocol of the evaluation (docs/EVALUATION.md): release (the released code's detectors) or package",
+    )
     parser.add_argument(
         "--phase", default="all", choices=["train", "eval", "all"],
         help="train: only pretrain (the long part); eval: only evaluate finished runs; all: both",
