@@ -169,7 +169,7 @@ def dinov2_position_embedding(embeddings: nn.Module, tokens: torch.Tensor, heigh
     """
     position = embeddings.position_embeddings
     num_patches, num_positions = tokens.shape[1] - 1, position.shape[1] - 1
-    if not torch.jit.is_tracing() and num_patches == num_positions and height == width:
+    if num_patches == num_positions and height == width:  # as DINOv2, traced or not (a traced resize would move it)
         return position
     patch_h, patch_w = embeddings.patch_embeddings.patch_size
     grid_h, grid_w = height // patch_h, width // patch_w
