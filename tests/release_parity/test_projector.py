@@ -25,7 +25,7 @@ CHECKPOINT = FIXTURES / "projector_release_state_dict.pth"
 PRESET = "tiny-release"  # width 64, 4 taps, 2048 references, 16 heads: the fixture's shape
 LEVELS = 4
 TOLERANCE = 1e-5  # manifest: "a float32 re-implementation should match to ~1e-5"
-BF16_RELATIVE = 0.05  # bf16 weights (8 mantissa bits) against fp32 outputs, relative to the output scale
+BF16_RELATIVE = 0.01  # bf16 weights (8 mantissa bits) vs the fp32 outputs, relative to the output scale (measured <= 7.4e-4)
 
 
 def _fixture():
