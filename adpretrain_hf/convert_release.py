@@ -1,40 +1,43 @@
 """Convert the authors' released projector checkpoint (``.pth``) into an ``ADPretrainModel``.
 
-We hold no copy of the release's file, so the key layout below is *our reading* of the
-release (REFERENCE_NOTES.md, "Feature Projector"): it must be checked against the real file
-when one is available. Everything is explicit: a fixed table of canonical keys and fixed
-alias tables for naming variants; nothing is matched by similarity, and anything left over
-is an error that names it.
+The key layout is the release's own (models/projector.py of the release; checked on a
+genuine checkpoint written with main.py's wrapping, ``tests/fixtures/release_parity/``).
+Everything is explicit: a fixed table of canonical keys and fixed alias tables for naming
+variants; nothing is matched by similarity, and anything left over is an error that names it.
 
-Canonical layout of the ``projectors`` state dict (``i`` = tapped layer 0..L-1, ``D`` = the
-layer's width, ``N_r`` = 2048 learnable references, ``H = 4D`` MLP hidden, ``S = H/16 = D/4``)::
+The release's ``MultiScaleAttentionProjector`` holds four ``MultiLayerAttention`` modules
+``l1_proj`` .. ``l4_proj`` (``n`` = tapped layer 1..L, 1-based; every level is sized with the
+LAST layer's width ``D``; ``N_r`` = 2048, ``H = 4D`` MLP hidden, ``S = make_divisible(H/16, 8)``)::
 
-    release key (projectors.{i}.*)   shape          -> ours (projectors.{i}.*)
-    ref                              [N_r, D]          learnable.references
-    ref_proj.weight                  [D, D, 1] (*)     learnable.proj.weight
-    ref_proj.bias                    [D]               learnable.proj.bias
-    attn.in_proj_weight              [3D, D]           blocks.0.attn.in_proj_weight
-    attn.in_proj_bias                [3D]              blocks.0.attn.in_proj_bias
-    attn.out_proj.weight             [D, D]            blocks.0.attn.out_proj.weight
-    attn.out_proj.bias               [D]               blocks.0.attn.out_proj.bias
-    mlp.fc1.weight / .bias           [H, D] / [H]      blocks.0.mlp.fc1.*
-    mlp.se.0.weight / .bias          [S, H] / [S]      blocks.0.mlp.se.down.*   (SE squeeze, then ReLU = se.1)
-    mlp.se.2.weight / .bias          [H, S] / [H]      blocks.0.mlp.se.up.*     (then sigmoid = se.3)
-    mlp.fc2.weight / .bias           [D, H] / [D]      blocks.0.mlp.fc2.*
+    release key (l{n}_proj.*)              shape          -> ours (projectors.{n-1}.*)
+    x_ref                                  [1, N_r, D]       learnable.references   (leading 1 dropped)
+    ref_proj.project.weight                [D, D, 1]         learnable.proj.weight  (Conv1d k=1 -> Linear)
+    ref_proj.project.bias                  [D]               learnable.proj.bias
+    layers.0.cross_attn.in_proj_weight     [3D, D]           blocks.0.attn.in_proj_weight
+    layers.0.cross_attn.in_proj_bias       [3D]              blocks.0.attn.in_proj_bias
+    layers.0.cross_attn.out_proj.weight    [D, D]            blocks.0.attn.out_proj.weight
+    layers.0.cross_attn.out_proj.bias      [D]               blocks.0.attn.out_proj.bias
+    layers.0.mlp.fc1.weight / .bias        [H, D] / [H]      blocks.0.mlp.fc1.*
+    layers.0.mlp.se.fc1.weight / .bias     [S, H] / [S]      blocks.0.mlp.se.down.*   (SE squeeze, then ReLU)
+    layers.0.mlp.se.fc2.weight / .bias     [H, S] / [H]      blocks.0.mlp.se.up.*     (then sigmoid)
+    layers.0.mlp.fc2.weight / .bias        [D, H] / [D]      blocks.0.mlp.fc2.*
 
-(*) The 1x1 reference projection is assumed stored as a Conv1d weight ``[D, D, 1]``; a Conv2d
-``[D, D, 1, 1]`` or a Linear ``[D, D]`` is accepted too (trailing 1s are squeezed). ``ref`` may
-carry a leading batch axis ``[1, N_r, D]``. ``attn`` is ``nn.MultiheadAttention(D, 16)``: the head
-count is not visible in the weights, it comes from the config (``projector_num_heads``).
+``cross_attn`` is ``nn.MultiheadAttention(D, 16, batch_first=True)``: the head count is not
+visible in the weights, it comes from the config (``projector_num_heads``).
+
+The file: main.py saves ``{"projectors": state_dict, "img_auc", "pix_auc", "pix_pro"}`` with
+numpy.float64 metrics (bf16 tensors: the release trains in bf16). It is read with
+``torch.load(weights_only=True)`` and an explicit allow-list of numpy scalar globals
+(:data:`SAFE_NUMPY_GLOBALS`); nothing else is unpickled, so no pickled code runs.
 
 Accepted variants (explicit tables below): keys with a ``module.`` (DataParallel/DDP) or
-``_orig_mod.`` (torch.compile) prefix; ``{i}.*`` without ``projectors.`` (a ModuleList's own
-state dict); the ``projectors`` entry as a list of per-layer state dicts; the names in
-``REFERENCE_ALIASES``, ``MODULE_ALIASES`` and ``MLP_ALIASES``. Optional: a top-level
-``centers`` (or ``center``) entry, a ``[L, D]`` tensor or a list of L ``[D]`` tensors, the
-release's per-layer center (mean of *un-projected* residuals); it becomes ``model.centers``
-and sets ``config.center_mode="residual"``. Other top-level entries (epoch, optimizer, ...)
-are ignored. The file is read with ``torch.load(weights_only=True)`` only: no pickled code runs.
+``_orig_mod.`` (torch.compile) prefix; a bare state dict (no wrapping); ``projectors.{i}.*`` /
+``{i}.*`` 0-based indices; the ``projectors`` entry as a list of per-layer state dicts; the
+names in ``REFERENCE_ALIASES``, ``MODULE_ALIASES`` and ``MLP_ALIASES``, with or without the
+``layers.0.`` level. Optional: a top-level ``centers`` (or ``center``) entry, a ``[L, D]`` tensor
+or a list of L ``[D]`` tensors, the per-layer center (mean of *un-projected* residuals; the
+release keeps it in a separate .npy); it becomes ``model.centers`` and sets
+``config.center_mode="residual"``. Other top-level entries (metrics, epoch, ...) are ignored.
 """
 
 from __future__ import annotations
@@ -43,55 +46,87 @@ import copy
 import logging
 import os
 import pickle
+import re
 from typing import Any, Optional, Union
 
+import numpy
 import torch
 
 from .modeling import ADPretrainConfig, ADPretrainModel
 
 logger = logging.getLogger(__name__)
 
-# release suffix (within one projector) -> our suffix (within FeatureProjector)
+# release suffix (within one l{n}_proj) -> our suffix (within FeatureProjector)
 RELEASE_TO_OURS: dict[str, str] = {
-    "ref": "learnable.references",
-    "ref_proj.weight": "learnable.proj.weight",
-    "ref_proj.bias": "learnable.proj.bias",
-    "attn.in_proj_weight": "blocks.0.attn.in_proj_weight",
-    "attn.in_proj_bias": "blocks.0.attn.in_proj_bias",
-    "attn.out_proj.weight": "blocks.0.attn.out_proj.weight",
-    "attn.out_proj.bias": "blocks.0.attn.out_proj.bias",
-    "mlp.fc1.weight": "blocks.0.mlp.fc1.weight",
-    "mlp.fc1.bias": "blocks.0.mlp.fc1.bias",
-    "mlp.se.0.weight": "blocks.0.mlp.se.down.weight",
-    "mlp.se.0.bias": "blocks.0.mlp.se.down.bias",
-    "mlp.se.2.weight": "blocks.0.mlp.se.up.weight",
-    "mlp.se.2.bias": "blocks.0.mlp.se.up.bias",
-    "mlp.fc2.weight": "blocks.0.mlp.fc2.weight",
-    "mlp.fc2.bias": "blocks.0.mlp.fc2.bias",
+    "x_ref": "learnable.references",
+    "ref_proj.project.weight": "learnable.proj.weight",
+    "ref_proj.project.bias": "learnable.proj.bias",
+    "layers.0.cross_attn.in_proj_weight": "blocks.0.attn.in_proj_weight",
+    "layers.0.cross_attn.in_proj_bias": "blocks.0.attn.in_proj_bias",
+    "layers.0.cross_attn.out_proj.weight": "blocks.0.attn.out_proj.weight",
+    "layers.0.cross_attn.out_proj.bias": "blocks.0.attn.out_proj.bias",
+    "layers.0.mlp.fc1.weight": "blocks.0.mlp.fc1.weight",
+    "layers.0.mlp.fc1.bias": "blocks.0.mlp.fc1.bias",
+    "layers.0.mlp.se.fc1.weight": "blocks.0.mlp.se.down.weight",
+    "layers.0.mlp.se.fc1.bias": "blocks.0.mlp.se.down.bias",
+    "layers.0.mlp.se.fc2.weight": "blocks.0.mlp.se.up.weight",
+    "layers.0.mlp.se.fc2.bias": "blocks.0.mlp.se.up.bias",
+    "layers.0.mlp.fc2.weight": "blocks.0.mlp.fc2.weight",
+    "layers.0.mlp.fc2.bias": "blocks.0.mlp.fc2.bias",
 }
-REF_PROJ_WEIGHT = "ref_proj.weight"
-# Explicit naming variants -> canonical names (extend here after checking the real file).
+REFERENCES = "x_ref"
+REF_PROJ_WEIGHT = "ref_proj.project.weight"
+LAYER_LEVEL = "layers.0."  # the release's MultiLayerAttention(num_layers=1): one block per level
+RELEASE_LEVEL = re.compile(r"^l(\d+)_proj\.(.+)$")  # l1_proj.* .. l4_proj.*, 1-based
+INDEXED_LEVEL = re.compile(r"^(\d+)\.(.+)$")  # projectors.0.* / 0.*, 0-based
+# Explicit naming variants -> canonical names (modules: without the layers.0. level).
 REFERENCE_ALIASES: dict[str, str] = {
-    name: "ref" for name in ("ref", "refs", "reference", "references", "learnable_ref", "learnable_refs", "learnable_references")
+    name: REFERENCES
+    for name in ("x_ref", "ref", "refs", "reference", "references", "learnable_ref", "learnable_refs", "learnable_references")
 }
 MODULE_ALIASES: dict[str, str] = {
     "ref_proj": "ref_proj", "reference_proj": "ref_proj", "ref_projection": "ref_proj", "proj_ref": "ref_proj",
-    "attn": "attn", "attention": "attn", "mha": "attn", "cross_attn": "attn",
+    "cross_attn": "cross_attn", "attn": "cross_attn", "attention": "cross_attn", "mha": "cross_attn",
     "mlp": "mlp", "ffn": "mlp",
 }
 MLP_ALIASES: dict[str, str] = {
     "fc1": "fc1", "fc2": "fc2",
-    "se.0": "se.0", "se.fc1": "se.0", "se.down": "se.0", "se.reduce": "se.0",
-    "se.2": "se.2", "se.fc2": "se.2", "se.up": "se.2", "se.expand": "se.2",
+    "se.fc1": "se.fc1", "se.0": "se.fc1", "se.down": "se.fc1", "se.reduce": "se.fc1",
+    "se.fc2": "se.fc2", "se.2": "se.fc2", "se.up": "se.fc2", "se.expand": "se.fc2",
 }
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 PROJECTORS_ENTRY = "projectors"
 CENTER_ENTRIES = ("centers", "center")
 MAX_LISTED = 12
 CHECK_HINT = (
-    "the release key table in adpretrain_hf/convert_release.py (docs/CONVERTING_RELEASE.md) is our reading "
-    "of the release: if the file is genuine, add its names to the explicit alias tables; otherwise check --preset"
+    "the release key table is in adpretrain_hf/convert_release.py (docs/CONVERTING_RELEASE.md): check that the "
+    "file is a release projector checkpoint and that --preset is the backbone it was trained on"
 )
+
+
+def _numpy_scalar() -> Any:
+    core = getattr(numpy, "_core", None) or numpy.core  # numpy >= 2 / numpy 1.x
+    return core.multiarray.scalar
+
+
+def safe_numpy_globals() -> list:
+    """The only non-tensor globals a release checkpoint may reference: main.py's numpy.float64 metrics.
+
+    ``numpy.float64`` pickles as ``numpy._core.multiarray.scalar(dtype, bytes)`` (numpy 2) or
+    ``numpy.core.multiarray.scalar`` (numpy 1.x), with ``numpy.dtype`` / ``numpy.dtypes.Float64DType``.
+    """
+    scalar = _numpy_scalar()
+    allowed: list = [scalar, (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"), numpy.dtype]
+    float64_dtype = getattr(getattr(numpy, "dtypes", None), "Float64DType", None)
+    if float64_dtype is not None:
+        allowed.append(float64_dtype)
+    return allowed
+
+
+SAFE_GLOBAL_NAMES = (
+    "numpy._core.multiarray.scalar", "numpy.core.multiarray.scalar", "numpy.dtype", "numpy.dtypes.Float64DType",
+)
+"""What :func:`safe_numpy_globals` allows, by name (for messages and docs)."""
 
 
 class ReleaseCheckpointError(ValueError):
@@ -104,21 +139,24 @@ class ReleaseCheckpointError(ValueError):
 
 # -- reading the file -------------------------------------------------------------------
 def load_release_file(path: Union[str, os.PathLike]) -> Any:
-    """``torch.load(path, map_location="cpu", weights_only=True)`` with readable errors.
+    """``torch.load(path, map_location="cpu", weights_only=True)`` under :func:`safe_numpy_globals`.
 
     Why weights_only: a ``.pth`` is a pickle, and unpickling runs arbitrary code; the release
-    only needs tensors in dicts/lists, which the restricted unpickler allows.
+    needs tensors in dicts plus main.py's numpy.float64 metrics, which the allow-list admits by
+    name. Anything else is refused before it is constructed, with a one-line reason.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"release checkpoint {path} does not exist: pass the path of the release's projector .pth file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(safe_numpy_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         detail = _unpickler_detail(str(err))
         if "Unsupported global" in detail:
             raise ReleaseCheckpointError(
-                f"{path} holds Python objects other than tensors, dicts, lists and numbers; it is refused because "
-                f"we only load with torch.load(weights_only=True) and never run pickled code ({detail})",
+                f"{path} holds Python objects other than tensors, dicts, lists, numbers and numpy float64 scalars; it is "
+                f"refused because we only load with torch.load(weights_only=True) and the allow-list "
+                f"{', '.join(SAFE_GLOBAL_NAMES)}, and never run pickled code ({detail})",
                 "if you trust the file, re-save just its tensors, e.g. torch.save({'projectors': ckpt['projectors']}, 'clean.pth')",
             ) from None
         raise ReleaseCheckpointError(
@@ -183,33 +221,58 @@ def _strip_wrappers(key: str) -> str:
 
 
 def canonical_suffix(suffix: str) -> Optional[str]:
-    """A projector-relative key in any accepted spelling -> its canonical release suffix, or None."""
+    """A level-relative key in any accepted spelling -> its canonical release suffix, or None.
+
+    ``"layers.0.attention.in_proj_weight"`` and ``"attn.in_proj_weight"`` ->
+    ``"layers.0.cross_attn.in_proj_weight"``; ``"ref"`` -> ``"x_ref"``; ``"ref_proj.weight"`` ->
+    ``"ref_proj.project.weight"``. A block other than ``layers.0`` is not the release's layout.
+    """
     suffix = _strip_wrappers(suffix)
+    if suffix.startswith(LAYER_LEVEL):
+        suffix = suffix[len(LAYER_LEVEL):]
     if suffix in REFERENCE_ALIASES:
         return REFERENCE_ALIASES[suffix]
     head, _, rest = suffix.partition(".")
     module = MODULE_ALIASES.get(head)
     if module is None or not rest:
         return None
-    if module == "mlp":
+    if module == "ref_proj":
+        candidate = f"ref_proj.project.{rest.removeprefix('project.')}"
+    elif module == "mlp":
         sub, _, param = rest.rpartition(".")
         if sub not in MLP_ALIASES:
             return None
-        rest = f"{MLP_ALIASES[sub]}.{param}"
-    candidate = f"{module}.{rest}"
+        candidate = f"{LAYER_LEVEL}mlp.{MLP_ALIASES[sub]}.{param}"
+    else:
+        candidate = f"{LAYER_LEVEL}{module}.{rest}"
     return candidate if candidate in RELEASE_TO_OURS else None
 
 
 def parse_release_key(key: str) -> Optional[tuple[int, str]]:
-    """``"module.projectors.2.attention.in_proj_weight"`` -> ``(2, "attn.in_proj_weight")``; None if unknown."""
+    """``"l3_proj.layers.0.cross_attn.in_proj_weight"`` -> ``(2, "layers.0.cross_attn.in_proj_weight")``.
+
+    Also ``"module.projectors.2.attention.in_proj_weight"`` (0-based index) -> the same; None if unknown.
+    """
     rest = _strip_wrappers(key)
     if rest.startswith(PROJECTORS_ENTRY + "."):
         rest = _strip_wrappers(rest[len(PROJECTORS_ENTRY) + 1 :])
-    index, _, suffix = rest.partition(".")
-    if not index.isdigit() or not suffix:
-        return None
+    release = RELEASE_LEVEL.match(rest)
+    if release is not None:
+        if int(release.group(1)) < 1:
+            return None
+        index, suffix = int(release.group(1)) - 1, release.group(2)
+    else:
+        indexed = INDEXED_LEVEL.match(rest)
+        if indexed is None:
+            return None
+        index, suffix = int(indexed.group(1)), indexed.group(2)
     canonical = canonical_suffix(suffix)
-    return (int(index), canonical) if canonical else None
+    return (index, canonical) if canonical else None
+
+
+def release_key(index: int, suffix: str) -> str:
+    """The release's own name of a key: ``(0, "x_ref")`` -> ``"l1_proj.x_ref"``."""
+    return f"l{index + 1}_proj.{suffix}"
 
 
 def _layer_name(index: int, config: ADPretrainConfig) -> str:
@@ -232,19 +295,28 @@ def expected_projector_shapes(config: ADPretrainConfig) -> list[dict[str, tuple[
 
 
 def release_key_shapes(config: ADPretrainConfig) -> dict[str, tuple[int, ...]]:
-    """The canonical release layout for ``config``: ``projectors.{i}.<key>`` -> shape (Conv1d ref_proj)."""
+    """The release layout for ``config``: ``l{n}_proj.<key>`` -> shape, as the release stores it."""
     table = {}
     for i, shapes in enumerate(expected_projector_shapes(config)):
         for release, ours in RELEASE_TO_OURS.items():
-            table[f"{PROJECTORS_ENTRY}.{i}.{release}"] = shapes[ours] + ((1,) if release == REF_PROJ_WEIGHT else ())
+            table[release_key(i, release)] = _release_shape(release, shapes[ours])
     return table
+
+
+def _release_shape(release: str, ours: tuple[int, ...]) -> tuple[int, ...]:
+    """Our parameter's shape -> the release's: Conv1d ``[D, D, 1]`` projection, ``[1, N_r, D]`` references."""
+    if release == REF_PROJ_WEIGHT:
+        return ours + (1,)
+    if release == REFERENCES:
+        return (1,) + ours
+    return ours
 
 
 def _normalise(release: str, tensor: torch.Tensor) -> torch.Tensor:
     """Squeeze the accepted storage variants to our parameter's layout (see the module docstring)."""
     if release == REF_PROJ_WEIGHT and tensor.dim() in (3, 4) and all(s == 1 for s in tensor.shape[2:]):
         return tensor.reshape(tensor.shape[0], tensor.shape[1])
-    if release == "ref" and tensor.dim() == 3 and tensor.shape[0] == 1:
+    if release == REFERENCES and tensor.dim() == 3 and tensor.shape[0] == 1:
         return tensor[0]
     return tensor
 
@@ -265,11 +337,11 @@ def map_release_state_dict(state: dict[str, Any], config: ADPretrainConfig, sour
             why = "" if parsed is None else f" (layer index {parsed[0]}, but the preset taps {len(expected)} layers)"
             unmapped.append(f"{key!r}{why}")
         elif parsed in found:
-            duplicates.append(f"{found[parsed]!r} and {key!r} both map to {PROJECTORS_ENTRY}.{parsed[0]}.{parsed[1]}")
+            duplicates.append(f"{found[parsed]!r} and {key!r} both map to {release_key(*parsed)}")
         else:
             found[parsed] = str(key)
     missing = [
-        f"'{PROJECTORS_ENTRY}.{i}.{release}' ({_layer_name(i, config)})"
+        f"'{release_key(i, release)}' ({_layer_name(i, config)})"
         for i in range(len(expected)) for release in RELEASE_TO_OURS if (i, release) not in found
     ]
     mapped: list[dict[str, torch.Tensor]] = [{} for _ in expected]
@@ -282,7 +354,7 @@ def map_release_state_dict(state: dict[str, Any], config: ADPretrainConfig, sour
             continue
         value = _normalise(release, tensor)
         if tuple(value.shape) != need:
-            shown = need + (1,) if release == REF_PROJ_WEIGHT else need
+            shown = _release_shape(release, need)
             mismatches.append(f"{key!r} ({_layer_name(i, config)}): the file has {tuple(tensor.shape)}, the preset needs {shown}")
             continue
         mapped[i][ours] = value.to(torch.float32)  # bf16 -> fp32 is exact
@@ -292,10 +364,10 @@ def map_release_state_dict(state: dict[str, Any], config: ADPretrainConfig, sour
         (duplicates, "ambiguous keys"),
         (mismatches, "shape mismatches"),
     ]
-    lines = [f"  {title}: {_listed(items)}" for items, title in problems if items]
-    if lines:
+    parts = [f"{title}: {_listed(items)}" for items, title in problems if items]
+    if parts:
         raise ReleaseCheckpointError(
-            f"{source} does not match the release layout for preset {config.preset!r}:\n" + "\n".join(lines),
+            f"{source} does not match the release layout for preset {config.preset!r}: " + "; ".join(parts),
             _width_hint(state, found, expected) if mismatches else CHECK_HINT,
         )
     return mapped
@@ -303,7 +375,7 @@ def map_release_state_dict(state: dict[str, Any], config: ADPretrainConfig, sour
 
 def _width_hint(state: dict[str, Any], found: dict[tuple[int, str], str], expected: list[dict]) -> str:
     """Shape errors often mean the wrong preset: say the file's width next to the preset's."""
-    ref_key = found.get((0, "ref"))
+    ref_key = found.get((0, REFERENCES))
     preset_widths = [shapes["learnable.references"][-1] for shapes in expected]
     if ref_key is None or not isinstance(state[ref_key], torch.Tensor):
         return CHECK_HINT

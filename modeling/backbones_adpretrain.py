@@ -16,6 +16,10 @@ weights load offline through ``cnn_weights_adpretrain``.
 
 from __future__ import annotations
 
+import copy
+import functools
+import math
+import types
 from typing import Optional
 
 import torch
@@ -149,9 +153,61 @@ class CLIPAdapter(_HFViTAdapter):
     model_class = CLIPVisionModel
 
 
+DINOV2_INTERPOLATE_OFFSET = 0.1
+"""facebookresearch/dinov2 (and the ADPretrain release, models/dinov2/models/vision_transformer.py:179-207)
+resizes the positional embedding bicubically by the scale factor ``(grid + 0.1) / sqrt(N)``;
+transformers 5 resizes to ``size=grid`` instead, which samples other positions (max 0.28 apart on
+a tiny fixture, tests/release_parity/test_backbone_taps.py). ``backbone_config["interpolate_offset"]``
+of the dinov2 family: 0.1 (default, the original and the release) or None (transformers' own resize)."""
+
+
+def dinov2_position_embedding(embeddings: nn.Module, tokens: torch.Tensor, height: int, width: int, offset: float) -> torch.Tensor:
+    """DINOv2's own positional-embedding resize: ``[1, 1 + N, C]`` -> ``[1, 1 + h*w, C]`` for an ``height x width`` input.
+
+    Bicubic, no antialias, in float32, scale factor ``(h + offset) / sqrt(N)`` per axis (h = height // patch),
+    exactly as facebookresearch/dinov2 and the release; unchanged when the grid already fits.
+    """
+    position = embeddings.position_embeddings
+    num_patches, num_positions = tokens.shape[1] - 1, position.shape[1] - 1
+    if num_patches == num_positions and height == width:  # as DINOv2, traced or not (a traced resize would move it)
+        return position
+    patch_h, patch_w = embeddings.patch_embeddings.patch_size
+    grid_h, grid_w = height // patch_h, width // patch_w
+    side = math.sqrt(num_positions)
+    dim = position.shape[-1]
+    patch_position = position[:, 1:].float().reshape(1, int(side), int(side), dim).permute(0, 3, 1, 2)
+    patch_position = F.interpolate(
+        patch_position, scale_factor=((grid_h + offset) / side, (grid_w + offset) / side), mode="bicubic", antialias=False
+    )
+    if tuple(patch_position.shape[-2:]) != (grid_h, grid_w):
+        raise ValueError(f"DINOv2 position grid resized to {tuple(patch_position.shape[-2:])}, expected {(grid_h, grid_w)}: "
+                         "set backbone_config interpolate_offset to 0.1 (DINOv2's) or None")
+    patch_position = patch_position.permute(0, 2, 3, 1).reshape(1, -1, dim).to(position.dtype)
+    return torch.cat((position[:, :1], patch_position), dim=1)
+
+
 class Dinov2Adapter(_HFViTAdapter):
+    """transformers ``Dinov2Model``, with DINOv2's own positional-embedding resize (see ``DINOV2_INTERPOLATE_OFFSET``)."""
+
     family = "dinov2"
     model_class = Dinov2Model
+
+    def __init__(self, config) -> None:
+        backbone_config = dict(config.backbone_config)
+        self.interpolate_offset = backbone_config.pop("interpolate_offset", DINOV2_INTERPOLATE_OFFSET)
+        super().__init__(_with_backbone_config(config, backbone_config))
+        if self.interpolate_offset is not None:
+            embeddings = self.model.embeddings
+            embeddings.interpolate_pos_encoding = types.MethodType(  # replaces transformers' resize on this instance
+                functools.partial(dinov2_position_embedding, offset=float(self.interpolate_offset)), embeddings
+            )
+
+
+def _with_backbone_config(config, backbone_config: dict):
+    """A shallow stand-in of ``config`` with another ``backbone_config`` (the original stays untouched)."""
+    view = copy.copy(config)
+    view.backbone_config = backbone_config
+    return view
 
 
 def _require(module, family: str, package: str):

@@ -75,7 +75,8 @@ def f1_optimal_threshold(scores: torch.Tensor, labels: torch.Tensor) -> float:
     last = torch.ones_like(sorted_truth, dtype=torch.bool)
     last[:-1] = sorted_scores[1:] != sorted_scores[:-1]
     f1 = (2 * tp / (tp + fp + positives))[last]
-    best = int(torch.argmax(f1))  # first maximum = the highest such threshold
+    # Equal F1 at several thresholds: the lowest one, as sklearn/anomalib (argmax over ascending thresholds).
+    best = int(torch.nonzero(f1 == f1.max()).max())
     return float(sorted_scores[last][best])
 
 

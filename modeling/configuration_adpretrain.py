@@ -20,6 +20,9 @@ without a projector (Table 2's first row), or ADPretrain's projected features ("
 TRAINING_REFERENCE_SHOTS = (1, 4, 8)
 """K, the references per batch in pretraining, is drawn from these (the release's Rand(1, 4, 8))."""
 PROJECTOR_TYPES = ("lkv", "linear", "mlp", "self_attn", "cross_attn")
+PROJECTOR_INITS = ("release", "torch")
+"""Projector initialisation: ``"release"`` Kaiming normal (fan_in, leaky_relu) reference projection and
+zero attention biases, as the release (models/projector.py); ``"torch"`` ``nn.Linear`` defaults throughout."""
 MATCHING_METRICS = ("cosine", "l2")
 NORM_KINDS = ("paper", "release")
 ANGLE_ANCHORS = ("first", "both")
@@ -131,6 +134,7 @@ class ADPretrainConfig(PretrainedConfig):
         use_se_gate: squeeze-and-excitation gate on the MLP hidden (release: on).
         se_reduction: the SE bottleneck is ``mlp_ratio * D / se_reduction`` wide (release: 4D -> D/4, i.e. 16).
         num_projector_blocks: attention blocks per projector (paper: 1; Table 11).
+        projector_init: ``"release"`` (default) or ``"torch"``; see ``PROJECTOR_INITS``.
         use_residual: feed residual features (x minus its nearest reference) to the projector;
             False feeds raw backbone features (Table 2(a) ablation).
         matching_metric: nearest-reference matching, ``"cosine"`` (release) or ``"l2"`` (paper's text).
@@ -182,6 +186,7 @@ class ADPretrainConfig(PretrainedConfig):
         use_se_gate: bool = True,
         se_reduction: int = 16,
         num_projector_blocks: int = 1,
+        projector_init: str = "release",
         use_residual: bool = True,
         matching_metric: str = "cosine",
         num_reference_shots: int = 8,
@@ -222,6 +227,7 @@ class ADPretrainConfig(PretrainedConfig):
         self.use_se_gate = use_se_gate
         self.se_reduction = se_reduction
         self.num_projector_blocks = num_projector_blocks
+        self.projector_init = projector_init
         self.use_residual = use_residual
         self.matching_metric = matching_metric
         self.num_reference_shots = num_reference_shots
@@ -255,6 +261,7 @@ class ADPretrainConfig(PretrainedConfig):
         """Reject settings that would silently build a different model than asked for."""
         choices = {
             "projector_type": PROJECTOR_TYPES,
+            "projector_init": PROJECTOR_INITS,
             "matching_metric": MATCHING_METRICS,
             "norm_kind": NORM_KINDS,
             "angle_anchors": ANGLE_ANCHORS,

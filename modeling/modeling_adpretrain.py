@@ -36,7 +36,7 @@ except ImportError:  # pragma: no cover
 from .anomaly_map_adpretrain import anomaly_map_from_grids, feature_norm_grids
 from .backbones_adpretrain import BackboneAdapter, build_backbone
 from .configuration_adpretrain import ADPretrainConfig
-from .projector_adpretrain import FeatureProjector, LearnableReferences, MultiHeadAttention
+from .projector_adpretrain import RELEASE_INIT, FeatureProjector, LearnableReferences, MultiHeadAttention, release_init_
 from .outputs_adpretrain import ADPretrainOutput
 from .residual_adpretrain import reference_residuals, residual_features
 
@@ -57,14 +57,19 @@ class ADPretrainPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         """PyTorch's own initialisation, as the release (which never re-initialises): Linear
         kaiming-uniform weight and bias U(+-1/sqrt(fan_in)) (not transformers' N(0, 0.02)),
-        ``nn.MultiheadAttention``'s in/out projections, references N(0, 1). Children run before
+        ``nn.MultiheadAttention``'s in/out projections, references N(0, 1); with
+        ``config.projector_init="release"`` the release's own changes (``release_init_``). Children run before
         parents, and transformers calls this on missing weights only (``from_pretrained``)."""
+        release = getattr(self.config, "projector_init", RELEASE_INIT) == RELEASE_INIT
         if isinstance(module, LearnableReferences):
             hf_init.normal_(module.references, mean=0.0, std=1.0)  # N(0, 1), as the release
+            if release:  # after its child proj (children run first): Kaiming normal, as the release
+                release_init_(module, hf_init)
         elif isinstance(module, MultiHeadAttention):
             hf_init.xavier_uniform_(module.in_proj_weight)  # nn.MultiheadAttention's init
             hf_init.zeros_(module.in_proj_bias)
-            hf_init.zeros_(module.out_proj.bias)
+            if release:  # zero out_proj.bias as nn.MultiheadAttention; "torch": nn.Linear's default
+                release_init_(module, hf_init)
         elif isinstance(module, nn.Linear):
             hf_init.kaiming_uniform_(module.weight, a=math.sqrt(LINEAR_INIT_NEGATIVE_SLOPE))  # nn.Linear.reset_parameters
             if module.bias is not None:

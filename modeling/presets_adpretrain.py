@@ -64,6 +64,8 @@ def _dinov2(hidden: int, layers: int, heads: int, patch: int = 14, image: int = 
 
 # Tiny random presets for tests: hidden <= 64, <= 4 blocks, image <= 64; small projectors.
 _TINY_PROJECTOR = {"num_learnable_references": 64, "projector_num_heads": 4}
+# The release hard-codes 2048 learnable references and 16 heads whatever the width (models/projector.py).
+_RELEASE_PROJECTOR = {"num_learnable_references": 2048, "projector_num_heads": 16}
 
 PRESETS: dict[str, Preset] = {
     "clip-base": Preset(
@@ -95,6 +97,12 @@ PRESETS: dict[str, Preset] = {
     "tiny-dinov2": Preset(
         "dinov2", (1, 2, 3, 4), 56, 14, IMAGENET_MEAN, IMAGENET_STD, _dinov2(32, 4, 4, patch=14, image=56),
         overrides=_TINY_PROJECTOR, description="tiny random DINOv2-style ViT for tests",
+    ),
+    "tiny-release": Preset(
+        "clip", (1, 2, 3, 4), 64, 8, CLIP_MEAN, CLIP_STD, _clip_vision(64, 4, 4, 8, image=64, inter=128),
+        overrides=_RELEASE_PROJECTOR,
+        description="tiny random CLIP-style ViT of width 64 with the release's projector (2048 references, 16 heads): "
+        "the shape of the release-parity checkpoint in tests/fixtures/release_parity/",
     ),
     "tiny-openclip": Preset(
         "open_clip", (1, 2, 3, 4), 64, 8, CLIP_MEAN, CLIP_STD,

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+RELEASE_INIT = "release"  # config.projector_init value (configuration_adpretrain.PROJECTOR_INITS)
+
 
 class SqueezeExcitation(nn.Module):
     """Channel gate from the mean over tokens: ``[B, N, C] -> [B, 1, C]`` in (0, 1)."""
@@ -149,6 +151,9 @@ class FeatureProjector(nn.Module):
                 ProjectorBlock(dim, config, subtractive=self.kind == "lkv", with_attention=self.kind != "mlp")
                 for _ in range(config.num_projector_blocks)
             )
+        if getattr(config, "projector_init", RELEASE_INIT) == RELEASE_INIT:
+            for module in self.modules():
+                release_init_(module)
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x ``[B, N, D]``; context ``[M, D]`` or ``[B, M, D]`` (only for ``cross_attn``)."""
@@ -166,6 +171,25 @@ class FeatureProjector(nn.Module):
             kv = x if self.kind == "self_attn" else key_value
             x = block(x, kv)
         return x
+
+
+def release_init_(module: nn.Module, init=nn.init) -> None:
+    """The release's initialisation of one module, in place (models/projector.py of the release).
+
+    ``LearnableReferences``: the reference projection (a Conv1d k=1 there, a Linear D->D here,
+    fan_in = D either way) gets ``kaiming_normal_(mode="fan_in", nonlinearity="leaky_relu")``,
+    i.e. N(0, 2 / D) with torch's default slope 0 (ProjectEmbedding); its bias keeps the default
+    U(+-1/sqrt(D)). ``MultiHeadAttention``: in_proj_bias and out_proj.bias are zero
+    (``nn.MultiheadAttention._reset_parameters``). Everything else keeps PyTorch's defaults, as in
+    the release. ``init`` is ``torch.nn.init`` or transformers' loading-aware equivalent.
+    With ``projector_init="torch"`` this is skipped: the reference projection and out_proj keep
+    ``nn.Linear``'s uniform defaults.
+    """
+    if isinstance(module, LearnableReferences):
+        init.kaiming_normal_(module.proj.weight, mode="fan_in", nonlinearity="leaky_relu")
+    elif isinstance(module, MultiHeadAttention):
+        init.zeros_(module.in_proj_bias)
+        init.zeros_(module.out_proj.bias)
 
 
 def lkv_parameter_count(dim: int, num_references: int = 2048, mlp_ratio: int = 4, se_reduction: int = 16) -> int:

@@ -14,19 +14,23 @@ D, N_REFS, HEADS, LAYERS = 32, 16, 4, 4  # tiny-clip widths, a custom N_r
 
 
 def _release_shapes(dim, n_refs, ref_proj="conv1d"):
-    """The release's per-projector layout from the notes' arithmetic: MLP 4D, SE bottleneck D/4."""
+    """The release's per-level layout (models/projector.py): MLP 4D, SE bottleneck D/4, Conv1d k=1 projection."""
     hidden, squeeze = 4 * dim, dim // 4
     proj = {"conv1d": (dim, dim, 1), "conv2d": (dim, dim, 1, 1), "linear": (dim, dim)}[ref_proj]
     return {
-        "ref": (n_refs, dim), "ref_proj.weight": proj, "ref_proj.bias": (dim,),
-        "attn.in_proj_weight": (3 * dim, dim), "attn.in_proj_bias": (3 * dim,),
-        "attn.out_proj.weight": (dim, dim), "attn.out_proj.bias": (dim,),
-        "mlp.fc1.weight": (hidden, dim), "mlp.fc1.bias": (hidden,),
-        "mlp.se.0.weight": (squeeze, hidden), "mlp.se.0.bias": (squeeze,),
-        "mlp.se.2.weight": (hidden, squeeze), "mlp.se.2.bias": (hidden,),
-        "mlp.fc2.weight": (dim, hidden), "mlp.fc2.bias": (dim,),
+        "x_ref": (1, n_refs, dim), "ref_proj.project.weight": proj, "ref_proj.project.bias": (dim,),
+        "layers.0.cross_attn.in_proj_weight": (3 * dim, dim), "layers.0.cross_attn.in_proj_bias": (3 * dim,),
+        "layers.0.cross_attn.out_proj.weight": (dim, dim), "layers.0.cross_attn.out_proj.bias": (dim,),
+        "layers.0.mlp.fc1.weight": (hidden, dim), "layers.0.mlp.fc1.bias": (hidden,),
+        "layers.0.mlp.se.fc1.weight": (squeeze, hidden), "layers.0.mlp.se.fc1.bias": (squeeze,),
+        "layers.0.mlp.se.fc2.weight": (hidden, squeeze), "layers.0.mlp.se.fc2.bias": (hidden,),
+        "layers.0.mlp.fc2.weight": (dim, hidden), "layers.0.mlp.fc2.bias": (dim,),
     }
 
+
+def _level(i):
+    """The release's name of tapped layer i (0-based): l1_proj .. l4_proj."""
+    return f"l{i + 1}_proj."
 
 
 def _release_state(ref_proj="conv1d", seed=0, layers=LAYERS, dim=D, n_refs=N_REFS):
@@ -35,17 +39,15 @@ def _release_state(ref_proj="conv1d", seed=0, layers=LAYERS, dim=D, n_refs=N_REF
     state = {}
     for i in range(layers):
         for name, shape in _release_shapes(dim, n_refs, ref_proj).items():
-            scale = 1.0 if name == "ref" else 1.0 / math.sqrt(shape[1] if len(shape) > 1 else shape[0])
-            state[f"projectors.{i}.{name}"] = (torch.randn(shape, generator=g) * scale).to(torch.bfloat16)
+            scale = 1.0 if name == "x_ref" else 1.0 / math.sqrt(shape[1] if len(shape) > 1 else shape[0])
+            state[_level(i) + name] = (torch.randn(shape, generator=g) * scale).to(torch.bfloat16)
     return state
-
 
 
 def _save(tmp_path, obj, name="release.pth"):
     path = tmp_path / name
     torch.save(obj, path)
     return path
-
 
 
 def _tiny_backbone_dir(tmp_path):

@@ -19,7 +19,7 @@ from transformers import CLIPVisionModel
 from adpretrain_hf import ADPretrainConfig, ADPretrainModel
 from adpretrain_hf.convert_release import ReleaseCheckpointError, convert_release_checkpoint, release_key_shapes
 
-from .release_files import D, HEADS, LAYERS, N_REFS, _release_shapes, _release_state, _save, _tiny_backbone_dir
+from .release_files import D, HEADS, LAYERS, N_REFS, _level, _release_shapes, _release_state, _save, _tiny_backbone_dir
 
 
 def _config(**overrides):
@@ -31,12 +31,13 @@ def _release_block(x, w, heads):
     w = {k: v.float() for k, v in w.items()}
     dim = x.shape[-1]
     mha = nn.MultiheadAttention(dim, heads, batch_first=True)
-    mha.in_proj_weight.data.copy_(w["attn.in_proj_weight"])
-    mha.in_proj_bias.data.copy_(w["attn.in_proj_bias"])
-    mha.out_proj.weight.data.copy_(w["attn.out_proj.weight"])
-    mha.out_proj.bias.data.copy_(w["attn.out_proj.bias"])
-    refs = w["ref"].unsqueeze(0).repeat(x.shape[0], 1, 1)  # [B, N_r, D], repeated per image
-    weight, bias = w["ref_proj.weight"], w["ref_proj.bias"]
+    attn = "layers.0.cross_attn."
+    mha.in_proj_weight.data.copy_(w[attn + "in_proj_weight"])
+    mha.in_proj_bias.data.copy_(w[attn + "in_proj_bias"])
+    mha.out_proj.weight.data.copy_(w[attn + "out_proj.weight"])
+    mha.out_proj.bias.data.copy_(w[attn + "out_proj.bias"])
+    refs = w["x_ref"].repeat(x.shape[0], 1, 1)  # [1, N_r, D] -> [B, N_r, D], repeated per image
+    weight, bias = w["ref_proj.project.weight"], w["ref_proj.project.bias"]
     if weight.dim() == 3:  # Conv1d over the reference axis
         refs = F.conv1d(refs.transpose(1, 2), weight, bias).transpose(1, 2)
     elif weight.dim() == 4:  # Conv2d on [B, D, N_r, 1]
@@ -45,14 +46,15 @@ def _release_block(x, w, heads):
         refs = F.linear(refs, weight, bias)
     a, _ = mha(x, refs, refs, need_weights=False)
     x1 = x - a
-    h = F.linear(x1, w["mlp.fc1.weight"], w["mlp.fc1.bias"])
-    s = torch.relu(F.linear(h.mean(dim=1, keepdim=True), w["mlp.se.0.weight"], w["mlp.se.0.bias"]))
-    gate = torch.sigmoid(F.linear(s, w["mlp.se.2.weight"], w["mlp.se.2.bias"]))
-    return x1 + F.linear(F.gelu(h * gate), w["mlp.fc2.weight"], w["mlp.fc2.bias"])
+    mlp = "layers.0.mlp."
+    h = F.linear(x1, w[mlp + "fc1.weight"], w[mlp + "fc1.bias"])
+    s = torch.relu(F.linear(h.mean(dim=1, keepdim=True), w[mlp + "se.fc1.weight"], w[mlp + "se.fc1.bias"]))
+    gate = torch.sigmoid(F.linear(s, w[mlp + "se.fc2.weight"], w[mlp + "se.fc2.bias"]))
+    return x1 + F.linear(F.gelu(h * gate), w[mlp + "fc2.weight"], w[mlp + "fc2.bias"])
 
 
 def _layer(state, i):
-    prefix = f"projectors.{i}."
+    prefix = _level(i)
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
@@ -60,9 +62,9 @@ def _layer(state, i):
 def test_clip_large_table_matches_shape_arithmetic():
     table = release_key_shapes(ADPretrainConfig.from_preset("clip-large"))  # built on the meta device
     dim = 1024
-    expected = {f"projectors.{i}.{k}": s for i in range(4) for k, s in _release_shapes(dim, 2048).items()}
+    expected = {_level(i) + k: s for i in range(4) for k, s in _release_shapes(dim, 2048).items()}
     assert table == expected
-    per_layer = sum(math.prod(s) for k, s in table.items() if k.startswith("projectors.0."))
+    per_layer = sum(math.prod(s) for k, s in table.items() if k.startswith("l1_proj."))
     assert per_layer == 15 * dim * dim + 2062.25 * dim  # the notes' ~15 D^2 + 2062 D, exactly
 
 
@@ -76,25 +78,26 @@ def test_converted_model_computes_the_release_block(tmp_path, ref_proj):
     with torch.no_grad():
         for i, projector in enumerate(model.projectors):
             assert projector.learnable.references.dtype == torch.float32
-            assert torch.equal(projector.learnable.references, state[f"projectors.{i}.ref"].float())
+            assert torch.equal(projector.learnable.references, state[_level(i) + "x_ref"][0].float())
             ours, theirs = projector(x), _release_block(x, _layer(state, i), HEADS)
             assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-5), (ours - theirs).abs().max()
     assert not bool(model.centers.initialized)
 
 
 def _alias(key):
-    """Spell every part differently: learnable_ref, reference_proj, attention, ffn.se.fc1, ffn.se.up."""
-    if key.endswith(".ref"):
-        return key.removesuffix(".ref") + ".learnable_ref"
-    for old, new in ((".ref_proj.", ".reference_proj."), (".attn.", ".attention."), (".mlp.", ".ffn."), ("se.0", "se.fc1"), ("se.2", "se.up")):
-        key = key.replace(old, new)
-    return key
+    """Spell every part differently: projectors.{i}., learnable_ref, reference_proj, attention, ffn.se.0, ffn.se.up."""
+    level, _, rest = key.partition("_proj.")
+    rest = rest.removeprefix("layers.0.")
+    for old, new in (("x_ref", "learnable_ref"), ("ref_proj.project.", "reference_proj."), ("cross_attn.", "attention."),
+                     ("mlp.", "ffn."), ("se.fc1", "se.0"), ("se.fc2", "se.up")):
+        rest = rest.replace(old, new)
+    return f"projectors.{int(level[1:]) - 1}.{rest}"
 
 
 def _variants(state):
     return {
         "data_parallel": {"projectors": {f"module.{k}": v for k, v in state.items()}},
-        "module_list": {"projectors": {k.removeprefix("projectors."): v for k, v in state.items()}},
+        "module_list": {"projectors": {f"{int(k[1]) - 1}.{k.partition('_proj.')[2]}": v for k, v in state.items()}},
         "list_of_layers": {"projectors": [_layer(state, i) for i in range(LAYERS)]},
         "bare": dict(state),
         "aliases": {"projectors": {_alias(k): v for k, v in state.items()}},
@@ -156,37 +159,40 @@ def _convert_error(tmp_path, obj, config=None):
 
 def test_unknown_and_out_of_range_keys_are_named(tmp_path):
     state = _release_state()
-    state["projectors.0.norm.weight"] = torch.ones(D)
-    state["projectors.4.ref"] = torch.ones(N_REFS, D)
+    state["l1_proj.norm.weight"] = torch.ones(D)
+    state["l5_proj.x_ref"] = torch.ones(1, N_REFS, D)
+    state["l1_proj.layers.1.mlp.fc1.bias"] = torch.ones(4 * D)  # a second block: not the release's layout
     message = str(_convert_error(tmp_path, {"projectors": state}))
-    assert "unmapped" in message and "'projectors.0.norm.weight'" in message
-    assert "'projectors.4.ref' (layer index 4, but the preset taps 4 layers)" in message
+    assert "\n" not in message
+    assert "unmapped" in message and "'l1_proj.norm.weight'" in message and "'l1_proj.layers.1.mlp.fc1.bias'" in message
+    assert "'l5_proj.x_ref' (layer index 4, but the preset taps 4 layers)" in message
 
 
 def test_missing_key_is_named_with_its_layer(tmp_path):
     state = _release_state()
-    del state["projectors.2.mlp.fc2.bias"]
+    del state["l3_proj.layers.0.mlp.fc2.bias"]
     message = str(_convert_error(tmp_path, {"projectors": state}))
-    assert "missing" in message and "'projectors.2.mlp.fc2.bias' (projector of tapped layer #2, backbone block 3)" in message
+    assert "missing" in message and "'l3_proj.layers.0.mlp.fc2.bias' (projector of tapped layer #2, backbone block 3)" in message
 
 
 def test_wrong_shape_names_the_layer(tmp_path):
     state = _release_state()
-    state["projectors.1.mlp.fc1.weight"] = torch.zeros(4 * D, D + 1, dtype=torch.bfloat16)
+    state["l2_proj.layers.0.mlp.fc1.weight"] = torch.zeros(4 * D, D + 1, dtype=torch.bfloat16)
     message = str(_convert_error(tmp_path, {"projectors": state}))
-    assert "'projectors.1.mlp.fc1.weight' (projector of tapped layer #1, backbone block 2)" in message
+    assert "\n" not in message
+    assert "'l2_proj.layers.0.mlp.fc1.weight' (projector of tapped layer #1, backbone block 2)" in message
     assert f"({4 * D}, {D + 1})" in message and f"({4 * D}, {D})" in message
 
 
 def test_wrong_preset_says_the_widths(tmp_path):
     error = _convert_error(tmp_path, {"projectors": _release_state(n_refs=2048)}, ADPretrainConfig.from_preset("clip-large"))
-    assert "'projectors.0.attn.in_proj_weight' (projector of tapped layer #0, backbone block 6)" in str(error)
+    assert "'l1_proj.layers.0.cross_attn.in_proj_weight' (projector of tapped layer #0, backbone block 6)" in str(error)
     assert "32 wide" in error.hint and "1024" in error.hint
 
 
 def test_two_spellings_of_one_key_are_ambiguous(tmp_path):
     state = _release_state()
-    state["projectors.0.reference"] = state["projectors.0.ref"].clone()
+    state["l1_proj.reference"] = state["l1_proj.x_ref"].clone()
     assert "ambiguous" in str(_convert_error(tmp_path, {"projectors": state}))
 
 

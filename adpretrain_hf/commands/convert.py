@@ -19,8 +19,11 @@ DTYPES = ("float32", "bfloat16", "float16")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out_dir", help="output folder (config.json + model.safetensors + code)")
     parser.add_argument("--release-checkpoint", required=True, metavar="PTH",
-                        help="the release's projector checkpoint; read with torch.load(weights_only=True) only")
-    parser.add_argument("--preset", default="clip-large", help="preset of the backbone it was trained on (default clip-large)")
+                        help="the release's projector checkpoint (main.py's {'projectors': ..., metrics} or a bare state dict); "
+                             "read with torch.load(weights_only=True) and a numpy-scalar allow-list only")
+    parser.add_argument("--preset", default="clip-large",
+                        help="preset of the backbone it was trained on (default clip-large; tiny-release: width 64, "
+                             "the shape of tests/fixtures/release_parity's checkpoint)")
     parser.add_argument("--bundle-backbone", action="store_true",
                         help="store the backbone's weights in the folder too (default: only projectors; the backbone "
                              "loads from the preset's backbone id)")

@@ -26,12 +26,12 @@ def test_cli_converts_and_reports_errors(tmp_path, capsys):
     assert main(args + [str(tmp_path / "out")]) == 0
     assert "converted 4 projectors" in capsys.readouterr().out
     loaded = ADPretrainModel.from_pretrained(tmp_path / "out")
-    assert all(torch.equal(p.learnable.references, state[f"projectors.{i}.ref"].float()) for i, p in enumerate(loaded.projectors))
+    assert all(torch.equal(p.learnable.references, state[f"l{i + 1}_proj.x_ref"][0].float()) for i, p in enumerate(loaded.projectors))
     assert main(args + [str(tmp_path / "out")]) == 1  # non-empty out_dir
     assert "--overwrite" in capsys.readouterr().err
-    state["projectors.0.extra"] = torch.ones(1)
+    state["l1_proj.extra"] = torch.ones(1)
     torch.save({"projectors": state}, path)
     assert main(args + [str(tmp_path / "out2")]) == 1
     err = capsys.readouterr().err
-    assert "unmapped" in err and "'projectors.0.extra'" in err and "hint:" in err
+    assert "unmapped" in err and "'l1_proj.extra'" in err and "hint:" in err
 
