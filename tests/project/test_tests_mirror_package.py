@@ -6,7 +6,8 @@ same way; a top-level module in ``tests/test_<module>.py``). A module tested som
 listed in ``COVERED_ELSEWHERE`` with its test module and why; a module with no tests of its own
 in ``UNTESTED_BY_DESIGN`` with why. Conversely every ``test_<name>.py`` names an existing module
 (or is a ``COVERED_ELSEWHERE`` target), so renaming a module cannot leave stale test names.
-``tests/project/`` holds the cross-cutting tests and is exempt from the name rule.
+``tests/project/`` holds the cross-cutting tests and ``tests/release_parity/`` the release-parity
+suites (issue 19); both are exempt from the name rule.
 
 Only the file system is read (no imports): the check is about names and paths.
 """
@@ -22,6 +23,9 @@ TESTS = REPO / "tests"
 # Package folder (relative to the repo) -> its test folder (relative to tests/).
 SOURCE_ROOTS = {"adpretrain_hf": "", "modeling": "modeling", "training": "training"}
 CROSS_CUTTING = "project"  # tests/project/: rules and suites spanning several modules
+# tests/release_parity/: the package's release mode against the released code's outputs (issue 19);
+# tests/fixtures/: data only. Both are cross-cutting: exempt from the name rule like tests/project/.
+CROSS_CUTTING_SUITES = (CROSS_CUTTING, "release_parity", "fixtures")
 SCRIPT_FOLDERS = ("benchmarks",)  # tests/benchmarks/test_x.py tests benchmarks/x.py (not every script has one)
 
 _REEXPORTS = "re-exports only: every test imports through it"
@@ -95,7 +99,7 @@ def stale_test_names(modules: dict[str, Path], files: set[Path], repo: Path = RE
     for path in sorted(files):
         relative = path.relative_to(repo / "tests")
         folder = relative.parts[0] if len(relative.parts) > 1 else ""
-        if folder == CROSS_CUTTING:
+        if folder in CROSS_CUTTING_SUITES:
             continue
         if folder in SCRIPT_FOLDERS:
             script = repo / relative.parent / relative.name.removeprefix("test_")
@@ -149,7 +153,7 @@ def test_walk_finds_the_package_and_the_rule_maps_paths():
     "deleted",
     sorted(
         str(p.relative_to(REPO)) for p in existing_test_modules()
-        if not {CROSS_CUTTING, *SCRIPT_FOLDERS} & set(p.relative_to(TESTS).parts)
+        if not {*CROSS_CUTTING_SUITES, *SCRIPT_FOLDERS} & set(p.relative_to(TESTS).parts)
     ),
 )
 def test_deleting_any_test_module_is_caught(deleted):
