@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from adpretrain_hf.data import patch_labels
+from adpretrain_hf.data.patch_labels import training_patch_labels
 from adpretrain_hf.hub_publishing import METRICS_FILE
 from adpretrain_hf.losses import ADPretrainLoss, CenterEstimator, RunningCenter
 from adpretrain_hf.modeling import ADPretrainConfig, ADPretrainModel
@@ -35,6 +35,7 @@ from .arguments import PretrainArguments, tracker_names
 from .checkpointing import (
     CHECKPOINT_DIR, CheckpointError, check_safe, clean_temporaries, latest_checkpoint, load_checkpoint, save_checkpoint,
 )
+from .center import center_pass_batches, normal_rows, release_centers
 from .data_pipeline import TrainingData, build_training_data, collate_views, draw_references
 from .feature_cache import ReferenceFeatureCache
 from .seeding import seed_everything, worker_init
@@ -153,11 +154,13 @@ class Pretrainer:
 
     # -- one batch --------------------------------------------------------------
     @torch.no_grad()
-    def _residuals(self, batch: dict[str, Any]) -> tuple[list, list, list, list]:
+    def _residuals(self, batch: dict[str, Any]) -> tuple[list, list, list, list, list]:
         """Backbone on both views, residuals against each sample's references, patch labels.
 
         The model's public steps: ``backbone_features`` (under autocast) and ``residuals``
         (the model's metric and matcher backend; identity without residual matching).
+        Returns ``(res1, res2, angle_labels, norm_labels, banks)``; the two label lists follow
+        ``config.patch_label_rule`` (one tensor twice with ``"fraction"``).
         """
         device = self.accelerator.device
         banks = self.cache.banks(draw_references(self.data, batch, self.rng, self.config.training_reference_shots))
@@ -166,21 +169,51 @@ class Pretrainer:
             # One backbone pass over both views (2B images) instead of two half-size passes.
             both = self.model.backbone_features(torch.cat([batch["view1"], batch["view2"]]).to(device))
         res1, res2 = (self.model.residuals(view, banks) for view in ([t[:size] for t in both], [t[size:] for t in both]))
-        masks = batch["mask"].to(device)
-        labels = [patch_labels(masks, grid, self.config.patch_anomaly_fraction) for grid in self.grids]
-        return res1, res2, labels, banks
+        angle_labels, norm_labels = self.patch_labels(batch["mask"].to(device))
+        return res1, res2, angle_labels, norm_labels, banks
+
+    def patch_labels(self, masks: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``[B, H, W]`` masks -> per layer ``[B, N_l]`` angle-term and norm-term labels (True = anomalous)."""
+        config = self.config
+        pairs = [
+            training_patch_labels(masks, grid, config.patch_label_rule, min_pixels=config.angle_label_min_pixels,
+                                  fraction=config.patch_anomaly_fraction)
+            for grid in self.grids
+        ]
+        return [a for a, _ in pairs], [n for _, n in pairs]
 
     def estimate_centers(self) -> list[torch.Tensor]:
-        """Center c over normal patches of a few batches (before training, no gradient)."""
-        estimator = CenterEstimator(len(self.grids))
-        for i, batch in enumerate(self.loader):
-            if i >= self.args.center_batches:
-                break
-            res1, _, labels, banks = self._residuals(batch)
-            with torch.no_grad(), self.accelerator.autocast():
-                feats = res1 if self.config.center_mode == "residual" else self.head(res1, banks)
-            estimator.update([f.float() for f in feats], labels)  # True = anomalous, excluded
-        centers = [c.to(self.accelerator.device) for c in estimator.compute()]
+        """Center c before training (no gradient), as ``config.center_estimation`` says.
+
+        ``"release"``: one pass over every normal training image, un-augmented,
+        ``config.center_reference_shots`` references each (``training/center.py``).
+        ``"batches"``: the normal patches (angle-term labels) of the first ``center_batches``
+        augmented training batches, each with the per-batch random K.
+        """
+        project = None if self.config.center_mode == "residual" else self.head
+        if self.config.center_estimation == "release":
+            shots = self.config.center_reference_shots
+            sampler = self.data.sampler
+            raw = self.data.raw
+            rows = normal_rows(raw["label"])[self.accelerator.process_index :: self.accelerator.num_processes]
+            categories, views = raw["category"], raw["view"]
+            batches = center_pass_batches(
+                rows, self.data.reference_pixels, self.model.backbone_features, self.cache.banks,
+                lambda row, rng: sampler.sample(categories[row], views[row], shots, rng, exclude=row),
+                self.rng, self.accelerator.device, progress=self.args.progress and self.accelerator.is_local_main_process,
+            )
+            centers = release_centers(batches, self.model.residuals, project)
+        else:
+            estimator = CenterEstimator(len(self.grids))
+            for i, batch in enumerate(self.loader):
+                if i >= self.args.center_batches:
+                    break
+                res1, _, labels, _, banks = self._residuals(batch)
+                with torch.no_grad(), self.accelerator.autocast():
+                    feats = res1 if project is None else project(res1, banks)
+                estimator.update([f.float() for f in feats], labels)  # True = anomalous, excluded
+            centers = estimator.compute()
+        centers = [c.to(self.accelerator.device) for c in centers]
         return [self.accelerator.reduce(c, reduction="mean") for c in centers]
 
     def _reduced_terms(self, out: Any) -> tuple[float, list[float], list[float]]:
@@ -248,12 +281,12 @@ class Pretrainer:
                 if args.skip_normal_only_batches and not bool(batch["mask"].any()):
                     continue
                 started = time.perf_counter()
-                res1, res2, labels, banks = self._residuals(batch)
+                res1, res2, labels, norm_labels, banks = self._residuals(batch)
                 with acc.accumulate(self.head):
                     with acc.autocast():
                         feats1, feats2 = self.head(res1, banks), self.head(res2, banks)
                     centers = [c.to(f.device) for c, f in zip(self.state.centers, feats1)]
-                    out = self.loss_fn([f.float() for f in feats1], [f.float() for f in feats2], labels, centers)
+                    out = self.loss_fn([f.float() for f in feats1], [f.float() for f in feats2], labels, centers, norm_labels)
                     check_finite(out.loss, self.state.step + 1, self.config.norm_kind)
                     acc.backward(out.loss)
                     self.optimizer.step()

@@ -17,6 +17,9 @@ from adpretrain_hf.training.loop import Pretrainer
 CENTER_BATCHES = 2
 MAX_STEPS = 3
 MOMENTUM = 0.5  # far from 1 so that a wrong update is visible after one step
+# These tests check our center estimation from augmented batches with the fraction label rule
+# (the release's one-pass center is tested in test_center.py and tests/release_parity/).
+OURS = {"center_estimation": "batches", "patch_label_rule": "fraction"}
 
 
 def _independent_labels(masks: torch.Tensor, grid: int, fraction: float) -> torch.Tensor:
@@ -36,7 +39,7 @@ def _normal_mean(feats: list[torch.Tensor], labels: list[torch.Tensor]) -> torch
 def test_loop_center_is_the_mean_of_normal_patches(realiad_root, tmp_path, center_mode):
     args = PretrainArguments(
         data_root=str(realiad_root), output_dir=str(tmp_path / "run"), preset="tiny-clip",
-        model={"center_mode": center_mode, "training_reference_shots": [1]}, epochs=1, batch_size=4,
+        model={"center_mode": center_mode, "training_reference_shots": [1], **OURS}, epochs=1, batch_size=4,
         max_steps=MAX_STEPS, num_workers=0, center_batches=CENTER_BATCHES, center_momentum=MOMENTUM,
         mixed_precision="no", progress=False, checkpoints_total_limit=1,
     )
@@ -49,20 +52,20 @@ def test_loop_center_is_the_mean_of_normal_patches(realiad_root, tmp_path, cente
     original_residuals = trainer._residuals
 
     def residuals(batch):
-        res1, res2, labels, banks = original_residuals(batch)
+        res1, res2, labels, norm_labels, banks = original_residuals(batch)
         record = {"masks": batch["mask"].clone(), "res1": [r.clone() for r in res1]}
         if not losses:  # estimation phase: the head still has its initial weights
             with torch.no_grad():
                 record["proj1"] = [p.clone() for p in trainer.head(res1, banks)]
         seen.append(record)
-        return res1, res2, labels, banks
+        return res1, res2, labels, norm_labels, banks
 
     original_loss = trainer.loss_fn
 
-    def loss_fn(feats1, feats2, labels, centers):
+    def loss_fn(feats1, feats2, labels, centers, norm_labels):
         losses.append({"feats1": [f.detach().clone() for f in feats1], "centers": [c.detach().clone() for c in centers],
                        "masks": seen[-1]["masks"]})
-        return original_loss(feats1, feats2, labels, centers)
+        return original_loss(feats1, feats2, labels, centers, norm_labels)
 
     trainer._residuals, trainer.loss_fn = residuals, loss_fn
     trainer.train()
@@ -101,7 +104,7 @@ def test_center_estimation_works_when_the_first_batches_hold_no_anomaly(tmp_path
                      image_size=64, seed=1, num_views=1, progress=False)
     args = PretrainArguments(
         data_root=str(root), output_dir=str(tmp_path / "run"), preset="tiny-clip",
-        model={"center_mode": "residual", "training_reference_shots": [1]}, batch_size=2, num_workers=0,
+        model={"center_mode": "residual", "training_reference_shots": [1], **OURS}, batch_size=2, num_workers=0,
         center_batches=3, mixed_precision="no", progress=False,
     )
     trainer = Pretrainer(args)
