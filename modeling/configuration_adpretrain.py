@@ -1,6 +1,8 @@
 """``ADPretrainConfig``: every hyperparameter of the paper, with the paper's value as default,
-except the loss form (norm, anchors, normalisation, release switches, center), which defaults
-to the authors' release because the paper's form does not train stably on real features.
+except the loss form (norm, anchors, normalisation, release switches, norm reduction, patch label
+rule, center and its estimation: ``RELEASE_LOSS_FORM``), which defaults to the authors' release,
+checked equal to the released code's outputs in ``tests/release_parity/``, because the paper's
+form does not train stably on real features.
 
 Part of the remote-code bundle: imports only transformers and its siblings.
 """
