@@ -39,6 +39,7 @@ from .center import center_pass_batches, normal_rows, release_centers
 from .data_pipeline import TrainingData, build_training_data, collate_views, draw_references
 from .feature_cache import ReferenceFeatureCache
 from .seeding import seed_everything, worker_init
+from .telemetry import PhaseStopRule, phase_counts, phase_record, progress_summary
 
 MODEL_DIR = "model"  # the final save_pretrained folder, owned whole by save_pretrained
 LOGS_DIR = "logs"
@@ -223,6 +224,14 @@ class Pretrainer:
         layers = len(out.angle)
         return terms[0], terms[1 : 1 + layers], terms[1 + layers :]
 
+    def _phase(self, feats1: list, feats2: list, norm_labels: list, angle: list[float], out: Any) -> dict[str, Any]:
+        """Phase telemetry of the step (``training/telemetry.py``), counts summed over processes."""
+        counts = phase_counts([feats1, feats2], norm_labels, self.loss_fn)
+        counts = self.accelerator.reduce(counts, reduction="sum")
+        norms = torch.stack([a + b for a, b in out.norm_views]).float()
+        norms = self.accelerator.reduce(norms.to(counts.device), reduction="mean").tolist()
+        return phase_record(counts, angle, norms)
+
     def _resume_folder(self) -> Optional[Path]:
         """The checkpoint named by ``--resume``, checked (no pickle) before anything is built."""
         if not self.args.resume:
@@ -270,9 +279,11 @@ class Pretrainer:
             self.running = running
         steps_per_epoch = math.ceil(len(self.loader) / args.gradient_accumulation_steps)
         total_steps = args.max_steps or steps_per_epoch * args.epochs
+        stop_rule = PhaseStopRule(args.stop_normal_inside_share, args.stop_patience) if args.stop_normal_inside_share else None
+        stopped = False
         bar = tqdm(total=total_steps, initial=self.state.step, disable=not (args.progress and acc.is_local_main_process), desc="pretrain")
         self.head.train()
-        while self.state.step < total_steps and self.state.epoch < args.epochs:
+        while self.state.step < total_steps and self.state.epoch < args.epochs and not stopped:
             self.loader.set_epoch(self.state.epoch)
             self.data.set_epoch(self.state.epoch)
             loader = acc.skip_first_batches(self.loader, self.state.batch_in_epoch) if self.state.batch_in_epoch else self.loader
@@ -299,7 +310,8 @@ class Pretrainer:
                 self.state.step += 1
                 bar.update(1)
                 loss, angle, norm = self._reduced_terms(out)
-                bar.set_postfix(loss=f"{loss:.4f}")
+                phase = self._phase(feats1, feats2, norm_labels, angle, out)
+                bar.set_postfix(loss=f"{loss:.4f}", **progress_summary(phase))
                 record = {
                     "step": self.state.step, "epoch": self.state.epoch, "loss": loss,
                     "lr": self.optimizer.param_groups[0]["lr"], "k_references": banks[0].shape[1] // res1[0].shape[1],
@@ -308,11 +320,17 @@ class Pretrainer:
                     **{f"angle/layer_{i}": v for i, v in enumerate(angle)},
                     **{f"norm/layer_{i}": v for i, v in enumerate(norm)},
                     **{f"cache/{k}": v for k, v in self.cache.stats().items()},
+                    **phase,
                 }
+                stopped = stop_rule is not None and stop_rule.update(phase)
+                if stopped:
+                    record["stopped_by"] = "stop_normal_inside_share"
+                    bar.write(f"stopping at step {self.state.step}: >= {args.stop_normal_inside_share:.0%} of the normal "
+                              f"patches inside r at every layer for {args.stop_patience} logged steps (our rule, not the paper's)")
                 self._write_metrics(record)
                 if args.checkpoint_every_steps and self.state.step % args.checkpoint_every_steps == 0:
                     save_checkpoint(self, args.checkpoints_total_limit)
-                if self.state.step >= total_steps:
+                if self.state.step >= total_steps or stopped:
                     break
             else:  # epoch finished
                 self.state.epoch += 1
