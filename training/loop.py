@@ -50,17 +50,18 @@ class ProjectorHead(nn.Module):
 
     Why it exists: DDP must wrap a module whose forward produces the gradients it all-reduces;
     wrapping the whole model would put the frozen backbone (most of the parameters) into DDP's
-    buckets and broadcasts. It re-implements nothing: its forward *is* ``model.project``.
+    buckets and broadcasts. It re-implements nothing: its forward *is* ``model.project``, kept as a
+    plain callable attribute (a bound method is not a module, so the backbone is not registered).
     """
 
     def __init__(self, model: ADPretrainModel) -> None:
         super().__init__()
-        self.projectors = model.projectors
-        self._model = [model]  # not a submodule: the frozen backbone stays out of DDP and the optimizer
+        self.projectors = model.projectors  # the only registered submodule: DDP and the optimizer see these
+        self.project = model.project
 
     def forward(self, residuals: list[torch.Tensor], banks: Optional[list[torch.Tensor]] = None) -> list[torch.Tensor]:
         """Per layer ``[B, N_l, C_l]`` residuals -> projected features (``banks``: ``cross_attn`` only)."""
-        return self._model[0].project(residuals, banks)
+        return self.project(residuals, banks)
 
 
 class TrainingState:
