@@ -1,6 +1,8 @@
 """``ADPretrainConfig``: every hyperparameter of the paper, with the paper's value as default,
-except the loss form (norm, anchors, normalisation, release switches, center), which defaults
-to the authors' release because the paper's form does not train stably on real features.
+except the loss form (norm, anchors, normalisation, release switches, norm reduction, patch label
+rule, center and its estimation: ``RELEASE_LOSS_FORM``), which defaults to the authors' release,
+checked equal to the released code's outputs in ``tests/release_parity/``, because the paper's
+form does not train stably on real features.
 
 Part of the remote-code bundle: imports only transformers and its siblings.
 """
@@ -28,6 +30,27 @@ NORM_KINDS = ("paper", "release")
 ANGLE_ANCHORS = ("first", "both")
 CENTER_MODES = ("projected", "residual")
 LOSS_NORMALIZATIONS = ("paper", "release")
+NORM_LOSS_REDUCTIONS = ("subset", "all")
+"""How the norm loss averages its three parts (normals outside r, normals below 0.99 r, anomalous
+below r + Delta r): ``"subset"`` each part over its OWN active patches, the part averages added
+(the release, ``losses/norm_loss.py``); ``"all"`` every part divided by all N patches of the view
+(Eq. 7's 1/2N, the package's earlier behaviour)."""
+PATCH_LABEL_RULES = ("release", "fraction")
+"""Pixel mask -> patch labels in pretraining: ``"release"`` two rules, the angle term's patch is
+anomalous when it holds MORE than ``angle_label_min_pixels`` defect pixels (an absolute count,
+patch side = image_size // grid) and the norm term's when the mask's nearest pixel (the patch's
+top-left one) is set; ``"fraction"`` (ours) one rule for both terms, more than
+``patch_anomaly_fraction`` of the patch masked."""
+CENTER_ESTIMATIONS = ("release", "batches")
+"""How the angle loss's center c is estimated before training: ``"release"`` one pass over all
+normal training images, un-augmented, ``center_reference_shots`` (4) references per image (each
+image its own small bank), the mean of all residual tokens (``get_center_features.py``);
+``"batches"`` (ours) normal patches of the first ``center_batches`` augmented training batches,
+with the per-batch random K."""
+ANGLE_LABEL_MIN_PIXELS = 32
+"""Release angle-term label: a patch is anomalous when MORE than this many mask pixels are set."""
+CENTER_REFERENCE_SHOTS = 4
+"""Release center pass: normal references drawn per image (``num_shot=4``)."""
 
 # -- The pretraining loss: the ONE place of its defaults (adpretrain_hf.losses imports them). --
 TEMPERATURE = 0.15
@@ -50,8 +73,13 @@ PAPER_LOSS_FORM: dict[str, Any] = {
     "hinge_normals": False,
     "push_inner_normals": False,
     "center_mode": "projected",
+    "norm_loss_reduction": "all",
+    "patch_label_rule": "fraction",
+    "center_estimation": "batches",
 }
-"""The loss exactly as the paper writes it (Eqs. 2-7, Sec. 3.2): ``training/configs/paper.yaml``."""
+"""The loss exactly as the paper writes it (Eqs. 2-7, Sec. 3.2): ``training/configs/paper.yaml``.
+The paper does not say how patch labels or the center are obtained: there ``fraction`` and
+``batches`` are our choices."""
 
 RELEASE_LOSS_FORM: dict[str, Any] = {
     "norm_kind": "release",
@@ -62,6 +90,9 @@ RELEASE_LOSS_FORM: dict[str, Any] = {
     "hinge_normals": True,
     "push_inner_normals": True,
     "center_mode": "residual",
+    "norm_loss_reduction": "subset",
+    "patch_label_rule": "release",
+    "center_estimation": "release",
 }
 """The loss as the authors' released code computes it: ``training/configs/release.yaml``."""
 
@@ -83,6 +114,7 @@ LOSS_ARGUMENT_NAMES: dict[str, str] = {
     "adaptive_radius": "adaptive_radius",
     "hinge_normals": "hinge_normals",
     "push_inner_normals": "push_inner_normals",
+    "norm_loss_reduction": "norm_reduction",
 }
 """Config field -> ``ADPretrainLoss`` keyword: every loss option is a config field."""
 
@@ -158,8 +190,19 @@ class ADPretrainConfig(PretrainedConfig):
         push_inner_normals: push normal features below 0.99 r outward, onto [0.99 r, r] (release).
         center_mode: ``"projected"`` (paper: center of the features the loss sees) or
             ``"residual"`` (release: mean of un-projected residuals).
-        patch_anomaly_fraction: a patch is anomalous when more than this fraction of its mask
-            pixels is set (release: 32 of 256 = 0.125).
+        norm_loss_reduction: ``"subset"`` (release: each active part of the norm loss averaged
+            over its own patches) or ``"all"`` (every part divided by all patches); see
+            ``NORM_LOSS_REDUCTIONS``.
+        patch_label_rule: ``"release"`` (angle term: more than ``angle_label_min_pixels`` defect
+            pixels; norm term: the patch's top-left mask pixel) or ``"fraction"`` (ours: more
+            than ``patch_anomaly_fraction`` of the patch, for both terms); see ``PATCH_LABEL_RULES``.
+        angle_label_min_pixels: the release's angle-label count (32, whatever the patch size).
+        patch_anomaly_fraction: with ``patch_label_rule="fraction"``, a patch is anomalous when
+            more than this fraction of its mask pixels is set (0.125 = 32 of a 16x16 patch).
+        center_estimation: ``"release"`` (one pass over the normal training images, un-augmented,
+            ``center_reference_shots`` references each) or ``"batches"`` (ours: the first
+            ``center_batches`` augmented training batches); see ``CENTER_ESTIMATIONS``.
+        center_reference_shots: references per image in the release center pass (4).
         anomaly_map_sigma: Gaussian smoothing of FeatureNorm maps (4).
         preset: name of the preset this config came from (provenance only).
     """
@@ -204,7 +247,12 @@ class ADPretrainConfig(PretrainedConfig):
         hinge_normals: bool = DEFAULT_LOSS_FORM["hinge_normals"],
         push_inner_normals: bool = DEFAULT_LOSS_FORM["push_inner_normals"],
         center_mode: str = DEFAULT_LOSS_FORM["center_mode"],
+        norm_loss_reduction: str = DEFAULT_LOSS_FORM["norm_loss_reduction"],
+        patch_label_rule: str = DEFAULT_LOSS_FORM["patch_label_rule"],
+        angle_label_min_pixels: int = ANGLE_LABEL_MIN_PIXELS,
         patch_anomaly_fraction: float = 32 / 256,
+        center_estimation: str = DEFAULT_LOSS_FORM["center_estimation"],
+        center_reference_shots: int = CENTER_REFERENCE_SHOTS,
         anomaly_map_sigma: float = 4.0,
         preset: Optional[str] = None,
         **kwargs: Any,
@@ -245,7 +293,12 @@ class ADPretrainConfig(PretrainedConfig):
         self.hinge_normals = bool(hinge_normals)
         self.push_inner_normals = bool(push_inner_normals)
         self.center_mode = center_mode
+        self.norm_loss_reduction = norm_loss_reduction
+        self.patch_label_rule = patch_label_rule
+        self.angle_label_min_pixels = int(angle_label_min_pixels)
         self.patch_anomaly_fraction = patch_anomaly_fraction
+        self.center_estimation = center_estimation
+        self.center_reference_shots = int(center_reference_shots)
         self.anomaly_map_sigma = anomaly_map_sigma
         self.preset = preset
         custom_pipelines = kwargs.pop("custom_pipelines", None)
@@ -267,6 +320,9 @@ class ADPretrainConfig(PretrainedConfig):
             "angle_anchors": ANGLE_ANCHORS,
             "loss_normalization": LOSS_NORMALIZATIONS,
             "center_mode": CENTER_MODES,
+            "norm_loss_reduction": NORM_LOSS_REDUCTIONS,
+            "patch_label_rule": PATCH_LABEL_RULES,
+            "center_estimation": CENTER_ESTIMATIONS,
         }
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
@@ -281,6 +337,10 @@ class ADPretrainConfig(PretrainedConfig):
             raise ValueError("image_mean and image_std need three values (RGB)")
         if self.num_reference_shots < 1:
             raise ValueError("num_reference_shots must be >= 1")
+        if self.center_reference_shots < 1:
+            raise ValueError(f"center_reference_shots={self.center_reference_shots} is invalid: pass the references per image (>= 1, release: 4)")
+        if self.angle_label_min_pixels < 0:
+            raise ValueError(f"angle_label_min_pixels={self.angle_label_min_pixels} is invalid: pass a pixel count >= 0 (release: 32)")
 
     @property
     def needs_references(self) -> bool:

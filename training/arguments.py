@@ -61,6 +61,11 @@ class PretrainArguments:
         "help": "projected center mode: running-mean momentum (None: cumulative mean)"})
     skip_normal_only_batches: bool = field(default=False, metadata={
         "help": "skip batches without anomalous images, as the release does"})
+    stop_normal_inside_share: Optional[float] = field(default=None, metadata={
+        "help": "OUR optional stop rule, not the paper's: stop once at least this share (e.g. 0.9) of the normal "
+                "patches sit inside r at every layer for stop_patience consecutive logged steps (None: off)"})
+    stop_patience: int = field(default=3, metadata={
+        "help": "consecutive logged steps the stop rule (stop_normal_inside_share) must hold"})
     feature_cache_images: int = field(default=4096, metadata={
         "help": "reference images whose backbone tokens are kept in memory (0: off)"})
     loss_chunk_elements: int = field(default=1 << 26, metadata={"help": "bound of the angle loss's similarity block"})
@@ -81,6 +86,9 @@ class PretrainArguments:
             raise ValueError(f"data_root {self.data_root!r} is not a folder: point it at the Real-IAD root (<class>/OK, <class>/NG)")
         if self.mixed_precision not in MIXED_PRECISION_CHOICES:
             raise ValueError(f"mixed_precision={self.mixed_precision!r}: choose one of {', '.join(MIXED_PRECISION_CHOICES)}")
+        share = self.stop_normal_inside_share
+        if share is not None and not 0.0 < share <= 1.0:
+            raise ValueError(f"stop_normal_inside_share={share} is invalid: pass a share in (0, 1], e.g. 0.9, or leave it out (off)")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("push_to_hub needs hub_model_id (e.g. your-name/adpretrain-clip-large)")
         return self
@@ -99,6 +107,7 @@ _MINIMA: dict[str, tuple[int, str]] = {
     "checkpoints_total_limit": (1, "keep at least 1 checkpoint"),
     "num_workers": (0, "pass 0 (load in the main process) or more"),
     "center_batches": (1, "pass 1 or more batches for the initial center"),
+    "stop_patience": (1, "pass 1 or more logged steps"),
     "feature_cache_images": (0, "pass 0 (no cache) or more"),
     "loss_chunk_elements": (1, "pass a positive element count"),
     "seed": (0, "pass a non-negative seed"),

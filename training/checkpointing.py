@@ -13,6 +13,11 @@ temporary folder, which :func:`latest_checkpoint` never picks and the next save 
 Loading refuses folders holding pickle files (Accelerate's ``.bin``/``.pkl`` states included):
 a crafted pickle would run code when loaded, so it is never opened.
 
+A resume continues THE SAME run or is refused (:func:`check_same_run`, issue 23): the model
+config (every field), the preset, the seed and every other argument must equal the checkpoint's,
+except those in :data:`RESUMABLE_ARGUMENTS` (how long to train, where and how often to save, what
+to display); the error names the first field that differs.
+
 Exactness has one condition outside the checkpoint: on CPU, float32 reductions (matmul,
 backward) are split across torch's intra-op threads, so a different thread count changes
 results by an ulp and the curves drift apart. The count is recorded and a resume under
@@ -35,7 +40,7 @@ from safetensors.torch import load_file, save_file
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_PREFIX = "checkpoint_"
 TEMP_PREFIX = ".tmp-"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: trainer_state.json records the run identity (check_same_run)
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".bin", ".pt", ".pth", ".ckpt", ".npy", ".npz")
 PROJECTORS_FILE = "projectors.safetensors"
 OPTIMIZER_TENSORS = "optimizer.safetensors"
@@ -43,6 +48,21 @@ OPTIMIZER_JSON = "optimizer.json"
 TRAINER_STATE = "trainer_state.json"
 CPU_THREADS_KEY = "cpu_threads"  # torch intra-op threads of the run that wrote the checkpoint
 _NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+
+
+RESUMABLE_ARGUMENTS = frozenset({
+    "max_steps", "epochs",  # the number of steps: train longer (or shorter) than first planned
+    "output_dir", "resume", "checkpoint_every_steps", "checkpoints_total_limit",  # where / how often to save
+    "progress", "report_to", "num_workers", "feature_cache_images", "loss_chunk_elements",  # display, speed, memory
+    "stop_normal_inside_share", "stop_patience",  # our optional stop rule
+    "push_to_hub", "hub_model_id",  # what happens to the result
+})
+"""``PretrainArguments`` fields that may change on ``--resume``. Everything else (the preset, the
+seed, the learning rate and schedule, the data, the batch, the model config's every field) must
+equal the checkpoint's: a resumed run that differs would be neither run."""
+RUN_IDENTITY_KEY = "run_identity"
+_VOLATILE_CONFIG_KEYS = frozenset({"transformers_version", "_name_or_path", "architectures", "auto_map",
+                                   "custom_pipelines", "torch_dtype", "dtype"})
 
 
 class CheckpointError(ValueError):
@@ -192,6 +212,27 @@ def load_scheduler_state(scheduler: Any, values: dict[str, Any]) -> None:
 
 
 # -- one run's checkpoint, across processes ---------------------------------------------------
+def run_identity(trainer: Any) -> dict[str, Any]:
+    """What a resumed run must share with the checkpoint: ``{"arguments": {...}, "model_config": {...}}``
+    (JSON values; arguments without :data:`RESUMABLE_ARGUMENTS` and ``model``, which the config covers)."""
+    arguments = {k: v for k, v in trainer.args.to_dict().items() if k not in RESUMABLE_ARGUMENTS and k != "model"}
+    config = {k: v for k, v in trainer.config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
+    return json.loads(json.dumps({"arguments": arguments, "model_config": config}, default=str))
+
+
+def check_same_run(folder: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse to resume ``folder`` when this run differs from the one that wrote it, naming the field."""
+    for section, what in (("arguments", "argument"), ("model_config", "model config field")):
+        old, new = saved.get(section, {}), current[section]
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                raise CheckpointError(
+                    f"cannot resume {folder}: {what} {key!r} is {old.get(key)!r} there but {new.get(key)!r} in this run; "
+                    f"resume with the checkpoint's value, or start a new run (another --output-dir, no --resume). "
+                    f"Only {', '.join(sorted(RESUMABLE_ARGUMENTS))} may change on resume"
+                )
+
+
 def save_checkpoint(trainer: Any, keep: int) -> Path:
     """Write ``trainer``'s state (a :class:`~adpretrain_hf.training.loop.Pretrainer`) atomically.
 
@@ -229,7 +270,7 @@ def save_checkpoint(trainer: Any, keep: int) -> Path:
             "format_version": FORMAT_VERSION, "step": state.step, "epoch": state.epoch,
             "batch_in_epoch": state.batch_in_epoch, "num_processes": acc.num_processes,
             "seed": trainer.args.seed, "scheduler": scheduler_state(trainer.scheduler),
-            CPU_THREADS_KEY: torch.get_num_threads(),
+            CPU_THREADS_KEY: torch.get_num_threads(), RUN_IDENTITY_KEY: run_identity(trainer),
         })  # written last: its presence marks the folder complete
     acc.wait_for_everyone()
     final = root / temp.name[len(TEMP_PREFIX) :]
@@ -280,6 +321,7 @@ def load_checkpoint(trainer: Any, folder: Path) -> dict[str, list[torch.Tensor]]
             f"checkpoint {folder} was written by {progress['num_processes']} processes, this run has {acc.num_processes}: "
             f"launch with --num_processes {progress['num_processes']} to continue it exactly"
         )
+    check_same_run(folder, progress[RUN_IDENTITY_KEY], run_identity(trainer))
     if acc.device.type == "cpu":
         check_threads(folder, progress.get(CPU_THREADS_KEY))
     tensor_file, json_file = process_files(acc.process_index)

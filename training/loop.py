@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from adpretrain_hf.data import patch_labels
+from adpretrain_hf.data.patch_labels import training_patch_labels
 from adpretrain_hf.hub_publishing import METRICS_FILE
 from adpretrain_hf.losses import ADPretrainLoss, CenterEstimator, RunningCenter
 from adpretrain_hf.modeling import ADPretrainConfig, ADPretrainModel
@@ -35,9 +35,11 @@ from .arguments import PretrainArguments, tracker_names
 from .checkpointing import (
     CHECKPOINT_DIR, CheckpointError, check_safe, clean_temporaries, latest_checkpoint, load_checkpoint, save_checkpoint,
 )
+from .center import center_pass_batches, normal_rows, release_centers
 from .data_pipeline import TrainingData, build_training_data, collate_views, draw_references
 from .feature_cache import ReferenceFeatureCache
 from .seeding import seed_everything, worker_init
+from .telemetry import PhaseStopRule, phase_counts, phase_record, progress_summary
 
 MODEL_DIR = "model"  # the final save_pretrained folder, owned whole by save_pretrained
 LOGS_DIR = "logs"
@@ -48,17 +50,18 @@ class ProjectorHead(nn.Module):
 
     Why it exists: DDP must wrap a module whose forward produces the gradients it all-reduces;
     wrapping the whole model would put the frozen backbone (most of the parameters) into DDP's
-    buckets and broadcasts. It re-implements nothing: its forward *is* ``model.project``.
+    buckets and broadcasts. It re-implements nothing: its forward *is* ``model.project``, kept as a
+    plain callable attribute (a bound method is not a module, so the backbone is not registered).
     """
 
     def __init__(self, model: ADPretrainModel) -> None:
         super().__init__()
-        self.projectors = model.projectors
-        self._model = [model]  # not a submodule: the frozen backbone stays out of DDP and the optimizer
+        self.projectors = model.projectors  # the only registered submodule: DDP and the optimizer see these
+        self.project = model.project
 
     def forward(self, residuals: list[torch.Tensor], banks: Optional[list[torch.Tensor]] = None) -> list[torch.Tensor]:
         """Per layer ``[B, N_l, C_l]`` residuals -> projected features (``banks``: ``cross_attn`` only)."""
-        return self._model[0].project(residuals, banks)
+        return self.project(residuals, banks)
 
 
 class TrainingState:
@@ -153,11 +156,13 @@ class Pretrainer:
 
     # -- one batch --------------------------------------------------------------
     @torch.no_grad()
-    def _residuals(self, batch: dict[str, Any]) -> tuple[list, list, list, list]:
+    def _residuals(self, batch: dict[str, Any]) -> tuple[list, list, list, list, list]:
         """Backbone on both views, residuals against each sample's references, patch labels.
 
         The model's public steps: ``backbone_features`` (under autocast) and ``residuals``
         (the model's metric and matcher backend; identity without residual matching).
+        Returns ``(res1, res2, angle_labels, norm_labels, banks)``; the two label lists follow
+        ``config.patch_label_rule`` (one tensor twice with ``"fraction"``).
         """
         device = self.accelerator.device
         banks = self.cache.banks(draw_references(self.data, batch, self.rng, self.config.training_reference_shots))
@@ -166,21 +171,51 @@ class Pretrainer:
             # One backbone pass over both views (2B images) instead of two half-size passes.
             both = self.model.backbone_features(torch.cat([batch["view1"], batch["view2"]]).to(device))
         res1, res2 = (self.model.residuals(view, banks) for view in ([t[:size] for t in both], [t[size:] for t in both]))
-        masks = batch["mask"].to(device)
-        labels = [patch_labels(masks, grid, self.config.patch_anomaly_fraction) for grid in self.grids]
-        return res1, res2, labels, banks
+        angle_labels, norm_labels = self.patch_labels(batch["mask"].to(device))
+        return res1, res2, angle_labels, norm_labels, banks
+
+    def patch_labels(self, masks: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``[B, H, W]`` masks -> per layer ``[B, N_l]`` angle-term and norm-term labels (True = anomalous)."""
+        config = self.config
+        pairs = [
+            training_patch_labels(masks, grid, config.patch_label_rule, min_pixels=config.angle_label_min_pixels,
+                                  fraction=config.patch_anomaly_fraction)
+            for grid in self.grids
+        ]
+        return [a for a, _ in pairs], [n for _, n in pairs]
 
     def estimate_centers(self) -> list[torch.Tensor]:
-        """Center c over normal patches of a few batches (before training, no gradient)."""
-        estimator = CenterEstimator(len(self.grids))
-        for i, batch in enumerate(self.loader):
-            if i >= self.args.center_batches:
-                break
-            res1, _, labels, banks = self._residuals(batch)
-            with torch.no_grad(), self.accelerator.autocast():
-                feats = res1 if self.config.center_mode == "residual" else self.head(res1, banks)
-            estimator.update([f.float() for f in feats], labels)  # True = anomalous, excluded
-        centers = [c.to(self.accelerator.device) for c in estimator.compute()]
+        """Center c before training (no gradient), as ``config.center_estimation`` says.
+
+        ``"release"``: one pass over every normal training image, un-augmented,
+        ``config.center_reference_shots`` references each (``training/center.py``).
+        ``"batches"``: the normal patches (angle-term labels) of the first ``center_batches``
+        augmented training batches, each with the per-batch random K.
+        """
+        project = None if self.config.center_mode == "residual" else self.head
+        if self.config.center_estimation == "release":
+            shots = self.config.center_reference_shots
+            sampler = self.data.sampler
+            raw = self.data.raw
+            rows = normal_rows(raw["label"])[self.accelerator.process_index :: self.accelerator.num_processes]
+            categories, views = raw["category"], raw["view"]
+            batches = center_pass_batches(
+                rows, self.data.reference_pixels, self.model.backbone_features, self.cache.banks,
+                lambda row, rng: sampler.sample(categories[row], views[row], shots, rng, exclude=row),
+                self.rng, self.accelerator.device, progress=self.args.progress and self.accelerator.is_local_main_process,
+            )
+            centers = release_centers(batches, self.model.residuals, project)
+        else:
+            estimator = CenterEstimator(len(self.grids))
+            for i, batch in enumerate(self.loader):
+                if i >= self.args.center_batches:
+                    break
+                res1, _, labels, _, banks = self._residuals(batch)
+                with torch.no_grad(), self.accelerator.autocast():
+                    feats = res1 if project is None else project(res1, banks)
+                estimator.update([f.float() for f in feats], labels)  # True = anomalous, excluded
+            centers = estimator.compute()
+        centers = [c.to(self.accelerator.device) for c in centers]
         return [self.accelerator.reduce(c, reduction="mean") for c in centers]
 
     def _reduced_terms(self, out: Any) -> tuple[float, list[float], list[float]]:
@@ -189,6 +224,14 @@ class Pretrainer:
         terms = self.accelerator.reduce(terms, reduction="mean").tolist()
         layers = len(out.angle)
         return terms[0], terms[1 : 1 + layers], terms[1 + layers :]
+
+    def _phase(self, feats1: list, feats2: list, norm_labels: list, angle: list[float], out: Any) -> dict[str, Any]:
+        """Phase telemetry of the step (``training/telemetry.py``), counts summed over processes."""
+        counts = phase_counts([feats1, feats2], norm_labels, self.loss_fn)
+        counts = self.accelerator.reduce(counts, reduction="sum")
+        norms = torch.stack([a + b for a, b in out.norm_views]).float()
+        norms = self.accelerator.reduce(norms.to(counts.device), reduction="mean").tolist()
+        return phase_record(counts, angle, norms)
 
     def _resume_folder(self) -> Optional[Path]:
         """The checkpoint named by ``--resume``, checked (no pickle) before anything is built."""
@@ -237,9 +280,11 @@ class Pretrainer:
             self.running = running
         steps_per_epoch = math.ceil(len(self.loader) / args.gradient_accumulation_steps)
         total_steps = args.max_steps or steps_per_epoch * args.epochs
+        stop_rule = PhaseStopRule(args.stop_normal_inside_share, args.stop_patience) if args.stop_normal_inside_share else None
+        stopped = False
         bar = tqdm(total=total_steps, initial=self.state.step, disable=not (args.progress and acc.is_local_main_process), desc="pretrain")
         self.head.train()
-        while self.state.step < total_steps and self.state.epoch < args.epochs:
+        while self.state.step < total_steps and self.state.epoch < args.epochs and not stopped:
             self.loader.set_epoch(self.state.epoch)
             self.data.set_epoch(self.state.epoch)
             loader = acc.skip_first_batches(self.loader, self.state.batch_in_epoch) if self.state.batch_in_epoch else self.loader
@@ -248,12 +293,12 @@ class Pretrainer:
                 if args.skip_normal_only_batches and not bool(batch["mask"].any()):
                     continue
                 started = time.perf_counter()
-                res1, res2, labels, banks = self._residuals(batch)
+                res1, res2, labels, norm_labels, banks = self._residuals(batch)
                 with acc.accumulate(self.head):
                     with acc.autocast():
                         feats1, feats2 = self.head(res1, banks), self.head(res2, banks)
                     centers = [c.to(f.device) for c, f in zip(self.state.centers, feats1)]
-                    out = self.loss_fn([f.float() for f in feats1], [f.float() for f in feats2], labels, centers)
+                    out = self.loss_fn([f.float() for f in feats1], [f.float() for f in feats2], labels, centers, norm_labels)
                     check_finite(out.loss, self.state.step + 1, self.config.norm_kind)
                     acc.backward(out.loss)
                     self.optimizer.step()
@@ -266,7 +311,8 @@ class Pretrainer:
                 self.state.step += 1
                 bar.update(1)
                 loss, angle, norm = self._reduced_terms(out)
-                bar.set_postfix(loss=f"{loss:.4f}")
+                phase = self._phase(feats1, feats2, norm_labels, angle, out)
+                bar.set_postfix(loss=f"{loss:.4f}", **progress_summary(phase))
                 record = {
                     "step": self.state.step, "epoch": self.state.epoch, "loss": loss,
                     "lr": self.optimizer.param_groups[0]["lr"], "k_references": banks[0].shape[1] // res1[0].shape[1],
@@ -275,11 +321,17 @@ class Pretrainer:
                     **{f"angle/layer_{i}": v for i, v in enumerate(angle)},
                     **{f"norm/layer_{i}": v for i, v in enumerate(norm)},
                     **{f"cache/{k}": v for k, v in self.cache.stats().items()},
+                    **phase,
                 }
+                stopped = stop_rule is not None and stop_rule.update(phase)
+                if stopped:
+                    record["stopped_by"] = "stop_normal_inside_share"
+                    bar.write(f"stopping at step {self.state.step}: >= {args.stop_normal_inside_share:.0%} of the normal "
+                              f"patches inside r at every layer for {args.stop_patience} logged steps (our rule, not the paper's)")
                 self._write_metrics(record)
                 if args.checkpoint_every_steps and self.state.step % args.checkpoint_every_steps == 0:
                     save_checkpoint(self, args.checkpoints_total_limit)
-                if self.state.step >= total_steps:
+                if self.state.step >= total_steps or stopped:
                     break
             else:  # epoch finished
                 self.state.epoch += 1

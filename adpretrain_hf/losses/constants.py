@@ -26,6 +26,7 @@ from adpretrain_hf.modeling.configuration_adpretrain import (  # noqa: F401
 )
 from adpretrain_hf.modeling.configuration_adpretrain import ANGLE_ANCHORS as ANCHOR_MODES  # noqa: F401
 from adpretrain_hf.modeling.configuration_adpretrain import LOSS_NORMALIZATIONS as NORMALIZATIONS  # noqa: F401
+from adpretrain_hf.modeling.configuration_adpretrain import NORM_LOSS_REDUCTIONS as NORM_REDUCTIONS  # noqa: F401
 
 ADAPTIVE_RADIUS_FACTOR = 0.9
 """Release only: with ``adaptive_radius`` the radius is capped at this fraction of the smallest

@@ -25,8 +25,17 @@ Release options (all off by default, i.e. the paper):
                             (the release applies Eq. 3 only where ``n > r_eff``).
     ``push_inner_normals``  normal features far inside, ``n < rho = 0.99 * r_eff``, are pushed
                             outward with Eq. 5's form: ``L += -logsigmoid(-(rho - n)) * exp(rho - n)``.
-The release averages each active subset separately (features outside r, inside rho, anomalous
-below r'); we always average over all features, as Eq. (7) does.
+
+Reduction (``reduction``):
+    ``"mean"``    every part summed over the view's features and divided by all of them, as
+                  Eq. (7)'s ``1/2N`` does (``ADPretrainLoss(norm_reduction="all")``);
+    ``"subset"``  the release: each active part (normals contracted, normals pushed outward,
+                  anomalous below ``r'``) averaged over ITS OWN active features, the (up to
+                  three) averages added; an empty part adds 0 (``norm_reduction="subset"``).
+                  The ratio to ``"mean"`` is ``N / |part|``: ~1 at the start of training, 10-60x
+                  later, when few features are still active;
+    ``"sum"``     the plain sum.
+The adaptive radius is computed from the features of ONE call, i.e. per view, as the release does.
 """
 
 from __future__ import annotations
@@ -45,7 +54,7 @@ from .constants import (
 
 __all__ = ["feature_norm", "norm_contrastive_loss", "effective_radius"]
 
-_REDUCTIONS = ("mean", "sum")
+_REDUCTIONS = ("mean", "subset", "sum")
 
 
 def feature_norm(x: torch.Tensor, kind: str = "paper") -> torch.Tensor:
@@ -110,7 +119,8 @@ def norm_contrastive_loss(
         radius: ``r`` (paper: 0.4).  margin: ``Delta r`` (paper: 0.75).
         norm_kind, detach_exp_factor, adaptive_radius, hinge_normals, push_inner_normals:
             see the module docstring; defaults are the paper's.
-        reduction: ``"mean"`` over all features (0 for no feature) or ``"sum"``.
+        reduction: ``"mean"`` over all features (0 for no feature), ``"subset"`` (the release:
+            each active part over its own features) or ``"sum"``; see the module docstring.
 
     Returns:
         A scalar tensor (float32, or float64 for float64 inputs).
@@ -128,11 +138,16 @@ def norm_contrastive_loss(
         r_abnormal = r + margin
         normal = ~labels
         contract = normal & (n > r) if hinge_normals else normal
-        loss = _barrier(contract, n - r, detach_exp_factor)  # Eq. (3)
-        loss = loss + _barrier(labels & (n <= r_abnormal), r_abnormal - n, detach_exp_factor)  # Eq. (5)
+        parts = [(contract, _barrier(contract, n - r, detach_exp_factor))]  # Eq. (3)
+        anomalous = labels & (n <= r_abnormal)
+        parts.append((anomalous, _barrier(anomalous, r_abnormal - n, detach_exp_factor)))  # Eq. (5)
         if push_inner_normals:
             rho = INNER_RADIUS_FRACTION * r
-            loss = loss + _barrier(normal & (n < rho), rho - n, detach_exp_factor)
+            inner = normal & (n < rho)
+            parts.append((inner, _barrier(inner, rho - n, detach_exp_factor)))
+        if reduction == "subset":  # each part over its own active features; an empty part adds 0
+            return sum(part.sum() / active.sum().clamp(min=1) for active, part in parts)
+        loss = sum(part for _, part in parts)
         if reduction == "sum":
             return loss.sum()
         return loss.sum() / max(1, loss.numel())

@@ -40,6 +40,7 @@ from .constants import (
     LOSS_WEIGHT,
     NORM_LOSS_WEIGHT,
     NORM_KINDS,
+    NORM_REDUCTIONS,
     NORMALIZATIONS,
     PAPER_LOSS_FORM,
     RELEASE_LOSS_FORM,
@@ -63,6 +64,7 @@ PAPER_LOSS_OPTIONS: dict[str, Any] = loss_options(PAPER_LOSS_FORM)
 """Keyword arguments of ``ADPretrainLoss`` that give the paper's Eqs. (2)-(7) as written."""
 
 _DEFAULTS = loss_options(DEFAULT_LOSS_FORM)
+_NORM_REDUCTION_ARGUMENT = {"subset": "subset", "all": "mean"}  # config value -> norm_contrastive_loss reduction
 
 
 @dataclass
@@ -76,6 +78,8 @@ class ADPretrainLossOutput:
             has a negative).
         norm: per layer, the detached norm loss averaged over the ``2 B N_l`` features of both views.
         num_anomalous: per layer, the number of anomalous patches per view (0-d int tensor).
+        norm_views: per layer, the detached norm loss of view 1 and of view 2 (as the loss
+            reduces each view, before any weighting).
     """
 
     loss: torch.Tensor
@@ -83,6 +87,7 @@ class ADPretrainLossOutput:
     angle: tuple[torch.Tensor, ...]
     norm: tuple[torch.Tensor, ...]
     num_anomalous: tuple[torch.Tensor, ...]
+    norm_views: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()
 
 
 def _as_list(name: str, value: Sequence[torch.Tensor] | torch.Tensor) -> list:
@@ -106,12 +111,14 @@ class ADPretrainLoss(nn.Module):
         normalization: ``"paper"`` (Eq. 7) or ``"release"`` (plain sum), see the module docstring.
         detach_exp_factor, adaptive_radius, hinge_normals, push_inner_normals: the release's
             norm-loss variants (off = paper). The adaptive radius is computed per view.
+        norm_reduction: ``"subset"`` (release: each active part of the norm loss averaged over
+            its own patches) or ``"all"`` (every part over all patches, Eq. 7).
         chunk_size, max_block_elements: memory control of the angle loss (see its docstring).
 
     Defaults are ``DEFAULT_LOSS_FORM`` (the same as ``ADPretrainConfig()``'s). Build the loss of
     a model with :meth:`from_config`. ``ADPretrainLoss(**RELEASE_LOSS_OPTIONS)`` reproduces the
-    release's loss (up to its per-subset averaging in the norm loss, see
-    ``adpretrain_hf.losses.norm``); ``ADPretrainLoss(**PAPER_LOSS_OPTIONS)`` is the paper's.
+    release's loss (``tests/release_parity/test_losses.py``, with the release's two label rules
+    passed as ``labels`` / ``norm_labels``); ``ADPretrainLoss(**PAPER_LOSS_OPTIONS)`` is the paper's.
     """
 
     @classmethod
@@ -138,6 +145,7 @@ class ADPretrainLoss(nn.Module):
         adaptive_radius: bool = _DEFAULTS["adaptive_radius"],
         hinge_normals: bool = _DEFAULTS["hinge_normals"],
         push_inner_normals: bool = _DEFAULTS["push_inner_normals"],
+        norm_reduction: str = _DEFAULTS["norm_reduction"],
         chunk_size: int | None = None,
         max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
     ) -> None:
@@ -156,6 +164,7 @@ class ADPretrainLoss(nn.Module):
         self.adaptive_radius = bool(adaptive_radius)
         self.hinge_normals = bool(hinge_normals)
         self.push_inner_normals = bool(push_inner_normals)
+        self.norm_reduction = check_choice("norm_reduction", norm_reduction, NORM_REDUCTIONS)
         self.chunk_size = check_chunk_size(chunk_size)
         self.max_block_elements = int(check_positive("max_block_elements", max_block_elements))
 
@@ -165,7 +174,7 @@ class ADPretrainLoss(nn.Module):
             f"loss_weight={self.loss_weight}, norm_loss_weight={self.norm_loss_weight}, norm_kind={self.norm_kind!r}, anchors={self.anchors!r}, "
             f"normalization={self.normalization!r}, detach_exp_factor={self.detach_exp_factor}, "
             f"adaptive_radius={self.adaptive_radius}, hinge_normals={self.hinge_normals}, "
-            f"push_inner_normals={self.push_inner_normals}"
+            f"push_inner_normals={self.push_inner_normals}, norm_reduction={self.norm_reduction!r}"
         )
 
     def _norm(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -179,6 +188,7 @@ class ADPretrainLoss(nn.Module):
             adaptive_radius=self.adaptive_radius,
             hinge_normals=self.hinge_normals,
             push_inner_normals=self.push_inner_normals,
+            reduction=_NORM_REDUCTION_ARGUMENT[self.norm_reduction],
         )
 
     def forward(
@@ -214,7 +224,7 @@ class ADPretrainLoss(nn.Module):
                 raise ValueError(f"view1 has {num_layers} layers but {name} has {length}: pass one entry per tapped layer")
 
         total = None
-        layer_losses, angles, norms, anomalous = [], [], [], []
+        layer_losses, angles, norms, anomalous, norm_views = [], [], [], [], []
         for layer in range(num_layers):
             v1 = check_features(f"view1[{layer}]", view1[layer])
             v2 = check_features(f"view2[{layer}]", view2[layer])
@@ -250,6 +260,7 @@ class ADPretrainLoss(nn.Module):
             layer_losses.append(layer_loss.detach())
             angles.append(angle_mean.detach())
             norms.append(((norm1 + norm2) / 2).detach())
+            norm_views.append((norm1.detach(), norm2.detach()))
             anomalous.append(lab.sum())
         return ADPretrainLossOutput(
             loss=total,
@@ -257,4 +268,5 @@ class ADPretrainLoss(nn.Module):
             angle=tuple(angles),
             norm=tuple(norms),
             num_anomalous=tuple(anomalous),
+            norm_views=tuple(norm_views),
         )

@@ -100,9 +100,33 @@ def slow_norm_terms(
     return terms
 
 
-def slow_norm(features, labels, **options):
+def slow_norm(features, labels, subset=False, **options):
+    """Mean over all features, or with ``subset`` the release's sum of per-part means."""
+    if subset:
+        return slow_norm_subset(features, labels, **options)
     terms = slow_norm_terms(features, labels, **options)
     return sum(terms) / len(terms)
+
+
+def slow_norm_subset(features, labels, r=HYPERSPHERE_RADIUS, delta_r=ABNORMAL_MARGIN, kind="paper", detach=False,
+                     adaptive=False, hinge=False, push_inner=False):
+    """The release's reduction, feature by feature: each part (normals contracted, normals pushed
+    outward, anomalous pushed beyond r') averaged over its own active features, the means added."""
+    flat = features.reshape(-1, features.shape[-1])
+    ms = [bool(m) for m in labels.reshape(-1)]
+    ns = [torch.sqrt(torch.sqrt((v * v).sum()) + 1) - 1 if kind == "release" else torch.sqrt((v * v).sum() + 1) - 1 for v in flat]
+    if adaptive and any(ms):
+        r = min(0.9 * min(float(n.detach()) for n, m in zip(ns, ms) if m), r)
+    rho, r_abnormal = 0.99 * r, r + delta_r
+
+    def barrier(d):
+        weight = torch.exp(d).detach() if detach else torch.exp(d)
+        return -torch.log(torch.sigmoid(-d)) * weight
+
+    contracted = [barrier(n - r) for n, m in zip(ns, ms) if not m and (not hinge or float(n.detach()) > r)]
+    inner = [barrier(rho - n) for n, m in zip(ns, ms) if push_inner and not m and float(n.detach()) < rho]
+    pushed = [barrier(r_abnormal - n) for n, m in zip(ns, ms) if m and float(n.detach()) <= r_abnormal]
+    return sum(sum(part) / len(part) for part in (contracted, inner, pushed) if part)
 
 
 def slow_total_eq7(views1, views2, labels, centers, lam, tau, anchors="first", **norm_options):
@@ -122,7 +146,8 @@ def slow_total_eq7(views1, views2, labels, centers, lam, tau, anchors="first", *
 
 
 def slow_total_release(views1, views2, labels, centers, lam, tau, anchors, **norm_options):
-    """The release's sum: lambda * mean angle + mean norm(view 1) + mean norm(view 2), per layer."""
+    """The release's sum: lambda * mean angle + norm(view 1) + norm(view 2), per layer (the norm
+    reduced as ``slow_norm``'s options say: ``subset=True`` for the release's)."""
     total = 0.0
     for v1, v2, lab, c in zip(views1, views2, labels, centers):
         total = total + lam * slow_angle(v1, v2, lab, c, tau, anchors)

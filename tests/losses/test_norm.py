@@ -46,6 +46,27 @@ def test_norm_matches_slow_transcription(options):
     _assert_close(_grads(fast, (x,))[0], _grads(slow, (x,))[0])
 
 
+@pytest.mark.parametrize("options", NORM_OPTION_SETS, ids=lambda o: "-".join(o) or "paper")
+def test_subset_reduction_matches_slow_transcription(options):
+    """``reduction="subset"`` (the release: each active part over its own features) against a
+    part-by-part transcription; it differs from the mean over all features."""
+    x, labels = _norm_features(11)
+    kwargs = {_KWARGS[k]: v for k, v in options.items()}
+    fast = norm_contrastive_loss(x, labels, reduction="subset", **kwargs)
+    slow = slow_norm(x, labels, subset=True, **options)
+    _assert_close(fast, slow)
+    _assert_close(_grads(fast, (x,))[0], _grads(slow, (x,))[0])
+    assert not torch.isclose(fast, norm_contrastive_loss(x, labels, reduction="mean", **kwargs))
+
+
+def test_subset_reduction_of_empty_parts_is_zero():
+    x = torch.full((1, 3, 4), 0.1, dtype=F64)  # every normal inside the shell -> no active part
+    n = feature_norm(x, "release")[0, 0].item()
+    loss = norm_contrastive_loss(x, torch.zeros(1, 3, dtype=torch.bool), radius=n / 0.995, norm_kind="release",
+                                 hinge_normals=True, push_inner_normals=True, reduction="subset")
+    assert loss.item() == 0.0
+
+
 def test_norm_branches_are_all_exercised():
     x, labels = _norm_features(10)
     n = feature_norm(x.detach(), "paper")

@@ -56,7 +56,7 @@ def test_total_paper_matches_eq7_transcription(anchors):
 def test_total_release_options_match_release_sum():
     v1, v2, labels, centers = _layers(21)
     out = ADPretrainLoss(**RELEASE_LOSS_OPTIONS)(v1, v2, labels, centers)
-    release_norm = {"kind": "release", "detach": True, "adaptive": True, "hinge": True, "push_inner": True}
+    release_norm = {"kind": "release", "detach": True, "adaptive": True, "hinge": True, "push_inner": True, "subset": True}
     slow = slow_total_release(v1, v2, labels, centers, 1.0, TEMPERATURE, "both", **release_norm)
     _assert_close(out.loss, slow)
     params = [*v1, *v2, *centers]

@@ -21,6 +21,7 @@ CONFIG_TO_LOSS = {  # written out here, independently of LOSS_ARGUMENT_NAMES
     "loss_weight": "loss_weight", "norm_loss_weight": "norm_loss_weight", "norm_kind": "norm_kind", "angle_anchors": "anchors",
     "loss_normalization": "normalization", "detach_exp_factor": "detach_exp_factor",
     "adaptive_radius": "adaptive_radius", "hinge_normals": "hinge_normals", "push_inner_normals": "push_inner_normals",
+    "norm_loss_reduction": "norm_reduction",
 }
 
 

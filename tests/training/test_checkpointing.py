@@ -122,3 +122,65 @@ def test_a_different_thread_count_warns_once_with_the_fix(tmp_path):
         ckpt.check_threads(tmp_path, None)  # older checkpoints carry no record
     with pytest.warns(ckpt.ThreadCountWarning, match=f"written with {current + 1} CPU threads.*OMP_NUM_THREADS={current + 1}"):
         ckpt.check_threads(tmp_path, current + 1)
+
+
+# --------------------------------------------------------------------------- resume: the same run or refused (issue 23)
+
+
+@pytest.fixture(scope="module")
+def one_step_run(realiad_root, tmp_path_factory):
+    """A finished 1-step run (tiny-clip) and its checkpoint folder."""
+    from adpretrain_hf.training.loop import Pretrainer
+
+    out = tmp_path_factory.mktemp("resume") / "run"
+    Pretrainer(_resume_args(realiad_root, out)).train()
+    return out, ckpt.latest_checkpoint(out / ckpt.CHECKPOINT_DIR)
+
+
+def _resume_args(root, out, model=None, **changes):
+    from adpretrain_hf.training.arguments import PretrainArguments
+
+    values = dict(data_root=str(root), output_dir=str(out), preset="tiny-clip", batch_size=4, num_workers=0, max_steps=1,
+                  mixed_precision="no", progress=False, seed=3, learning_rate=1e-3, report_to="none",
+                  model={"training_reference_shots": [1], **(model or {})})
+    return PretrainArguments(**{**values, **changes})
+
+
+@pytest.mark.parametrize("changes,field", [
+    ({"seed": 4}, "argument 'seed'"),
+    ({"preset": "tiny-dinov2"}, "argument 'preset'"),
+    ({"learning_rate": 2e-3}, "argument 'learning_rate'"),
+    ({"model": {"projector_num_heads": 2}}, "model config field 'projector_num_heads'"),
+    ({"model": {"norm_loss_reduction": "all"}}, "model config field 'norm_loss_reduction'"),
+])
+def test_resume_refuses_another_run_naming_the_field(realiad_root, tmp_path, one_step_run, changes, field):
+    from adpretrain_hf.training.loop import Pretrainer
+
+    _, checkpoint = one_step_run
+    args = _resume_args(realiad_root, tmp_path / "other", resume=str(checkpoint), max_steps=2, **changes)
+    with pytest.raises(ckpt.CheckpointError, match=f"{field} is .* there but .* in this run.*may change on resume"):
+        Pretrainer(args).train()
+    assert not (tmp_path / "other" / "metrics.jsonl").exists()  # nothing trained
+
+
+def test_resume_allows_the_listed_changes(realiad_root, tmp_path, one_step_run):
+    """More steps, another output folder, progress and saving cadence: the run continues."""
+    import json
+    import shutil
+
+    from adpretrain_hf.training.loop import Pretrainer
+
+    out, _ = one_step_run
+    copy_dir = tmp_path / "copy"
+    shutil.copytree(out, copy_dir)
+    args = _resume_args(realiad_root, copy_dir, resume="latest", max_steps=2, checkpoints_total_limit=3, epochs=4)
+    assert {"max_steps", "checkpoints_total_limit", "epochs", "resume"} <= ckpt.RESUMABLE_ARGUMENTS
+    Pretrainer(args).train()
+    steps = [json.loads(line)["step"] for line in (copy_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
+
+
+def test_check_same_run_names_the_differing_field(tmp_path):
+    assert ckpt.FORMAT_VERSION >= 2
+    with pytest.raises(ckpt.CheckpointError, match="'seed' is 1 there but 2"):
+        ckpt.check_same_run(tmp_path, {"arguments": {"seed": 1}, "model_config": {}}, {"arguments": {"seed": 2}, "model_config": {}})
