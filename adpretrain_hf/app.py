@@ -237,7 +237,9 @@ def build_app(inspector: Inspector) -> Any:
         folder.change(on_folder, [folder, threshold, threshold_set], [table, csv_file, rows])
         relabel_inputs = [threshold, pixel, threshold_set, pixel_set, scored, rows]
         for slider, flag in ((threshold, threshold_set), (pixel, pixel_set)):
-            slider.release(lambda: True, None, flag).then(on_threshold, relabel_inputs, [overlay, verdict, table, csv_file])
+            # input: moved by hand (drag, keys, typed number), never by a range update; the latest value wins
+            slider.input(lambda: True, None, flag, trigger_mode="always_last").then(
+                on_threshold, relabel_inputs, [overlay, verdict, table, csv_file], trigger_mode="always_last")
     demo.adpretrain_scratch = scratch
     return demo
 

@@ -2,7 +2,8 @@
 
 The browser test serves the page on 127.0.0.1, uploads a synthetic defective image with Playwright
 driving Debian's Chromium, and checks the score (against a separate pipeline call), the label and
-the overlay image; then a folder upload fills the table and the CSV. Every request the page makes
+the overlay image; then a folder upload fills the table and the CSV, and a typed threshold
+re-labels the table, the CSV and the image. Every request the page makes
 must stay on 127.0.0.1 (offline). CI (``CI`` set) or ``ADPRETRAIN_REQUIRE_BROWSER`` turn a missing
 gradio/playwright/chromium into a failure; elsewhere it is a skip naming what to install.
 ``ADPRETRAIN_APP_SCREENSHOT=path`` saves a screenshot of the scored page (docs/images/app.png).
@@ -30,6 +31,8 @@ PAGE_SIZE = 160  # px of the uploaded test images (the pipeline maps back to any
 CHROMIUM_NAMES = ("chromium", "chromium-browser")
 WAIT_MS = 30_000
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-dev-shm-usage"]  # root in a container; a small /dev/shm
+# the table shows the typed threshold and no longer the word "anomalous"
+RELABELLED_JS = "([sel, value, word]) => { const t = document.querySelector(sel).textContent; return t.includes(value) && !t.includes(word); }"
 DEFECT_BOX = np.s_[16:48, 16:48]  # rows, columns of the 64 px image
 
 
@@ -209,6 +212,18 @@ def test_page_in_a_real_browser_scores_an_uploaded_defect(detector, detect, tmp_
             link.wait_for(timeout=WAIT_MS)
             rows = list(csv.reader(io.StringIO(page.request.get(link.get_attribute("href")).text())))
             assert [r[0] for r in rows[1:]] == ["defect.png", "normal.png"] and rows[1][3] == ANOMALOUS
+
+            # a threshold typed above the defect's score re-labels the table, the CSV and the image
+            above = round(expected["score"] * 1.01, 2)
+            typed = page.locator("#threshold input[type=number]")
+            typed.fill(str(above))
+            typed.press("Enter")
+            page.wait_for_function(RELABELLED_JS, arg=["#batch-table", str(above), ANOMALOUS], timeout=WAIT_MS)
+            rows = list(csv.reader(io.StringIO(page.request.get(page.locator("#batch-csv a").first.get_attribute("href")).text())))
+            assert [(r[3], float(r[4])) for r in rows[1:]] == [(NORMAL, above)] * 2
+            page.get_by_role("tab", name="Image").click()
+            page.locator("#verdict").get_by_text(re.compile("^NORMAL$")).wait_for(timeout=WAIT_MS)
+            assert f"score < {above:.4g}" in page.inner_text("#verdict")
             browser.close()
     finally:
         demo.close()
