@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from adpretrain_hf.commands._deploy_io import resolve_device
+
 HELP = "serve a fitted detector folder as a local inspection page (Gradio): overlay, score, label, threshold slider, folder -> CSV"
 DEFAULT_HOST = "127.0.0.1"  # local only: 0.0.0.0 exposes the page (and its uploads) to the network
 DEFAULT_PORT = 7860  # gradio's usual port
@@ -27,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}: this machine only; 0.0.0.0 exposes the page to the network)")
     parser.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port to serve on (default {DEFAULT_PORT})")
     parser.add_argument("--threshold", type=float, default=None, help="initial image threshold on the raw score (default: the detector's calibrated one)")
-    parser.add_argument("--device", default=None, help="torch device for the model (default: the pipeline's, CPU)")
+    parser.add_argument("--device", type=resolve_device, default="auto", help="auto (CUDA when present), cpu, cuda:0, ...")
 
 
 def run(args: argparse.Namespace) -> int:
