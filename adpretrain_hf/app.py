@@ -259,7 +259,7 @@ def launch_app(detector: str, *, threshold: Optional[float] = None, host: str = 
     detect = pipeline(ANOMALY_DETECTION_TASK, model=str(detector), device=device)
     demo = build_app(Inspector(detect, threshold))
     demo.launch(server_name=host, server_port=port, share=False, ssr_mode=False, mcp_server=False,
-                inbrowser=False, prevent_thread_lock=not block, quiet=not block, show_error=True)
+                inbrowser=False, prevent_thread_lock=not block, quiet=True, show_error=True)
     return demo
 
 
