@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "fit": "fit",
     "predict": "predict",
     "export": "export",
+    "app": "app",
 }
 
 
