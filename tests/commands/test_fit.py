@@ -1,5 +1,5 @@
 """`adpretrain fit`: the threshold from a normal-only val folder (against the pipeline's own scores) and the
-layer-position flag with its old name."""
+layer-position flag."""
 
 import json
 
@@ -28,22 +28,20 @@ def test_a_normal_only_val_folder_sets_the_quantile_threshold(workspace, tmp_pat
     assert config["score_min"] == pytest.approx(min(scores), rel=1e-5) and config["score_max"] == pytest.approx(max(scores), rel=1e-5)
 
 
-def test_layer_positions_flag_and_its_old_name(workspace, tmp_path):
-    """``--layer-positions 1,3`` fits on positions 1 and 3 of the tapped layers; ``--layers`` still
-    works for one release, with a FutureWarning naming the new flag."""
+def test_layer_positions_flag(workspace, tmp_path):
+    """``--layer-positions 1,3`` fits on positions 1 and 3 of the tapped layers; the old ``--layers`` is gone."""
     common = ["fit", "--model", str(workspace / "ckpt"), "--method", "featurenorm", "--train", str(workspace / "train"),
               "--no-progress"]
     assert main([*common, "--layer-positions", "1,3", "--output", str(tmp_path / "new")]) == 0
-    with pytest.warns(FutureWarning, match="--layer-positions"):
-        assert main([*common, "--layers", "1,3", "--output", str(tmp_path / "old")]) == 0
-    for name in ("new", "old"):
-        assert json.loads((tmp_path / name / "config.json").read_text())["layer_positions"] == [1, 3]
+    assert json.loads((tmp_path / "new" / "config.json").read_text())["layer_positions"] == [1, 3]
+    with pytest.raises(SystemExit):
+        main([*common, "--layers", "1,3", "--output", str(tmp_path / "old")])
 
 
 def test_the_torch_free_copies_match_their_sources():
     from adpretrain_hf.commands import fit
     from adpretrain_hf.modeling.calibration_adpretrain import DEFAULT_QUANTILE
-    from adpretrain_hf.modeling.configuration_detector_adpretrain import DETECTOR_FEATURE_KINDS, METHODS
+    from adpretrain_hf.modeling.configuration_detector_adpretrain import DETECTOR_FEATURE_KINDS
 
-    assert fit.METHODS == METHODS and fit.DEFAULT_QUANTILE == DEFAULT_QUANTILE
+    assert fit.DEFAULT_QUANTILE == DEFAULT_QUANTILE
     assert sorted(fit.FEATURE_KINDS) == sorted(DETECTOR_FEATURE_KINDS)

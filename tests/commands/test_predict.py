@@ -27,7 +27,7 @@ def test_predictions_are_the_pipelines_per_image_results(featurenorm, workspace,
         saved = np.load(tmp_path / "maps" / f"{path.stem}_png.npy")
         np.testing.assert_allclose(saved, np.asarray(alone["anomaly_map"], dtype=np.float32), rtol=1e-5, atol=1e-6)
         with Image.open(tmp_path / "overlays" / f"{path.stem}_png.png") as overlay, Image.open(path) as image:
-            assert overlay.height == image.height and overlay.width >= image.width  # the image plus its colour bar
+            assert overlay.height > image.height and overlay.width >= image.width  # the image, its colour bar and caption
     out = capsys.readouterr().out
     assert "8 images scored on cpu (detector not calibrated: no labels)" in out and "maps in" in out
 
@@ -47,14 +47,18 @@ def test_without_overlays_or_maps_only_the_csv_is_written(featurenorm, workspace
 @pytest.mark.parametrize(
     ("extra", "folder", "message"),
     [
-        (["--batch-size", "0"], "fn", "--batch-size 0 must be >= 1"),
-        ([], "train", "is not a detector folder (no config.json)"),
+        (["--batch-size", "0"], "fn", "argument --batch-size: 0 must be >= 1"),
+        ([], "train", "holds no config.json"),
+        ([], "no_such_detector", "no_such_detector does not exist (a local path; Hub ids are written org/name)"),
     ],
 )
-def test_bad_options_are_one_line(featurenorm, workspace, tmp_path, capsys, extra, folder, message):
+def test_bad_options_are_one_line_before_any_output(featurenorm, workspace, tmp_path, capsys, extra, folder, message):
     argv = ["predict", "--detector", str(workspace / folder), "--images", str(workspace / "test"),
             "--output", str(tmp_path / "out"), *extra]
-    assert main(argv) == 1
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert message in err[0] and err[1].strip().startswith("hint:") and len(err) == 2
+    assert message in err[-1] and err[-1].startswith("adpretrain predict: error:")  # usage lines + the one error line
+    assert "Traceback" not in "\n".join(err)
     assert not (tmp_path / "out").exists()
