@@ -105,3 +105,16 @@ def test_features_command_scores_a_folder(tiny_clip_model, tmp_path):
     features = np.load(tmp_path / "out" / "features" / "img_0_png.npz")
     assert sorted(features.files) == ["block_1", "block_2", "block_3", "block_4"]
     assert features["block_1"].shape == (8, 8, 32)
+
+
+def test_sub_folders_and_single_files_are_inputs_as_in_predict(folders, capsys):
+    nested = folders / "test" / "line2" / "a.png"
+    nested.parent.mkdir()
+    Image.open(folders / "test" / "a.png").save(nested)
+    assert main(_args(folders)) == 0
+    rows = [Path(r["path"]) for r in csv.DictReader(open(folders / "out" / "scores.csv"))]
+    assert nested.absolute() in rows and len(rows) == 6  # the sub-folder is searched, like predict does
+    assert (folders / "out" / "maps" / "line2" / "a_png.png").is_file() and (folders / "out" / "maps" / "a_png.png").is_file()
+    assert main(["features", "--model", str(folders / "ckpt"), "--images", str(nested), str(folders / "test" / "b.png"),
+                 "--references", str(folders / "good" / "g.png"), "--output", str(folders / "two")]) == 0
+    assert len(list(csv.DictReader(open(folders / "two" / "scores.csv")))) == 2

@@ -45,3 +45,38 @@ def test_the_torch_free_copies_match_their_sources():
 
     assert fit.DEFAULT_QUANTILE == DEFAULT_QUANTILE
     assert sorted(fit.FEATURE_KINDS) == sorted(DETECTOR_FEATURE_KINDS)
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--margin", "nan", "is not a finite number"), ("--margin", "inf", "is not a finite number"),
+    ("--margin", "-0.1", "is negative"), ("--quantile", "nan", "is not a finite number"), ("--quantile", "1.5", "outside (0, 1]"),
+])
+def test_non_finite_or_out_of_range_numbers_are_argument_errors(workspace, tmp_path, capsys, flag, value, message):
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--model", str(workspace / "ckpt"), "--method", "featurenorm", "--train", str(workspace / "train"),
+              "--output", str(tmp_path / "fn"), f"{flag}={value}"])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "fn").exists()
+
+
+def test_the_method_is_checked_against_the_detector_registry(workspace, tmp_path, capsys):
+    from adpretrain_hf.detectors import DETECTORS
+
+    assert main(["fit", "--model", str(workspace / "ckpt"), "--method", "patchcor", "--train", str(workspace / "train"),
+                 "--output", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert "--method 'patchcor' is not a detector" in err and ", ".join(DETECTORS) in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_unreadable_training_image_is_skipped_and_recorded(workspace, tmp_path):
+    train = tmp_path / "train"
+    train.mkdir()
+    for path in sorted((workspace / "train").glob("*.png")):
+        (train / path.name).write_bytes(path.read_bytes())
+    (train / "broken.png").write_bytes(b"not a png")
+    argv = ["fit", "--model", str(workspace / "ckpt"), "--method", "featurenorm", "--train", str(train), "--no-progress"]
+    assert main([*argv, "--output", str(tmp_path / "fn")]) == 0
+    errors = (tmp_path / "fn" / "errors.csv").read_text()
+    assert "broken.png" in errors and errors.count("\n") == 2  # header + the one file
+    assert main([*argv, "--output", str(tmp_path / "strict"), "--strict"]) == 1
