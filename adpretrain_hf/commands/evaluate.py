@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 
+from adpretrain_hf.commands._deploy_io import model_source
 from adpretrain_hf.evaluation.config import EvaluationConfig  # light: the settings, no torch
 from adpretrain_hf.settings_parser import SettingsParser, dataclass_from_namespace
 
@@ -25,7 +26,7 @@ def add_arguments(parser: SettingsParser) -> None:
     """Every :class:`EvaluationConfig` field as a flag, ``--config``, plus the model to evaluate."""
     parser.add_settings(EvaluationConfig, config_help=CONFIG_HELP)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", metavar="DIR_OR_ID", help="checkpoint folder or Hub id of an ADPretrain model")
+    source.add_argument("--model", metavar="DIR_OR_ID", type=model_source, help="checkpoint folder or Hub id (org/name) of an ADPretrain model")
     source.add_argument("--preset", metavar="NAME", help="build a preset with random weights instead (smoke runs, e.g. tiny-clip)")
 
 
@@ -53,9 +54,6 @@ def _load_model(args: argparse.Namespace):
             raise CommandError(f"unknown preset {args.preset!r}", f"choose one of {', '.join(sorted(PRESETS))}")
         torch.manual_seed(0)  # the same random weights on every smoke run
         return ADPretrainModel(ADPretrainConfig.from_preset(args.preset))
-    looks_local = os.path.isabs(args.model) or args.model.startswith(".") or args.model.count("/") > 1
-    if looks_local and not os.path.isdir(args.model):
-        raise CommandError(f"model folder {args.model} does not exist", _MODEL_HINT)
     try:
         return ADPretrainModel.from_pretrained(args.model)
     except (OSError, ValueError) as err:
