@@ -1,10 +1,13 @@
 """The ``adpretrain`` console script.
 
 Each subcommand lives in ``adpretrain_hf/commands/<name>.py`` and exposes
-``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``. Modules keep
-heavy imports (torch, transformers) inside ``run`` so that ``--help`` stays instant.
-Errors print one readable line plus a hint and exit non-zero; ``--debug`` shows the
-traceback.
+``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int`` (optionally
+``FORMATTER``, its help formatter). Plain argparse subcommands: modules import torch and
+transformers only inside ``run``, and so do the checks of their arguments, so ``--help`` and
+every argument error answer at once (tests/test_cli.py checks that neither is imported).
+Subcommand parsers are :class:`~adpretrain_hf.settings_parser.SettingsParser` s, so a command
+can add a settings dataclass's fields as flags (``evaluate``, ``pretrain``). Errors print one
+readable line plus a hint and exit non-zero; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import argparse
 import importlib
 import sys
 from typing import Sequence
+
+from adpretrain_hf.settings_parser import SettingsParser
 
 # name -> module under adpretrain_hf.commands (a registry, not an if/else chain)
 COMMANDS: dict[str, str] = {
@@ -49,9 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Anomaly representation pretraining (ADPretrain): pretrain, extract features, evaluate.",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=SettingsParser)
     for name, module in _command_modules().items():
-        cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        formatter = getattr(module, "FORMATTER", argparse.HelpFormatter)
+        cmd = sub.add_parser(name, help=module.HELP, description=module.HELP, formatter_class=formatter)
         module.add_arguments(cmd)
         cmd.set_defaults(func=module.run)
     return parser
@@ -64,9 +70,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        import adpretrain_hf
-
-        adpretrain_hf.register()  # deferred while only parsing (see adpretrain_hf/__init__.py)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("adpretrain: interrupted", file=sys.stderr)

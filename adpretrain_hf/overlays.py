@@ -141,3 +141,40 @@ def render_overlay(
     canvas.paste(out, (0, 0))
     canvas.paste(colorbar_panel(out.height, vmin, vmax, lut), (out.width, 0))
     return canvas
+
+
+CAPTION_LINE_HEIGHT = 12  # px per caption line (PIL's default bitmap font is 11 px high)
+CAPTION_BACKGROUND = (255, 255, 255)
+
+
+def decision_lines(score: float, label: Optional[bool], image_threshold: Optional[float],
+                   pixel_threshold: Optional[float], map_max: float, mask_pixels: Optional[int]) -> list[str]:
+    """The caption of a predict overlay: score, label and thresholds, and why the image label and
+    the pixel mask disagree when they do (they use different thresholds on different values: the
+    image score against ``image_threshold``, each map value against ``pixel_threshold``)."""
+    if label is None:
+        lines = [f"score {score:.4g} (not calibrated: no label)"]
+    else:
+        lines = [f"score {score:.4g} {'>=' if label else '<'} image threshold {image_threshold:.4g}: "
+                 f"{'ANOMALOUS' if label else 'normal'}"]
+    if pixel_threshold is None:
+        return lines
+    lines.append(f"contour: map >= pixel threshold {pixel_threshold:.4g} ({mask_pixels or 0} px)")
+    if label and not mask_pixels:
+        lines.append(f"no contour although anomalous: map max {map_max:.4g} < pixel threshold (image and pixel thresholds differ)")
+    elif label is False and mask_pixels:
+        lines.append("contour although normal: some map values pass the pixel threshold, the image score not its own threshold")
+    return lines
+
+
+def add_caption(image: Image.Image, lines: list[str]) -> Image.Image:
+    """``image`` with ``lines`` of text in a white strip below it (widened where a line is longer)."""
+    strip = CAPTION_LINE_HEIGHT * len(lines) + COLORBAR_MARGIN
+    measure = ImageDraw.Draw(image)
+    width = max([image.width] + [int(measure.textlength(line)) + 2 * COLORBAR_MARGIN for line in lines])
+    canvas = Image.new("RGB", (width, image.height + strip), CAPTION_BACKGROUND)
+    canvas.paste(image, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(lines):
+        draw.text((COLORBAR_MARGIN, image.height + COLORBAR_MARGIN // 2 + i * CAPTION_LINE_HEIGHT), line, fill=LABEL_COLOR)
+    return canvas

@@ -1,12 +1,14 @@
-"""Command-line parsers derived from settings dataclasses (``transformers.HfArgumentParser``).
+"""Command-line parsers derived from settings dataclasses, on plain ``argparse``.
 
 Why: a setting is declared once, as a dataclass field with ``metadata={"help": ...}`` (and
-``"choices"`` / ``"aliases"`` where it has them); its flag, type, default and help text follow.
-On top of ``HfArgumentParser`` this adds what our settings need:
+``"choices"`` / ``"aliases"`` / ``"metavar"`` where it has them); its flag, type, default and help
+text follow. Light on purpose (no torch, no transformers: ``adpretrain evaluate --help`` answers
+at once). The flag rules are those of ``transformers.HfArgumentParser``, plus what our settings need:
 
-- sequence, dict and ``Any`` fields read with :func:`~adpretrain_hf.settings_values.typed_value`
-  (``--methods a,b`` or ``--methods [a, b]``; ``--model '{k: v}'``), where ``HfArgumentParser``
-  would take space-separated lists only and cannot read dicts;
+- ``--field_name`` and ``--field-name``; a bool is ``--flag`` / ``--flag true|false``, and a bool
+  that defaults to True also gets ``--no-flag``;
+- every value is read with :func:`~adpretrain_hf.settings_values.typed_value`, so sequences take
+  ``--methods a,b`` or ``--methods [a, b]``, dicts a YAML mapping, ``Optional`` fields ``none``;
 - ``--config FILE`` (YAML or JSON): its values become the defaults, so flags typed on the
   command line win over the file.
 """
@@ -17,9 +19,7 @@ import argparse
 import dataclasses
 from typing import Any, Optional, Sequence
 
-from transformers import HfArgumentParser
-
-from .settings_values import is_plain, read_settings_file, typed_value
+from .settings_values import dataclass_hints, read_settings_file, strip_optional, typed_value
 
 CONFIG_FLAG = "--config"
 
@@ -44,32 +44,12 @@ def _default_text(value: Any) -> Any:
     return value
 
 
-class SettingsParser(HfArgumentParser):
-    """``HfArgumentParser`` for our settings dataclasses, plus ``--config FILE`` (flags override it).
-
-    Args:
-        dataclass_types: the settings dataclass(es), as for ``HfArgumentParser``.
-        config_help: help of ``--config``; ``None`` adds no ``--config`` flag.
-        **kwargs: passed to ``argparse.ArgumentParser`` (``prog``, ``description``, ...).
-    """
-
-    def __init__(self, dataclass_types: Any, config_help: Optional[str] = None, **kwargs: Any) -> None:
-        super().__init__(dataclass_types, **kwargs)
-        if config_help is not None and len(self.dataclass_types) != 1:
-            raise ValueError("--config reads the settings of one dataclass: pass exactly one dataclass type")
-        self.config_help = config_help
-        if config_help is not None:
-            self.add_argument(CONFIG_FLAG, default=None, metavar="FILE.yaml|json", help=config_help)
-
-    @staticmethod
-    def _parse_dataclass_field(parser: argparse.ArgumentParser, field: dataclasses.Field) -> None:
-        """Plain fields go to ``HfArgumentParser``; sequences, dicts and ``Any`` get a text converter."""
-        if is_plain(field.type):
-            HfArgumentParser._parse_dataclass_field(parser, field)
-            negative = parser._actions[-1]  # HfArgumentParser adds --no-<name> last for a True bool
-            if negative.option_strings[0].startswith("--no_") and negative.dest == field.name:
-                negative.help, negative.default = f"turn {negative.option_strings[0][5:]} off", argparse.SUPPRESS
-            return
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per init field of the dataclass ``cls`` (see the module docstring for the rules)."""
+    hints = dataclass_hints(cls)
+    for field in dataclasses.fields(cls):
+        if not field.init:
+            continue
         kwargs = dict(field.metadata)
         aliases = kwargs.pop("aliases", [])
         aliases = [aliases] if isinstance(aliases, str) else list(aliases)
@@ -80,7 +60,47 @@ class SettingsParser(HfArgumentParser):
             kwargs["default"] = _default_text(field.default_factory())
         else:
             kwargs["required"] = True
-        parser.add_argument(*options, *aliases, type=_converter(field.type, field.name), **kwargs)
+        hint = hints[field.name]
+        is_bool = strip_optional(hint)[0] is bool
+        if is_bool:
+            kwargs.update(nargs="?", const=True, metavar=kwargs.get("metavar", "true|false"))
+        parser.add_argument(*options, *aliases, type=_converter(hint, field.name), **kwargs)
+        if is_bool and field.default is True:
+            flag = field.name.replace("_", "-")
+            parser.add_argument(f"--no_{field.name}", f"--no-{flag}", action="store_false", dest=field.name,
+                                default=argparse.SUPPRESS, help=f"turn {flag} off")
+
+
+class SettingsParser(argparse.ArgumentParser):
+    """An ``argparse`` parser with one flag per field of settings dataclasses, plus ``--config FILE`` (flags override it).
+
+    Args:
+        dataclass_types: the settings dataclass, or a list of them.
+        config_help: help of ``--config``; ``None`` adds no ``--config`` flag.
+        **kwargs: passed to ``argparse.ArgumentParser`` (``prog``, ``description``, ...).
+
+    With no dataclass it is a plain ``ArgumentParser`` (the ``adpretrain`` subcommands are built with
+    this class, and a settings command calls :meth:`add_settings` in its ``add_arguments``).
+    """
+
+    def __init__(self, dataclass_types: Any = None, config_help: Optional[str] = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.dataclass_types: list[type] = []
+        self.config_help: Optional[str] = None
+        if dataclass_types is not None:
+            self.add_settings(dataclass_types, config_help)
+
+    def add_settings(self, dataclass_types: Any, config_help: Optional[str] = None) -> None:
+        """Add a flag per field of ``dataclass_types`` (one dataclass or a list), and ``--config`` with ``config_help``."""
+        types = list(dataclass_types) if isinstance(dataclass_types, (list, tuple)) else [dataclass_types]
+        if config_help is not None and len(self.dataclass_types) + len(types) != 1:
+            raise ValueError("--config reads the settings of one dataclass: pass exactly one dataclass type")
+        for cls in types:
+            add_dataclass_arguments(self, cls)
+        self.dataclass_types.extend(types)
+        if config_help is not None:
+            self.config_help = config_help
+            self.add_argument(CONFIG_FLAG, default=None, metavar="FILE.yaml|json", help=config_help)
 
     def parse_known_args(self, args: Optional[Sequence[str]] = None, namespace: Optional[argparse.Namespace] = None):
         """Read ``--config FILE`` first and make its values the defaults; then parse as usual."""

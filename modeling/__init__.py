@@ -15,3 +15,7 @@ __all__ = [
     "get_preset",
     "register_preset",
 ]
+
+# Registration where the classes are defined: using the models registers them with transformers
+# (Auto classes, pipeline tasks); last, because it imports the modules above.
+from .. import registration  # noqa: E402,F401

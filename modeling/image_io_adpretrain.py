@@ -7,6 +7,12 @@ by a training/evaluation loader. Rules:
   ``uint16``) are rescaled by 65535 -> 255 instead of being saturated to white; 32-bit ``I`` / ``F``
   images are rescaled the same way when their values exceed 255 (floats in [0, 1] are scaled by
   255). Non-finite values and empty (0-pixel) images are refused with the image named.
+- Files: EXIF orientation applied (a portrait phone photo is scored as it is shown, like
+  ``transformers.image_utils.load_image``). Large files are decoded reduced: a side above
+  :data:`WORKING_MAX_SIDE` is divided by the smallest integer factor that brings it within (JPEG
+  decodes reduced via ``draft``, other formats via ``reduce`` after decoding), so maps, overlays
+  and memory stay bounded; a file above :data:`MAX_DECODE_PIXELS` is refused, naming the fix.
+  Maps of a reduced image are at the reduced size.
 - Masks -> bool ``[H, W]``: **nonzero = defect**, for every storage (0/255 or 0/1 ``L``, palette
   ``P`` masks as VisA ships them (the index, not its colour), RGB(A) with any colour channel set,
   16-bit, bool/int/float arrays, tensors).
@@ -16,17 +22,24 @@ Part of the remote-code bundle: numpy / PIL / torch only.
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 UINT8_MAX = 255
 SIXTEEN_BIT_TO_EIGHT = 257.0  # 65535 / 255
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 WIDE_MODES = ("I", "F")  # 32-bit integer / float grayscale
+EXIF_ORIENTATION = 0x0112
+WORKING_MAX_SIDE = 2048
+"""Largest side an image file is decoded at (processors work at a few hundred pixels)."""
+MAX_DECODE_PIXELS = 150_000_000
+"""Files above this many pixels (about 12,200 x 12,200) are refused: decoding one costs gigabytes."""
 ALPHA_MODES = {"RGBA": "RGB", "LA": "L", "PA": "P", "RGBa": "RGB", "La": "L"}
 
 
@@ -80,15 +93,51 @@ def array_to_uint8(array: np.ndarray, what: str = "image") -> np.ndarray:
     raise ValueError(f"{what} array has dtype {array.dtype}: pass uint8 (0..255), uint16 (0..65535) or float in [0, 1]")
 
 
-def _open(path: str, what: str) -> Image.Image:
+def _open(path: str, what: str, reduce: bool = True) -> Image.Image:
+    """Decode one file: size checked from the header first, reduced to :data:`WORKING_MAX_SIDE`
+    (``reduce``), EXIF orientation applied."""
     if not os.path.isfile(path):
         raise ValueError(f"{what} file {path!r} does not exist: pass the path of an image file, a PIL image or a numpy array")
     try:
-        with Image.open(path) as handle:
-            handle.load()
-            return handle.copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below is ours, and named
+            with Image.open(path) as handle:
+                width, height = handle.size
+                if width * height > MAX_DECODE_PIXELS:
+                    raise _TooLarge(f"{what} file {path!r} is {width}x{height} pixels ({width * height / 1e6:.0f} MP), more than "
+                                    f"the {MAX_DECODE_PIXELS / 1e6:.0f} MP this reader decodes: downscale it first "
+                                    "(e.g. with PIL's Image.reduce or `convert in.png -resize 25% out.png`)")
+                factor = reduction_factor(width, height) if reduce else 1
+                target = (math.ceil(width / factor), math.ceil(height / factor))  # what Image.reduce(factor) gives
+                if factor > 1 and handle.format == "JPEG":
+                    handle.draft(handle.mode, target)  # decodes at 1/2, 1/4 or 1/8 scale, never below target
+                handle.load()
+                image = handle
+                if image.size != target:
+                    exact = image.size == (width, height) and image.mode not in SIXTEEN_BIT_MODES
+                    image = image.reduce(factor) if exact else image.resize(target, Image.Resampling.BOX)
+                oriented = ImageOps.exif_transpose(image) if _orientation(handle) not in (None, 1) else image
+                return oriented if oriented is not handle else handle.copy()
+    except _TooLarge as err:
+        raise ValueError(str(err)) from None
     except Exception as err:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
         raise ValueError(f"could not read {what} file {path!r} ({type(err).__name__}: {err}): pass a PNG/JPEG/... that PIL can open") from err
+
+
+class _TooLarge(Exception):
+    """Raised inside :func:`_open` so that the size message is not re-wrapped as a decoding error."""
+
+
+def _orientation(image: Image.Image) -> Any:
+    try:
+        return image.getexif().get(EXIF_ORIENTATION)
+    except Exception:  # a broken EXIF block: read the pixels as stored
+        return None
+
+
+def reduction_factor(width: int, height: int) -> int:
+    """The smallest integer ``f`` with ``max(width, height) / f <= WORKING_MAX_SIDE`` (1: as it is)."""
+    return max(1, math.ceil(max(width, height) / WORKING_MAX_SIDE))
 
 
 def read_image(image: Any, what: str = "image") -> Image.Image:
@@ -96,6 +145,8 @@ def read_image(image: Any, what: str = "image") -> Image.Image:
     if isinstance(image, (str, os.PathLike)):
         return pil_to_rgb(_open(os.fspath(image), what), what)
     if isinstance(image, Image.Image):
+        if _orientation(image) not in (None, 1):
+            image = ImageOps.exif_transpose(image)
         return pil_to_rgb(image, what)
     if isinstance(image, np.ndarray):
         return Image.fromarray(array_to_uint8(image, what)).convert("RGB")
@@ -108,7 +159,7 @@ def read_image(image: Any, what: str = "image") -> Image.Image:
 def read_mask(mask: Any, what: str = "mask") -> np.ndarray:
     """One mask (path, PIL, numpy / tensor ``[H, W]``, ``[H, W, C]`` or ``[1|3, H, W]``) -> bool ``[H, W]``, nonzero = defect."""
     if isinstance(mask, (str, os.PathLike)):
-        mask = _open(os.fspath(mask), what)
+        mask = _open(os.fspath(mask), what, reduce=False)  # a mask keeps every pixel (it is compared to a map of its image)
     if isinstance(mask, Image.Image):
         _check_size(mask.width, mask.height, what)
         if mask.mode in ALPHA_MODES:

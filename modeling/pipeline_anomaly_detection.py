@@ -1,17 +1,26 @@
 """``pipeline("anomaly-detection")``: images in; a fitted detector's decision per image out.
 
     detect = pipeline("anomaly-detection", model=detector_dir)   # a folder written by `adpretrain fit`
-    out = detect(image)   # {"score", "normalized_score", "label", "anomaly_map" [H, W], "pred_mask" [H, W]}
+    out = detect(image)   # {"score", "normalized_score", "label", "anomaly_map" [H, W], "pred_mask" [H, W], ...}
+    out = detect(image, threshold=0.1)   # this call's image threshold instead of the calibrated one
 
 Why a pipeline: a fitted ``ADPretrainDetectorModel`` scores processor-sized pixel values; an
 inspection line has image files of any size. The pipeline reads them (PIL / path / numpy,
 grayscale / RGBA, like ``anomaly-features``), batches them through the detector, and maps the
 anomaly map back onto each input image (the processor's resize + center crop undone).
 
-Per image: ``score`` (float, raw), ``normalized_score`` (float in [0, 1], threshold at 0.5),
-``label`` (bool, anomalous), ``anomaly_map`` (``[H, W]`` float32 at the input's own size) and
-``pred_mask`` (``[H, W]`` bool, ``anomaly_map >= config.pixel_threshold``). The calibrated
-fields are None for a detector fitted without validation images.
+Per image: ``score`` (float, raw), ``normalized_score`` (float in [0, 1], the image threshold
+at 0.5), ``label`` (bool, ``score >= image_threshold``), ``anomaly_map`` (``[H, W]`` float32 at
+the input's own size, or the reader's reduced size for a very large file), ``pred_mask``
+(``[H, W]`` bool, ``anomaly_map >= pixel_threshold``), and the two thresholds used
+(``image_threshold``, ``pixel_threshold``). The thresholds are the calibrated ones
+(``config.image_threshold`` / ``config.pixel_threshold``) unless the call passes
+``threshold=`` / ``pixel_threshold=``; without either, a detector fitted without validation
+images gives None for ``label`` / ``normalized_score`` / ``pred_mask``.
+
+Image label and pixel mask answer different questions with different thresholds: an image
+can be anomalous (its score, e.g. the map's maximum or a mean of top values, passes the image
+threshold) while no pixel passes the pixel threshold, and the reverse.
 
 Precision: float32 by default on every device, because the thresholds were calibrated on
 float32 scores; ``dtype=torch.bfloat16`` is accepted but shifts scores against them.
@@ -22,17 +31,22 @@ torch / transformers / numpy / PIL and its siblings relatively.
 
 from __future__ import annotations
 
+import math
+import os
 from typing import Any, Optional
 
 import torch
 
+from transformers import Pipeline
+
+from .calibration_adpretrain import normalize_scores
 from .dtypes_adpretrain import dtype_from_name
 from .image_processing_adpretrain import ADPretrainImageProcessor, processor_for
-from .pipeline_anomaly_features import _LENIENT_KWARGS, AnomalyFeaturesPipeline, map_to_image
+from .pipeline_anomaly_features import _LENIENT_KWARGS, check_inputs, map_to_image, model_inputs_of
 
-OUTPUTS = ("score", "normalized_score", "label", "anomaly_map", "pred_mask")
-# model output fields batched as they are named (only those the model filled)
-_BATCHED_FIELDS = ("anomaly_map", "score", "normalized_score", "label")
+OUTPUTS = ("score", "normalized_score", "label", "anomaly_map", "pred_mask", "image_threshold", "pixel_threshold")
+# model output fields batched as they are named (labels are decided in postprocess, per call)
+_BATCHED_FIELDS = ("anomaly_map", "score")
 
 
 def _detector_processor(model: Any) -> ADPretrainImageProcessor:
@@ -50,60 +64,92 @@ def _resolve_dtype(dtype: Any) -> Optional[torch.dtype]:
     return torch.float32 if dtype is None or dtype == "auto" else dtype_from_name(dtype)
 
 
-class AnomalyDetectionPipeline(AnomalyFeaturesPipeline):
+def _threshold(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name}={value!r} must be a finite number (a raw {'score' if name == 'threshold' else 'map value'})")
+    return float(value)
+
+
+class AnomalyDetectionPipeline(Pipeline):
     """Task ``anomaly-detection``: see the module docstring.
 
-    Shares input reading (``__call__``, ``preprocess``: PIL / path / numpy -> pixel values and
-    the original size) with ``anomaly-features``; the model call and the outputs are its own.
-    Call options: ``return_tensors`` (``"pt"`` default | ``"np"``), ``batch_size``,
-    ``num_workers``. Constructor: ``device``, ``dtype`` (float32 unless told otherwise).
+    Reads images like ``anomaly-features`` (the shared ``model_inputs_of``: PIL / path / numpy ->
+    pixel values and the original size). Call options: ``threshold`` (image threshold on the raw
+    score), ``pixel_threshold`` (on map values), ``return_tensors`` (``"pt"`` default | ``"np"``),
+    ``batch_size``, ``num_workers``. Constructor: ``device``, ``dtype`` (float32 unless told otherwise).
     """
 
     _load_image_processor = False  # processor_for: the detector folder's, else its feature model's (in-memory too)
+    _load_tokenizer = False
+    _load_feature_extractor = False
+    _load_processor = False
+    _load_video_processor = False
 
     def __init__(self, model: Any, image_processor: Any = None, dtype: Any = None, **kwargs: Any) -> None:
         if image_processor is None:
             image_processor = _detector_processor(model)
-        super().__init__(model, image_processor=image_processor, dtype=_resolve_dtype(dtype), **kwargs)
+        elif isinstance(image_processor, (str, os.PathLike)):
+            image_processor = ADPretrainImageProcessor.from_pretrained(image_processor)
+        super().__init__(model, image_processor=image_processor, **kwargs)
+        target = _resolve_dtype(dtype)
+        if target != self.model.dtype:
+            self.model.to(target)
 
-    def _smallest_stride(self) -> int:
-        return int(self.model.adpretrain.backbone.smallest_stride)
+    def __call__(self, inputs: Any, **kwargs: Any) -> Any:
+        """One image -> one dict; a list (or tuple) of images -> a list of dicts."""
+        return super().__call__(check_inputs(inputs), **kwargs)
 
-    def _sanitize_parameters(self, return_tensors=None, **kwargs):
+    def _sanitize_parameters(self, threshold=None, pixel_threshold=None, return_tensors=None, **kwargs):
         unknown = sorted(set(kwargs) - set(_LENIENT_KWARGS))
         if unknown:
             raise TypeError(
-                f"unknown option(s) {unknown} for the anomaly-detection pipeline: it takes return_tensors, "
-                "batch_size, num_workers (and device/dtype when built)"
+                f"unknown option(s) {unknown} for the anomaly-detection pipeline: it takes threshold, pixel_threshold, "
+                "return_tensors, batch_size, num_workers (and device/dtype when built)"
             )
         post = {}
+        if threshold is not None:
+            post["threshold"] = _threshold(threshold, "threshold")
+        if pixel_threshold is not None:
+            post["pixel_threshold"] = _threshold(pixel_threshold, "pixel_threshold")
         if return_tensors is not None:
             if return_tensors not in ("pt", "np"):
                 raise ValueError(f"return_tensors={return_tensors!r}: use 'pt' (torch) or 'np' (numpy)")
             post["return_tensors"] = return_tensors
         return {}, {}, post
 
+    def preprocess(self, image: Any) -> dict[str, torch.Tensor]:
+        return model_inputs_of(image, self.image_processor, int(self.model.adpretrain.backbone.smallest_stride))
+
     def _forward(self, model_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Batched detector call -> a flat dict of ``[B, ...]`` tensors (what the un-batcher splits)."""
         result = self.model(model_inputs["pixel_values"].to(self.model.dtype))
         flat = {"original_size": model_inputs["original_size"]}
         for field in _BATCHED_FIELDS:
-            value = getattr(result, field)
-            if value is not None:
-                flat[field] = value.float() if value.is_floating_point() else value
+            flat[field] = getattr(result, field).float()
         return flat
 
-    def postprocess(self, model_outputs: dict[str, torch.Tensor], return_tensors: str = "pt") -> dict[str, Any]:
+    def postprocess(self, model_outputs: dict[str, torch.Tensor], threshold: Optional[float] = None,
+                    pixel_threshold: Optional[float] = None, return_tensors: str = "pt") -> dict[str, Any]:
         """Un-batched ``[1, ...]`` tensors -> the per-image dict, maps at the input's own size."""
+        config = self.model.config
         height, width = (int(v) for v in model_outputs["original_size"][0])
         anomaly_map = map_to_image(model_outputs["anomaly_map"][0], self.image_processor, (height, width))
-        threshold = self.model.config.pixel_threshold
+        score = model_outputs["score"].reshape(-1)[0]
+        image_threshold = threshold if threshold is not None else config.image_threshold
+        pixel_threshold = pixel_threshold if pixel_threshold is not None else config.pixel_threshold
+        normalized = None
+        if image_threshold is not None:
+            low = config.score_min if config.score_min is not None else image_threshold
+            high = config.score_max if config.score_max is not None else image_threshold
+            normalized = float(normalize_scores(score, image_threshold, low, high))
         record = {
-            "score": float(model_outputs["score"].reshape(-1)[0]),
-            "normalized_score": float(model_outputs["normalized_score"].reshape(-1)[0]) if "normalized_score" in model_outputs else None,
-            "label": bool(model_outputs["label"].reshape(-1)[0]) if "label" in model_outputs else None,
+            "score": float(score),
+            "normalized_score": normalized,
+            "label": bool(score >= image_threshold) if image_threshold is not None else None,
             "anomaly_map": anomaly_map,
-            "pred_mask": anomaly_map >= threshold if threshold is not None else None,
+            "pred_mask": anomaly_map >= pixel_threshold if pixel_threshold is not None else None,
+            "image_threshold": image_threshold,
+            "pixel_threshold": pixel_threshold,
         }
         if return_tensors == "np":
             record = {k: v.cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in record.items()}

@@ -56,6 +56,35 @@ def load_rgb(image: Any, what: str = "image") -> Image.Image:
     return read_image(image, what)
 
 
+def read_for_model(image: ImageLike, what: str, smallest_stride: int) -> Image.Image:
+    """The shared reader, plus: an image smaller than the backbone's smallest stride (pixels) carries nothing to score."""
+    rgb = load_rgb(image, what)
+    if min(rgb.width, rgb.height) < smallest_stride:
+        raise ValueError(
+            f"{what} is {rgb.width}x{rgb.height} pixels, smaller than one token of the backbone "
+            f"(its smallest stride: {smallest_stride}x{smallest_stride}): "
+            "upsampling it would score made-up content; pass the full-resolution image"
+        )
+    return rgb
+
+
+def model_inputs_of(image: ImageLike, processor: Any, smallest_stride: int) -> dict[str, torch.Tensor]:
+    """One input -> ``pixel_values [1, 3, S, S]`` and ``original_size [1, 2]`` (H, W): the
+    ``preprocess`` step both pipelines share."""
+    rgb = read_for_model(image, "image", smallest_stride)
+    pixel_values = processor(rgb, return_tensors="pt")["pixel_values"]
+    return {"pixel_values": pixel_values, "original_size": torch.tensor([[rgb.height, rgb.width]])}
+
+
+def check_inputs(inputs: Any) -> Any:
+    """``__call__``'s input rule for both pipelines: a tuple is a list; an empty list is an error."""
+    if isinstance(inputs, tuple):
+        inputs = list(inputs)
+    if isinstance(inputs, list) and not inputs:
+        raise ValueError("no images given: pass one image or a non-empty list of images")
+    return inputs
+
+
 # -- geometry of the processor ----------------------------------------------------------------
 def _size_dict(size: Any) -> SizeDict:
     return size if isinstance(size, SizeDict) else SizeDict(**dict(size))
@@ -148,11 +177,7 @@ class AnomalyFeaturesPipeline(Pipeline):
 
     def __call__(self, inputs: Any, **kwargs: Any) -> Any:
         """One image -> one dict; a list (or tuple) of images -> a list of dicts."""
-        if isinstance(inputs, tuple):
-            inputs = list(inputs)
-        if isinstance(inputs, list) and not inputs:
-            raise ValueError("no images given: pass one image or a non-empty list of images")
-        return super().__call__(inputs, **kwargs)
+        return super().__call__(check_inputs(inputs), **kwargs)
 
     # -- parameters ---------------------------------------------------------------------------
     def _sanitize_parameters(self, references=None, layers=None, output=None, return_tensors=None, **kwargs):
@@ -227,23 +252,11 @@ class AnomalyFeaturesPipeline(Pipeline):
         return int(self.model.backbone.smallest_stride)
 
     def _read(self, image: ImageLike, what: str) -> Image.Image:
-        """The shared reader, plus: an image smaller than the backbone's smallest stride carries nothing to score."""
-        rgb = load_rgb(image, what)
-        smallest = self._smallest_stride()
-        if min(rgb.width, rgb.height) < smallest:
-            raise ValueError(
-                f"{what} is {rgb.width}x{rgb.height} pixels, smaller than one token of the backbone "
-                f"(its smallest stride: {smallest}x{smallest}): "
-                "upsampling it would score made-up content; pass the full-resolution image"
-            )
-        return rgb
+        return read_for_model(image, what, self._smallest_stride())
 
     # -- steps --------------------------------------------------------------------------------
     def preprocess(self, image: ImageLike) -> dict[str, torch.Tensor]:
-        """One input -> ``pixel_values [1, 3, S, S]`` and ``original_size [1, 2]`` (H, W)."""
-        rgb = self._read(image, "image")
-        pixel_values = self.image_processor(rgb, return_tensors="pt")["pixel_values"]
-        return {"pixel_values": pixel_values, "original_size": torch.tensor([[rgb.height, rgb.width]])}
+        return model_inputs_of(image, self.image_processor, self._smallest_stride())
 
     def _forward(self, model_inputs, outputs=DEFAULT_OUTPUTS, positions=None, references=None):
         """Batched model call -> a *flat* dict of ``[B, ...]`` tensors (what the un-batcher can split).

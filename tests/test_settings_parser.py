@@ -47,7 +47,7 @@ def test_parser_defaults_are_the_dataclass_defaults(tmp_path):
 
 def test_existing_flag_names_and_comma_lists_still_work(tmp_path):
     argv = ["--model", "some/id", "--data", str(tmp_path), "--methods", "patchcore, PaDiM", "--categories", "tile,wood",
-            "--feature-kinds", "residual,backbone", "--output", str(tmp_path / "o"), "--no-progress", "--no-feature-cache",
+            "--kinds", "residual,backbone", "--output", str(tmp_path / "o"), "--no-progress", "--no-feature-cache",
             "--no-compare-backbone", "--quick", "--reference-seeds", "3", "--dtype", "bfloat16", "--feature-cache-mb", "0.5"]
     config = evaluate_command.config_from_args(evaluate_command.build_parser().parse_args(argv))
     assert config.methods == ("patchcore", "padim") and config.categories == ("tile", "wood")

@@ -32,16 +32,22 @@ SET_HELP = ("override any argument, value read with the field's type: --set lear
 
 
 def build_parser(prog: str = "pretrain.py", debug_flag: bool = True) -> argparse.ArgumentParser:
-    """Every :class:`PretrainArguments` field as a flag (``HfArgumentParser``), ``--config``, ``--set``."""
+    """Every :class:`PretrainArguments` field as a flag, ``--config``, ``--set`` (see :func:`add_arguments`)."""
     from adpretrain_hf.settings_parser import SettingsParser
+
+    parser = SettingsParser(prog=prog, description=__doc__, formatter_class=_HelpFormatter)
+    add_arguments(parser, debug_flag)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser, debug_flag: bool = True) -> None:
+    """Add the flags to a :class:`~adpretrain_hf.settings_parser.SettingsParser` (``adpretrain pretrain`` uses this too)."""
     from adpretrain_hf.training.arguments import PretrainArguments
 
-    parser = SettingsParser(PretrainArguments, config_help=CONFIG_HELP, prog=prog, description=__doc__,
-                            formatter_class=_HelpFormatter)
+    parser.add_settings(PretrainArguments, config_help=CONFIG_HELP)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     if debug_flag:  # `adpretrain pretrain` has its own top-level --debug
         parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
-    return parser
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

@@ -1,27 +1,46 @@
-"""File plumbing shared by ``adpretrain fit`` and ``adpretrain predict`` (no torch at import).
+"""File plumbing shared by the commands that read images (``fit``, ``predict``, ``features``);
+light on purpose (no torch at import: these checks are argparse ``type=`` functions, so a bad
+path is an argument error before anything heavy loads).
 
-- image discovery: a folder (recursive) or a glob, sorted, with the root the outputs mirror;
+- image inputs: each value of ``--images`` / ``--train`` / ``--references`` is an image file, a
+  folder (searched recursively, the same rule in every command) or a quoted glob (``**``
+  allowed); several values may be given. A path that does not exist is an error naming it.
+- model sources (``--model`` / ``--detector``): a local path must exist; a Hub id is
+  ``org/name``. Anything else that does not exist is named as a missing local path, never sent
+  to the Hub.
 - output names: ``sub/a.png`` -> ``sub/a_png``, so ``a.png``/``a.jpg`` and equal names in
-  different sub-folders never clash (the last ``_`` separates the suffix: the map is injective);
+  different sub-folders never clash; names that would still be equal on a case-insensitive file
+  system (``a.png`` / ``a.PNG``, ``A.png`` / ``a.png``) get a hash of their input path appended.
 - a validation folder: normal images only, or MVTec-style ``good/`` + defect sub-folders with
   masks at ``ground_truth/<defect>/<stem>_mask.png`` (inside the folder or beside it);
-- ``--device`` (``auto`` and a check against the machine).
+- ``--device`` (``auto`` and a check against the machine, in ``run``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
 import glob
+import hashlib
+import math
 import os
+import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Iterator, Optional, Sequence, TextIO
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 NORMAL_FOLDER = "good"
 MASK_FOLDER = "ground_truth"
 MASK_SUFFIX = "_mask"
 GLOB_CHARACTERS = "*?["
+URL_PREFIXES = ("http://", "https://", "hf://", "s3://", "gs://")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
+"""``org/name``: the only form read as a Hub id (a bare word or a deeper path is a local path)."""
+DEVICE_NAME = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+CLASH_HASH_CHARS = 8  # hex digits of the input path's sha1 appended to names that clash case-insensitively
 
 
 def _error(message: str, hint: str) -> Exception:
@@ -34,31 +53,93 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def find_images(spec: str, option: str, skip: tuple[str, ...] = ()) -> tuple[Path, list[Path]]:
-    """``(root, images)`` of a folder (searched recursively) or a glob pattern (``**`` allowed).
-
-    ``root`` is the folder, or for a glob the deepest folder holding every match; sub-folders
-    named in ``skip`` (e.g. ``ground_truth``) are left out of a folder search.
-    """
-    if any(ch in spec for ch in GLOB_CHARACTERS):
-        files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if _is_image(Path(p)))
+def images_of(spec: str, skip: Sequence[str] = ()) -> list[Path]:
+    """The images one input value names: a file, a folder (recursive) or a glob. Raises
+    ``ValueError`` naming the value: it does not exist, is a URL, matches or holds no image."""
+    if spec.startswith(URL_PREFIXES):
+        raise ValueError(f"{spec} is a URL: download the images and pass the local files or folder")
+    if any(ch in spec for ch in GLOB_CHARACTERS) and not os.path.exists(spec):
+        files = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True) if _is_image(Path(p)))
         if not files:
-            raise _error(f"no images match {spec!r}", f"check the pattern given to --{option} (quote it so the shell does not expand it)")
-        root = Path(os.path.commonpath([str(p.parent) for p in files]))
-        return root, files
-    root = Path(spec)
-    if not root.is_dir():
-        raise _error(f"--{option} {spec} is neither a folder nor a glob pattern", f"pass a folder of images or a quoted pattern like 'dir/**/*.png' to --{option}")
-    files = sorted(p for p in root.rglob("*") if _is_image(p) and not set(p.relative_to(root).parts[:-1]) & set(skip))
+            raise ValueError(f"no images match {spec!r} (quote the pattern so the shell does not expand it)")
+        return files
+    path = Path(spec).expanduser()
+    if path.is_file():
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise ValueError(f"{spec} is not an image file: pass {', '.join(IMAGE_SUFFIXES)} files, a folder or a glob")
+        return [path]
+    if not path.is_dir():
+        raise ValueError(f"{spec} does not exist: pass an image file, a folder of images or a quoted glob")
+    files = sorted(p for p in path.rglob("*") if _is_image(p) and not set(p.relative_to(path).parts[:-1]) & set(skip))
     if not files:
-        raise _error(f"no images under {spec}", f"put {', '.join(IMAGE_SUFFIXES)} files there (sub-folders are searched)")
-    return root, files
+        raise ValueError(f"no images under {spec}: put {', '.join(IMAGE_SUFFIXES)} files there (sub-folders are searched)")
+    return files
+
+
+def image_input(spec: str) -> list[Path]:
+    """argparse ``type=`` of an image input value (exit 2 with the reason, before any model loads)."""
+    try:
+        return images_of(spec)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def gather_images(values: Sequence[Sequence[Path]]) -> tuple[Path, list[Path]]:
+    """``(root, images)`` of the parsed input values: every image once, in order; ``root`` the
+    deepest folder holding them all (output names mirror the paths below it)."""
+    images = list(dict.fromkeys(p for files in values for p in files))
+    root = Path(os.path.commonpath([str(p.parent.absolute()) for p in images]))
+    return root, [p.absolute() for p in images]
+
+
+def find_images(spec: str, option: str, skip: tuple[str, ...] = ()) -> tuple[Path, list[Path]]:
+    """``(root, images)`` of one input value (see :func:`images_of`); errors are :class:`CommandError` s."""
+    try:
+        files = images_of(spec, skip)
+    except ValueError as err:
+        raise _error(f"--{option}: {err}", f"check --{option}") from None
+    return gather_images([files])
+
+
+def model_source(value: str) -> str:
+    """argparse ``type=`` of ``--model`` / ``--detector``: an existing local folder, or a Hub id
+    ``org/name`` that is not a local path. A mistyped local path is named, never looked up on the Hub."""
+    if os.path.isdir(value):
+        if not os.path.isfile(os.path.join(value, "config.json")):
+            raise argparse.ArgumentTypeError(f"{value} holds no config.json: pass a folder written by save_pretrained / adpretrain fit")
+        return value
+    if os.path.exists(value):
+        raise argparse.ArgumentTypeError(f"{value} is a file: pass the folder that holds config.json")
+    if HUB_ID.match(value) and ".." not in value and "--" not in value and not value.startswith("."):
+        return value
+    raise argparse.ArgumentTypeError(f"{value} does not exist (a local path; Hub ids are written org/name)")
+
+
+def device_name(name: str) -> str:
+    """argparse ``type=`` of ``--device``: the form only (auto, cpu, mps, cuda, cuda:N); :func:`resolve_device` checks the machine."""
+    if not DEVICE_NAME.match(name):
+        raise argparse.ArgumentTypeError(f"{name!r} is not a device: use auto, cpu, cuda or cuda:N")
+    return name
+
+
+def output_names(images: Sequence[Path], root: Path) -> dict[Path, Path]:
+    """Each image -> its output stem below ``root`` (:func:`output_stem`), unique even on a
+    case-insensitive file system: stems equal up to case get ``_<hash of the input path>``."""
+    stems = {path: output_stem(path, root) for path in images}
+    counts: dict[str, int] = {}
+    for stem in stems.values():
+        counts[stem.as_posix().casefold()] = counts.get(stem.as_posix().casefold(), 0) + 1
+    for path, stem in stems.items():
+        if counts[stem.as_posix().casefold()] > 1:
+            digest = hashlib.sha1(path.relative_to(root).as_posix().encode()).hexdigest()[:CLASH_HASH_CHARS]
+            stems[path] = stem.with_name(f"{stem.name}_{digest}")
+    return stems
 
 
 def output_stem(path: Path, root: Path) -> Path:
-    """``root/sub/a.png`` -> ``sub/a_png``: unique per input file, safe as a relative output path."""
+    """``root/sub/a.png`` -> ``sub/a_png``: unique per input file up to case, safe as a relative output path."""
     relative = path.relative_to(root)
-    suffix = relative.suffix.lower().lstrip(".")
+    suffix = relative.suffix.lstrip(".")
     return relative.with_name(f"{relative.stem}_{suffix}" if suffix else relative.stem)
 
 
@@ -78,6 +159,12 @@ class ValidationSet:
     masks: Optional[list[Optional[Path]]] = None
     defects: list[str] = field(default_factory=list)
     missing_masks: int = 0
+
+    def keep(self, images: Sequence[Path]) -> "ValidationSet":
+        """The set without the images not in ``images`` (those that could not be read)."""
+        index = [i for i, path in enumerate(self.images) if path in set(images)]
+        pick = (lambda values: None if values is None else [values[i] for i in index])
+        return ValidationSet(list(images), pick(self.labels), pick(self.masks), self.defects, self.missing_masks)
 
 
 def _mask_for(val_root: Path, defect: str, image: Path) -> Optional[Path]:
@@ -111,19 +198,119 @@ def load_validation_set(spec: str) -> ValidationSet:
     return ValidationSet(images=images, labels=labels, masks=masks if not missing else None, defects=defects, missing_masks=missing)
 
 
+def finite_float(text: str) -> float:
+    """argparse ``type=``: a finite number (``nan`` and ``inf`` are argument errors, never a saved threshold)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number: pass e.g. 0.1")
+    return value
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, newline: Optional[str] = "") -> Iterator[TextIO]:
+    """Write a text file that readers only ever see whole: a hidden temp sibling, flushed, then
+    ``os.replace`` d over ``path`` (a crash leaves the old file or none, never half a CSV)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(temp, "w", newline=newline, encoding="utf-8") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    finally:
+        if temp.exists():
+            temp.unlink()
+
+
+ERRORS_CSV = "errors.csv"
+ERRORS_COLUMNS = ("path", "error")
+
+
+@dataclass
+class BatchErrors:
+    """Images a batch job skipped: a warning each, ``errors.csv``, a count in the summary, and
+    exit status 1 only with ``--strict`` (an unreadable file never becomes a "normal" row)."""
+
+    rows: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, path: Path, error: BaseException) -> None:
+        message = " ".join(str(error).split())
+        print(f"warning: skipped {path}: {message}", file=sys.stderr)
+        self.rows.append((str(path), message))
+
+    def report(self, out: Path, total: int) -> None:
+        """Write ``out/errors.csv`` (atomically) and print the count, when anything was skipped."""
+        if not self.rows:
+            return
+        with atomic_file(out / ERRORS_CSV) as handle:
+            writer = csv.writer(handle)
+            writer.writerow(ERRORS_COLUMNS)
+            writer.writerows(self.rows)
+        print(f"{len(self.rows)} of {total + len(self.rows)} images could not be read and were skipped: {out / ERRORS_CSV}")
+
+    def exit_code(self, strict: bool) -> int:
+        return 1 if strict and self.rows else 0
+
+
+def readable(images: Sequence[Path], errors: BatchErrors, what: str, progress: bool = True) -> list[Path]:
+    """The images the shared reader can decode; the others are recorded in ``errors``. All
+    unreadable is an error (nothing would be left to fit or score)."""
+    from tqdm.auto import tqdm
+
+    from adpretrain_hf.modeling.image_io_adpretrain import read_image
+
+    kept = []
+    for path in tqdm(images, desc=f"check {what}", unit="img", disable=not progress or len(images) < 2):
+        try:
+            read_image(path, what)
+        except (ValueError, OSError) as err:
+            errors.add(path, err)
+        else:
+            kept.append(path)
+    if not kept:
+        raise _error(f"none of the {len(images)} {what} images could be read", f"see the warnings above and {ERRORS_CSV}")
+    return kept
+
+
+CHUNK_BATCHES = 4  # batches handed to a pipeline per call (the progress bar advances per call)
+
+
+def score_in_chunks(pipe: Any, images: Sequence[Path], batch_size: int, errors: BatchErrors, bar: Any = None,
+                    **call_kwargs: Any) -> Iterator[tuple[Path, dict]]:
+    """``(path, result)`` of ``pipe`` over ``images``, a few batches per call. A chunk that fails to
+    read is retried image by image, so one unreadable or truncated file is skipped (recorded in
+    ``errors``) and every other image is still scored."""
+    chunk = batch_size * CHUNK_BATCHES
+    for start in range(0, len(images), chunk):
+        paths = list(images[start : start + chunk])
+        try:
+            results = list(zip(paths, pipe([str(p) for p in paths], batch_size=batch_size, **call_kwargs)))
+        except (ValueError, OSError):
+            results = []
+            for path in paths:
+                try:
+                    results.append((path, pipe([str(path)], batch_size=1, **call_kwargs)[0]))
+                except (ValueError, OSError) as err:
+                    errors.add(path, err)
+        yield from results
+        if bar is not None:
+            bar.update(len(paths))
+
+
 def resolve_device(name: str) -> str:
-    """``--device`` (argparse type, one for every command): ``auto`` -> ``cuda`` when a GPU is visible, else
-    ``cpu``; any other name is checked against this machine, so a bad one exits 2 before any model loads."""
+    """``--device`` checked against this machine (in ``run``: imports torch): ``auto`` -> ``cuda``
+    when a GPU is visible, else ``cpu``; a CUDA device this machine lacks is an error."""
     import torch
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise argparse.ArgumentTypeError(f"{name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    device = torch.device(name)
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0 or (device.index is not None and device.index >= count):
-            raise argparse.ArgumentTypeError(f"{name!r}: this machine has {count} visible CUDA device(s); use auto or cpu")
+            raise _error(f"--device {name}: this machine has {count} visible CUDA device(s)", "use --device auto or cpu")
     return name

@@ -11,35 +11,34 @@ import argparse
 import os
 import sys
 
-from ._deferred import defer_parsing
+from adpretrain_hf.commands._deploy_io import model_source
+from adpretrain_hf.evaluation.config import EvaluationConfig  # light: the settings, no torch
+from adpretrain_hf.settings_parser import SettingsParser, dataclass_from_namespace
 
 HELP = "evaluate detectors with backbone (w/o) vs ADPretrain (w/) features, as in the paper's Table 1"
 _MODEL_HINT = ("pass a checkpoint folder written by `adpretrain pretrain` / save_pretrained, a Hub id, "
                "or --preset NAME for a random-weight smoke run")
+FORMATTER = argparse.ArgumentDefaultsHelpFormatter  # every setting's default in --help
 CONFIG_HELP = "YAML or JSON file of EvaluationConfig settings (field: value); flags typed here override it"
 
 
-def build_parser(prog: str = "adpretrain evaluate") -> argparse.ArgumentParser:
-    """Every :class:`EvaluationConfig` field as a flag (``HfArgumentParser``), plus the model to evaluate."""
-    from adpretrain_hf.evaluation import EvaluationConfig
-    from adpretrain_hf.settings_parser import SettingsParser
-
-    parser = SettingsParser(EvaluationConfig, config_help=CONFIG_HELP, prog=prog, description=HELP)
+def add_arguments(parser: SettingsParser) -> None:
+    """Every :class:`EvaluationConfig` field as a flag, ``--config``, plus the model to evaluate."""
+    parser.add_settings(EvaluationConfig, config_help=CONFIG_HELP)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", metavar="DIR_OR_ID", help="checkpoint folder or Hub id of an ADPretrain model")
+    source.add_argument("--model", metavar="DIR_OR_ID", type=model_source, help="checkpoint folder or Hub id (org/name) of an ADPretrain model")
     source.add_argument("--preset", metavar="NAME", help="build a preset with random weights instead (smoke runs, e.g. tiny-clip)")
+
+
+def build_parser(prog: str = "adpretrain evaluate") -> SettingsParser:
+    """The ``adpretrain evaluate`` parser on its own (tests; the CLI adds the same flags to its subparser)."""
+    parser = SettingsParser(prog=prog, description=HELP, formatter_class=FORMATTER)
+    add_arguments(parser)
     return parser
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    defer_parsing(parser, build_parser)  # the flags come from EvaluationConfig, imported only when evaluating
 
 
 def config_from_args(args: argparse.Namespace, argv: list[str] | None = None):
     """The :class:`EvaluationConfig` of parsed arguments; ``argv`` is recorded in ``extra``."""
-    from adpretrain_hf.evaluation import EvaluationConfig
-    from adpretrain_hf.settings_parser import dataclass_from_namespace
-
     extra = dict(args.extra) if argv is None else {**args.extra, "argv": list(argv)}
     return dataclass_from_namespace(EvaluationConfig, args, extra=extra)
 
@@ -55,9 +54,6 @@ def _load_model(args: argparse.Namespace):
             raise CommandError(f"unknown preset {args.preset!r}", f"choose one of {', '.join(sorted(PRESETS))}")
         torch.manual_seed(0)  # the same random weights on every smoke run
         return ADPretrainModel(ADPretrainConfig.from_preset(args.preset))
-    looks_local = os.path.isabs(args.model) or args.model.startswith(".") or args.model.count("/") > 1
-    if looks_local and not os.path.isdir(args.model):
-        raise CommandError(f"model folder {args.model} does not exist", _MODEL_HINT)
     try:
         return ADPretrainModel.from_pretrained(args.model)
     except (OSError, ValueError) as err:
@@ -66,7 +62,6 @@ def _load_model(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from adpretrain_hf.cli import CommandError
-    from adpretrain_hf.evaluation import run_evaluation
 
     if not os.path.isdir(args.data_root):
         raise CommandError(f"data folder {args.data_root} does not exist",
@@ -75,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
         config = config_from_args(args, sys.argv[1:]).validate()
     except (TypeError, ValueError) as err:
         raise CommandError(str(err), "fix the option named above (see `adpretrain evaluate --help`)") from err
+    from adpretrain_hf.evaluation import run_evaluation
+
     model = _load_model(args)
     try:
         run_evaluation(model, config, model_name=args.model or f"preset:{args.preset} (random weights)")

@@ -27,17 +27,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from adpretrain_hf.cli import CommandError
+
+    folder = Path(args.detector)
+    if not (folder / "config.json").is_file():  # checked before the heavy imports below
+        raise CommandError(f"{args.detector} is not a detector folder (no config.json)", "write one with: adpretrain fit ... --output DIR")
+
     import numpy as np
     from PIL import Image
 
-    from adpretrain_hf.cli import CommandError
     from adpretrain_hf.export import check_onnx, export_onnx
     from adpretrain_hf.modeling.image_processing_adpretrain import processor_for
     from adpretrain_hf.modeling.modeling_detector_adpretrain import ADPretrainDetectorModel
-
-    folder = Path(args.detector)
-    if not (folder / "config.json").is_file():
-        raise CommandError(f"{args.detector} is not a detector folder (no config.json)", "write one with: adpretrain fit ... --output DIR")
     detector = ADPretrainDetectorModel.from_pretrained(folder).eval()
     target = Path(args.output) if args.output else folder / "model.onnx"
     path = export_onnx(detector, target, batch_size=args.batch_size, opset=args.opset)

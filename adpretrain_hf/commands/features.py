@@ -1,38 +1,40 @@
-"""``adpretrain features``: run the anomaly-features pipeline over a folder of images.
+"""``adpretrain features``: run the anomaly-features pipeline over images.
 
-Writes ``scores.csv`` (one image score per file), ``maps/<file>.png`` (anomaly map at the
-image's own size, min-max scaled over the folder so maps are comparable) and, with
-``--save-features``, ``features/<file>.npz`` (``block_<n>``: ``[h, w, D]`` per tapped backbone block).
-``<file>`` is the image's file name *with* its extension (``a.png`` -> ``maps/a.png.png``), so
-``a.png`` and ``a.jpg`` never overwrite each other. Bad options exit 2 with one line naming them.
+``--images`` / ``--references`` take image files, folders (searched recursively) and quoted
+globs, as every command does. Writes into ``--output``:
+
+- ``scores.csv``: ``path, score`` per image;
+- ``maps/<sub>/<stem>_<ext>.png``: the anomaly map at the image's own size, min-max scaled over
+  the run so maps compare (names as ``adpretrain predict``'s: they never clash);
+- with ``--save-features``: ``features/<sub>/<stem>_<ext>.npz`` (``block_<n>``: ``[h, w, D]`` per
+  tapped backbone block);
+- ``errors.csv`` when an image could not be read (skipped with a warning; ``--strict``: exit 1).
+
+Bad options exit 2 with one line naming them, before any model loads.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 
-from adpretrain_hf.commands._deploy_io import IMAGE_SUFFIXES, resolve_device
+from adpretrain_hf.commands._deploy_io import device_name, image_input, model_source
 
-HELP = "extract ADPretrain features / anomaly maps / scores for a folder of images (the pipeline, from the shell)"
+HELP = "extract ADPretrain features / anomaly maps / scores for images (the pipeline, from the shell)"
+IMAGES_HELP = "image files, folders (searched recursively) or quoted globs"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, type=_model_source, help="checkpoint folder or Hub id")
-    parser.add_argument("--images", required=True, type=_existing_folder, help="folder of images to score")
-    parser.add_argument("--references", required=True, type=_existing_folder, help="folder of normal reference images (the first --shots are used)")
+    parser.add_argument("--model", required=True, type=model_source, help="checkpoint folder or Hub id org/name")
+    parser.add_argument("--images", required=True, nargs="+", type=image_input, metavar="IMAGES", help=f"images to score: {IMAGES_HELP}")
+    parser.add_argument("--references", required=True, nargs="+", type=image_input, metavar="IMAGES",
+                        help=f"normal reference images (the first --shots are used): {IMAGES_HELP}")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--shots", type=_positive_int, default=8, help="number of reference images (default 8)")
     parser.add_argument("--save-features", action="store_true", help="also write per-layer features as .npz")
     parser.add_argument("--batch-size", type=_positive_int, default=8, help="images per model call (default 8)")
-    parser.add_argument("--device", type=resolve_device, default="auto", help="auto (default: the GPU when there is one), cpu, cuda, cuda:N")
-
-
-def _existing_folder(value: str) -> str:
-    """argparse type: a folder that exists."""
-    if not os.path.isdir(value):
-        raise argparse.ArgumentTypeError(f"folder {value} does not exist: pass an existing folder of images")
-    return value
+    parser.add_argument("--device", type=device_name, default="auto", help="auto (default: the GPU when there is one), cpu, cuda, cuda:N")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when an image could not be read (default: skip it, warn, list it in OUTPUT/errors.csv)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def _positive_int(value: str) -> int:
@@ -46,39 +48,6 @@ def _positive_int(value: str) -> int:
     return number
 
 
-def _model_source(value: str) -> str:
-    """argparse type: an existing folder, or something that can only be a Hub id (``org/name``)."""
-    if os.path.isdir(value):
-        return value
-    if os.path.exists(value):
-        raise argparse.ArgumentTypeError(f"{value} is a file: pass the checkpoint folder that holds config.json")
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(value)
-    except HFValidationError:
-        looks_local = True
-    else:
-        looks_local = value.startswith((".", "~", os.sep)) or value.count("/") > 1
-    if looks_local:
-        raise argparse.ArgumentTypeError(f"model folder {value} does not exist: pass a save_pretrained folder or a Hub id (org/name)")
-    return value
-
-
-def _images_in(folder, what: str):
-    from pathlib import Path
-
-    from adpretrain_hf.cli import CommandError
-
-    path = Path(folder)
-    if not path.is_dir():
-        raise CommandError(f"{what} folder {folder} does not exist", f"pass an existing folder of images to --{what}")
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise CommandError(f"no images in {folder}", f"put {', '.join(IMAGE_SUFFIXES)} files there")
-    return files
-
-
 def run(args: argparse.Namespace) -> int:
     import csv
     from pathlib import Path
@@ -88,36 +57,45 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
     from transformers import pipeline
 
-    import adpretrain_hf  # noqa: F401  (registers the task)
     from adpretrain_hf.cli import CommandError
+    from adpretrain_hf.commands._deploy_io import (
+        BatchErrors, atomic_file, gather_images, output_names, readable, resolve_device, score_in_chunks,
+    )
     from adpretrain_hf.modeling.tasks_adpretrain import ANOMALY_FEATURES_TASK
 
-    images = _images_in(args.images, "images")
-    references = _images_in(args.references, "references")[: args.shots]
-    out = Path(args.output)
-    (out / "maps").mkdir(parents=True, exist_ok=True)
-    try:  # references are read, processed and turned into a bank once for the whole folder
-        extract = pipeline(ANOMALY_FEATURES_TASK, model=args.model, device=args.device, references=[str(p) for p in references])
+    root, images = gather_images(args.images)
+    errors = BatchErrors()
+    references = readable(gather_images(args.references)[1], errors, "references", progress=False)[: args.shots]
+    device = resolve_device(args.device)
+    try:  # references are read, processed and turned into a bank once for the whole run
+        extract = pipeline(ANOMALY_FEATURES_TASK, model=args.model, device=device, references=[str(p) for p in references])
     except OSError as err:  # a Hub id that is neither cached nor reachable
-        raise CommandError(f"could not load --model {args.model}: {err}", "pass a local save_pretrained folder or a cached Hub id") from err
+        raise CommandError(f"could not load --model {args.model}: {err}", "pass a local save_pretrained folder or a cached Hub id") from None
     outputs = ["anomaly_map", "score"] + (["features"] if args.save_features else [])
+    names = output_names(images, root)
+    out = Path(args.output)
     results = []
-    for start in tqdm(range(0, len(images), args.batch_size), desc="features", unit="batch"):
-        chunk = images[start : start + args.batch_size]  # one model call per chunk (batch_size images)
-        batch = extract([str(p) for p in chunk], output=outputs, return_tensors="np", batch_size=args.batch_size)
-        results.extend(zip(chunk, batch if isinstance(batch, list) else [batch]))
+    bar = tqdm(total=len(images), desc="features", unit="img", disable=args.no_progress)
+    for path, result in score_in_chunks(extract, images, args.batch_size, errors, bar, output=outputs, return_tensors="np"):
+        results.append((path, result))
+        if args.save_features:
+            target = out / "features" / names[path].with_name(names[path].name + ".npz")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(target, **{f"block_{block}": np.asarray(f) for block, f in result["features"].items()})
+    bar.close()
+    if not results:
+        errors.report(out, 0)
+        raise CommandError(f"none of the {len(images)} images could be read", "see the warnings above and errors.csv")
     maps = [np.asarray(r["anomaly_map"], dtype=np.float32) for _, r in results]
     low, high = min(float(m.min()) for m in maps), max(float(m.max()) for m in maps)
-    with open(out / "scores.csv", "w", newline="") as handle:
+    for (path, _), amap in zip(results, maps):
+        target = out / "maps" / names[path].with_name(names[path].name + ".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(((amap - low) / max(high - low, 1e-12) * 255).astype(np.uint8)).save(target)
+    with atomic_file(out / "scores.csv") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["file", "score"])
-        for (path, result), amap in zip(results, maps):
-            name = path.relative_to(args.images).as_posix()  # with its extension: a.png and a.jpg stay apart
-            writer.writerow([name, f"{float(result['score']):.6f}"])
-            scaled = (amap - low) / max(high - low, 1e-12)
-            Image.fromarray((scaled * 255).astype(np.uint8)).save(out / "maps" / f"{name}.png")
-            if args.save_features:
-                (out / "features").mkdir(exist_ok=True)
-                np.savez(out / "features" / f"{name}.npz", **{f"block_{block}": np.asarray(f) for block, f in result["features"].items()})
+        writer.writerow(["path", "score"])
+        writer.writerows([str(path), f"{float(result['score']):.6f}"] for path, result in results)
+    errors.report(out, len(results))
     print(f"{len(results)} images scored: {out / 'scores.csv'}, maps in {out / 'maps'}")
-    return 0
+    return errors.exit_code(args.strict)

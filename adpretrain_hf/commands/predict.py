@@ -1,39 +1,58 @@
 """``adpretrain predict``: run a fitted detector folder over images, through the pipeline.
 
-Writes into ``--output``:
+``--images`` takes image files, folders (searched recursively) and quoted globs. Writes into
+``--output`` (created only once the inputs and the detector are checked):
 
 - ``predictions.csv``: ``path, score, normalized_score, label`` per image (the last two empty
-  for an uncalibrated detector);
+  for an uncalibrated detector without ``--threshold``), written atomically at the end;
 - ``overlays/<sub>/<stem>_<ext>.png``: the anomaly map over the image with a colour bar (one
-  colour scale for the whole run, so overlays compare) and the predicted-mask contour;
+  colour scale for the whole run, so overlays compare), the predicted-mask contour, and a caption
+  with score, label and thresholds (saying why label and contour disagree when they do);
 - with ``--save-maps``: ``maps/<sub>/<stem>_<ext>.npy``, the raw ``[H, W]`` float32 map at the
-  image's own size.
+  image's own size; with ``--save-masks``: ``masks/<sub>/<stem>_<ext>.png``, the predicted mask
+  (0 / 255);
+- ``errors.csv`` when an image could not be read: it is skipped with a warning and counted in
+  the summary; ``--strict`` makes that exit 1.
 
-Output names mirror the path relative to the input root, so ``a.png``/``a.jpg`` and equal
-names in different sub-folders never clash.
+Output names mirror the path relative to the inputs' common folder, so ``a.png``/``a.jpg``,
+``a.png``/``a.PNG`` and equal names in different sub-folders never clash.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from adpretrain_hf.commands._deploy_io import resolve_device
+from adpretrain_hf.commands._deploy_io import device_name, finite_float, image_input, model_source
 
-HELP = "score images with a fitted detector folder: predictions.csv, overlays with colour bar and mask contour, raw maps"
+HELP = "score images with a fitted detector folder: predictions.csv, annotated overlays, raw maps, mask PNGs"
 CSV_NAME = "predictions.csv"
 CSV_COLUMNS = ("path", "score", "normalized_score", "label")
-CHUNK_BATCHES = 4  # batches handed to the pipeline per call (the progress bar advances per call)
 PNG_COMPRESS_LEVEL = 1  # overlays are previews: zlib level 1 encodes several times faster than the default 6
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1, e.g. 16")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--detector", required=True, help="folder written by `adpretrain fit` (or a Hub id)")
-    parser.add_argument("--images", required=True, help="folder (searched recursively) or quoted glob, e.g. 'line3/**/*.jpg'")
+    parser.add_argument("--detector", required=True, type=model_source, help="folder written by `adpretrain fit` (or a Hub id org/name)")
+    parser.add_argument("--images", required=True, nargs="+", type=image_input, metavar="IMAGES",
+                        help="image files, folders (searched recursively) or quoted globs, e.g. 'line3/**/*.jpg'")
     parser.add_argument("--output", required=True, help="output folder")
+    parser.add_argument("--threshold", type=finite_float, default=None,
+                        help="image threshold on the raw score for this run (default: the detector's calibrated one)")
     parser.add_argument("--save-maps", action="store_true", help="also write raw anomaly maps as .npy")
+    parser.add_argument("--save-masks", action="store_true", help="also write predicted masks as PNG (0/255; needs a calibrated pixel threshold)")
     parser.add_argument("--no-overlays", action="store_true", help="skip the overlay images")
-    parser.add_argument("--device", type=resolve_device, default="auto", help="auto (CUDA when present), cpu, cuda:0, ...")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", type=device_name, default="auto", help="auto (CUDA when present), cpu, cuda:0, ...")
+    parser.add_argument("--batch-size", type=_positive_int, default=16, help="images per forward pass (default 16)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when an image could not be read (default: skip it, warn, list it in OUTPUT/errors.csv)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -41,6 +60,10 @@ def _csv_value(value) -> str:
     if value is None:
         return ""
     return str(int(value)) if isinstance(value, bool) else f"{float(value):.6g}"
+
+
+def _with(stem, extension: str):
+    return stem.with_name(stem.name + extension)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,64 +78,71 @@ def run(args: argparse.Namespace) -> int:
     from transformers import pipeline
 
     from adpretrain_hf.cli import CommandError
-    from adpretrain_hf.commands._deploy_io import find_images, output_file
+    from adpretrain_hf.commands._deploy_io import (
+        BatchErrors, atomic_file, gather_images, output_names, resolve_device, score_in_chunks,
+    )
+    from adpretrain_hf.modeling.image_io_adpretrain import read_image
     from adpretrain_hf.modeling.tasks_adpretrain import ANOMALY_DETECTION_TASK
-    from adpretrain_hf.overlays import render_overlay
+    from adpretrain_hf.overlays import add_caption, decision_lines, render_overlay
 
-    if args.batch_size < 1:
-        raise CommandError(f"--batch-size {args.batch_size} must be >= 1", "e.g. --batch-size 16")
-    detector_dir = Path(args.detector)
-    if detector_dir.exists() and not (detector_dir / "config.json").is_file():
-        raise CommandError(f"{args.detector} is not a detector folder (no config.json)", "write one with: adpretrain fit ... --output DIR")
-    root, images = find_images(args.images, "images")
+    root, images = gather_images(args.images)
+    names = output_names(images, root)
+    device = resolve_device(args.device)
+    detect = pipeline(ANOMALY_DETECTION_TASK, model=args.detector, device=device)
+    if args.save_masks and detect.model.config.pixel_threshold is None:
+        raise CommandError("--save-masks: this detector has no pixel threshold (fitted without --val)",
+                           "fit it again with --val FOLDER, or drop --save-masks")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    device = args.device  # resolved and checked by argparse
-    detect = pipeline(ANOMALY_DETECTION_TASK, model=args.detector, device=device)
-    # overlays share one colour scale, known only after the last map: keep maps and masks on disk till then
+    call = {"return_tensors": "np"} if args.threshold is None else {"return_tensors": "np", "threshold": args.threshold}
+    # overlays share one colour scale, known only after the last map: keep maps on disk till then
     scratch = None if args.no_overlays else tempfile.TemporaryDirectory(prefix="adpretrain-maps-")
     maps_dir = out / "maps" if args.save_maps else (Path(scratch.name) / "maps" if scratch is not None else None)
-    masks_dir = Path(scratch.name) / "masks" if scratch is not None else None
     low, high = math.inf, -math.inf
-    chunk = args.batch_size * CHUNK_BATCHES
-    flagged = 0
+    rows, errors, flagged = [], BatchErrors(), 0
+    decisions = {}
     try:
-        with open(out / CSV_NAME, "w", newline="") as handle:
+        bar = tqdm(total=len(images), desc="predict", unit="img", disable=args.no_progress)
+        for path, result in score_in_chunks(detect, images, args.batch_size, errors, bar, **call):
+            rows.append([str(path), *(_csv_value(result[k]) for k in CSV_COLUMNS[1:])])
+            flagged += bool(result["label"])
+            amap = np.asarray(result["anomaly_map"], dtype=np.float32)
+            low, high = min(low, float(amap.min())), max(high, float(amap.max()))
+            mask = result["pred_mask"]
+            decisions[path] = decision_lines(result["score"], result["label"], result["image_threshold"], result["pixel_threshold"],
+                                             float(amap.max()), None if mask is None else int(np.count_nonzero(mask)))
+            if maps_dir is not None:
+                target = maps_dir / _with(names[path], ".npy")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                np.save(target, amap)
+            if args.save_masks:
+                target = out / "masks" / _with(names[path], ".png")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255).save(target)
+        bar.close()
+        if not rows:
+            errors.report(out, 0)
+            raise CommandError(f"none of the {len(images)} images could be read", "see the warnings above and errors.csv")
+        with atomic_file(out / CSV_NAME) as handle:
             writer = csv.writer(handle)
             writer.writerow(CSV_COLUMNS)
-            bar = tqdm(total=len(images), desc="predict", unit="img", disable=args.no_progress)
-            for start in range(0, len(images), chunk):
-                paths = images[start : start + chunk]
-                results = detect([str(p) for p in paths], batch_size=args.batch_size, return_tensors="np")
-                for path, result in zip(paths, results):
-                    writer.writerow([str(path), *(_csv_value(result[k]) for k in CSV_COLUMNS[1:])])
-                    flagged += bool(result["label"])
-                    amap = np.asarray(result["anomaly_map"], dtype=np.float32)
-                    low, high = min(low, float(amap.min())), max(high, float(amap.max()))
-                    array_name = output_file(path, root, ".npy")
-                    for folder, value in ((maps_dir, amap), (masks_dir, result["pred_mask"])):
-                        if folder is not None and value is not None:  # no pred_mask when uncalibrated
-                            target = folder / array_name
-                            target.parent.mkdir(parents=True, exist_ok=True)
-                            np.save(target, value)
-                bar.update(len(paths))
-            bar.close()
+            writer.writerows(rows)
         if not args.no_overlays:
-            for path in tqdm(images, desc="overlays", unit="img", disable=args.no_progress):
-                array_name = output_file(path, root, ".npy")
-                amap = np.load(maps_dir / array_name)
-                with Image.open(path) as image:
-                    rgb = image.convert("RGB")
-                mask_file = masks_dir / array_name
-                mask = np.load(mask_file) if mask_file.is_file() else None
-                target = out / "overlays" / output_file(path, root, ".png")
+            pixel_threshold = detect.model.config.pixel_threshold  # --threshold sets the image threshold only
+            for path in tqdm(list(decisions), desc="overlays", unit="img", disable=args.no_progress):
+                amap = np.load(maps_dir / _with(names[path], ".npy"))
+                mask = amap >= pixel_threshold if pixel_threshold is not None else None
+                target = out / "overlays" / _with(names[path], ".png")
                 target.parent.mkdir(parents=True, exist_ok=True)
-                render_overlay(rgb, amap, vmin=low, vmax=high, pred_mask=mask).save(target, compress_level=PNG_COMPRESS_LEVEL)
+                overlay = render_overlay(read_image(path), amap, vmin=low, vmax=high, pred_mask=mask)
+                add_caption(overlay, decisions[path]).save(target, compress_level=PNG_COMPRESS_LEVEL)
     finally:
         if scratch is not None:
             scratch.cleanup()
-    calibrated = detect.model.config.image_threshold is not None
+    calibrated = args.threshold is not None or detect.model.config.image_threshold is not None
     verdict = f"{flagged} flagged anomalous" if calibrated else "detector not calibrated: no labels"
-    print(f"{len(images)} images scored on {device} ({verdict}): {out / CSV_NAME}"
-          + ("" if args.no_overlays else f", overlays in {out / 'overlays'}") + (f", maps in {maps_dir}" if args.save_maps else ""))
-    return 0
+    print(f"{len(rows)} images scored on {device} ({verdict}): {out / CSV_NAME}"
+          + ("" if args.no_overlays else f", overlays in {out / 'overlays'}") + (f", maps in {maps_dir}" if args.save_maps else "")
+          + (f", masks in {out / 'masks'}" if args.save_masks else ""))
+    errors.report(out, len(rows))
+    return errors.exit_code(args.strict)

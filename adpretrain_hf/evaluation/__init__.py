@@ -17,9 +17,31 @@ Modules, one job each:
 See ``docs/EVALUATION.md``.
 """
 
-from .cell import CellPredictions, CellResult, compute_metrics
-from .config import FEATURE_KINDS, METRICS, REFERENCE_STRATEGY_CHOICES, EvaluationConfig, make_config
-from .runner import evaluate_model, run_evaluation
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .config import METRICS, REFERENCE_STRATEGY_CHOICES, EvaluationConfig, make_config
+
+# names whose modules import torch: loaded on first access (PEP 562), so the settings above stay
+# light (``adpretrain evaluate --help`` builds its flags from EvaluationConfig without torch)
+_LAZY_NAMES = {
+    "FEATURE_KINDS": "adpretrain_hf.modeling.configuration_adpretrain",
+    "CellPredictions": "adpretrain_hf.evaluation.cell",
+    "CellResult": "adpretrain_hf.evaluation.cell",
+    "compute_metrics": "adpretrain_hf.evaluation.cell",
+    "evaluate_model": "adpretrain_hf.evaluation.runner",
+    "run_evaluation": "adpretrain_hf.evaluation.runner",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_NAMES:
+        value = getattr(importlib.import_module(_LAZY_NAMES[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "FEATURE_KINDS",

@@ -3,19 +3,17 @@
 Why a dataclass: the same settings drive the Python API, the CLI and the ``"config"`` block
 of ``results.json``; checking them once, before any image is loaded, turns a typo in
 ``methods`` into an error in a second instead of after an hour of feature extraction.
+Light on purpose (no torch or transformers at import: ``adpretrain evaluate --help`` builds its
+flags from these fields); the checks import what they compare against.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Optional, Sequence, Union
-
-import torch
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from ..metrics.names import METRIC_NAMES
-from ..modeling.configuration_adpretrain import FEATURE_KINDS
-from ..modeling.dtypes_adpretrain import DTYPES, dtype_from_name  # noqa: F401 (DTYPES: the accepted names, re-exported)
 from ..renamed_keywords import renamed_keyword
 from ..settings_values import suggest
 
@@ -29,6 +27,7 @@ DEFAULT_SHOTS = 8
 """Normal reference images per query (section 4.1: "we match each input image with 8 reference samples")."""
 REFERENCE_STRATEGY_CHOICES: tuple[str, ...] = ("first", "random", "kmeans", "aligned")
 LAYOUT_CHOICES: tuple[str, ...] = ("auto", "mvtec", "mpdd", "mvtec3d", "btad", "visa", "realiad")
+DTYPE_HELP = "model precision: float32, bfloat16 or float16 (or bf16, fp16, half), e.g. bfloat16 on a GPU (None: unchanged)"
 NOISE_SETTING = "overlap"
 PROTOCOL_CHOICES: tuple[str, ...] = ("release", "package")
 """Detector protocols (``evaluation.protocols.DETECTOR_PROTOCOLS``): the released code's variants, or the package's own."""
@@ -36,9 +35,15 @@ DEFAULT_PROTOCOL = "release"
 """The Table-1 runner's default: numbers comparable with the paper's (issue 19)."""
 """SoftPatch's setting used by the paper (4.4): injected anomalies stay in the test set."""
 
+if TYPE_CHECKING:
+    import torch
 
-def parse_dtype(value: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
-    """``None`` / a ``torch.dtype`` / a name such as ``"bf16"`` -> ``torch.dtype`` or ``None``."""
+
+def parse_dtype(value: Union[None, str, "torch.dtype"]) -> Optional["torch.dtype"]:
+    """``None`` / a ``torch.dtype`` / a name such as ``"bf16"`` -> ``torch.dtype`` or ``None``
+    (``modeling.dtypes_adpretrain.DTYPES``: the accepted names)."""
+    from ..modeling.dtypes_adpretrain import dtype_from_name
+
     return dtype_from_name(value)
 
 
@@ -98,8 +103,7 @@ class EvaluationConfig:
         "help": "also run each method on the backbone's own features, the w/o column (ignored when kinds is set)"})
     kinds: Optional[tuple[str, ...]] = field(default=None, metadata={
         "help": "feature kinds to evaluate: backbone (w/o), residual (no projector, Table 2), pretrained (w/); "
-                "None: backbone,pretrained, or pretrained alone without compare_backbone",
-        "aliases": ["--feature-kinds", "--feature_kinds"], "metavar": "K1,K2"})
+                "None: backbone,pretrained, or pretrained alone without compare_backbone", "metavar": "K1,K2"})
     output_dir: Optional[str] = field(default=None, metadata={
         "help": "where results.json/csv/md, overlays and comparison.png go (None: nothing written)",
         "aliases": ["--output"], "metavar": "DIR"})
@@ -120,8 +124,7 @@ class EvaluationConfig:
     realiad_fit_fraction: float = field(default=0.5, metadata={"help": "Real-IAD: share of OK samples the detectors fit on"})
     split_seed: int = field(default=0, metadata={"help": "seeds the Real-IAD split and the protocol draws"})
     device: Optional[str] = field(default=None, metadata={"help": "where the model runs, e.g. cuda:0 (None: where it is)"})
-    dtype: Optional[str] = field(default=None, metadata={
-        "help": "model precision, e.g. bfloat16 on a GPU (None: unchanged)", "choices": tuple(DTYPES)})
+    dtype: Optional[str] = field(default=None, metadata={"help": DTYPE_HELP, "metavar": "NAME"})
     batch_size: int = field(default=32, metadata={"help": "images per forward pass (and per file-reading chunk)"})
     num_overlays: int = field(default=4, metadata={"help": "overlay PNGs per category"})
     progress: bool = field(default=True, metadata={"help": "show a tqdm bar over categories and one per category"})
@@ -139,6 +142,8 @@ class EvaluationConfig:
         "help": "free-form notes recorded in results.json, a YAML/JSON mapping (the CLI adds its command line)"})
 
     def __post_init__(self) -> None:
+        from ..modeling.configuration_adpretrain import FEATURE_KINDS
+
         if not isinstance(self.data_root, (str, os.PathLike)):
             raise TypeError(f"data_root must be a folder path, got {type(self.data_root).__name__}")
         self.data_root = os.fspath(self.data_root)
@@ -152,13 +157,13 @@ class EvaluationConfig:
         self.kinds = None if kinds is None else tuple(k for k in FEATURE_KINDS if k in kinds) + tuple(k for k in kinds if k not in FEATURE_KINDS)
         if self.feature_cache_dir is not None:
             self.feature_cache_dir = os.fspath(self.feature_cache_dir)
-        if isinstance(self.dtype, torch.dtype):
+        if self.dtype is not None and not isinstance(self.dtype, str):  # a torch.dtype
             self.dtype = str(self.dtype).replace("torch.", "")
         if self.device is not None:
             self.device = str(self.device)
 
     @property
-    def torch_dtype(self) -> Optional[torch.dtype]:
+    def torch_dtype(self) -> Optional["torch.dtype"]:
         return parse_dtype(self.dtype)
 
     @property
@@ -183,6 +188,7 @@ class EvaluationConfig:
     def validate(self) -> "EvaluationConfig":
         """Raise ``ValueError`` / ``TypeError`` naming the bad setting and the fix."""
         from ..detectors import DETECTORS
+        from ..modeling.configuration_adpretrain import FEATURE_KINDS
 
         if self.layout not in LAYOUT_CHOICES:
             raise ValueError(f"unknown layout {self.layout!r}: choose one of {list(LAYOUT_CHOICES)}")

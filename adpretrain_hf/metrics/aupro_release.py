@@ -20,7 +20,6 @@ yield a 201st one by rounding; here there are always exactly 200.)
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import auc
 
 from .regions import label_regions, require_normals_and_defects
 
@@ -87,4 +86,6 @@ def release_aupro(
             "divide by zero); use variant='mvtec'"
         )
     rescaled = (fpr_kept - fpr_kept.min()) / (fpr_kept.max() - fpr_kept.min())
+    from sklearn.metrics import auc  # here, not at import: the settings modules import metric names light
+
     return float(auc(rescaled, pro_kept))

@@ -8,7 +8,6 @@ missing; these functions take maps/masks as the detectors produce them (torch or
 
 from __future__ import annotations
 
-from sklearn.metrics import roc_auc_score
 
 from ._inputs import ArrayLike, check_maps_and_masks, check_scores_and_labels, require_both_classes
 
@@ -25,6 +24,8 @@ def image_auroc(scores: ArrayLike, labels: ArrayLike) -> float:
     """
     values, targets = check_scores_and_labels(scores, labels)
     require_both_classes(targets, "image AUROC", "image")
+    from sklearn.metrics import roc_auc_score  # here, not at import (4 s): metric names stay light
+
     return float(roc_auc_score(targets, values))
 
 
@@ -41,4 +42,6 @@ def pixel_auroc(maps: ArrayLike, masks: ArrayLike) -> float:
     score_maps, gt = check_maps_and_masks(maps, masks)
     flat_gt = gt.reshape(-1)
     require_both_classes(flat_gt, "pixel AUROC", "pixel")
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(flat_gt, score_maps.reshape(-1)))

@@ -8,7 +8,6 @@ of each region — and getting connectivity wrong (4- instead of 8-) silently ch
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 # 8-connectivity within an image, none across images: a 3x3x3 structure whose only
 # non-zero slice is the middle one lets scipy label the whole [N, H, W] stack at once,
@@ -33,6 +32,8 @@ def label_regions(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             f"label_regions expects a [N, H, W] bool stack, got {masks.dtype} {masks.shape}: "
             "binarise and stack the masks first"
         )
+    from scipy import ndimage  # here, not at import: the metric names stay light
+
     region_ids, _ = ndimage.label(masks, structure=_STRUCTURE_8_CONNECTED_PER_IMAGE)
     sizes = np.bincount(region_ids.reshape(-1)).astype(np.int64)
     return region_ids, sizes

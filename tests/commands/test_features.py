@@ -1,6 +1,7 @@
 """``adpretrain features``: real batching, validated options (exit 2, one line), distinct output names."""
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,10 +41,10 @@ def test_batches_reach_the_model_and_outputs_keep_extensions(folders, monkeypatc
     monkeypatch.setattr(ADPretrainModel, "forward", spy)
     assert main(_args(folders, "--batch-size", "3")) == 0
     assert sorted(sizes) == [2, 3]  # 5 images in two model calls, not five
-    rows = {r["file"]: float(r["score"]) for r in csv.DictReader(open(folders / "out" / "scores.csv"))}
+    rows = {Path(r["path"]).name: float(r["score"]) for r in csv.DictReader(open(folders / "out" / "scores.csv"))}
     assert sorted(rows) == ["a.jpg", "a.png", "b.png", "c.png", "d.png"]
     maps = sorted(p.name for p in (folders / "out" / "maps").iterdir())
-    assert maps == ["a.jpg.png", "a.png.png", "b.png.png", "c.png.png", "d.png.png"]
+    assert maps == ["a_jpg.png", "a_png.png", "b_png.png", "c_png.png", "d_png.png"]  # predict's naming rule
     # Scores against the model called directly on the processed images.
     from transformers import AutoImageProcessor
 
@@ -62,7 +63,7 @@ def test_batches_reach_the_model_and_outputs_keep_extensions(folders, monkeypatc
         (["--shots", "-7"], "argument --shots: -7 is not allowed"),
         (["--batch-size", "0"], "argument --batch-size: 0 is not allowed"),
         (["--device", "gpu7"], "argument --device: 'gpu7' is not a device"),
-        (["--images", "/no/such/folder"], "argument --images: folder /no/such/folder does not exist"),
+        (["--images", "/no/such/folder"], "argument --images: /no/such/folder does not exist"),
     ],
 )
 def test_bad_options_exit_2_naming_them(folders, capsys, extra, pattern):
@@ -78,7 +79,8 @@ def test_missing_model_folder_is_named(folders, capsys):
             main(["features", "--model", missing, "--images", str(folders / "test"),
                   "--references", str(folders / "good"), "--output", str(folders / "out")])
         assert info.value.code == 2
-        assert f"model folder {missing} does not exist" in capsys.readouterr().err
+        assert f"{missing} does not exist (a local path" in capsys.readouterr().err
+    assert not (folders / "out").exists()
 
 
 def _write_images(folder, count, seed, size=(80, 100)):
@@ -98,8 +100,21 @@ def test_features_command_scores_a_folder(tiny_clip_model, tmp_path):
     ])
     assert code == 0
     rows = list(csv.DictReader(open(tmp_path / "out" / "scores.csv")))
-    assert [r["file"] for r in rows] == ["img_0.png", "img_1.png", "img_2.png"]
-    assert Image.open(tmp_path / "out" / "maps" / "img_0.png.png").size == (100, 80)  # the image's own size
-    features = np.load(tmp_path / "out" / "features" / "img_0.png.npz")
+    assert [Path(r["path"]).name for r in rows] == ["img_0.png", "img_1.png", "img_2.png"]
+    assert Image.open(tmp_path / "out" / "maps" / "img_0_png.png").size == (100, 80)  # the image's own size
+    features = np.load(tmp_path / "out" / "features" / "img_0_png.npz")
     assert sorted(features.files) == ["block_1", "block_2", "block_3", "block_4"]
     assert features["block_1"].shape == (8, 8, 32)
+
+
+def test_sub_folders_and_single_files_are_inputs_as_in_predict(folders, capsys):
+    nested = folders / "test" / "line2" / "a.png"
+    nested.parent.mkdir()
+    Image.open(folders / "test" / "a.png").save(nested)
+    assert main(_args(folders)) == 0
+    rows = [Path(r["path"]) for r in csv.DictReader(open(folders / "out" / "scores.csv"))]
+    assert nested.absolute() in rows and len(rows) == 6  # the sub-folder is searched, like predict does
+    assert (folders / "out" / "maps" / "line2" / "a_png.png").is_file() and (folders / "out" / "maps" / "a_png.png").is_file()
+    assert main(["features", "--model", str(folders / "ckpt"), "--images", str(nested), str(folders / "test" / "b.png"),
+                 "--references", str(folders / "good" / "g.png"), "--output", str(folders / "two")]) == 0
+    assert len(list(csv.DictReader(open(folders / "two" / "scores.csv")))) == 2

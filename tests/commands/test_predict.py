@@ -2,6 +2,7 @@
 directly on each image (the workspace and an uncalibrated FeatureNorm folder: conftest.py; the fit/predict/export chain: tests/project/test_deploy_commands.py)."""
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ def test_predictions_are_the_pipelines_per_image_results(featurenorm, workspace,
         saved = np.load(tmp_path / "maps" / f"{path.stem}_png.npy")
         np.testing.assert_allclose(saved, np.asarray(alone["anomaly_map"], dtype=np.float32), rtol=1e-5, atol=1e-6)
         with Image.open(tmp_path / "overlays" / f"{path.stem}_png.png") as overlay, Image.open(path) as image:
-            assert overlay.height == image.height and overlay.width >= image.width  # the image plus its colour bar
+            assert overlay.height > image.height and overlay.width >= image.width  # the image, its colour bar and caption
     out = capsys.readouterr().out
     assert "8 images scored on cpu (detector not calibrated: no labels)" in out and "maps in" in out
 
@@ -47,14 +48,122 @@ def test_without_overlays_or_maps_only_the_csv_is_written(featurenorm, workspace
 @pytest.mark.parametrize(
     ("extra", "folder", "message"),
     [
-        (["--batch-size", "0"], "fn", "--batch-size 0 must be >= 1"),
-        ([], "train", "is not a detector folder (no config.json)"),
+        (["--batch-size", "0"], "fn", "argument --batch-size: 0 must be >= 1"),
+        ([], "train", "holds no config.json"),
+        ([], "no_such_detector", "no_such_detector does not exist (a local path; Hub ids are written org/name)"),
     ],
 )
-def test_bad_options_are_one_line(featurenorm, workspace, tmp_path, capsys, extra, folder, message):
+def test_bad_options_are_one_line_before_any_output(featurenorm, workspace, tmp_path, capsys, extra, folder, message):
     argv = ["predict", "--detector", str(workspace / folder), "--images", str(workspace / "test"),
             "--output", str(tmp_path / "out"), *extra]
-    assert main(argv) == 1
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert message in err[0] and err[1].strip().startswith("hint:") and len(err) == 2
+    assert message in err[-1] and err[-1].startswith("adpretrain predict: error:")  # usage lines + the one error line
+    assert "Traceback" not in "\n".join(err)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def calibrated(workspace, tmp_path_factory):
+    """A FeatureNorm folder calibrated on the labelled val folder: image and pixel thresholds."""
+    folder = tmp_path_factory.mktemp("calibrated") / "fn"
+    assert main(["fit", "--model", str(workspace / "ckpt"), "--method", "featurenorm", "--train", str(workspace / "train"),
+                 "--val", str(workspace / "val"), "--output", str(folder), "--no-progress"]) == 0
+    return folder
+
+
+def _rows(folder):
+    return list(csv.DictReader(open(folder / "predictions.csv")))
+
+
+def test_one_file_is_an_input_and_masks_are_saved(calibrated, workspace, tmp_path):
+    image = workspace / "test" / "a.png"
+    assert main(["predict", "--detector", str(calibrated), "--images", str(image), "--output", str(tmp_path),
+                 "--save-masks", "--no-progress"]) == 0
+    (row,) = _rows(tmp_path)
+    (alone,) = pipeline("anomaly-detection", model=str(calibrated), device="cpu")([str(image)], return_tensors="np")
+    assert row["path"] == str(image.absolute()) and row["label"] == str(int(alone["label"]))
+    with Image.open(tmp_path / "masks" / "a_png.png") as mask:
+        assert np.array_equal(np.asarray(mask) > 0, alone["pred_mask"]) and set(np.unique(np.asarray(mask))) <= {0, 255}
+
+
+def test_the_threshold_flag_sets_this_runs_labels(calibrated, workspace, tmp_path):
+    images = str(workspace / "val")
+    assert main(["predict", "--detector", str(calibrated), "--images", images, "--output", str(tmp_path / "low"),
+                 "--threshold=-1e9", "--no-overlays", "--no-progress"]) == 0
+    assert main(["predict", "--detector", str(calibrated), "--images", images, "--output", str(tmp_path / "high"),
+                 "--threshold", "1e9", "--no-overlays", "--no-progress"]) == 0
+    assert {r["label"] for r in _rows(tmp_path / "low")} == {"1"} and {r["label"] for r in _rows(tmp_path / "high")} == {"0"}
+
+
+def test_an_unreadable_file_is_skipped_recorded_and_strict_fails(featurenorm, workspace, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for path in sorted((workspace / "train").glob("*.png"))[:3]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    data = (workspace / "train" / "3.png").read_bytes()
+    (folder / "truncated.png").write_bytes(data[: len(data) // 2])
+    argv = ["predict", "--detector", str(featurenorm), "--images", str(folder), "--no-progress", "--batch-size", "2"]
+    assert main([*argv, "--output", str(tmp_path / "lenient")]) == 0
+    rows = _rows(tmp_path / "lenient")
+    assert sorted(Path(r["path"]).name for r in rows) == ["0.png", "1.png", "2.png"]  # the good ones, all scored
+    errors = list(csv.DictReader(open(tmp_path / "lenient" / "errors.csv")))
+    assert [Path(e["path"]).name for e in errors] == ["truncated.png"] and errors[0]["error"]
+    captured = capsys.readouterr()
+    assert "warning: skipped" in captured.err and "1 of 4 images could not be read" in captured.out
+    assert main([*argv, "--output", str(tmp_path / "strict"), "--strict"]) == 1
+    assert len(_rows(tmp_path / "strict")) == 3
+
+
+def test_a_crash_leaves_no_half_csv(featurenorm, workspace, tmp_path, monkeypatch):
+    from adpretrain_hf.commands import _deploy_io
+
+    real = _deploy_io.score_in_chunks
+
+    def crash_after_two(*args, **kwargs):
+        for i, item in enumerate(real(*args, **kwargs)):
+            if i == 2:
+                raise RuntimeError("killed")
+            yield item
+
+    monkeypatch.setattr(_deploy_io, "score_in_chunks", crash_after_two)
+    with pytest.raises(RuntimeError):
+        main(["--debug", "predict", "--detector", str(featurenorm), "--images", str(workspace / "train"),
+              "--output", str(tmp_path), "--no-progress", "--batch-size", "1"])
+    assert not (tmp_path / "predictions.csv").exists() and not list(tmp_path.glob(".predictions.csv*"))
+
+
+def test_overlays_read_like_the_model_and_carry_the_decision(calibrated, tmp_path):
+    """A 16-bit PNG: the overlay's image part is the shared reader's pixels (not a washed-out second
+    reader), blended as render_overlay does; the caption names score, label and thresholds."""
+    from adpretrain_hf.modeling.image_io_adpretrain import read_image
+    from adpretrain_hf.overlays import render_overlay
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    ramp = (np.linspace(0, 40000, 64 * 64).reshape(64, 64)).astype(np.uint16)
+    Image.fromarray(ramp).save(folder / "wide.png")
+    assert main(["predict", "--detector", str(calibrated), "--images", str(folder), "--output", str(tmp_path / "o"),
+                 "--save-maps", "--no-progress"]) == 0
+    amap = np.load(tmp_path / "o" / "maps" / "wide_png.npy")
+    config = pipeline("anomaly-detection", model=str(calibrated), device="cpu").model.config
+    expected = render_overlay(read_image(folder / "wide.png"), amap, vmin=float(amap.min()), vmax=float(amap.max()),
+                              pred_mask=amap >= config.pixel_threshold)
+    with Image.open(tmp_path / "o" / "overlays" / "wide_png.png") as overlay:
+        top = np.asarray(overlay.convert("RGB"))[: expected.height, : expected.width]
+        assert np.array_equal(top, np.asarray(expected))
+        assert overlay.height > expected.height  # the caption strip
+
+
+def test_decision_lines_explain_label_and_mask_disagreeing():
+    from adpretrain_hf.overlays import decision_lines
+
+    anomalous_no_mask = decision_lines(2.0, True, 1.5, 3.0, map_max=2.5, mask_pixels=0)
+    assert "ANOMALOUS" in anomalous_no_mask[0] and "image threshold 1.5" in anomalous_no_mask[0]
+    assert "no contour although anomalous" in anomalous_no_mask[-1] and "thresholds differ" in anomalous_no_mask[-1]
+    agree = decision_lines(2.0, True, 1.5, 1.0, map_max=2.5, mask_pixels=12)
+    assert len(agree) == 2 and "12 px" in agree[1]
+    assert "contour although normal" in decision_lines(1.0, False, 1.5, 0.5, map_max=1.0, mask_pixels=5)[-1]
+    assert decision_lines(1.0, None, None, None, map_max=1.0, mask_pixels=None) == ["score 1 (not calibrated: no label)"]

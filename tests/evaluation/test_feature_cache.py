@@ -170,14 +170,14 @@ def test_cli_feature_kinds_and_cache_flags(root, tmp_path, capsys):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             code = cli_main(["evaluate", "--preset", "tiny-clip", "--data", str(root), "--methods", "padim", "--shots", "2",
-                             "--feature-kinds", "residual,backbone", "--output", str(out), "--num-overlays", "0", "--no-progress", *flags])
+                             "--kinds", "residual,backbone", "--output", str(out), "--num-overlays", "0", "--no-progress", *flags])
         assert code == 0
         outputs[name] = json.loads((out / "results.json").read_text())
     assert "| category | PaDiM w/o | PaDiM res. |" in capsys.readouterr().out
     assert outputs["cached"]["results"] == outputs["plain"]["results"]
     assert set(outputs["cached"]["results"]["tile"]["padim"]) == {"backbone", "residual"}
     assert outputs["cached"]["feature_passes"]["tile"]["backbone_images"] == _distinct_files(root)
-    assert cli_main(["evaluate", "--preset", "tiny-clip", "--data", str(root), "--feature-kinds", "projected"]) == 1
+    assert cli_main(["evaluate", "--preset", "tiny-clip", "--data", str(root), "--kinds", "projected"]) == 1
     assert "unknown feature kind" in capsys.readouterr().err
 
 

@@ -68,3 +68,54 @@ def test_an_unreadable_file_names_itself(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match=r"could not read mask file .*broken\.png.*that PIL can open"):
         read_mask(tmp_path / "broken.png")
+
+
+def _exif_jpeg(path, array, orientation):
+    image = Image.fromarray(array)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    image.save(path, exif=exif, quality=95)
+
+
+def test_exif_orientation_is_applied_to_files_and_pil_images(tmp_path):
+    """Orientation 6 (rotate 90 degrees clockwise to display): a 40x80 stored JPEG is shown, and read, 80 high, 40 wide,
+    with the stored left half (white) on top."""
+    stored = np.zeros((40, 80, 3), np.uint8)
+    stored[:, :40] = 255
+    _exif_jpeg(tmp_path / "o.jpg", stored, 6)
+    read = np.asarray(read_image(tmp_path / "o.jpg"))
+    assert read.shape == (80, 40, 3)
+    expected = np.rot90(stored, k=-1)  # clockwise, independent of PIL's transpose tables
+    assert np.abs(read.astype(int) - expected.astype(int)).mean() < 8  # JPEG noise only
+    with Image.open(tmp_path / "o.jpg") as handle:
+        assert np.array_equal(np.asarray(read_image(handle)), read)
+
+
+def test_large_files_are_decoded_reduced_and_huge_ones_refused(tmp_path, monkeypatch):
+    from adpretrain_hf.modeling import image_io_adpretrain as io
+
+    monkeypatch.setattr(io, "WORKING_MAX_SIDE", 100)
+    rows, cols = np.mgrid[0:250, 0:420]
+    array = np.stack([rows * 255 // 249, cols * 255 // 419, (rows + cols) * 255 // 668], axis=-1).astype(np.uint8)  # smooth: JPEG-friendly
+    Image.fromarray(array).save(tmp_path / "big.png")
+    Image.fromarray(array).save(tmp_path / "big.jpg", quality=95)
+    factor = 5  # ceil(420 / 100)
+    png = read_image(tmp_path / "big.png")
+    assert png.size == (84, 50)
+    box = array.reshape(50, factor, 84, factor, 3).mean(axis=(1, 3))  # the mean of each 5x5 block, computed here
+    assert np.abs(np.asarray(png, dtype=float) - box).max() <= 1.0
+    jpg = read_image(tmp_path / "big.jpg")
+    assert jpg.size == (84, 50)  # the same working size through JPEG's draft decode
+    assert np.abs(np.asarray(jpg, dtype=float) - box).mean() < 3
+    monkeypatch.setattr(io, "MAX_DECODE_PIXELS", 250 * 420 - 1)
+    with pytest.raises(ValueError, match=r"big.png' is 420x250 pixels .* downscale it first"):
+        read_image(tmp_path / "big.png")
+
+
+def test_sixteen_bit_png_files_are_reduced_with_their_range(tmp_path, monkeypatch):
+    from adpretrain_hf.modeling import image_io_adpretrain as io
+
+    monkeypatch.setattr(io, "WORKING_MAX_SIDE", 50)
+    Image.fromarray(np.full((100, 100), 65535, np.uint16)).save(tmp_path / "w.png")
+    read = np.asarray(read_image(tmp_path / "w.png"))
+    assert read.shape == (50, 50, 3) and (read == 255).all()

@@ -123,3 +123,31 @@ print(json.dumps([[r["score"], list(r["anomaly_map"].shape), r["label"]] for r i
     assert [r[1] for r in remote] == [[64, 64], [50, 70], [70, 50]]
     np.testing.assert_allclose([r[0] for r in remote], expected, rtol=1e-5)
 
+
+
+def test_a_per_call_threshold_decides_this_calls_labels(detect, detector_dir):
+    """``detect(image, threshold=t)``: label = score >= t, normalized score 0.5 at t (computed here), the
+    thresholds used reported; the calibrated ones again on the next call without it."""
+    images = _images(3, 5)
+    config = detect.model.config
+    plain = detect(images)
+    scores = [r["score"] for r in plain]
+    middle = float(np.median(scores))
+    custom = detect(images, threshold=middle, pixel_threshold=-1e9)
+    assert [r["label"] for r in custom] == [s >= middle for s in scores]
+    spread = config.score_max - config.score_min
+    for record, score in zip(custom, scores):
+        assert record["normalized_score"] == pytest.approx(float(np.clip((score - middle) / spread + 0.5, 0, 1)), abs=1e-5)
+        assert record["image_threshold"] == middle and record["pixel_threshold"] == -1e9 and bool(record["pred_mask"].all())
+    again = detect(images)
+    assert [r["image_threshold"] for r in again] == [config.image_threshold] * 3
+    with pytest.raises(ValueError, match="threshold=nan must be a finite number"):
+        detect(images[0], threshold=float("nan"))
+
+
+def test_the_pipeline_is_its_own_pipeline_sharing_the_reader():
+    from transformers import Pipeline
+
+    from adpretrain_hf.modeling.pipeline_anomaly_features import AnomalyFeaturesPipeline
+
+    assert AnomalyDetectionPipeline.__bases__ == (Pipeline,) and not issubclass(AnomalyDetectionPipeline, AnomalyFeaturesPipeline)

@@ -57,7 +57,8 @@ def test_fit_predict_export_chain(fitted, workspace):
     assert sub_map.shape == (50, 90)  # the image's own size
     np.testing.assert_allclose(sub_map, reference(str(workspace / "test" / "sub" / "a.png"))["anomaly_map"].numpy(), rtol=1e-4, atol=1e-5)
     for stem, (height, width) in {"a_png": (64, 64), "a_jpg": (64, 64), "sub/a_png": (50, 90)}.items():
-        assert Image.open(out / "overlays" / f"{stem}.png").size == (width + COLORBAR_PANEL_WIDTH, height)
+        overlay_width, overlay_height = Image.open(out / "overlays" / f"{stem}.png").size
+        assert overlay_width >= width + COLORBAR_PANEL_WIDTH and overlay_height > height  # map, colour bar, caption below
 
     assert main(["export", "--detector", str(fitted), "--output", str(workspace / "det.onnx")]) == 0
     import onnxruntime
@@ -72,17 +73,28 @@ def test_fit_predict_export_chain(fitted, workspace):
 
 
 @pytest.mark.parametrize(
-    ("argv", "message"),
+    ("argv", "message", "code"),
     [
-        (["predict", "--detector", "{ws}/det", "--images", "{ws}/nowhere", "--output", "{ws}/x"], "neither a folder nor a glob"),
-        (["predict", "--detector", "{ws}/det", "--images", "{ws}/test/*.bmp", "--output", "{ws}/x"], "no images match"),
-        (["fit", "--model", "{ws}/ckpt", "--method", "patchcore", "--train", "{ws}/train", "--output", "{ws}/y", "--quantile", "2"], "outside (0, 1]"),
-        (["export", "--detector", "{ws}/train"], "not a detector folder"),
+        (["predict", "--detector", "{ws}/det", "--images", "{ws}/nowhere", "--output", "{ws}/x"], "nowhere does not exist", 2),
+        (["predict", "--detector", "{ws}/det", "--images", "{ws}/test/*.bmp", "--output", "{ws}/x"], "no images match", 2),
+        (["fit", "--model", "{ws}/ckpt", "--method", "patchcore", "--train", "{ws}/train", "--output", "{ws}/y", "--quantile", "2"], "outside (0, 1]", 2),
+        (["export", "--detector", "{ws}/train"], "not a detector folder", 1),
         (["fit", "--model", "{ws}/ckpt", "--method", "featurenorm", "--train", "{ws}/train", "--output", "{ws}/y",
-          "--layer-positions", "a,b"], "not a comma-separated list of integers"),
+          "--layer-positions", "a,b"], "not a comma-separated list of integers", 1),
     ],
 )
-def test_bad_input_gives_one_line(argv, message, fitted, workspace, capsys):
-    assert main([a.format(ws=workspace) for a in argv]) == 1
+def test_bad_input_gives_one_line(argv, message, code, fitted, workspace, capsys):
+    """Argument errors (exit 2: argparse's usage and one error line) and run-time errors (exit 1: one
+    error line and a hint), never a traceback; nothing written."""
+    argv = [a.format(ws=workspace) for a in argv]
+    if code == 2:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert message in err[-1] and ": error: argument" in err[-1] and "Traceback" not in "\n".join(err)
+        assert not (workspace / "x").exists() and not (workspace / "y").exists()
+        return
+    assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[0] and err[1].strip().startswith("hint:") and len(err) == 2
