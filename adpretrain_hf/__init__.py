@@ -1,15 +1,18 @@
 """adpretrain-hf: anomaly representation pretraining (ADPretrain) for the Hugging Face ecosystem.
 
-Importing this package is light (no torch, no transformers), so the ``adpretrain`` console
-script answers ``--help`` and argument errors at once. The model side registers itself where
-it is defined: importing :mod:`adpretrain_hf.modeling` (which any public model name below, the
-detectors, the pipelines or :func:`register` do) registers the config, model, image processor,
-detector and the ``anomaly-features`` / ``anomaly-detection`` pipeline tasks with transformers,
-so ``AutoModel.from_pretrained(...)`` and ``pipeline(...)`` then work without ``trust_remote_code``::
+``import adpretrain_hf`` registers the config, model, image processor, detector and the
+``anomaly-features`` / ``anomaly-detection`` pipeline tasks with transformers, so
+``AutoModel.from_pretrained(...)`` and ``pipeline(...)`` then work without ``trust_remote_code``::
 
-    import adpretrain_hf.modeling  # or: from adpretrain_hf import ADPretrainModel
+    import adpretrain_hf
     from transformers import pipeline
     detect = pipeline("anomaly-detection", model="detector_dir")
+
+Registration lives where the classes are defined (the last line of
+:mod:`adpretrain_hf.modeling` imports ``registration``); this file only imports that module.
+One exception keeps the console script instant: when the program is ``adpretrain`` (or
+``python -m ...``), the package import stays light (no torch, no transformers) so ``--help``
+and argument errors answer at once, and each command imports, and so registers, what it uses.
 
 Public classes load on first access (PEP 562).
 """
@@ -17,6 +20,8 @@ Public classes load on first access (PEP 562).
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import Any
 
 __version__ = "0.1.0"
@@ -48,5 +53,18 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY_NAMES))
 
+
+#: ``sys.argv[0]`` names under which the import is the console script's (``python -m`` shows "-m"
+#: while the target's parent packages import): those imports stay light, see the module docstring
+CONSOLE_PROGRAMS = ("adpretrain", "adpretrain.exe", "-m")
+
+
+def started_as_console_script() -> bool:
+    """True when the running program is the ``adpretrain`` console script (or ``python -m``)."""
+    return bool(sys.argv) and os.path.basename(sys.argv[0]) in CONSOLE_PROGRAMS
+
+
+if not started_as_console_script():
+    register()
 
 __all__ = [*_LAZY_NAMES, "register", "__version__"]
