@@ -25,6 +25,7 @@ from .bootstrap import category_seed, draw_indices, paired_intervals, weights_fr
 from .cell import PredictionHook, is_trained, run_cell
 from .config import EvaluationConfig, make_config
 from .feature_cache import DirectSource, FeatureCache
+from .identity import IDENTITY_KEY, model_identity
 from .category_inputs import CategoryData, describe_model, load_splits, prepare_category
 from .plots import pick_overlay_indices, save_comparison_chart, save_overlays
 from .protocols import category_protocol_record, effective_shots, protocol_record
@@ -56,13 +57,20 @@ def evaluate_model(
     Returns:
         The ``results.json`` payload: ``results`` (per category and ``"mean"``: method ->
         backbone|pretrained -> metrics in [0, 1], ``<metric>_std`` with several reference sets),
-        ``config``, ``references``, ``protocol`` and ``runs`` (every cell with timings).
+        ``config``, ``model_identity`` (config and weights hashes, checkpoint: what ``adpretrain card`` checks),
+        ``intervals`` (paired bootstrap intervals of each kind - backbone over test images, see
+        :mod:`.bootstrap`), ``references``, ``protocol`` and ``runs`` (every cell with timings).
     """
     return run_evaluation(model_or_path, make_config(config, **overrides), prediction_hook)
 
 
 def load_model(model_or_path: Any, config: EvaluationConfig) -> Any:
     """The model in eval mode on ``config.device`` / ``config.dtype``."""
+    return load_model_with_identity(model_or_path, config)[0]
+
+
+def load_model_with_identity(model_or_path: Any, config: EvaluationConfig) -> tuple[Any, dict[str, Any]]:
+    """:func:`load_model` and the model's :func:`~.identity.model_identity`, taken before any dtype cast."""
     from ..modeling import ADPretrainModel
 
     if isinstance(model_or_path, ADPretrainModel):
@@ -73,9 +81,10 @@ def load_model(model_or_path: Any, config: EvaluationConfig) -> Any:
         raise TypeError(
             f"model_or_path must be an ADPretrainModel or a checkpoint folder / Hub id, got {type(model_or_path).__name__}"
         )
+    identity = model_identity(model, model_or_path)
     if config.device is not None or config.torch_dtype is not None:
         model.to(device=config.device, dtype=config.torch_dtype)
-    return model.eval()
+    return model.eval(), identity
 
 
 def run_evaluation(
@@ -88,7 +97,7 @@ def run_evaluation(
     if config.effective_strategy != config.reference_strategy:
         warnings.warn(f"reference_seeds={config.reference_seeds} with strategy 'first' would repeat one set: "
                       "drawing the reference sets at random instead", stacklevel=2)
-    model = load_model(model_or_path, config)
+    model, identity = load_model_with_identity(model_or_path, config)
     processor = processor_for(model)  # the one saved with the checkpoint, else the config's
     splits = load_splits(config)
     out = Path(config.output_dir) if config.output_dir is not None else None
@@ -124,6 +133,7 @@ def run_evaluation(
         "config": {**config.to_json(), "model": model_name or describe_model(model_or_path), "layout_resolved": splits.layout,
                    "model_config": {"preset": model.config.preset, "image_size": model.config.image_size,
                                     "layers": list(model.config.layers)}},
+        IDENTITY_KEY: identity,
         "references": references,
         "protocol": protocol,
         "metrics": dict(METRIC_DEFINITIONS),
