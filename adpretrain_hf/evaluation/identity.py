@@ -35,14 +35,12 @@ def config_sha256(config: Any) -> str:
 
 def weights_sha256(model: Any) -> str:
     """SHA-256 over ``model.state_dict()`` (sorted keys; name, shape and float32 bytes of each tensor)."""
-    import torch
-
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         value = tensor.detach().to("cpu")
         value = value.float() if value.is_floating_point() else value
         digest.update(f"{name}:{tuple(value.shape)}:{value.dtype}".encode("utf-8"))
-        digest.update(value.contiguous().view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+        digest.update(value.reshape(-1).contiguous().numpy().tobytes())  # reshape: 0-d buffers (num_batches_tracked) too
     return digest.hexdigest()
 
 

@@ -41,3 +41,16 @@ def test_the_runner_records_the_identity_of_the_checkpoint_it_evaluated(model, m
         payload = evaluate_model(str(tmp_path / "ckpt"), mvtec_root, methods="featurenorm", categories="tile", num_overlays=0,
                                  progress=False, print_markdown=False, bootstrap_resamples=0)
     assert payload["model_identity"] == model_identity(ADPretrainModel.from_pretrained(str(tmp_path / "ckpt")), tmp_path / "ckpt")
+
+
+def test_scalar_integer_buffers_are_hashed():
+    """CNN backbones carry 0-d int64 buffers (BatchNorm's num_batches_tracked): the EfficientNet demo crashed on them."""
+    torch.manual_seed(0)
+    cnn = ADPretrainModel(ADPretrainConfig.from_preset("tiny-cnn"))
+    assert any(t.dim() == 0 and not t.is_floating_point() for t in cnn.state_dict().values())
+    digest = weights_sha256(cnn)
+    for tensor in cnn.state_dict().values():
+        if tensor.dim() == 0 and not tensor.is_floating_point():
+            tensor += 1
+            break
+    assert weights_sha256(cnn) != digest
