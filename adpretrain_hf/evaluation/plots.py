@@ -189,5 +189,6 @@ def _difference_panel(ax: Any, intervals: dict[str, Any], methods: Sequence[str]
         ax.errorbar(positions + (j - (len(kinds) - 1) / 2) * width, values, yerr=errors, fmt="o", capsize=4,
                     color=KIND_COLORS.get(kind), label=f"{KIND_LABELS[kind]} − w/o")
     ax.set_xticks(positions, [DISPLAY_NAMES.get(m, m) for m in methods], rotation=20, fontsize=8)
-    ax.set_title(f"{METRIC_LABELS[metric]}: difference to w/o with its bootstrap interval (points)", fontsize=9)
+    ax.set_xlim(-0.5, len(methods) - 0.5)
+    ax.set_title(f"{METRIC_LABELS[metric]} minus w/o (points), bootstrap interval", fontsize=9)
     ax.legend(fontsize=8, loc="best")
