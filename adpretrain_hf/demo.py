@@ -69,6 +69,7 @@ def default_backbone() -> str:
 def _model_for(settings: DemoSettings, log: Callable[[str], None]):
     from .modeling import ADPretrainConfig, ADPretrainModel
     from .modeling.presets_adpretrain import get_preset
+    from .training.seeding import seed_everything
 
     name = settings.backbone or default_backbone()
     preset = get_preset(name)
@@ -83,6 +84,9 @@ def _model_for(settings: DemoSettings, log: Callable[[str], None]):
         # sqrt(||x|| + 1) - 1 stays finite (see README, "Known differences").
         overrides["norm_kind"] = "release"
         log("norm loss: the release's sqrt(||x||+1)-1 (the paper's form overflows float32 on these features)")
+    # Seeded before the projectors are initialised: run_pretraining seeds only what follows (it got
+    # this model ready-made), so an unseeded init made two demos with the same seed differ.
+    seed_everything(settings.seed)
     model = ADPretrainModel(ADPretrainConfig.from_preset(name, **overrides))
     if preset.backbone_id and name != FALLBACK_PRESET:
         model.load_backbone_weights()
@@ -147,19 +151,26 @@ def run_demo(output_dir: str | Path, settings: Optional[DemoSettings] = None, lo
 
 def summarize(results: dict) -> str:
     """An honest one-paragraph verdict: does w/ beat w/o on the held-out categories, per method?"""
+    from .evaluation.report import interval_text
+
     mean = results["results"]["mean"]
+    intervals = (results.get("intervals") or {}).get("results", {}).get("mean", {})
     lines = []
     for method, kinds in mean.items():
         base, pre = kinds.get("backbone"), kinds.get("pretrained")
         if not base or not pre:
             continue
         delta = {m: 100 * (pre[m] - base[m]) for m in ("image_auroc", "pixel_auroc", "aupro")}
+        bounds = {m: interval_text((intervals.get(method, {}).get("pretrained") or {}).get(m)) for m in delta}
         better = sum(d > 0 for d in delta.values())
         word = "better than" if better == 3 else "worse than" if better == 0 else "mixed against"
         lines.append(
             f"{method}: pretrained features are {word} the backbone's on the held-out categories "
-            f"(I-AUROC {delta['image_auroc']:+.1f}, P-AUROC {delta['pixel_auroc']:+.1f}, PRO {delta['aupro']:+.1f} points)"
+            f"(I-AUROC {delta['image_auroc']:+.1f}{bounds['image_auroc']}, P-AUROC {delta['pixel_auroc']:+.1f}{bounds['pixel_auroc']}, "
+            f"PRO {delta['aupro']:+.1f}{bounds['aupro']} points)"
         )
+    if intervals:
+        lines.append("[low, high]: paired bootstrap 95% interval over the test images; one that contains 0 leaves the sign open")
     return "\n".join(lines)
 
 

@@ -63,8 +63,44 @@ def load_results(files: Sequence[str | Path]) -> dict[str, Any]:
     return merged
 
 
+def load_intervals(files: Sequence[str | Path]) -> Optional[dict[str, Any]]:
+    """The files' paired bootstrap intervals (``results.json``'s ``intervals``), merged like :func:`load_results`.
+
+    The settings (``covers``, ``confidence``, ``resamples``) are the first file's; None when no file has intervals.
+    """
+    merged: Optional[dict[str, Any]] = None
+    for file in files:
+        block = _read_results_file(file)["intervals"]
+        if not block:
+            continue
+        if merged is None:
+            merged = {**block, "results": {}}
+        for category, methods in block.get("results", {}).items():
+            for method, kinds in methods.items():
+                merged["results"].setdefault(category, {}).setdefault(method, {}).update(kinds)
+    return merged
+
+
+def check_results_identity(checkpoint_dir: str | Path, files: Sequence[str | Path]) -> None:
+    """Refuse (``ValueError``, one line) results files not computed with this checkpoint's config and weights."""
+    from .evaluation.identity import IDENTITY_KEY, check_identity, model_identity
+    from .modeling import ADPretrainModel
+
+    recorded = [(file, _read_results_file(file)["identity"]) for file in files]  # unreadable files fail first
+    if not recorded:
+        return
+    actual = model_identity(ADPretrainModel.from_pretrained(str(checkpoint_dir)), checkpoint_dir)
+    for file, identity in recorded:
+        check_identity(identity, actual, str(file))
+
+
+def recorded_identity(file: str | Path) -> Optional[dict[str, Any]]:
+    """The ``model_identity`` a ``results.json`` records (None in files written before identities were)."""
+    return _read_results_file(file)["identity"]
+
+
 def _read_results_file(file: str | Path) -> dict[str, Any]:
-    """One ``results.json`` as ``{"results": {...}, "config": {...}}`` (a bare results dict is accepted)."""
+    """One ``results.json`` as ``{"results", "config", "intervals", "identity"}`` (a bare results dict is accepted)."""
     hint = "pass the results.json that `adpretrain evaluate --output DIR` wrote"
     try:
         loaded = json.loads(Path(file).read_text(encoding="utf-8"))
@@ -81,7 +117,10 @@ def _read_results_file(file: str | Path) -> dict[str, Any]:
     )
     if not shaped:
         raise ValueError(f"results file {file} is not runner output ({{category: {{method: {{features: metrics}}}}}}): {hint}")
-    return {"results": results, "config": loaded.get("config") if isinstance(loaded.get("config"), dict) else {}}
+    def block(key: str) -> Any:
+        return loaded.get(key) if isinstance(loaded.get(key), dict) else None
+
+    return {"results": results, "config": block("config") or {}, "intervals": block("intervals"), "identity": block("model_identity")}
 
 
 def evaluation_dataset_name(files: Sequence[str | Path]) -> str:
@@ -97,16 +136,34 @@ def evaluation_dataset_name(files: Sequence[str | Path]) -> str:
     return ", ".join(names) or "evaluation"
 
 
-def results_table(results: dict[str, Any]) -> str:
-    """Markdown table (w/o vs w/ per method) from a runner ``results.json`` dict."""
+def results_table(results: dict[str, Any], intervals: Optional[dict[str, Any]] = None) -> str:
+    """Markdown table (w/o vs w/ per method) from a runner ``results.json`` dict.
+
+    With ``intervals`` (``results.json``'s block) a w/ or residual cell also shows its difference to
+    the backbone and the paired bootstrap interval of that difference, ``91.2 (+2.1 [-1.3, +5.4])``,
+    and a line under the table says what the interval covers.
+    """
+    from .evaluation.report import interval_text
+
     mean = results.get("mean") or {}
     if not mean:
         return "No evaluation results yet: run `adpretrain evaluate ... --output DIR` and `adpretrain card --results DIR/results.json`."
     lines = ["| method | features | " + " | ".join(METRIC_CARD_LABELS[m] for m in METRICS) + " |", "| --- | --- | ---: | ---: | ---: |"]
     for method, by_kind in mean.items():
         for kind, scores in by_kind.items():
-            cells = " | ".join(f"{100 * scores[m]:.1f}" if scores.get(m) is not None else "–" for m in METRICS)
-            lines.append(f"| {method} | {kind} | {cells} |")
+            bounds = ((intervals or {}).get("results", {}).get("mean", {}).get(method, {}).get(kind)) or {}
+            cells = []
+            for m in METRICS:
+                text = f"{100 * scores[m]:.1f}" if scores.get(m) is not None else "–"
+                entry = bounds.get(m)
+                if entry and entry.get("difference") is not None:
+                    text += f" ({100 * entry['difference']:+.1f}{interval_text(entry)})"
+                cells.append(text)
+            lines.append(f"| {method} | {kind} | {' | '.join(cells)} |")
+    if intervals:
+        lines += ["", f"In parentheses: the difference to the backbone's own features and its paired bootstrap "
+                      f"{100 * intervals['confidence']:g}% interval ({intervals['resamples']} resamples). "
+                      f"The interval covers {intervals['covers']}. An interval that contains 0 does not resolve the sign."]
     return "\n".join(lines)
 
 
@@ -135,6 +192,16 @@ def _looks_like_hub_id(value: Any) -> bool:
     return bool(owner) and bool(name) and not value.startswith((".", "~"))
 
 
+def _describe_weights(weights: Any) -> Optional[str]:
+    """A backbone-weights source for the record: None (random), "auto", a Hub id or package/tag name as is,
+    a local folder by its name only (no local layout leaks)."""
+    if not weights:
+        return None
+    if weights != "auto" and not _looks_like_hub_id(weights) and Path(str(weights)).exists():
+        return f"local folder {Path(str(weights)).name}"
+    return str(weights)
+
+
 def training_record(
     training_args: dict[str, Any], checkpoint_dir: Optional[str | Path] = None, metrics_file: Optional[str | Path] = None,
 ) -> dict[str, Any]:
@@ -150,8 +217,7 @@ def training_record(
         record["data_folder"] = Path(str(data_root)).name
         if not training_args.get("categories") and Path(str(data_root)).is_dir():
             record["categories_found"] = sorted(p.name for p in Path(str(data_root)).iterdir() if p.is_dir())
-    weights = training_args.get("backbone_weights")
-    record["backbone_weights"] = None if not weights else ("auto" if weights == "auto" else weights if _looks_like_hub_id(weights) else f"local folder {Path(str(weights)).name}")
+    record["backbone_weights"] = _describe_weights(training_args.get("backbone_weights"))
     metrics = Path(metrics_file) if metrics_file is not None else Path(checkpoint_dir) / METRICS_FILE if checkpoint_dir is not None else None
     if metrics is not None and metrics.is_file():
         record["steps_run"] = sum(1 for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip())
@@ -199,6 +265,7 @@ def build_model_card(
     training_record: Optional[dict[str, Any]] = None,
     planned: bool = False,
     datasets: Sequence[str] = (),
+    intervals: Optional[dict[str, Any]] = None,
 ) -> ModelCard:
     """A ``ModelCard`` stating only what is known: the config, the run's record, runner results.
 
@@ -229,7 +296,7 @@ def build_model_card(
         shots=config.num_reference_shots,
         training_data=PLANNED_TRAINING_DATA if planned else describe_training_data(training_record),
         hyperparameters=hyper,
-        results_table=results_table(results),
+        results_table=results_table(results, intervals),
     )
 
 
@@ -247,7 +314,8 @@ def write_model_card(
     ``training_args`` (given at the end of training) are reduced to a record saved as
     ``training_record.json``, so a later ``adpretrain card --checkpoint`` (adding results)
     states the same training facts; ``metrics_file`` is the run's step log (see
-    :func:`training_record`). The repo id is ``repo_id``, else the run's ``hub_model_id``,
+    :func:`training_record`). ``results_files`` must record this checkpoint's identity
+    (:func:`check_results_identity`: the card never shows another model's numbers). The repo id is ``repo_id``, else the run's ``hub_model_id``,
     else the folder's name (a local checkpoint has no Hub id).
     """
     checkpoint_dir = Path(checkpoint_dir)
@@ -259,10 +327,12 @@ def write_model_card(
         record_file.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     elif record_file.is_file():
         record = json.loads(record_file.read_text(encoding="utf-8"))
+    check_results_identity(checkpoint_dir, results_files)
     results = load_results(results_files)
     name = repo_id or (record or {}).get("hub_model_id") or checkpoint_dir.resolve().name
     dataset_name = dataset_name or evaluation_dataset_name(results_files)
-    card = build_model_card(config, name, results, dataset_name=dataset_name, training_record=record, datasets=datasets)
+    card = build_model_card(config, name, results, dataset_name=dataset_name, training_record=record, datasets=datasets,
+                            intervals=load_intervals(results_files))
     path = checkpoint_dir / "README.md"
     card.save(path)
     return path

@@ -350,6 +350,7 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
         if not source:
             raise ValueError("no backbone weights to load: set config.backbone_id or pass source=<id or folder>")
         self.backbone.load_pretrained(source, self.config.backbone_pretrained)
+        self.loaded_backbone_weights = str(source)  # what training_record.json states (hub_publishing.training_record)
 
     def save_pretrained(self, save_directory, *args, save_references: Optional[bool] = None, **kwargs):
         """Save config, safetensors weights, processor config and the modeling code (Hub layout).

@@ -58,11 +58,20 @@ def test_a_training_card_states_the_runs_own_data_repo_and_backbone(trained_chec
     assert "| train.seed | 7 |" in card.text
 
 
+def identity_of(checkpoint):
+    """What the runner records in results.json for a model loaded from ``checkpoint``."""
+    from adpretrain_hf.evaluation.identity import model_identity
+    from adpretrain_hf.modeling import ADPretrainModel
+
+    return model_identity(ADPretrainModel.from_pretrained(str(checkpoint)), checkpoint)
+
+
 def test_results_added_later_keep_the_recorded_training_facts(trained_checkpoint, tmp_path):
     ckpt, data = trained_checkpoint
     write_model_card(ckpt, training_args=_run_args(data, categories=["gear"], hub_model_id=None))
     scores = {"image_auroc": 0.875, "pixel_auroc": 0.5, "aupro": 0.25}
-    payload = {"results": {"mean": {"featurenorm": {"pretrained": scores}}}, "config": {"data_root": "/x/visa_subset", "layout_resolved": "mvtec"}}
+    payload = {"results": {"mean": {"featurenorm": {"pretrained": scores}}}, "config": {"data_root": "/x/visa_subset", "layout_resolved": "mvtec"},
+               "model_identity": identity_of(ckpt)}
     (tmp_path / "results.json").write_text(json.dumps(payload))
     assert main(["card", "--checkpoint", str(ckpt), "--results", str(tmp_path / "results.json")]) == 0
     card = ModelCard.load(ckpt / "README.md")
@@ -151,3 +160,68 @@ def test_results_of_several_runs_are_merged(tmp_path):
     merged = load_results([tmp_path / "a.json", tmp_path / "b.json"])
     assert set(merged["mean"]) == {"patchcore", "padim"}
     assert set(merged["mean"]["patchcore"]) == {"backbone", "pretrained"}
+
+
+# -- the card states only what is true of this model (issue 23, item 6) ---------------------------
+def _results_file(path, identity, intervals=None):
+    scores = dict.fromkeys(METRICS, 0.5)
+    payload = {"results": {"mean": {"patchcore": {"backbone": scores, "pretrained": dict.fromkeys(METRICS, 0.75)}}},
+               "model_identity": identity}
+    if intervals is not None:
+        payload["intervals"] = intervals
+    path.write_text(json.dumps(payload))
+    return path
+
+
+def test_results_of_another_model_are_refused(tmp_path):
+    import torch
+
+    from adpretrain_hf.modeling import ADPretrainModel
+
+    for name, seed, overrides in (("mine", 0, {}), ("other_weights", 1, {}), ("other_config", 0, {"hypersphere_radius": 0.5})):
+        torch.manual_seed(seed)
+        ADPretrainModel(ADPretrainConfig.from_preset("tiny-clip", **overrides)).save_pretrained(tmp_path / name)
+    mine = tmp_path / "mine"
+    assert write_model_card(mine, results_files=[_results_file(tmp_path / "ok.json", identity_of(mine))]).is_file()
+    with pytest.raises(ValueError, match=r"another model \(weights differ; it records .*other_weights\)"):
+        write_model_card(mine, results_files=[_results_file(tmp_path / "w.json", identity_of(tmp_path / "other_weights"))])
+    with pytest.raises(ValueError, match=r"another model \(config differ"):
+        write_model_card(mine, results_files=[_results_file(tmp_path / "c.json", identity_of(tmp_path / "other_config"))])
+    with pytest.raises(ValueError, match="records no model identity"):
+        write_model_card(mine, results_files=[_results_file(tmp_path / "none.json", None)])
+    assert main(["card", "--checkpoint", str(mine), "--results", str(tmp_path / "w.json")]) == 1
+    assert main(["card", "--preset", "clip-base", "--output", str(tmp_path / "p.md"), "--results", str(tmp_path / "ok.json")]) == 1
+
+
+def test_the_card_shows_the_paired_intervals_and_what_they_cover(tmp_path, tiny_clip_model):
+    tiny_clip_model.save_pretrained(tmp_path / "ckpt")
+    entry = {"difference": 0.25, "low": -0.031, "high": 0.4}
+    intervals = {"covers": "test images: a paired bootstrap", "confidence": 0.95, "resamples": 1000,
+                 "results": {"mean": {"patchcore": {"pretrained": dict.fromkeys(METRICS, entry)}}}}
+    files = [_results_file(tmp_path / "r.json", identity_of(tmp_path / "ckpt"), intervals)]
+    text = ModelCard.load(write_model_card(tmp_path / "ckpt", results_files=files)).text
+    assert "| patchcore | pretrained | 75.0 (+25.0 [-3.1, +40.0]) | 75.0 (+25.0 [-3.1, +40.0]) |" in text
+    assert "| patchcore | backbone | 50.0 | 50.0 | 50.0 |" in text
+    assert "bootstrap 95% interval (1000 resamples)" in text and "covers test images: a paired bootstrap" in text
+
+
+def test_the_training_record_states_backbone_weights_loaded_before_training(realiad_root, tmp_path):
+    """The demo's path: weights loaded into the model, then the model handed to the loop (args say nothing)."""
+    import torch
+    from transformers import CLIPVisionModel
+
+    from adpretrain_hf.modeling import ADPretrainModel
+    from adpretrain_hf.training.arguments import PretrainArguments
+    from adpretrain_hf.training.loop import run_pretraining
+
+    torch.manual_seed(0)
+    model = ADPretrainModel(ADPretrainConfig.from_preset("tiny-clip"))
+    CLIPVisionModel(model.backbone.model.config).save_pretrained(tmp_path / "my_clip_weights")
+    model.load_backbone_weights(str(tmp_path / "my_clip_weights"))
+    args = PretrainArguments(preset="tiny-clip", data_root=str(realiad_root), output_dir=str(tmp_path / "run"), batch_size=4,
+                             max_steps=1, epochs=1, center_batches=1, num_workers=0, progress=False, report_to="none")
+    folder = run_pretraining(args, model=model)
+    record = json.loads((folder / "training_record.json").read_text())
+    assert record["backbone_weights"] == "local folder my_clip_weights"
+    card = (folder / "README.md").read_text()
+    assert "randomly initialised" not in card and "Backbone weights: `local folder my_clip_weights`." in card

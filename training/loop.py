@@ -360,7 +360,8 @@ class Pretrainer:
 
             write_model_card(
                 model_dir, repo_id=self.args.hub_model_id or self.output_dir.resolve().name,
-                training_args=self.args.to_dict(), metrics_file=self.output_dir / METRICS_FILE,
+                training_args={**self.args.to_dict(), "backbone_weights": loaded_backbone_weights(self.model, self.args)},
+                metrics_file=self.output_dir / METRICS_FILE,
             )
             if self.args.push_to_hub:
                 from adpretrain_hf.hub_publishing import push_checkpoint
@@ -370,6 +371,12 @@ class Pretrainer:
         acc.wait_for_everyone()
         acc.end_training()
         return model_dir
+
+
+def loaded_backbone_weights(model: ADPretrainModel, args: PretrainArguments) -> Optional[str]:
+    """The backbone weights the model actually holds: those loaded into it (also before a ``model=`` was
+    handed to the loop), else ``args.backbone_weights``; None: random."""
+    return getattr(model, "loaded_backbone_weights", None) or args.backbone_weights
 
 
 def run_pretraining(args: PretrainArguments, model: Optional[ADPretrainModel] = None) -> Path:

@@ -1,6 +1,7 @@
 """``adpretrain card``: write a model card (README.md) for a checkpoint or a planned preset.
 
-The results table is filled only from evaluation JSON files written by ``adpretrain evaluate``.
+The results table is filled only from evaluation JSON files written by ``adpretrain evaluate``, and
+only from those that record this model's identity (config and weights hashes; for ``--preset``, the preset).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a save_pretrained folder; the card is written into it as README.md")
     source.add_argument("--preset", help="a preset name, for a planned checkpoint's card (needs --output)")
-    parser.add_argument("--results", action="append", default=[], help="results.json from `adpretrain evaluate` (repeatable)")
+    parser.add_argument("--results", action="append", default=[], help="results.json from `adpretrain evaluate` of this very checkpoint (its recorded config and weights hashes are checked; repeatable)")
     parser.add_argument("--repo-id", default=None, help="Hub repo id shown in the card (default: the run's --hub-model-id, else the folder name; adpretrain/<preset> for --preset)")
     parser.add_argument("--dataset-name", default=None, help="name of the evaluation dataset in the model-index (default: the data folder the results JSON records)")
     parser.add_argument("--training-dataset", action="append", default=[], help="Hub dataset id of the training data, for the card's datasets: metadata (repeatable; never inferred)")
@@ -25,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from adpretrain_hf.cli import CommandError
-    from adpretrain_hf.hub_publishing import build_model_card, evaluation_dataset_name, load_results, write_model_card
+    from adpretrain_hf.hub_publishing import build_model_card, evaluation_dataset_name, load_intervals, load_results, write_model_card
     from adpretrain_hf.modeling import ADPretrainConfig
 
     for path in args.results:
@@ -43,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not args.output:
             raise CommandError("--preset needs --output", "e.g. --output model_cards/clip-large.md")
+        _check_planned_results(args.preset, args.results)
         results = load_results(args.results)
         try:
             config = ADPretrainConfig.from_preset(args.preset)
@@ -50,9 +52,22 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError(str(err), "see the preset list in the error") from None
         dataset_name = args.dataset_name or evaluation_dataset_name(args.results)
         card = build_model_card(
-            config, args.repo_id or f"adpretrain/{args.preset}", results, dataset_name=dataset_name, planned=True, datasets=args.training_dataset
+            config, args.repo_id or f"adpretrain/{args.preset}", results, dataset_name=dataset_name, planned=True, datasets=args.training_dataset,
+            intervals=load_intervals(args.results),
         )
         card.save(args.output)
         path = Path(args.output)
     print(f"model card written to {path}")
     return 0
+
+
+def _check_planned_results(preset: str, files: list) -> None:
+    """A planned card may show results only of a model of that preset (recorded in results.json)."""
+    from adpretrain_hf.cli import CommandError
+    from adpretrain_hf.hub_publishing import recorded_identity
+
+    for file in files:
+        recorded = (recorded_identity(file) or {}).get("preset")
+        if recorded != preset:
+            raise CommandError(f"results file {file} records {'preset ' + repr(recorded) if recorded else 'no model identity'}, "
+                               f"not a model of preset {preset!r}", "pass results that `adpretrain evaluate` wrote for a model of this preset")

@@ -9,14 +9,16 @@ category whose NG views lack masks still gets its image AUROC.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 
 from ..detectors import DETECTORS, build_detector
 from ..detectors.trained import TrainedDetector
 from ..metrics import AUPRO_FPR_LIMIT, aupro, image_auroc, pixel_auroc
+from .bootstrap import replicate_metrics
 
 
 @dataclass
@@ -53,6 +55,8 @@ class CellResult:
     num_test: int
     fit_seconds: float
     predict_seconds: float
+    replicates: Optional[dict[str, np.ndarray]] = field(default=None, repr=False)
+    """``{metric: [B]}`` on the category's bootstrap resamples (:mod:`.bootstrap`); not written to JSON."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -101,12 +105,14 @@ def run_cell(
     batch_size: int,
     sample_ids: list[str],
     hook: Optional[PredictionHook] = None,
+    bootstrap_weights: Optional[np.ndarray] = None,
 ) -> tuple[CellResult, torch.Tensor, torch.Tensor]:
     """Fit ``method`` on ``train_pixel_values [N_tr, 3, H, W]``, score ``test_pixel_values [N_te, 3, H, W]``.
 
     Seeds torch with ``reference_seed`` first, so the random parts of a method (coreset
-    projection, network initialisation) repeat. Returns the result, the maps ``[N_te, H, W]``
-    and the image scores ``[N_te]``.
+    projection, network initialisation) repeat. ``bootstrap_weights [B, N_te]`` (the category's
+    resamples as image multiplicities) adds every metric on every resample to the result.
+    Returns the result, the maps ``[N_te, H, W]`` and the image scores ``[N_te]``.
     """
     torch.manual_seed(reference_seed)
     detector = build_detector(method, extractor, **detector_kwargs(method, quick, batch_size))
@@ -123,4 +129,6 @@ def run_cell(
         hook(CellPredictions(category, method, extractor.kind, reference_seed, maps, scores, test_labels, test_masks, sample_ids))
     result = CellResult(category, method, extractor.kind, reference_seed, metrics, train_pixel_values.shape[0],
                         test_pixel_values.shape[0], fitted - start, done - fitted)
+    if bootstrap_weights is not None:
+        result.replicates = replicate_metrics(maps.numpy(), scores.numpy(), test_labels.numpy(), test_masks.numpy(), bootstrap_weights)
     return result, maps, scores

@@ -28,12 +28,15 @@ DEFAULT_SHOTS = 8
 REFERENCE_STRATEGY_CHOICES: tuple[str, ...] = ("first", "random", "kmeans", "aligned")
 LAYOUT_CHOICES: tuple[str, ...] = ("auto", "mvtec", "mpdd", "mvtec3d", "btad", "visa", "realiad")
 DTYPE_HELP = "model precision: float32, bfloat16 or float16 (or bf16, fp16, half), e.g. bfloat16 on a GPU (None: unchanged)"
+DEFAULT_BOOTSTRAP_RESAMPLES = 1000
+"""Test-image resamples per category for the paired intervals (a common choice for 95% percentile intervals; their Monte-Carlo error shrinks as 1/sqrt(B))."""
+DEFAULT_BOOTSTRAP_CONFIDENCE = 0.95
 NOISE_SETTING = "overlap"
+"""SoftPatch's setting used by the paper (4.4): injected anomalies stay in the test set."""
 PROTOCOL_CHOICES: tuple[str, ...] = ("release", "package")
 """Detector protocols (``evaluation.protocols.DETECTOR_PROTOCOLS``): the released code's variants, or the package's own."""
 DEFAULT_PROTOCOL = "release"
 """The Table-1 runner's default: numbers comparable with the paper's (issue 19)."""
-"""SoftPatch's setting used by the paper (4.4): injected anomalies stay in the test set."""
 
 if TYPE_CHECKING:
     import torch
@@ -138,6 +141,13 @@ class EvaluationConfig:
         "help": "memory for cached features per category in MB; past it they spill to disk (0: all on disk)", "metavar": "MB"})
     feature_cache_dir: Optional[str] = field(default=None, metadata={
         "help": "where the cache's spill folder is made (None: the temp folder); removed after each category", "metavar": "DIR"})
+    # -- paired bootstrap intervals over test images (evaluation/bootstrap.py) --
+    bootstrap_resamples: int = field(default=DEFAULT_BOOTSTRAP_RESAMPLES, metadata={
+        "help": "resamples of the test images for the paired interval of every w/ - w/o difference (0: no intervals)",
+        "metavar": "B"})
+    bootstrap_confidence: float = field(default=DEFAULT_BOOTSTRAP_CONFIDENCE, metadata={
+        "help": "coverage of those intervals (percentile bootstrap)", "metavar": "C"})
+    bootstrap_seed: int = field(default=0, metadata={"help": "seeds the test-image resamples (mixed with each category's name)"})
     extra: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "free-form notes recorded in results.json, a YAML/JSON mapping (the CLI adds its command line)"})
 
@@ -210,11 +220,12 @@ class EvaluationConfig:
             raise ValueError(f"feature_cache_mb={self.feature_cache_mb!r} must be a number >= 0 (0: the cache lives on disk)")
         for name in ("shots", "reference_seeds", "batch_size"):
             _check_int(name, getattr(self, name), 1)
-        for name in ("reference_seed", "split_seed", "num_overlays"):
+        for name in ("reference_seed", "split_seed", "num_overlays", "bootstrap_resamples", "bootstrap_seed"):
             _check_int(name, getattr(self, name), 0)
         _check_fraction("train_fraction", self.train_fraction, low_open=True, high_closed=True)
         _check_fraction("noise_ratio", self.noise_ratio, low_open=False, high_closed=False)
         _check_fraction("realiad_fit_fraction", self.realiad_fit_fraction, low_open=True, high_closed=False)
+        _check_fraction("bootstrap_confidence", self.bootstrap_confidence, low_open=True, high_closed=False)
         if self.train_shots is not None:
             _check_int("train_shots", self.train_shots, 1)
             if self.train_fraction != 1.0:

@@ -1,4 +1,5 @@
-"""Pictures of a run: anomaly-map overlays (w/o vs w/ side by side) and the mean-metric bar chart.
+"""Pictures of a run: anomaly-map overlays (w/o vs w/ side by side) and the mean-metric bar chart
+(with the paired bootstrap intervals of the differences to w/o).
 
 Overlays are composed with PIL (:mod:`adpretrain_hf.overlays`: a colour lookup table, no
 matplotlib figure per image, a few ms each). The one chart per run uses matplotlib's object
@@ -125,11 +126,21 @@ def save_overlays(
     return written
 
 
-def save_comparison_chart(path: Path, mean_results: dict[str, Any], methods: Sequence[str], kinds: Sequence[str], title: Optional[str] = None) -> Path:
-    """Bar chart of the mean metrics: a panel per metric, w/o vs w/ bars per method (± std when known)."""
-    fig = Figure(figsize=(4.0 * len(METRICS), 3.4), dpi=FIGURE_DPI)
+def save_comparison_chart(
+    path: Path, mean_results: dict[str, Any], methods: Sequence[str], kinds: Sequence[str], title: Optional[str] = None,
+    intervals: Optional[dict[str, Any]] = None,
+) -> Path:
+    """Bar chart of the mean metrics: a panel per metric, w/o vs w/ bars per method (± std when known).
+
+    ``intervals`` (``results.json``'s ``intervals["results"]["mean"]``: method -> kind -> metric ->
+    ``{"difference", "low", "high"}``) adds a second row: each kind's difference to w/o with its paired
+    bootstrap interval as error bars, around a zero line (a bar crossing zero: the sign is not resolved).
+    """
+    rows = 2 if intervals else 1
+    fig = Figure(figsize=(4.0 * len(METRICS), 3.4 * rows), dpi=FIGURE_DPI)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(METRICS), squeeze=False)[0]
+    grid = fig.subplots(rows, len(METRICS), squeeze=False)
+    axes = grid[0]
     width = 0.8 / len(kinds)
     positions = np.arange(len(methods))
     for ax, metric in zip(axes, METRICS):
@@ -147,8 +158,37 @@ def save_comparison_chart(path: Path, mean_results: dict[str, Any], methods: Seq
         ax.set_ylim(0, 100)
         ax.set_title(f"mean {METRIC_LABELS[metric]} (%)", fontsize=9)
         ax.legend(fontsize=8, loc="lower right")
+    if intervals:
+        for ax, metric in zip(grid[1], METRICS):
+            _difference_panel(ax, intervals, methods, [k for k in kinds if k != "backbone"], metric, positions)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     return path
+
+
+def difference_points(intervals: dict[str, Any], methods: Sequence[str], kind: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(differences [M], errors [2, M])`` in points for matplotlib's ``yerr`` (NaN where unknown)."""
+    values, below, above = [], [], []
+    for method in methods:
+        entry = (intervals.get(method, {}).get(kind) or {}).get(metric) or {}
+        value, low, high = entry.get("difference"), entry.get("low"), entry.get("high")
+        values.append(np.nan if value is None else 100 * value)
+        below.append(np.nan if value is None or low is None else 100 * (value - low))
+        above.append(np.nan if value is None or high is None else 100 * (high - value))
+    return np.array(values), np.array([below, above])
+
+
+def _difference_panel(ax: Any, intervals: dict[str, Any], methods: Sequence[str], kinds: Sequence[str], metric: str,
+                      positions: np.ndarray) -> None:
+    ax.axhline(0.0, color="#444444", linewidth=0.8)
+    width = 0.8 / max(len(kinds), 1)
+    for j, kind in enumerate(kinds):
+        values, errors = difference_points(intervals, methods, kind, metric)
+        ax.errorbar(positions + (j - (len(kinds) - 1) / 2) * width, values, yerr=errors, fmt="o", capsize=4,
+                    color=KIND_COLORS.get(kind), label=f"{KIND_LABELS[kind]} − w/o")
+    ax.set_xticks(positions, [DISPLAY_NAMES.get(m, m) for m in methods], rotation=20, fontsize=8)
+    ax.set_xlim(-0.5, len(methods) - 0.5)
+    ax.set_title(f"{METRIC_LABELS[metric]} minus w/o (points), bootstrap interval", fontsize=9)
+    ax.legend(fontsize=8, loc="best")

@@ -21,7 +21,10 @@ from .config import METRICS
 MEAN_ROW = "mean"
 DISPLAY_NAMES = {"featurenorm": "FeatureNorm", "patchcore": "PatchCore", "padim": "PaDiM", "cflow": "CFLOW", "glass": "GLASS", "uniad": "UniAD"}
 KIND_LABELS = {"backbone": "w/o", "residual": "res.", "pretrained": "w/"}
-CSV_COLUMNS = ("category", "method", "features", *METRICS, *(f"{m}_std" for m in METRICS), "num_runs", "num_train", "num_test")
+INTERVAL_SUFFIXES = ("_diff", "_diff_low", "_diff_high")
+"""CSV columns per metric: the difference to w/o and its paired bootstrap interval (``results.json``'s ``intervals``)."""
+CSV_COLUMNS = ("category", "method", "features", *METRICS, *(f"{m}_std" for m in METRICS),
+               *(f"{m}{suffix}" for m in METRICS for suffix in INTERVAL_SUFFIXES), "num_runs", "num_train", "num_test")
 
 
 def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
@@ -71,8 +74,17 @@ def _pct(value: Optional[float]) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
 
-def _cell_text(scores: dict[str, Optional[float]], base: Optional[dict[str, Optional[float]]]) -> str:
-    """``"98.1 / 97.2 / 91.8"``; with a baseline ``"98.1 (+4.7) / ..."``; with std ``"98.1±0.2 (+4.7)"``."""
+def interval_text(entry: Optional[dict[str, Any]]) -> str:
+    """``" [-1.3, +5.4]"`` (percentage points) from an ``intervals`` entry; empty without bounds."""
+    if not entry or entry.get("low") is None or entry.get("high") is None:
+        return ""
+    return f" [{100 * entry['low']:+.1f}, {100 * entry['high']:+.1f}]"
+
+
+def _cell_text(scores: dict[str, Optional[float]], base: Optional[dict[str, Optional[float]]],
+               intervals: Optional[dict[str, Any]] = None) -> str:
+    """``"98.1 / 97.2 / 91.8"``; with a baseline ``"98.1 (+4.7) / ..."``, with its interval
+    ``"98.1 (+4.7 [+1.2, +8.0]) / ..."``; with std ``"98.1±0.2 (+4.7 ...)"``."""
     parts = []
     for metric in METRICS:
         text = _pct(scores.get(metric))
@@ -80,13 +92,18 @@ def _cell_text(scores: dict[str, Optional[float]], base: Optional[dict[str, Opti
         if std is not None:
             text += f"±{100 * std:.1f}"
         if base is not None and scores.get(metric) is not None and base.get(metric) is not None:
-            text += f" ({100 * (scores[metric] - base[metric]):+.1f})"
+            text += f" ({100 * (scores[metric] - base[metric]):+.1f}{interval_text((intervals or {}).get(metric))})"
         parts.append(text)
     return " / ".join(parts)
 
 
-def markdown_table(results: dict[str, Any], methods: Sequence[str], kinds: Sequence[str], notes: Sequence[str] = ()) -> str:
-    """Table 1's layout: a row per category and the mean, ``w/o`` and ``w/`` per method side by side."""
+def markdown_table(results: dict[str, Any], methods: Sequence[str], kinds: Sequence[str], notes: Sequence[str] = (),
+                   intervals: Optional[dict[str, Any]] = None) -> str:
+    """Table 1's layout: a row per category and the mean, ``w/o`` and ``w/`` per method side by side.
+
+    ``intervals`` (the ``results.json`` block of :func:`~adpretrain_hf.evaluation.bootstrap.paired_intervals`)
+    adds each difference's paired bootstrap interval in brackets.
+    """
     header = ["category"]
     for method in methods:
         header += [f"{DISPLAY_NAMES.get(method, method)} {KIND_LABELS[kind]}" for kind in kinds]
@@ -95,6 +112,9 @@ def markdown_table(results: dict[str, Any], methods: Sequence[str], kinds: Seque
     if "backbone" in kinds:
         shown = "`w/` and `res.` (residual features, no projector)" if "residual" in kinds else "`w/`"
         legend += f"; {shown} cells give the difference to `w/o` in parentheses"
+    if intervals:
+        legend += (f"; [low, high] is the paired bootstrap {100 * intervals['confidence']:g}% interval of that difference "
+                   f"over test images ({intervals['resamples']} resamples; reference sets fixed, training seeds not covered)")
     if has_std:
         legend += "; ± is the std over reference sets"
     lines = [
@@ -111,14 +131,17 @@ def markdown_table(results: dict[str, Any], methods: Sequence[str], kinds: Seque
             for kind in kinds:
                 scores = per_kind.get(kind)
                 base = per_kind.get("backbone") if kind != "backbone" and "backbone" in kinds else None
-                cells.append("–" if scores is None else _cell_text(scores, base))
+                bounds = ((intervals or {}).get("results", {}).get(category, {}).get(method, {}).get(kind))
+                cells.append("–" if scores is None else _cell_text(scores, base, bounds))
         lines.append("| " + " | ".join(cells) + " |")
     lines += [""] + [f"- {note}" for note in notes]
     return "\n".join(lines).rstrip() + "\n"
 
 
-def csv_rows(results: dict[str, Any], counts: dict[str, dict[str, int]], num_runs: dict[tuple[str, str, str], int]) -> list[dict[str, Any]]:
-    """One row per category (and "mean") x method x feature kind, values in [0, 1]."""
+def csv_rows(results: dict[str, Any], counts: dict[str, dict[str, int]], num_runs: dict[tuple[str, str, str], int],
+             intervals: Optional[dict[str, Any]] = None) -> list[dict[str, Any]]:
+    """One row per category (and "mean") x method x feature kind, values in [0, 1]; the w/ and res. rows
+    carry ``<metric>_diff`` (minus w/o) and its interval ``<metric>_diff_low`` / ``_diff_high``."""
     rows = []
     for category, by_method in results.items():
         for method, by_kind in by_method.items():
@@ -127,6 +150,9 @@ def csv_rows(results: dict[str, Any], counts: dict[str, dict[str, int]], num_run
                 for metric in METRICS:
                     row[metric] = scores.get(metric)
                     row[f"{metric}_std"] = scores.get(f"{metric}_std")
+                    entry = ((intervals or {}).get("results", {}).get(category, {}).get(method, {}).get(kind) or {}).get(metric) or {}
+                    for suffix, key in zip(INTERVAL_SUFFIXES, ("difference", "low", "high")):
+                        row[f"{metric}{suffix}"] = entry.get(key)
                 row["num_runs"] = num_runs.get((category, method, kind), "")
                 row["num_train"] = counts.get(category, {}).get("num_train", "")
                 row["num_test"] = counts.get(category, {}).get("num_test", "")

@@ -21,9 +21,11 @@ from tqdm.auto import tqdm
 
 from ..extractor import REFERENCE_KINDS, ModelFeatureExtractor
 from ..metrics.names import METRIC_DEFINITIONS
+from .bootstrap import category_seed, draw_indices, paired_intervals, weights_from_indices
 from .cell import PredictionHook, is_trained, run_cell
 from .config import EvaluationConfig, make_config
 from .feature_cache import DirectSource, FeatureCache
+from .identity import IDENTITY_KEY, model_identity
 from .category_inputs import CategoryData, describe_model, load_splits, prepare_category
 from .plots import pick_overlay_indices, save_comparison_chart, save_overlays
 from .protocols import category_protocol_record, effective_shots, protocol_record
@@ -55,13 +57,20 @@ def evaluate_model(
     Returns:
         The ``results.json`` payload: ``results`` (per category and ``"mean"``: method ->
         backbone|pretrained -> metrics in [0, 1], ``<metric>_std`` with several reference sets),
-        ``config``, ``references``, ``protocol`` and ``runs`` (every cell with timings).
+        ``config``, ``model_identity`` (config and weights hashes, checkpoint: what ``adpretrain card`` checks),
+        ``intervals`` (paired bootstrap intervals of each kind - backbone over test images, see
+        :mod:`.bootstrap`), ``references``, ``protocol`` and ``runs`` (every cell with timings).
     """
     return run_evaluation(model_or_path, make_config(config, **overrides), prediction_hook)
 
 
 def load_model(model_or_path: Any, config: EvaluationConfig) -> Any:
     """The model in eval mode on ``config.device`` / ``config.dtype``."""
+    return load_model_with_identity(model_or_path, config)[0]
+
+
+def load_model_with_identity(model_or_path: Any, config: EvaluationConfig) -> tuple[Any, dict[str, Any]]:
+    """:func:`load_model` and the model's :func:`~.identity.model_identity`, taken before any dtype cast."""
     from ..modeling import ADPretrainModel
 
     if isinstance(model_or_path, ADPretrainModel):
@@ -72,9 +81,10 @@ def load_model(model_or_path: Any, config: EvaluationConfig) -> Any:
         raise TypeError(
             f"model_or_path must be an ADPretrainModel or a checkpoint folder / Hub id, got {type(model_or_path).__name__}"
         )
+    identity = model_identity(model, model_or_path)
     if config.device is not None or config.torch_dtype is not None:
         model.to(device=config.device, dtype=config.torch_dtype)
-    return model.eval()
+    return model.eval(), identity
 
 
 def run_evaluation(
@@ -87,7 +97,7 @@ def run_evaluation(
     if config.effective_strategy != config.reference_strategy:
         warnings.warn(f"reference_seeds={config.reference_seeds} with strategy 'first' would repeat one set: "
                       "drawing the reference sets at random instead", stacklevel=2)
-    model = load_model(model_or_path, config)
+    model, identity = load_model_with_identity(model_or_path, config)
     processor = processor_for(model)  # the one saved with the checkpoint, else the config's
     splits = load_splits(config)
     out = Path(config.output_dir) if config.output_dir is not None else None
@@ -116,18 +126,21 @@ def run_evaluation(
 
     kinds = config.feature_kinds
     results = aggregate(runs, splits.categories, config.methods, kinds)
+    intervals = _intervals(runs, results, splits.categories, config)
     payload = {
         "results": results,
+        **({"intervals": intervals} if intervals is not None else {}),
         "config": {**config.to_json(), "model": model_name or describe_model(model_or_path), "layout_resolved": splits.layout,
                    "model_config": {"preset": model.config.preset, "image_size": model.config.image_size,
                                     "layers": list(model.config.layers)}},
+        IDENTITY_KEY: identity,
         "references": references,
         "protocol": protocol,
         "metrics": dict(METRIC_DEFINITIONS),
         "runs": [run.to_json() for run in runs],
         "feature_passes": cache_stats,
     }
-    markdown = markdown_table(results, config.methods, kinds, _notes(config, splits.layout))
+    markdown = markdown_table(results, config.methods, kinds, _notes(config, splits.layout), intervals=intervals)
     if out is not None:
         write_json(out / RESULTS_JSON, payload)
         num_runs = {(r.category, r.method, r.features): 0 for r in runs}
@@ -136,9 +149,10 @@ def run_evaluation(
         for method in config.methods:
             for kind in kinds:
                 num_runs[(MEAN_ROW, method, kind)] = len({r.reference_seed for r in runs if (r.method, r.features) == (method, kind)})
-        write_csv(out / RESULTS_CSV, csv_rows(results, counts, num_runs))
+        write_csv(out / RESULTS_CSV, csv_rows(results, counts, num_runs, intervals=intervals))
         (out / RESULTS_MD).write_text(markdown, encoding="utf-8")
         save_comparison_chart(out / CHART_PNG, results[MEAN_ROW], config.methods, kinds,
+                              intervals=(intervals or {}).get("results", {}).get(MEAN_ROW),
                               title=f"{os.path.basename(os.path.normpath(config.data_root))}: mean over {len(splits.categories)} categories")
     if config.print_markdown:
         print(markdown)
@@ -175,13 +189,17 @@ def _run_category(
     total = len(config.methods) * (("backbone" in kinds) + len(seeds) * len(with_references))
     bar = tqdm(total=total, desc=data.name, leave=False, disable=not config.progress)
     runs, kept, sets = [], {}, []
+    weights = None
+    if config.bootstrap_resamples > 0 and "backbone" in kinds and len(kinds) > 1:  # one resample set for all cells: paired
+        indices = draw_indices(data.test_labels.tolist(), config.bootstrap_resamples, category_seed(config.bootstrap_seed, data.name))
+        weights = weights_from_indices(indices, data.test_labels.shape[0])
 
     def cell(method: str, extractor: Any, seed: int) -> None:
         bar.set_postfix_str(f"{method} {extractor.kind} seed {seed}")
         result, maps, scores = run_cell(
             data.name, method, extractor, data.train_pixel_values, data.test_pixel_values, data.test_labels,
             data.test_masks, reference_seed=seed, quick=config.quick, batch_size=config.batch_size,
-            sample_ids=data.test_ids, hook=hook)
+            sample_ids=data.test_ids, hook=hook, bootstrap_weights=weights)
         runs.append(result)
         if seed == seeds[0] and picked:
             index = torch.tensor(picked)
@@ -217,6 +235,14 @@ def _overlays(out: Path, data: CategoryData, picked: list[int], kept: Kept, conf
         ranges={key: r for key, (_, _, r) in kept.items()},
         methods=config.methods, kinds=config.feature_kinds, mean=processor.image_mean, std=processor.image_std,
     )
+
+
+def _intervals(runs: list[Any], results: dict[str, Any], categories: list[str], config: EvaluationConfig) -> Optional[dict[str, Any]]:
+    """The paired intervals of every kind - backbone (None without resamples or without a backbone column)."""
+    if not any(run.replicates is not None for run in runs):
+        return None
+    return paired_intervals(runs, results, categories, config.methods, config.feature_kinds, resamples=config.bootstrap_resamples,
+                            confidence=config.bootstrap_confidence, seed=config.bootstrap_seed, mean_row=MEAN_ROW)
 
 
 def _notes(config: EvaluationConfig, layout: str) -> list[str]:
