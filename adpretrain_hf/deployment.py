@@ -23,25 +23,19 @@ import torch
 from tqdm.auto import tqdm
 
 from .detectors import build_detector
-from .detectors.base import Detector
-from .detectors.featurenorm import FeatureMapDetector, LayerSelectingExtractor
+from .detectors.base import Detector, FeatureMapDetector
+from .detectors.layers import LayerSelectingExtractor
 from .extractor import ModelFeatureExtractor
 from .modeling.calibration_adpretrain import DEFAULT_QUANTILE, fit_threshold, score_range
-from .modeling.configuration_detector_adpretrain import PACKAGE_METHODS, ADPretrainDetectorConfig
+from .modeling.configuration_detector_adpretrain import ADPretrainDetectorConfig
 from .modeling.image_processing_adpretrain import ADPretrainImageProcessor, processor_for
 from .modeling.modeling_adpretrain import ADPretrainModel
-from .modeling.modeling_detector_adpretrain import (
-    REFERENCE_BANK_PREFIX,
-    ADPretrainDetectorModel,
-    net_buffer_name,
-)
+from .modeling.modeling_detector_adpretrain import REFERENCE_BANK_PREFIX, ADPretrainDetectorModel
 from .modeling.pipeline_anomaly_features import load_rgb
-from .renamed_keywords import renamed_keyword
 
 __all__ = ["calibrate", "detector_to_model", "fit_detector", "load_pixel_values", "predict_maps"]
 
 DEFAULT_REFERENCE_SHOTS = 8  # references default to the first this-many training images (the paper's 8-shot set)
-_TRAINED_STATE_KEY = "trained"
 
 Images = Union[torch.Tensor, Sequence[Any], Any]
 
@@ -94,8 +88,10 @@ def predict_maps(
 def detector_to_model(detector: Detector, feature_source: Optional[str] = None) -> ADPretrainDetectorModel:
     """Wrap a fitted detector (on a ``ModelFeatureExtractor``) as an ``ADPretrainDetectorModel``.
 
-    The extractor's ADPretrain model is shared, not copied. For pretrained features its
-    reference bank (backbone tokens of the normal references) is stored for the used layers.
+    The extractor's ADPretrain model is shared, not copied. The detector's module is rebuilt
+    from its settings (as a loaded folder rebuilds it) and its fitted state copied in; for
+    pretrained features the reference bank (backbone tokens of the normal references) is stored
+    for the used layers.
     """
     extractor, selected = detector.extractor, None
     if isinstance(extractor, LayerSelectingExtractor):  # a trained detector's layer_positions= (resolved at fit)
@@ -107,16 +103,14 @@ def detector_to_model(detector: Detector, feature_source: Optional[str] = None) 
         )
     if not detector.is_fitted:
         raise RuntimeError(f"{type(detector).__name__} is not fitted: call fit(normal_images) first")
-    settings, tensors = detector.export_state()
+    module = detector.module
+    settings, tensors = module.settings(), {k: v.detach() for k, v in module.fitted_tensors().items()}
     model = extractor.model
     if isinstance(detector, FeatureMapDetector):
         selected = detector.used_layer_positions()
     elif selected is None:
         selected = list(range(len(extractor.layer_positions)))
     positions = [extractor.layer_positions[i] for i in selected]  # in the model's list of tapped layers
-    if detector.name in PACKAGE_METHODS:
-        settings = {"sigma": float(detector.sigma), _TRAINED_STATE_KEY: True, **settings}
-        tensors = {net_buffer_name(k): v for k, v in tensors.items()}
     needs_bank = extractor.kind == "pretrained" and extractor.needs_references
     if needs_bank:
         bank = extractor.reference_bank()  # raises, naming the fix, when no references were given
@@ -134,9 +128,13 @@ def detector_to_model(detector: Detector, feature_source: Optional[str] = None) 
     )
     detector_model = ADPretrainDetectorModel(config, adpretrain_model=model)
     device = next(model.parameters()).device
+    detector_model.detector.load_state_dict(module.state_dict())
     for name, value in tensors.items():
-        detector_model.fitted.get(name).copy_(value.detach())
-    detector_model.fitted.to(device)
+        if name.startswith(REFERENCE_BANK_PREFIX):
+            detector_model.references.get(name).copy_(value)
+    detector_model.detector.to(device)
+    detector_model.references.to(device)
+    detector_model.check_fitted()
     return detector_model.eval()
 
 
@@ -212,7 +210,6 @@ def fit_detector(
     device: Optional[Union[str, torch.device]] = None,
     batch_size: int = 32,
     progress: bool = True,
-    layers: Optional[Sequence[int]] = None,
 ) -> ADPretrainDetectorModel:
     """Fit ``method`` on normal ``train_images`` and return a deployable detector model.
 
@@ -221,7 +218,7 @@ def fit_detector(
         method: ``"featurenorm" | "patchcore" | "padim" | "cflow" | "glass" | "uniad"``.
         features: ``"pretrained"`` (ADPretrain, "w/") or ``"backbone"`` ("w/o").
         layer_positions: 0-based positions in the model's list of tapped layers (None: the method's
-            default); ``layers=`` is its deprecated old name.
+            default).
         references: normal reference images for the residuals (default: the first 8 training images);
             they become the extractor's reference bank and are stored in the folder. A training image
             that is also a reference is matched against the other references only (leave-one-out).
@@ -232,7 +229,6 @@ def fit_detector(
     """
     if val_images is None and (val_labels is not None or val_masks is not None):  # before the fit, not after it
         raise ValueError("val_labels / val_masks given without val_images: pass the validation images too")
-    layer_positions = renamed_keyword(layer_positions, layers, "fit_detector")
     model, source = _resolve_model(model, device)
     processor = processor_for(model)  # saved with the checkpoint, else the config's; the detector saves it
     train = load_pixel_values(train_images, processor, "train_images")

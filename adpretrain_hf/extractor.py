@@ -22,7 +22,6 @@ from .modeling.anomaly_map_adpretrain import tokens_to_grid
 from .modeling.configuration_adpretrain import FEATURE_KINDS
 from .modeling.content_keys_adpretrain import combine_keys, pixel_hash
 from .modeling.modeling_adpretrain import ADPretrainModel
-from .renamed_keywords import renamed_keyword
 
 REFERENCE_KINDS = ("residual", "pretrained")  # kinds whose features depend on the references
 REFERENCE_BATCH_SIZE = 32
@@ -169,8 +168,7 @@ class ModelFeatureExtractor:
         model: an :class:`ADPretrainModel`.
         features: ``"backbone"``, ``"residual"`` or ``"pretrained"``.
         layer_positions: 0-based positions in the model's list of tapped layers to return
-            (default: all), e.g. ``[0, 2]`` for the 1st and 3rd of ``config.layers``;
-            ``layers=`` is its deprecated old name.
+            (default: all), e.g. ``[0, 2]`` for the 1st and 3rd of ``config.layers``.
         device, dtype: where and in which precision the model runs (bf16 on a GPU is fine;
             outputs are always float32).
         references: the normal reference bank (residual/pretrained kinds); ``None`` falls back
@@ -187,8 +185,6 @@ class ModelFeatureExtractor:
         dtype: Optional[torch.dtype] = None,
         references: Optional[ReferenceBank] = None,
         source: Optional[FeatureSource] = None,
-        *,
-        layers: Optional[Sequence[int]] = None,
     ) -> None:
         if features not in FEATURE_KINDS:
             raise ValueError(f"features={features!r} is not supported: choose one of {FEATURE_KINDS}")
@@ -196,7 +192,6 @@ class ModelFeatureExtractor:
         if device is not None or dtype is not None:
             self.model.to(device=device, dtype=dtype)
         self.kind = features
-        layer_positions = renamed_keyword(layer_positions, layers, "ModelFeatureExtractor")
         num_layers = len(model.config.layers)
         self.layer_positions = list(range(num_layers)) if layer_positions is None else list(layer_positions)
         bad = [i for i in self.layer_positions if not 0 <= i < num_layers]

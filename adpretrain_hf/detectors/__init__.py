@@ -6,8 +6,13 @@ Training-free: ``FeatureNorm``, ``PatchCore``, ``PaDiM``. Trained: ``CFLOW``, ``
     >>> detector = build_detector("patchcore", extractor, coreset_ratio=0.1)
     >>> maps, scores = detector.fit(train_images).predict(test_images)
 
+A detector fits its ``module`` (an ``nn.Module`` whose fitted state lives in buffers, see
+``modeling/detector_module_adpretrain.py``); ``detector.module(features, image_size)`` is the one
+scoring path, shared by ``predict``, the deployed folder and the ONNX export. ``DETECTORS`` is
+the one list of methods: every other list of names derives from it (``METHODS``).
+
 Layers: every detector takes ``layer_positions=`` (0-based positions in the extractor's list
-of maps, negative from the end; ``layers=`` is the deprecated old name); without it each uses
+of maps, negative from the end); without it each uses
 its published default, its class's ``default_last_positions`` (the last k positions; ``None`` =
 all), collected in ``DEFAULT_LAST_POSITIONS``:
 
@@ -27,12 +32,13 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from .base import Detector, FeatureExtractor, iter_image_batches
+from .base import Detector, FeatureExtractor, FeatureMapDetector, iter_image_batches
 from .cflow import CFLOW
-from .featurenorm import FeatureMapDetector, FeatureNorm
+from .featurenorm import FeatureNorm
 from .glass import GLASS
 from .padim import PaDiM
 from .patchcore import PatchCore
+from .trained import TrainedDetector
 from .uniad import UniAD
 
 __all__ = [
@@ -40,6 +46,8 @@ __all__ = [
     "DEFAULT_LAST_POSITIONS",
     "DETECTORS",
     "GLASS",
+    "METHODS",
+    "TRAINED_METHODS",
     "Detector",
     "FeatureExtractor",
     "FeatureMapDetector",
@@ -55,6 +63,11 @@ __all__ = [
 DETECTORS: dict[str, type[Detector]] = {
     "featurenorm": FeatureNorm, "patchcore": PatchCore, "padim": PaDiM, "cflow": CFLOW, "glass": GLASS, "uniad": UniAD,
 }
+
+#: every method name, in the registry's order (CLI choices, report rows, evaluation grids)
+METHODS: tuple[str, ...] = tuple(DETECTORS)
+#: the methods that train a network (the rest only store statistics)
+TRAINED_METHODS: tuple[str, ...] = tuple(name for name, cls in DETECTORS.items() if issubclass(cls, TrainedDetector))
 
 #: registry name -> default choice of positions (the last k; None = all), read from each class
 DEFAULT_LAST_POSITIONS: dict[str, Optional[int]] = {name: cls.default_last_positions for name, cls in DETECTORS.items()}

@@ -4,7 +4,7 @@ Issue 21 renovates the detectors (one ``nn.Module`` per method, one scoring path
 promise "behaviour and numbers unchanged". This module fits every registered detector on a
 tiny random CNN preset (seeded model and images, both feature kinds where cheap) and scores
 seeded test images twice: through the fitting code (``detector.predict``) and through the
-deployed folder model (``to_detector_model()(pixel_values)``).
+deployed folder model (``detector_to_model(detector)(pixel_values)``).
 
 ``python -m tests.project.detector_numbers`` rewrites ``tests/fixtures/detector_numbers.safetensors``
 from the code as it is. The committed file was recorded from the code *before* the issue-21
@@ -71,10 +71,12 @@ def fit_case(model, method: str, kind: str, options: dict):
 def numbers(model, name: str, method: str, kind: str, options: dict) -> dict[str, torch.Tensor]:
     """``{name}.fit_map [N, H, W]``, ``.fit_score [N]`` (detector.predict) and ``.model_map`` /
     ``.model_score`` (the deployed ADPretrainDetectorModel's forward) on the seeded test images."""
+    from adpretrain_hf.deployment import detector_to_model
+
     detector = fit_case(model, method, kind, options)
     test = images(TEST_IMAGES, model.config.image_size, 1)
     fit_map, fit_score = detector.predict(test)
-    out = detector.to_detector_model()(test)
+    out = detector_to_model(detector)(test)
     return {
         f"{name}.fit_map": fit_map.contiguous(), f"{name}.fit_score": fit_score.contiguous(),
         f"{name}.model_map": out.anomaly_map.contiguous(), f"{name}.model_score": out.score.contiguous(),
