@@ -34,7 +34,8 @@ import torch
 
 from adpretrain_hf.detectors import PaDiM, PatchCore
 from adpretrain_hf.detectors import patchcore as patchcore_module
-from adpretrain_hf.detectors.padim import PADIM_MODES, padim_statistics_bytes
+from adpretrain_hf.detectors.padim import padim_statistics_bytes
+from adpretrain_hf.modeling.detectors_adpretrain import PADIM_MODES
 from adpretrain_hf.modeling.matching_adpretrain import faiss_available
 
 

@@ -82,16 +82,16 @@ def detector_module_class(method: str) -> type["DetectorModule"]:
 def build_detector_module(
     method: str, settings: dict, shapes: Optional[dict] = None, dtypes: Optional[dict] = None
 ) -> "DetectorModule":
-    """A method's module from its saved settings, with zero buffers of ``shapes`` (to be loaded)."""
+    """A method's module from its saved settings, with zero buffers of ``shapes`` (to be loaded), in eval mode."""
     cls = detector_module_class(method)
     module = cls(**cls.checked_settings(settings))
     module.allocate(shapes or {}, dtypes or {})
-    return module
+    return module.eval()
 
 
 def check_finite(tensor: torch.Tensor, what: str, fix: str) -> None:
     """Raise ``ValueError`` when ``tensor`` holds NaN or inf (never while tracing for export)."""
-    if torch.jit.is_tracing() or not tensor.is_floating_point():
+    if torch.jit.is_tracing() or not tensor.is_floating_point() or tensor.is_meta:
         return
     if not bool(torch.isfinite(tensor).all()):
         raise ValueError(f"{what} hold NaN or inf: {fix}")
@@ -155,8 +155,8 @@ class DetectorModule(nn.Module):
 
     def allocate(self, shapes: dict, dtypes: dict) -> None:
         """Zero buffers of the saved shapes, so ``load_state_dict`` / ``from_pretrained`` can fill them."""
-        self.set_fitted({name: torch.zeros([int(d) for d in shape], dtype=stored_dtype(dtypes.get(name, "float32")))
-                         for name, shape in shapes.items()})
+        for name, shape in shapes.items():
+            self.register_buffer(name, torch.zeros([int(d) for d in shape], dtype=stored_dtype(dtypes.get(name, "float32"))))
 
     def fitted_tensors(self) -> dict[str, torch.Tensor]:
         """The fitted buffers by name (not a trained network's weights: those are its state dict)."""

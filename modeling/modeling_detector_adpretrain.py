@@ -35,9 +35,10 @@ from typing import Any, Optional, Union
 
 import torch
 from torch import nn
+from transformers import PretrainedConfig
 from transformers.utils import logging as hf_logging
 
-from . import detectors_adpretrain  # noqa: F401  (registers FeatureNorm, PatchCore, PaDiM)
+from .detectors_adpretrain import FeatureNormModule  # noqa: F401  (registers FeatureNorm, PatchCore, PaDiM)
 from .anomaly_map_adpretrain import tokens_to_grid
 from .calibration_adpretrain import normalize_scores
 from .checkpoint_io_adpretrain import add_structure_metadata, keep_saved_processor, save_folder
@@ -215,7 +216,7 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
         errors naming it); keeps its ``preprocessor_config.json`` for ``processor_for``."""
         want_info = kwargs.pop("output_loading_info", False)
         config = kwargs.get("config")
-        if not isinstance(config, ADPretrainDetectorConfig):
+        if not isinstance(config, PretrainedConfig):  # AutoModel passes the (possibly remote-code) config object
             config = cls.config_class.from_pretrained(config or pretrained_model_name_or_path, **hub_download_kwargs(kwargs))
         header = checkpoint_header(pretrained_model_name_or_path, kwargs)  # (shapes, saved structure) or None
         mismatch = structure_mismatch(header[1], config) if header else None

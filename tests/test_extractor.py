@@ -63,7 +63,7 @@ def test_the_runners_shared_bank_knows_its_members(tiny_clip_model):
     assert groups[1][1].members == (bank.members[0], bank.members[2])
 
 
-def test_layer_positions_pick_from_the_tapped_layers_and_layers_is_a_warned_alias(tiny_clip_model):
+def test_layer_positions_pick_from_the_tapped_layers(tiny_clip_model):
     """``layer_positions`` are 0-based positions in ``config.layers`` (not block numbers)."""
     images = _images(2, seed=5)
     everything = ModelFeatureExtractor(tiny_clip_model, features="backbone")(images)
@@ -74,9 +74,8 @@ def test_layer_positions_pick_from_the_tapped_layers_and_layers_is_a_warned_alia
         expected = tokens[position].float().transpose(1, 2).reshape(2, -1, side, side)
         torch.testing.assert_close(got, expected)
         torch.testing.assert_close(got, everything[position])
-    with pytest.warns(FutureWarning, match="layer_positions="):
-        old = ModelFeatureExtractor(tiny_clip_model, features="backbone", layers=[3, 1])
-    assert old.layer_positions == [3, 1]
+    with pytest.raises(TypeError, match="layers"):  # the old keyword is gone (one name per concept)
+        ModelFeatureExtractor(tiny_clip_model, features="backbone", layers=[3, 1])
     with pytest.raises(ValueError, match="out of range.*positions 0..3"):
         ModelFeatureExtractor(tiny_clip_model, features="backbone", layer_positions=[4])
 

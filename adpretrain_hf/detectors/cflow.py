@@ -182,7 +182,7 @@ class CFLOWModel(nn.Module):
         self.flows = nn.ModuleList(ConditionalFlow(c, config) for c, _, _ in layer_shapes)
         for l, (_, h, w) in enumerate(layer_shapes):
             enc = positional_encoding_2d(config.condition_dim, h, w)
-            self.register_buffer(f"cond_{l}", enc.flatten(1).T.contiguous(), persistent=False)  # [h*w, P]
+            self.register_buffer(f"cond_{l}", enc.flatten(1).T.contiguous())  # [h*w, P]; persistent: a loaded folder builds modules on the meta device, constants come from the file
         self.register_buffer("log_p_max", torch.zeros(len(layer_shapes)))
 
     def condition(self, layer: int) -> torch.Tensor:

@@ -101,11 +101,21 @@ class PatchCore(FeatureMapDetector):
         self.embedding_dim = embedding_dim
         self.coreset_ratio = coreset_ratio
         self.projection_dim = projection_dim
-        self.image_score = image_score
         self.num_neighbors = num_neighbors
         self.backend = backend
         self.max_block_elements = max_block_elements
         self.seed = seed
+
+    @property
+    def image_score(self) -> str:
+        """The image-score rule (``PATCHCORE_IMAGE_SCORES``); the module's, so setting it after fit rescores."""
+        return self.module.image_score_rule
+
+    @image_score.setter
+    def image_score(self, rule: str) -> None:
+        if rule not in PATCHCORE_IMAGE_SCORES:
+            raise ValueError(f"unknown image_score {rule!r}: choose one of {PATCHCORE_IMAGE_SCORES}")
+        self.module.image_score_rule = rule
 
     @property
     def memory_bank(self) -> Optional[torch.Tensor]:

@@ -116,8 +116,8 @@ def scaled_neighbor_size(grid: tuple[int, int]) -> tuple[int, int]:
 def neighbor_mask(grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
     """``[h*w, h*w]`` bool, True where query i may NOT attend key j (j in i's k x k window)."""
     h, w = grid
-    rows = torch.arange(h).repeat_interleave(w)
-    cols = torch.arange(w).repeat(h)
+    rows = torch.arange(h, device="cpu").repeat_interleave(w)  # on the CPU even while a folder builds on meta
+    cols = torch.arange(w, device="cpu").repeat(h)
     mask = ((rows[:, None] - rows[None, :]).abs() <= size[0] // 2) & ((cols[:, None] - cols[None, :]).abs() <= size[1] // 2)
     if bool(mask.all(dim=1).any()):
         raise ValueError(
@@ -192,7 +192,7 @@ class UniADModel(nn.Module):
         self.decoder = nn.ModuleList(DecoderLayer(cfg, n) for _ in range(cfg.num_decoder_layers))
         self.decoder_norm = nn.LayerNorm(cfg.hidden_dim)
         size = cfg.neighbor_size or scaled_neighbor_size(grid)
-        self.register_buffer("mask", neighbor_mask(grid, size), persistent=False)
+        self.register_buffer("mask", neighbor_mask(grid, size))  # persistent: a loaded folder builds modules on the meta device, constants come from the file
         self.use_mask = cfg.neighbor_mask
         for m in self.modules():  # release initialiser: xavier_uniform on Linear weights, zero biases
             if isinstance(m, nn.Linear):

@@ -79,18 +79,6 @@ def test_layer_positions_argument_overrides_the_default(name):
         make(name, layer_positions=[])
 
 
-@pytest.mark.parametrize("name", sorted(PUBLISHED))
-def test_old_layers_keyword_still_works_and_warns(name):
-    """``layers=`` was the name of ``layer_positions=`` before issue 14: kept one release, warning."""
-    if name not in DETECTORS:
-        pytest.skip(f"{name} is not available here")
-    with pytest.warns(FutureWarning, match="layer_positions="):
-        det = make(name, layers=[1, 3])
-    assert seen_layers(det, images(2, 0)) == [1, 3]
-    with pytest.raises(TypeError, match="only layer_positions="):
-        make(name, layers=[1], layer_positions=[2])
-
-
 @pytest.mark.parametrize("name", ["cflow", "glass"])
 def test_trained_detectors_fit_on_their_default_layers(name):
     if name not in DETECTORS:
@@ -125,12 +113,10 @@ def test_featurenorm_matches_explicit_pipeline(ext):
     np.testing.assert_allclose(scores.numpy(), ref_scores, rtol=1e-5, atol=1e-5)
 
 
-def test_shared_layer_choice_warns_at_the_callers_line_and_rechecks_the_count():
-    from adpretrain_hf.detectors.featurenorm import LayerSelectingExtractor
+def test_shared_layer_choice_rechecks_the_count():
+    from adpretrain_hf.detectors.layers import LayerSelectingExtractor
 
-    with pytest.warns(FutureWarning, match="layer_positions=") as record:
-        selecting = LayerSelectingExtractor(lambda x: [x, x, x], layers=[2])
-    assert record[0].filename == __file__  # the shared helper keeps pointing at the user's call
+    selecting = LayerSelectingExtractor(lambda x: [x, x, x], layer_positions=[2])
     x = torch.zeros(1, 3, 4, 4)
     assert len(selecting(x)) == 1 and selecting.resolved_positions == [2]
     selecting.inner = lambda x: [x, x]
