@@ -98,7 +98,7 @@ def detector_to_model(detector: Detector, feature_source: Optional[str] = None) 
         extractor, selected = extractor.inner, extractor.resolved_positions
     if not isinstance(extractor, ModelFeatureExtractor):
         raise TypeError(
-            f"to_detector_model needs a detector on a ModelFeatureExtractor (it bundles the model), got {type(extractor).__name__}: "
+            f"detector_to_model needs a detector on a ModelFeatureExtractor (it bundles the model), got {type(extractor).__name__}: "
             "build the detector with ModelFeatureExtractor(model, features=...)"
         )
     if not detector.is_fitted:

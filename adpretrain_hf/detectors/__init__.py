@@ -30,7 +30,10 @@ uniad         all          UniAD (every tapped stage, resized to one grid)
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Optional
+
+from ..modeling.detector_module_adpretrain import closest_name_hint
 
 from .base import Detector, FeatureExtractor, FeatureMapDetector, iter_image_batches
 from .cflow import CFLOW
@@ -56,6 +59,7 @@ __all__ = [
     "PatchCore",
     "UniAD",
     "build_detector",
+    "detector_options",
     "iter_image_batches",
 ]
 
@@ -82,7 +86,21 @@ def build_detector(name: str, extractor: FeatureExtractor, **kwargs: Any) -> Det
     if not isinstance(name, str):
         raise TypeError(f"detector name must be a string, got {type(name).__name__}")
     key = name.strip().lower()
-    if key in DETECTORS:
-        return DETECTORS[key](extractor, **kwargs)
-    known = ", ".join(sorted(DETECTORS))
-    raise ValueError(f"unknown detector {name!r}: choose one of {known}")
+    if key not in DETECTORS:
+        known = ", ".join(sorted(DETECTORS))
+        raise ValueError(f"unknown detector {name!r}{closest_name_hint(key, DETECTORS)}: choose one of {known}")
+    valid = detector_options(key)
+    for option in kwargs:
+        if option not in valid:
+            raise ValueError(f"unknown {key} option {option!r}{closest_name_hint(option, valid)}: valid options are {valid}")
+    return DETECTORS[key](extractor, **kwargs)
+
+
+def detector_options(name: str) -> list[str]:
+    """The keyword options a registered detector's constructor accepts (its class and its bases)."""
+    names = set()
+    for klass in DETECTORS[name].__mro__:
+        if "__init__" in vars(klass) and klass is not object:
+            names.update(p.name for p in inspect.signature(klass.__init__).parameters.values()
+                         if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in ("self", "extractor"))
+    return sorted(names)

@@ -48,7 +48,7 @@ def evaluate_model(
         prediction_hook: called with every cell's :class:`~adpretrain_hf.evaluation.cell.CellPredictions`.
         **overrides: any :class:`EvaluationConfig` field, on top of ``config`` -- e.g. ``layout="mvtec"``,
             ``methods=["patchcore"]`` or ``"a,b"``, ``shots=8``, ``output_dir="eval"``, ``dtype="bf16"``,
-            ``kinds="backbone,residual,pretrained"`` (``feature_kinds=``, its old name, warns); each field's
+            ``kinds="backbone,residual,pretrained"``; each field's
             ``metadata["help"]`` says what it does (``adpretrain evaluate --help`` lists them all).
             An unknown name raises ``TypeError`` with the closest field.
 
