@@ -41,10 +41,10 @@ def quantile_threshold(scores: torch.Tensor, quantile: float = DEFAULT_QUANTILE,
     ``quantile=1.0, margin=0.1`` is "max + 10 % of the range". Works on any number of values
     (``torch.quantile`` refuses more than 2^24, a few hundred pixel maps).
     """
-    if not 0.0 <= quantile <= 1.0:
+    if not 0.0 <= quantile <= 1.0:  # also refuses NaN
         raise ValueError(f"quantile must be in [0, 1], got {quantile}: e.g. 0.99 for 1 % false alarms on normal images")
-    if margin < 0:
-        raise ValueError(f"margin must be >= 0, got {margin}")
+    if not margin >= 0 or margin == float("inf"):  # NaN fails >=: a NaN threshold would label every image normal
+        raise ValueError(f"margin must be a finite number >= 0, got {margin}")
     values = _flat(scores, "scores").sort().values
     position = quantile * (values.numel() - 1)
     low = int(position)
