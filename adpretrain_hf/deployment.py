@@ -99,7 +99,7 @@ def detector_to_model(detector: Detector, feature_source: Optional[str] = None) 
     if not isinstance(extractor, ModelFeatureExtractor):
         raise TypeError(
             f"detector_to_model needs a detector on a ModelFeatureExtractor (it bundles the model), got {type(extractor).__name__}: "
-            "build the detector with ModelFeatureExtractor(model, features=...)"
+            "build the detector with ModelFeatureExtractor(model, feature_kind=...)"
         )
     if not detector.is_fitted:
         raise RuntimeError(f"{type(detector).__name__} is not fitted: call fit(normal_images) first")
@@ -111,7 +111,7 @@ def detector_to_model(detector: Detector, feature_source: Optional[str] = None) 
     elif selected is None:
         selected = list(range(len(extractor.layer_positions)))
     positions = [extractor.layer_positions[i] for i in selected]  # in the model's list of tapped layers
-    needs_bank = extractor.kind == "pretrained" and extractor.needs_references
+    needs_bank = extractor.feature_kind == "pretrained" and extractor.needs_references
     if needs_bank:
         bank = extractor.reference_bank()  # raises, naming the fix, when no references were given
         tensors.update({f"{REFERENCE_BANK_PREFIX}{position}": bank.layers[position] for position in positions})
@@ -119,7 +119,7 @@ def detector_to_model(detector: Detector, feature_source: Optional[str] = None) 
     config = ADPretrainDetectorConfig(
         method=detector.name,
         method_settings=settings,
-        feature_kind=extractor.kind,
+        feature_kind=extractor.feature_kind,
         layer_positions=positions,
         feature_source=source,
         adpretrain_config=model.config,
@@ -198,7 +198,7 @@ def fit_detector(
     method: str,
     train_images: Images,
     *,
-    features: str = "pretrained",
+    feature_kind: str = "pretrained",
     layer_positions: Optional[Sequence[int]] = None,
     references: Optional[Images] = None,
     val_images: Optional[Images] = None,
@@ -216,7 +216,7 @@ def fit_detector(
     Args:
         model: an ``ADPretrainModel`` or its checkpoint folder / Hub id (recorded as the feature source).
         method: ``"featurenorm" | "patchcore" | "padim" | "cflow" | "glass" | "uniad"``.
-        features: ``"pretrained"`` (ADPretrain, "w/") or ``"backbone"`` ("w/o").
+        feature_kind: ``"pretrained"`` (ADPretrain, "w/") or ``"backbone"`` ("w/o").
         layer_positions: 0-based positions in the model's list of tapped layers (None: the method's
             default).
         references: normal reference images for the residuals (default: the first 8 training images);
@@ -232,7 +232,7 @@ def fit_detector(
     model, source = _resolve_model(model, device)
     processor = processor_for(model)  # saved with the checkpoint, else the config's; the detector saves it
     train = load_pixel_values(train_images, processor, "train_images")
-    extractor = ModelFeatureExtractor(model, features=features)
+    extractor = ModelFeatureExtractor(model, feature_kind=feature_kind)
     if extractor.needs_references:
         refs = train[:DEFAULT_REFERENCE_SHOTS] if references is None else load_pixel_values(references, processor, "references")
         extractor.set_references(refs)

@@ -62,7 +62,7 @@ def print_padim_memory_table(extra: tuple[str, list[tuple[int, int, int]]]) -> N
 class LookupExtractor:
     """Returns stored features: image ``i`` carries its index in pixel ``[0, 0, 0]``."""
 
-    kind = "backbone"
+    feature_kind = "backbone"
 
     def __init__(self, tables: list[torch.Tensor], image_size: int) -> None:
         self.tables = tables  # per layer [N, C, h, w]

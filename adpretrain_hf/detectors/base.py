@@ -3,7 +3,7 @@
 A detector never sees a backbone or a projector: it receives a *feature extractor*, a
 callable mapping preprocessed images ``[B, 3, H, W]`` to per-layer feature maps
 ``[B, C_l, h_l, w_l]``. "w/o vs w/ pretrained features" (the paper's Table 1) is then
-one argument of the extractor (its ``kind``), never two code paths inside a detector.
+one argument of the extractor (its ``feature_kind``), never two code paths inside a detector.
 
 A :class:`Detector` batches images through the extractor, checks the maps and fits its
 ``module`` (a :class:`~adpretrain_hf.modeling.detector_module_adpretrain.DetectorModule`,
@@ -31,14 +31,14 @@ class FeatureExtractor(Protocol):
     """What detectors need from a feature source.
 
     Attributes:
-        kind: ``"backbone"`` (the frozen backbone's own features) or ``"pretrained"``
+        feature_kind: ``"backbone"`` (the frozen backbone's own features) or ``"pretrained"``
             (ADPretrain's projected residual features); some methods (GLASS) pick
             defaults by it.
         image_size: ``(H, W)`` of the pixel values it expects; anomaly maps come back at it.
         device: where the features are computed.
     """
 
-    kind: str
+    feature_kind: str
     image_size: tuple[int, int]
     device: torch.device
 

@@ -27,7 +27,7 @@ class FeatureNorm(FeatureMapDetector):
     the other detectors.
 
     Args:
-        extractor: the feature source; ``kind="pretrained"`` for the paper's FeatureNorm-dagger
+        extractor: the feature source; ``feature_kind="pretrained"`` for the paper's FeatureNorm-dagger
             column, ``"backbone"`` for the raw-norm baseline.
         layer_positions: positions in the extractor's list of maps to use (default: all).
     """

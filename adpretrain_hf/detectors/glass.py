@@ -59,9 +59,9 @@ class GLASSConfig(TrainedConfig):
     embed_dim: int | None = 1536
     """Channels after pooling (per layer to this, then all layers to this); None: plain concatenation."""
     adaptor: str | None = None
-    """``"linear"`` | ``"identity"``; None picks by ``extractor.kind`` (backbone: linear, pretrained: identity)."""
+    """``"linear"`` | ``"identity"``; None picks by ``extractor.feature_kind`` (backbone: linear, pretrained: identity)."""
     noise_std: float | None = None
-    """Std of the Gaussian noise; None picks by ``extractor.kind`` (0.015 backbone, 0.005 pretrained)."""
+    """Std of the Gaussian noise; None picks by ``extractor.feature_kind`` (0.015 backbone, 0.005 pretrained)."""
     dsc_layers: int = 2
     """Discriminator depth: dsc_layers - 1 hidden blocks, then the output layer."""
     dsc_hidden: int = 1024
@@ -230,13 +230,13 @@ class GLASS(SelectsLayerPositions, TrainedDetector):
     def __init__(self, extractor, config: GLASSConfig | None = None, *, synthesizer: Synthesizer | None = None, **kwargs) -> None:
         """``kwargs``: those of :class:`TrainedDetector` (quick, epochs, batch_size, sigma, progress, accelerator).
 
-        ``adaptor`` / ``noise_std`` left as None are resolved here from ``extractor.kind``
+        ``adaptor`` / ``noise_std`` left as None are resolved here from ``extractor.feature_kind``
         and stored in ``self.config`` (so a saved detector keeps them).
         """
         super().__init__(extractor, config, **kwargs)
-        kind = getattr(extractor, "kind", None)
+        kind = getattr(extractor, "feature_kind", None)
         if (self.config.adaptor is None or self.config.noise_std is None) and kind not in NOISE_STD:
-            raise ValueError(f"extractor.kind is {kind!r}: set GLASSConfig.adaptor and noise_std explicitly, or use 'backbone'/'pretrained'")
+            raise ValueError(f"extractor.feature_kind is {kind!r}: set GLASSConfig.adaptor and noise_std explicitly, or use 'backbone'/'pretrained'")
         self.config = replace(
             self.config,
             adaptor=self.config.adaptor or ADAPTOR[kind],

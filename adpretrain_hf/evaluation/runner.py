@@ -177,7 +177,7 @@ def _run_category(
     runs, kept, sets = [], {}, []
 
     def cell(method: str, extractor: Any, seed: int) -> None:
-        bar.set_postfix_str(f"{method} {extractor.kind} seed {seed}")
+        bar.set_postfix_str(f"{method} {extractor.feature_kind} seed {seed}")
         result, maps, scores = run_cell(
             data.name, method, extractor, data.train_pixel_values, data.test_pixel_values, data.test_labels,
             data.test_masks, reference_seed=seed, quick=config.quick, batch_size=config.batch_size,
@@ -185,12 +185,12 @@ def _run_category(
         runs.append(result)
         if seed == seeds[0] and picked:
             index = torch.tensor(picked)
-            kept[(method, extractor.kind)] = (maps[index], scores[index], (float(maps.min()), float(maps.max())))
+            kept[(method, extractor.feature_kind)] = (maps[index], scores[index], (float(maps.min()), float(maps.max())))
         bar.update(1)
 
     try:
         if "backbone" in kinds:  # backbone features never see the references: one run
-            backbone = ModelFeatureExtractor(model, features="backbone", source=source)
+            backbone = ModelFeatureExtractor(model, feature_kind="backbone", source=source)
             for method in config.methods:
                 cell(method, backbone, seeds[0])
         for seed in seeds if with_references else []:

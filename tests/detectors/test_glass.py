@@ -32,7 +32,7 @@ def test_glass_defaults_by_feature_kind():
     assert (pre.config.adaptor, pre.config.noise_std) == ("identity", 0.005)
     assert (back.config.adaptor, back.config.noise_std) == ("linear", 0.015)
     assert GLASS(FakeExtractor(kind="pretrained"), GLASSConfig(adaptor="linear", noise_std=0.1)).config.noise_std == 0.1
-    with pytest.raises(ValueError, match="extractor.kind"):
+    with pytest.raises(ValueError, match="extractor.feature_kind"):
         GLASS(FakeExtractor(kind="other"))
 
 

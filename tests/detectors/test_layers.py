@@ -31,7 +31,7 @@ PUBLISHED = {  # registry name -> the layers (0..4) the method uses by default
 class FiveLayerExtractor:
     """``[B, 3, 32, 32]`` -> five ``[B, C_l, 4, 4]`` maps (C_l = 4..8) from fixed random convs."""
 
-    kind = "backbone"
+    feature_kind = "backbone"
     image_size = (32, 32)
     device = torch.device("cpu")
 

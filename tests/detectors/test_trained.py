@@ -119,7 +119,7 @@ def test_validation_split_best_epoch_and_rng(trained_ext, capsys):
 class ConvExtractor:
     """Fixed random conv stack: ``[B, 3, 32, 32]`` -> ``[[B, 8, 8, 8], [B, 16, 4, 4]]`` (two CNN-like stages)."""
 
-    kind, image_size, device = "backbone", (32, 32), torch.device("cpu")
+    feature_kind, image_size, device = "backbone", (32, 32), torch.device("cpu")
 
     def __init__(self) -> None:
         g = torch.Generator().manual_seed(0)
@@ -176,7 +176,7 @@ VALUE, VAL_SHIFT, LR, DECAY = 8.0, 3.0, 0.05, 0.9
 class ToyExtractor:
     """``[B, 3, 2, 2]`` -> one layer ``[B, 1, 1, 1]``: the first pixel."""
 
-    kind, image_size, device = "backbone", (2, 2), torch.device("cpu")
+    feature_kind, image_size, device = "backbone", (2, 2), torch.device("cpu")
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [x[:, :1, :1, :1]]

@@ -53,7 +53,7 @@ def cnn_model():
 def _fit(model, method, kind, kwargs):
     size = model.config.image_size
     train = _images(10, size, 0)
-    extractor = ModelFeatureExtractor(model, features=kind)
+    extractor = ModelFeatureExtractor(model, feature_kind=kind)
     extractor.set_references(train[:4])
     detector = build_detector(method, extractor, progress=False, batch_size=8, **kwargs).fit(train)
     return detector, _images(3, size, 1)
@@ -128,7 +128,7 @@ def test_layer_positions_survive_save_and_score_those_layers(tiny_clip_model, tm
 
 def test_wrapping_needs_a_model_backed_fitted_detector(cnn_model):
     class Plain:
-        kind, image_size, device, layer_positions = "backbone", (32, 32), torch.device("cpu"), [0]
+        feature_kind, image_size, device, layer_positions = "backbone", (32, 32), torch.device("cpu"), [0]
 
         def __call__(self, x):
             return [x]
