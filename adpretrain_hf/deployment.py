@@ -26,7 +26,7 @@ from .detectors import build_detector
 from .detectors.base import Detector, FeatureMapDetector
 from .detectors.layers import LayerSelectingExtractor
 from .extractor import ModelFeatureExtractor
-from .modeling.calibration_adpretrain import DEFAULT_QUANTILE, fit_threshold, score_range
+from .modeling.calibration_adpretrain import DEFAULT_QUANTILE, check_threshold_arguments, fit_threshold, score_range
 from .modeling.configuration_detector_adpretrain import ADPretrainDetectorConfig
 from .modeling.image_processing_adpretrain import ADPretrainImageProcessor, processor_for
 from .modeling.modeling_adpretrain import ADPretrainModel
@@ -229,6 +229,7 @@ def fit_detector(
     """
     if val_images is None and (val_labels is not None or val_masks is not None):  # before the fit, not after it
         raise ValueError("val_labels / val_masks given without val_images: pass the validation images too")
+    check_threshold_arguments(quantile, margin)  # a NaN margin is an argument error, not a NaN threshold after the fit
     model, source = _resolve_model(model, device)
     processor = processor_for(model)  # saved with the checkpoint, else the config's; the detector saves it
     train = load_pixel_values(train_images, processor, "train_images")

@@ -23,6 +23,7 @@ Part of the remote-code bundle: imports only torch and its siblings.
 from __future__ import annotations
 
 import difflib
+import inspect
 import math
 import sys
 from typing import Any, ClassVar, Optional, Sequence
@@ -123,8 +124,7 @@ class DetectorModule(nn.Module):
 
     @classmethod
     def option_names(cls) -> list[str]:
-        import inspect
-
+        """Every keyword option of this class's constructors (its own and its bases')."""
         names = []
         for klass in cls.__mro__:
             if "__init__" in vars(klass):

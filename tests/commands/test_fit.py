@@ -43,7 +43,8 @@ def test_layer_positions_flag_and_its_old_name(workspace, tmp_path):
 def test_the_torch_free_copies_match_their_sources():
     from adpretrain_hf.commands import fit
     from adpretrain_hf.modeling.calibration_adpretrain import DEFAULT_QUANTILE
-    from adpretrain_hf.modeling.configuration_detector_adpretrain import DETECTOR_FEATURE_KINDS, METHODS
+    from adpretrain_hf.detectors import METHODS
+    from adpretrain_hf.modeling.configuration_detector_adpretrain import DETECTOR_FEATURE_KINDS
 
     assert fit.METHODS == METHODS and fit.DEFAULT_QUANTILE == DEFAULT_QUANTILE
     assert sorted(fit.FEATURE_KINDS) == sorted(DETECTOR_FEATURE_KINDS)

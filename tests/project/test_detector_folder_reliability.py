@@ -78,7 +78,8 @@ def test_the_intact_folders_load_and_score(folders):
 
 def test_a_nan_margin_is_refused_before_fitting(cnn_model):
     with pytest.raises(ValueError, match="margin must be a finite number >= 0, got nan"):
-        fit_detector(cnn_model, "featurenorm", _images(4, 0), val_images=_images(2, 1), margin=float("nan"), progress=False)
+        # no training images either: the margin is checked first, before anything is fitted
+        fit_detector(cnn_model, "featurenorm", None, val_images=_images(2, 1), margin=float("nan"), progress=False)
 
 
 def test_a_nan_threshold_in_config_is_refused(folders, tmp_path):
