@@ -253,3 +253,25 @@ def test_fitted_tensors_take_any_stored_dtype_and_refuse_an_unknown_one():
     assert (fitted.get("counts").dtype, fitted.get("mask").dtype, fitted.get("bank").dtype) == (torch.int64, torch.bool, torch.float32)
     with pytest.raises(ValueError, match="stored dtype 'int65' is not a torch dtype"):  # was a bare KeyError
         FittedTensors({"counts": (2,)}, {"counts": "int65"})
+
+
+def test_a_trained_method_folder_loads_in_a_fresh_process_after_import_adpretrain_hf(cnn_model, tmp_path):
+    """CFLOW/GLASS/UniAD register their scoring modules where they are defined; ``import adpretrain_hf``
+    must be enough to load their folders (no importlib back into the package from the model)."""
+    detector, test = _fit(cnn_model, "uniad", "pretrained", {"config": TRAINED_CONFIGS["uniad"]})
+    model = detector_to_model(detector)
+    model.save_pretrained(tmp_path / "uniad")
+    torch.save(model(test).score, tmp_path / "score.pt")
+    torch.save(test, tmp_path / "test.pt")
+    script = f"""
+import torch, adpretrain_hf
+torch.set_num_threads(1)  # as the tests run: the same reduction order
+from transformers import AutoModel
+model = AutoModel.from_pretrained({str(tmp_path / 'uniad')!r})
+score = model(torch.load({str(tmp_path / 'test.pt')!r})).score
+assert torch.equal(score, torch.load({str(tmp_path / 'score.pt')!r})), (score,)
+print(type(model.detector).__name__)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "UniADModule"
