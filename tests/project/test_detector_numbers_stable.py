@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from adpretrain_hf.detectors import DETECTORS
-from tests.project.detector_numbers import FIXTURE, RECORDED_FROM, cases, numbers, tiny_model
+from tests.project.detector_numbers import FIXTURE, RECORDED_FROM, cases, expected, numbers, tiny_model
 
 CASES = cases()
 
@@ -42,6 +42,7 @@ def test_every_registered_detector_is_covered():
 @pytest.mark.parametrize("name,method,kind,options", CASES, ids=[c[0] for c in CASES])
 def test_maps_and_scores_equal_the_recorded_ones_bitwise(recorded, model, name, method, kind, options):
     got = numbers(model, name, method, kind, options)
-    assert set(got) == {k for k in recorded if k.startswith(name + ".")}
+    assert {k for k in recorded if k.startswith(name + ".")} <= set(got)
     for key, value in got.items():
-        assert torch.equal(value, recorded[key]), f"{key} changed: max |diff| {(value - recorded[key]).abs().max():.3g}"
+        want = expected(recorded, key)
+        assert torch.equal(value, want), f"{key} changed: max |diff| {(value - want).abs().max():.3g}"
