@@ -195,7 +195,7 @@ def _norm_histograms(checkpoint: Path, downstream_root: Path, out: Path) -> None
     pixels, masks = preprocess_rows(category_rows(data["test"], first), processor, batch_size=16, with_masks=True)
     by_kind = {}
     for kind in ("backbone", "pretrained"):
-        extractor = ModelFeatureExtractor(model, features=kind)
+        extractor = ModelFeatureExtractor(model, feature_kind=kind)
         extractor.set_references(refs)
         with torch.no_grad():
             by_kind[kind] = patch_norms(extractor, pixels, masks, model.config.patch_anomaly_fraction)

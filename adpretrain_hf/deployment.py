@@ -23,25 +23,19 @@ import torch
 from tqdm.auto import tqdm
 
 from .detectors import build_detector
-from .detectors.base import Detector
-from .detectors.featurenorm import FeatureMapDetector, LayerSelectingExtractor
+from .detectors.base import Detector, FeatureMapDetector
+from .detectors.layers import LayerSelectingExtractor
 from .extractor import ModelFeatureExtractor
-from .modeling.calibration_adpretrain import DEFAULT_QUANTILE, fit_threshold, score_range
-from .modeling.configuration_detector_adpretrain import PACKAGE_METHODS, ADPretrainDetectorConfig
+from .modeling.calibration_adpretrain import DEFAULT_QUANTILE, check_threshold_arguments, fit_threshold, score_range
+from .modeling.configuration_detector_adpretrain import ADPretrainDetectorConfig
 from .modeling.image_processing_adpretrain import ADPretrainImageProcessor, processor_for
 from .modeling.modeling_adpretrain import ADPretrainModel
-from .modeling.modeling_detector_adpretrain import (
-    REFERENCE_BANK_PREFIX,
-    ADPretrainDetectorModel,
-    net_buffer_name,
-)
+from .modeling.modeling_detector_adpretrain import REFERENCE_BANK_PREFIX, ADPretrainDetectorModel
 from .modeling.pipeline_anomaly_features import load_rgb
-from .renamed_keywords import renamed_keyword
 
 __all__ = ["calibrate", "detector_to_model", "fit_detector", "load_pixel_values", "predict_maps"]
 
 DEFAULT_REFERENCE_SHOTS = 8  # references default to the first this-many training images (the paper's 8-shot set)
-_TRAINED_STATE_KEY = "trained"
 
 Images = Union[torch.Tensor, Sequence[Any], Any]
 
@@ -94,30 +88,30 @@ def predict_maps(
 def detector_to_model(detector: Detector, feature_source: Optional[str] = None) -> ADPretrainDetectorModel:
     """Wrap a fitted detector (on a ``ModelFeatureExtractor``) as an ``ADPretrainDetectorModel``.
 
-    The extractor's ADPretrain model is shared, not copied. For pretrained features its
-    reference bank (backbone tokens of the normal references) is stored for the used layers.
+    The extractor's ADPretrain model is shared, not copied. The detector's module is rebuilt
+    from its settings (as a loaded folder rebuilds it) and its fitted state copied in; for
+    pretrained features the reference bank (backbone tokens of the normal references) is stored
+    for the used layers.
     """
     extractor, selected = detector.extractor, None
     if isinstance(extractor, LayerSelectingExtractor):  # a trained detector's layer_positions= (resolved at fit)
         extractor, selected = extractor.inner, extractor.resolved_positions
     if not isinstance(extractor, ModelFeatureExtractor):
         raise TypeError(
-            f"to_detector_model needs a detector on a ModelFeatureExtractor (it bundles the model), got {type(extractor).__name__}: "
-            "build the detector with ModelFeatureExtractor(model, features=...)"
+            f"detector_to_model needs a detector on a ModelFeatureExtractor (it bundles the model), got {type(extractor).__name__}: "
+            "build the detector with ModelFeatureExtractor(model, feature_kind=...)"
         )
     if not detector.is_fitted:
         raise RuntimeError(f"{type(detector).__name__} is not fitted: call fit(normal_images) first")
-    settings, tensors = detector.export_state()
+    module = detector.module
+    settings, tensors = module.settings(), {k: v.detach() for k, v in module.fitted_tensors().items()}
     model = extractor.model
     if isinstance(detector, FeatureMapDetector):
         selected = detector.used_layer_positions()
     elif selected is None:
         selected = list(range(len(extractor.layer_positions)))
     positions = [extractor.layer_positions[i] for i in selected]  # in the model's list of tapped layers
-    if detector.name in PACKAGE_METHODS:
-        settings = {"sigma": float(detector.sigma), _TRAINED_STATE_KEY: True, **settings}
-        tensors = {net_buffer_name(k): v for k, v in tensors.items()}
-    needs_bank = extractor.kind == "pretrained" and extractor.needs_references
+    needs_bank = extractor.feature_kind == "pretrained" and extractor.needs_references
     if needs_bank:
         bank = extractor.reference_bank()  # raises, naming the fix, when no references were given
         tensors.update({f"{REFERENCE_BANK_PREFIX}{position}": bank.layers[position] for position in positions})
@@ -125,7 +119,7 @@ def detector_to_model(detector: Detector, feature_source: Optional[str] = None) 
     config = ADPretrainDetectorConfig(
         method=detector.name,
         method_settings=settings,
-        feature_kind=extractor.kind,
+        feature_kind=extractor.feature_kind,
         layer_positions=positions,
         feature_source=source,
         adpretrain_config=model.config,
@@ -134,9 +128,13 @@ def detector_to_model(detector: Detector, feature_source: Optional[str] = None) 
     )
     detector_model = ADPretrainDetectorModel(config, adpretrain_model=model)
     device = next(model.parameters()).device
+    detector_model.detector.load_state_dict(module.state_dict())
     for name, value in tensors.items():
-        detector_model.fitted.get(name).copy_(value.detach())
-    detector_model.fitted.to(device)
+        if name.startswith(REFERENCE_BANK_PREFIX):
+            detector_model.references.get(name).copy_(value)
+    detector_model.detector.to(device)
+    detector_model.references.to(device)
+    detector_model.check_fitted()
     return detector_model.eval()
 
 
@@ -200,7 +198,7 @@ def fit_detector(
     method: str,
     train_images: Images,
     *,
-    features: str = "pretrained",
+    feature_kind: str = "pretrained",
     layer_positions: Optional[Sequence[int]] = None,
     references: Optional[Images] = None,
     val_images: Optional[Images] = None,
@@ -212,16 +210,15 @@ def fit_detector(
     device: Optional[Union[str, torch.device]] = None,
     batch_size: int = 32,
     progress: bool = True,
-    layers: Optional[Sequence[int]] = None,
 ) -> ADPretrainDetectorModel:
     """Fit ``method`` on normal ``train_images`` and return a deployable detector model.
 
     Args:
         model: an ``ADPretrainModel`` or its checkpoint folder / Hub id (recorded as the feature source).
         method: ``"featurenorm" | "patchcore" | "padim" | "cflow" | "glass" | "uniad"``.
-        features: ``"pretrained"`` (ADPretrain, "w/") or ``"backbone"`` ("w/o").
+        feature_kind: ``"pretrained"`` (ADPretrain, "w/") or ``"backbone"`` ("w/o").
         layer_positions: 0-based positions in the model's list of tapped layers (None: the method's
-            default); ``layers=`` is its deprecated old name.
+            default).
         references: normal reference images for the residuals (default: the first 8 training images);
             they become the extractor's reference bank and are stored in the folder. A training image
             that is also a reference is matched against the other references only (leave-one-out).
@@ -232,11 +229,11 @@ def fit_detector(
     """
     if val_images is None and (val_labels is not None or val_masks is not None):  # before the fit, not after it
         raise ValueError("val_labels / val_masks given without val_images: pass the validation images too")
-    layer_positions = renamed_keyword(layer_positions, layers, "fit_detector")
+    check_threshold_arguments(quantile, margin)  # a NaN margin is an argument error, not a NaN threshold after the fit
     model, source = _resolve_model(model, device)
     processor = processor_for(model)  # saved with the checkpoint, else the config's; the detector saves it
     train = load_pixel_values(train_images, processor, "train_images")
-    extractor = ModelFeatureExtractor(model, features=features)
+    extractor = ModelFeatureExtractor(model, feature_kind=feature_kind)
     if extractor.needs_references:
         refs = train[:DEFAULT_REFERENCE_SHOTS] if references is None else load_pixel_values(references, processor, "references")
         extractor.set_references(refs)

@@ -1,9 +1,9 @@
 """The one feature source of every downstream detector.
 
-``features="backbone"`` gives the frozen backbone's own multi-layer features (the "w/o"
-columns of the paper's Table 1); ``features="residual"`` the residual features (each token
+``feature_kind="backbone"`` gives the frozen backbone's own multi-layer features (the "w/o"
+columns of the paper's Table 1); ``feature_kind="residual"`` the residual features (each token
 minus its nearest normal reference token) without a projector (Table 2's first row);
-``features="pretrained"`` ADPretrain's projected residual features (the "w/" columns).
+``feature_kind="pretrained"`` ADPretrain's projected residual features (the "w/" columns).
 Same model, same layers, same pass: one forward yields all three
 (:func:`feature_pass`), so a cache (:class:`FeatureSource`) can serve every kind from it.
 
@@ -22,7 +22,6 @@ from .modeling.anomaly_map_adpretrain import tokens_to_grid
 from .modeling.configuration_adpretrain import FEATURE_KINDS
 from .modeling.content_keys_adpretrain import combine_keys, pixel_hash
 from .modeling.modeling_adpretrain import ADPretrainModel
-from .renamed_keywords import renamed_keyword
 
 REFERENCE_KINDS = ("residual", "pretrained")  # kinds whose features depend on the references
 REFERENCE_BATCH_SIZE = 32
@@ -167,10 +166,9 @@ class ModelFeatureExtractor:
 
     Args:
         model: an :class:`ADPretrainModel`.
-        features: ``"backbone"``, ``"residual"`` or ``"pretrained"``.
+        feature_kind: ``"backbone"``, ``"residual"`` or ``"pretrained"`` (``FEATURE_KINDS``).
         layer_positions: 0-based positions in the model's list of tapped layers to return
-            (default: all), e.g. ``[0, 2]`` for the 1st and 3rd of ``config.layers``;
-            ``layers=`` is its deprecated old name.
+            (default: all), e.g. ``[0, 2]`` for the 1st and 3rd of ``config.layers``.
         device, dtype: where and in which precision the model runs (bf16 on a GPU is fine;
             outputs are always float32).
         references: the normal reference bank (residual/pretrained kinds); ``None`` falls back
@@ -181,22 +179,19 @@ class ModelFeatureExtractor:
     def __init__(
         self,
         model: ADPretrainModel,
-        features: str = "pretrained",
+        feature_kind: str = "pretrained",
         layer_positions: Optional[Sequence[int]] = None,
         device: Optional[torch.device | str] = None,
         dtype: Optional[torch.dtype] = None,
         references: Optional[ReferenceBank] = None,
         source: Optional[FeatureSource] = None,
-        *,
-        layers: Optional[Sequence[int]] = None,
     ) -> None:
-        if features not in FEATURE_KINDS:
-            raise ValueError(f"features={features!r} is not supported: choose one of {FEATURE_KINDS}")
+        if feature_kind not in FEATURE_KINDS:
+            raise ValueError(f"feature_kind={feature_kind!r} is not supported: choose one of {FEATURE_KINDS}")
         self.model = model.eval()
         if device is not None or dtype is not None:
             self.model.to(device=device, dtype=dtype)
-        self.kind = features
-        layer_positions = renamed_keyword(layer_positions, layers, "ModelFeatureExtractor")
+        self.feature_kind = feature_kind
         num_layers = len(model.config.layers)
         self.layer_positions = list(range(num_layers)) if layer_positions is None else list(layer_positions)
         bad = [i for i in self.layer_positions if not 0 <= i < num_layers]
@@ -220,7 +215,7 @@ class ModelFeatureExtractor:
 
     @property
     def needs_references(self) -> bool:
-        return self.kind in REFERENCE_KINDS and uses_references(self.model)
+        return self.feature_kind in REFERENCE_KINDS and uses_references(self.model)
 
     def set_references(self, reference_pixel_values: torch.Tensor) -> None:
         """Normal reference images ``[K, 3, H, W]`` for the residuals (ignored for backbone features)."""
@@ -229,7 +224,7 @@ class ModelFeatureExtractor:
 
     def with_references(self, references: Optional[ReferenceBank]) -> "ModelFeatureExtractor":
         """The same extractor (model, kind, layer positions, cache) with another reference bank."""
-        return ModelFeatureExtractor(self.model, self.kind, self.layer_positions, references=references, source=self.source)
+        return ModelFeatureExtractor(self.model, self.feature_kind, self.layer_positions, references=references, source=self.source)
 
     def reference_bank(self) -> Optional[ReferenceBank]:
         """The bank residual/pretrained features are computed against (``None`` when none is needed)."""
@@ -247,7 +242,7 @@ class ModelFeatureExtractor:
         """``image_keys``: the batch's :func:`batch_keys` when the caller has them; otherwise they are
         computed here at most once per call (for a cache, or for leave-one-out) and passed down."""
         self.model.check_pixel_values(pixel_values)
-        bank = self.reference_bank() if self.kind in REFERENCE_KINDS else None
+        bank = self.reference_bank() if self.feature_kind in REFERENCE_KINDS else None
         if image_keys is None and self.source is not None:  # keyed by the pixels as given (before any dtype cast)
             image_keys = batch_keys(pixel_values)
         groups = leave_one_out_groups(pixel_values, bank, keys=image_keys)
@@ -268,10 +263,10 @@ class ModelFeatureExtractor:
     def _tokens(self, pixel_values: torch.Tensor, bank: Optional[ReferenceBank], image_keys: Optional[Sequence[str]]) -> TokenLayers:
         """Per layer ``[B, N_l, C_l]`` of this extractor's kind against ``bank``."""
         if self.source is not None:
-            return self.source.tokens(self.model, self.kind, pixel_values, bank, image_keys=image_keys)
-        if self.kind == "backbone":  # backbone_features moves the pixels to the model's device and dtype
+            return self.source.tokens(self.model, self.feature_kind, pixel_values, bank, image_keys=image_keys)
+        if self.feature_kind == "backbone":  # backbone_features moves the pixels to the model's device and dtype
             return self.model.backbone_features(pixel_values)
-        return feature_pass(self.model, pixel_values, bank).get(self.kind)
+        return feature_pass(self.model, pixel_values, bank).get(self.feature_kind)
 
 
 def leave_one_out_groups(

@@ -13,6 +13,7 @@ from __future__ import annotations
 from transformers import AutoConfig, AutoImageProcessor, AutoModel
 from transformers.pipelines import PIPELINE_REGISTRY
 
+from . import detectors  # noqa: F401  (registers the CFLOW/GLASS/UniAD scoring modules their folders need)
 from .modeling.configuration_adpretrain import ADPretrainConfig
 from .modeling.configuration_detector_adpretrain import ADPretrainDetectorConfig
 from .modeling.image_processing_adpretrain import ADPretrainImageProcessor

@@ -34,7 +34,8 @@ import torch
 
 from adpretrain_hf.detectors import PaDiM, PatchCore
 from adpretrain_hf.detectors import patchcore as patchcore_module
-from adpretrain_hf.detectors.padim import PADIM_MODES, padim_statistics_bytes
+from adpretrain_hf.detectors.padim import padim_statistics_bytes
+from adpretrain_hf.modeling.detectors_adpretrain import PADIM_MODES
 from adpretrain_hf.modeling.matching_adpretrain import faiss_available
 
 
@@ -61,7 +62,7 @@ def print_padim_memory_table(extra: tuple[str, list[tuple[int, int, int]]]) -> N
 class LookupExtractor:
     """Returns stored features: image ``i`` carries its index in pixel ``[0, 0, 0]``."""
 
-    kind = "backbone"
+    feature_kind = "backbone"
 
     def __init__(self, tables: list[torch.Tensor], image_size: int) -> None:
         self.tables = tables  # per layer [N, C, h, w]

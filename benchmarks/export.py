@@ -81,7 +81,7 @@ def main() -> None:
                     eager = median_ms_per_image(lambda: detector.score(pixels), batch, args.warmup, args.repeats)
                 feed = {"pixel_values": pixels.numpy()}
                 ort_ms = median_ms_per_image(lambda: session.run(None, feed), batch, args.warmup, args.repeats)
-                bank = int(detector.fitted.memory_bank.shape[0]) if method == "patchcore" else 0
+                bank = int(detector.detector.memory_bank.shape[0]) if method == "patchcore" else 0
                 rows.append((method, batch, eager, ort_ms, diffs["anomaly_map"], diffs["score"], bank))
 
     print(f"\npreset {args.preset}, {size}x{size} px, backbone weights: {args.backbone_weights or 'random'}, "

@@ -34,6 +34,15 @@ def _flat(values: torch.Tensor, what: str) -> torch.Tensor:
     return values
 
 
+def check_threshold_arguments(quantile: float, margin: float) -> None:
+    """One-line errors for a quantile outside [0, 1] or a margin that is negative, NaN or inf
+    (a NaN threshold would label every image normal)."""
+    if not 0.0 <= quantile <= 1.0:  # also refuses NaN
+        raise ValueError(f"quantile must be in [0, 1], got {quantile}: e.g. 0.99 for 1 % false alarms on normal images")
+    if not margin >= 0 or margin == float("inf"):  # NaN fails >=
+        raise ValueError(f"margin must be a finite number >= 0, got {margin}")
+
+
 def quantile_threshold(scores: torch.Tensor, quantile: float = DEFAULT_QUANTILE, margin: float = 0.0) -> float:
     """Threshold from normal scores only: their ``quantile`` (linear interpolation, as
     ``numpy.quantile``) plus ``margin * (max - min)``.
@@ -41,10 +50,7 @@ def quantile_threshold(scores: torch.Tensor, quantile: float = DEFAULT_QUANTILE,
     ``quantile=1.0, margin=0.1`` is "max + 10 % of the range". Works on any number of values
     (``torch.quantile`` refuses more than 2^24, a few hundred pixel maps).
     """
-    if not 0.0 <= quantile <= 1.0:
-        raise ValueError(f"quantile must be in [0, 1], got {quantile}: e.g. 0.99 for 1 % false alarms on normal images")
-    if margin < 0:
-        raise ValueError(f"margin must be >= 0, got {margin}")
+    check_threshold_arguments(quantile, margin)
     values = _flat(scores, "scores").sort().values
     position = quantile * (values.numel() - 1)
     low = int(position)

@@ -16,18 +16,15 @@ from typing import Any, Optional, Sequence
 
 from transformers import PretrainedConfig
 
-from .configuration_adpretrain import ADPretrainConfig
+import math
+
+from .configuration_adpretrain import FEATURE_KINDS, STRUCTURAL_FIELDS, ADPretrainConfig
 from .tasks_adpretrain import ANOMALY_DETECTION_TASK, task_registered_locally
 
 #: the feature kinds a detector folder can be fitted on (residual features have no detector model path)
-DETECTOR_FEATURE_KINDS = ("backbone", "pretrained")
-#: methods whose scoring lives in this folder (loadable without adpretrain_hf)
-SELF_CONTAINED_METHODS = ("featurenorm", "patchcore", "padim")
-#: methods that need adpretrain_hf installed to load (their networks live in the package)
-PACKAGE_METHODS = ("cflow", "glass", "uniad")
-METHODS = SELF_CONTAINED_METHODS + PACKAGE_METHODS
-#: the key ``layer_positions`` was saved under before issue 14 (read when loading old folders)
-OLD_LAYER_POSITIONS_KEY = "layers"
+DETECTOR_FEATURE_KINDS = tuple(kind for kind in FEATURE_KINDS if kind != "residual")
+#: the config fields the detector's weights depend on (recorded in the safetensors metadata)
+DETECTOR_STRUCTURAL_FIELDS = ("method", "method_settings", "feature_kind", "layer_positions", "fitted_shapes", "fitted_dtypes")
 _DROPPED_NESTED_KEYS = ("auto_map", "architectures", "transformers_version", "custom_pipelines", "_name_or_path")
 
 
@@ -35,14 +32,14 @@ class ADPretrainDetectorConfig(PretrainedConfig):
     r"""Configuration of a fitted anomaly detector on ADPretrain (or backbone) features.
 
     Args:
-        method: ``"featurenorm" | "patchcore" | "padim" | "cflow" | "glass" | "uniad"``.
+        method: a registered detector (``adpretrain_hf.detectors.DETECTORS``); required by the model
+            (``None`` only so transformers can build a default config).
         method_settings: the method's settings (e.g. PatchCore's ``embed_dim``, ``reweight``,
             ``num_neighbors``; ``sigma`` of the map smoothing; a trained method's config).
         feature_kind: ``"pretrained"`` (ADPretrain features, the paper's "w/") or
             ``"backbone"`` (the frozen backbone's own, "w/o").
         layer_positions: 0-based positions in the ADPretrain model's list of tapped layers the
-            detector uses (``None``: all). Folders saved before this name existed hold it as
-            ``layers``; that key is read as ``layer_positions``.
+            detector uses (``None``: all).
         feature_source: the ADPretrain checkpoint path or Hub id it was fitted with (provenance only).
         adpretrain_config: the nested ADPretrain model config (dict or ``ADPretrainConfig``).
         fitted_shapes: name -> shape of every fitted tensor (memory bank, means, reference bank...).
@@ -56,7 +53,7 @@ class ADPretrainDetectorConfig(PretrainedConfig):
 
     def __init__(
         self,
-        method: str = "featurenorm",
+        method: Optional[str] = None,
         method_settings: Optional[dict] = None,
         feature_kind: str = "pretrained",
         layer_positions: Optional[Sequence[int]] = None,
@@ -74,12 +71,9 @@ class ADPretrainDetectorConfig(PretrainedConfig):
         if isinstance(adpretrain_config, ADPretrainConfig):
             adpretrain_config = adpretrain_config.to_dict()
         self.adpretrain_config = {k: v for k, v in dict(adpretrain_config or {}).items() if k not in _DROPPED_NESTED_KEYS}
-        self.method = str(method).lower()
+        self.method = None if method is None else str(method).lower()
         self.method_settings = dict(method_settings or {})
         self.feature_kind = feature_kind
-        saved_before_rename = kwargs.pop(OLD_LAYER_POSITIONS_KEY, None)
-        if layer_positions is None:
-            layer_positions = saved_before_rename
         self.layer_positions = None if layer_positions is None else [int(i) for i in layer_positions]
         self.feature_source = None if feature_source is None else str(feature_source)
         self.fitted_shapes = {str(k): [int(d) for d in v] for k, v in (fitted_shapes or {}).items()}
@@ -96,8 +90,6 @@ class ADPretrainDetectorConfig(PretrainedConfig):
             # pipeline code serves pipeline("anomaly-detection", trust_remote_code=True); with the
             # package installed its registered pipeline serves the task without trust_remote_code.
             self.custom_pipelines = custom_pipelines
-        if self.method not in METHODS:
-            raise ValueError(f"method={method!r} is not supported: choose one of {METHODS}")
         if self.feature_kind not in DETECTOR_FEATURE_KINDS:
             raise ValueError(f"feature_kind={feature_kind!r} is not supported: choose one of {DETECTOR_FEATURE_KINDS}")
 
@@ -106,6 +98,21 @@ class ADPretrainDetectorConfig(PretrainedConfig):
     @property
     def is_calibrated(self) -> bool:
         return self.image_threshold is not None
+
+    def check_calibration(self) -> None:
+        """Thresholds and score range finite where set: a NaN threshold labels every image normal."""
+        for name in ("image_threshold", "pixel_threshold", "score_min", "score_max"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} is {value}: a non-finite threshold labels nothing; recalibrate the detector")
+
+    def weights_structure(self) -> dict[str, Any]:
+        """What the fitted tensors depend on: :data:`DETECTOR_STRUCTURAL_FIELDS` and the feature
+        model's structural fields (``adpretrain_config.<field>``), compared at load."""
+        nested = self.nested_adpretrain_config()
+        structure = {field: getattr(self, field) for field in DETECTOR_STRUCTURAL_FIELDS}
+        structure.update({f"adpretrain_config.{field}": getattr(nested, field) for field in STRUCTURAL_FIELDS})
+        return structure
 
     def nested_adpretrain_config(self) -> ADPretrainConfig:
         """The feature source's config, always bundling the backbone (a folder is self-contained)."""

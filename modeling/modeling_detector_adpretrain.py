@@ -14,69 +14,50 @@ Shapes (B images, H x W the processor's size)::
     label              [B]            bool, score >= image_threshold (None until calibrated)
     pred_mask          [B, H, W]      bool, map >= pixel_threshold   (None until calibrated)
 
-FeatureNorm, PatchCore and PaDiM score with this folder's code only (remote code works
-without ``adpretrain_hf``); CFLOW, GLASS and UniAD need the package for their networks.
-The forward pass is plain torch (exact nearest-neighbour search by chunked matmul, no faiss)
-so FeatureNorm and PatchCore export to ONNX as they are.
+The model is thin: it extracts the used layers' features and calls its ``detector``, the
+method's :class:`DetectorModule` built from the registry (``config.method``) with its fitted
+buffers loaded, whose ``forward`` is the one scoring path. FeatureNorm, PatchCore and PaDiM
+score with this folder's code only (remote code works without ``adpretrain_hf``); CFLOW, GLASS
+and UniAD register their modules when ``adpretrain_hf`` is imported. PatchCore searches with
+the plain-torch ``"traceable"`` backend, so FeatureNorm and PatchCore export to ONNX as they are.
+
+Loading is checked: the safetensors metadata records the folder's structure (method, feature
+kind, layer positions, settings, fitted shapes, the feature model's structural fields); a config
+that differs, a missing tensor or a non-finite one is a one-line error naming it.
 
 Part of the remote-code bundle.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
+import json
 from typing import Any, Optional, Union
 
 import torch
 from torch import nn
+from transformers import PretrainedConfig
+from transformers.utils import logging as hf_logging
 
-from .anomaly_map_adpretrain import GAUSSIAN_SIGMA, anomaly_map_from_grids, tokens_to_grid
+from .detectors_adpretrain import FeatureNormModule  # noqa: F401  (registers FeatureNorm, PatchCore, PaDiM)
+from .anomaly_map_adpretrain import tokens_to_grid
 from .calibration_adpretrain import normalize_scores
-from .configuration_detector_adpretrain import PACKAGE_METHODS, ADPretrainDetectorConfig
-from .checkpoint_io_adpretrain import keep_saved_processor, save_folder
+from .checkpoint_io_adpretrain import add_structure_metadata, keep_saved_processor, save_folder
+from .checkpoint_io_adpretrain import _checkpoint_header as checkpoint_header
+from .configuration_detector_adpretrain import ADPretrainDetectorConfig
+from .detector_module_adpretrain import DetectorModule, build_detector_module, check_finite
 from .dtypes_adpretrain import stored_dtype
-from .image_processing_adpretrain import processor_for
-from .matching_adpretrain import TRACEABLE_BACKEND, nearest_neighbors
+from .image_processing_adpretrain import hub_download_kwargs, processor_for
+from .matching_adpretrain import TRACEABLE_BACKEND
 from .modeling_adpretrain import ADPretrainModel, ADPretrainPreTrainedModel
 from .outputs_adpretrain import AnomalyDetectionOutput
-from .scoring_adpretrain import (
-    PATCHCORE_DIM,
-    PATCHCORE_REWEIGHT_NEIGHBORS,
-    aggregate_patch_features,
-    mahalanobis_distances,
-    padim_groups,
-    patchcore_image_scores,
-)
 from .tasks_adpretrain import ANOMALY_DETECTION_TASK, save_task_pipeline
 
 REFERENCE_BANK_PREFIX = "reference_bank_"  # + layer position: [M_l, C_l] backbone tokens of the references
-NET_PREFIX = "net__"  # + state-dict key with "." -> "__": a trained method's network
-
-
-def net_buffer_name(key: str) -> str:
-    """A trained network's state-dict key -> a buffer name (buffers cannot hold dots)."""
-    if "__" in key:
-        raise ValueError(f"state-dict key {key!r} contains '__', which the detector folder reserves: rename the submodule")
-    return NET_PREFIX + key.replace(".", "__")
-
-
-def net_state_key(name: str) -> str:
-    """Inverse of :func:`net_buffer_name`."""
-    return name[len(NET_PREFIX):].replace("__", ".")
-
-
-def _package_available() -> bool:
-    """True where adpretrain_hf can be imported (its trained detectors live there)."""
-    try:
-        return importlib.util.find_spec("adpretrain_hf") is not None
-    except ImportError:
-        return False
 
 
 class FittedTensors(nn.Module):
-    """The fitted tensors as persistent buffers, allocated from ``config.fitted_shapes``
-    (so ``from_pretrained`` can build them before the weights are read)."""
+    """Tensors as persistent buffers, allocated from saved shapes (so ``from_pretrained`` can
+    build them before the weights are read): the residuals' reference banks."""
 
     def __init__(self, shapes: dict, dtypes: dict) -> None:
         super().__init__()
@@ -87,12 +68,27 @@ class FittedTensors(nn.Module):
         return self._buffers.get(name)
 
 
+def structure_mismatch(saved: Optional[dict], config: ADPretrainDetectorConfig) -> Optional[str]:
+    """``"field: the config says X, the weights were saved with Y"`` for the first differing field."""
+    if not saved:
+        return None
+    current = json.loads(json.dumps(config.weights_structure()))
+    for field in sorted(set(saved) | set(current)):
+        if current.get(field) != saved.get(field):
+            return f"{field}: the config says {current.get(field)!r} but the weights were saved with {saved.get(field)!r}"
+    return None
+
+
 class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
     """A fitted detector: ``pixel_values [B, 3, H, W]`` -> :class:`AnomalyDetectionOutput`.
 
-    Build one with ``adpretrain_hf.fit_detector(...)`` (or ``detector.to_detector_model()``);
+    Build one with ``adpretrain_hf.fit_detector(...)`` (or ``deployment.detector_to_model``);
     load one with ``from_pretrained(dir_or_hub_id)``. ``adpretrain_model`` lets the fitting code
     hand over the already-built feature model instead of allocating a second one.
+
+    Submodules: ``adpretrain`` (the feature model), ``detector`` (the method's
+    :class:`DetectorModule`, its fitted state as buffers or a network), ``references`` (the
+    residuals' reference banks ``reference_bank_<position> [M_l, C_l]`` for pretrained features).
     """
 
     config_class = ADPretrainDetectorConfig
@@ -101,19 +97,28 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
 
     def __init__(self, config: ADPretrainDetectorConfig, adpretrain_model: Optional[ADPretrainModel] = None) -> None:
         super().__init__(config)
-        if config.method in PACKAGE_METHODS and not _package_available():
-            raise ImportError(
-                f"this folder holds a {config.method!r} detector, whose network code lives in the adpretrain_hf package: "
-                "pip install adpretrain-hf (FeatureNorm, PatchCore and PaDiM folders load without it)"
+        if not config.method:
+            raise ValueError("the detector config names no method: restore `method` in config.json (or refit the detector)")
+        banks = {k: v for k, v in config.fitted_shapes.items() if k.startswith(REFERENCE_BANK_PREFIX)}
+        fitted = {k: v for k, v in config.fitted_shapes.items() if k not in banks}
+        try:
+            self.detector: DetectorModule = build_detector_module(
+                config.method, dict(config.method_settings), fitted, config.fitted_dtypes
             )
-        self.fitted = FittedTensors(config.fitted_shapes, config.fitted_dtypes)
-        self._trained_detector = None  # CFLOW/GLASS/UniAD, rebuilt from the buffers on first use
+        except KeyError as err:
+            raise ImportError(err.args[0]) from None
+        self.references = FittedTensors(banks, config.fitted_dtypes)
         if adpretrain_model is None:
             self.adpretrain = ADPretrainModel(config.nested_adpretrain_config())
             self.post_init()
         else:  # initialise first, then attach: post_init must never touch fitted weights
             self.post_init()
             self.adpretrain = adpretrain_model
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """The detector's fitted state is loaded, never initialised; the feature model's as its own."""
+        if not any(module is m for m in self.detector.modules()):
+            super()._init_weights(module)
 
     # -- features ------------------------------------------------------------------------
     @property
@@ -139,7 +144,7 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
         positions = self.layer_positions
         features = [tokens[position] for position in positions]  # [B, N_l, C_l] each
         if self.config.feature_kind == "pretrained":
-            banks = [self.fitted.get(f"{REFERENCE_BANK_PREFIX}{position}") for position in positions]
+            banks = [self.references.get(f"{REFERENCE_BANK_PREFIX}{position}") for position in positions]
             if model.config.needs_references:
                 missing = [position for position, bank in zip(positions, banks) if bank is None]
                 if missing:
@@ -153,70 +158,9 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
         return [tokens_to_grid(x.float(), grids[position]) for x, position in zip(features, positions)]
 
     # -- scoring -------------------------------------------------------------------------
-    def _setting(self, name: str, default: Any) -> Any:
-        return self.config.method_settings.get(name, default)
-
     def score(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw ``(anomaly_map [B, H, W], score [B])`` of the fitted method."""
-        features = self.extract_features(pixel_values)
-        size = tuple(pixel_values.shape[-2:])
-        sigma = float(self._setting("sigma", GAUSSIAN_SIGMA))
-        method = self.config.method
-        if method == "featurenorm":
-            return anomaly_map_from_grids([f.norm(dim=1) for f in features], size, sigma)
-        if method == "patchcore":
-            return self._patchcore(features, size, sigma)
-        if method == "padim":
-            return self._padim(features, size, sigma)
-        return self._trained(features, size)
-
-    def _patchcore(self, features: list[torch.Tensor], size: tuple, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
-        bank = self.fitted.memory_bank.float()  # [M, D]; float32 even when the model was cast to bf16
-        emb = aggregate_patch_features(features, int(self._setting("embedding_dim", PATCHCORE_DIM)))  # [B, h, w, D]
-        h, w, d = emb.shape[1:]
-        flat = emb.reshape(-1, d)
-        squared, idx = nearest_neighbors(flat, bank, metric="l2", backend=TRACEABLE_BACKEND)
-        dist = squared.sqrt()  # PatchCore scores plain L2 distances
-        maps, map_max = anomaly_map_from_grids([dist.reshape(-1, h, w)], size, sigma)
-        image_score = self._setting("image_score", "reweighted")
-        if image_score == "map_max":
-            return maps, map_max
-        num_neighbors = int(self._setting("num_neighbors", PATCHCORE_REWEIGHT_NEIGHBORS))
-        scores = patchcore_image_scores(
-            image_score, dist.reshape(-1, h * w), idx.reshape(-1, h * w), flat.reshape(-1, h * w, d), bank, num_neighbors
-        )
-        return maps, scores
-
-    def _padim(self, features: list[torch.Tensor], size: tuple, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per group (a layer, or all layers concatenated): Mahalanobis grid ``[B, h_g, w_g]``."""
-        grids = []
-        for g, emb in enumerate(padim_groups(features, self._setting("mode", "per_layer"))):
-            channel_index = self.fitted.get(f"channel_index_{g}")
-            if channel_index is not None:
-                emb = emb.index_select(1, channel_index)
-            mean, factor = self.fitted.get(f"mean_{g}").float(), self.fitted.get(f"cholesky_{g}").float()
-            dist = mahalanobis_distances(emb.flatten(2), mean, factor)
-            grids.append(dist.reshape(-1, *emb.shape[-2:]))  # [B, h_g, w_g]
-        return anomaly_map_from_grids(grids, size, sigma)
-
-    def _trained(self, features: list[torch.Tensor], size: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-        detector = self.trained_detector()
-        grids = detector._score_grids(features)
-        maps, _ = anomaly_map_from_grids(grids, size, detector.sigma)
-        return maps, detector._image_scores(maps, grids, features)
-
-    def trained_detector(self) -> Any:
-        """The CFLOW/GLASS/UniAD detector rebuilt from the stored network (needs adpretrain_hf)."""
-        if self._trained_detector is None:
-            detectors = importlib.import_module("adpretrain_hf.detectors")
-            state = {net_state_key(k): v for k, v in self.fitted.named_buffers() if k.startswith(NET_PREFIX)}
-            cls = detectors.DETECTORS[self.config.method]
-            extractor = _DetectorModelExtractor(self)  # already returns exactly the used layers
-            positions = list(range(len(self.layer_positions))) if hasattr(cls, "default_last_positions") else None
-            self._trained_detector = cls.from_state(
-                extractor, dict(self.config.method_settings), state, layer_positions=positions
-            )
-        return self._trained_detector
+        """Raw ``(anomaly_map [B, H, W], score [B])``: the detector module's forward on the features."""
+        return self.detector(self.extract_features(pixel_values), tuple(pixel_values.shape[-2:]))
 
     # -- forward -------------------------------------------------------------------------
     @torch.no_grad()
@@ -236,20 +180,30 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
         output = AnomalyDetectionOutput(anomaly_map, score, normalized, label, masks)
         return output if return_dict else output.to_tuple()
 
+    # -- checks --------------------------------------------------------------------------
+    def check_fitted(self) -> None:
+        """Every fitted tensor present and finite, and finite thresholds, else a one-line error."""
+        self.detector.check_fitted()
+        for name, bank in self.references.named_buffers():
+            check_finite(bank, f"the reference bank {name!r}", "refit the detector (the saved state is broken)")
+        self.config.check_calibration()
+
     # -- persistence ---------------------------------------------------------------------
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Config (method, settings, provenance, calibration), safetensors (feature model +
-        fitted tensors), the image processor, the modeling code and the ``anomaly-detection``
-        pipeline code (Hub layout), so the folder also runs with ``trust_remote_code=True``
-        where the package is not installed.
+        fitted tensors, the structure in its metadata), the image processor, the modeling code and
+        the ``anomaly-detection`` pipeline code (Hub layout), so the folder also runs with
+        ``trust_remote_code=True`` where the package is not installed.
 
         Atomic like ``ADPretrainModel.save_pretrained``: written into a hidden sibling folder that
         replaces ``save_directory`` in one rename; files of an earlier detector do not survive.
         """
         push_to_hub = kwargs.pop("push_to_hub", False)
+        self.check_fitted()
 
         def write(folder: str) -> None:
             ADPretrainPreTrainedModel.save_pretrained(self, folder, *args, **kwargs)
+            add_structure_metadata(folder, self.config)
             processor_for(self, warn_missing=False).save_pretrained(folder)  # the one it was loaded / fitted with
             save_task_pipeline(folder, ANOMALY_DETECTION_TASK)  # the pipeline code registration serves
 
@@ -257,28 +211,36 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """Load a detector folder / Hub repo; keeps its ``preprocessor_config.json`` for ``processor_for``."""
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        keep_saved_processor(model[0] if isinstance(model, tuple) else model, pretrained_model_name_or_path, kwargs)
-        return model
-
-
-class _DetectorModelExtractor:
-    """The detector model's features as a ``FeatureExtractor`` for a rebuilt trained detector."""
-
-    kind: str
-
-    def __init__(self, model: ADPretrainDetectorModel) -> None:
-        self.model = model
-        self.kind = model.config.feature_kind
-        self.image_size = model.image_size
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.adpretrain.parameters()).device
-
-    def __call__(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
-        return self.model.extract_features(pixel_values.to(self.device))
+        """Load a detector folder / Hub repo, refusing one whose config differs from the structure
+        its weights were saved with, or that lacks a tensor or holds a non-finite one (one-line
+        errors naming it); keeps its ``preprocessor_config.json`` for ``processor_for``."""
+        want_info = kwargs.pop("output_loading_info", False)
+        config = kwargs.get("config")
+        if not isinstance(config, PretrainedConfig):  # AutoModel passes the (possibly remote-code) config object
+            config = cls.config_class.from_pretrained(config or pretrained_model_name_or_path, **hub_download_kwargs(kwargs))
+        header = checkpoint_header(pretrained_model_name_or_path, kwargs)  # (shapes, saved structure) or None
+        mismatch = structure_mismatch(header[1], config) if header else None
+        if mismatch:
+            raise ValueError(
+                f"detector folder {pretrained_model_name_or_path} was saved with another structure: {mismatch}. "
+                "Restore that field in config.json (or refit the detector)"
+            )
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # missing/unexpected keys are reported below, as one error
+        try:
+            model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        missing = list(info.get("missing_keys") or [])
+        if missing:
+            raise ValueError(
+                f"detector folder {pretrained_model_name_or_path} lacks the tensor {missing[0]!r}"
+                f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}: the weights file is incomplete; "
+                "save or download the folder again (or refit the detector)"
+            )
+        model.check_fitted()
+        keep_saved_processor(model, pretrained_model_name_or_path, kwargs)
+        return (model, info) if want_info else model
 
 
 ADPretrainDetectorModel.register_for_auto_class("AutoModel")

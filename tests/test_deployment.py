@@ -77,7 +77,7 @@ def test_predict_maps_scores_in_batches_like_one_pass():
 class NotAModelExtractor(torch.nn.Module):
     """Features without an ADPretrain model behind them: nothing to bundle into a detector folder."""
 
-    kind = "custom"
+    feature_kind = "custom"
     grid_sizes = [(2, 2)]
 
     def forward(self, pixel_values):
@@ -87,7 +87,7 @@ class NotAModelExtractor(torch.nn.Module):
 def test_detector_to_model_needs_a_fitted_detector_on_the_model(tiny_clip_model):
     with pytest.raises(TypeError, match="needs a detector on a ModelFeatureExtractor .* got NotAModelExtractor"):
         detector_to_model(build_detector("featurenorm", NotAModelExtractor(), progress=False))
-    unfitted = build_detector("patchcore", ModelFeatureExtractor(tiny_clip_model, features="backbone"), progress=False)
+    unfitted = build_detector("patchcore", ModelFeatureExtractor(tiny_clip_model, feature_kind="backbone"), progress=False)
     with pytest.raises(RuntimeError, match=r"PatchCore\w* is not fitted: call fit\(normal_images\) first"):
         detector_to_model(unfitted)
 
@@ -98,7 +98,7 @@ def test_fit_detector_input_errors(tiny_clip_model):
     with pytest.raises(ValueError, match="no train_images given: the list is empty"):
         fit_detector(tiny_clip_model, "featurenorm", [], progress=False)
     with pytest.raises(ValueError, match="val_labels / val_masks given without val_images: pass the validation images too"):
-        fit_detector(tiny_clip_model, "featurenorm", _images(2), features="backbone", val_labels=[0, 1], progress=False)
+        fit_detector(tiny_clip_model, "featurenorm", _images(2), feature_kind="backbone", val_labels=[0, 1], progress=False)
 
 
 def test_fit_detector_checks_the_validation_arguments_before_fitting(tiny_clip_model):

@@ -152,7 +152,7 @@ def test_patch_norms_without_defects_are_all_normal(extractor, images):
 def test_patch_norms_with_the_real_extractor_on_tiny_clip():
     torch.manual_seed(0)
     model = ADPretrainModel(ADPretrainConfig.from_preset("tiny-clip")).eval()
-    extractor = ModelFeatureExtractor(model, features="backbone")
+    extractor = ModelFeatureExtractor(model, feature_kind="backbone")
     size = model.config.image_size
     images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(4))
     masks = np.zeros((2, size, size), dtype=np.uint8)

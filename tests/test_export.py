@@ -24,7 +24,7 @@ def test_onnx_matches_torch_with_a_dynamic_batch(tiny_clip_model, method, kwargs
     assert [i.name for i in graph.graph.input] == ["pixel_values"]
     assert [o.name for o in graph.graph.output] == ["anomaly_map", "score"]
     if method == "patchcore":  # the memory bank is baked in as an initialiser
-        bank = model.fitted.memory_bank.numpy()
+        bank = model.detector.memory_bank.numpy()
         assert any(np.array_equal(onnx.numpy_helper.to_array(t), bank) for t in graph.graph.initializer)
     session = onnx_session(path)
     for batch in (1, 3):  # exported with batch 2: the batch axis is dynamic; batch 3 reuses an open session

@@ -14,7 +14,7 @@ def _images(n: int, seed: int = 0) -> torch.Tensor:
 def test_a_reference_in_the_batch_is_matched_against_the_other_references_only(tiny_clip_model):
     images = _images(5)
     references = images[:3]  # images 0..2 are references and also in the batch (as in a fit set)
-    extractor = ModelFeatureExtractor(tiny_clip_model, features="residual")
+    extractor = ModelFeatureExtractor(tiny_clip_model, feature_kind="residual")
     extractor.set_references(references)
     maps = extractor(images)
 
@@ -63,22 +63,21 @@ def test_the_runners_shared_bank_knows_its_members(tiny_clip_model):
     assert groups[1][1].members == (bank.members[0], bank.members[2])
 
 
-def test_layer_positions_pick_from_the_tapped_layers_and_layers_is_a_warned_alias(tiny_clip_model):
+def test_layer_positions_pick_from_the_tapped_layers(tiny_clip_model):
     """``layer_positions`` are 0-based positions in ``config.layers`` (not block numbers)."""
     images = _images(2, seed=5)
-    everything = ModelFeatureExtractor(tiny_clip_model, features="backbone")(images)
+    everything = ModelFeatureExtractor(tiny_clip_model, feature_kind="backbone")(images)
     tokens = tiny_clip_model.backbone_features(images)  # independent: the model's step, gridded here
     side = tiny_clip_model.grid_sizes[0][0]
-    picked = ModelFeatureExtractor(tiny_clip_model, features="backbone", layer_positions=[3, 1])(images)
+    picked = ModelFeatureExtractor(tiny_clip_model, feature_kind="backbone", layer_positions=[3, 1])(images)
     for got, position in zip(picked, [3, 1]):
         expected = tokens[position].float().transpose(1, 2).reshape(2, -1, side, side)
         torch.testing.assert_close(got, expected)
         torch.testing.assert_close(got, everything[position])
-    with pytest.warns(FutureWarning, match="layer_positions="):
-        old = ModelFeatureExtractor(tiny_clip_model, features="backbone", layers=[3, 1])
-    assert old.layer_positions == [3, 1]
+    with pytest.raises(TypeError, match="layers"):  # the old keyword is gone (one name per concept)
+        ModelFeatureExtractor(tiny_clip_model, feature_kind="backbone", layers=[3, 1])
     with pytest.raises(ValueError, match="out of range.*positions 0..3"):
-        ModelFeatureExtractor(tiny_clip_model, features="backbone", layer_positions=[4])
+        ModelFeatureExtractor(tiny_clip_model, feature_kind="backbone", layer_positions=[4])
 
 
 def test_each_image_is_hashed_once_per_call(tiny_clip_model, monkeypatch):

@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     masks = [read_mask(m) if m is not None else None for m in val.masks] if val is not None and val.masks else None  # one mask rule downstream
     detector = fit_detector(
-        args.model, method, [str(p) for p in train], features=args.features, layer_positions=layer_positions,
+        args.model, method, [str(p) for p in train], feature_kind=args.features, layer_positions=layer_positions,
         references=[str(p) for p in references] if references else None,
         val_images=[str(p) for p in val.images] if val else None, val_labels=val.labels if val else None, val_masks=masks,
         quantile=args.quantile, margin=args.margin, method_kwargs=options, device=device, batch_size=args.batch_size,

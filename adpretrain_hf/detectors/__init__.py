@@ -6,8 +6,13 @@ Training-free: ``FeatureNorm``, ``PatchCore``, ``PaDiM``. Trained: ``CFLOW``, ``
     >>> detector = build_detector("patchcore", extractor, coreset_ratio=0.1)
     >>> maps, scores = detector.fit(train_images).predict(test_images)
 
+A detector fits its ``module`` (an ``nn.Module`` whose fitted state lives in buffers, see
+``modeling/detector_module_adpretrain.py``); ``detector.module(features, image_size)`` is the one
+scoring path, shared by ``predict``, the deployed folder and the ONNX export. ``DETECTORS`` is
+the one list of methods: every other list of names derives from it (``METHODS``).
+
 Layers: every detector takes ``layer_positions=`` (0-based positions in the extractor's list
-of maps, negative from the end; ``layers=`` is the deprecated old name); without it each uses
+of maps, negative from the end); without it each uses
 its published default, its class's ``default_last_positions`` (the last k positions; ``None`` =
 all), collected in ``DEFAULT_LAST_POSITIONS``:
 
@@ -25,14 +30,18 @@ uniad         all          UniAD (every tapped stage, resized to one grid)
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Optional
 
-from .base import Detector, FeatureExtractor, iter_image_batches
+from ..modeling.detector_module_adpretrain import closest_name_hint
+
+from .base import Detector, FeatureExtractor, FeatureMapDetector, iter_image_batches
 from .cflow import CFLOW
-from .featurenorm import FeatureMapDetector, FeatureNorm
+from .featurenorm import FeatureNorm
 from .glass import GLASS
 from .padim import PaDiM
 from .patchcore import PatchCore
+from .trained import TrainedDetector
 from .uniad import UniAD
 
 __all__ = [
@@ -40,6 +49,8 @@ __all__ = [
     "DEFAULT_LAST_POSITIONS",
     "DETECTORS",
     "GLASS",
+    "METHODS",
+    "TRAINED_METHODS",
     "Detector",
     "FeatureExtractor",
     "FeatureMapDetector",
@@ -48,6 +59,7 @@ __all__ = [
     "PatchCore",
     "UniAD",
     "build_detector",
+    "detector_options",
     "iter_image_batches",
 ]
 
@@ -55,6 +67,11 @@ __all__ = [
 DETECTORS: dict[str, type[Detector]] = {
     "featurenorm": FeatureNorm, "patchcore": PatchCore, "padim": PaDiM, "cflow": CFLOW, "glass": GLASS, "uniad": UniAD,
 }
+
+#: every method name, in the registry's order (CLI choices, report rows, evaluation grids)
+METHODS: tuple[str, ...] = tuple(DETECTORS)
+#: the methods that train a network (the rest only store statistics)
+TRAINED_METHODS: tuple[str, ...] = tuple(name for name, cls in DETECTORS.items() if issubclass(cls, TrainedDetector))
 
 #: registry name -> default choice of positions (the last k; None = all), read from each class
 DEFAULT_LAST_POSITIONS: dict[str, Optional[int]] = {name: cls.default_last_positions for name, cls in DETECTORS.items()}
@@ -69,7 +86,21 @@ def build_detector(name: str, extractor: FeatureExtractor, **kwargs: Any) -> Det
     if not isinstance(name, str):
         raise TypeError(f"detector name must be a string, got {type(name).__name__}")
     key = name.strip().lower()
-    if key in DETECTORS:
-        return DETECTORS[key](extractor, **kwargs)
-    known = ", ".join(sorted(DETECTORS))
-    raise ValueError(f"unknown detector {name!r}: choose one of {known}")
+    if key not in DETECTORS:
+        known = ", ".join(sorted(DETECTORS))
+        raise ValueError(f"unknown detector {name!r}{closest_name_hint(key, DETECTORS)}: choose one of {known}")
+    valid = detector_options(key)
+    for option in kwargs:
+        if option not in valid:
+            raise ValueError(f"unknown {key} option {option!r}{closest_name_hint(option, valid)}: valid options are {valid}")
+    return DETECTORS[key](extractor, **kwargs)
+
+
+def detector_options(name: str) -> list[str]:
+    """The keyword options a registered detector's constructor accepts (its class and its bases)."""
+    names = set()
+    for klass in DETECTORS[name].__mro__:
+        if "__init__" in vars(klass) and klass is not object:
+            names.update(p.name for p in inspect.signature(klass.__init__).parameters.values()
+                         if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in ("self", "extractor"))
+    return sorted(names)

@@ -31,7 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .featurenorm import SelectsLayerPositions
+from ..modeling.detector_module_adpretrain import register_detector_module
+from .layers import SelectsLayerPositions
+from .network_module import NetworkModule
 from .trained import TrainedConfig, TrainedDetector
 
 LOG_2PI_HALF = 0.5 * math.log(2 * math.pi)
@@ -180,7 +182,7 @@ class CFLOWModel(nn.Module):
         self.flows = nn.ModuleList(ConditionalFlow(c, config) for c, _, _ in layer_shapes)
         for l, (_, h, w) in enumerate(layer_shapes):
             enc = positional_encoding_2d(config.condition_dim, h, w)
-            self.register_buffer(f"cond_{l}", enc.flatten(1).T.contiguous(), persistent=False)  # [h*w, P]
+            self.register_buffer(f"cond_{l}", enc.flatten(1).T.contiguous())  # [h*w, P]; persistent: a loaded folder builds modules on the meta device, constants come from the file
         self.register_buffer("log_p_max", torch.zeros(len(layer_shapes)))
 
     def condition(self, layer: int) -> torch.Tensor:
@@ -196,20 +198,38 @@ class CFLOWModel(nn.Module):
         return torch.cat(out).reshape(b, h, w)
 
 
+@register_detector_module
+class CFLOWModule(NetworkModule):
+    """CFLOW scoring: per layer ``1 - exp(log p / C - M_l)`` ``[B, h_l, w_l]`` (0 at the most normal
+    training position); image score = max of the map. ``net`` is a :class:`CFLOWModel`."""
+
+    method = "cflow"
+    config_class = CFLOWConfig
+
+    def build_net(self) -> nn.Module:
+        for l, (c, _, _) in enumerate(self.layer_shapes):
+            if c < 2:
+                raise ValueError(f"layer {l} has {c} channel(s): a coupling flow needs at least 2")
+        return CFLOWModel(self.layer_shapes, self.config)
+
+    def score_grids(self, features: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], None]:
+        grids = []
+        for l, feats in enumerate(self.check_layout(features)):
+            with self.autocast():
+                lp = self.net.layer_log_prob(l, feats)
+            grids.append((1.0 - torch.exp(lp.double() - self.net.log_p_max[l].double())).float())
+        return grids, None
+
+
 class CFLOW(SelectsLayerPositions, TrainedDetector):
     """CFLOW-AD: ``CFLOW(extractor, CFLOWConfig(...), quick=False, epochs=None)``; ``epochs`` sets meta-epochs."""
 
     name = "cflow"
     config_class = CFLOWConfig
+    module_class = CFLOWModule
     default_last_positions = 3  # the release's CFLOW: the last 3 tapped layers (``layer_positions=`` overrides)
     default_sigma = 0.0  # the release does not smooth CFLOW's maps
     config: CFLOWConfig
-
-    def _build_model(self) -> nn.Module:
-        for l, (c, _, _) in enumerate(self.layer_shapes):
-            if c < 2:
-                raise ValueError(f"layer {l} has {c} channel(s): a coupling flow needs at least 2")
-        return CFLOWModel(self.layer_shapes, self.config)
 
     def _make_optimizers(self, model: nn.Module) -> list[torch.optim.Optimizer]:
         return [torch.optim.Adam(model.parameters(), lr=self.config.lr)]
@@ -272,13 +292,3 @@ class CFLOW(SelectsLayerPositions, TrainedDetector):
                     lp = self.model.layer_log_prob(l, feats)
                 maxima[l] = torch.maximum(maxima[l], lp.float().max())
         self.model.log_p_max.copy_(maxima)
-
-    def _score_grids(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Per layer ``1 - exp(log p / C - M_l)`` ``[b, h_l, w_l]``: 0 at the most normal training position."""
-        features = self._check_features(features)
-        grids = []
-        for l, feats in enumerate(features):
-            with self.accelerator.autocast():
-                lp = self.model.layer_log_prob(l, feats)
-            grids.append((1.0 - torch.exp(lp.double() - self.model.log_p_max[l].double())).float())
-        return grids

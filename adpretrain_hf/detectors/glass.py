@@ -30,8 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..modeling.detector_module_adpretrain import register_detector_module
 from .base import ImageBatches
-from .featurenorm import SelectsLayerPositions
+from .layers import SelectsLayerPositions
+from .network_module import NetworkModule
 from .trained import TrainedConfig, TrainedDetector
 
 Synthesizer = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -57,9 +59,9 @@ class GLASSConfig(TrainedConfig):
     embed_dim: int | None = 1536
     """Channels after pooling (per layer to this, then all layers to this); None: plain concatenation."""
     adaptor: str | None = None
-    """``"linear"`` | ``"identity"``; None picks by ``extractor.kind`` (backbone: linear, pretrained: identity)."""
+    """``"linear"`` | ``"identity"``; None picks by ``extractor.feature_kind`` (backbone: linear, pretrained: identity)."""
     noise_std: float | None = None
-    """Std of the Gaussian noise; None picks by ``extractor.kind`` (0.015 backbone, 0.005 pretrained)."""
+    """Std of the Gaussian noise; None picks by ``extractor.feature_kind`` (0.015 backbone, 0.005 pretrained)."""
     dsc_layers: int = 2
     """Discriminator depth: dsc_layers - 1 hidden blocks, then the output layer."""
     dsc_hidden: int = 1024
@@ -186,11 +188,41 @@ class GLASSModel(nn.Module):
         return self.adaptor(embedded.flatten(2).transpose(1, 2).reshape(-1, embedded.shape[1]))
 
 
+@register_detector_module
+class GLASSModule(NetworkModule):
+    """GLASS scoring: the discriminator's output per position on the first layer's grid
+    ``[B, h_0, w_0]``; image score (release) = max of those raw scores, before upsampling and
+    smoothing. ``net`` is a :class:`GLASSModel`."""
+
+    method = "glass"
+    config_class = GLASSConfig
+
+    def grid_and_dim(self) -> tuple[tuple[int, int], int]:
+        _, h, w = self.layer_shapes[0]
+        return (h, w), self.config.embed_dim or sum(c for c, _, _ in self.layer_shapes)
+
+    def build_net(self) -> nn.Module:
+        grid, dim = self.grid_and_dim()
+        return GLASSModel(dim, grid, self.config)
+
+    def embed(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Layers ``[B, C_l, h_l, w_l]`` -> the discriminator's input map ``[B, D, h_0, w_0]``."""
+        return embed_features([f.float() for f in features], self.config.patchsize, self.config.embed_dim)
+
+    def score_grids(self, features: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        embedded = self.embed(self.check_layout(features))
+        with self.autocast():
+            scores = self.net.discriminator(self.net.tokens(embedded)).float()
+        grid = scores.reshape(embedded.shape[0], *embedded.shape[-2:])
+        return [grid], grid.flatten(1).amax(dim=1)
+
+
 class GLASS(SelectsLayerPositions, TrainedDetector):
     """GLASS-h: ``GLASS(extractor, GLASSConfig(...), synthesizer=None, quick=False, epochs=None)``."""
 
     name = "glass"
     config_class = GLASSConfig
+    module_class = GLASSModule
     default_last_positions = 2  # the release's GLASS: the last 2 tapped layers (``layer_positions=`` overrides)
     default_sigma = 4.0
     config: GLASSConfig
@@ -198,13 +230,13 @@ class GLASS(SelectsLayerPositions, TrainedDetector):
     def __init__(self, extractor, config: GLASSConfig | None = None, *, synthesizer: Synthesizer | None = None, **kwargs) -> None:
         """``kwargs``: those of :class:`TrainedDetector` (quick, epochs, batch_size, sigma, progress, accelerator).
 
-        ``adaptor`` / ``noise_std`` left as None are resolved here from ``extractor.kind``
+        ``adaptor`` / ``noise_std`` left as None are resolved here from ``extractor.feature_kind``
         and stored in ``self.config`` (so a saved detector keeps them).
         """
         super().__init__(extractor, config, **kwargs)
-        kind = getattr(extractor, "kind", None)
+        kind = getattr(extractor, "feature_kind", None)
         if (self.config.adaptor is None or self.config.noise_std is None) and kind not in NOISE_STD:
-            raise ValueError(f"extractor.kind is {kind!r}: set GLASSConfig.adaptor and noise_std explicitly, or use 'backbone'/'pretrained'")
+            raise ValueError(f"extractor.feature_kind is {kind!r}: set GLASSConfig.adaptor and noise_std explicitly, or use 'backbone'/'pretrained'")
         self.config = replace(
             self.config,
             adaptor=self.config.adaptor or ADAPTOR[kind],
@@ -239,15 +271,6 @@ class GLASS(SelectsLayerPositions, TrainedDetector):
         return embed_features([f.float() for f in features], self.config.patchsize, self.config.embed_dim)
 
     # -- TrainedDetector hooks -----------------------------------------------------------
-    def _grid_and_dim(self) -> tuple[tuple[int, int], int]:
-        _, h, w = self.layer_shapes[0]
-        dim = self.config.embed_dim or sum(c for c, _, _ in self.layer_shapes)
-        return (h, w), dim
-
-    def _build_model(self) -> nn.Module:
-        grid, dim = self._grid_and_dim()
-        return GLASSModel(dim, grid, self.config)
-
     def _make_optimizers(self, model: nn.Module) -> list[torch.optim.Optimizer]:
         cfg = self.config
         opts = [torch.optim.AdamW(model.discriminator.parameters(), lr=cfg.dsc_lr, weight_decay=cfg.dsc_weight_decay)]
@@ -355,14 +378,3 @@ class GLASS(SelectsLayerPositions, TrainedDetector):
     def _validation_sums(self, batch: list[torch.Tensor]) -> Iterator[tuple[float, int]]:
         """BCE of normal vs noise-only synthetic features (no ascent: needs no gradients), image-weighted."""
         yield float(self._step_loss(self._embed(batch), None, ascent=False)) * batch[0].shape[0], batch[0].shape[0]
-
-    def _score_grids(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Discriminator output per position on the first layer's grid: ``[[b, h_0, w_0]]``."""
-        embedded = self._embed(self._check_features(features))
-        with self.accelerator.autocast():
-            scores = self.model.discriminator(self.model.tokens(embedded)).float()
-        return [scores.reshape(embedded.shape[0], *embedded.shape[-2:])]
-
-    def _image_scores(self, maps: torch.Tensor, grids: list[torch.Tensor], features: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Release: the max of the raw per-position scores (before upsampling and smoothing)."""
-        return grids[0].flatten(1).amax(dim=1)

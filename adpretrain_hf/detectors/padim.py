@@ -43,23 +43,12 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ..modeling.scoring_adpretrain import PADIM_RESIZE_MODE, mahalanobis_distances, padim_groups
-from .base import FeatureExtractor
-from .featurenorm import FeatureMapDetector
+from ..modeling.detectors_adpretrain import PADIM_MODES, PaDiMModule
+from .base import FeatureExtractor, FeatureMapDetector
 
-__all__ = [
-    "PADIM_AUTO_FEATURES",
-    "PADIM_AUTO_MAX_FEATURES",
-    "PADIM_COV_EPS",
-    "PADIM_MODES",
-    "PADIM_RESIZE_MODE",
-    "PaDiM",
-    "mahalanobis_distances",
-    "padim_statistics_bytes",
-]
+__all__ = ["PADIM_AUTO_FEATURES", "PADIM_AUTO_MAX_FEATURES", "PADIM_COV_EPS", "PaDiM", "padim_statistics_bytes"]
 
 PADIM_COV_EPS = 0.01  # regulariser added to every covariance's diagonal
-PADIM_MODES = ("per_layer", "concatenated")  # one Gaussian per layer (release) | over all layers (paper)
 PADIM_AUTO_FEATURES = {448: 100, 1792: 550}  # original subsets: ResNet-18 (448 ch) -> 100, WRN-50 (1792) -> 550
 PADIM_AUTO_MAX_FEATURES = 550  # "auto" for other widths: at most this many channels
 PADIM_FACTOR_BLOCK = 16  # positions factored at a time (bounds the extra memory of the Cholesky)
@@ -134,8 +123,7 @@ class PaDiM(FeatureMapDetector):
 
     Args:
         extractor: the feature source.
-        layer_positions: positions in the extractor's list of maps to use (default: all);
-            ``layers=`` is its deprecated old name.
+        layer_positions: positions in the extractor's list of maps to use (default: all).
         mode: ``"per_layer"`` (default; one Gaussian per layer, maps averaged, as the release)
             or ``"concatenated"`` (one Gaussian over all layers, as the original paper).
         num_features: keep a random subset of this many channels; ``None`` (default)
@@ -143,7 +131,8 @@ class PaDiM(FeatureMapDetector):
         cov_eps: diagonal regulariser (``PADIM_COV_EPS = 0.01``).
         seed: seeds the channel subset.
 
-    Fitted state, one entry per *group* (a used layer in ``per_layer`` mode; the single
+    Scoring is ``self.module`` (``PaDiMModule``, its buffers per group ``mean_g``, ``cholesky_g``,
+    ``channel_index_g``). Fitted state, one entry per *group* (a used layer in ``per_layer`` mode; the single
     concatenated embedding in ``concatenated`` mode):
         ``means``: list of ``[P_g, D_g]`` per-position means;
         ``cholesky``: list of ``[P_g, D_g, D_g]`` lower Cholesky factors of the regularised
@@ -153,6 +142,7 @@ class PaDiM(FeatureMapDetector):
     """
 
     name = "padim"
+    checks_grid = True  # per-position statistics: predict's grids must be fit's
 
     def __init__(
         self,
@@ -166,31 +156,27 @@ class PaDiM(FeatureMapDetector):
         **kwargs,
     ) -> None:
         super().__init__(extractor, layer_positions=layer_positions, **kwargs)
-        if mode not in PADIM_MODES:
-            raise ValueError(f"unknown PaDiM mode {mode!r}: choose 'per_layer' (release) or 'concatenated' (paper)")
+        self.module = PaDiMModule(mode=mode, sigma=self.sigma)
         if num_features is not None and num_features != "auto" and (not isinstance(num_features, int) or num_features < 1):
             raise ValueError(f"num_features must be a positive int, 'auto' or None (all channels), got {num_features!r}")
-        if cov_eps < 0:
-            raise ValueError(f"cov_eps must be >= 0, got {cov_eps}")
+        if isinstance(cov_eps, bool) or not isinstance(cov_eps, (int, float)) or not cov_eps >= 0 or cov_eps == float("inf"):
+            raise ValueError(f"cov_eps must be a finite number >= 0, got {cov_eps!r}")
         self.mode = mode
         self.num_features = num_features
         self.cov_eps = cov_eps
         self.seed = seed
         self.channel_index: list[Optional[torch.Tensor]] = []
-        self.means: list[torch.Tensor] = []
-        self.cholesky: list[torch.Tensor] = []
         self.grids: list[tuple[int, int]] = []
 
-    def export_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
-        """Per group ``g``: ``mean_g [P_g, D_g]``, ``cholesky_g [P_g, D_g, D_g]`` (lower factors),
-        ``channel_index_g [D_g]`` where a subset is kept; settings name the mode and grids."""
-        settings, tensors = super().export_state()
-        settings.update(mode=self.mode, grids=[list(g) for g in self.grids])
-        for g, (mean, factor, index) in enumerate(zip(self.means, self.cholesky, self.channel_index)):
-            tensors[f"mean_{g}"], tensors[f"cholesky_{g}"] = mean, factor.contiguous()
-            if index is not None:
-                tensors[f"channel_index_{g}"] = index
-        return settings, tensors
+    @property
+    def means(self) -> list[torch.Tensor]:
+        """Per group the fitted means ``[P_g, D_g]``."""
+        return [mean for mean, _, _ in self.module.group_tensors()]
+
+    @property
+    def cholesky(self) -> list[torch.Tensor]:
+        """Per group the lower Cholesky factors ``[P_g, D_g, D_g]`` of the regularised covariances."""
+        return [factor for _, factor, _ in self.module.group_tensors()]
 
     # -- embedding ---------------------------------------------------------------------
     def _choose_channels(self, total: int, device: torch.device, group: int = 0) -> Optional[torch.Tensor]:
@@ -214,7 +200,7 @@ class PaDiM(FeatureMapDetector):
 
     def _groups(self, used: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Used layers ``[B, C_l, h_l, w_l]`` -> the maps Gaussians are fitted on, before subsetting."""
-        return padim_groups([f.float() for f in used], self.mode)
+        return self.module.functions.groups([f.float() for f in used], self.mode)
 
     def embed(self, features: Sequence[torch.Tensor], *, fitting: bool = False) -> list[torch.Tensor]:
         """Per-layer maps of one batch -> one (channel-subset) embedding ``[B, D_g, h_g, w_g]`` per group."""
@@ -242,11 +228,12 @@ class PaDiM(FeatureMapDetector):
             for acc, emb in zip(sums, embedded):
                 acc.add(emb)
         self.grids = [acc.grid for acc in sums]
-        self.means, self.cholesky = [], []
-        for acc in sums:
-            mean, factor = acc.finish(count, self.cov_eps)
-            self.means.append(mean)
-            self.cholesky.append(factor)
+        fitted = {}
+        for g, acc in enumerate(sums):
+            fitted[f"mean_{g}"], fitted[f"cholesky_{g}"] = acc.finish(count, self.cov_eps)
+            if self.channel_index[g] is not None:
+                fitted[f"channel_index_{g}"] = self.channel_index[g]
+        self.module.set_fitted(fitted)
 
     def covariances(self) -> list[torch.Tensor]:
         """The fitted (regularised) covariances per group, ``[P_g, D_g, D_g]``, rebuilt as ``L L^T``."""
@@ -257,11 +244,3 @@ class PaDiM(FeatureMapDetector):
     def statistics_bytes(self) -> int:
         """Bytes held by the fitted means and Cholesky factors."""
         return sum(t.numel() * t.element_size() for t in (*self.means, *self.cholesky))
-
-    # -- predict -----------------------------------------------------------------------------
-    def _score_grids(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        grids = []
-        for emb, mean, factor in zip(self.embed(features), self.means, self.cholesky):
-            b, d, h, w = emb.shape
-            grids.append(mahalanobis_distances(emb.reshape(b, d, h * w), mean, factor).view(b, h, w))  # [B, h, w]
-        return grids

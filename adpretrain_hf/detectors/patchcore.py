@@ -24,6 +24,8 @@ Pipeline:
    release) scales the image's *largest raw* patch NN distance by a weight from the bank's
    density around its nearest bank row (``reweighted_scores``); ``"max"`` is that largest raw
    distance unweighted; ``"map_max"`` the max of the smoothed anomaly map (not PatchCore's).
+
+The scoring (steps 1-3, 5, 6) is ``modeling.detectors_adpretrain.PatchCoreModule``; this module fits it.
 """
 
 from __future__ import annotations
@@ -32,37 +34,15 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..modeling.detectors_adpretrain import PATCHCORE_IMAGE_SCORES, PatchCoreModule
 from ..modeling.matching_adpretrain import BACKENDS as MATCHING_BACKENDS
-from ..modeling.matching_adpretrain import DEFAULT_MAX_BLOCK_ELEMENTS, nearest_neighbors
-from ..modeling.scoring_adpretrain import (
-    PATCHCORE_DIM,
-    PATCHCORE_NEIGHBOURHOOD,
-    PATCHCORE_REWEIGHT_NEIGHBORS,
-    aggregate_patch_features,
-    channel_pooling_map,
-    embedding_width,
-    largest_grid,
-    patchcore_image_scores,
-    reweighted_scores,
-)
-from .base import FeatureExtractor
+from ..modeling.matching_adpretrain import DEFAULT_MAX_BLOCK_ELEMENTS
+from ..modeling.scoring_adpretrain import PATCHCORE_DIM, PATCHCORE_REWEIGHT_NEIGHBORS, embedding_width, largest_grid
+from .base import FeatureExtractor, FeatureMapDetector
 from .coreset import CORESET_PROJECTION_DIM, CORESET_RATIO, greedy_coreset_indices
-from .featurenorm import FeatureMapDetector
 
-__all__ = [
-    "PATCHCORE_DIM",
-    "PATCHCORE_IMAGE_SCORES",
-    "PATCHCORE_LAYERS",
-    "PATCHCORE_NEIGHBOURHOOD",
-    "PATCHCORE_REWEIGHT_NEIGHBORS",
-    "PatchCore",
-    "aggregate_patch_features",
-    "channel_pooling_map",
-    "embedding_width",
-    "reweighted_scores",
-]
+__all__ = ["PATCHCORE_IMAGE_SCORES", "PATCHCORE_LAYERS", "PatchCore"]
 
-PATCHCORE_IMAGE_SCORES = ("reweighted", "max", "map_max")  # Eq. 7 | largest raw NN distance | max of the map
 PATCHCORE_LAYERS = 3  # default: the extractor's last 3 layers
 
 
@@ -72,7 +52,7 @@ class PatchCore(FeatureMapDetector):
     Args:
         extractor: the feature source.
         layer_positions: positions in the extractor's list of maps (default: the last
-            ``PATCHCORE_LAYERS = 3``, or all if fewer); ``layers=`` is its deprecated old name.
+            ``PATCHCORE_LAYERS = 3``, or all if fewer).
         embedding_dim: the most channels kept, per layer and in the final embedding
             (``PATCHCORE_DIM = 1024``); narrower features keep their width.
         coreset_ratio: fraction of training patches kept (``CORESET_RATIO = 0.1``; 1.0 keeps all).
@@ -84,7 +64,8 @@ class PatchCore(FeatureMapDetector):
         max_block_elements: bound on the torch backend's distance block (memory for big banks).
         seed: seeds the coreset's projection and start point.
 
-    After ``fit``: ``memory_bank [M, D]`` on the features' device, ``D = embedding_width``
+    Scoring is ``self.module`` (``PatchCoreModule``); after ``fit`` its ``memory_bank [M, D]``
+    (also ``self.memory_bank``) is on the features' device, ``D = embedding_width``
     (``min(embedding_dim, sum_l min(embedding_dim, C_l))``).
     """
 
@@ -107,38 +88,43 @@ class PatchCore(FeatureMapDetector):
         **kwargs,
     ) -> None:
         super().__init__(extractor, layer_positions=layer_positions, **kwargs)
-        if not isinstance(embedding_dim, int) or embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be a positive int (the most channels kept), got {embedding_dim!r}")
-        if image_score not in PATCHCORE_IMAGE_SCORES:
-            raise ValueError(f"unknown image_score {image_score!r}: choose one of {PATCHCORE_IMAGE_SCORES}")
-        if not 0.0 < coreset_ratio <= 1.0:
-            raise ValueError(f"coreset_ratio must be in (0, 1], got {coreset_ratio}: use 0.1 for PatchCore's 10%")
-        if num_neighbors < 1:
-            raise ValueError(f"num_neighbors must be >= 1, got {num_neighbors}")
-        if backend not in MATCHING_BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}: choose one of {MATCHING_BACKENDS}")
+        if isinstance(coreset_ratio, bool) or not isinstance(coreset_ratio, (int, float)) or not 0.0 < coreset_ratio <= 1.0:
+            raise ValueError(f"coreset_ratio must be in (0, 1], got {coreset_ratio!r}: use 0.1 for PatchCore's 10%")
+        if projection_dim is not None and (isinstance(projection_dim, bool) or not isinstance(projection_dim, int) or projection_dim < 1):
+            raise ValueError(f"projection_dim must be a positive int or None (no projection), got {projection_dim!r}")
+        if backend == "traceable" or backend not in MATCHING_BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}: choose one of ('auto', 'torch', 'faiss')")
+        self.module = PatchCoreModule(
+            embedding_dim=embedding_dim, image_score=image_score, num_neighbors=num_neighbors, backend=backend,
+            max_block_elements=max_block_elements, sigma=self.sigma,
+        )
         self.embedding_dim = embedding_dim
         self.coreset_ratio = coreset_ratio
         self.projection_dim = projection_dim
-        self.image_score = image_score
         self.num_neighbors = num_neighbors
         self.backend = backend
         self.max_block_elements = max_block_elements
         self.seed = seed
-        self.memory_bank: Optional[torch.Tensor] = None
-        self._last: Optional[tuple] = None  # (features, embedding, nn values, nn indices) of the last batch
 
-    def export_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
-        """Settings of the scoring path and the memory bank ``[M, D]``."""
-        settings, tensors = super().export_state()
-        settings.update(embedding_dim=self.embedding_dim, image_score=self.image_score, num_neighbors=self.num_neighbors)
-        tensors["memory_bank"] = self.memory_bank
-        return settings, tensors
+    @property
+    def image_score(self) -> str:
+        """The image-score rule (``PATCHCORE_IMAGE_SCORES``); the module's, so setting it after fit rescores."""
+        return self.module.image_score_rule
+
+    @image_score.setter
+    def image_score(self, rule: str) -> None:
+        if rule not in PATCHCORE_IMAGE_SCORES:
+            raise ValueError(f"unknown image_score {rule!r}: choose one of {PATCHCORE_IMAGE_SCORES}")
+        self.module.image_score_rule = rule
+
+    @property
+    def memory_bank(self) -> Optional[torch.Tensor]:
+        """The fitted memory bank ``[M, D]`` (None before ``fit``)."""
+        return self.module._buffers.get("memory_bank")
 
     def embed(self, features: Sequence[torch.Tensor], *, fitting: bool = False) -> torch.Tensor:
         """The extractor's per-layer maps of one batch -> patch embeddings ``[B, h, w, D]``."""
-        used = self._select(features, fitting=fitting, check_grid=False)
-        return aggregate_patch_features(used, self.embedding_dim)
+        return self.module.embed(self._select(features, fitting=fitting, check_grid=False))
 
     @torch.no_grad()
     def _fit(self, feature_batches: list[list[torch.Tensor]]) -> None:
@@ -162,36 +148,4 @@ class PatchCore(FeatureMapDetector):
         keep = greedy_coreset_indices(
             bank, self.coreset_ratio, self.projection_dim, seed=self.seed, progress=self.progress
         )
-        self.memory_bank = bank if keep.numel() == bank.shape[0] else bank.index_select(0, keep)
-        self._last = None
-
-    def _nearest(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[n, D]`` -> (L2 distance to the nearest bank row ``[n]``, its index ``[n]``)."""
-        sq, idx = nearest_neighbors(
-            embedding, self.memory_bank, metric="l2", backend=self.backend, max_block_elements=self.max_block_elements
-        )
-        return sq.clamp_min(0.0).sqrt(), idx
-
-    def _score_grids(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        emb = self.embed(features)  # [B, h, w, D]
-        b, h, w, d = emb.shape
-        flat = emb.reshape(-1, d)
-        dist, idx = self._nearest(flat)
-        # Kept for _image_scores (called right after on the same batch) when reweighting.
-        reweight = self.image_score == "reweighted"
-        self._last = (features, flat.view(b, h * w, d), dist.view(b, h * w), idx.view(b, h * w)) if reweight else None
-        return [dist.view(b, h, w)]
-
-    def _image_scores(self, maps: torch.Tensor, grids: list[torch.Tensor], features: Sequence[torch.Tensor]) -> torch.Tensor:
-        """PatchCore's image score from the *raw* NN distances (see ``image_score``), ``[B]``."""
-        if self.image_score == "map_max":
-            return super()._image_scores(maps, grids, features)
-        if self.image_score == "max":
-            return patchcore_image_scores("max", grids[0].flatten(1))
-        if self._last is None or self._last[0] is not features:
-            raise RuntimeError("internal: reweighting needs _score_grids to run on the same batch first")
-        _, emb, dist, idx = self._last
-        self._last = None
-        return patchcore_image_scores(
-            "reweighted", dist, idx, emb, self.memory_bank, self.num_neighbors, self.max_block_elements
-        )
+        self.module.set_fitted({"memory_bank": bank if keep.numel() == bank.shape[0] else bank.index_select(0, keep)})

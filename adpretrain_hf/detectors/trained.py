@@ -18,7 +18,7 @@ A method supplies only what is its own (see the hooks at the end of
 :class:`TrainedDetector`): the network, its optimisers, the loss(es) of one batch, the
 validation loss of one batch, its score grids and, where it differs from the default, its
 batches, learning rate and gradient clipping. Settings are in ``trained_config.py``,
-saving and loading in ``trained_state.py``.
+its scoring module (network + settings) in ``network_module.py``.
 """
 
 from __future__ import annotations
@@ -35,15 +35,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .base import Detector, FeatureExtractor, ImageBatches, iter_image_batches
+from .network_module import LayerShapes, NetworkModule
 from .trained_config import MIXED_PRECISION_CHOICES, TrainedConfig, TrainingHistory
-from .trained_state import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, SavesTrainedState
 
 __all__ = [
-    "CONFIG_FILE", "FORMAT_VERSION", "MIXED_PRECISION_CHOICES", "WEIGHTS_FILE", "LayerShapes", "TrainedConfig",
-    "TrainedDetector", "TrainingHistory", "concat_feature_batches", "make_accelerator", "seeded", "split_validation",
+    "MIXED_PRECISION_CHOICES", "LayerShapes", "TrainedConfig", "TrainedDetector", "TrainingHistory",
+    "concat_feature_batches", "make_accelerator", "seeded", "split_validation",
 ]
-
-LayerShapes = list[tuple[int, int, int]]  # per layer (C_l, h_l, w_l)
 
 
 def make_accelerator(cpu: bool, mixed_precision: str | None) -> Accelerator:
@@ -101,17 +99,19 @@ def split_validation(features: list[torch.Tensor], fraction: float) -> tuple[lis
     return [f[train] for f in features], [f[val] for f in features]
 
 
-class TrainedDetector(SavesTrainedState, Detector):
+class TrainedDetector(Detector):
     """A :class:`Detector` that trains a network on cached features.
 
-    Subclasses set ``config_class`` and ``default_sigma`` and implement ``_build_model``,
-    ``_make_optimizers``, ``_batch_losses``, ``_validation_sums`` and ``_score_grids``
+    Subclasses set ``config_class``, ``module_class`` (their :class:`NetworkModule`, which builds
+    the network and scores) and ``default_sigma`` and implement
+    ``_make_optimizers``, ``_batch_losses`` and ``_validation_sums``
     (optionally ``_train_batches``, ``_learning_rate``, ``_max_grad_norm``,
     ``_before_training``, ``_after_training``). Fit-time constants belong in the model as
     (persistent) buffers so they travel with the weights.
     """
 
     config_class: ClassVar[type[TrainedConfig]] = TrainedConfig
+    module_class: ClassVar[type[NetworkModule]] = NetworkModule
     default_sigma: ClassVar[float] = 4.0
 
     def __init__(
@@ -180,6 +180,8 @@ class TrainedDetector(SavesTrainedState, Detector):
             self.model.eval()
             with torch.no_grad():
                 self._after_training(train)
+        self.module = self.module_class(config=self.config, layer_shapes=self.layer_shapes, sigma=self.sigma, net=self.model)
+        self.module.autocast_factory = self.accelerator.autocast
 
     def _run_epochs(self, train: list[torch.Tensor], val: list[torch.Tensor] | None, optimizers: list) -> None:
         """Every epoch: train, record its losses, then (with a split) the validation loss and the best state."""
@@ -259,15 +261,9 @@ class TrainedDetector(SavesTrainedState, Detector):
         for start in range(0, features[0].shape[0], self.batch_size):
             yield [f[start : start + self.batch_size].to(self.device, non_blocking=True) for f in features]
 
-    def _check_features(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def _used_features(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Features of one batch, checked against the fit-time layout and moved to the device."""
-        got = [tuple(f.shape[1:]) for f in features]
-        if got != [tuple(s) for s in self.layer_shapes]:
-            raise ValueError(
-                f"features do not match the fitted layout: fitted on (C, h, w) per layer {self.layer_shapes}, got {got}; "
-                "use the same extractor (layers, image size) as at fit"
-            )
-        return [f.to(self.device).float() for f in features]
+        return [f.to(self.device) for f in self.module.check_layout(features)]
 
     def _validated(self, images: ImageBatches) -> Iterator[torch.Tensor]:
         """Image batches checked against the extractor's input contract (lazy)."""
@@ -303,9 +299,9 @@ class TrainedDetector(SavesTrainedState, Detector):
     def _after_training(self, train: list[torch.Tensor]) -> None:
         """Hook: fit-time constants computed with the trained model (CFLOW's normaliser)."""
 
-    @abstractmethod
     def _build_model(self) -> nn.Module:
-        """The network for ``self.layer_shapes`` and ``self.config`` (also used by ``load``)."""
+        """The network for ``self.layer_shapes`` and ``self.config`` (the module class builds it)."""
+        return self.module_class(config=self.config, layer_shapes=self.layer_shapes, sigma=self.sigma).net
 
     @abstractmethod
     def _make_optimizers(self, model: nn.Module) -> list[torch.optim.Optimizer]:

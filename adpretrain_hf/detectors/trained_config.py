@@ -1,6 +1,6 @@
 """The settings and the training record every trained detector (CFLOW, GLASS, UniAD) shares.
 
-Kept apart from the loop (``trained.py``) and the persistence (``trained_state.py``)
+Kept apart from the loop (``trained.py``) and the scoring module (``network_module.py``)
 because both read them: the loop takes its epochs, seed, precision and validation split
 from a :class:`TrainedConfig`; a saved detector stores the config and the
 :class:`TrainingHistory` as JSON and rebuilds both on load.

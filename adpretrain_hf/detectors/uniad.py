@@ -30,7 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import ImageBatches, iter_image_batches
-from .featurenorm import SelectsLayerPositions
+from ..modeling.detector_module_adpretrain import register_detector_module
+from .layers import SelectsLayerPositions
+from .network_module import NetworkModule
 from .trained import TrainedConfig, TrainedDetector
 
 NEIGHBOR_SIZE_AT_14 = 7  # the paper's neighbourhood on its 14x14 grid
@@ -114,8 +116,8 @@ def scaled_neighbor_size(grid: tuple[int, int]) -> tuple[int, int]:
 def neighbor_mask(grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
     """``[h*w, h*w]`` bool, True where query i may NOT attend key j (j in i's k x k window)."""
     h, w = grid
-    rows = torch.arange(h).repeat_interleave(w)
-    cols = torch.arange(w).repeat(h)
+    rows = torch.arange(h, device="cpu").repeat_interleave(w)  # on the CPU even while a folder builds on meta
+    cols = torch.arange(w, device="cpu").repeat(h)
     mask = ((rows[:, None] - rows[None, :]).abs() <= size[0] // 2) & ((cols[:, None] - cols[None, :]).abs() <= size[1] // 2)
     if bool(mask.all(dim=1).any()):
         raise ValueError(
@@ -190,7 +192,7 @@ class UniADModel(nn.Module):
         self.decoder = nn.ModuleList(DecoderLayer(cfg, n) for _ in range(cfg.num_decoder_layers))
         self.decoder_norm = nn.LayerNorm(cfg.hidden_dim)
         size = cfg.neighbor_size or scaled_neighbor_size(grid)
-        self.register_buffer("mask", neighbor_mask(grid, size), persistent=False)
+        self.register_buffer("mask", neighbor_mask(grid, size))  # persistent: a loaded folder builds modules on the meta device, constants come from the file
         self.use_mask = cfg.neighbor_mask
         for m in self.modules():  # release initialiser: xavier_uniform on Linear weights, zero biases
             if isinstance(m, nn.Linear):
@@ -229,11 +231,47 @@ class UniADModel(nn.Module):
         return rec.transpose(1, 2).reshape(b, c, h, w)
 
 
+def uniad_grid(config: UniADConfig, layer_shapes: Sequence[tuple[int, int, int]]) -> tuple[int, int]:
+    """The common token grid (config, or the coarsest fitted layer)."""
+    if config.feature_size is not None:
+        return tuple(config.feature_size)
+    return min(((h, w) for _, h, w in layer_shapes), key=lambda g: g[0] * g[1])
+
+
+@register_detector_module
+class UniADModule(NetworkModule):
+    """UniAD scoring: ``[B, h, w]`` L2 distance between reconstruction and input over all
+    concatenated channels; image score = max of the map after a stride-1 average pool (16 px at
+    224, scaled to the image). ``net`` is a :class:`UniADModel`."""
+
+    method = "uniad"
+    config_class = UniADConfig
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return uniad_grid(self.config, self.layer_shapes)
+
+    def build_net(self) -> nn.Module:
+        return UniADModel(sum(c for c, _, _ in self.layer_shapes), self.grid, self.config)
+
+    def score_grids(self, features: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], None]:
+        x = align_features(self.check_layout(features), self.grid)
+        with self.autocast():
+            rec = self.net(x)
+        return [(rec.float() - x).pow(2).sum(dim=1).sqrt()], None
+
+    def image_score(self, maps: torch.Tensor, map_max: torch.Tensor, grids: list[torch.Tensor], own: None) -> torch.Tensor:
+        k = max(1, round(self.config.score_pool * maps.shape[-2] / REFERENCE_IMAGE))
+        k = min(k, maps.shape[-2], maps.shape[-1])
+        return F.avg_pool2d(maps.unsqueeze(1), k, stride=1).flatten(1).amax(dim=1)
+
+
 class UniAD(SelectsLayerPositions, TrainedDetector):
     """UniAD: ``UniAD(extractor, UniADConfig(...), quick=False, epochs=None)``; ``fit`` also takes ``{category: images}``."""
 
     name = "uniad"
     config_class = UniADConfig
+    module_class = UniADModule
     default_last_positions = None  # published UniAD: every tapped stage (``layer_positions=`` overrides)
     default_sigma = 0.0  # the release does not smooth UniAD's maps
     config: UniADConfig
@@ -254,12 +292,7 @@ class UniAD(SelectsLayerPositions, TrainedDetector):
     @property
     def grid(self) -> tuple[int, int]:
         """The common token grid (config, or the coarsest fitted layer)."""
-        if self.config.feature_size is not None:
-            return tuple(self.config.feature_size)
-        return min(((h, w) for _, h, w in self.layer_shapes), key=lambda g: g[0] * g[1])
-
-    def _build_model(self) -> nn.Module:
-        return UniADModel(sum(c for c, _, _ in self.layer_shapes), self.grid, self.config)
+        return uniad_grid(self.config, self.layer_shapes)
 
     def _make_optimizers(self, model: nn.Module) -> list[torch.optim.Optimizer]:
         return [torch.optim.AdamW(model.parameters(), lr=self.config.lr, betas=(0.9, 0.999), weight_decay=self.config.weight_decay)]
@@ -285,16 +318,3 @@ class UniAD(SelectsLayerPositions, TrainedDetector):
         with self.accelerator.autocast():
             rec = self.model(x)
         yield F.mse_loss(rec.float(), x, reduction="sum").item(), x.numel()
-
-    def _score_grids(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """``[[b, h, w]]``: L2 distance between reconstruction and input over all concatenated channels."""
-        x = align_features(self._check_features(features), self.grid)
-        with self.accelerator.autocast():
-            rec = self.model(x)
-        return [(rec.float() - x).pow(2).sum(dim=1).sqrt()]
-
-    def _image_scores(self, maps: torch.Tensor, grids: list[torch.Tensor], features: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Max of the map after a stride-1 average pool (16 px at 224, scaled to the image)."""
-        k = max(1, round(self.config.score_pool * maps.shape[-2] / REFERENCE_IMAGE))
-        k = min(k, maps.shape[-2], maps.shape[-1])
-        return F.avg_pool2d(maps.unsqueeze(1), k, stride=1).flatten(1).amax(dim=1)

@@ -126,8 +126,8 @@ def run_cell(
         raise RuntimeError(f"{method} returned maps of shape {tuple(maps.shape)} for masks {tuple(test_masks.shape)}")
     metrics = compute_metrics(maps, scores, test_labels, test_masks)
     if hook is not None:
-        hook(CellPredictions(category, method, extractor.kind, reference_seed, maps, scores, test_labels, test_masks, sample_ids))
-    result = CellResult(category, method, extractor.kind, reference_seed, metrics, train_pixel_values.shape[0],
+        hook(CellPredictions(category, method, extractor.feature_kind, reference_seed, maps, scores, test_labels, test_masks, sample_ids))
+    result = CellResult(category, method, extractor.feature_kind, reference_seed, metrics, train_pixel_values.shape[0],
                         test_pixel_values.shape[0], fitted - start, done - fitted)
     if bootstrap_weights is not None:
         result.replicates = replicate_metrics(maps.numpy(), scores.numpy(), test_labels.numpy(), test_masks.numpy(), bootstrap_weights)

@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from ..metrics.names import METRIC_NAMES
-from ..renamed_keywords import renamed_keyword
 from ..settings_values import suggest
 
 DEFAULT_KINDS: tuple[str, ...] = ("backbone", "pretrained")
@@ -254,16 +253,10 @@ def make_config(config: Union[None, "EvaluationConfig", str, os.PathLike] = None
     """``config`` (an :class:`EvaluationConfig`, or the dataset folder as a shortcut) with
     ``overrides`` applied; every name is checked against the fields first.
 
-    ``feature_kinds=`` is the deprecated old name of ``kinds=`` (``FutureWarning``; both: ``TypeError``).
     Raises ``TypeError`` naming an unknown setting and the closest field, or a missing ``data_root``.
     """
     known = [f.name for f in fields(EvaluationConfig)]
     settings = dict(overrides)
-    if "feature_kinds" in settings:  # stacklevel 4: the warning points at evaluate_model's caller
-        settings["kinds"] = renamed_keyword(
-            settings.get("kinds"), settings.pop("feature_kinds"), "evaluate_model", new="kinds", old="feature_kinds",
-            stacklevel=4, why="kinds= is the field of EvaluationConfig",
-        )
     for name in settings:
         if name not in known:
             raise TypeError(f"unknown evaluation setting {name!r}: {suggest(name, known)} (the fields of EvaluationConfig)")

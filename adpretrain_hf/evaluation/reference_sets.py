@@ -139,11 +139,11 @@ class PerImageReferenceExtractor:
 
     def __init__(self, base: ModelFeatureExtractor, references: AlignedReferences, batch_size: int = 32) -> None:
         if not base.needs_references:
-            raise ValueError(f"per-image references do not matter for {base.kind!r} features: pass a 'pretrained' or 'residual' extractor")
+            raise ValueError(f"per-image references do not matter for {base.feature_kind!r} features: pass a 'pretrained' or 'residual' extractor")
         self.base = base
         self.references = references
         self.batch_size = batch_size
-        self.kind = base.kind
+        self.feature_kind = base.feature_kind
         self.image_size = base.image_size
 
     @property
@@ -221,7 +221,7 @@ def pretrained_extractor(
     model: Any, plan: ReferencePlan, pool_pixel_values: torch.Tensor, batch_size: int, source: Any = None, kind: str = "pretrained"
 ) -> Any:
     """The ``kind`` ("pretrained" or "residual") extractor with this plan's references, served by ``source``."""
-    base = ModelFeatureExtractor(model, features=kind, source=source)
+    base = ModelFeatureExtractor(model, feature_kind=kind, source=source)
     if not base.needs_references:  # e.g. a non-residual ablation model
         return base
     if plan.aligned is not None:

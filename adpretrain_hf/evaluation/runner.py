@@ -50,7 +50,7 @@ def evaluate_model(
         prediction_hook: called with every cell's :class:`~adpretrain_hf.evaluation.cell.CellPredictions`.
         **overrides: any :class:`EvaluationConfig` field, on top of ``config`` -- e.g. ``layout="mvtec"``,
             ``methods=["patchcore"]`` or ``"a,b"``, ``shots=8``, ``output_dir="eval"``, ``dtype="bf16"``,
-            ``kinds="backbone,residual,pretrained"`` (``feature_kinds=``, its old name, warns); each field's
+            ``kinds="backbone,residual,pretrained"``; each field's
             ``metadata["help"]`` says what it does (``adpretrain evaluate --help`` lists them all).
             An unknown name raises ``TypeError`` with the closest field.
 
@@ -195,7 +195,7 @@ def _run_category(
         weights = weights_from_indices(indices, data.test_labels.shape[0])
 
     def cell(method: str, extractor: Any, seed: int) -> None:
-        bar.set_postfix_str(f"{method} {extractor.kind} seed {seed}")
+        bar.set_postfix_str(f"{method} {extractor.feature_kind} seed {seed}")
         result, maps, scores = run_cell(
             data.name, method, extractor, data.train_pixel_values, data.test_pixel_values, data.test_labels,
             data.test_masks, reference_seed=seed, quick=config.quick, batch_size=config.batch_size,
@@ -203,12 +203,12 @@ def _run_category(
         runs.append(result)
         if seed == seeds[0] and picked:
             index = torch.tensor(picked)
-            kept[(method, extractor.kind)] = (maps[index], scores[index], (float(maps.min()), float(maps.max())))
+            kept[(method, extractor.feature_kind)] = (maps[index], scores[index], (float(maps.min()), float(maps.max())))
         bar.update(1)
 
     try:
         if "backbone" in kinds:  # backbone features never see the references: one run
-            backbone = ModelFeatureExtractor(model, features="backbone", source=source)
+            backbone = ModelFeatureExtractor(model, feature_kind="backbone", source=source)
             for method in config.methods:
                 cell(method, backbone, seeds[0])
         for seed in seeds if with_references else []:

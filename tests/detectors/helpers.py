@@ -17,7 +17,7 @@ from adpretrain_hf.detectors import PatchCore
 class FakeExtractor:
     """A fixed random conv stack: 32x32 images -> layers of 8x8, 8x8 and 4x4 (CNN-like stages)."""
 
-    kind = "backbone"
+    feature_kind = "backbone"
     image_size = (32, 32)
     device = torch.device("cpu")
 

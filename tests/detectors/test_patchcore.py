@@ -16,7 +16,7 @@ from scipy.spatial.distance import cdist
 
 from adpretrain_hf.detectors import PatchCore
 from adpretrain_hf.detectors.coreset import greedy_coreset_indices
-from adpretrain_hf.detectors.patchcore import aggregate_patch_features
+from adpretrain_hf.modeling.scoring_adpretrain import aggregate_patch_features
 from adpretrain_hf.modeling.matching_adpretrain import faiss_available
 from tests.detectors.helpers import FakeExtractor, fit_patchcore, images, ref_maps
 

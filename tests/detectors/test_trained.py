@@ -26,6 +26,7 @@ from torch import nn
 
 from adpretrain_hf.detectors.cflow import CFLOW, CFLOWConfig
 from adpretrain_hf.detectors.glass import GLASS, GLASSConfig
+from adpretrain_hf.detectors.network_module import NetworkModule
 from adpretrain_hf.detectors.trained import TrainedConfig, TrainedDetector
 from adpretrain_hf.detectors.uniad import UniAD, UniADConfig, UniADModel, align_features
 from tests.detectors.trained_helpers import (
@@ -76,7 +77,7 @@ def test_input_errors(fitted, trained_ext, cls):
     with pytest.raises(TypeError, match="floating point"):
         det.predict(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
     with pytest.raises(ValueError, match="fitted layout"):  # a different extractor after fit
-        det._score_grids(FakeExtractor(channels=(4, 16))(TEST[:2]))
+        det.module(FakeExtractor(channels=(4, 16))(TEST[:2]), (32, 32))
     with pytest.raises(TypeError, match="config must be"):
         cls(trained_ext, CFLOWConfig() if cls is not CFLOW else GLASSConfig())
 
@@ -118,7 +119,7 @@ def test_validation_split_best_epoch_and_rng(trained_ext, capsys):
 class ConvExtractor:
     """Fixed random conv stack: ``[B, 3, 32, 32]`` -> ``[[B, 8, 8, 8], [B, 16, 4, 4]]`` (two CNN-like stages)."""
 
-    kind, image_size, device = "backbone", (32, 32), torch.device("cpu")
+    feature_kind, image_size, device = "backbone", (32, 32), torch.device("cpu")
 
     def __init__(self) -> None:
         g = torch.Generator().manual_seed(0)
@@ -175,7 +176,7 @@ VALUE, VAL_SHIFT, LR, DECAY = 8.0, 3.0, 0.05, 0.9
 class ToyExtractor:
     """``[B, 3, 2, 2]`` -> one layer ``[B, 1, 1, 1]``: the first pixel."""
 
-    kind, image_size, device = "backbone", (2, 2), torch.device("cpu")
+    feature_kind, image_size, device = "backbone", (2, 2), torch.device("cpu")
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [x[:, :1, :1, :1]]
@@ -192,15 +193,26 @@ class ScalarModel(nn.Module):
         self.w = nn.Parameter(torch.zeros(()))
 
 
+class ToyModule(NetworkModule):
+    """Scores the first channel minus ``w`` (not registered: a test double)."""
+
+    method = "toy"
+    config_class = ToyConfig
+
+    def build_net(self) -> nn.Module:
+        return ScalarModel()
+
+    def score_grids(self, features):
+        return [features[0][:, 0] - self.net.w], None
+
+
 class Toy(TrainedDetector):
     """Loss ``(w - mean of the batch)^2`` twice per batch; validation ``(w - (x - 3))^2`` per image."""
 
     name = "toy"
     config_class = ToyConfig
+    module_class = ToyModule
     default_sigma = 0.0
-
-    def _build_model(self) -> nn.Module:
-        return ScalarModel()
 
     def _make_optimizers(self, model: nn.Module) -> list[torch.optim.Optimizer]:
         return [torch.optim.SGD(model.parameters(), lr=1.0)]  # the schedule below sets the lr
@@ -215,9 +227,6 @@ class Toy(TrainedDetector):
     def _validation_sums(self, batch: list[torch.Tensor]) -> Iterator[tuple[float, int]]:
         per_image = (self.model.w - (batch[0].flatten() - VAL_SHIFT)) ** 2
         yield per_image.sum().item(), per_image.numel()
-
-    def _score_grids(self, features):
-        return [features[0][:, 0] - self.model.w]
 
 
 def toy_trajectory(epochs: int, steps_per_epoch: int) -> tuple[list[float], list[float]]:

@@ -55,7 +55,7 @@ def test_uniad_map_is_error_on_concatenated_original_features(fitted, trained_ex
     with torch.no_grad():
         rec = det.model(x)
     assert rec.shape == (3, 24, 4, 4)
-    torch.testing.assert_close(det._score_grids(feats)[0], ((rec - x) ** 2).sum(dim=1).sqrt())
+    torch.testing.assert_close(det.module.score_grids(feats)[0][0], ((rec - x) ** 2).sum(dim=1).sqrt())
     maps, scores = det.predict(TEST[:3])
     torch.testing.assert_close(scores, F.avg_pool2d(maps[:, None], 2, stride=1).flatten(1).amax(dim=1))  # 16 px at 224 -> 2 at 32
 

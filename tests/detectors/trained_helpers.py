@@ -29,7 +29,7 @@ class FakeExtractor:
 
     def __init__(self, kind: str = "backbone", seed: int = 0, channels: tuple[int, int] = (8, 16)) -> None:
         g = torch.Generator().manual_seed(seed)
-        self.kind = kind
+        self.feature_kind = kind
         self.w1 = torch.randn(channels[0], 3, 4, 4, generator=g) / 4.0
         self.w2 = torch.randn(channels[1], channels[0], 2, 2, generator=g) / 4.0
 

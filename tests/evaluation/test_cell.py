@@ -72,7 +72,7 @@ class FakeDetector:
 
 
 class FakeExtractor:
-    kind = "pretrained"
+    feature_kind = "pretrained"
 
 
 def _run(monkeypatch, outputs, masks, labels, hook=None, seed=3):

@@ -14,10 +14,9 @@ def test_invalid_protocol_settings(mvtec_root, model):
         EvaluationConfig(str(mvtec_root), reference_strategy="best").validate()
 
 
-def test_feature_kinds_is_the_deprecated_name_of_kinds(tmp_path):
+def test_kinds_has_one_name(tmp_path):
     from adpretrain_hf.evaluation import make_config
 
-    with pytest.warns(FutureWarning, match=r"feature_kinds= is deprecated.*pass kinds="):
-        assert make_config(str(tmp_path), feature_kinds="backbone,residual").kinds == ("backbone", "residual")
-    with pytest.raises(TypeError, match="both kinds= and feature_kinds="):  # before: feature_kinds silently won
-        make_config(str(tmp_path), kinds="pretrained", feature_kinds="backbone")
+    assert make_config(str(tmp_path), kinds="backbone,residual").kinds == ("backbone", "residual")
+    with pytest.raises(TypeError, match="unknown evaluation setting 'feature_kinds'"):  # no deprecated alias
+        make_config(str(tmp_path), feature_kinds="backbone")

@@ -27,10 +27,11 @@ def test_save_and_load_keep_every_value(tmp_path):
     assert not ADPretrainDetectorConfig().is_calibrated
 
 
-def test_folders_saved_before_the_rename_read_layers_as_layer_positions():
-    assert ADPretrainDetectorConfig.from_dict({"method": "padim", "layers": [1, 3]}).layer_positions == [1, 3]
-    assert ADPretrainDetectorConfig(layers=[1], layer_positions=[0]).layer_positions == [0]  # the new key wins
-    assert "layers" not in ADPretrainDetectorConfig(layers=[1]).to_dict()
+def test_the_method_is_always_written_and_never_defaults():
+    """A config without a method must not load as some default detector (issue 23)."""
+    assert ADPretrainDetectorConfig().method is None
+    assert json.loads(ADPretrainDetectorConfig(method="patchcore").to_json_string(use_diff=True))["method"] == "patchcore"
+    assert json.loads(ADPretrainDetectorConfig(method="featurenorm").to_json_string(use_diff=True))["method"] == "featurenorm"
 
 
 def test_nested_config_is_self_contained_and_clean():
@@ -45,8 +46,7 @@ def test_nested_config_is_self_contained_and_clean():
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"method": "knn"}, r"method='knn' is not supported: choose one of \('featurenorm'"),
-     ({"feature_kind": "raw"}, r"feature_kind='raw' is not supported: choose one of \('backbone', 'pretrained'\)")],
+    [({"feature_kind": "raw"}, r"feature_kind='raw' is not supported: choose one of \('backbone', 'pretrained'\)")],
 )
 def test_unknown_choices_are_one_line_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):

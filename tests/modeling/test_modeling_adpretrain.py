@@ -35,8 +35,7 @@ def test_forward_outputs_and_featurenorm_map(tiny_clip_model):
     assert np.allclose(out.anomaly_map.numpy(), expected, atol=1e-5)
     assert torch.allclose(out.score, out.anomaly_map.flatten(1).amax(1))
     assert "score" in out.keys() and "scores" not in out.keys()
-    with pytest.warns(FutureWarning, match=r"ADPretrainOutput.scores is deprecated.*use .score"):
-        assert out.scores is out.score  # the old name, one release
+    assert not hasattr(out, "scores")  # one name: no deprecated alias
 
 
 def test_stored_bank_equals_per_call_references(tiny_clip_model):

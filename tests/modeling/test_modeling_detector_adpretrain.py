@@ -14,7 +14,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModel
 
 from adpretrain_hf import ADPretrainConfig, ADPretrainModel
-from adpretrain_hf.deployment import fit_detector
+from adpretrain_hf.deployment import detector_to_model, fit_detector
 from adpretrain_hf.detectors import build_detector
 from adpretrain_hf.detectors.cflow import CFLOWConfig
 from adpretrain_hf.detectors.glass import GLASSConfig
@@ -53,7 +53,7 @@ def cnn_model():
 def _fit(model, method, kind, kwargs):
     size = model.config.image_size
     train = _images(10, size, 0)
-    extractor = ModelFeatureExtractor(model, features=kind)
+    extractor = ModelFeatureExtractor(model, feature_kind=kind)
     extractor.set_references(train[:4])
     detector = build_detector(method, extractor, progress=False, batch_size=8, **kwargs).fit(train)
     return detector, _images(3, size, 1)
@@ -63,7 +63,7 @@ def _fit(model, method, kind, kwargs):
 def test_round_trip_reproduces_the_fitted_maps(cnn_model, method, kind, kwargs, tmp_path):
     detector, test = _fit(cnn_model, method, kind, kwargs)
     ref_maps, ref_scores = detector.predict(test)  # the fitting code's own path (faiss/torch search)
-    model = detector.to_detector_model(feature_source="somewhere/tiny-cnn")
+    model = detector_to_model(detector, feature_source="somewhere/tiny-cnn")
     out = model(test)
     # The folder's self-contained scoring agrees with the package's detector...
     assert torch.allclose(out.anomaly_map, ref_maps, atol=1e-4, rtol=1e-4)
@@ -84,9 +84,10 @@ def test_round_trip_reproduces_the_fitted_maps(cnn_model, method, kind, kwargs, 
     with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as handle:
         keys = set(handle.keys())
     assert any(k.startswith("adpretrain.backbone.") for k in keys)  # the backbone is bundled
-    assert all(f"fitted.{name}" in keys for name in saved["fitted_shapes"])
+    assert all(f"detector.{name}" in keys or f"references.{name}" in keys for name in saved["fitted_shapes"])
+    assert all(f"detector.{name}" in keys for name in loaded.detector.state_dict())  # a trained method's network too
     if method == "patchcore":
-        assert torch.equal(loaded.fitted.memory_bank, detector.memory_bank)
+        assert torch.equal(loaded.detector.memory_bank, detector.memory_bank)
 
 
 def test_calibration_and_provenance_survive_save(tiny_clip_model, tmp_path):
@@ -106,24 +107,14 @@ def test_calibration_and_provenance_survive_save(tiny_clip_model, tmp_path):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     assert ((b.normalized_score >= 0.5) == b.label).all()
     assert torch.equal(b.label, b.score >= config.image_threshold)
-    for old, new in (("scores", "score"), ("normalized_scores", "normalized_score"), ("labels", "label"), ("pred_masks", "pred_mask")):
-        with pytest.warns(FutureWarning, match=f"AnomalyDetectionOutput.{old} is deprecated.*use .{new}"):
-            assert getattr(b, old) is getattr(b, new) is not None
 
 
-def test_callers_and_folders_from_before_the_rename(tiny_clip_model, tmp_path):
-    """``fit_detector(layers=)`` warns and means ``layer_positions=``; a folder saved with the old
-    ``"layers"`` key loads with those positions and scores the same."""
+def test_layer_positions_survive_save_and_score_those_layers(tiny_clip_model, tmp_path):
+    """``fit_detector(layer_positions=)`` is saved and reloaded; the map is FeatureNorm of those layers only."""
     train, test = _images(4, 64, 0), _images(2, 64, 1)
-    with pytest.warns(FutureWarning, match="layer_positions="):
-        model = fit_detector(tiny_clip_model, "featurenorm", train, layers=[1, 3], progress=False)
+    model = fit_detector(tiny_clip_model, "featurenorm", train, layer_positions=[1, 3], progress=False)
     assert model.config.layer_positions == [1, 3] and model.layer_positions == [1, 3]
     model.save_pretrained(tmp_path)
-    saved = json.loads((tmp_path / "config.json").read_text())
-    saved["layers"] = saved.pop("layer_positions")  # as the previous release wrote it
-    (tmp_path / "config.json").write_text(json.dumps(saved))
-    config = ADPretrainDetectorConfig.from_dict(saved)
-    assert config.layer_positions == [1, 3] and "layers" not in config.to_dict()
     loaded = ADPretrainDetectorModel.from_pretrained(tmp_path)
     assert loaded.layer_positions == [1, 3]
     assert torch.equal(loaded(test).anomaly_map, model(test).anomaly_map)
@@ -137,16 +128,16 @@ def test_callers_and_folders_from_before_the_rename(tiny_clip_model, tmp_path):
 
 def test_wrapping_needs_a_model_backed_fitted_detector(cnn_model):
     class Plain:
-        kind, image_size, device, layer_positions = "backbone", (32, 32), torch.device("cpu"), [0]
+        feature_kind, image_size, device, layer_positions = "backbone", (32, 32), torch.device("cpu"), [0]
 
         def __call__(self, x):
             return [x]
 
     with pytest.raises(TypeError, match="ModelFeatureExtractor"):
-        build_detector("featurenorm", Plain()).to_detector_model()
+        detector_to_model(build_detector("featurenorm", Plain()))
     detector = build_detector("patchcore", ModelFeatureExtractor(cnn_model, "backbone"))
     with pytest.raises(RuntimeError, match="not fitted"):
-        detector.to_detector_model()
+        detector_to_model(detector)
 
 
 def _run_without_package(script: str, tmp_path) -> subprocess.CompletedProcess:
@@ -234,7 +225,7 @@ def test_fit_from_a_checkpoint_folder_and_image_files(tiny_clip_model, tmp_path)
     refs = processor([Image.fromarray(a) for a in arrays[:8]], return_tensors="pt")["pixel_values"]
     expected = tiny_clip_model.compute_reference_bank(refs)
     for layer in model.layer_positions:
-        assert torch.equal(model.fitted.get(f"reference_bank_{layer}"), expected[layer])
+        assert torch.equal(model.references.get(f"reference_bank_{layer}"), expected[layer])
     with pytest.raises(ValueError, match="val_images"):
         fit_detector(tiny_clip_model, "featurenorm", paths[:2], progress=False, val_labels=[0, 1])
 
@@ -262,3 +253,25 @@ def test_fitted_tensors_take_any_stored_dtype_and_refuse_an_unknown_one():
     assert (fitted.get("counts").dtype, fitted.get("mask").dtype, fitted.get("bank").dtype) == (torch.int64, torch.bool, torch.float32)
     with pytest.raises(ValueError, match="stored dtype 'int65' is not a torch dtype"):  # was a bare KeyError
         FittedTensors({"counts": (2,)}, {"counts": "int65"})
+
+
+def test_a_trained_method_folder_loads_in_a_fresh_process_after_import_adpretrain_hf(cnn_model, tmp_path):
+    """CFLOW/GLASS/UniAD register their scoring modules where they are defined; ``import adpretrain_hf``
+    must be enough to load their folders (no importlib back into the package from the model)."""
+    detector, test = _fit(cnn_model, "uniad", "pretrained", {"config": TRAINED_CONFIGS["uniad"]})
+    model = detector_to_model(detector)
+    model.save_pretrained(tmp_path / "uniad")
+    torch.save(model(test).score, tmp_path / "score.pt")
+    torch.save(test, tmp_path / "test.pt")
+    script = f"""
+import torch, adpretrain_hf
+torch.set_num_threads(1)  # as the tests run: the same reduction order
+from transformers import AutoModel
+model = AutoModel.from_pretrained({str(tmp_path / 'uniad')!r})
+score = model(torch.load({str(tmp_path / 'test.pt')!r})).score
+assert torch.equal(score, torch.load({str(tmp_path / 'score.pt')!r})), (score,)
+print(type(model.detector).__name__)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "UniADModule"

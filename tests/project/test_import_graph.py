@@ -1,10 +1,12 @@
-"""The package's own import graph: model/config/checkpoint-io code never imports pipeline code, and
-module-level imports form no cycle.
+"""The package's own import graph: model/config/checkpoint-io code never imports pipeline code,
+imports form no cycle (function-level ones included), and only the detectors score features.
 
 Why: the modeling files are remote code copied next to the weights; a model that imports its
-pipeline drags the pipeline into every bundle, and an import cycle makes the import order decide
-whether a name exists yet. The graph is built from the source (ast), not by importing: module-
-and function-level imports both count for the pipeline rule; module-level ones for cycles.
+pipeline drags the pipeline into every bundle, and an import cycle (even a lazy one) makes the
+import order decide whether a name exists yet and ties two rooms into one. Scoring lives in one
+place (issue 21): ``adpretrain_hf.detectors`` and the modeling scoring modules; the detector
+folder's model only builds its module from the registry, with no branch on the method's name.
+The graph is built from the source (ast), not by importing.
 """
 
 from __future__ import annotations
@@ -148,9 +150,10 @@ def pipeline_imports_from_model_code(graph: Graph, modeling: str = MODELING) -> 
     )
 
 
-def find_cycle(graph: Graph) -> Optional[list[str]]:
-    """One cycle among module-level edges (``[a, b, ..., a]``), or None."""
-    edges = {name: sorted({t for t, level in targets if level and t in graph}) for name, targets in graph.items()}
+def find_cycle(graph: Graph, module_level_only: bool = False) -> Optional[list[str]]:
+    """One cycle (``[a, b, ..., a]``) among all edges, or among module-level ones only; None if none."""
+    edges = {name: sorted({t for t, level in targets if (level or not module_level_only) and t in graph})
+             for name, targets in graph.items()}
     state: dict[str, int] = {}  # 1: on the current path, 2: done
     path: list[str] = []
 
@@ -196,9 +199,58 @@ def test_model_config_and_checkpoint_io_code_never_import_pipeline_code(package_
     assert pipeline_imports_from_model_code(graph) == []
 
 
-def test_no_cycle_among_module_level_imports(package_graph):
+def test_no_cycle_among_imports_function_level_ones_included(package_graph):
     _, graph = package_graph
     assert find_cycle(graph) is None
+
+
+# -- one home for scoring ------------------------------------------------------------------------
+SCORING_MODULES = {f"{MODELING}.scoring_adpretrain", f"{MODELING}.detectors_adpretrain", f"{MODELING}.release_scoring_adpretrain"}
+SCORING_HOMES = (f"{PACKAGE}.detectors", *SCORING_MODULES, f"{MODELING}.detector_module_adpretrain")
+LAYOUT_HELPERS = {"largest_grid", "largest_of", "resize_to_grid", "layer_widths", "embedding_width"}  # grid arithmetic
+PRIVATE_SCORING = ("_score_grids", "_image_scores")  # the old private scoring hooks, called from outside
+
+
+def scoring_imports_outside_the_detectors(modules: Modules) -> list[str]:
+    """``"importer imports name from scoring module"`` for imports of scoring functions (not layout
+    helpers, not ``*Module`` classes a registry import names) by modules outside the scoring homes,
+    and any use of the old private scoring hooks outside them."""
+    found = []
+    for name, (path, is_package) in modules.items():
+        if name.startswith(SCORING_HOMES) or name in SCORING_HOMES:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node, _ in _imports(tree):
+            if isinstance(node, ast.ImportFrom):
+                base = _targets(node, name, is_package)[-1]
+                if base in SCORING_MODULES:
+                    found += [f"{name} imports {a.name} from {base}" for a in node.names
+                              if a.name not in LAYOUT_HELPERS and not a.name.endswith("Module")]
+                found += [f"{name} imports {base}.{a.name}" for a in node.names if f"{base}.{a.name}" in SCORING_MODULES]
+            elif isinstance(node, ast.Import):
+                found += [f"{name} imports {a.name}" for a in node.names if a.name in SCORING_MODULES]
+        found += [f"{name} uses {n.attr}" for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr in PRIVATE_SCORING]
+    return sorted(found)
+
+
+def method_name_branches(path: Path, methods: list[str]) -> list[str]:
+    """String constants equal to a method name in ``path`` (a branch or table keyed by method), by line."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return [f"line {n.lineno}: {n.value!r}" for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in methods]
+
+
+def test_only_the_detectors_score_features(package_graph):
+    modules, _ = package_graph
+    assert scoring_imports_outside_the_detectors(modules) == []
+
+
+def test_the_detector_folder_model_has_no_method_name_branches(package_graph):
+    from adpretrain_hf.detectors import METHODS
+
+    modules, _ = package_graph
+    path, _ = modules[f"{MODELING}.modeling_detector_adpretrain"]
+    assert method_name_branches(path, list(METHODS)) == []
+    assert "import_module" not in path.read_text(encoding="utf-8")  # no importlib back into the package
 
 
 # -- the checker itself, on a package with known faults --------------------------------------
@@ -230,6 +282,32 @@ def test_checker_finds_a_pipeline_import_and_a_cycle(tmp_path):
     ]
     cycle = find_cycle(graph)
     assert cycle is not None and cycle[0] == cycle[-1] and set(cycle) == {"fake.a", "fake.b", "fake.c"}
-    # a function-level import closes no cycle; removing the module-level edge c -> a leaves none
+    # a function-level import closes a cycle too (a lazy import is still a circle) ...
     (tmp_path / "fake" / "c.py").write_text("def f():\n    import fake.a\nthing = 1\n", encoding="utf-8")
+    assert set(find_cycle(import_graph(modules))) == {"fake.a", "fake.b", "fake.c"}
+    assert find_cycle(import_graph(modules), module_level_only=True) is None
+    # ... and without the edge c -> a there is none
+    (tmp_path / "fake" / "c.py").write_text("thing = 1\n", encoding="utf-8")
     assert find_cycle(import_graph(modules)) is None
+
+
+def test_checker_finds_scoring_outside_the_detectors_and_method_branches(tmp_path):
+    _write(tmp_path / "adpretrain_hf", {
+        "__init__.py": "",
+        "deployment.py": "from .modeling.scoring_adpretrain import mahalanobis_distances, largest_grid\n",
+        "evaluation.py": "def f(d):\n    return d._score_grids([])\n",
+        "detectors/__init__.py": "from ..modeling.scoring_adpretrain import aggregate_patch_features\n",
+        "modeling/__init__.py": "",
+        "modeling/scoring_adpretrain.py": "",
+        "modeling/backbones_adpretrain.py": "from .scoring_adpretrain import largest_of\n",
+        "modeling/modeling_detector_adpretrain.py": "from .detectors_adpretrain import FeatureNormModule\n"
+                                                    "def score(m):\n    if m == 'padim':\n        return 1\n",
+    })
+    modules: Modules = {}
+    _walk("adpretrain_hf", tmp_path / "adpretrain_hf", modules)
+    assert scoring_imports_outside_the_detectors(modules) == [
+        "adpretrain_hf.deployment imports mahalanobis_distances from adpretrain_hf.modeling.scoring_adpretrain",
+        "adpretrain_hf.evaluation uses _score_grids",
+    ]
+    path = tmp_path / "adpretrain_hf" / "modeling" / "modeling_detector_adpretrain.py"
+    assert method_name_branches(path, ["padim", "patchcore"]) == ["line 3: 'padim'"]

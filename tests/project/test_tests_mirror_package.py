@@ -29,6 +29,7 @@ CROSS_CUTTING_SUITES = (CROSS_CUTTING, "release_parity", "fixtures")
 SCRIPT_FOLDERS = ("benchmarks",)  # tests/benchmarks/test_x.py tests benchmarks/x.py (not every script has one)
 
 _REEXPORTS = "re-exports only: every test imports through it"
+_DETECTOR_CONTRACT = "a detector's scoring module: every registered detector passes the shared contract suite"
 _EVALUATE_SCRIPT = "an `evaluate` module script: loaded offline and compared with the plain function"
 
 # module (path under its package, no .py) -> (test module, why it is there)
@@ -38,6 +39,9 @@ COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
         "a name table: the metric names' one-home test (runner, reports and card use these names)",
     ),
     "metrics/modules/aupro/aupro": ("tests/metrics/test_evaluate_modules.py", _EVALUATE_SCRIPT),
+    "modeling/detector_module_adpretrain": ("tests/detectors/test_contract.py", _DETECTOR_CONTRACT),
+    "modeling/detectors_adpretrain": ("tests/detectors/test_contract.py", _DETECTOR_CONTRACT),
+    "detectors/network_module": ("tests/detectors/test_contract.py", _DETECTOR_CONTRACT),
     "metrics/modules/image_auroc/image_auroc": ("tests/metrics/test_evaluate_modules.py", _EVALUATE_SCRIPT),
     "metrics/modules/pixel_auroc/pixel_auroc": ("tests/metrics/test_evaluate_modules.py", _EVALUATE_SCRIPT),
 }

@@ -1,0 +1,196 @@
+"""The training-free detectors' scoring modules: FeatureNorm, PatchCore, PaDiM.
+
+Each is a :class:`~.detector_module_adpretrain.DetectorModule` (fitted state in buffers, one
+``forward(features, image_size) -> (anomaly_map, score)``). The fitting code
+(``adpretrain_hf.detectors``) computes the fitted tensors and hands them to ``set_fitted``;
+a detector folder rebuilds the same module from its config and loads the buffers.
+
+Variants: the maths of a method sits in a small table of functions (``*Functions``), chosen by
+the constructor option ``variant``. ``"default"`` is this package's; a release variant (the
+authors' code's maths) is another row of ``VARIANTS`` with its own functions and nothing else.
+
+Part of the remote-code bundle: imports only torch and its siblings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Optional, Sequence
+
+import torch
+
+from .detector_module_adpretrain import DetectorModule, closest_name_hint, register_detector_module
+from .matching_adpretrain import BACKENDS, DEFAULT_MAX_BLOCK_ELEMENTS, TRACEABLE_BACKEND, nearest_neighbors
+from .scoring_adpretrain import (
+    PATCHCORE_DIM,
+    PATCHCORE_REWEIGHT_NEIGHBORS,
+    aggregate_patch_features,
+    mahalanobis_distances,
+    padim_groups,
+    patchcore_image_scores,
+)
+
+__all__ = [
+    "PADIM_MODES", "PATCHCORE_IMAGE_SCORES", "FeatureNormModule", "PaDiMFunctions", "PaDiMModule",
+    "PatchCoreFunctions", "PatchCoreModule",
+]
+
+PATCHCORE_IMAGE_SCORES = ("reweighted", "max", "map_max")  # Eq. 7 | largest raw NN distance | max of the map
+PADIM_MODES = ("per_layer", "concatenated")  # one Gaussian per layer (release) | over all layers (paper)
+DEFAULT_VARIANT = "default"
+
+
+def _positive_int(value: object, name: str, why: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int ({why}), got {value!r}")
+    return value
+
+
+def _variant(variants: dict, name: str, method: str) -> object:
+    if name not in variants:
+        raise ValueError(f"unknown {method} variant {name!r}{closest_name_hint(name, variants)}: choose one of {sorted(variants)}")
+    return variants[name]
+
+
+@register_detector_module
+class FeatureNormModule(DetectorModule):
+    """FeatureNorm: the L2 norm of each patch feature, per layer ``[B, h_l, w_l]`` (nothing fitted)."""
+
+    method = "featurenorm"
+
+    def score_grids(self, features: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], None]:
+        return [fmap.float().norm(dim=1) for fmap in features], None
+
+
+@dataclass(frozen=True)
+class PatchCoreFunctions:
+    """PatchCore's swappable maths: ``embed(maps, dim) -> [B, h, w, D]`` and
+    ``image_scores(kind, dist [B, P], idx, emb [B, P, D], bank, b, block) -> [B]``."""
+
+    embed: Callable = aggregate_patch_features
+    image_scores: Callable = patchcore_image_scores
+
+
+@register_detector_module
+class PatchCoreModule(DetectorModule):
+    """PatchCore scoring: L2 distance of each locally aware patch embedding to its nearest
+    memory-bank row (one grid on the largest layer grid) and the ``image_score`` rule.
+
+    Buffers: ``memory_bank [M, D]``. Options: ``embedding_dim`` (most channels kept),
+    ``image_score`` (``"reweighted" | "max" | "map_max"``), ``num_neighbors`` (Eq. 7's b),
+    ``backend`` (nearest-neighbour search; a folder scores with ``"traceable"``, plain torch that
+    exports to ONNX), ``max_block_elements``, ``variant``.
+    """
+
+    method = "patchcore"
+    VARIANTS: ClassVar[dict[str, PatchCoreFunctions]] = {DEFAULT_VARIANT: PatchCoreFunctions()}
+
+    def __init__(
+        self, *, embedding_dim: int = PATCHCORE_DIM, image_score: str = "reweighted",
+        num_neighbors: int = PATCHCORE_REWEIGHT_NEIGHBORS, backend: str = TRACEABLE_BACKEND,
+        max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS, variant: str = DEFAULT_VARIANT, **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.embedding_dim = _positive_int(embedding_dim, "embedding_dim", "the most channels kept")
+        if image_score not in PATCHCORE_IMAGE_SCORES:
+            raise ValueError(f"unknown image_score {image_score!r}{closest_name_hint(image_score, PATCHCORE_IMAGE_SCORES)}: "
+                             f"choose one of {PATCHCORE_IMAGE_SCORES}")
+        self.image_score_rule = image_score
+        self.num_neighbors = _positive_int(num_neighbors, "num_neighbors", "b of Eq. 7")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}{closest_name_hint(backend, BACKENDS)}: choose one of {BACKENDS}")
+        self.backend = backend
+        self.max_block_elements = _positive_int(max_block_elements, "max_block_elements", "a bound on a distance block")
+        self.functions = _variant(self.VARIANTS, variant, self.method)
+        self.variant = variant
+
+    def settings(self) -> dict:
+        """Saved options (not ``backend`` / ``max_block_elements``: how to search, not what)."""
+        out = {**super().settings(), "embedding_dim": self.embedding_dim, "image_score": self.image_score_rule,
+               "num_neighbors": self.num_neighbors}
+        return out if self.variant == DEFAULT_VARIANT else {**out, "variant": self.variant}
+
+    def required_buffers(self) -> list[str]:
+        return ["memory_bank"]
+
+    def embed(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Used layers ``[B, C_l, h_l, w_l]`` -> patch embeddings ``[B, h, w, D]``."""
+        return self.functions.embed(features, self.embedding_dim)
+
+    def score_grids(self, features: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], Optional[torch.Tensor]]:
+        bank = self.memory_bank.float()  # [M, D]; float32 even when the model was cast to bf16
+        emb = self.embed(features)  # [B, h, w, D]
+        h, w, d = emb.shape[1:]
+        flat = emb.reshape(-1, d)
+        squared, idx = nearest_neighbors(flat, bank, metric="l2", backend=self.backend, max_block_elements=self.max_block_elements)
+        dist = squared.clamp_min(0.0).sqrt()  # PatchCore scores plain L2 distances
+        grids = [dist.reshape(-1, h, w)]
+        if self.image_score_rule == "map_max":
+            return grids, None
+        own = self.functions.image_scores(
+            self.image_score_rule, dist.reshape(-1, h * w), idx.reshape(-1, h * w), flat.reshape(-1, h * w, d), bank,
+            self.num_neighbors, self.max_block_elements,
+        )
+        return grids, own
+
+
+@dataclass(frozen=True)
+class PaDiMFunctions:
+    """PaDiM's swappable maths: ``groups(maps, mode) -> [B, D_g, h_g, w_g]`` per group and
+    ``distances(emb [B, D, P], mean [P, D], cholesky [P, D, D]) -> [B, P]``."""
+
+    groups: Callable = padim_groups
+    distances: Callable = mahalanobis_distances
+
+
+@register_detector_module
+class PaDiMModule(DetectorModule):
+    """PaDiM scoring: per group (a layer, or all layers concatenated) the Mahalanobis distance
+    of each position's embedding to that position's Gaussian.
+
+    Buffers per group ``g``: ``mean_g [P_g, D_g]``, ``cholesky_g [P_g, D_g, D_g]`` (lower factors),
+    ``channel_index_g [D_g]`` where a channel subset is kept. Options: ``mode``, ``variant``.
+    """
+
+    method = "padim"
+    VARIANTS: ClassVar[dict[str, PaDiMFunctions]] = {DEFAULT_VARIANT: PaDiMFunctions()}
+
+    def __init__(self, *, mode: str = "per_layer", variant: str = DEFAULT_VARIANT, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if mode not in PADIM_MODES:
+            raise ValueError(f"unknown PaDiM mode {mode!r}{closest_name_hint(mode, PADIM_MODES)}: "
+                             "choose 'per_layer' (release) or 'concatenated' (paper)")
+        self.mode = mode
+        self.functions = _variant(self.VARIANTS, variant, self.method)
+        self.variant = variant
+
+    def settings(self) -> dict:
+        out = {**super().settings(), "mode": self.mode}
+        return out if self.variant == DEFAULT_VARIANT else {**out, "variant": self.variant}
+
+    @property
+    def num_groups(self) -> int:
+        return sum(1 for name in self._buffers if name.startswith("mean_"))
+
+    def required_buffers(self) -> list[str]:
+        groups = max(self.num_groups, 1)
+        return [f"{kind}_{g}" for g in range(groups) for kind in ("mean", "cholesky")]
+
+    def group_tensors(self) -> list[tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]:
+        """Per group ``(mean, cholesky, channel_index or None)``."""
+        return [(self._buffers[f"mean_{g}"], self._buffers[f"cholesky_{g}"], self._buffers.get(f"channel_index_{g}"))
+                for g in range(self.num_groups)]
+
+    def embed(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Used layers -> one (channel-subset) embedding ``[B, D_g, h_g, w_g]`` per group."""
+        groups = self.functions.groups([f.float() for f in features], self.mode)
+        indices = [index for _, _, index in self.group_tensors()] or [None] * len(groups)
+        return [g if index is None else g.index_select(1, index.to(g.device)) for g, index in zip(groups, indices)]
+
+    def score_grids(self, features: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], None]:
+        grids = []
+        for emb, (mean, factor, _) in zip(self.embed(features), self.group_tensors()):
+            b, d, h, w = emb.shape
+            dist = self.functions.distances(emb.reshape(-1, d, h * w), mean.float(), factor.float())
+            grids.append(dist.reshape(-1, h, w))  # [B, h_g, w_g]
+        return grids, None
