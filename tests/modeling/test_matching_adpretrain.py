@@ -198,3 +198,23 @@ def test_nan_queries_stay_nan():
     queries[1, 2] = float("nan")
     values, _ = nearest_neighbors(queries, bank, metric="l2", backend="torch")
     assert torch.isnan(values[1]) and not torch.isnan(values[[0, 2]]).any()
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_the_exported_search_in_onnxruntime_is_exact_and_keeps_the_lowest_tie(metric, small_blocks, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    generator = torch.Generator().manual_seed(7)
+    distinct = torch.randn(20, 6, generator=generator) * 3
+    bank = torch.cat([distinct, distinct])  # row i again at i + 20 (another chunk)
+
+    class Search(torch.nn.Module):
+        def forward(self, q):
+            return nearest_neighbors(q, bank, metric=metric, backend="traceable")
+
+    path = tmp_path / "search.onnx"
+    torch.onnx.export(Search(), (torch.randn(3, 6),), str(path), input_names=["q"], dynamic_axes={"q": {0: "n"}}, dynamo=False)
+    queries = distinct + 0.01 * torch.randn(20, 6, generator=generator)
+    values, index = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"q": queries.numpy()})
+    best, truth, _ = _float64_truth(queries, distinct, metric)
+    assert np.array_equal(index, truth.numpy())  # the first copy of every row
+    assert np.allclose(values, best.numpy(), rtol=1e-5, atol=1e-4)
