@@ -15,10 +15,11 @@ fitted on synthetic normal images, saved, and loaded back through ``pipeline("an
   aggregation, upsampling, smoothing, image score);
 - ``pipeline``: the whole ``pipeline(...)`` call on PIL images (reading, resizing, mapping back);
 - ``onnx`` / ``openvino``: the exported graph (``adpretrain_hf.export``), same thread count, with the
-  process's peak resident-memory growth during the runs.
+  peak resident-memory growth of one run (a fresh process, over its peak after loading the graph).
 
 A second table gives each search's GFLOP/s (2 n m d per call) next to a plain ``torch.mm`` of the
-same ``[n, d] x [d, m]`` size (in row blocks of at most 2^24 outputs) timed in the same process.
+same ``[n, d] x [d, m]`` size timed in the same process (its faster layout: row blocks of at most
+2^24 outputs, or 512 x 512 tiles).
 The machine is shared: compare the ratios, and use ``OMP_WAIT_POLICY=PASSIVE`` (set by default).
 """
 
@@ -28,8 +29,9 @@ import argparse
 import contextlib
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -38,7 +40,6 @@ from typing import Callable, Iterator
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: spinning OpenMP workers fight on shared cores
 
 import numpy as np  # noqa: E402
-import psutil  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from transformers import pipeline  # noqa: E402
@@ -50,6 +51,7 @@ from adpretrain_hf.modeling import matching_adpretrain  # noqa: E402
 
 STAGES = ("backbone", "residual", "projector", "search", "map+score")
 MM_BLOCK_OUTPUTS = 1 << 24  # rows x bank columns of one torch.mm reference block
+MM_TILE = 512  # the reference's cache-sized tiles
 POLL_SECONDS = 0.002
 
 
@@ -149,40 +151,50 @@ def staged_seconds(detector, pixels: torch.Tensor, warmup: int, repeats: int) ->
     return out
 
 
-def peak_rss_growth(run: Callable[[], object]) -> float:
-    """Peak resident-memory growth (MB) of this process while ``run()`` executes (polled)."""
-    process = psutil.Process()
-    base = process.memory_info().rss
-    peak = [base]
-    done = threading.Event()
+_PEAK_CHILD = r"""
+import resource, sys, numpy as np
+runtime, path, batch, size, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+from adpretrain_hf import export
+if runtime == "onnx":
+    session = export.onnx_session(path, threads=threads)
+    run = lambda x: session.run(None, {"pixel_values": x})
+else:
+    compiled = export.openvino_compiled(path, threads=threads)
+    run = lambda x: compiled(x)
+x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+run(x)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+"""
 
-    def poll() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], process.memory_info().rss)
-            time.sleep(POLL_SECONDS)
 
-    thread = threading.Thread(target=poll, daemon=True)
-    thread.start()
-    try:
-        run()
-    finally:
-        done.set()
-        thread.join()
-    return (peak[0] - base) / 2**20
+def runtime_peak_mb(runtime: str, path: Path, batch: int, size: int, threads: int) -> float:
+    """Peak resident-memory growth (MB) of one ``batch`` run of an exported graph, in a fresh process
+    (growth over the process's peak after loading the graph: what the run itself adds)."""
+    out = subprocess.run([sys.executable, "-c", _PEAK_CHILD, runtime, str(path), str(batch), str(size), str(threads)],
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def mm_gflops(shapes: list[tuple[int, int, int]], warmup: int, repeats: int) -> tuple[float, float]:
-    """(GFLOP, GFLOP/s) of plain ``torch.mm`` over the same ``(n, m, d)`` problems, in row blocks."""
+    """(GFLOP, GFLOP/s) of plain ``torch.mm`` over the same ``(n, m, d)`` problems: the faster of
+    row blocks of at most 2^24 outputs and cache-sized 512 x 512 tiles (the GEMM's best rate here)."""
     operands = [(torch.randn(n, d), torch.randn(d, m).contiguous()) for n, m, d in shapes]
 
-    def run() -> None:
+    def rows_blocks() -> None:
         for q, b in operands:
             rows = max(1, MM_BLOCK_OUTPUTS // b.shape[1])
             for start in range(0, q.shape[0], rows):
                 torch.mm(q[start : start + rows], b)
 
+    def tiles() -> None:
+        for q, b in operands:
+            for start in range(0, q.shape[0], MM_TILE):
+                for col in range(0, b.shape[1], MM_TILE):
+                    torch.mm(q[start : start + MM_TILE], b[:, col : col + MM_TILE])
+
     gflop = sum(2.0 * n * m * d for n, m, d in shapes) / 1e9
-    return gflop, gflop / median_seconds(run, warmup, repeats)
+    return gflop, gflop / min(median_seconds(rows_blocks, warmup, repeats), median_seconds(tiles, warmup, repeats))
 
 
 def build_model(args: argparse.Namespace) -> ADPretrainModel:
@@ -202,11 +214,13 @@ def runtime_sessions(detector, folder: Path, runtimes: list[str], threads: int) 
 
     calls = {}
     if "onnx" in runtimes:
-        session = export.onnx_session(export.export_onnx(detector, folder / "model.onnx"), threads=threads)
-        calls["onnx"] = lambda px: session.run(None, {"pixel_values": px.numpy()})
+        path = export.export_onnx(detector, folder / "model.onnx")
+        session = export.onnx_session(path, threads=threads)
+        calls["onnx"] = (path, lambda px: session.run(None, {"pixel_values": px.numpy()}))
     if "openvino" in runtimes:
-        compiled = export.openvino_compiled(export.export_openvino(detector, folder / "openvino"), threads=threads)
-        calls["openvino"] = lambda px: compiled(px.numpy())
+        path = export.export_openvino(detector, folder / "openvino")
+        compiled = export.openvino_compiled(path, threads=threads)
+        calls["openvino"] = (path, lambda px: compiled(px.numpy()))
     return calls
 
 
@@ -255,9 +269,9 @@ def main() -> None:
                         piped = median_seconds(lambda: detect(images[:batch], batch_size=batch), args.warmup, args.repeats)
                         row = {"kind": kind, "method": method, "threads": threads, "batch": batch, "bare": bare,
                                "pipeline": piped, "bank": None if bank is None else tuple(bank.shape), **stages}
-                        for name, call in calls.items():
+                        for name, (path, call) in calls.items():
                             row[name] = median_seconds(lambda: call(pixels), args.warmup, args.repeats)
-                            row[name + "_mb"] = peak_rss_growth(lambda: call(pixels))
+                            row[name + "_mb"] = runtime_peak_mb(name, path, batch, size, threads)
                         rows.append(row)
                         for stage in ("residual", "search"):
                             shapes = stages["flops"].get(stage)
