@@ -27,13 +27,15 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from adpretrain_hf.commands._deploy_io import IMAGE_SUFFIXES  # the CLI's readable images (no torch at import)
-from adpretrain_hf.commands.app import DEFAULT_HOST, DEFAULT_PORT  # the command's defaults (kept free of numpy)
 
 BATCH_SIZE = 8  # images per pipeline call in the folder tab
 SLIDER_STEPS = 200  # slider resolution across its range
 SLIDER_PAD = 0.5  # range margin, as a fraction of the span of the known scores and thresholds
 IMAGE_HEIGHT = 360  # px of the image and overlay panels (small images are scaled up to it)
 CSV_COLUMNS = ("file", "score", "normalized_score", "label", "threshold")
+DEFAULT_HOST = "127.0.0.1"  # local only: 0.0.0.0 exposes the page (and its uploads) to the network
+DEFAULT_PORT = 7860  # gradio's usual port
+
 # gradio reads these at import: no telemetry, no version check, no share tunnel
 OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_SHARE": "False", "GRADIO_SSR_MODE": "False"}
 ANOMALOUS, NORMAL, UNDECIDED = "anomalous", "normal", "no threshold"

@@ -1,4 +1,4 @@
-"""ONNX export of a fitted detector's whole inference path, checked against torch.
+"""ONNX and OpenVINO export of a fitted detector's whole inference path, checked against torch.
 
 What is exported: ``ADPretrainDetectorModel.score`` for FeatureNorm and PatchCore, i.e.
 processor-normalised ``pixel_values [B, 3, H, W]`` -> backbone -> (pretrained features:
@@ -12,16 +12,20 @@ dimension is dynamic). Thresholding stays outside the graph (compare ``scores`` 
 
 PaDiM (a batched triangular solve) and the trained methods are not exported.
 
-Memory: onnxruntime's peak grows with the whole ``[queries, reference tokens]`` distance matrix
-of the residual matching (torch eager holds one 1024-column block at a time). Harmless for ViT
-grids (16x16 tokens); for high-resolution CNN grids it is not: EfficientNet-Lite0 at 224 px
-(56x56 first layer) needs about 0.3 GB at batch 1 but more than 9 GB at batch 16. Export such
-models with a small fixed ``batch_size`` (1-4).
+OpenVINO (anomalib's default deploy target): :func:`export_openvino` converts the same ONNX graph
+to OpenVINO IR (``model.xml`` + ``model.bin``, dynamic batch unless fixed) and
+:func:`check_openvino` runs it on the CPU in float32 (OpenVINO would otherwise pick bf16 on CPUs
+that have it, and the thresholds were calibrated in float32) against torch.
+
+Memory: the searches in the graph walk the banks in chunks of ``matching_adpretrain.BANK_CHUNK_ROWS``
+rows, so a runtime holds ``[queries, chunk]`` distances at a time, never the whole
+``[queries, bank]`` matrix (``benchmarks/latency.py`` prints each runtime's peak growth).
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -32,12 +36,18 @@ from torch import nn
 
 from .modeling.modeling_detector_adpretrain import ADPretrainDetectorModel
 
-__all__ = ["EXPORTABLE_METHODS", "check_onnx", "export_onnx"]
+__all__ = ["EXPORTABLE_METHODS", "FORMATS", "check_onnx", "check_openvino", "export_onnx", "export_openvino"]
 
 EXPORTABLE_METHODS = ("featurenorm", "patchcore")
 DEFAULT_OPSET = 17
 INPUT_NAME = "pixel_values"
 OUTPUT_NAMES = ("anomaly_map", "score")  # the detector output's field names: [B, H, W], [B]
+FORMATS = ("onnx", "openvino")
+OPENVINO_XML = "model.xml"  # the IR's graph; its weights are model.bin beside it
+# OpenVINO 2026.4 reads an opset-17 ReduceLogSumExp (PatchCore's reweighted score) as a reduction over
+# every axis, ignoring its axes attribute; from opset 18 the axes are an input and convert right.
+OPENVINO_OPSET = 18
+OPENVINO_PRECISION = "f32"  # inference precision hint: the calibration's precision, not the CPU's bf16 default
 
 
 class _ScoringGraph(nn.Module):
@@ -124,11 +134,81 @@ def check_onnx(
     "map_scale": max |map|}``.
     """
     _check_exportable(detector_model)
-    maps, score = detector_model.score(pixel_values.to(detector_model.device))
     session = onnx_session(path) if session is None else session
-    onnx_maps, onnx_score = session.run(list(OUTPUT_NAMES), {INPUT_NAME: pixel_values.float().cpu().numpy()})
+    return _parity(detector_model, pixel_values, lambda pixels: session.run(list(OUTPUT_NAMES), {INPUT_NAME: pixels}))
+
+
+@torch.no_grad()
+def _parity(detector_model: ADPretrainDetectorModel, pixel_values: torch.Tensor, run: Any) -> dict[str, float]:
+    """Max |difference| between ``run(pixels as numpy) -> (maps, scores)`` and the torch path."""
+    _check_exportable(detector_model)
+    maps, score = detector_model.score(pixel_values.to(detector_model.device))
+    runtime_maps, runtime_score = run(pixel_values.float().cpu().numpy())
     return {
-        "anomaly_map": float(np.abs(onnx_maps - maps.float().cpu().numpy()).max()),
-        "score": float(np.abs(onnx_score - score.float().cpu().numpy()).max()),
+        "anomaly_map": float(np.abs(np.asarray(runtime_maps) - maps.float().cpu().numpy()).max()),
+        "score": float(np.abs(np.asarray(runtime_score) - score.float().cpu().numpy()).max()),
         "map_scale": float(maps.abs().max()),
     }
+
+
+def _openvino():
+    try:
+        import openvino
+    except ImportError as err:
+        raise ImportError("OpenVINO export needs openvino: pip install 'adpretrain-hf[export]' (or pip install openvino)") from err
+    return openvino
+
+
+def export_openvino(
+    detector_model: ADPretrainDetectorModel,
+    folder: Union[str, os.PathLike],
+    *,
+    batch_size: Optional[int] = None,
+    opset: int = OPENVINO_OPSET,
+) -> Path:
+    """Write the detector's inference graph as OpenVINO IR into ``folder`` and return ``folder/model.xml``.
+
+    The graph is the ONNX export's (same ops, same chunked searches; opset :data:`OPENVINO_OPSET`),
+    converted by OpenVINO; ``batch_size`` None keeps the batch dimension dynamic.
+    """
+    ov = _openvino()
+    _check_exportable(detector_model)
+    folder = Path(folder)
+    if folder.suffix == ".xml":
+        raise ValueError(f"OpenVINO export writes a folder (model.xml + model.bin), got the file name {folder}: pass a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = export_onnx(detector_model, Path(tmp) / "model.onnx", batch_size=batch_size, opset=opset)
+        model = ov.convert_model(str(onnx_path))
+        xml = folder / OPENVINO_XML
+        ov.save_model(model, str(xml), compress_to_fp16=False)  # float32 weights: the banks must not round
+    return xml
+
+
+def openvino_compiled(path: Union[str, os.PathLike], threads: Optional[int] = None):
+    """The IR at ``path`` (``model.xml`` or its folder) compiled for the CPU in float32; call it with
+    ``{"pixel_values": array}`` or the array; ``threads``: inference threads (default: OpenVINO's)."""
+    ov = _openvino()
+    path = Path(path)
+    xml = path / OPENVINO_XML if path.is_dir() else path
+    if not xml.is_file():
+        raise FileNotFoundError(f"no OpenVINO model at {xml}: write one with export_openvino(detector, folder)")
+    config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION}
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return ov.Core().compile_model(str(xml), "CPU", config)
+
+
+@torch.no_grad()
+def check_openvino(
+    detector_model: ADPretrainDetectorModel, path: Union[str, os.PathLike], pixel_values: torch.Tensor, compiled: Any = None
+) -> dict[str, float]:
+    """As :func:`check_onnx`, for the OpenVINO IR at ``path`` (``compiled``: an :func:`openvino_compiled`
+    model to reuse)."""
+    compiled = openvino_compiled(path) if compiled is None else compiled
+
+    def run(pixels: np.ndarray):
+        result = compiled({INPUT_NAME: pixels})
+        return tuple(result[compiled.output(name)] for name in OUTPUT_NAMES)
+
+    return _parity(detector_model, pixel_values, run)

@@ -1,25 +1,41 @@
-"""Exhaustive nearest-neighbour search: faiss when installed, chunked torch otherwise.
+"""Exact nearest-neighbour search against a bank prepared once (faiss optional).
 
 Residual features need, for every patch token, its nearest neighbour in a small bank of
 normal reference tokens (cosine matching, as the release does); PatchCore needs the L2
 nearest neighbour in its memory bank. Both are exact searches over banks of 10^3-10^6
 rows, so one function serves both.
 
-Backends:
-- ``"torch"``: chunked matmul; the similarity block never exceeds ``max_block_elements``
-  floats (default 2^26 = 256 MiB in fp32), whatever the number of queries or bank rows.
-  Runs on the queries' device, so it is the GPU path when tensors live on a GPU.
-- ``"faiss"``: ``IndexFlatIP`` / ``IndexFlatL2`` (GPU index when faiss-gpu sees a GPU).
-- ``"auto"``: faiss for CPU tensors when faiss imports, torch otherwise (tensors already
-  on a GPU stay there: copying them to a faiss CPU index would be the slow path).
-- ``"traceable"``: plain torch over fixed chunks of ``BANK_CHUNK_ROWS`` bank rows; the loop
-  runs over the bank, whose size is static, so the graph traces to ONNX with a dynamic
-  number of queries (the detector folder's forward uses it).
+Why a :class:`PreparedBank`: the bank is fixed while a detector is deployed, so everything that
+depends on it alone is done once, not per image: normalised (cosine) or scaled by -2 with its
+squared row norms appended as one more column (L2: ``[q, 1] . [-2b, |b|^2] = |b|^2 - 2 q.b``, so
+the norm add is fused into the GEMM; no broadcast ``copy_`` of the norms into each block),
+transposed and contiguous (``[d', m]``) on the device. :func:`prepare_bank` keeps one per live,
+unchanged bank tensor (keyed by identity and version), so callers passing the same buffer every
+call pay the preparation once; a detector warms it on load by calling it.
 
+The search (eager) walks ``[query block x bank block]`` distance blocks of about 1 MiB (they stay
+in a core's L2 cache, so the GEMM runs at its rate) keeping a running best value per query with
+the vectorised ``amin`` and the winning block's number; the index is then found by one more GEMM
+per query against its winning block only (``1 / blocks`` extra work, cheaper than an
+index-tracking min over every block). The full query x bank matrix is never materialised.
+
+Backends:
+- ``"torch"`` / ``"auto"``: the blocked search above on the queries' device (the GPU path when
+  tensors live on a GPU). ``max_block_elements`` caps a distance block further.
+- ``"faiss"``: ``IndexFlatIP`` / ``IndexFlatL2`` (GPU index when faiss-gpu sees a GPU); builds its
+  index per call.
+- ``"traceable"``: in eager the same blocked search; while tracing (ONNX export) a fixed graph that
+  walks the bank in chunks of ``BANK_CHUNK_ROWS`` rows with a running best (``[queries, chunk]``
+  at a time, so the exported graph's memory stays bounded; only the batch dimension is dynamic).
+
+Ties keep the lower bank index (``argmin``/``argmax`` order) in every backend but faiss.
 This file is part of the remote-code bundle: faiss is optional and imported in ``try:``.
 """
 
 from __future__ import annotations
+
+import weakref
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +52,10 @@ DEFAULT_MAX_BLOCK_ELEMENTS = 1 << 26
 METRICS = ("cosine", "l2")
 TRACEABLE_BACKEND = "traceable"
 BACKENDS = ("auto", "torch", "faiss", TRACEABLE_BACKEND)
-BANK_CHUNK_ROWS = 1024  # bank rows per distance block of the traceable backend: [queries, 1024] floats at a time
+BANK_CHUNK_ROWS = 512  # bank rows per distance block (eager and traced graph alike)
+SEARCH_BLOCK_ELEMENTS = 1 << 18  # query rows x bank rows of one eager block: 1 MiB fp32, fits a core's L2
+PREPARED_CACHE_MAX_ELEMENTS = 1 << 26  # banks above this are prepared per call, not kept (memory)
+SEARCH_ENTRY_POINTS = ("_prepared_search", "_faiss_search")  # what benchmarks/latency.py times
 
 
 def faiss_available() -> bool:
@@ -44,74 +63,193 @@ def faiss_available() -> bool:
     return _HAS_FAISS
 
 
-def _check_inputs(queries: torch.Tensor, bank: torch.Tensor, metric: str, backend: str) -> None:
+def _tracing() -> bool:
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; everything else is searched in float32 (half precision loses neighbours)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class PreparedBank:
+    """A bank ``[m, d]`` laid out once for repeated exact 1-NN searches (see the module docstring).
+
+    ``keys_t``: ``[d, m]`` (cosine: ``-normalize(bank)``, so lower is closer) or ``[d + 1, m]`` (L2:
+    ``[-2 bank, |bank|^2]``), contiguous, float32 (float64 for a float64 bank), on the bank's device.
+    ``bank`` is the caller's tensor itself (the residual gathers its raw rows); the copies
+    :func:`prepare_bank` keeps hold it weakly (``weak=True``), so a cached preparation never keeps
+    its bank alive.
+    """
+
+    def __init__(
+        self, bank: torch.Tensor, metric: str = "cosine", dtype: Optional[torch.dtype] = None, weak: bool = False
+    ) -> None:
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}: choose one of {METRICS}")
+        if bank.dim() != 2:
+            raise ValueError(f"a bank must be 2-D [m, d], got {tuple(bank.shape)}")
+        if bank.shape[0] == 0:
+            raise ValueError("the reference bank is empty: give at least one reference feature")
+        self._bank = weakref.ref(bank) if weak else (lambda: bank)
+        self.metric = metric
+        self.rows, self.dim = int(bank.shape[0]), int(bank.shape[1])
+        with torch.no_grad():
+            b = bank.detach().to(_work_dtype(dtype or bank.dtype))
+            if metric == "cosine":
+                keys = -F.normalize(b, dim=1)
+            else:
+                keys = torch.cat([-2.0 * b, (b * b).sum(dim=1, keepdim=True)], dim=1)
+            self.keys_t = keys.T.contiguous()
+
+    @property
+    def bank(self) -> torch.Tensor:
+        """The raw bank ``[m, d]`` this was prepared from."""
+        bank = self._bank()
+        if bank is None:
+            raise RuntimeError("the bank of this PreparedBank was freed: keep the tensor, or build PreparedBank(bank) directly")
+        return bank
+
+    @property
+    def device(self) -> torch.device:
+        return self.keys_t.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.keys_t.dtype
+
+    def to(self, device: Union[str, torch.device]) -> "PreparedBank":
+        """This bank on ``device`` (itself when it is already there)."""
+        target = torch.device(device)
+        if target.type == self.device.type and target.index in (None, self.device.index):
+            return self
+        return PreparedBank(self.bank.to(device), self.metric, self.dtype)
+
+    def search(self, queries: torch.Tensor, max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor]:
+        """``queries [n, d]`` -> ``(values [n], indices [n])``: cosine similarity or squared L2."""
+        return _prepared_search(queries, self, max_block_elements)
+
+
+_PREPARED: dict[tuple, tuple] = {}  # (id(bank), metric, dtype, device) -> (weakref, state, PreparedBank)
+
+
+def prepare_bank(bank: Union[torch.Tensor, PreparedBank], metric: str = "cosine", dtype: Optional[torch.dtype] = None) -> PreparedBank:
+    """The :class:`PreparedBank` of ``bank`` for ``metric``, built once while ``bank`` lives unchanged.
+
+    Call it when a bank is set or loaded (a detector's ``from_pretrained``, ``set_references``) to pay
+    the preparation there; the searches given the same tensor later find it here. A bank changed in
+    place (its version moves), moved or freed is prepared again. While tracing it is built inline.
+    """
+    if isinstance(bank, PreparedBank):
+        if bank.metric != metric:
+            raise ValueError(f"this bank was prepared for metric {bank.metric!r}, not {metric!r}: prepare it again")
+        return bank
+    dtype = _work_dtype(dtype or bank.dtype)
+    if _tracing() or bank.numel() > PREPARED_CACHE_MAX_ELEMENTS:
+        return PreparedBank(bank, metric, dtype)
+    key = (id(bank), metric, dtype, bank.device)
+    state = (bank._version, bank.data_ptr(), tuple(bank.shape))
+    hit = _PREPARED.get(key)
+    if hit is not None and hit[0]() is bank and hit[1] == state:
+        return hit[2]
+    prepared = PreparedBank(bank, metric, dtype, weak=True)
+    _PREPARED[key] = (weakref.ref(bank, lambda _, key=key: _PREPARED.pop(key, None)), state, prepared)
+    return prepared
+
+
+def _query_matrix(queries: torch.Tensor, prepared: PreparedBank) -> torch.Tensor:
+    """``[n, d]`` -> the left GEMM operand: normalised (cosine) or with a ones column (L2)."""
+    q = queries.to(device=prepared.device, dtype=prepared.dtype)
+    if prepared.metric == "cosine":
+        return F.normalize(q, dim=1)
+    return torch.cat([q, torch.ones_like(q[:, :1])], dim=1)
+
+
+def _finish(q: torch.Tensor, best: torch.Tensor, metric: str) -> torch.Tensor:
+    """Block minima -> cosine similarity, or squared L2 (``+ |q|^2``, clamped at 0)."""
+    if metric == "cosine":
+        return -best
+    plain = q[:, :-1]
+    return (best + (plain * plain).sum(dim=1)).clamp_min(0.0)
+
+
+def _traced_search(q: torch.Tensor, prepared: PreparedBank) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed graph over bank chunks of :data:`BANK_CHUNK_ROWS` (ONNX: dynamic query count)."""
+    best_val = best_idx = None
+    for start in range(0, prepared.rows, BANK_CHUNK_ROWS):
+        # TopK(1) rather than min(dim=1): onnxruntime runs one TopK faster than ReduceMin + ArgMin;
+        # ONNX TopK keeps the lower index among equal values
+        val, idx = torch.mm(q, prepared.keys_t[:, start : start + BANK_CHUNK_ROWS]).topk(1, dim=1, largest=False)
+        val, idx = val[:, 0], idx[:, 0] + start
+        if best_val is None:
+            best_val, best_idx = val, idx
+        else:
+            better = val < best_val  # strict: ties keep the earlier chunk's (lower) index
+            best_val = torch.where(better, val, best_val)
+            best_idx = torch.where(better, idx, best_idx)
+    return best_val, best_idx
+
+
+def _blocked_search(q: torch.Tensor, prepared: PreparedBank, max_block_elements: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager search in cache-sized blocks: running ``amin`` + winning block, then its index."""
+    keys, n = prepared.keys_t, q.shape[0]
+    if n == 0:
+        return q.new_empty(0), torch.empty(0, dtype=torch.long, device=q.device)
+    cols = min(prepared.rows, BANK_CHUNK_ROWS)
+    rows = max(1, min(SEARCH_BLOCK_ELEMENTS, max_block_elements) // cols)
+    starts = range(0, prepared.rows, cols)
+    if len(starts) == 1:  # one bank block: a single index-tracking min per query block
+        pairs = [torch.mm(q[s : s + rows], keys).min(dim=1) for s in range(0, n, rows)]
+        return torch.cat([v for v, _ in pairs]), torch.cat([i for _, i in pairs])
+    best_val = torch.full((n,), float("inf"), dtype=q.dtype, device=q.device)
+    best_block = torch.zeros(n, dtype=torch.long, device=q.device)
+    for s in range(0, n, rows):
+        block_q, val, block = q[s : s + rows], best_val[s : s + rows], best_block[s : s + rows]
+        for j, c in enumerate(starts):
+            candidate = torch.mm(block_q, keys[:, c : c + cols]).amin(dim=1)
+            better = candidate < val  # strict: ties keep the earlier block; NaN never wins (block 0 recomputes it)
+            block.masked_fill_(better, j)
+            torch.minimum(val, candidate, out=val)
+    values = torch.empty_like(best_val)
+    indices = torch.empty_like(best_block)
+    order = torch.argsort(best_block, stable=True)
+    position = 0
+    for j, count in enumerate(torch.bincount(best_block, minlength=len(starts)).tolist()):
+        if count:  # the queries whose best lies in block j: their index within it
+            chosen = order[position : position + count]
+            position += count
+            c = starts[j]
+            val, idx = torch.mm(q.index_select(0, chosen), keys[:, c : c + cols]).min(dim=1)
+            values[chosen], indices[chosen] = val, idx + c
+    return values, indices
+
+
+def _prepared_search(queries: torch.Tensor, prepared: PreparedBank, max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS):
+    """Exact 1-NN of ``queries [n, d]`` in a prepared bank: ``(values [n], indices [n])`` on the queries' device."""
+    q = _query_matrix(queries, prepared)
+    if _tracing():
+        best, idx = _traced_search(q, prepared)
+    else:
+        best, idx = _blocked_search(q, prepared, max_block_elements)
+    return _finish(q, best, prepared.metric).to(queries.device), idx.to(queries.device)
+
+
+def _check_inputs(queries: torch.Tensor, bank, metric: str, backend: str) -> None:
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}: choose one of {METRICS}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: choose one of {BACKENDS}")
     if backend == "faiss" and not _HAS_FAISS:
         raise ImportError("backend='faiss' needs faiss: pip install 'adpretrain-hf[cpu]' (or [gpu]), or use backend='torch'")
-    if queries.dim() != 2 or bank.dim() != 2:
+    rows, width = (bank.rows, bank.dim) if isinstance(bank, PreparedBank) else (None, None)
+    if queries.dim() != 2 or (rows is None and bank.dim() != 2):
         raise ValueError(f"queries and bank must be 2-D [n, d], got {tuple(queries.shape)} and {tuple(bank.shape)}")
-    if bank.shape[0] == 0:
+    if rows is None:
+        rows, width = bank.shape
+    if rows == 0:
         raise ValueError("the reference bank is empty: give at least one reference feature")
-    if queries.shape[1] != bank.shape[1]:
-        raise ValueError(f"feature widths differ: queries have {queries.shape[1]}, the bank {bank.shape[1]}")
-
-
-def _torch_search(
-    queries: torch.Tensor, bank: torch.Tensor, metric: str, max_block_elements: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact 1-NN by chunked matmul: blocks of ``rows x bank_rows`` stay under the limit."""
-    bank = bank.to(device=queries.device)
-    work = torch.float32 if queries.dtype in (torch.float16, torch.bfloat16) else queries.dtype
-    q, b = queries.to(work), bank.to(work)
-    if metric == "cosine":
-        q, b = F.normalize(q, dim=1), F.normalize(b, dim=1)
-    else:
-        b_sq = (b * b).sum(dim=1)
-    rows = max(1, max_block_elements // max(1, b.shape[0]))
-    best_val = torch.empty(q.shape[0], dtype=work, device=q.device)
-    best_idx = torch.empty(q.shape[0], dtype=torch.long, device=q.device)
-    for start in range(0, q.shape[0], rows):
-        block_q = q[start : start + rows]
-        sims = block_q @ b.T  # [rows, M]
-        if metric == "cosine":
-            val, idx = sims.max(dim=1)
-        else:
-            # ||q-b||^2 = ||q||^2 - 2 q.b + ||b||^2 ; the argmin ignores ||q||^2.
-            partial = b_sq.unsqueeze(0) - 2.0 * sims
-            val, idx = partial.min(dim=1)
-            val = (val + (block_q * block_q).sum(dim=1)).clamp_min_(0.0)
-        best_val[start : start + rows], best_idx[start : start + rows] = val, idx
-    return best_val, best_idx
-
-
-def _traceable_search(queries: torch.Tensor, bank: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact 1-NN walking the bank in fixed chunks of :data:`BANK_CHUNK_ROWS` with a running best
-    (a fixed, unrolled graph for ONNX); ties keep the lower index, as ``argmin``/``argmax``."""
-    chunk_rows = BANK_CHUNK_ROWS
-    q = queries.float()
-    if metric == "cosine":
-        q = F.normalize(q, dim=1)
-    best_val = best_idx = None
-    for start in range(0, bank.shape[0], chunk_rows):
-        block = bank[start : start + chunk_rows].float()
-        if metric == "cosine":  # one [n, m] block of cosines; kept as -cos so lower is closer
-            val, idx = torch.mm(q, F.normalize(block, dim=1).T).max(dim=1)
-            val = -val
-        else:  # ||b||^2 - 2 q.b (||q||^2 is the same for every row: added after the min)
-            val, idx = torch.addmm((block * block).sum(dim=1).unsqueeze(0), q, block.T, alpha=-2.0).min(dim=1)
-        idx = idx + start
-        if best_val is None:
-            best_val, best_idx = val, idx
-        else:
-            better = val < best_val
-            best_val = torch.where(better, val, best_val)
-            best_idx = torch.where(better, idx, best_idx)
-    if metric == "cosine":
-        return -best_val, best_idx
-    return (best_val + (q * q).sum(dim=1)).clamp_min(0.0), best_idx
+    if queries.shape[1] != width:
+        raise ValueError(f"feature widths differ: queries have {queries.shape[1]}, the bank {width}")
 
 
 def _faiss_search(queries: torch.Tensor, bank: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,7 +273,7 @@ def _faiss_search(queries: torch.Tensor, bank: torch.Tensor, metric: str) -> tup
 @torch.no_grad()
 def nearest_neighbors(
     queries: torch.Tensor,
-    bank: torch.Tensor,
+    bank: Union[torch.Tensor, PreparedBank],
     metric: str = "cosine",
     backend: str = "auto",
     max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
@@ -144,7 +282,8 @@ def nearest_neighbors(
 
     Args:
         queries: ``[n, d]``.
-        bank: ``[m, d]``, ``m >= 1``.
+        bank: ``[m, d]``, ``m >= 1``, or its :class:`PreparedBank` (a plain tensor is prepared once
+            and kept while it lives unchanged: :func:`prepare_bank`).
         metric: ``"cosine"`` (returns the cosine similarity, higher is closer) or
             ``"l2"`` (returns the *squared* L2 distance, lower is closer).
         backend: one of :data:`BACKENDS` (see the module docstring).
@@ -152,15 +291,14 @@ def nearest_neighbors(
         ``(values [n], indices [n])`` on the queries' device.
     """
     _check_inputs(queries, bank, metric, backend)
-    if backend == TRACEABLE_BACKEND:  # before the empty-batch branch: the traced batch stays dynamic
-        return _traceable_search(queries, bank, metric)
-    if queries.shape[0] == 0:
-        empty = queries.new_empty(0)
-        return empty, torch.empty(0, dtype=torch.long, device=queries.device)
-    use_faiss = backend == "faiss" or (backend == "auto" and _HAS_FAISS and queries.device.type == "cpu")
-    if use_faiss:
-        return _faiss_search(queries, bank, metric)
-    return _torch_search(queries, bank, metric, max_block_elements)
+    if backend == "faiss":
+        if queries.shape[0] == 0:
+            return queries.new_empty(0), torch.empty(0, dtype=torch.long, device=queries.device)
+        return _faiss_search(queries, bank.bank if isinstance(bank, PreparedBank) else bank, metric)
+    if not isinstance(bank, PreparedBank):
+        bank = bank.to(queries.device)
+    prepared = prepare_bank(bank, metric, queries.dtype).to(queries.device)
+    return _prepared_search(queries, prepared, max_block_elements)
 
 
 @torch.no_grad()

@@ -13,19 +13,27 @@ Part of the remote-code bundle.
 
 from __future__ import annotations
 
+from typing import Union
+
 import torch
 import torch.nn.functional as F
 
-from .matching_adpretrain import batched_nearest_indices, nearest_neighbors
+from .matching_adpretrain import PreparedBank, batched_nearest_indices, nearest_neighbors
 
 
 def residual_features(
-    tokens: torch.Tensor, bank: torch.Tensor, metric: str = "cosine", backend: str = "auto"
+    tokens: torch.Tensor, bank: Union[torch.Tensor, PreparedBank], metric: str = "cosine", backend: str = "auto"
 ) -> torch.Tensor:
-    """``tokens [B, N, C]`` minus each token's nearest bank row; bank ``[M, C]`` or ``[B, M, C]``.
+    """``tokens [B, N, C]`` minus each token's nearest bank row; bank ``[M, C]`` or ``[B, M, C]``,
+    or a shared bank's :class:`PreparedBank` (a plain ``[M, C]`` tensor is prepared once and kept:
+    ``matching_adpretrain.prepare_bank``).
 
     ``backend``: a ``matching_adpretrain.BACKENDS`` name (``"traceable"`` for ONNX export).
     """
+    if isinstance(bank, PreparedBank):
+        flat = tokens.reshape(-1, tokens.shape[-1])
+        _, idx = nearest_neighbors(flat, bank, metric=metric, backend=backend)
+        return tokens - bank.bank.to(tokens.device)[idx].reshape(tokens.shape).to(tokens.dtype)
     if bank.dim() == 2:
         flat = tokens.reshape(-1, tokens.shape[-1])
         _, idx = nearest_neighbors(flat, bank, metric=metric, backend=backend)

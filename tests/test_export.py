@@ -46,3 +46,35 @@ def test_fixed_batch_and_unsupported_methods(tiny_clip_model, tmp_path):
     padim = fit_detector(tiny_clip_model, "padim", _images(4, 64, 0), progress=False)
     with pytest.raises(ValueError, match="does not export to ONNX"):
         export_onnx(padim, tmp_path / "padim.onnx")
+
+
+@pytest.mark.parametrize("method", ["featurenorm", "patchcore"])
+def test_openvino_matches_torch_with_a_dynamic_batch(tiny_clip_model, method, tmp_path):
+    pytest.importorskip("openvino")
+    from adpretrain_hf.export import check_openvino, export_openvino, openvino_compiled
+
+    model = fit_detector(tiny_clip_model, method, _images(6, 64, 0), progress=False)
+    xml = export_openvino(model, tmp_path / method)
+    assert xml.name == "model.xml" and xml.with_suffix(".bin").is_file()
+    compiled = openvino_compiled(xml.parent, threads=1)
+    for batch in (1, 3):  # the batch axis stays dynamic
+        diffs = check_openvino(model, xml, _images(batch, 64, batch), compiled=compiled)
+        assert diffs["anomaly_map"] <= MAX_ABS_DIFF * max(1.0, diffs["map_scale"]) and diffs["score"] <= MAX_ABS_DIFF * max(1.0, diffs["map_scale"])
+    # Independent of check_openvino: the compiled model by hand against the detector model's forward.
+    test = _images(2, 64, 9)
+    result = compiled({"pixel_values": test.numpy()})
+    out = model(test)
+    ov_map, ov_scores = result[compiled.output("anomaly_map")], result[compiled.output("score")]
+    assert ov_map.shape == (2, 64, 64) and ov_scores.shape == (2,)
+    assert np.allclose(ov_map, out.anomaly_map.numpy(), atol=1e-4) and np.allclose(ov_scores, out.score.numpy(), atol=1e-4)
+
+
+def test_openvino_export_refuses_a_file_name_and_a_missing_model(tiny_clip_model, tmp_path):
+    pytest.importorskip("openvino")
+    from adpretrain_hf.export import export_openvino, openvino_compiled
+
+    model = fit_detector(tiny_clip_model, "featurenorm", _images(4, 64, 0), progress=False)
+    with pytest.raises(ValueError, match="writes a folder"):
+        export_openvino(model, tmp_path / "model.xml")
+    with pytest.raises(FileNotFoundError, match="no OpenVINO model at"):
+        openvino_compiled(tmp_path / "nothing")

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 
+from adpretrain_hf.app import DEFAULT_HOST, DEFAULT_PORT  # the page's defaults (the module imports gradio lazily)
 from adpretrain_hf.commands._deploy_io import resolve_device
 
 HELP = "serve a fitted detector folder as a local inspection page (Gradio): overlay, score, label, threshold slider, folder -> CSV"
-DEFAULT_HOST = "127.0.0.1"  # local only: 0.0.0.0 exposes the page (and its uploads) to the network
-DEFAULT_PORT = 7860  # gradio's usual port
 APP_EXTRA_HINT = "install the page's extra: pip install 'adpretrain-hf[app]'"
 
 

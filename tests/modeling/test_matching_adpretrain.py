@@ -98,3 +98,123 @@ def test_residuals_are_the_same_with_the_traceable_backend(metric):
     tokens, bank = torch.randn(2, 7, 6), torch.randn(40, 6)
     expected = residual_features(tokens, bank, metric, backend="torch")
     assert torch.allclose(residual_features(tokens, bank, metric, backend="traceable"), expected)
+
+
+# -- the prepared, blocked search: exactness against float64 brute force in every backend ------------
+
+SEARCH_BACKENDS = ["torch", "auto", "traceable", "traced", "faiss"]
+
+
+def _float64_truth(queries, bank, metric):
+    """Brute force in float64: (best value, best index, margin to the runner-up) per query."""
+    q, b = queries.double(), bank.double()
+    if metric == "cosine":
+        scores = -(torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(b, dim=1).T)
+    else:
+        scores = (q[:, None, :] - b[None, :, :]).square().sum(-1)
+    top = scores.topk(min(2, b.shape[0]), dim=1, largest=False)
+    margin = top.values[:, 1] - top.values[:, 0] if b.shape[0] > 1 else torch.full((q.shape[0],), float("inf"))
+    best = -top.values[:, 0] if metric == "cosine" else top.values[:, 0]
+    return best, top.indices[:, 0], margin
+
+
+def _search(backend, queries, bank, metric):
+    """One backend's answer; ``"traced"`` runs the graph ``torch.jit.trace`` records (the ONNX path)."""
+    if backend == "faiss" and not faiss_available():
+        pytest.skip("faiss is not installed")
+    if backend != "traced":
+        return nearest_neighbors(queries, bank, metric=metric, backend=backend)
+    traced = torch.jit.trace(lambda q: nearest_neighbors(q, bank, metric=metric, backend="traceable"), queries[:3], check_trace=False)
+    return traced(queries)  # more queries than traced with: the query count stays dynamic
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of 8 bank rows x 4 queries, so small tensors cross many blocks both ways."""
+    monkeypatch.setattr(matching_adpretrain, "BANK_CHUNK_ROWS", 8)
+    monkeypatch.setattr(matching_adpretrain, "SEARCH_BLOCK_ELEMENTS", 32)
+
+
+@pytest.mark.parametrize("backend", SEARCH_BACKENDS)
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+@pytest.mark.parametrize("bank_rows", [5, 8, 61])  # smaller than, equal to and larger than a block
+def test_search_matches_float64_brute_force(backend, metric, bank_rows, small_blocks):
+    generator = torch.Generator().manual_seed(bank_rows)
+    queries, bank = torch.randn(37, 12, generator=generator) * 3, torch.randn(bank_rows, 12, generator=generator) * 3
+    values, index = _search(backend, queries, bank, metric)
+    best, truth, margin = _float64_truth(queries, bank, metric)
+    clear = margin > 1e-4  # float32 cannot order closer runners-up
+    assert clear.float().mean() > 0.9
+    assert torch.equal(index[clear], truth[clear])
+    assert torch.allclose(values.double(), best, rtol=1e-5, atol=1e-4)
+    assert values.shape == index.shape == (37,) and index.dtype == torch.long
+
+
+@pytest.mark.parametrize("backend", ["torch", "traceable", "traced"])
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_exact_ties_keep_the_lowest_index_across_blocks(backend, metric, small_blocks):
+    generator = torch.Generator().manual_seed(5)
+    distinct = torch.randn(30, 6, generator=generator) * 4
+    bank = torch.cat([distinct, distinct, distinct])  # every row three times: at i, i + 30, i + 60 (other blocks)
+    queries = distinct[torch.randperm(30, generator=generator)] + 0.01 * torch.randn(30, 6, generator=generator)
+    _, index = _search(backend, queries, bank, metric)
+    _, truth, _ = _float64_truth(queries, distinct, metric)
+    assert torch.equal(index, truth)  # the first copy, never a later one
+
+
+def test_prepared_bank_is_kept_while_the_bank_lives_unchanged():
+    bank = torch.randn(40, 6)
+    first = matching_adpretrain.prepare_bank(bank, "l2")
+    assert matching_adpretrain.prepare_bank(bank, "l2") is first
+    assert matching_adpretrain.prepare_bank(bank, "cosine") is not first
+    queries = torch.randn(9, 6)
+    bank.mul_(-1.0)  # changed in place: a stale preparation would answer for the old rows
+    assert matching_adpretrain.prepare_bank(bank, "l2") is not first
+    _, index = nearest_neighbors(queries, bank, metric="l2", backend="torch")
+    assert torch.equal(index, _brute_force_nearest(queries, bank, "l2"))
+    key_count = len(matching_adpretrain._PREPARED)
+    del bank, first
+    assert len(matching_adpretrain._PREPARED) < key_count  # freed with its bank
+
+
+def test_a_prepared_bank_searches_like_its_tensor():
+    generator = torch.Generator().manual_seed(6)
+    queries, bank = torch.randn(25, 7, generator=generator), torch.randn(50, 7, generator=generator)
+    prepared = matching_adpretrain.PreparedBank(bank, "cosine")
+    values, index = nearest_neighbors(queries, prepared, metric="cosine", backend="traceable")
+    expected_values, expected_index = prepared.search(queries)
+    assert torch.equal(index, expected_index) and torch.equal(values, expected_values)
+    assert torch.equal(index, _brute_force_nearest(queries, bank, "cosine"))
+    assert torch.allclose(residual_features(queries[None], prepared), residual_features(queries[None], bank, backend="torch"))
+    with pytest.raises(ValueError, match="prepared for metric 'cosine', not 'l2'"):
+        nearest_neighbors(queries, prepared, metric="l2")
+    with pytest.raises(ValueError, match="feature widths differ: queries have 3, the bank 7"):
+        nearest_neighbors(torch.zeros(2, 3), prepared)
+
+
+def test_nan_queries_stay_nan():
+    bank = torch.randn(20, 4)
+    queries = torch.randn(3, 4)
+    queries[1, 2] = float("nan")
+    values, _ = nearest_neighbors(queries, bank, metric="l2", backend="torch")
+    assert torch.isnan(values[1]) and not torch.isnan(values[[0, 2]]).any()
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_the_exported_search_in_onnxruntime_is_exact_and_keeps_the_lowest_tie(metric, small_blocks, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    generator = torch.Generator().manual_seed(7)
+    distinct = torch.randn(20, 6, generator=generator) * 3
+    bank = torch.cat([distinct, distinct])  # row i again at i + 20 (another chunk)
+
+    class Search(torch.nn.Module):
+        def forward(self, q):
+            return nearest_neighbors(q, bank, metric=metric, backend="traceable")
+
+    path = tmp_path / "search.onnx"
+    torch.onnx.export(Search(), (torch.randn(3, 6),), str(path), input_names=["q"], dynamic_axes={"q": {0: "n"}}, dynamo=False)
+    queries = distinct + 0.01 * torch.randn(20, 6, generator=generator)
+    values, index = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"q": queries.numpy()})
+    best, truth, _ = _float64_truth(queries, distinct, metric)
+    assert np.array_equal(index, truth.numpy())  # the first copy of every row
+    assert np.allclose(values, best.numpy(), rtol=1e-5, atol=1e-4)
