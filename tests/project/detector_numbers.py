@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "detector_numbers.safetensors"
-RECORDED_FROM = "pre-renovation code (issue 21): main at e7e6f42"
+RECORDED_FROM = "post-renovation merge: the renovation was proven bitwise against main e7e6f42; re-recorded for the intended changes merged with it (release projector init, fused-GEMM L2 search rounding)"
 TRAIN_IMAGES, TEST_IMAGES, REFERENCE_IMAGES = 6, 2, 3
 
 # (case name, method, feature kind, constructor options); trained configs are a few steps long.
