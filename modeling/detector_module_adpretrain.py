@@ -176,6 +176,11 @@ class DetectorModule(nn.Module):
         that needs no map, that score ``[B]`` (else None)."""
         raise NotImplementedError
 
+    def anomaly_map(self, grids: list[torch.Tensor], image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-layer grids -> ``(anomaly_map [B, H, W], its max [B])``: upsampled (``align_corners=False``),
+        averaged, smoothed. A method with variants takes its variant's rule instead."""
+        return anomaly_map_from_grids(grids, image_size, self.sigma)
+
     def image_score(self, maps: torch.Tensor, map_max: torch.Tensor, grids: list[torch.Tensor],
                     own: Optional[torch.Tensor]) -> torch.Tensor:
         """Image score ``[B]``: the method's own (``own``) or the max of the smoothed map."""
@@ -187,7 +192,7 @@ class DetectorModule(nn.Module):
         A non-finite map or score is an error naming the image's index in the batch, never a label.
         """
         grids, own = self.score_grids(features)
-        maps, map_max = anomaly_map_from_grids(grids, tuple(image_size), self.sigma)
+        maps, map_max = self.anomaly_map(grids, tuple(image_size))
         scores = self.image_score(maps, map_max, grids, own)
         if not torch.jit.is_tracing():
             bad = ~(torch.isfinite(scores) & torch.isfinite(maps.flatten(1)).all(dim=1))

@@ -6,8 +6,11 @@ Each is a :class:`~.detector_module_adpretrain.DetectorModule` (fitted state in 
 a detector folder rebuilds the same module from its config and loads the buffers.
 
 Variants: the maths of a method sits in a small table of functions (``*Functions``), chosen by
-the constructor option ``variant``. ``"default"`` is this package's; a release variant (the
-authors' code's maths) is another row of ``VARIANTS`` with its own functions and nothing else.
+the constructor option ``variant``. ``"package"`` (the default) is this package's own;
+``"release"`` is the released ADPretrain code's maths (``release_scoring_adpretrain``, proven on
+that code's outputs in tests/release_parity/): another row of ``VARIANTS`` with its own
+functions and nothing else. The map step is part of the row (``anomaly_map``), so the one
+scoring path, ``forward``, computes either variant.
 
 Part of the remote-code bundle: imports only torch and its siblings.
 """
@@ -20,7 +23,16 @@ from typing import Callable, ClassVar, Optional, Sequence
 import torch
 
 from .detector_module_adpretrain import DetectorModule, closest_name_hint, register_detector_module
+from .anomaly_map_adpretrain import anomaly_map_from_grids
 from .matching_adpretrain import BACKENDS, DEFAULT_MAX_BLOCK_ELEMENTS, TRACEABLE_BACKEND, nearest_neighbors
+from .release_scoring_adpretrain import (
+    release_featurenorm_token_scores,
+    release_level_mean_anomaly_map,
+    release_mahalanobis,
+    release_patchcore_anomaly_map,
+    release_nn_squared_distances,
+    release_patchcore_embed_levels,
+)
 from .scoring_adpretrain import (
     PATCHCORE_DIM,
     PATCHCORE_REWEIGHT_NEIGHBORS,
@@ -31,13 +43,14 @@ from .scoring_adpretrain import (
 )
 
 __all__ = [
-    "PADIM_MODES", "PATCHCORE_IMAGE_SCORES", "FeatureNormModule", "PaDiMFunctions", "PaDiMModule",
-    "PatchCoreFunctions", "PatchCoreModule",
+    "DEFAULT_VARIANT", "PADIM_MODES", "PATCHCORE_IMAGE_SCORES", "RELEASE_VARIANT", "FeatureNormFunctions",
+    "FeatureNormModule", "PaDiMFunctions", "PaDiMModule", "PatchCoreFunctions", "PatchCoreModule",
 ]
 
 PATCHCORE_IMAGE_SCORES = ("reweighted", "max", "map_max")  # Eq. 7 | largest raw NN distance | max of the map
 PADIM_MODES = ("per_layer", "concatenated")  # one Gaussian per layer (release) | over all layers (paper)
-DEFAULT_VARIANT = "default"
+DEFAULT_VARIANT = "package"  # the package's own maths
+RELEASE_VARIANT = "release"  # the released code's maths (tests/release_parity/)
 
 
 def _positive_int(value: object, name: str, why: str) -> int:
@@ -52,23 +65,78 @@ def _variant(variants: dict, name: str, method: str) -> object:
     return variants[name]
 
 
+def _l2_norm_grid(fmap: torch.Tensor) -> torch.Tensor:
+    return fmap.float().norm(dim=1)
+
+
+@dataclass(frozen=True)
+class FeatureNormFunctions:
+    """FeatureNorm's swappable maths: ``token_scores([B, C, h, w]) -> [B, h, w]`` and
+    ``anomaly_map(grids, size, sigma) -> (map [B, H, W], map max [B])``."""
+
+    token_scores: Callable = _l2_norm_grid
+    anomaly_map: Callable = anomaly_map_from_grids
+
+
 @register_detector_module
 class FeatureNormModule(DetectorModule):
-    """FeatureNorm: the L2 norm of each patch feature, per layer ``[B, h_l, w_l]`` (nothing fitted)."""
+    """FeatureNorm: a score of each patch feature's L2 norm, per layer ``[B, h_l, w_l]`` (nothing fitted).
+
+    Variants: ``"package"`` scores ``||e||`` (maps ``align_corners=False``); ``"release"`` scores
+    ``sqrt(||e|| + 1) - 1`` (maps ``align_corners=True``, smoothed in float64).
+    """
 
     method = "featurenorm"
+    VARIANTS: ClassVar[dict[str, FeatureNormFunctions]] = {
+        DEFAULT_VARIANT: FeatureNormFunctions(),
+        RELEASE_VARIANT: FeatureNormFunctions(release_featurenorm_token_scores, release_level_mean_anomaly_map),
+    }
+
+    def __init__(self, *, variant: str = DEFAULT_VARIANT, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.functions = _variant(self.VARIANTS, variant, self.method)
+        self.variant = variant
+
+    def settings(self) -> dict:
+        out = super().settings()
+        return out if self.variant == DEFAULT_VARIANT else {**out, "variant": self.variant}
 
     def score_grids(self, features: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], None]:
-        return [fmap.float().norm(dim=1) for fmap in features], None
+        return [self.functions.token_scores(fmap) for fmap in features], None
+
+    def anomaly_map(self, grids: list[torch.Tensor], image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.functions.anomaly_map(grids, image_size, self.sigma)
+
+
+def _package_search(queries: torch.Tensor, bank: torch.Tensor, backend: str, max_block_elements: int):
+    return nearest_neighbors(queries, bank, metric="l2", backend=backend, max_block_elements=max_block_elements)
+
+
+def _release_search(queries: torch.Tensor, bank: torch.Tensor, backend: str, max_block_elements: int):
+    return release_nn_squared_distances(queries, bank)  # exact (float64) squared L2, whatever the backend
+
+
+def _plain_l2(squared: torch.Tensor) -> torch.Tensor:
+    return squared.clamp_min(0.0).sqrt()  # the package scores plain L2 distances
+
+
+def _squared_l2(squared: torch.Tensor) -> torch.Tensor:
+    return squared.clamp_min(0.0)  # the release scores squared L2 distances (faiss IndexFlatL2)
 
 
 @dataclass(frozen=True)
 class PatchCoreFunctions:
-    """PatchCore's swappable maths: ``embed(maps, dim) -> [B, h, w, D]`` and
-    ``image_scores(kind, dist [B, P], idx, emb [B, P, D], bank, b, block) -> [B]``."""
+    """PatchCore's swappable maths: ``embed(maps, dim) -> [B, h, w, D]``, ``search(queries [N, D], bank,
+    backend, max_block_elements) -> (squared L2 [N], nearest row [N])``, ``patch_scores(squared L2 [N]) -> [N]``, ``image_scores(kind, dist [B, P], idx, emb [B, P, D], bank, b,
+    block) -> [B]``, ``anomaly_map(grids, size, sigma) -> (map, map max)`` and the variant's
+    ``image_score`` rule when none is given."""
 
     embed: Callable = aggregate_patch_features
+    search: Callable = _package_search
+    patch_scores: Callable = _plain_l2
     image_scores: Callable = patchcore_image_scores
+    anomaly_map: Callable = anomaly_map_from_grids
+    image_score: str = "reweighted"
 
 
 @register_detector_module
@@ -77,21 +145,32 @@ class PatchCoreModule(DetectorModule):
     memory-bank row (one grid on the largest layer grid) and the ``image_score`` rule.
 
     Buffers: ``memory_bank [M, D]``. Options: ``embedding_dim`` (most channels kept),
-    ``image_score`` (``"reweighted" | "max" | "map_max"``), ``num_neighbors`` (Eq. 7's b),
-    ``backend`` (nearest-neighbour search; a folder scores with ``"traceable"``, plain torch that
-    exports to ONNX), ``max_block_elements``, ``variant``.
+    ``image_score`` (``"reweighted" | "max" | "map_max"``; ``None``: the variant's), ``num_neighbors``
+    (Eq. 7's b), ``backend`` (nearest-neighbour search; a folder scores with ``"traceable"``, plain
+    torch that exports to ONNX), ``max_block_elements``, ``variant``: ``"package"`` (channel-weighted
+    ``min(1024, C)`` embedding, plain L2, Eq. 7) or ``"release"`` (every level pooled to 1024 then
+    1024, exact SQUARED L2 in float64 whatever ``backend``, image score = max of the patch grid, map
+    smoothed in float64; not traceable to ONNX).
     """
 
     method = "patchcore"
-    VARIANTS: ClassVar[dict[str, PatchCoreFunctions]] = {DEFAULT_VARIANT: PatchCoreFunctions()}
+    VARIANTS: ClassVar[dict[str, PatchCoreFunctions]] = {
+        DEFAULT_VARIANT: PatchCoreFunctions(),
+        RELEASE_VARIANT: PatchCoreFunctions(embed=release_patchcore_embed_levels, search=_release_search,
+                                            patch_scores=_squared_l2,
+                                            anomaly_map=release_patchcore_anomaly_map, image_score="max"),
+    }
 
     def __init__(
-        self, *, embedding_dim: int = PATCHCORE_DIM, image_score: str = "reweighted",
+        self, *, embedding_dim: int = PATCHCORE_DIM, image_score: Optional[str] = None,
         num_neighbors: int = PATCHCORE_REWEIGHT_NEIGHBORS, backend: str = TRACEABLE_BACKEND,
         max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS, variant: str = DEFAULT_VARIANT, **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.embedding_dim = _positive_int(embedding_dim, "embedding_dim", "the most channels kept")
+        self.functions = _variant(self.VARIANTS, variant, self.method)
+        self.variant = variant
+        image_score = self.functions.image_score if image_score is None else image_score
         if image_score not in PATCHCORE_IMAGE_SCORES:
             raise ValueError(f"unknown image_score {image_score!r}{closest_name_hint(image_score, PATCHCORE_IMAGE_SCORES)}: "
                              f"choose one of {PATCHCORE_IMAGE_SCORES}")
@@ -101,8 +180,6 @@ class PatchCoreModule(DetectorModule):
             raise ValueError(f"unknown backend {backend!r}{closest_name_hint(backend, BACKENDS)}: choose one of {BACKENDS}")
         self.backend = backend
         self.max_block_elements = _positive_int(max_block_elements, "max_block_elements", "a bound on a distance block")
-        self.functions = _variant(self.VARIANTS, variant, self.method)
-        self.variant = variant
 
     def settings(self) -> dict:
         """Saved options (not ``backend`` / ``max_block_elements``: how to search, not what)."""
@@ -122,8 +199,8 @@ class PatchCoreModule(DetectorModule):
         emb = self.embed(features)  # [B, h, w, D]
         h, w, d = emb.shape[1:]
         flat = emb.reshape(-1, d)
-        squared, idx = nearest_neighbors(flat, bank, metric="l2", backend=self.backend, max_block_elements=self.max_block_elements)
-        dist = squared.clamp_min(0.0).sqrt()  # PatchCore scores plain L2 distances
+        squared, idx = self.functions.search(flat, bank, self.backend, self.max_block_elements)
+        dist = self.functions.patch_scores(squared)  # [B*h*w]
         grids = [dist.reshape(-1, h, w)]
         if self.image_score_rule == "map_max":
             return grids, None
@@ -133,14 +210,21 @@ class PatchCoreModule(DetectorModule):
         )
         return grids, own
 
+    def anomaly_map(self, grids: list[torch.Tensor], image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.functions.anomaly_map(grids, image_size, self.sigma)
+
 
 @dataclass(frozen=True)
 class PaDiMFunctions:
-    """PaDiM's swappable maths: ``groups(maps, mode) -> [B, D_g, h_g, w_g]`` per group and
-    ``distances(emb [B, D, P], mean [P, D], cholesky [P, D, D]) -> [B, P]``."""
+    """PaDiM's swappable maths: ``groups(maps, mode) -> [B, D_g, h_g, w_g]`` per group,
+    ``distances(emb [B, D, P], mean [P, D], statistic [P, D, D]) -> [B, P]`` where the fitted
+    ``statistic`` is the buffer named ``statistic`` (Cholesky factors, or explicit inverses), and
+    ``anomaly_map(grids, size, sigma) -> (map, map max)``."""
 
     groups: Callable = padim_groups
     distances: Callable = mahalanobis_distances
+    statistic: str = "cholesky"
+    anomaly_map: Callable = anomaly_map_from_grids
 
 
 @register_detector_module
@@ -148,12 +232,19 @@ class PaDiMModule(DetectorModule):
     """PaDiM scoring: per group (a layer, or all layers concatenated) the Mahalanobis distance
     of each position's embedding to that position's Gaussian.
 
-    Buffers per group ``g``: ``mean_g [P_g, D_g]``, ``cholesky_g [P_g, D_g, D_g]`` (lower factors),
-    ``channel_index_g [D_g]`` where a channel subset is kept. Options: ``mode``, ``variant``.
+    Buffers per group ``g``: ``mean_g [P_g, D_g]``, ``cholesky_g [P_g, D_g, D_g]`` (lower factors;
+    the ``"release"`` variant: ``cov_inv_g``, the explicit float32 inverses, as the release),
+    ``channel_index_g [D_g]`` where a channel subset is kept. Options: ``mode``, ``variant``
+    (``"release"``: inverse-based Mahalanobis in float64, maps ``align_corners=True`` smoothed in
+    float64; the release's global min-max over the test set is the evaluation protocol's step).
     """
 
     method = "padim"
-    VARIANTS: ClassVar[dict[str, PaDiMFunctions]] = {DEFAULT_VARIANT: PaDiMFunctions()}
+    VARIANTS: ClassVar[dict[str, PaDiMFunctions]] = {
+        DEFAULT_VARIANT: PaDiMFunctions(),
+        RELEASE_VARIANT: PaDiMFunctions(distances=release_mahalanobis, statistic="cov_inv",
+                                        anomaly_map=release_level_mean_anomaly_map),
+    }
 
     def __init__(self, *, mode: str = "per_layer", variant: str = DEFAULT_VARIANT, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -174,11 +265,12 @@ class PaDiMModule(DetectorModule):
 
     def required_buffers(self) -> list[str]:
         groups = max(self.num_groups, 1)
-        return [f"{kind}_{g}" for g in range(groups) for kind in ("mean", "cholesky")]
+        return [f"{kind}_{g}" for g in range(groups) for kind in ("mean", self.functions.statistic)]
 
     def group_tensors(self) -> list[tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]:
-        """Per group ``(mean, cholesky, channel_index or None)``."""
-        return [(self._buffers[f"mean_{g}"], self._buffers[f"cholesky_{g}"], self._buffers.get(f"channel_index_{g}"))
+        """Per group ``(mean, statistic (Cholesky factor or inverse), channel_index or None)``."""
+        statistic = self.functions.statistic
+        return [(self._buffers[f"mean_{g}"], self._buffers[f"{statistic}_{g}"], self._buffers.get(f"channel_index_{g}"))
                 for g in range(self.num_groups)]
 
     def embed(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -194,3 +286,6 @@ class PaDiMModule(DetectorModule):
             dist = self.functions.distances(emb.reshape(-1, d, h * w), mean.float(), factor.float())
             grids.append(dist.reshape(-1, h, w))  # [B, h_g, w_g]
         return grids, None
+
+    def anomaly_map(self, grids: list[torch.Tensor], image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.functions.anomaly_map(grids, image_size, self.sigma)

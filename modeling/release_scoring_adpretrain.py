@@ -276,9 +276,18 @@ def release_padim_distances(test: torch.Tensor, mean: torch.Tensor, cov_inv: tor
     if tuple(mean.shape) != (c, h * w) or tuple(cov_inv.shape) != (h * w, c, c):
         raise ValueError(f"release_padim_distances: test {tuple(test.shape)} does not match the fitted mean "
                          f"{tuple(mean.shape)} / inverse {tuple(cov_inv.shape)}: fit on maps of the same shape")
-    delta = test.double().reshape(b, c, h * w) - mean.double()  # [B, C, P]
+    return release_mahalanobis(test.reshape(b, c, h * w), mean.T, cov_inv).reshape(b, h, w)
+
+
+def release_mahalanobis(embedding: torch.Tensor, mean: torch.Tensor, cov_inv: torch.Tensor) -> torch.Tensor:
+    """``embedding [B, D, P]``, ``mean [P, D]``, ``cov_inv [P, D, D]`` -> ``[B, P]`` =
+    ``sqrt((x - mu)^T cov_inv (x - mu))``, evaluated in float64 (returned as float32).
+
+    The layouts of ``PaDiMModule``'s buffers (its ``"release"`` variant stores ``cov_inv_g``).
+    """
+    delta = embedding.double() - mean.double().T  # [B, D, P]
     form = torch.einsum("bcp,pcd,bdp->bp", delta, cov_inv.double(), delta)
-    return form.clamp(min=0).sqrt().float().reshape(b, h, w)
+    return form.clamp(min=0).sqrt().float()
 
 
 # -- FeatureNorm ------------------------------------------------------------------------------
@@ -299,3 +308,32 @@ def release_featurenorm_maps(
     unsmoothed = release_level_mean_map(grids, size)
     smoothed = smooth_maps(unsmoothed)
     return unsmoothed, smoothed, smoothed.flatten(1).amax(dim=1)
+
+
+# -- the detector modules' release variants (modeling/detectors_adpretrain.py) ------------------
+def release_patchcore_embed_levels(maps: Sequence[torch.Tensor], dim: int = RELEASE_PATCHCORE_DIM) -> torch.Tensor:
+    """:func:`release_patchcore_embed` on EVERY given level ``[B, C_l, h_l, w_l]`` -> ``[B, h, w, dim]``.
+
+    The detector already chose the levels (``layer_positions``; PatchCore's default is the last 3,
+    the release's ``features[-3:]``), so the module embeds what it is given.
+    """
+    return release_patchcore_embed(maps, dim, num_levels=len(maps))
+
+
+def release_patchcore_anomaly_map(
+    grids: Sequence[torch.Tensor], size: tuple[int, int], sigma: float = GAUSSIAN_SIGMA
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Release PatchCore's map from its one patch grid ``[B, h, w]`` -> ``(map [B, H, W], map max [B])``:
+    bilinear ``align_corners=False``, Gaussian ``sigma`` smoothed in float64 (as scipy)."""
+    up = release_level_mean_map(grids, size, align_corners=PATCHCORE_ALIGN_CORNERS)
+    maps = smooth_maps(up, sigma)
+    return maps, maps.flatten(1).amax(dim=1)
+
+
+def release_level_mean_anomaly_map(
+    grids: Sequence[torch.Tensor], size: tuple[int, int], sigma: float = GAUSSIAN_SIGMA
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Release PaDiM / FeatureNorm map from per-level grids ``[B, h_l, w_l]`` -> ``(map [B, H, W], map max [B])``:
+    bilinear ``align_corners=True``, level mean, Gaussian ``sigma`` smoothed in float64."""
+    maps = smooth_maps(release_level_mean_map(grids, size, align_corners=LEVEL_MEAN_ALIGN_CORNERS), sigma)
+    return maps, maps.flatten(1).amax(dim=1)

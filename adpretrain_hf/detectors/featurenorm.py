@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from ..modeling.detectors_adpretrain import FeatureNormModule
+from ..modeling.detectors_adpretrain import DEFAULT_VARIANT, FeatureNormModule
 from .base import FeatureExtractor, FeatureMapDetector, ImageBatches
 
 __all__ = ["FeatureNorm"]
@@ -30,13 +30,17 @@ class FeatureNorm(FeatureMapDetector):
         extractor: the feature source; ``feature_kind="pretrained"`` for the paper's FeatureNorm-dagger
             column, ``"backbone"`` for the raw-norm baseline.
         layer_positions: positions in the extractor's list of maps to use (default: all).
+        variant: ``"package"`` (default; ``||x||``, ``align_corners=False``) or ``"release"`` (the released
+            code: ``sqrt(||x|| + 1) - 1``, ``align_corners=True``, smoothed in float64).
     """
 
     name = "featurenorm"
 
-    def __init__(self, extractor: FeatureExtractor, *, layer_positions: Optional[Sequence[int]] = None, **kwargs) -> None:
+    def __init__(self, extractor: FeatureExtractor, *, layer_positions: Optional[Sequence[int]] = None,
+                 variant: str = DEFAULT_VARIANT, **kwargs) -> None:
         super().__init__(extractor, layer_positions=layer_positions, **kwargs)
-        self.module = FeatureNormModule(sigma=self.sigma)
+        self.module = FeatureNormModule(sigma=self.sigma, variant=variant)
+        self.variant = variant
         self.is_fitted = True
 
     def fit(self, normal_images: Optional[ImageBatches] = None) -> "FeatureNorm":

@@ -35,6 +35,11 @@ CLIP ViT-L/14 at 224 (4 layers x 1024 channels on 16x16): 4.0 GiB per layer vs 1
   accurate), so the training embeddings are never stored together.
 - Distance: each covariance is Cholesky-factored once at fit (``cov = L L^T``); per batch
   ``z = L^-1 (x - mu)`` by a triangular solve and ``d = ||z||`` -- no explicit inverse.
+- ``variant="release"`` (the released ADPretrain code, tests/release_parity/): the same statistics,
+  stored as the explicit float32 inverse of each covariance (``cov_inv_g``), the Mahalanobis form
+  evaluated with it in float64, grids upsampled with ``align_corners=True``, averaged, smoothed in
+  float64. The release's min-max over the whole test set is the evaluation protocol's step
+  (``evaluation.protocols.apply_post_processing``), not the detector's.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ..modeling.detectors_adpretrain import PADIM_MODES, PaDiMModule
+from ..modeling.detectors_adpretrain import DEFAULT_VARIANT, PADIM_MODES, PaDiMModule
 from .base import FeatureExtractor, FeatureMapDetector
 
 __all__ = ["PADIM_AUTO_FEATURES", "PADIM_AUTO_MAX_FEATURES", "PADIM_COV_EPS", "PaDiM", "padim_statistics_bytes"]
@@ -71,10 +76,15 @@ def padim_statistics_bytes(layer_shapes: Sequence[tuple[int, int, int]], mode: s
 
 
 class _GaussianSums:
-    """Streaming per-position sums for one embedding ``[b, D, h, w]`` -> mean and Cholesky factor."""
+    """Streaming per-position sums for one embedding ``[b, D, h, w]`` -> mean and Cholesky factor (or inverse).
 
-    def __init__(self, first: torch.Tensor) -> None:
-        x = first.flatten(2).permute(2, 0, 1)  # [P, b, D]
+    ``dtype``: of the sums (``None``: the embedding's); the release variant sums in float64, as the
+    release's numpy statistics (twice the memory of float32 while fitting).
+    """
+
+    def __init__(self, first: torch.Tensor, dtype: Optional[torch.dtype] = None) -> None:
+        self.dtype = first.dtype if dtype is None else dtype
+        x = first.to(self.dtype).flatten(2).permute(2, 0, 1)  # [P, b, D]
         self.grid = tuple(first.shape[-2:])
         self.shift = x.mean(dim=1, keepdim=True)  # [P, 1, D]: makes the sums well conditioned
         positions, dim = x.shape[0], x.shape[2]
@@ -82,12 +92,13 @@ class _GaussianSums:
         self.outer = torch.zeros(positions, dim, dim, dtype=x.dtype, device=x.device)  # sum of outer products
 
     def add(self, emb: torch.Tensor) -> None:
-        xc = emb.flatten(2).permute(2, 0, 1) - self.shift  # [P, b, D]
+        xc = emb.to(self.dtype).flatten(2).permute(2, 0, 1) - self.shift  # [P, b, D]
         self.total += xc.sum(dim=1)
         self.outer.baddbmm_(xc.transpose(1, 2), xc)  # [P, D, b] @ [P, b, D], in place
 
-    def finish(self, count: int, cov_eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(mean [P, D], cholesky [P, D, D])``; the sums' buffer becomes the factors."""
+    def finish(self, count: int, cov_eps: float, statistic: str = "cholesky") -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean [P, D], statistic [P, D, D])``: the Cholesky factors (``"cholesky"``) or the explicit
+        inverses (``"cov_inv"``) of the regularised covariances; the sums' buffer becomes them."""
         centred_mean = self.total / count  # [P, D]
         # cov = (sum (x-s)(x-s)^T - n m m^T) / (n - 1) with m = mean - s, in place on `outer`.
         outer = self.outer
@@ -96,7 +107,23 @@ class _GaussianSums:
         outer.diagonal(dim1=1, dim2=2).add_(cov_eps)
         mean = (centred_mean + self.shift.squeeze(1)).contiguous()
         self.total = self.shift = self.outer = None
-        return mean, _factor_in_place(outer)
+        if statistic == "cholesky":
+            return mean, _factor_in_place(outer)
+        return mean.float(), _invert_in_place(outer.float())  # the release inverts the float32 covariance
+
+
+def _invert_in_place(cov: torch.Tensor) -> torch.Tensor:
+    """Explicit inverses of ``cov [P, D, D]`` written over it, a block of positions at a time (the release's form)."""
+    for start in range(0, cov.shape[0], PADIM_FACTOR_BLOCK):
+        block = cov[start : start + PADIM_FACTOR_BLOCK]
+        inverse, info = torch.linalg.inv_ex(block)
+        if bool((info != 0).any()):
+            raise ValueError(
+                "a PaDiM covariance is singular (features with NaN/inf, or cov_eps=0 with fewer images than "
+                "channels): check the features or raise cov_eps"
+            )
+        block.copy_(inverse)
+    return cov
 
 
 def _factor_in_place(cov: torch.Tensor) -> torch.Tensor:
@@ -130,6 +157,8 @@ class PaDiM(FeatureMapDetector):
             keeps all, ``"auto"`` uses the original's sizes (see module docstring).
         cov_eps: diagonal regulariser (``PADIM_COV_EPS = 0.01``).
         seed: seeds the channel subset.
+        variant: ``"package"`` (default; Cholesky factors, ``align_corners=False``) or ``"release"``
+            (explicit inverses, ``align_corners=True``; see the module docstring).
 
     Scoring is ``self.module`` (``PaDiMModule``, its buffers per group ``mean_g``, ``cholesky_g``,
     ``channel_index_g``). Fitted state, one entry per *group* (a used layer in ``per_layer`` mode; the single
@@ -153,10 +182,12 @@ class PaDiM(FeatureMapDetector):
         num_features: Union[int, str, None] = None,
         cov_eps: float = PADIM_COV_EPS,
         seed: int = 0,
+        variant: str = DEFAULT_VARIANT,
         **kwargs,
     ) -> None:
         super().__init__(extractor, layer_positions=layer_positions, **kwargs)
-        self.module = PaDiMModule(mode=mode, sigma=self.sigma)
+        self.module = PaDiMModule(mode=mode, sigma=self.sigma, variant=variant)
+        self.variant = variant
         if num_features is not None and num_features != "auto" and (not isinstance(num_features, int) or num_features < 1):
             raise ValueError(f"num_features must be a positive int, 'auto' or None (all channels), got {num_features!r}")
         if isinstance(cov_eps, bool) or not isinstance(cov_eps, (int, float)) or not cov_eps >= 0 or cov_eps == float("inf"):
@@ -175,7 +206,8 @@ class PaDiM(FeatureMapDetector):
 
     @property
     def cholesky(self) -> list[torch.Tensor]:
-        """Per group the lower Cholesky factors ``[P_g, D_g, D_g]`` of the regularised covariances."""
+        """Per group the fitted ``[P_g, D_g, D_g]`` statistic: the lower Cholesky factors of the regularised
+        covariances (the release variant: their inverses)."""
         return [factor for _, factor, _ in self.module.group_tensors()]
 
     # -- embedding ---------------------------------------------------------------------
@@ -224,13 +256,15 @@ class PaDiM(FeatureMapDetector):
             embedded = self.embed(feature_batches[i])  # per group [b, D_g, h_g, w_g]
             feature_batches[i] = None  # free the raw maps as soon as they are embedded
             if not sums:
-                sums = [_GaussianSums(e) for e in embedded]
+                dtype = torch.float64 if self.module.functions.statistic == "cov_inv" else None
+                sums = [_GaussianSums(e, dtype) for e in embedded]
             for acc, emb in zip(sums, embedded):
                 acc.add(emb)
         self.grids = [acc.grid for acc in sums]
         fitted = {}
         for g, acc in enumerate(sums):
-            fitted[f"mean_{g}"], fitted[f"cholesky_{g}"] = acc.finish(count, self.cov_eps)
+            statistic = self.module.functions.statistic
+            fitted[f"mean_{g}"], fitted[f"{statistic}_{g}"] = acc.finish(count, self.cov_eps, statistic)
             if self.channel_index[g] is not None:
                 fitted[f"channel_index_{g}"] = self.channel_index[g]
         self.module.set_fitted(fitted)
@@ -239,6 +273,8 @@ class PaDiM(FeatureMapDetector):
         """The fitted (regularised) covariances per group, ``[P_g, D_g, D_g]``, rebuilt as ``L L^T``."""
         if not self.cholesky:
             raise RuntimeError("PaDiM is not fitted: call fit(normal_images) first")
+        if self.module.functions.statistic == "cov_inv":
+            return [torch.linalg.inv(inverse) for inverse in self.cholesky]
         return [factor @ factor.transpose(1, 2) for factor in self.cholesky]
 
     def statistics_bytes(self) -> int:

@@ -26,6 +26,12 @@ Pipeline:
    distance unweighted; ``"map_max"`` the max of the smoothed anomaly map (not PatchCore's).
 
 The scoring (steps 1-3, 5, 6) is ``modeling.detectors_adpretrain.PatchCoreModule``; this module fits it.
+
+``variant="release"`` is the released ADPretrain code instead (tests/release_parity/): every used
+level's 3x3 neighbourhood pooled to 1024 and the concatenation pooled to 1024, the release's
+approximate greedy coreset (``release_coreset_indices``: random projection to ``projection_dim``,
+``RELEASE_CORESET_STARTING_POINTS`` random starts, drawn from a generator seeded by ``seed``),
+SQUARED L2, image score = max of the patch grid, map bilinear ``align_corners=False`` + sigma 4.
 """
 
 from __future__ import annotations
@@ -34,16 +40,31 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..modeling.detectors_adpretrain import PATCHCORE_IMAGE_SCORES, PatchCoreModule
+from ..modeling.detectors_adpretrain import DEFAULT_VARIANT, PATCHCORE_IMAGE_SCORES, RELEASE_VARIANT, PatchCoreModule
 from ..modeling.matching_adpretrain import BACKENDS as MATCHING_BACKENDS
 from ..modeling.matching_adpretrain import DEFAULT_MAX_BLOCK_ELEMENTS
-from ..modeling.scoring_adpretrain import PATCHCORE_DIM, PATCHCORE_REWEIGHT_NEIGHBORS, embedding_width, largest_grid
+from ..modeling.release_scoring_adpretrain import release_coreset_indices
+from ..modeling.scoring_adpretrain import PATCHCORE_DIM, PATCHCORE_REWEIGHT_NEIGHBORS
 from .base import FeatureExtractor, FeatureMapDetector
 from .coreset import CORESET_PROJECTION_DIM, CORESET_RATIO, greedy_coreset_indices
 
 __all__ = ["PATCHCORE_IMAGE_SCORES", "PATCHCORE_LAYERS", "PatchCore"]
 
 PATCHCORE_LAYERS = 3  # default: the extractor's last 3 layers
+
+
+def _release_coreset(bank: torch.Tensor, ratio: float, projection_dim: Optional[int], seed: int, progress: bool) -> torch.Tensor:
+    """The release's approximate greedy coreset of ``bank [N, D]``, its random draws from a ``seed``-ed generator."""
+    generator = torch.Generator().manual_seed(seed)
+    return release_coreset_indices(bank, ratio, projection_dim or bank.shape[1], generator=generator)
+
+
+def _package_coreset(bank: torch.Tensor, ratio: float, projection_dim: Optional[int], seed: int, progress: bool) -> torch.Tensor:
+    return greedy_coreset_indices(bank, ratio, projection_dim, seed=seed, progress=progress)
+
+
+#: variant -> coreset selection ``(bank [N, D], ratio, projection_dim, seed, progress) -> kept rows``
+CORESETS = {DEFAULT_VARIANT: _package_coreset, RELEASE_VARIANT: _release_coreset}
 
 
 class PatchCore(FeatureMapDetector):
@@ -57,16 +78,18 @@ class PatchCore(FeatureMapDetector):
             (``PATCHCORE_DIM = 1024``); narrower features keep their width.
         coreset_ratio: fraction of training patches kept (``CORESET_RATIO = 0.1``; 1.0 keeps all).
         projection_dim: width of the random projection the coreset search runs on (128).
-        image_score: ``"reweighted"`` (default; Eq. 7 on the largest raw NN distance),
-            ``"max"`` (largest raw NN distance) or ``"map_max"`` (max of the smoothed map).
+        image_score: ``"reweighted"`` (Eq. 7 on the largest raw NN distance; the package variant's
+            default), ``"max"`` (largest raw NN distance; the release variant's default) or
+            ``"map_max"`` (max of the smoothed map); ``None``: the variant's default.
         num_neighbors: ``b`` of Eq. 7 (9).
         backend: nearest-neighbour backend, ``"auto" | "torch" | "faiss"``.
         max_block_elements: bound on the torch backend's distance block (memory for big banks).
-        seed: seeds the coreset's projection and start point.
+        seed: seeds the coreset's projection and start point(s).
+        variant: ``"package"`` (default) or ``"release"`` (the released code; see the module docstring).
 
     Scoring is ``self.module`` (``PatchCoreModule``); after ``fit`` its ``memory_bank [M, D]``
     (also ``self.memory_bank``) is on the features' device, ``D = embedding_width``
-    (``min(embedding_dim, sum_l min(embedding_dim, C_l))``).
+    (``min(embedding_dim, sum_l min(embedding_dim, C_l))``; the release variant: ``embedding_dim``).
     """
 
     name = "patchcore"
@@ -80,11 +103,12 @@ class PatchCore(FeatureMapDetector):
         embedding_dim: int = PATCHCORE_DIM,
         coreset_ratio: float = CORESET_RATIO,
         projection_dim: Optional[int] = CORESET_PROJECTION_DIM,
-        image_score: str = "reweighted",
+        image_score: Optional[str] = None,
         num_neighbors: int = PATCHCORE_REWEIGHT_NEIGHBORS,
         backend: str = "auto",
         max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
         seed: int = 0,
+        variant: str = DEFAULT_VARIANT,
         **kwargs,
     ) -> None:
         super().__init__(extractor, layer_positions=layer_positions, **kwargs)
@@ -96,8 +120,9 @@ class PatchCore(FeatureMapDetector):
             raise ValueError(f"unknown backend {backend!r}: choose one of ('auto', 'torch', 'faiss')")
         self.module = PatchCoreModule(
             embedding_dim=embedding_dim, image_score=image_score, num_neighbors=num_neighbors, backend=backend,
-            max_block_elements=max_block_elements, sigma=self.sigma,
+            max_block_elements=max_block_elements, sigma=self.sigma, variant=variant,
         )
+        self.variant = variant
         self.embedding_dim = embedding_dim
         self.coreset_ratio = coreset_ratio
         self.projection_dim = projection_dim
@@ -129,23 +154,19 @@ class PatchCore(FeatureMapDetector):
     @torch.no_grad()
     def _fit(self, feature_batches: list[list[torch.Tensor]]) -> None:
         self.fitted_layout = None
-        # Validate every batch first and size the bank, so it is allocated once (no cat copy).
-        sizes = []
-        for batch in feature_batches:
-            used = self._select(batch, fitting=True, check_grid=False)
-            h, w = largest_grid(used)
-            sizes.append(int(used[0].shape[0]) * h * w)
-        width = embedding_width([c for c, _, _ in self.fitted_layout], self.embedding_dim)
+        # Validate every batch first and count the images, so the bank is allocated once (no cat copy);
+        # the first batch's embedding gives the rows per image and the width (the variant's).
+        images = [int(self._select(batch, fitting=True, check_grid=False)[0].shape[0]) for batch in feature_batches]
         bank = None
         start = 0
-        for i, size in enumerate(sizes):
-            rows = self.embed(feature_batches[i], fitting=True).reshape(size, width)
+        for i in range(len(images)):
+            emb = self.embed(feature_batches[i], fitting=True)  # [b, h, w, D]
+            rows = emb.reshape(-1, emb.shape[-1])
             if bank is None:
-                bank = torch.empty(sum(sizes), width, dtype=rows.dtype, device=rows.device)  # [N, D]
-            bank[start : start + size] = rows
-            start += size
+                per_image = emb.shape[1] * emb.shape[2]
+                bank = torch.empty(sum(images) * per_image, emb.shape[-1], dtype=rows.dtype, device=rows.device)  # [N, D]
+            bank[start : start + rows.shape[0]] = rows
+            start += rows.shape[0]
             feature_batches[i] = None  # free the raw maps as soon as they are embedded
-        keep = greedy_coreset_indices(
-            bank, self.coreset_ratio, self.projection_dim, seed=self.seed, progress=self.progress
-        )
+        keep = CORESETS[self.variant](bank, self.coreset_ratio, self.projection_dim, self.seed, self.progress)
         self.module.set_fitted({"memory_bank": bank if keep.numel() == bank.shape[0] else bank.index_select(0, keep)})

@@ -1,7 +1,9 @@
 """One cell of Table 1: one category, one method, one feature kind, one reference seed.
 
-Build the detector on the extractor, fit on the (protocol-selected) training images, score
-the test images, compute I-AUROC / P-AUROC / AUPRO. A metric a test set cannot define (no
+Build the detector on the extractor (with the detector protocol's options, e.g. ``variant="release"``),
+fit on the (protocol-selected) training images, score the test images, run the protocol's
+post-processing once over the whole test set (the release PaDiM's global min-max), compute
+I-AUROC / P-AUROC / AUPRO. A metric a test set cannot define (no
 anomalous image, or no anomalous pixel) is ``None`` rather than an exception: a Real-IAD
 category whose NG views lack masks still gets its image AUROC.
 """
@@ -19,6 +21,8 @@ from ..detectors import DETECTORS, build_detector
 from ..detectors.trained import TrainedDetector
 from ..metrics import AUPRO_FPR_LIMIT, aupro, image_auroc, pixel_auroc
 from .bootstrap import replicate_metrics
+from .config import DEFAULT_PROTOCOL
+from .protocols import apply_post_processing, protocol_detector_options
 
 
 @dataclass
@@ -83,9 +87,10 @@ def is_trained(method: str) -> bool:
     return issubclass(DETECTORS[method], TrainedDetector)
 
 
-def detector_kwargs(method: str, quick: bool, batch_size: int) -> dict[str, Any]:
-    """Constructor arguments of a detector in the runner: batch size, no inner bars, ``quick`` for trained ones."""
-    kwargs: dict[str, Any] = {"batch_size": batch_size, "progress": False}
+def detector_kwargs(method: str, quick: bool, batch_size: int, protocol: str = DEFAULT_PROTOCOL) -> dict[str, Any]:
+    """Constructor arguments of a detector in the runner: the detector protocol's options (``protocol``,
+    see ``protocols.DETECTOR_PROTOCOLS``), batch size, no inner bars, ``quick`` for trained ones."""
+    kwargs: dict[str, Any] = {**protocol_detector_options(protocol, method), "batch_size": batch_size, "progress": False}
     if quick and is_trained(method):
         kwargs["quick"] = True
     return kwargs
@@ -106,22 +111,25 @@ def run_cell(
     sample_ids: list[str],
     hook: Optional[PredictionHook] = None,
     bootstrap_weights: Optional[np.ndarray] = None,
+    protocol: str = DEFAULT_PROTOCOL,
 ) -> tuple[CellResult, torch.Tensor, torch.Tensor]:
     """Fit ``method`` on ``train_pixel_values [N_tr, 3, H, W]``, score ``test_pixel_values [N_te, 3, H, W]``.
 
     Seeds torch with ``reference_seed`` first, so the random parts of a method (coreset
-    projection, network initialisation) repeat. ``bootstrap_weights [B, N_te]`` (the category's
+    projection, network initialisation) repeat. ``protocol`` (the detector protocol) gives the
+    detector's options and the post-processing run on all ``N_te`` maps together (the hook, the
+    metrics and the returned maps see the post-processed values). ``bootstrap_weights [B, N_te]`` (the category's
     resamples as image multiplicities) adds every metric on every resample to the result.
     Returns the result, the maps ``[N_te, H, W]`` and the image scores ``[N_te]``.
     """
     torch.manual_seed(reference_seed)
-    detector = build_detector(method, extractor, **detector_kwargs(method, quick, batch_size))
+    detector = build_detector(method, extractor, **detector_kwargs(method, quick, batch_size, protocol))
     start = time.perf_counter()
     detector.fit(train_pixel_values)
     fitted = time.perf_counter()
     maps, scores = detector.predict(test_pixel_values)
     done = time.perf_counter()
-    maps, scores = maps.float().cpu(), scores.float().cpu()
+    maps, scores = apply_post_processing(protocol, method, maps.float().cpu(), scores.float().cpu())
     if maps.shape != test_masks.shape:
         raise RuntimeError(f"{method} returned maps of shape {tuple(maps.shape)} for masks {tuple(test_masks.shape)}")
     metrics = compute_metrics(maps, scores, test_labels, test_masks)

@@ -16,8 +16,9 @@ Detector protocols (``EvaluationConfig.protocol``; docs/EVALUATION.md): which *v
 detector scores and which post-processing runs after it. ``"release"`` (the default) is the
 released code's maths, proven on its own outputs (tests/release_parity/); ``"package"`` keeps
 the package's own choices. A protocol is data: per method the detector constructor options
-(:func:`protocol_detector_options`) and the named post-processing steps
-(:func:`apply_post_processing`), plus the evaluation settings it fixes
+(:func:`protocol_detector_options`, passed to the detectors by ``cell.run_cell``) and the named
+post-processing steps (:func:`apply_post_processing`, run by ``cell.run_cell`` once over a cell's
+whole test set), plus the evaluation settings it fixes
 (:func:`protocol_deviations` names any run that departs from them).
 """
 
@@ -166,10 +167,6 @@ def effective_shots(shots: int, pool_size: int, category: str) -> int:
 
 
 # -- detector protocols ------------------------------------------------------------------------
-DETECTOR_OPTIONS_WIRED = False
-"""Whether ``cell.run_cell`` passes :func:`protocol_detector_options` to the detectors and runs
-:func:`apply_post_processing`. False until the detector modules take a ``variant=`` option (issue 19
-merge step); ``results.json`` records it, so a run is never labelled as the release's maths before."""
 GLOBAL_MIN_MAX = "global_min_max"
 """Release PaDiM's step: maps min-max normalised with ONE min/max over the whole test set."""
 POST_PROCESSING_STEPS: Mapping[str, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = MappingProxyType(
@@ -208,7 +205,7 @@ DETECTOR_PROTOCOLS: Mapping[str, DetectorProtocol] = MappingProxyType({
         detector_options=MappingProxyType({
             # last 3 levels, each level's 3x3 neighbourhood pooled to 1024, concat pooled to 1024;
             # approximate greedy 10% coreset; squared L2; image score = max patch; align_corners=False
-            "patchcore": MappingProxyType({"variant": "release"}),
+            "patchcore": MappingProxyType({"variant": "release", "image_score": "max"}),
             # per level and position: mean, unbiased cov + 0.01 I, explicit inverse, sqrt Mahalanobis;
             # grids upsampled with align_corners=True and averaged
             "padim": MappingProxyType({"variant": "release"}),
@@ -285,5 +282,4 @@ def detector_protocol_record(config: EvaluationConfig) -> dict[str, Any]:
         "fixed": dict(protocol.fixed),
         "preprocessing": protocol.preprocessing,
         "deviations": protocol_deviations(config),
-        "detector_options_applied": DETECTOR_OPTIONS_WIRED,
     }

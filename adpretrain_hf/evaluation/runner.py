@@ -199,7 +199,7 @@ def _run_category(
         result, maps, scores = run_cell(
             data.name, method, extractor, data.train_pixel_values, data.test_pixel_values, data.test_labels,
             data.test_masks, reference_seed=seed, quick=config.quick, batch_size=config.batch_size,
-            sample_ids=data.test_ids, hook=hook, bootstrap_weights=weights)
+            sample_ids=data.test_ids, hook=hook, bootstrap_weights=weights, protocol=config.protocol)
         runs.append(result)
         if seed == seeds[0] and picked:
             index = torch.tensor(picked)

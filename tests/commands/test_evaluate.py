@@ -39,13 +39,27 @@ def test_cli_run_and_errors(mvtec_root, tmp_path, capsys):
         warnings.simplefilter("ignore")
         code = cli_main(["evaluate", "--preset", "tiny-clip", "--data", str(mvtec_root), "--categories", "tile",
                          "--methods", "featurenorm,padim", "--shots", "2", "--output", str(out), "--num-overlays", "1",
-                         "--no-progress"])
+                         "--no-progress", "--protocol", "release"])
     assert code == 0
     assert "| category | FeatureNorm w/o | FeatureNorm w/ | PaDiM w/o | PaDiM w/ |" in capsys.readouterr().out
     payload = json.loads((out / "results.json").read_text())
     assert payload["config"]["model"] == "preset:tiny-clip (random weights)"
     assert set(payload["results"]["tile"]) == {"featurenorm", "padim"}
     assert len(list((out / "overlays" / "tile").glob("*.png"))) == 1
+    detector_protocol = payload["protocol"]["detector_protocol"]
+    assert detector_protocol["name"] == "release" and detector_protocol["post_processing"] == {"padim": ["global_min_max"]}
+    assert detector_protocol["detector_options"] == {"featurenorm": {"variant": "release"}, "padim": {"variant": "release"}}
+
+    package = tmp_path / "package"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert cli_main(["evaluate", "--preset", "tiny-clip", "--data", str(mvtec_root), "--categories", "tile",
+                         "--methods", "padim", "--shots", "2", "--output", str(package), "--num-overlays", "0",
+                         "--no-compare-backbone", "--no-progress", "--protocol", "package"]) == 0
+    capsys.readouterr()
+    recorded = json.loads((package / "results.json").read_text())["protocol"]["detector_protocol"]
+    assert recorded["name"] == "package" and recorded["detector_options"] == {"padim": {"variant": "package"}}
+    assert recorded["post_processing"] == {}
 
     assert cli_main(["evaluate", "--preset", "tiny-clip", "--data", str(mvtec_root), "--methods", "featurenorm,bogus"]) == 1
     assert "choose from" in capsys.readouterr().err

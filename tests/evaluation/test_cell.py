@@ -49,11 +49,22 @@ def test_metrics_a_test_set_cannot_define_are_none():
     assert unmasked["pixel_auroc"] is None and unmasked["aupro"] is None
 
 
-def test_quick_goes_only_to_trained_methods():
+def test_quick_goes_only_to_trained_methods_and_the_protocol_picks_the_variant():
     assert is_trained("cflow") and not is_trained("patchcore")
     assert detector_kwargs("cflow", quick=True, batch_size=3) == {"batch_size": 3, "progress": False, "quick": True}
-    assert detector_kwargs("padim", quick=True, batch_size=3) == {"batch_size": 3, "progress": False}
+    assert detector_kwargs("padim", quick=True, batch_size=3) == {"variant": "release", "batch_size": 3, "progress": False}
+    assert detector_kwargs("padim", False, 3, protocol="package") == {"variant": "package", "batch_size": 3, "progress": False}
     assert detector_kwargs("cflow", quick=False, batch_size=3) == {"batch_size": 3, "progress": False}
+
+
+def test_protocol_options_are_options_of_the_detectors():
+    from adpretrain_hf.detectors import build_detector
+    from adpretrain_hf.evaluation.protocols import DETECTOR_PROTOCOLS
+
+    for protocol in DETECTOR_PROTOCOLS.values():
+        for method in protocol.detector_options:
+            detector = build_detector(method, lambda pixels: [], **detector_kwargs(method, False, 2, protocol.name))
+            assert detector.module.variant == protocol.detector_options[method]["variant"]
 
 
 class FakeDetector:
@@ -75,7 +86,7 @@ class FakeExtractor:
     feature_kind = "pretrained"
 
 
-def _run(monkeypatch, outputs, masks, labels, hook=None, seed=3):
+def _run(monkeypatch, outputs, masks, labels, hook=None, seed=3, method="patchcore", protocol="package"):
     log = {}
 
     def build(method, extractor, **kwargs):
@@ -84,8 +95,8 @@ def _run(monkeypatch, outputs, masks, labels, hook=None, seed=3):
 
     monkeypatch.setattr(cell_module, "build_detector", build)
     train, test = torch.zeros(4, 3, H, W), torch.zeros(N, 3, H, W)
-    result = run_cell("tile", "patchcore", FakeExtractor(), train, test, labels, masks, reference_seed=seed,
-                      quick=True, batch_size=2, sample_ids=[f"s{i}" for i in range(N)], hook=hook)
+    result = run_cell("tile", method, FakeExtractor(), train, test, labels, masks, reference_seed=seed,
+                      quick=True, batch_size=2, sample_ids=[f"s{i}" for i in range(N)], hook=hook, protocol=protocol)
     return result, log
 
 
@@ -93,7 +104,8 @@ def test_run_cell_fits_scores_and_reports(monkeypatch):
     maps, scores, labels, masks = _case()
     seen = []
     (result, got_maps, got_scores), log = _run(monkeypatch, (maps.double(), scores.double()), masks, labels, seen.append)
-    assert log["build"][0] == "patchcore" and log["build"][2] == {"batch_size": 2, "progress": False}
+    assert log["build"][0] == "patchcore"
+    assert log["build"][2] == {"variant": "package", "image_score": "reweighted", "batch_size": 2, "progress": False}
     assert log["fit_shape"] == (4, 3, H, W) and log["predict_shape"] == (N, 3, H, W)
     assert log["draw"] == torch.rand(1, generator=torch.Generator().manual_seed(3)).item()  # seeded with reference_seed
     assert got_maps.dtype == torch.float32 and torch.equal(got_maps, maps) and torch.equal(got_scores, scores)
@@ -109,3 +121,20 @@ def test_maps_of_the_wrong_shape_are_a_clear_error(monkeypatch):
     maps, scores, labels, masks = _case()
     with pytest.raises(RuntimeError, match=r"patchcore returned maps of shape \(6, 6, 5\) for masks \(6, 12, 10\)"):
         _run(monkeypatch, (maps[:, ::2, ::2], scores), masks, labels)
+
+
+def test_release_protocol_normalises_padim_over_the_whole_test_set(monkeypatch):
+    """The release PaDiM step runs once on all N maps (one min and max), before the hook and the metrics."""
+    maps, scores, labels, masks = _case()
+    maps = maps * 7 + 2
+    seen = []
+    (result, got_maps, got_scores), log = _run(monkeypatch, (maps, scores), masks, labels, seen.append,
+                                                method="padim", protocol="release")
+    assert log["build"][2]["variant"] == "release"
+    expected = (maps - maps.min()) / (maps.max() - maps.min())
+    torch.testing.assert_close(got_maps, expected)
+    torch.testing.assert_close(got_scores, expected.flatten(1).amax(dim=1))
+    assert float(got_scores.max()) == 1.0 and torch.equal(seen[0].maps, got_maps)
+    assert result.metrics == compute_metrics(got_maps, got_scores, labels, masks)
+    (_, package_maps, _), _ = _run(monkeypatch, (maps, scores), masks, labels, method="padim", protocol="package")
+    assert torch.equal(package_maps, maps)  # the package protocol runs no step

@@ -123,7 +123,7 @@ from adpretrain_hf.evaluation.protocols import (  # noqa: E402
 def test_protocol_names_have_one_home_and_release_is_the_default():
     assert tuple(DETECTOR_PROTOCOLS) == PROTOCOL_CHOICES
     assert DEFAULT_PROTOCOL == "release" == EvaluationConfig(data_root="x").protocol
-    assert protocol_detector_options("release", "patchcore") == {"variant": "release"}
+    assert protocol_detector_options("release", "patchcore") == {"variant": "release", "image_score": "max"}
     assert protocol_detector_options("package", "patchcore") == {"variant": "package", "image_score": "reweighted"}
     assert protocol_detector_options("release", "cflow") == {}  # no protocol changes the trained methods
     with pytest.raises(ValueError, match="choose one of"):
@@ -157,4 +157,3 @@ def test_deviations_from_what_the_protocol_fixes_are_recorded():
     assert record == detector_protocol_record(config)
     assert record["detector_options"] == {"padim": {"variant": "release"}}  # only the methods run
     assert record["post_processing"] == {"padim": ["global_min_max"]}
-    assert record["detector_options_applied"] is False  # never labelled as applied before the wiring

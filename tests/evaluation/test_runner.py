@@ -17,6 +17,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
@@ -203,3 +204,26 @@ def test_api_errors(mvtec_root, model, tmp_path):
         evaluate_model(model, mvtec_root, categories=["carpet"], **FAST)
     with pytest.raises(TypeError, match="ADPretrainModel"):
         evaluate_model(42, mvtec_root, **FAST)
+
+
+# -- detector protocols (issue 19) -----------------------------------------------------------
+def test_release_and_package_protocols_run_different_detectors(mvtec_root, model):
+    """The assembled runner: --protocol release runs the release variants (other numbers than the
+    package's for every training-free method) and PaDiM's global min-max per category."""
+    methods = ("featurenorm", "patchcore", "padim")
+    runs = {}
+    for protocol in ("release", "package"):
+        predictions = []
+        payload = run_quiet(model, mvtec_root, methods=methods, protocol=protocol, prediction_hook=predictions.append)
+        record = payload["protocol"]["detector_protocol"]
+        assert record["name"] == protocol and record["detector_options"]["padim"]["variant"] == protocol
+        runs[protocol] = {(p.category, p.method): p for p in predictions}
+    assert set(runs["release"]) == {(c, m) for c in CATEGORIES for m in methods}
+    for key, release in runs["release"].items():
+        package = runs["package"][key]
+        assert release.maps.shape == package.maps.shape
+        assert not torch.allclose(release.maps, package.maps, rtol=1e-3, atol=1e-3), key
+        assert not torch.allclose(release.scores, package.scores, rtol=1e-3, atol=1e-3), key
+        if key[1] == "padim":  # one min and max over the category's test set: its largest score is exactly 1
+            assert float(release.scores.max()) == 1.0 and float(release.maps.min()) == 0.0
+            assert float(package.scores.max()) != 1.0

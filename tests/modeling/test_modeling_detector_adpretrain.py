@@ -35,6 +35,9 @@ FITS = [
     ("patchcore", "backbone", {"image_score": "max", "layer_positions": [0, 2]}),
     ("padim", "pretrained", {}),
     ("padim", "pretrained", {"mode": "concatenated", "num_features": 20}),
+    ("featurenorm", "pretrained", {"variant": "release"}),
+    ("patchcore", "pretrained", {"variant": "release"}),
+    ("padim", "pretrained", {"variant": "release"}),
 ] + [(name, "pretrained", {"config": config}) for name, config in TRAINED_CONFIGS.items()] + [
     ("glass", "backbone", {"config": TRAINED_CONFIGS["glass"], "layer_positions": [0, 1, 2]}),  # not GLASS's default (last 2)
 ]
@@ -81,6 +84,9 @@ def test_round_trip_reproduces_the_fitted_maps(cnn_model, method, kind, kwargs, 
     assert saved["adpretrain_config"]["layers"] == list(cnn_model.config.layers)
     if "layer_positions" in kwargs:
         assert saved["layer_positions"] == kwargs["layer_positions"]
+    # the variant is saved (only when not the package's) and rebuilt on load
+    assert saved["method_settings"].get("variant", "package") == kwargs.get("variant", "package")
+    assert getattr(loaded.detector, "variant", "package") == kwargs.get("variant", "package")
     with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as handle:
         keys = set(handle.keys())
     assert any(k.startswith("adpretrain.backbone.") for k in keys)  # the backbone is bundled
