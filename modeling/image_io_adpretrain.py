@@ -135,6 +135,15 @@ def _orientation(image: Image.Image) -> Any:
         return None
 
 
+def open_upright(image: Any, what: str = "image") -> Image.Image:
+    """A path (decoded at full size: a mask must keep every pixel of its image) or a PIL image,
+    with its EXIF orientation applied: the data loaders' reader, so training and evaluation see
+    images the way :func:`read_image` shows them to the pipelines."""
+    if isinstance(image, (str, os.PathLike)):
+        return _open(os.fspath(image), what, reduce=False)
+    return ImageOps.exif_transpose(image) if _orientation(image) not in (None, 1) else image
+
+
 def reduction_factor(width: int, height: int) -> int:
     """The smallest integer ``f`` with ``max(width, height) / f <= WORKING_MAX_SIDE`` (1: as it is)."""
     return max(1, math.ceil(max(width, height) / WORKING_MAX_SIDE))

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from ..modeling.image_io_adpretrain import pil_to_rgb, read_mask
+from ..modeling.image_io_adpretrain import open_upright, pil_to_rgb, read_mask
 
 COLOR_JITTER_BRIGHTNESS = 0.4
 COLOR_JITTER_CONTRAST = 0.4
@@ -149,13 +149,12 @@ def _restore(view: torch.Tensor, kind: str) -> ImageLike:
 
 
 def open_image(value: object) -> Image.Image:
-    """A PIL image from what a ``datasets.Image`` column can hold (decoded or not) or a path."""
-    if isinstance(value, Image.Image):
-        return value
-    if isinstance(value, (str, os.PathLike)):
-        return Image.open(value)
+    """A PIL image from what a ``datasets.Image`` column can hold (decoded or not) or a path, upright
+    (EXIF orientation applied by the package's one reader, ``modeling.image_io_adpretrain``)."""
+    if isinstance(value, (Image.Image, str, os.PathLike)):
+        return open_upright(value)
     if isinstance(value, Mapping) and (value.get("bytes") or value.get("path")):
-        return Image.open(io.BytesIO(value["bytes"])) if value.get("bytes") else Image.open(value["path"])
+        return open_upright(Image.open(io.BytesIO(value["bytes"])) if value.get("bytes") else value["path"])
     raise TypeError(
         f"expected a PIL image, a path or a {{'path', 'bytes'}} dict, got {type(value).__name__}"
     )

@@ -180,3 +180,24 @@ def test_load_image_and_mask_errors(tmp_path):
         load_image_and_mask(Image.new("RGB", (4, 4)))
     with pytest.raises(TypeError, match="a PIL image, a path"):
         load_image_and_mask({"image": 3})
+
+
+def test_open_image_applies_exif_orientation_like_the_pipelines_reader(tmp_path):
+    """Training and evaluation read images through the package's one reader: an EXIF orientation 6
+    JPEG comes out rotated (upright), as read_image shows it to the pipelines (issue 23)."""
+    from PIL import Image
+
+    from adpretrain_hf.data.augment import open_image
+    from adpretrain_hf.modeling.image_io_adpretrain import read_image
+
+    pixels = np.zeros((20, 40, 3), dtype=np.uint8)
+    pixels[:, :10] = 255  # a bright left band: its place tells the orientation
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(pixels).save(path, exif=exif, quality=95)
+    opened = open_image(str(path)).convert("RGB")
+    assert opened.size == (20, 40)  # width, height swapped: the stored 40x20 is shown 20x40
+    assert np.array_equal(np.asarray(opened), np.asarray(read_image(str(path))))
+    assert np.asarray(open_image({"path": str(path), "bytes": None}).convert("RGB")).shape == (40, 20, 3)
+    assert np.asarray(open_image({"path": None, "bytes": path.read_bytes()}).convert("RGB")).shape == (40, 20, 3)
