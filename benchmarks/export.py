@@ -14,13 +14,13 @@ Prints one markdown table: milliseconds per image (median of ``--repeats`` timed
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable
 
 import torch
+
+from latency import median_seconds  # the benchmarks' one timer
 
 from adpretrain_hf import ADPretrainConfig, ADPretrainModel
 from adpretrain_hf.deployment import fit_detector
@@ -31,14 +31,7 @@ BATCH_SIZES = (1, 16)
 
 def median_ms_per_image(run: Callable[[], object], batch: int, warmup: int, repeats: int) -> float:
     """Median wall time of ``run()`` over ``repeats`` calls, in milliseconds per image."""
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times) / batch
+    return 1000.0 * median_seconds(run, warmup, repeats) / batch
 
 
 def build_model(args: argparse.Namespace) -> ADPretrainModel:

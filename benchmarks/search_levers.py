@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import statistics
-import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -33,6 +31,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
+
+from latency import median_seconds as latency_median_seconds  # noqa: E402  (the benchmarks' one timer)
 
 from adpretrain_hf import ADPretrainConfig, ADPretrainModel  # noqa: E402
 from adpretrain_hf.deployment import fit_detector  # noqa: E402
@@ -53,13 +53,8 @@ def pick_images(root: Path, category: str, train: int, test_ok: int, test_ng: in
 
 
 def median_seconds(run, repeats: int = 3) -> float:
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """One warm-up call, then the median of ``repeats`` timed calls (latency.py's timer)."""
+    return latency_median_seconds(run, warmup=1, repeats=repeats)
 
 
 @torch.no_grad()

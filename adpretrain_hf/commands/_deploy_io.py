@@ -209,6 +209,17 @@ def finite_float(text: str) -> float:
     return value
 
 
+def positive_int(text: str) -> int:
+    """argparse ``type=``: an integer >= 1 (argparse then exits 2 with this message)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer: pass a whole number >= 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: pass a whole number >= 1, e.g. 16")
+    return value
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path, newline: Optional[str] = "") -> Iterator[TextIO]:
     """Write a text file that readers only ever see whole: a hidden temp sibling, flushed, then

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-from adpretrain_hf.commands._deploy_io import device_name, image_input, model_source
+from adpretrain_hf.commands._deploy_io import device_name, image_input, model_source, positive_int
 
 HELP = "extract ADPretrain features / anomaly maps / scores for images (the pipeline, from the shell)"
 IMAGES_HELP = "image files, folders (searched recursively) or quoted globs"
@@ -29,23 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--references", required=True, nargs="+", type=image_input, metavar="IMAGES",
                         help=f"normal reference images (the first --shots are used): {IMAGES_HELP}")
     parser.add_argument("--output", required=True, help="output folder")
-    parser.add_argument("--shots", type=_positive_int, default=8, help="number of reference images (default 8)")
+    parser.add_argument("--shots", type=positive_int, default=8, help="number of reference images (default 8)")
     parser.add_argument("--save-features", action="store_true", help="also write per-layer features as .npz")
-    parser.add_argument("--batch-size", type=_positive_int, default=8, help="images per model call (default 8)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="images per model call (default 8)")
     parser.add_argument("--device", type=device_name, default="auto", help="auto (default: the GPU when there is one), cpu, cuda, cuda:N")
     parser.add_argument("--strict", action="store_true", help="exit 1 when an image could not be read (default: skip it, warn, list it in OUTPUT/errors.csv)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
-
-def _positive_int(value: str) -> int:
-    """argparse type: an integer >= 1 (argparse then exits 2 with this message)."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer: pass a whole number >= 1") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{number} is not allowed: pass a whole number >= 1")
-    return number
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,22 +22,13 @@ from __future__ import annotations
 
 import argparse
 
-from adpretrain_hf.commands._deploy_io import device_name, finite_float, image_input, model_source
+from adpretrain_hf.commands._deploy_io import device_name, finite_float, image_input, model_source, positive_int
 
 HELP = "score images with a fitted detector folder: predictions.csv, annotated overlays, raw maps, mask PNGs"
 CSV_NAME = "predictions.csv"
 CSV_COLUMNS = ("path", "score", "normalized_score", "label")
 PNG_COMPRESS_LEVEL = 1  # overlays are previews: zlib level 1 encodes several times faster than the default 6
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1, e.g. 16")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-masks", action="store_true", help="also write predicted masks as PNG (0/255; needs a calibrated pixel threshold)")
     parser.add_argument("--no-overlays", action="store_true", help="skip the overlay images")
     parser.add_argument("--device", type=device_name, default="auto", help="auto (CUDA when present), cpu, cuda:0, ...")
-    parser.add_argument("--batch-size", type=_positive_int, default=16, help="images per forward pass (default 16)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass (default 16)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when an image could not be read (default: skip it, warn, list it in OUTPUT/errors.csv)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
