@@ -216,7 +216,7 @@ def positive_int(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer: pass a whole number >= 1") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed: pass a whole number >= 1, e.g. 16")
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1: pass a whole number, e.g. 16")
     return value
 
 

@@ -60,8 +60,8 @@ def test_batches_reach_the_model_and_outputs_keep_extensions(folders, monkeypatc
 @pytest.mark.parametrize(
     "extra,pattern",
     [
-        (["--shots", "-7"], "argument --shots: -7 is not allowed"),
-        (["--batch-size", "0"], "argument --batch-size: 0 is not allowed"),
+        (["--shots", "-7"], "argument --shots: -7 must be >= 1"),
+        (["--batch-size", "0"], "argument --batch-size: 0 must be >= 1"),
         (["--device", "gpu7"], "argument --device: 'gpu7' is not a device"),
         (["--images", "/no/such/folder"], "argument --images: /no/such/folder does not exist"),
     ],
