@@ -141,10 +141,11 @@ def release_patchcore_embed(
     return out.reshape(used[0].shape[0], grid[0], grid[1], dim)
 
 
-def _pairwise_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _pairwise_distances(a: torch.Tensor, b: torch.Tensor, aa: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Euclidean distances ``[n, m]`` by the expansion ``|a|^2 + |b|^2 - 2ab`` clamped at 0 (the
-    release coreset's formula; its float32 rounding decides ties, so it is kept)."""
-    aa = (a * a).sum(dim=1, keepdim=True)
+    release coreset's formula; its float32 rounding decides ties, so it is kept). ``aa`` (``[n, 1]``,
+    ``|a|^2`` as computed here) can be passed once for many calls with the same ``a``."""
+    aa = (a * a).sum(dim=1, keepdim=True) if aa is None else aa
     bb = (b * b).sum(dim=1).unsqueeze(0)
     return (-2.0 * a @ b.T + aa + bb).clamp(min=0).sqrt()
 
@@ -167,12 +168,13 @@ def release_greedy_coreset(reduced: torch.Tensor, start_points: torch.Tensor, co
     if not 1 <= count <= reduced.shape[0]:
         raise ValueError(f"release_greedy_coreset: count={count} must be in [1, {reduced.shape[0]}]")
     reduced = reduced.float()
-    nearest = _pairwise_distances(reduced, reduced[start_points.long()]).mean(dim=1)  # [M]
+    squared_norms = (reduced * reduced).sum(dim=1, keepdim=True)  # [M, 1], the same value every call computes
+    nearest = _pairwise_distances(reduced, reduced[start_points.long()], squared_norms).mean(dim=1)  # [M]
     chosen = []
     for _ in range(count):
         pick = int(torch.argmax(nearest))
         chosen.append(pick)
-        nearest = torch.minimum(nearest, _pairwise_distances(reduced, reduced[pick : pick + 1]).squeeze(1))
+        nearest = torch.minimum(nearest, _pairwise_distances(reduced, reduced[pick : pick + 1], squared_norms).squeeze(1))
     return torch.tensor(chosen, dtype=torch.long)
 
 
