@@ -34,6 +34,10 @@ _EVALUATE_SCRIPT = "an `evaluate` module script: loaded offline and compared wit
 
 # module (path under its package, no .py) -> (test module, why it is there)
 COVERED_ELSEWHERE: dict[str, tuple[str, str]] = {
+    "release_checkpoint_file": (
+        "tests/release_parity/test_projector.py",
+        "reading the release's own checkpoint file is tested on that file (the fixture): allow-list, refusals, bf16, bare",
+    ),
     "metrics/names": (
         "tests/project/test_shared_facts.py",
         "a name table: the metric names' one-home test (runner, reports and card use these names)",

@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 
 from adpretrain_hf import ADPretrainConfig
 from adpretrain_hf.cli import main
-from adpretrain_hf.convert_release import ReleaseCheckpointError, convert_release_checkpoint, load_release_file
+from adpretrain_hf.convert_release import convert_release_checkpoint
+from adpretrain_hf.release_checkpoint_file import ReleaseCheckpointError, load_release_file
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "release_parity"
 CHECKPOINT = FIXTURES / "projector_release_state_dict.pth"
