@@ -13,6 +13,7 @@ from typing import Any, Optional, Sequence
 
 from transformers import PretrainedConfig
 
+from .loss_options_adpretrain import DEFAULT_LOSS_FORM, LossOptions
 from .presets_adpretrain import CLIP_MEAN, CLIP_STD, preset_config_kwargs
 from .tasks_adpretrain import ANOMALY_FEATURES_TASK, task_registered_locally
 
@@ -26,15 +27,8 @@ PROJECTOR_INITS = ("release", "torch")
 """Projector initialisation: ``"release"`` Kaiming normal (fan_in, leaky_relu) reference projection and
 zero attention biases, as the release (models/projector.py); ``"torch"`` ``nn.Linear`` defaults throughout."""
 MATCHING_METRICS = ("cosine", "l2")
-NORM_KINDS = ("paper", "release")
-ANGLE_ANCHORS = ("first", "both")
 CENTER_MODES = ("projected", "residual")
-LOSS_NORMALIZATIONS = ("paper", "release")
-NORM_LOSS_REDUCTIONS = ("subset", "all")
-"""How the norm loss averages its three parts (normals outside r, normals below 0.99 r, anomalous
-below r + Delta r): ``"subset"`` each part over its OWN active patches, the part averages added
-(the release, ``losses/norm_loss.py``); ``"all"`` every part divided by all N patches of the view
-(Eq. 7's 1/2N, the package's earlier behaviour)."""
+"""Which features the angle loss's center is the mean of: projected (paper) or un-projected residuals (release)."""
 PATCH_LABEL_RULES = ("release", "fraction")
 """Pixel mask -> patch labels in pretraining: ``"release"`` two rules, the angle term's patch is
 anomalous when it holds MORE than ``angle_label_min_pixels`` defect pixels (an absolute count,
@@ -51,73 +45,6 @@ ANGLE_LABEL_MIN_PIXELS = 32
 """Release angle-term label: a patch is anomalous when MORE than this many mask pixels are set."""
 CENTER_REFERENCE_SHOTS = 4
 """Release center pass: normal references drawn per image (``num_shot=4``)."""
-
-# -- The pretraining loss: the ONE place of its defaults (adpretrain_hf.losses imports them). --
-TEMPERATURE = 0.15
-"""tau of the angle-oriented loss, Eq. (2) (appendix E, Tab. 8)."""
-HYPERSPHERE_RADIUS = 0.4
-"""r of the norm-oriented loss, Eqs. (3)-(5) (sqrt(1 + 1) - 1 ~= 0.41: the unit sphere under the paper's norm)."""
-ABNORMAL_MARGIN = 0.75
-"""Delta r: abnormal features are pushed beyond r + Delta r, Eq. (5) (appendix E, Tab. 9)."""
-LOSS_WEIGHT = 1.0
-"""lambda weighting the angle loss in Eq. (7) (Tab. 10)."""
-NORM_LOSS_WEIGHT = 1.0
-"""Weight of the norm loss: 0 trains the angle loss alone (Table 2, ExpID 2.5)."""
-
-PAPER_LOSS_FORM: dict[str, Any] = {
-    "norm_kind": "paper",
-    "angle_anchors": "first",
-    "loss_normalization": "paper",
-    "detach_exp_factor": False,
-    "adaptive_radius": False,
-    "hinge_normals": False,
-    "push_inner_normals": False,
-    "center_mode": "projected",
-    "norm_loss_reduction": "all",
-    "patch_label_rule": "fraction",
-    "center_estimation": "batches",
-}
-"""The loss exactly as the paper writes it (Eqs. 2-7, Sec. 3.2): ``training/configs/paper.yaml``.
-The paper does not say how patch labels or the center are obtained: there ``fraction`` and
-``batches`` are our choices."""
-
-RELEASE_LOSS_FORM: dict[str, Any] = {
-    "norm_kind": "release",
-    "angle_anchors": "both",
-    "loss_normalization": "release",
-    "detach_exp_factor": True,
-    "adaptive_radius": True,
-    "hinge_normals": True,
-    "push_inner_normals": True,
-    "center_mode": "residual",
-    "norm_loss_reduction": "subset",
-    "patch_label_rule": "release",
-    "center_estimation": "release",
-}
-"""The loss as the authors' released code computes it: ``training/configs/release.yaml``."""
-
-DEFAULT_LOSS_FORM: dict[str, Any] = RELEASE_LOSS_FORM
-"""The form ``ADPretrainConfig()`` and ``ADPretrainLoss()`` use by default: the release's. The
-paper's pseudo-Huber norm with the exp factor in the graph overflows float32 within a few steps
-on real backbone features (docs/loss_curves/README.md); the paper's form is ``PAPER_LOSS_FORM``."""
-
-LOSS_ARGUMENT_NAMES: dict[str, str] = {
-    "angle_temperature": "temperature",
-    "hypersphere_radius": "radius",
-    "abnormal_margin": "margin",
-    "loss_weight": "loss_weight",
-    "norm_loss_weight": "norm_loss_weight",
-    "norm_kind": "norm_kind",
-    "angle_anchors": "anchors",
-    "loss_normalization": "normalization",
-    "detach_exp_factor": "detach_exp_factor",
-    "adaptive_radius": "adaptive_radius",
-    "hinge_normals": "hinge_normals",
-    "push_inner_normals": "push_inner_normals",
-    "norm_loss_reduction": "norm_reduction",
-}
-"""Config field -> ``ADPretrainLoss`` keyword: every loss option is a config field."""
-
 
 # Fields the weights were trained with: a change makes the same weights compute something else.
 # save_pretrained records them in model.safetensors; from_pretrained refuses a config that differs.
@@ -172,27 +99,13 @@ class ADPretrainConfig(PretrainedConfig):
         matching_metric: nearest-reference matching, ``"cosine"`` (release) or ``"l2"`` (paper's text).
         num_reference_shots: normal reference images at evaluation (8).
         training_reference_shots: K is drawn per batch from these during pretraining ((1, 4, 8)).
-        angle_temperature: tau of the angle-oriented loss (0.15). (Not ``temperature``: transformers
-            reserves that name for generation.)
-        hypersphere_radius: r of the norm-oriented loss (0.4).
-        abnormal_margin: Delta r; abnormal features are pushed beyond r + Delta r (0.75).
-        loss_weight: lambda weighting the angle loss in Eq. 7 (1.0); 0 trains the norm loss alone
-            (the paper's Table 2 ablation, ExpID 2.6).
-        norm_loss_weight: weight of the norm loss (1.0, as in Eq. 7); 0 trains the angle loss alone
-            (Table 2, ExpID 2.5).
-        norm_kind: ``"paper"`` sqrt(||x||^2+1)-1 or ``"release"`` sqrt(||x||+1)-1.
-        angle_anchors: ``"first"`` (paper Eq. 7) or ``"both"`` views as anchors (release).
-        loss_normalization: ``"paper"`` (Eq. 7's 1/2N average over both views) or ``"release"``
-            (plain sum of the angle mean and the two views' norm means).
-        detach_exp_factor: the norm loss's exp(.) weight is a constant in backward (release).
-        adaptive_radius: cap r at 0.9 x the smallest anomalous norm of the batch (release).
-        hinge_normals: no contraction loss for normal features already inside r (release).
-        push_inner_normals: push normal features below 0.99 r outward, onto [0.99 r, r] (release).
+        angle_temperature, hypersphere_radius, abnormal_margin, loss_weight, norm_loss_weight,
+        norm_kind, angle_anchors, loss_normalization, detach_exp_factor, adaptive_radius,
+        hinge_normals, push_inner_normals, norm_loss_reduction: the pretraining loss's options,
+            the fields of ``LossOptions`` (defaults, meaning and validation there; the release's
+            form by default). ``loss_options()`` returns them as one ``LossOptions``.
         center_mode: ``"projected"`` (paper: center of the features the loss sees) or
             ``"residual"`` (release: mean of un-projected residuals).
-        norm_loss_reduction: ``"subset"`` (release: each active part of the norm loss averaged
-            over its own patches) or ``"all"`` (every part divided by all patches); see
-            ``NORM_LOSS_REDUCTIONS``.
         patch_label_rule: ``"release"`` (angle term: more than ``angle_label_min_pixels`` defect
             pixels; norm term: the patch's top-left mask pixel) or ``"fraction"`` (ours: more
             than ``patch_anomaly_fraction`` of the patch, for both terms); see ``PATCH_LABEL_RULES``.
@@ -234,20 +147,7 @@ class ADPretrainConfig(PretrainedConfig):
         matching_metric: str = "cosine",
         num_reference_shots: int = 8,
         training_reference_shots: Sequence[int] = TRAINING_REFERENCE_SHOTS,
-        angle_temperature: float = TEMPERATURE,
-        hypersphere_radius: float = HYPERSPHERE_RADIUS,
-        abnormal_margin: float = ABNORMAL_MARGIN,
-        loss_weight: float = LOSS_WEIGHT,
-        norm_loss_weight: float = NORM_LOSS_WEIGHT,
-        norm_kind: str = DEFAULT_LOSS_FORM["norm_kind"],
-        angle_anchors: str = DEFAULT_LOSS_FORM["angle_anchors"],
-        loss_normalization: str = DEFAULT_LOSS_FORM["loss_normalization"],
-        detach_exp_factor: bool = DEFAULT_LOSS_FORM["detach_exp_factor"],
-        adaptive_radius: bool = DEFAULT_LOSS_FORM["adaptive_radius"],
-        hinge_normals: bool = DEFAULT_LOSS_FORM["hinge_normals"],
-        push_inner_normals: bool = DEFAULT_LOSS_FORM["push_inner_normals"],
         center_mode: str = DEFAULT_LOSS_FORM["center_mode"],
-        norm_loss_reduction: str = DEFAULT_LOSS_FORM["norm_loss_reduction"],
         patch_label_rule: str = DEFAULT_LOSS_FORM["patch_label_rule"],
         angle_label_min_pixels: int = ANGLE_LABEL_MIN_PIXELS,
         patch_anomaly_fraction: float = 32 / 256,
@@ -280,20 +180,7 @@ class ADPretrainConfig(PretrainedConfig):
         self.matching_metric = matching_metric
         self.num_reference_shots = num_reference_shots
         self.training_reference_shots = [int(k) for k in training_reference_shots]
-        self.angle_temperature = angle_temperature
-        self.hypersphere_radius = hypersphere_radius
-        self.abnormal_margin = abnormal_margin
-        self.loss_weight = loss_weight
-        self.norm_loss_weight = norm_loss_weight
-        self.norm_kind = norm_kind
-        self.angle_anchors = angle_anchors
-        self.loss_normalization = loss_normalization
-        self.detach_exp_factor = bool(detach_exp_factor)
-        self.adaptive_radius = bool(adaptive_radius)
-        self.hinge_normals = bool(hinge_normals)
-        self.push_inner_normals = bool(push_inner_normals)
         self.center_mode = center_mode
-        self.norm_loss_reduction = norm_loss_reduction
         self.patch_label_rule = patch_label_rule
         self.angle_label_min_pixels = int(angle_label_min_pixels)
         self.patch_anomaly_fraction = patch_anomaly_fraction
@@ -301,6 +188,11 @@ class ADPretrainConfig(PretrainedConfig):
         self.center_reference_shots = int(center_reference_shots)
         self.anomaly_map_sigma = anomaly_map_sigma
         self.preset = preset
+        # The loss options: LossOptions' fields under the same names (validated there).
+        options = LossOptions.pick(kwargs)
+        for name in LossOptions.names():
+            kwargs.pop(name, None)
+            setattr(self, name, getattr(options, name))
         custom_pipelines = kwargs.pop("custom_pipelines", None)
         super().__init__(**kwargs)
         if custom_pipelines and not task_registered_locally(ANOMALY_FEATURES_TASK):
@@ -316,11 +208,7 @@ class ADPretrainConfig(PretrainedConfig):
             "projector_type": PROJECTOR_TYPES,
             "projector_init": PROJECTOR_INITS,
             "matching_metric": MATCHING_METRICS,
-            "norm_kind": NORM_KINDS,
-            "angle_anchors": ANGLE_ANCHORS,
-            "loss_normalization": LOSS_NORMALIZATIONS,
             "center_mode": CENTER_MODES,
-            "norm_loss_reduction": NORM_LOSS_REDUCTIONS,
             "patch_label_rule": PATCH_LABEL_RULES,
             "center_estimation": CENTER_ESTIMATIONS,
         }
@@ -341,6 +229,11 @@ class ADPretrainConfig(PretrainedConfig):
             raise ValueError(f"center_reference_shots={self.center_reference_shots} is invalid: pass the references per image (>= 1, release: 4)")
         if self.angle_label_min_pixels < 0:
             raise ValueError(f"angle_label_min_pixels={self.angle_label_min_pixels} is invalid: pass a pixel count >= 0 (release: 32)")
+        self.loss_options()  # the loss fields, validated by LossOptions
+
+    def loss_options(self) -> LossOptions:
+        """The pretraining loss's options as this config holds them now (validated)."""
+        return LossOptions(**{name: getattr(self, name) for name in LossOptions.names()})
 
     @property
     def needs_references(self) -> bool:

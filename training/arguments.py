@@ -150,11 +150,13 @@ def _check_types(args: "PretrainArguments") -> None:
 
 
 def model_config_fields() -> list[str]:
-    """Names ``ADPretrainConfig`` takes (what ``model.<field>`` may set)."""
+    """Names ``ADPretrainConfig`` takes (what ``model.<field>`` may set): its init parameters and
+    the loss options (``LossOptions``' fields, which the config takes by name)."""
     from adpretrain_hf.modeling import ADPretrainConfig
+    from adpretrain_hf.modeling.loss_options_adpretrain import LossOptions
 
     skip = {"self", "kwargs"}
-    return [p for p in inspect.signature(ADPretrainConfig.__init__).parameters if p not in skip]
+    return [p for p in inspect.signature(ADPretrainConfig.__init__).parameters if p not in skip] + list(LossOptions.names())
 
 
 def _check_ranges(args: "PretrainArguments") -> None:
@@ -192,8 +194,9 @@ def _tracker_installed(name: str) -> bool:
 def model_config_hints() -> dict[str, Any]:
     """``ADPretrainConfig`` init parameter -> its type hint (what ``model.<field>`` may set, and how it is read)."""
     from adpretrain_hf.modeling import ADPretrainConfig
+    from adpretrain_hf.modeling.loss_options_adpretrain import LossOptions
 
-    hints = typing.get_type_hints(ADPretrainConfig.__init__)
+    hints = {**typing.get_type_hints(ADPretrainConfig.__init__), **typing.get_type_hints(LossOptions)}
     return {name: hints.get(name, Any) for name in model_config_fields()}
 
 

@@ -43,15 +43,16 @@ def phase_counts(
     ``views``: the two views' per-layer ``[B, N_l, D_l]`` projected features; ``norm_labels``: per
     layer ``[B, N_l]`` bool, True = anomalous.
     """
+    options = loss_fn.options
     rows = []
     for layer, labels in enumerate(norm_labels):
         counts = torch.zeros(len(_COUNTS), dtype=torch.float64, device=labels.device)
         for view in views:
-            n = feature_norm(view[layer].detach().float(), loss_fn.norm_kind)  # [B, N_l]
-            r = effective_radius(n, labels, loss_fn.radius, loss_fn.adaptive_radius)
+            n = feature_norm(view[layer].detach().float(), options.norm_kind)  # [B, N_l]
+            r = effective_radius(n, labels, options.hypersphere_radius, options.adaptive_radius)
             normal = ~labels
             counts += torch.stack([
-                (normal & (n <= r)).sum(), normal.sum(), (labels & (n >= r + loss_fn.margin)).sum(), labels.sum(),
+                (normal & (n <= r)).sum(), normal.sum(), (labels & (n >= r + options.abnormal_margin)).sum(), labels.sum(),
                 n[normal].sum(), n[labels].sum(),
             ]).to(torch.float64)
         rows.append(counts)

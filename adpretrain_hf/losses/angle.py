@@ -40,6 +40,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..modeling.loss_options_adpretrain import ANGLE_ANCHORS, TEMPERATURE
 from ._checks import (
     check_center,
     check_choice,
@@ -49,7 +50,7 @@ from ._checks import (
     check_positive,
     compute_dtype,
 )
-from .constants import ANCHOR_MODES, DEFAULT_MAX_BLOCK_ELEMENTS, TEMPERATURE
+from .constants import DEFAULT_MAX_BLOCK_ELEMENTS
 
 __all__ = ["angle_contrastive_loss", "default_chunk_size"]
 
@@ -148,7 +149,7 @@ def angle_contrastive_loss(
     labels = check_labels("labels", labels, (batch, tokens), view1.device)
     check_center("center", center, dim)
     inv_tau = 1.0 / check_positive("temperature", temperature)
-    check_choice("anchors", anchors, ANCHOR_MODES)
+    check_choice("anchors", anchors, ANGLE_ANCHORS)
     check_choice("reduction", reduction, _REDUCTIONS)
     chunk_size = check_chunk_size(chunk_size)
     if chunk_size is None:

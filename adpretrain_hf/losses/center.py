@@ -25,10 +25,7 @@ import torch
 
 from ._checks import check_features, check_labels
 
-__all__ = ["CENTER_MODES", "CENTER_MOMENTUM", "CenterEstimator", "RunningCenter"]
-
-CENTER_MODES = ("residual", "projected")
-"""Which features the center is the mean of: un-projected residuals (release) or projected (paper)."""
+__all__ = ["CENTER_MOMENTUM", "CenterEstimator", "RunningCenter"]
 
 CENTER_MOMENTUM = 0.99
 """Default weight of the old value in ``RunningCenter``'s moving average (our choice; the paper

@@ -1,32 +1,12 @@
-"""Named constants of the ADPretrain losses (paper section 3.2 and appendix E).
+"""Named constants of the ADPretrain losses that are not options (paper section 3.2, appendix E).
 
-The loss hyperparameters and the default loss form are defined ONCE, next to the config
-fields that carry them (``adpretrain_hf.modeling.configuration_adpretrain``, which must stay
-importable without this package for remote code); they are re-exported here. The losses take
-them as keyword arguments so that an ablation changes an argument, never a number deep in
-the code.
+The loss options, their defaults and the paper / release forms live once, in
+``adpretrain_hf.modeling.loss_options_adpretrain`` (``LossOptions``, read by both the config and
+``ADPretrainLoss``; it must stay importable without this package for remote code). The losses
+take them as arguments so that an ablation changes an option, never a number deep in the code.
 """
 
 from __future__ import annotations
-
-# Re-exported. NORM_KINDS: "paper" sqrt(||x||^2 + 1) - 1 | "release" sqrt(||x|| + 1) - 1.
-# ANCHOR_MODES: "first" (Eq. 7, view-1 anchors) | "both" (release). NORMALIZATIONS: how
-# ADPretrainLoss combines the per-layer terms, Eq. (7) | the release's plain sum.
-from adpretrain_hf.modeling.configuration_adpretrain import (  # noqa: F401
-    ABNORMAL_MARGIN,
-    DEFAULT_LOSS_FORM,
-    HYPERSPHERE_RADIUS,
-    LOSS_ARGUMENT_NAMES,
-    LOSS_WEIGHT,
-    NORM_LOSS_WEIGHT,
-    NORM_KINDS,
-    PAPER_LOSS_FORM,
-    RELEASE_LOSS_FORM,
-    TEMPERATURE,
-)
-from adpretrain_hf.modeling.configuration_adpretrain import ANGLE_ANCHORS as ANCHOR_MODES  # noqa: F401
-from adpretrain_hf.modeling.configuration_adpretrain import LOSS_NORMALIZATIONS as NORMALIZATIONS  # noqa: F401
-from adpretrain_hf.modeling.configuration_adpretrain import NORM_LOSS_REDUCTIONS as NORM_REDUCTIONS  # noqa: F401
 
 ADAPTIVE_RADIUS_FACTOR = 0.9
 """Release only: with ``adaptive_radius`` the radius is capped at this fraction of the smallest

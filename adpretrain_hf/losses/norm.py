@@ -28,10 +28,10 @@ Release options (all off by default, i.e. the paper):
 
 Reduction (``reduction``):
     ``"mean"``    every part summed over the view's features and divided by all of them, as
-                  Eq. (7)'s ``1/2N`` does (``ADPretrainLoss(norm_reduction="all")``);
+                  Eq. (7)'s ``1/2N`` does (``LossOptions(norm_loss_reduction="all")``);
     ``"subset"``  the release: each active part (normals contracted, normals pushed outward,
                   anomalous below ``r'``) averaged over ITS OWN active features, the (up to
-                  three) averages added; an empty part adds 0 (``norm_reduction="subset"``).
+                  three) averages added; an empty part adds 0 (``norm_loss_reduction="subset"``).
                   The ratio to ``"mean"`` is ``N / |part|``: ~1 at the start of training, 10-60x
                   later, when few features are still active;
     ``"sum"``     the plain sum.
@@ -44,13 +44,8 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import check_choice, check_features, check_labels, check_positive, compute_dtype
-from .constants import (
-    ABNORMAL_MARGIN,
-    ADAPTIVE_RADIUS_FACTOR,
-    HYPERSPHERE_RADIUS,
-    INNER_RADIUS_FRACTION,
-    NORM_KINDS,
-)
+from ..modeling.loss_options_adpretrain import ABNORMAL_MARGIN, HYPERSPHERE_RADIUS, NORM_KINDS
+from .constants import ADAPTIVE_RADIUS_FACTOR, INNER_RADIUS_FRACTION
 
 __all__ = ["feature_norm", "norm_contrastive_loss", "effective_radius"]
 

@@ -28,43 +28,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._checks import check_center, check_choice, check_chunk_size, check_features, check_labels, check_positive
+from ..modeling.loss_options_adpretrain import LossOptions
+from ._checks import check_center, check_chunk_size, check_features, check_labels, check_positive
 from .angle import angle_contrastive_loss
-from .constants import (
-    ABNORMAL_MARGIN,
-    ANCHOR_MODES,
-    DEFAULT_LOSS_FORM,
-    DEFAULT_MAX_BLOCK_ELEMENTS,
-    HYPERSPHERE_RADIUS,
-    LOSS_ARGUMENT_NAMES,
-    LOSS_WEIGHT,
-    NORM_LOSS_WEIGHT,
-    NORM_KINDS,
-    NORM_REDUCTIONS,
-    NORMALIZATIONS,
-    PAPER_LOSS_FORM,
-    RELEASE_LOSS_FORM,
-    TEMPERATURE,
-)
+from .constants import DEFAULT_MAX_BLOCK_ELEMENTS
 from .norm import norm_contrastive_loss
 
-__all__ = ["ADPretrainLoss", "ADPretrainLossOutput", "PAPER_LOSS_OPTIONS", "RELEASE_LOSS_OPTIONS", "loss_options"]
+__all__ = ["ADPretrainLoss", "ADPretrainLossOutput"]
 
-
-def loss_options(fields: dict[str, Any]) -> dict[str, Any]:
-    """``ADPretrainLoss`` keywords from config-field values (names in ``LOSS_ARGUMENT_NAMES``;
-    other keys, such as ``center_mode``, are not loss arguments and are dropped)."""
-    return {LOSS_ARGUMENT_NAMES[name]: value for name, value in fields.items() if name in LOSS_ARGUMENT_NAMES}
-
-
-RELEASE_LOSS_OPTIONS: dict[str, Any] = loss_options(RELEASE_LOSS_FORM)
-"""Keyword arguments of ``ADPretrainLoss`` that reproduce the released code's loss."""
-
-PAPER_LOSS_OPTIONS: dict[str, Any] = loss_options(PAPER_LOSS_FORM)
-"""Keyword arguments of ``ADPretrainLoss`` that give the paper's Eqs. (2)-(7) as written."""
-
-_DEFAULTS = loss_options(DEFAULT_LOSS_FORM)
-_NORM_REDUCTION_ARGUMENT = {"subset": "subset", "all": "mean"}  # config value -> norm_contrastive_loss reduction
+_NORM_REDUCTION_ARGUMENT = {"subset": "subset", "all": "mean"}  # norm_loss_reduction -> norm_contrastive_loss reduction
 
 
 @dataclass
@@ -103,92 +75,55 @@ class ADPretrainLoss(nn.Module):
     """Angle- plus norm-oriented contrastive loss over all tapped layers (Eq. 7).
 
     Args:
-        temperature: ``tau`` of Eq. (2).  radius: ``r``.  margin: ``Delta r``.
-        loss_weight: ``lambda`` of Eq. (7).  norm_loss_weight: the norm terms' weight (1 in
-            Eq. 7; 0 leaves the angle loss alone, as in the paper's Table 2 ablation).
-        norm_kind: ``"paper"`` or ``"release"`` (see ``norm_contrastive_loss``).
-        anchors: ``"first"`` (paper) or ``"both"`` (release), see ``angle_contrastive_loss``.
-        normalization: ``"paper"`` (Eq. 7) or ``"release"`` (plain sum), see the module docstring.
-        detach_exp_factor, adaptive_radius, hinge_normals, push_inner_normals: the release's
-            norm-loss variants (off = paper). The adaptive radius is computed per view.
-        norm_reduction: ``"subset"`` (release: each active part of the norm loss averaged over
-            its own patches) or ``"all"`` (every part over all patches, Eq. 7).
+        options: the loss's options (``LossOptions``: tau, r, Delta r, lambda, the norm terms'
+            weight, the paper's or the release's form); defaults to ``LossOptions()``, the same
+            as ``ADPretrainConfig()``'s. ``modeling.loss_options_adpretrain.RELEASE_LOSS_OPTIONS``
+            reproduces the release's loss (``tests/release_parity/test_losses.py``, with the
+            release's two label rules passed as ``labels`` / ``norm_labels``);
+            ``PAPER_LOSS_OPTIONS`` is the paper's.
         chunk_size, max_block_elements: memory control of the angle loss (see its docstring).
 
-    Defaults are ``DEFAULT_LOSS_FORM`` (the same as ``ADPretrainConfig()``'s). Build the loss of
-    a model with :meth:`from_config`. ``ADPretrainLoss(**RELEASE_LOSS_OPTIONS)`` reproduces the
-    release's loss (``tests/release_parity/test_losses.py``, with the release's two label rules
-    passed as ``labels`` / ``norm_labels``); ``ADPretrainLoss(**PAPER_LOSS_OPTIONS)`` is the paper's.
+    Build the loss of a model with :meth:`from_config`.
     """
 
     @classmethod
     def from_config(cls, config: Any, **runtime: Any) -> "ADPretrainLoss":
-        """The loss an ``ADPretrainConfig`` describes (every field of ``LOSS_ARGUMENT_NAMES``);
-        ``runtime`` adds memory controls (``chunk_size``, ``max_block_elements``)."""
-        missing = [name for name in LOSS_ARGUMENT_NAMES if not hasattr(config, name)]
-        if missing:
-            raise ValueError(f"config lacks loss fields {missing}: pass an ADPretrainConfig")
-        return cls(**loss_options({name: getattr(config, name) for name in LOSS_ARGUMENT_NAMES}), **runtime)
+        """The loss an ``ADPretrainConfig`` describes (``config.loss_options()``); ``runtime`` adds
+        memory controls (``chunk_size``, ``max_block_elements``)."""
+        if not callable(getattr(config, "loss_options", None)):
+            raise ValueError(f"{type(config).__name__} has no loss fields (loss_options()): pass an ADPretrainConfig")
+        return cls(config.loss_options(), **runtime)
 
     def __init__(
         self,
-        temperature: float = TEMPERATURE,
-        radius: float = HYPERSPHERE_RADIUS,
-        margin: float = ABNORMAL_MARGIN,
-        loss_weight: float = LOSS_WEIGHT,
-        norm_loss_weight: float = NORM_LOSS_WEIGHT,
-        norm_kind: str = _DEFAULTS["norm_kind"],
-        anchors: str = _DEFAULTS["anchors"],
-        normalization: str = _DEFAULTS["normalization"],
+        options: LossOptions | None = None,
         *,
-        detach_exp_factor: bool = _DEFAULTS["detach_exp_factor"],
-        adaptive_radius: bool = _DEFAULTS["adaptive_radius"],
-        hinge_normals: bool = _DEFAULTS["hinge_normals"],
-        push_inner_normals: bool = _DEFAULTS["push_inner_normals"],
-        norm_reduction: str = _DEFAULTS["norm_reduction"],
         chunk_size: int | None = None,
         max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
     ) -> None:
         super().__init__()
-        self.temperature = check_positive("temperature", temperature)
-        self.radius = check_positive("radius", radius)
-        self.margin = check_positive("margin", margin, allow_zero=True)
-        self.loss_weight = check_positive("loss_weight", loss_weight, allow_zero=True)
-        self.norm_loss_weight = check_positive("norm_loss_weight", norm_loss_weight, allow_zero=True)
-        if self.loss_weight == 0 and self.norm_loss_weight == 0:
-            raise ValueError("loss_weight and norm_loss_weight are both 0: nothing would be trained; keep at least one > 0")
-        self.norm_kind = check_choice("norm_kind", norm_kind, NORM_KINDS)
-        self.anchors = check_choice("anchors", anchors, ANCHOR_MODES)
-        self.normalization = check_choice("normalization", normalization, NORMALIZATIONS)
-        self.detach_exp_factor = bool(detach_exp_factor)
-        self.adaptive_radius = bool(adaptive_radius)
-        self.hinge_normals = bool(hinge_normals)
-        self.push_inner_normals = bool(push_inner_normals)
-        self.norm_reduction = check_choice("norm_reduction", norm_reduction, NORM_REDUCTIONS)
+        if options is not None and not isinstance(options, LossOptions):
+            raise TypeError(f"options must be a LossOptions, got {type(options).__name__}: pass LossOptions(...) or build with from_config")
+        self.options = LossOptions() if options is None else options
         self.chunk_size = check_chunk_size(chunk_size)
         self.max_block_elements = int(check_positive("max_block_elements", max_block_elements))
 
     def extra_repr(self) -> str:
-        return (
-            f"temperature={self.temperature}, radius={self.radius}, margin={self.margin}, "
-            f"loss_weight={self.loss_weight}, norm_loss_weight={self.norm_loss_weight}, norm_kind={self.norm_kind!r}, anchors={self.anchors!r}, "
-            f"normalization={self.normalization!r}, detach_exp_factor={self.detach_exp_factor}, "
-            f"adaptive_radius={self.adaptive_radius}, hinge_normals={self.hinge_normals}, "
-            f"push_inner_normals={self.push_inner_normals}, norm_reduction={self.norm_reduction!r}"
-        )
+        return repr(self.options)
 
     def _norm(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        o = self.options
         return norm_contrastive_loss(
             features,
             labels,
-            radius=self.radius,
-            margin=self.margin,
-            norm_kind=self.norm_kind,
-            detach_exp_factor=self.detach_exp_factor,
-            adaptive_radius=self.adaptive_radius,
-            hinge_normals=self.hinge_normals,
-            push_inner_normals=self.push_inner_normals,
-            reduction=_NORM_REDUCTION_ARGUMENT[self.norm_reduction],
+            radius=o.hypersphere_radius,
+            margin=o.abnormal_margin,
+            norm_kind=o.norm_kind,
+            detach_exp_factor=o.detach_exp_factor,
+            adaptive_radius=o.adaptive_radius,
+            hinge_normals=o.hinge_normals,
+            push_inner_normals=o.push_inner_normals,
+            reduction=_NORM_REDUCTION_ARGUMENT[o.norm_loss_reduction],
         )
 
     def forward(
@@ -223,6 +158,7 @@ class ADPretrainLoss(nn.Module):
             if length != num_layers:
                 raise ValueError(f"view1 has {num_layers} layers but {name} has {length}: pass one entry per tapped layer")
 
+        o = self.options
         total = None
         layer_losses, angles, norms, anomalous, norm_views = [], [], [], [], []
         for layer in range(num_layers):
@@ -243,19 +179,19 @@ class ADPretrainLoss(nn.Module):
                 v2,
                 lab,
                 center,
-                temperature=self.temperature,
-                anchors=self.anchors,
+                temperature=self.options.angle_temperature,
+                anchors=self.options.angle_anchors,
                 reduction="sum",
                 chunk_size=self.chunk_size,
                 max_block_elements=self.max_block_elements,
             )
-            num_anchors = per_view if self.anchors == "first" else 2 * per_view
+            num_anchors = per_view if self.options.angle_anchors == "first" else 2 * per_view
             angle_mean = angle_sum / max(1, num_anchors)
             norm1, norm2 = self._norm(v1, norm_lab), self._norm(v2, norm_lab)
-            if self.normalization == "paper":
-                layer_loss = (self.loss_weight * angle_sum) / max(1, 2 * per_view) + self.norm_loss_weight * (norm1 + norm2) / 2
+            if self.options.loss_normalization == "paper":
+                layer_loss = (o.loss_weight * angle_sum) / max(1, 2 * per_view) + o.norm_loss_weight * (norm1 + norm2) / 2
             else:
-                layer_loss = self.loss_weight * angle_mean + self.norm_loss_weight * (norm1 + norm2)
+                layer_loss = o.loss_weight * angle_mean + o.norm_loss_weight * (norm1 + norm2)
             total = layer_loss if total is None else total + layer_loss
             layer_losses.append(layer_loss.detach())
             angles.append(angle_mean.detach())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from adpretrain_hf.losses import ABNORMAL_MARGIN, HYPERSPHERE_RADIUS, TEMPERATURE
+from adpretrain_hf.modeling.loss_options_adpretrain import ABNORMAL_MARGIN, HYPERSPHERE_RADIUS, TEMPERATURE
 
 
 F64 = torch.float64

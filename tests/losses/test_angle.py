@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adpretrain_hf.losses import TEMPERATURE, angle_contrastive_loss, default_chunk_size
+from adpretrain_hf.losses import angle_contrastive_loss, default_chunk_size
+from adpretrain_hf.modeling.loss_options_adpretrain import TEMPERATURE
 from tests.losses.slow_references import (
     F64,
     _assert_close,

@@ -7,13 +7,8 @@ import math
 import pytest
 import torch
 
-from adpretrain_hf.losses import (
-    ABNORMAL_MARGIN,
-    HYPERSPHERE_RADIUS,
-    effective_radius,
-    feature_norm,
-    norm_contrastive_loss,
-)
+from adpretrain_hf.losses import effective_radius, feature_norm, norm_contrastive_loss
+from adpretrain_hf.modeling.loss_options_adpretrain import ABNORMAL_MARGIN, HYPERSPHERE_RADIUS
 from tests.losses.slow_references import F64, _assert_close, _grads, _norm_features, slow_norm
 
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from adpretrain_hf.losses import (
     PAPER_LOSS_OPTIONS,
     RELEASE_LOSS_OPTIONS,
-    TEMPERATURE,
     ADPretrainLoss,
+    LossOptions,
     angle_contrastive_loss,
     norm_contrastive_loss,
 )
+from adpretrain_hf.modeling.loss_options_adpretrain import TEMPERATURE
 from tests.losses.slow_references import (
     _assert_close,
     _grads,
@@ -37,7 +40,7 @@ def _layers(seed, requires_grad=True):
 @pytest.mark.parametrize("anchors", ["first", "both"])
 def test_total_paper_matches_eq7_transcription(anchors):
     v1, v2, labels, centers = _layers(20)
-    loss_fn = ADPretrainLoss(**{**PAPER_LOSS_OPTIONS, "anchors": anchors}, loss_weight=0.7, chunk_size=4)
+    loss_fn = ADPretrainLoss(replace(PAPER_LOSS_OPTIONS, angle_anchors=anchors, loss_weight=0.7), chunk_size=4)
     out = loss_fn(v1, v2, labels, centers)
     slow = slow_total_eq7(v1, v2, labels, centers, 0.7, TEMPERATURE, anchors)
     _assert_close(out.loss, slow)
@@ -55,7 +58,7 @@ def test_total_paper_matches_eq7_transcription(anchors):
 
 def test_total_release_options_match_release_sum():
     v1, v2, labels, centers = _layers(21)
-    out = ADPretrainLoss(**RELEASE_LOSS_OPTIONS)(v1, v2, labels, centers)
+    out = ADPretrainLoss(RELEASE_LOSS_OPTIONS)(v1, v2, labels, centers)
     release_norm = {"kind": "release", "detach": True, "adaptive": True, "hinge": True, "push_inner": True, "subset": True}
     slow = slow_total_release(v1, v2, labels, centers, 1.0, TEMPERATURE, "both", **release_norm)
     _assert_close(out.loss, slow)
@@ -66,15 +69,15 @@ def test_total_release_options_match_release_sum():
 
 def test_release_normalization_is_twice_eq7_for_first_view_anchors():
     v1, v2, labels, centers = _layers(22, requires_grad=False)
-    paper = ADPretrainLoss(**PAPER_LOSS_OPTIONS)(v1, v2, labels, centers).loss
-    release = ADPretrainLoss(**{**PAPER_LOSS_OPTIONS, "normalization": "release"})(v1, v2, labels, centers).loss
+    paper = ADPretrainLoss(PAPER_LOSS_OPTIONS)(v1, v2, labels, centers).loss
+    release = ADPretrainLoss(replace(PAPER_LOSS_OPTIONS, loss_normalization="release"))(v1, v2, labels, centers).loss
     _assert_close(release, 2 * paper, rel=1e-12)
 
 
 def test_total_without_anomalies_is_norm_only_and_finite():
     v1, v2, labels, centers = _layers(23)
     labels = [torch.zeros_like(lab) for lab in labels]
-    out = ADPretrainLoss(**PAPER_LOSS_OPTIONS)(v1, v2, labels, centers)
+    out = ADPretrainLoss(PAPER_LOSS_OPTIONS)(v1, v2, labels, centers)
     assert all(a.item() == 0.0 for a in out.angle)
     _assert_close(out.loss, sum((slow_norm(a, lab) + slow_norm(b, lab)) / 2 for a, b, lab in zip(v1, v2, labels)))
     assert all(torch.isfinite(g).all() for g in _grads(out.loss, [*v1, *v2]))
@@ -83,7 +86,7 @@ def test_total_without_anomalies_is_norm_only_and_finite():
 def test_total_norm_labels_override_and_no_centers():
     v1, v2, labels, _ = _layers(24)
     norm_labels = [torch.zeros_like(lab) for lab in labels]
-    out = ADPretrainLoss(**PAPER_LOSS_OPTIONS)(v1, v2, labels, None, norm_labels=norm_labels)
+    out = ADPretrainLoss(PAPER_LOSS_OPTIONS)(v1, v2, labels, None, norm_labels=norm_labels)
     expected = 0.0
     for a, b, lab, nlab in zip(v1, v2, labels, norm_labels):
         expected = expected + slow_angle(a, b, lab, None) / 2 + (slow_norm(a, nlab) + slow_norm(b, nlab)) / 2
@@ -117,10 +120,12 @@ def test_bad_inputs_raise_clear_errors():
         angle_contrastive_loss(v1.long(), v2.long(), labels, center)
     with pytest.raises(ValueError, match="norm_kind"):
         norm_contrastive_loss(v1, labels, norm_kind="huber")
-    with pytest.raises(ValueError, match="radius"):
-        ADPretrainLoss(radius=-1.0)
-    with pytest.raises(ValueError, match="normalization"):
-        ADPretrainLoss(normalization="mine")
+    with pytest.raises(ValueError, match="hypersphere_radius"):
+        LossOptions(hypersphere_radius=-1.0)
+    with pytest.raises(ValueError, match="loss_normalization"):
+        LossOptions(loss_normalization="mine")
+    with pytest.raises(TypeError, match="LossOptions"):
+        ADPretrainLoss({"hypersphere_radius": 0.3})
     with pytest.raises(TypeError, match=r"wrap a single layer"):
         ADPretrainLoss()(v1, v2, labels, [center])
     with pytest.raises(ValueError, match="centers has 2"):
@@ -131,13 +136,13 @@ def test_bad_inputs_raise_clear_errors():
 def test_single_loss_ablations_keep_only_their_term(normalization):
     """Table 2 (a) ExpID 2.5 / 2.6: norm_loss_weight=0 is the angle loss alone, loss_weight=0 the norm loss alone."""
     v1, v2, labels, centers = _layers(31)
-    both = ADPretrainLoss(normalization=normalization, chunk_size=4)(v1, v2, labels, centers)
-    angle_only = ADPretrainLoss(normalization=normalization, norm_loss_weight=0.0, chunk_size=4)(v1, v2, labels, centers)
-    norm_only = ADPretrainLoss(normalization=normalization, loss_weight=0.0, chunk_size=4)(v1, v2, labels, centers)
+    both = ADPretrainLoss(LossOptions(loss_normalization=normalization), chunk_size=4)(v1, v2, labels, centers)
+    angle_only = ADPretrainLoss(LossOptions(loss_normalization=normalization, norm_loss_weight=0.0), chunk_size=4)(v1, v2, labels, centers)
+    norm_only = ADPretrainLoss(LossOptions(loss_normalization=normalization, loss_weight=0.0), chunk_size=4)(v1, v2, labels, centers)
     # Each single-term loss plus the other equals the full loss, and each equals its own term's
     # reported value combined as the normalization says (norm terms: mean of the two views).
     _assert_close(angle_only.loss + norm_only.loss, both.loss)
     norm_scale = 1.0 if normalization == "paper" else 2.0
     _assert_close(norm_only.loss, norm_scale * sum(both.norm))
     with pytest.raises(ValueError, match="nothing would be trained"):
-        ADPretrainLoss(loss_weight=0.0, norm_loss_weight=0.0)
+        LossOptions(loss_weight=0.0, norm_loss_weight=0.0)

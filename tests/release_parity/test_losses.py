@@ -4,7 +4,7 @@
 b mid, c late, d no angle-anomalous patch, e = b in bfloat16): the patch labels of both terms,
 the angle term (raw and as used), the norm term of each view, the total and the gradients with
 respect to both views' projected features. The package's release mode
-(``ADPretrainLoss(**RELEASE_LOSS_OPTIONS)`` with the release's two label rules) must reproduce
+(``ADPretrainLoss(RELEASE_LOSS_OPTIONS)`` with the release's two label rules) must reproduce
 each within the manifest's tolerance; every test also selects the package's other variant of
 the rule it guards and asserts that it does NOT match, so an option that is silently ignored
 (or a test that cannot fail) is caught.
@@ -12,11 +12,13 @@ the rule it guards and asserts that it does NOT match, so an option that is sile
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from adpretrain_hf.data.patch_labels import training_patch_labels
-from adpretrain_hf.losses import PAPER_LOSS_OPTIONS, RELEASE_LOSS_OPTIONS, ADPretrainLoss, effective_radius, feature_norm
+from adpretrain_hf.losses import PAPER_LOSS_OPTIONS, RELEASE_LOSS_OPTIONS, ADPretrainLoss, LossOptions, effective_radius, feature_norm
 
 from .conftest import load_fixture, manifest
 
@@ -48,7 +50,7 @@ def close(ours: torch.Tensor, theirs: torch.Tensor, case: str) -> bool:
     return torch.allclose(ours.double(), theirs.double(), **tolerance(case))
 
 
-def run_step(case: str, options: dict, rule: str = "release"):
+def run_step(case: str, options: LossOptions, rule: str = "release"):
     """One release training step through the package: labels, loss, backward. Returns
     (loss output, leaf features of view 1 and view 2 per level, angle labels, norm labels)."""
     t = load_fixture("losses")
@@ -57,7 +59,7 @@ def run_step(case: str, options: dict, rule: str = "release"):
     view2 = [tokens(t[f"{case}.input.features_view2.level{l}"]).clone().requires_grad_() for l in LEVELS]
     angle_labels, norm_labels = training_patch_labels(masks, GRID, rule)
     centers = list(t[f"{case}.input.centers"])
-    out = ADPretrainLoss(**options)(view1, view2, [angle_labels] * 2, centers, [norm_labels] * 2)
+    out = ADPretrainLoss(options)(view1, view2, [angle_labels] * 2, centers, [norm_labels] * 2)
     out.loss.backward()
     return out, view1, view2, angle_labels, norm_labels
 
@@ -86,7 +88,7 @@ def test_labels_of_both_terms(case, rule, matches):
 @pytest.mark.parametrize("anchors,matches", [("both", True), ("first", False)])
 def test_angle_term_raw_and_used(case, anchors, matches):
     """Angle as used (-inf/nan -> 0, case d) and, where finite, raw; ``anchors="first"`` (the paper) differs."""
-    out, *_ = run_step(case, {**RELEASE_LOSS_OPTIONS, "anchors": anchors})
+    out, *_ = run_step(case, replace(RELEASE_LOSS_OPTIONS, angle_anchors=anchors))
     t = load_fixture("losses")
     results = []
     for level in LEVELS:
@@ -106,8 +108,8 @@ def test_angle_term_raw_and_used(case, anchors, matches):
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("norm_reduction,matches", [("subset", True), ("all", False)])
 def test_norm_term_per_view(case, norm_reduction, matches):
-    """Each view's norm term; ``norm_reduction="all"`` (divide every part by all N) differs."""
-    out, *_ = run_step(case, {**RELEASE_LOSS_OPTIONS, "norm_reduction": norm_reduction})
+    """Each view's norm term; ``norm_loss_reduction="all"`` (divide every part by all N) differs."""
+    out, *_ = run_step(case, replace(RELEASE_LOSS_OPTIONS, norm_loss_reduction=norm_reduction))
     t = load_fixture("losses")
     results = [
         close(out.norm_views[level][view], t[f"{case}.output.norm_loss_view{view + 1}.level{level}"], case)

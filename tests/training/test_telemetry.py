@@ -31,7 +31,7 @@ def _plain_phase(views, labels, radius=0.4, margin=0.75, adaptive=True):
 
 def test_shares_against_plain_torch():
     g = torch.Generator().manual_seed(0)
-    loss_fn = ADPretrainLoss(**RELEASE_LOSS_OPTIONS)
+    loss_fn = ADPretrainLoss(RELEASE_LOSS_OPTIONS)
     views = [[torch.randn(2, 16, 8, generator=g) * s for s in (0.05, 1.0)] for _ in range(2)]  # 2 views x 2 layers
     labels = [torch.rand(2, 16, generator=g) < 0.3 for _ in range(2)]
     record = phase_record(phase_counts(views, labels, loss_fn), angle=[-2.0, 0.0], norm_views=[3.0, 1.0])
