@@ -7,7 +7,8 @@ minus its nearest normal reference token) without a projector (Table 2's first r
 Same model, same layers, same pass: one forward yields all three
 (:func:`feature_pass`), so a cache (:class:`FeatureSource`) can serve every kind from it.
 
-References travel with the extractor as a :class:`ReferenceBank` value and go to
+References travel with the extractor as a
+:class:`~adpretrain_hf.modeling.reference_bank_adpretrain.ReferenceBank` value and go to
 ``model.forward(reference_features=...)``; the extractor never stores state on the model.
 """
 
@@ -20,89 +21,12 @@ import torch
 
 from .modeling.anomaly_map_adpretrain import tokens_to_grid
 from .modeling.configuration_adpretrain import FEATURE_KINDS
-from .modeling.content_keys_adpretrain import combine_keys, pixel_hash
 from .modeling.modeling_adpretrain import ADPretrainModel
+from .modeling.reference_bank_adpretrain import ReferenceBank, batch_keys, leave_one_out_groups
 
 REFERENCE_KINDS = ("residual", "pretrained")  # kinds whose features depend on the references
-REFERENCE_BATCH_SIZE = 32
 
 TokenLayers = list[torch.Tensor]  # per tapped layer: [B, N_l, C_l]
-
-
-def batch_keys(pixel_values: torch.Tensor) -> list[str]:
-    """``pixel_hash`` of each image of ``[B, 3, H, W]``, from one float32 CPU copy of the batch
-    (``pixel_hash`` alone copies image by image): the same keys, one device transfer."""
-    batch = pixel_values.detach().float().cpu()
-    return [pixel_hash(image) for image in batch]
-
-
-@dataclass(frozen=True)
-class ReferenceBank:
-    """Normal reference tokens handed to ``model.forward(reference_features=...)``.
-
-    ``layers[l]``: ``[M_l, C_l]`` shared by every image, or ``[B, M_l, C_l]`` one bank per image
-    of a batch (semantic-aligned references). ``keys``: one content key for a shared bank, or
-    one per image for per-image banks; features computed against equal keys are equal, so a
-    cache may key them by it (``None``: not cacheable). ``members``: for a shared bank built
-    from whole images, each reference image's content key, in bank order (each image owns
-    ``M_l / K`` consecutive tokens of layer ``l``); it lets :meth:`without` drop one of them.
-    """
-
-    layers: tuple[torch.Tensor, ...]
-    keys: Optional[tuple[str, ...]] = None
-    members: Optional[tuple[str, ...]] = None
-
-    @property
-    def per_image(self) -> bool:
-        return self.layers[0].dim() == 3
-
-    def key_for(self, row: int) -> Optional[str]:
-        """The bank's key as seen by image ``row`` of the batch."""
-        if self.keys is None:
-            return None
-        return self.keys[row] if self.per_image else self.keys[0]
-
-    def rows(self, index: torch.Tensor) -> "ReferenceBank":
-        """The banks of some images of the batch (a shared bank is returned unchanged)."""
-        if not self.per_image:
-            return self
-        keys = None if self.keys is None else tuple(self.keys[i] for i in index.tolist())
-        return ReferenceBank(tuple(layer[index.to(layer.device)] for layer in self.layers), keys)
-
-    def without(self, member: str) -> "ReferenceBank":
-        """The shared bank without reference image ``member``'s tokens (leave-one-out).
-
-        A normal image matched against a bank that holds its own tokens has an all-zero residual
-        (every token's nearest reference is itself), unlike any other normal image; detectors fit
-        on such images learn a point mass that no test image shows. Pretraining never draws an
-        image as its own reference, and the aligned strategy excludes it: this does the same for
-        a shared set. A bank of one image is returned unchanged (nothing would be left).
-        """
-        if self.members is None or member not in self.members or len(self.members) < 2:
-            return self
-        index = self.members.index(member)
-        count = len(self.members)
-        kept = []
-        for layer in self.layers:
-            per_member = layer.shape[0] // count
-            kept.append(torch.cat([layer[: index * per_member], layer[(index + 1) * per_member :]]))
-        members = self.members[:index] + self.members[index + 1 :]
-        return ReferenceBank(tuple(kept), (combine_keys(list(members)),), members)
-
-    @classmethod
-    def from_tokens(cls, tokens: TokenLayers, image_keys: Optional[Sequence[str]] = None) -> "ReferenceBank":
-        """A shared bank from the references' tokens (per layer ``[K, N_l, C_l]`` -> ``[K*N_l, C_l]``)."""
-        keys = None if image_keys is None else (combine_keys(list(image_keys)),)
-        members = None if image_keys is None else tuple(image_keys)
-        return cls(tuple(layer.flatten(0, 1) for layer in tokens), keys, members)
-
-    @classmethod
-    def from_pixels(cls, model: ADPretrainModel, reference_pixel_values: torch.Tensor, batch_size: int = REFERENCE_BATCH_SIZE) -> "ReferenceBank":
-        """A shared bank of normal images ``[K, 3, H, W]`` (one backbone pass over them, in chunks
-        of ``batch_size`` moved to the model's device and dtype by ``model.backbone_features``)."""
-        bank = model.compute_reference_bank(reference_pixel_values, batch_size)
-        image_keys = batch_keys(reference_pixel_values)
-        return cls(tuple(bank), (combine_keys(image_keys),), tuple(image_keys))
 
 
 @dataclass
@@ -118,11 +42,6 @@ class FeaturePass:
         if value is None:
             raise ValueError(f"{kind} features were not computed in this pass: pass references (a ReferenceBank)")
         return value
-
-
-def uses_references(model: ADPretrainModel) -> bool:
-    """Does the model's forward need normal references (residual matching or cross-attention)?"""
-    return model.config.needs_references
 
 
 @torch.no_grad()
@@ -141,7 +60,7 @@ def feature_pass(
     back (when the model needs references).
     """
     tokens = backbone_tokens if backbone_tokens is not None else model.backbone_features(pixel_values, batch_size)
-    if bank is None and uses_references(model):
+    if bank is None and model.config.needs_references:
         return FeaturePass(list(tokens))
     reference_features = None if bank is None else list(bank.layers)
     residuals = model.residuals(tokens, reference_features)
@@ -215,7 +134,7 @@ class ModelFeatureExtractor:
 
     @property
     def needs_references(self) -> bool:
-        return self.feature_kind in REFERENCE_KINDS and uses_references(self.model)
+        return self.feature_kind in REFERENCE_KINDS and self.model.config.needs_references
 
     def set_references(self, reference_pixel_values: torch.Tensor) -> None:
         """Normal reference images ``[K, 3, H, W]`` for the residuals (ignored for backbone features)."""
@@ -235,7 +154,7 @@ class ModelFeatureExtractor:
         kept = self.model.reference_bank
         if kept is None:
             raise ValueError("residual/pretrained features need normal references: call extractor.set_references(normal_pixel_values)")
-        return ReferenceBank(tuple(kept))
+        return kept
 
     @torch.no_grad()
     def __call__(self, pixel_values: torch.Tensor, image_keys: Optional[Sequence[str]] = None) -> list[torch.Tensor]:
@@ -267,28 +186,3 @@ class ModelFeatureExtractor:
         if self.feature_kind == "backbone":  # backbone_features moves the pixels to the model's device and dtype
             return self.model.backbone_features(pixel_values)
         return feature_pass(self.model, pixel_values, bank).get(self.feature_kind)
-
-
-def leave_one_out_groups(
-    pixel_values: torch.Tensor, bank: Optional[ReferenceBank], keys: Optional[Sequence[str]] = None
-) -> list[tuple[torch.Tensor, Optional[ReferenceBank]]]:
-    """Split a batch ``[B, 3, H, W]`` by the bank each image must be matched against.
-
-    Images that are members of a shared bank get the bank without themselves
-    (:meth:`ReferenceBank.without`); all others share ``bank``. Returns ``(row indices, bank)``
-    pairs covering the batch; one pair when no image is a reference. ``keys``: the images'
-    :func:`batch_keys` if the caller has them; else they are computed only for a bank with members.
-    """
-    everyone = torch.arange(pixel_values.shape[0])
-    if bank is None or bank.members is None or bank.per_image or len(bank.members) < 2:
-        return [(everyone, bank)]
-    keys = batch_keys(pixel_values) if keys is None else list(keys)
-    members = set(bank.members)
-    if not members.intersection(keys):
-        return [(everyone, bank)]
-    others = [row for row, key in enumerate(keys) if key not in members]
-    groups = [(torch.tensor(others, dtype=torch.long), bank)] if others else []
-    for row, key in enumerate(keys):
-        if key in members:
-            groups.append((torch.tensor([row], dtype=torch.long), bank.without(key)))
-    return groups

@@ -34,6 +34,7 @@ from .image_processing_adpretrain import (
     processor_for,
     resolve_file,
 )
+from .reference_bank_adpretrain import ReferenceBank
 from .tasks_adpretrain import ANOMALY_FEATURES_TASK, save_task_pipeline
 
 REFERENCE_BANK_FILE = "reference_bank.safetensors"
@@ -227,7 +228,7 @@ def save_extras(model, save_directory, save_references: bool) -> None:
         bank = model.reference_bank
         if bank is None:
             raise ValueError("save_references=True but the model holds no reference bank: call set_references() first")
-        save_file({f"layer_{i}": b.detach().contiguous().cpu() for i, b in enumerate(bank)}, os.path.join(save_directory, REFERENCE_BANK_FILE))
+        save_file({f"layer_{i}": b.detach().contiguous().cpu() for i, b in enumerate(bank.layers)}, os.path.join(save_directory, REFERENCE_BANK_FILE))
     processor_for(model, warn_missing=False).save_pretrained(save_directory)
     save_task_pipeline(save_directory, ANOMALY_FEATURES_TASK)  # the pipeline code registration serves
 
@@ -276,5 +277,5 @@ def load_extras(model, path_or_id, kwargs: dict) -> None:
                 "it is truncated or corrupt; delete it (and pass references) or save the model again"
             ) from err
         dtype = next(model.projectors.parameters()).dtype
-        model.set_reference_bank([tensors[f"layer_{i}"].to(dtype) for i in range(len(tensors))])
+        model.set_reference_bank(ReferenceBank([tensors[f"layer_{i}"].to(dtype) for i in range(len(tensors))]))
         model.bank_from_checkpoint = True

@@ -38,9 +38,9 @@ from .backbones_adpretrain import BackboneAdapter, build_backbone
 from .configuration_adpretrain import ADPretrainConfig
 from .projector_adpretrain import RELEASE_INIT, FeatureProjector, LearnableReferences, MultiHeadAttention, release_init_
 from .outputs_adpretrain import ADPretrainOutput
+from .reference_bank_adpretrain import REFERENCE_BATCH_SIZE, ReferenceBank
 from .residual_adpretrain import reference_residuals, residual_features
 
-REFERENCE_BATCH_SIZE = 32
 LINEAR_INIT_NEGATIVE_SLOPE = 5  # nn.Linear's kaiming_uniform_(a=sqrt(5)): weights U(+-1/sqrt(fan_in))
 
 
@@ -113,7 +113,7 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
         self.projectors = nn.ModuleList(FeatureProjector(dim, config) for dim in dims)
         self.centers = LayerCenters(dims)
         self.matching_backend = "auto"
-        self._reference_bank: Optional[list[torch.Tensor]] = None
+        self._reference_bank: Optional[ReferenceBank] = None
         self.bank_from_checkpoint = False  # the checkpoint came with a bank: save_pretrained keeps the current one
         self.post_init()
 
@@ -274,16 +274,18 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
     def set_references(self, reference_pixel_values: torch.Tensor) -> None:
         """A user convenience: compute and keep the bank of these normal images (``[K, 3, H, W]``)
         for later calls. Library code passes banks explicitly instead (``reference_features``)."""
-        self._reference_bank = self.compute_reference_bank(reference_pixel_values)
+        self._reference_bank = ReferenceBank(self.compute_reference_bank(reference_pixel_values))
 
-    def set_reference_bank(self, bank: Sequence[torch.Tensor]) -> None:
-        """Keep precomputed per-layer banks ``[M_l, C_l]`` (e.g. a cache shared across calls)."""
-        bank = list(bank)
-        if len(bank) != len(self.projectors):
-            raise ValueError(f"the bank has {len(bank)} layers but the model taps {len(self.projectors)}")
-        if any(b.shape[0] == 0 for b in bank):
+    def set_reference_bank(self, bank: ReferenceBank) -> None:
+        """Keep a precomputed bank, per layer ``[M_l, C_l]`` (e.g. a cache shared across calls)."""
+        if not isinstance(bank, ReferenceBank):
+            raise TypeError(f"set_reference_bank takes a ReferenceBank, got {type(bank).__name__}: wrap the per-layer tensors as ReferenceBank(layers)")
+        layers = bank.layers
+        if len(layers) != len(self.projectors):
+            raise ValueError(f"the bank has {len(layers)} layers but the model taps {len(self.projectors)}")
+        if any(b.shape[0] == 0 for b in layers):
             raise ValueError("the reference set is empty: pass at least one normal image to set_references()")
-        for layer, tokens in enumerate(bank):
+        for layer, tokens in enumerate(layers):
             if not bool(torch.isfinite(tokens).all()):
                 raise ValueError(f"the reference bank of tapped layer #{layer} holds NaN/inf values: recompute it from finite normal images")
         self._reference_bank = bank
@@ -293,7 +295,8 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
         self.bank_from_checkpoint = False
 
     @property
-    def reference_bank(self) -> Optional[list[torch.Tensor]]:
+    def reference_bank(self) -> Optional[ReferenceBank]:
+        """The bank kept by ``set_references`` / ``set_reference_bank`` / a checkpoint, or ``None``."""
         return self._reference_bank
 
     def _resolve_bank(self, reference_pixel_values, reference_features) -> list[torch.Tensor]:
@@ -302,7 +305,7 @@ class ADPretrainModel(ADPretrainPreTrainedModel):
         if reference_pixel_values is not None:
             return self.compute_reference_bank(reference_pixel_values)
         if self._reference_bank is not None:
-            return self._reference_bank
+            return list(self._reference_bank.layers)
         raise ValueError(
             "no normal references: pass reference_pixel_values=[K, 3, H, W] normal images, "
             "or call model.set_references(normal_pixel_values) once"

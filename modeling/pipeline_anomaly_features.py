@@ -241,9 +241,9 @@ class AnomalyFeaturesPipeline(Pipeline):
         stored = self.model.reference_bank
         if stored is None:
             raise ValueError(NO_REFERENCES)
-        # Keep the stored list itself in the entry: an identity check cannot be fooled by id reuse.
+        # Keep the stored bank itself in the entry: an identity check cannot be fooled by id reuse.
         if self._stored_bank is None or self._stored_bank[0] is not stored:
-            self._stored_bank = (stored, [bank.to(self.device, dtype) for bank in stored])
+            self._stored_bank = (stored, [bank.to(self.device, dtype) for bank in stored.layers])
         return self._stored_bank[1]
 
     def _smallest_stride(self) -> int:

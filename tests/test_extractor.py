@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from adpretrain_hf.extractor import ModelFeatureExtractor, ReferenceBank, leave_one_out_groups, pixel_hash
+from adpretrain_hf.extractor import ModelFeatureExtractor
+from adpretrain_hf.modeling.content_keys_adpretrain import pixel_hash
+from adpretrain_hf.modeling.reference_bank_adpretrain import ReferenceBank, leave_one_out_groups
 
 
 def _images(n: int, seed: int = 0) -> torch.Tensor:
@@ -30,30 +32,10 @@ def test_a_reference_in_the_batch_is_matched_against_the_other_references_only(t
     assert all(float(m[:3].abs().amax()) > 0 for m in maps)
 
 
-def test_without_drops_exactly_one_members_tokens(tiny_clip_model):
-    references = _images(3, seed=1)
-    bank = ReferenceBank.from_pixels(tiny_clip_model, references)
-    keys = [pixel_hash(image) for image in references]
-    assert bank.members == tuple(keys)
-    smaller = bank.without(keys[1])
-    expected = tiny_clip_model.compute_reference_bank(references[[0, 2]])
-    for got, want in zip(smaller.layers, expected):
-        torch.testing.assert_close(got, want)
-    assert smaller.members == (keys[0], keys[2]) and smaller.keys != bank.keys
-    single = ReferenceBank.from_pixels(tiny_clip_model, references[:1])
-    assert single.without(keys[0]) is single  # one reference: nothing would be left, keep it
-
-
-def test_batches_without_references_stay_one_group(tiny_clip_model):
-    bank = ReferenceBank.from_pixels(tiny_clip_model, _images(2, seed=2))
-    groups = leave_one_out_groups(_images(4, seed=3), bank)
-    assert len(groups) == 1 and groups[0][1] is bank and groups[0][0].tolist() == [0, 1, 2, 3]
-
-
 def test_the_runners_shared_bank_knows_its_members(tiny_clip_model):
     """The evaluation builds its shared bank through ``shared_bank``: it must carry the members,
     or fit images that are references would silently get all-zero residuals again."""
-    from adpretrain_hf.evaluation.feature_cache import DirectSource, shared_bank
+    from adpretrain_hf.evaluation.image_feature_cache import DirectSource, shared_bank
 
     references = _images(3, seed=4)
     bank = shared_bank(DirectSource(), tiny_clip_model, references, batch_size=2)
@@ -85,7 +67,7 @@ def test_each_image_is_hashed_once_per_call(tiny_clip_model, monkeypatch):
     leave-one-out: computed once in the extractor and passed down."""
     import hashlib
 
-    from adpretrain_hf.evaluation.feature_cache import DirectSource, FeatureCache
+    from adpretrain_hf.evaluation.image_feature_cache import DirectSource, FeatureCache
 
     images = _images(4, seed=6)
     bank = ReferenceBank.from_pixels(tiny_clip_model, images[:2])

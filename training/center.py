@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from adpretrain_hf.losses import CenterEstimator
+from adpretrain_hf.modeling.reference_bank_adpretrain import ReferenceBank
 
 Residuals = Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor]], list[torch.Tensor]]
 
@@ -70,7 +71,7 @@ def center_pass_batches(
     rows: Sequence[int],
     pixels: Callable[[int], torch.Tensor],
     backbone_features: Callable[[torch.Tensor], Sequence[torch.Tensor]],
-    reference_banks: Callable[[torch.Tensor], list[torch.Tensor]],
+    reference_banks: Callable[[torch.Tensor], ReferenceBank],
     draw_references: Callable[[int, np.random.Generator], list[int]],
     rng: np.random.Generator,
     device: torch.device,
@@ -80,11 +81,11 @@ def center_pass_batches(
     """``(tokens, banks)`` of ``rows`` in chunks of ``batch_size``, un-augmented, for :func:`release_centers`.
 
     ``pixels(row)``: processed ``[3, H, W]`` (no augmentation); ``draw_references(row, rng)``: the
-    row's K reference rows; ``reference_banks([B, K] rows)``: per layer ``[B, K * N_l, C_l]``.
+    row's K reference rows; ``reference_banks([B, K] rows)``: per-image banks, per layer ``[B, K * N_l, C_l]``.
     """
     starts = range(0, len(rows), batch_size)
     for start in tqdm(starts, desc="center pass", disable=not progress):
         chunk = list(rows[start : start + batch_size])
         tokens = backbone_features(torch.stack([pixels(i) for i in chunk]).to(device))
         references = torch.tensor([draw_references(i, rng) for i in chunk], dtype=torch.long)
-        yield list(tokens), reference_banks(references)
+        yield list(tokens), list(reference_banks(references).layers)

@@ -6,7 +6,7 @@ fly with the model's image processor, so images and masks share one geometry. A 
 augmentation is seeded from ``(run seed, epoch, row index)``: the same views whichever
 dataloader worker makes them, and again after a resume.
 References are drawn per batch in the main process (:class:`ReferenceSampler`) and their
-backbone tokens come from :class:`ReferenceFeatureCache`, never augmented.
+backbone tokens come from :class:`ReferenceTokenCache`, never augmented.
 """
 
 from __future__ import annotations

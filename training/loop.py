@@ -37,7 +37,7 @@ from .checkpointing import (
 )
 from .center import center_pass_batches, normal_rows, release_centers
 from .data_pipeline import TrainingData, build_training_data, collate_views, draw_references
-from .feature_cache import ReferenceFeatureCache
+from .reference_token_cache import ReferenceTokenCache
 from .seeding import seed_everything, worker_init
 from .telemetry import PhaseStopRule, phase_counts, phase_record, progress_summary
 
@@ -145,7 +145,7 @@ class Pretrainer:
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=list(args.lr_milestones), gamma=args.lr_gamma)
         self.state = TrainingState()
         self.running: Optional[RunningCenter] = None
-        self.cache = ReferenceFeatureCache(
+        self.cache = ReferenceTokenCache(
             self.model.backbone_features, self.data.reference_pixels, self.accelerator.device, max_images=args.feature_cache_images,
             rows=self.data.reference_rows(),  # fixed backbone groups: a row's tokens do not depend on history
         )
@@ -165,7 +165,7 @@ class Pretrainer:
         ``config.patch_label_rule`` (one tensor twice with ``"fraction"``).
         """
         device = self.accelerator.device
-        banks = self.cache.banks(draw_references(self.data, batch, self.rng, self.config.training_reference_shots))
+        banks = list(self.cache.banks(draw_references(self.data, batch, self.rng, self.config.training_reference_shots)).layers)
         size = len(batch["view1"])
         with self.accelerator.autocast():
             # One backbone pass over both views (2B images) instead of two half-size passes.

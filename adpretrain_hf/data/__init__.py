@@ -50,7 +50,6 @@ _EXPORTS: dict[str, str] = {
     "render_views": "synthetic",
     "TwoViewAugment": "augment",
     "load_image_and_mask": "augment",
-    "REFERENCE_SHOT_CHOICES": "sampling",
     "ReferenceSampler": "sampling",
 }
 

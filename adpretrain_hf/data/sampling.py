@@ -2,7 +2,7 @@
 
 Each training image is matched against K normal images of its own class, and in Real-IAD
 of its own camera view, drawn with replacement; K is drawn once per batch from
-:data:`REFERENCE_SHOT_CHOICES` (the official release's training recipe, "Residual features").
+:data:`~adpretrain_hf.modeling.configuration_adpretrain.TRAINING_REFERENCE_SHOTS` (the official release's training recipe, "Residual features").
 
 Only true normal images (``label == 0`` and ``defect == "good"``) are references: an NG
 view of Real-IAD without a mask reads ``label == 0`` but shows a defective product.
@@ -18,8 +18,6 @@ from datasets import Dataset
 
 from ..modeling.configuration_adpretrain import TRAINING_REFERENCE_SHOTS
 from .schema import GOOD_DEFECT, LABEL_NORMAL, NO_VIEW
-
-REFERENCE_SHOT_CHOICES: tuple[int, ...] = TRAINING_REFERENCE_SHOTS
 
 
 class ReferenceSampler:
@@ -60,9 +58,9 @@ class ReferenceSampler:
         return indices
 
     def draw_k(self, rng: np.random.Generator | None = None) -> int:
-        """The number of references for a batch, uniform over :data:`REFERENCE_SHOT_CHOICES`."""
+        """The number of references for a batch, uniform over :data:`TRAINING_REFERENCE_SHOTS`."""
         rng = self._rng if rng is None else rng
-        return int(REFERENCE_SHOT_CHOICES[rng.integers(len(REFERENCE_SHOT_CHOICES))])
+        return int(TRAINING_REFERENCE_SHOTS[rng.integers(len(TRAINING_REFERENCE_SHOTS))])
 
     def sample(
         self,

@@ -8,7 +8,7 @@ Modules, one job each:
     config: :class:`EvaluationConfig`, the checked settings.
     loading: dataset -> preprocessed tensors (one geometry for images and masks), Real-IAD split.
     protocols: train_fraction / train_shots / noise_ratio selections (seeded, per category).
-    feature_cache: one backbone pass per image, features kept by image content and reference set.
+    image_feature_cache: one backbone pass per image, features kept by image content and reference set.
     reference_sets: shared and per-image ("aligned") references, and their extractors.
     cell: one (category, method, features, seed) cell: fit, predict, metrics.
     report: aggregation (mean, std), markdown, JSON, CSV.

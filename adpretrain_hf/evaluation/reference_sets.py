@@ -1,7 +1,7 @@
 """Which normal references the pretrained features see, and the extractor that applies them.
 
 Shared strategies ("first", "random", "kmeans") give one set of ``K`` pool images for every
-query: one :class:`~adpretrain_hf.extractor.ReferenceBank` built from the pool's cached backbone
+query: one :class:`~adpretrain_hf.modeling.reference_bank_adpretrain.ReferenceBank` built from the pool's cached backbone
 tokens, handed to the extractor (never stored on the model).
 
 "aligned" (appendix C) gives every image its own ``K`` references. It is implemented with
@@ -10,7 +10,7 @@ per-image banks: :class:`AlignedReferences` caches, by the image's bytes, what
 image, so each image is matched once per reference seed, whichever detector asks; and
 :class:`PerImageReferenceExtractor` gathers the matched pool images' cached backbone tokens
 into a ``[B, K*N_l, C_l]`` bank per layer for that batch, keyed per image by its reference set
-(so a feature cache keeps its projected features); the gather is lazy (:class:`GatheredBank`),
+(so a feature cache keeps its projected features); the gather is lazy (``ReferenceBank.gathered``),
 so only the images a cache misses pay for it. Matching happens inside the extractor, so
 it also covers images a detector makes itself (GLASS's augmentations). Costs: the pool's
 backbone tokens stay in memory (``N_pool * sum_l N_l*C_l`` values: about 4 MB per pool image
@@ -28,12 +28,14 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from ..extractor import ModelFeatureExtractor, batch_keys, combine_keys, pixel_hash
+from ..extractor import ModelFeatureExtractor
+from ..modeling.content_keys_adpretrain import combine_keys
+from ..modeling.reference_bank_adpretrain import ReferenceBank, batch_keys
 from ..references import SemanticAlignedMatcher, match_aligned, select_references
-from .feature_cache import DirectSource, batched_tokens, shared_bank
+from .image_feature_cache import DirectSource, batched_tokens, shared_bank
 
-__all__ = ["AlignedReferences", "GatheredBank", "PerImageReferenceExtractor", "ReferencePlan", "global_features", "pixel_hash",
-           "plan_references", "pretrained_extractor"]
+__all__ = ["AlignedReferences", "PerImageReferenceExtractor", "ReferencePlan", "global_features", "plan_references",
+           "pretrained_extractor"]
 
 
 def global_features(model: Any, pixel_values: torch.Tensor, batch_size: int, source: Any = None) -> torch.Tensor:
@@ -44,38 +46,6 @@ def global_features(model: Any, pixel_values: torch.Tensor, batch_size: int, sou
     """
     tokens = batched_tokens(source or DirectSource(), model, pixel_values, batch_size)
     return torch.cat([layer.float().mean(dim=1) for layer in tokens], dim=1).cpu()
-
-
-class GatheredBank:
-    """Per-image reference banks of a batch, gathered from the pool's tokens only when read.
-
-    Same surface as a per-image :class:`~adpretrain_hf.extractor.ReferenceBank`. Why lazy: a
-    feature cache needs only ``keys`` for the images it holds; only its misses (:meth:`rows`)
-    reach ``feature_pass``, which reads :attr:`layers`, so only they pay for the gather.
-    """
-
-    per_image = True
-    members = None  # per-image banks: leave-one-out is the matcher's (it skips the image itself)
-
-    def __init__(self, pool_tokens: Sequence[torch.Tensor], index: torch.Tensor, keys: tuple[str, ...]) -> None:
-        self.pool_tokens = tuple(pool_tokens)  # per layer [N_pool, N_l, C_l]
-        self.index = index  # [B, k] pool positions of each image's references, best first
-        self.keys = keys  # per image: the key of its reference set
-
-    @property
-    def layers(self) -> tuple[torch.Tensor, ...]:
-        """Per layer ``[B, k*N_l, C_l]`` (gathered on every read: read it once)."""
-        return tuple(layer[self.index.to(layer.device)].flatten(1, 2) for layer in self.pool_tokens)
-
-    def key_for(self, row: int) -> str:
-        return self.keys[row]
-
-    def rows(self, index: torch.Tensor) -> "GatheredBank":
-        """The banks of some images of the batch (still not gathered)."""
-        return GatheredBank(self.pool_tokens, self.index[index.to(self.index.device)], tuple(self.keys[i] for i in index.tolist()))
-
-    def without(self, member: str) -> "GatheredBank":
-        return self
 
 
 class AlignedReferences:
@@ -123,11 +93,11 @@ class AlignedReferences:
             self._tokens = batched_tokens(self.source, model, self.pool_pixel_values, batch_size, self.pool_hashes)
         return self._tokens
 
-    def bank(self, model: Any, pixel_values: torch.Tensor, batch_size: int, image_keys: Optional[Sequence[str]] = None) -> GatheredBank:
+    def bank(self, model: Any, pixel_values: torch.Tensor, batch_size: int, image_keys: Optional[Sequence[str]] = None) -> ReferenceBank:
         """Per-image banks of a batch (per layer ``[B, k*N_l, C_l]`` once read), keyed by each image's reference set."""
         idx = self.indices(pixel_values, image_keys)  # [B, k]
         keys = tuple(combine_keys([self.pool_hashes[j] for j in row.tolist()]) for row in idx)
-        return GatheredBank(self.pool_tokens(model, batch_size), idx, keys)
+        return ReferenceBank.gathered(self.pool_tokens(model, batch_size), idx, keys)
 
 
 class PerImageReferenceExtractor:

@@ -3,7 +3,7 @@
 Per category: select and preprocess images (protocols), run each method on the backbone's
 features ("w/o") once -- they do not use references -- and on the residual / pretrained
 features ("w/") once per reference set; keep the first set's maps for the overlays. A
-per-category :class:`~adpretrain_hf.evaluation.feature_cache.FeatureCache` makes that one
+per-category :class:`~adpretrain_hf.evaluation.image_feature_cache.FeatureCache` makes that one
 backbone pass per distinct image (and one projector pass per image and reference set). Then aggregate, print
 the markdown table and write ``results.json`` / ``results.csv`` / ``results.md`` / overlays /
 ``comparison.png``.
@@ -24,7 +24,7 @@ from ..metrics.names import METRIC_DEFINITIONS
 from .bootstrap import category_seed, draw_indices, paired_intervals, weights_from_indices
 from .cell import PredictionHook, is_trained, run_cell
 from .config import EvaluationConfig, make_config
-from .feature_cache import DirectSource, FeatureCache
+from .image_feature_cache import DirectSource, FeatureCache
 from .identity import IDENTITY_KEY, model_identity
 from .category_inputs import CategoryData, describe_model, load_splits, prepare_category
 from .plots import pick_overlay_indices, save_comparison_chart, save_overlays

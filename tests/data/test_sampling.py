@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
-from adpretrain_hf.data import AD_FEATURES, REFERENCE_SHOT_CHOICES, ReferenceSampler
+from adpretrain_hf.data import AD_FEATURES, ReferenceSampler
+from adpretrain_hf.modeling.configuration_adpretrain import TRAINING_REFERENCE_SHOTS
 
 
 def table(rows: list[tuple[str, str, int, str]]) -> Dataset:
@@ -59,7 +60,7 @@ def test_sampling_is_roughly_uniform_and_reproducible():
 def test_draw_k_covers_the_choices():
     sampler = ReferenceSampler(table(ROWS), seed=0)
     draws = Counter(sampler.draw_k() for _ in range(600))
-    assert set(draws) == set(REFERENCE_SHOT_CHOICES) == {1, 4, 8}
+    assert set(draws) == set(TRAINING_REFERENCE_SHOTS) == {1, 4, 8}
     assert all(abs(n / 600 - 1 / 3) < 0.08 for n in draws.values())
 
 
@@ -67,7 +68,7 @@ def test_sample_batch_shares_k():
     sampler = ReferenceSampler(table(ROWS), seed=0)
     for _ in range(10):
         k, picks = sampler.sample_batch(["pcb", "pcb", "bottle"], ["C1", "C2", ""], np.random.default_rng())
-        assert k in REFERENCE_SHOT_CHOICES and [len(p) for p in picks] == [k, k, k]
+        assert k in TRAINING_REFERENCE_SHOTS and [len(p) for p in picks] == [k, k, k]
         assert set(picks[2]) <= {8, 9}
 
 

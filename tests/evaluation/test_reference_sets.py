@@ -35,8 +35,8 @@ def test_aligned_plan_clamps_k_and_gives_each_image_its_own_bank(model):
 def test_aligned_banks_are_gathered_only_for_cache_misses(model, monkeypatch):
     """The per-image bank is lazy: images whose features are cached never have theirs gathered,
     and a call through the cache gives what the uncached extractor gives."""
-    from adpretrain_hf.evaluation.feature_cache import FeatureCache
-    from adpretrain_hf.evaluation.reference_sets import GatheredBank
+    from adpretrain_hf.evaluation.image_feature_cache import FeatureCache
+    from adpretrain_hf.modeling.reference_bank_adpretrain import ReferenceBank
 
     g = torch.Generator().manual_seed(1)
     pool, queries = torch.randn(4, 3, 64, 64, generator=g), torch.randn(3, 3, 64, 64, generator=g)
@@ -45,8 +45,14 @@ def test_aligned_banks_are_gathered_only_for_cache_misses(model, monkeypatch):
         plan = plan_references("aligned", model, pool, k=2, seed=0, pool_ids=[str(i) for i in range(4)], pool_paths=[None] * 4,
                                test_pixel_values=queries, test_ids=["a", "b", "c"], batch_size=4, device="cpu")
     gathered = []
-    original = GatheredBank.layers.fget
-    monkeypatch.setattr(GatheredBank, "layers", property(lambda self: gathered.append(self.index.shape[0]) or original(self)))
+    original = ReferenceBank.layers.fget
+
+    def counted(self):
+        if self._index is not None:  # a gathered bank: count the images gathered
+            gathered.append(self._index.shape[0])
+        return original(self)
+
+    monkeypatch.setattr(ReferenceBank, "layers", property(counted))
     plain = PerImageReferenceExtractor(ModelFeatureExtractor(model, "pretrained"), plan.aligned)(queries)
     cached_extractor = PerImageReferenceExtractor(ModelFeatureExtractor(model, "pretrained", source=FeatureCache()), plan.aligned)
     first = cached_extractor(queries[:2])

@@ -48,7 +48,7 @@ def _identify(folder, references):
     if name == "A":
         assert loaded.reference_bank is None, "A's folder holds B's stale reference bank"
     else:
-        assert all(torch.equal(a, b) for a, b in zip(loaded.reference_bank, expected.reference_bank))
+        assert all(torch.equal(a, b) for a, b in zip(loaded.reference_bank.layers, expected.reference_bank.layers, strict=True))
     return name
 
 

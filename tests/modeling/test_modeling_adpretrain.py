@@ -111,7 +111,7 @@ def test_reference_bank_saved_only_when_asked(tiny_clip_model, tmp_path):
     assert ADPretrainModel.from_pretrained(tmp_path / "plain").reference_bank is None
     tiny_clip_model.save_pretrained(tmp_path / "with_bank", save_references=True)
     loaded = ADPretrainModel.from_pretrained(tmp_path / "with_bank")
-    assert all(torch.equal(a, b) for a, b in zip(loaded.reference_bank, tiny_clip_model.reference_bank))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.reference_bank.layers, tiny_clip_model.reference_bank.layers, strict=True))
 
 
 def test_remote_code_loads_without_the_package(tiny_clip_model, tmp_path):

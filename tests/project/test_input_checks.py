@@ -9,6 +9,7 @@ from transformers import pipeline
 from adpretrain_hf import ADPretrainConfig, ADPretrainModel
 from adpretrain_hf.modeling.image_io_adpretrain import read_image, read_mask
 from adpretrain_hf.modeling.image_processing_adpretrain import ADPretrainImageProcessor
+from adpretrain_hf.modeling.reference_bank_adpretrain import ReferenceBank
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +83,8 @@ def test_model_refuses_nonfinite_integer_and_empty_pixel_values(model):
     bank = [torch.randn(8, 32) for _ in range(4)]
     bank[3][0, 0] = float("nan")
     with pytest.raises(ValueError, match="tapped layer #3 holds NaN/inf"):
+        model.set_reference_bank(ReferenceBank(bank))
+    with pytest.raises(TypeError, match=r"takes a ReferenceBank, got list: wrap"):
         model.set_reference_bank(bank)
 
 

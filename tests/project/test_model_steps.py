@@ -17,7 +17,8 @@ from scipy.ndimage import gaussian_filter
 import adpretrain_hf
 import adpretrain_hf.modeling
 import adpretrain_hf.training
-from adpretrain_hf.extractor import ReferenceBank, feature_pass
+from adpretrain_hf.extractor import feature_pass
+from adpretrain_hf.modeling.reference_bank_adpretrain import ReferenceBank
 
 SIZE = 64  # tiny-clip's image size
 # The only modules allowed to call ``<x>.backbone(...)`` / ``residual_features(...)``: the model itself.

@@ -139,7 +139,7 @@ def test_every_reason_is_written_down():
 
 def test_every_test_folder_is_a_package():
     """Without __init__.py, tests/modeling/ would be imported as a top-level `modeling` (the repo has
-    one) and two test modules with one basename (test_feature_cache.py) would clash."""
+    one) and two test modules with one basename (test_center.py) would clash."""
     folders = {p.parent for p in existing_test_modules()} | {TESTS}
     missing = sorted(str(f.relative_to(REPO)) for f in folders if not (f / "__init__.py").is_file())
     assert not missing, f"add an __init__.py to: {missing}"

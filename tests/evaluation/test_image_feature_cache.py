@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from adpretrain_hf.cli import main as cli_main
 from adpretrain_hf.data import generate_dataset
 from adpretrain_hf.evaluation import EvaluationConfig, evaluate_model
-from adpretrain_hf.evaluation.feature_cache import DirectSource, FeatureCache, shared_bank
-from adpretrain_hf.extractor import ModelFeatureExtractor, ReferenceBank
+from adpretrain_hf.evaluation.image_feature_cache import DirectSource, FeatureCache, shared_bank
+from adpretrain_hf.extractor import ModelFeatureExtractor
+from adpretrain_hf.modeling.reference_bank_adpretrain import ReferenceBank
 
 NUM_NORMAL, NUM_ANOMALOUS = 5, 2  # one category: 5 train normals; test = 2 anomalous + 2 normal
 KINDS = "backbone,residual,pretrained"

@@ -22,8 +22,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..extractor import REFERENCE_KINDS, FeaturePass, ReferenceBank, TokenLayers, batch_keys, feature_pass, uses_references
+from ..extractor import REFERENCE_KINDS, FeaturePass, TokenLayers, feature_pass
 from ..modeling.modeling_adpretrain import ADPretrainModel
+from ..modeling.reference_bank_adpretrain import ReferenceBank, batch_keys
 from .config import DEFAULT_FEATURE_CACHE_MB
 
 BYTES_PER_MB = 2**20
@@ -117,7 +118,7 @@ class FeatureCache:
     @staticmethod
     def _bank_key(model: ADPretrainModel, bank: Optional[ReferenceBank], row: int) -> Optional[str]:
         """The reference set image ``row`` is matched against (``None``: unknown, not cacheable)."""
-        if not uses_references(model):
+        if not model.config.needs_references:
             return NO_REFERENCES
         return None if bank is None else bank.key_for(row)
 
@@ -144,7 +145,7 @@ class FeatureCache:
     ) -> TokenLayers:
         """Per layer ``[B, N_l, C_l]`` of ``kind`` for ``pixel_values [B, 3, H, W]``; misses run one
         pass (the backbone ``batch_size`` images at a time). ``image_keys``: the images'
-        :func:`~adpretrain_hf.extractor.batch_keys` when the caller has them (else computed here)."""
+        :func:`~adpretrain_hf.modeling.reference_bank_adpretrain.batch_keys` when the caller has them (else computed here)."""
         hashes = batch_keys(pixel_values) if image_keys is None else list(image_keys)
         self.stats.distinct.update(hashes)
         keys = [self._key(kind, h, self._bank_key(model, bank, i)) for i, h in enumerate(hashes)]

@@ -21,8 +21,10 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 
+from adpretrain_hf.modeling.reference_bank_adpretrain import ReferenceBank
 
-class ReferenceFeatureCache:
+
+class ReferenceTokenCache:
     """Per-image backbone tokens, computed on first use.
 
     Args:
@@ -94,8 +96,8 @@ class ReferenceFeatureCache:
         while len(self._store) > self.max_images:
             self._store.popitem(last=False)
 
-    def banks(self, reference_indices: torch.Tensor) -> list[torch.Tensor]:
-        """``reference_indices [B, K]`` -> per-layer banks ``[B, K*N_l, C_l]``."""
+    def banks(self, reference_indices: torch.Tensor) -> ReferenceBank:
+        """``reference_indices [B, K]`` -> per-image banks, per layer ``[B, K*N_l, C_l]``."""
         if reference_indices.dim() != 2 or reference_indices.shape[1] == 0:
             raise ValueError("reference_indices must be [B, K] with K >= 1")
         flat = [int(i) for i in reference_indices.flatten().tolist()]
@@ -111,10 +113,10 @@ class ReferenceFeatureCache:
                 self._store.move_to_end(index)
         batch, shots = reference_indices.shape
         num_layers = len(next(iter(lookup.values())))
-        return [
+        return ReferenceBank([
             torch.stack([lookup[i][layer] for i in flat]).reshape(batch, -1, lookup[flat[0]][layer].shape[-1])
             for layer in range(num_layers)
-        ]
+        ])
 
     def stats(self) -> dict[str, float]:
         total = self.hits + self.misses
