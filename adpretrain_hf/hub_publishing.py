@@ -83,7 +83,7 @@ def load_intervals(files: Sequence[str | Path]) -> Optional[dict[str, Any]]:
 
 def check_results_identity(checkpoint_dir: str | Path, files: Sequence[str | Path]) -> None:
     """Refuse (``ValueError``, one line) results files not computed with this checkpoint's config and weights."""
-    from .evaluation.identity import IDENTITY_KEY, check_identity, model_identity
+    from .evaluation.identity import check_identity, model_identity
     from .modeling import ADPretrainModel
 
     recorded = [(file, _read_results_file(file)["identity"]) for file in files]  # unreadable files fail first

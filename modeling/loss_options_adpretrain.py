@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 # -- The numbers of the paper (appendix E) --------------------------------------------------
 TEMPERATURE = 0.15
@@ -84,8 +84,15 @@ _CHOICES = {
 }
 
 
-def _finite_number(name: str, value: Any, *, allow_zero: bool) -> float:
-    """``float(value)`` if it is a finite number > 0 (>= 0 with ``allow_zero``), else a one-line error."""
+def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise a ValueError listing them."""
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not supported: pass one of {', '.join(map(repr, choices))}")
+    return value
+
+
+def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    """Return ``float(value)`` if it is a finite number > 0 (>= 0 with ``allow_zero``), else a one-line error."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     value = float(value)
@@ -140,17 +147,16 @@ class LossOptions:
     def __post_init__(self) -> None:
         """Validate (one line per error, naming the field and the fix) and normalise the types."""
         values = {
-            "angle_temperature": _finite_number("angle_temperature", self.angle_temperature, allow_zero=False),
-            "hypersphere_radius": _finite_number("hypersphere_radius", self.hypersphere_radius, allow_zero=False),
-            "abnormal_margin": _finite_number("abnormal_margin", self.abnormal_margin, allow_zero=True),
-            "loss_weight": _finite_number("loss_weight", self.loss_weight, allow_zero=True),
-            "norm_loss_weight": _finite_number("norm_loss_weight", self.norm_loss_weight, allow_zero=True),
+            "angle_temperature": check_positive("angle_temperature", self.angle_temperature),
+            "hypersphere_radius": check_positive("hypersphere_radius", self.hypersphere_radius),
+            "abnormal_margin": check_positive("abnormal_margin", self.abnormal_margin, allow_zero=True),
+            "loss_weight": check_positive("loss_weight", self.loss_weight, allow_zero=True),
+            "norm_loss_weight": check_positive("norm_loss_weight", self.norm_loss_weight, allow_zero=True),
         }
         if values["loss_weight"] == 0 and values["norm_loss_weight"] == 0:
             raise ValueError("loss_weight and norm_loss_weight are both 0: nothing would be trained; keep at least one > 0")
         for name, allowed in _CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not supported: pass one of {', '.join(map(repr, allowed))}")
+            check_choice(name, getattr(self, name), allowed)
         for name in ("detach_exp_factor", "adaptive_radius", "hinge_normals", "push_inner_normals"):
             values[name] = bool(getattr(self, name))
         for name, value in values.items():

@@ -31,7 +31,7 @@ Part of the remote-code bundle.
 from __future__ import annotations
 
 import json
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import torch
 from torch import nn

@@ -28,7 +28,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..metrics import AUPRO_FPR_LIMIT, area_up_to, label_regions
+from ..metrics import AUPRO_FPR_LIMIT, label_regions
 
 CHUNK_ELEMENTS = 4_000_000
 """Anomalous pixels x resamples handled per vectorised step (float64: ~32 MB per temporary)."""

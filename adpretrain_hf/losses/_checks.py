@@ -2,6 +2,8 @@
 
 Every error names the problem and the fix (house style). Checks look at shapes and dtypes only,
 except for integer labels, whose values must be 0/1 (one reduction, no per-element Python work).
+Numbers and choices are checked by ``check_positive`` / ``check_choice``, whose home is the loss
+options' module (``LossOptions`` validates with them; remote code cannot import this package).
 """
 
 from __future__ import annotations
@@ -11,25 +13,6 @@ from collections.abc import Sequence
 import torch
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
-    """Return ``value`` if it is one of ``choices``, else raise a ValueError listing them."""
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not supported: pass one of {', '.join(map(repr, choices))}")
-    return value
-
-
-def check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
-    """Return ``float(value)`` if it is a finite number > 0 (>= 0 with ``allow_zero``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    value = float(value)
-    ok = value >= 0.0 if allow_zero else value > 0.0
-    if not ok or value != value or value == float("inf"):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name}={value} is invalid: pass a finite number {bound}")
-    return value
 
 
 def check_chunk_size(chunk_size: int | None) -> int | None:

@@ -40,16 +40,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..modeling.loss_options_adpretrain import ANGLE_ANCHORS, TEMPERATURE
-from ._checks import (
-    check_center,
-    check_choice,
-    check_chunk_size,
-    check_features,
-    check_labels,
-    check_positive,
-    compute_dtype,
-)
+from ..modeling.loss_options_adpretrain import ANGLE_ANCHORS, TEMPERATURE, check_choice, check_positive
+from ._checks import check_center, check_chunk_size, check_features, check_labels, compute_dtype
 from .constants import DEFAULT_MAX_BLOCK_ELEMENTS
 
 __all__ = ["angle_contrastive_loss", "default_chunk_size"]

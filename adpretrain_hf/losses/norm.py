@@ -43,8 +43,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_choice, check_features, check_labels, check_positive, compute_dtype
-from ..modeling.loss_options_adpretrain import ABNORMAL_MARGIN, HYPERSPHERE_RADIUS, NORM_KINDS
+from ..modeling.loss_options_adpretrain import ABNORMAL_MARGIN, HYPERSPHERE_RADIUS, NORM_KINDS, check_choice, check_positive
+from ._checks import check_features, check_labels, compute_dtype
 from .constants import ADAPTIVE_RADIUS_FACTOR, INNER_RADIUS_FRACTION
 
 __all__ = ["feature_norm", "norm_contrastive_loss", "effective_radius"]

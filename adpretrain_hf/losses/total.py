@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..modeling.loss_options_adpretrain import LossOptions
-from ._checks import check_center, check_chunk_size, check_features, check_labels, check_positive
+from ..modeling.loss_options_adpretrain import LossOptions, check_positive
+from ._checks import check_center, check_chunk_size, check_features, check_labels
 from .angle import angle_contrastive_loss
 from .constants import DEFAULT_MAX_BLOCK_ELEMENTS
 from .norm import norm_contrastive_loss

@@ -1,6 +1,8 @@
-"""The losses' input checks (losses/_checks.py), called directly: what passes comes back as it should
-(labels as the bool mask ``labels != 0`` computed here), and each mistake fails with one line that
-names the argument and the fix. The losses' own bad-input tests are in tests/losses/test_total.py.
+"""The losses' input checks (losses/_checks.py; check_choice and check_positive live with
+LossOptions in modeling/loss_options_adpretrain.py), called directly: what passes comes back as it
+should (labels as the bool mask ``labels != 0`` computed here), and each mistake fails with one
+line that names the argument and the fix. The losses' own bad-input tests are in
+tests/losses/test_total.py.
 """
 
 from __future__ import annotations
@@ -10,15 +12,8 @@ import math
 import pytest
 import torch
 
-from adpretrain_hf.losses._checks import (
-    check_center,
-    check_choice,
-    check_chunk_size,
-    check_features,
-    check_labels,
-    check_positive,
-    compute_dtype,
-)
+from adpretrain_hf.losses._checks import check_center, check_chunk_size, check_features, check_labels, compute_dtype
+from adpretrain_hf.modeling.loss_options_adpretrain import check_choice, check_positive
 
 
 def raises_one_line(kind: type[Exception], match: str, call, *args, **kwargs) -> None:
