@@ -59,10 +59,13 @@ class ReferenceBank:
         self._index: Optional[torch.Tensor] = None  # gathered banks: [B, k] pool positions per image
 
     @classmethod
-    def gathered(cls, pool_tokens: Sequence[torch.Tensor], index: torch.Tensor, keys: Sequence[str]) -> "ReferenceBank":
-        """Per-image banks ``[B, k*N_l, C_l]`` of the pool images ``index [B, k]`` (best first), from the
-        pool's tokens per layer ``[N_pool, N_l, C_l]``; ``keys``: per image, the key of its reference set.
-        No members: leave-one-out is the matcher's (it skips the image itself)."""
+    def gathered(
+        cls, pool_tokens: Sequence[torch.Tensor], index: torch.Tensor, keys: Optional[Sequence[str]] = None
+    ) -> "ReferenceBank":
+        """Per-image banks ``[B, k*N_l, C_l]`` of the pool images ``index [B, k]``, from the pool's tokens
+        per layer ``[N_pool, N_l, C_l]``; ``keys``: per image, the key of its reference set (``None``: not
+        cacheable). No members: the caller never draws an image as its own reference (the aligned
+        matcher skips it, pretraining's sampler excludes it)."""
         bank = cls((), keys)
         bank._pool, bank._index = tuple(pool_tokens), index
         return bank

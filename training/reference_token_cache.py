@@ -97,7 +97,8 @@ class ReferenceTokenCache:
             self._store.popitem(last=False)
 
     def banks(self, reference_indices: torch.Tensor) -> ReferenceBank:
-        """``reference_indices [B, K]`` -> per-image banks, per layer ``[B, K*N_l, C_l]``."""
+        """``reference_indices [B, K]`` -> per-image banks, per layer ``[B, K*N_l, C_l]`` (gathered from
+        the distinct images' tokens when read, as the evaluation's aligned references are)."""
         if reference_indices.dim() != 2 or reference_indices.shape[1] == 0:
             raise ValueError("reference_indices must be [B, K] with K >= 1")
         flat = [int(i) for i in reference_indices.flatten().tolist()]
@@ -111,12 +112,10 @@ class ReferenceTokenCache:
         for index in unique:
             if index in self._store:
                 self._store.move_to_end(index)
-        batch, shots = reference_indices.shape
-        num_layers = len(next(iter(lookup.values())))
-        return ReferenceBank([
-            torch.stack([lookup[i][layer] for i in flat]).reshape(batch, -1, lookup[flat[0]][layer].shape[-1])
-            for layer in range(num_layers)
-        ])
+        position = {row: j for j, row in enumerate(unique)}
+        pool = [torch.stack([lookup[i][layer] for i in unique]) for layer in range(len(lookup[unique[0]]))]  # [U, N_l, C_l]
+        index = torch.tensor([[position[i] for i in row] for row in reference_indices.tolist()], dtype=torch.long)  # [B, K]
+        return ReferenceBank.gathered(pool, index)
 
     def stats(self) -> dict[str, float]:
         total = self.hits + self.misses
