@@ -145,22 +145,19 @@ class LossOptions:
     norm_loss_reduction: str = DEFAULT_LOSS_FORM["norm_loss_reduction"]
 
     def __post_init__(self) -> None:
-        """Validate (one line per error, naming the field and the fix) and normalise the types."""
-        values = {
-            "angle_temperature": check_positive("angle_temperature", self.angle_temperature),
-            "hypersphere_radius": check_positive("hypersphere_radius", self.hypersphere_radius),
-            "abnormal_margin": check_positive("abnormal_margin", self.abnormal_margin, allow_zero=True),
-            "loss_weight": check_positive("loss_weight", self.loss_weight, allow_zero=True),
-            "norm_loss_weight": check_positive("norm_loss_weight", self.norm_loss_weight, allow_zero=True),
-        }
-        if values["loss_weight"] == 0 and values["norm_loss_weight"] == 0:
+        """Validate (one line per error, naming the field and the fix). Numbers are kept as given
+        (config.json, and the config hash of results files, stay as written); switches become bools."""
+        check_positive("angle_temperature", self.angle_temperature)
+        check_positive("hypersphere_radius", self.hypersphere_radius)
+        check_positive("abnormal_margin", self.abnormal_margin, allow_zero=True)
+        angle_weight = check_positive("loss_weight", self.loss_weight, allow_zero=True)
+        norm_weight = check_positive("norm_loss_weight", self.norm_loss_weight, allow_zero=True)
+        if angle_weight == 0 and norm_weight == 0:
             raise ValueError("loss_weight and norm_loss_weight are both 0: nothing would be trained; keep at least one > 0")
         for name, allowed in _CHOICES.items():
             check_choice(name, getattr(self, name), allowed)
         for name in ("detach_exp_factor", "adaptive_radius", "hinge_normals", "push_inner_normals"):
-            values[name] = bool(getattr(self, name))
-        for name, value in values.items():
-            object.__setattr__(self, name, value)  # frozen: normalised once, here
+            object.__setattr__(self, name, bool(getattr(self, name)))  # frozen: normalised once, here
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

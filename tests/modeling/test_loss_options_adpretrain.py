@@ -42,9 +42,9 @@ def test_pick_takes_the_option_fields_of_a_form_and_ignores_the_rest():
     assert LossOptions.pick({"hypersphere_radius": 0.3, "center_mode": "residual"}) == LossOptions(hypersphere_radius=0.3)
 
 
-def test_options_are_frozen_and_normalised():
+def test_options_are_frozen_switches_are_bools_and_numbers_stay_as_given():
     options = LossOptions(loss_weight=2, detach_exp_factor=0)
-    assert options.loss_weight == 2.0 and isinstance(options.loss_weight, float)
+    assert options.loss_weight == 2 and isinstance(options.loss_weight, int)  # config.json keeps what was written
     assert options.detach_exp_factor is False
     with pytest.raises(dataclasses.FrozenInstanceError):
         options.loss_weight = 3.0  # type: ignore[misc]

@@ -29,6 +29,7 @@ def test_every_loss_option_is_a_config_field_of_the_same_name(tmp_path):
     config.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert {field: saved[field] for field in LOSS_FIELDS} == asdict(LossOptions())
+    assert type(ADPretrainConfig(loss_weight=2).to_dict()["loss_weight"]) is int  # as written: results' config hash stays
 
 
 @pytest.mark.parametrize("form,numbers", [(PAPER_LOSS_FORM, (0.3, 0.7, 0.2, 2.5, 0.25)), (RELEASE_LOSS_FORM, (0.05, 0.2, 1.5, 0.5, 3.0))])
