@@ -34,6 +34,7 @@ from .content_keys_adpretrain import combine_keys, pixel_hash
 from .dtypes_adpretrain import dtype_from_name
 from .image_io_adpretrain import read_image
 from .image_processing_adpretrain import ADPretrainImageProcessor, processor_for
+from .reference_bank_adpretrain import ReferenceBank
 
 OUTPUTS = ("features", "residuals", "backbone", "anomaly_map", "score")
 DEFAULT_OUTPUTS = ("features", "anomaly_map", "score")
@@ -165,7 +166,7 @@ class AnomalyFeaturesPipeline(Pipeline):
 
     def __init__(self, model: Any, image_processor: Any = None, dtype: Any = None, **kwargs: Any) -> None:
         self._bank_cache: OrderedDict = OrderedDict()
-        self._stored_bank: Optional[tuple[list, list[torch.Tensor]]] = None
+        self._stored_bank: Optional[tuple[ReferenceBank, ReferenceBank]] = None  # (the model's, on this device)
         if image_processor is None:
             image_processor = processor_for(model)
         elif isinstance(image_processor, (str, os.PathLike)):  # a folder / Hub id, as pipeline() would load
@@ -225,15 +226,15 @@ class AnomalyFeaturesPipeline(Pipeline):
         pixels = self.image_processor(images, return_tensors="pt")["pixel_values"].float().contiguous()
         return combine_keys([pixel_hash(image) for image in pixels]), pixels
 
-    def _bank(self, references: Optional[tuple[str, torch.Tensor]]) -> Optional[list[torch.Tensor]]:
-        """Per-layer reference tokens on the model's device and dtype, computed once per reference set."""
+    def _bank(self, references: Optional[tuple[str, torch.Tensor]]) -> Optional[ReferenceBank]:
+        """The bank (per layer on the model's device and dtype), computed once per reference set (keyed by its pixels)."""
         if not self.model.config.needs_references:
             return None  # raw-feature ablation: the model never reads a bank
         dtype = self.model.dtype
         if references is not None:
             key = (references[0], str(self.device), dtype)
             if key not in self._bank_cache:
-                self._bank_cache[key] = self.model.compute_reference_bank(references[1].to(self.device, dtype))
+                self._bank_cache[key] = ReferenceBank(self.model.compute_reference_bank(references[1].to(self.device, dtype)), (references[0],))
                 while len(self._bank_cache) > MAX_CACHED_BANKS:
                     self._bank_cache.popitem(last=False)
             self._bank_cache.move_to_end(key)
@@ -243,7 +244,7 @@ class AnomalyFeaturesPipeline(Pipeline):
             raise ValueError(NO_REFERENCES)
         # Keep the stored bank itself in the entry: an identity check cannot be fooled by id reuse.
         if self._stored_bank is None or self._stored_bank[0] is not stored:
-            self._stored_bank = (stored, [bank.to(self.device, dtype) for bank in stored.layers])
+            self._stored_bank = (stored, ReferenceBank([layer.to(self.device, dtype) for layer in stored.layers]))
         return self._stored_bank[1]
 
     def _smallest_stride(self) -> int:
@@ -265,7 +266,8 @@ class AnomalyFeaturesPipeline(Pipeline):
         """
         pixel_values = model_inputs["pixel_values"].to(self.model.dtype)
         need_map = "anomaly_map" in outputs or "score" in outputs
-        result = self.model(pixel_values, reference_features=self._bank(references), output_anomaly_map=need_map)
+        bank = self._bank(references)
+        result = self.model(pixel_values, reference_features=None if bank is None else bank.layers, output_anomaly_map=need_map)
         flat = {"original_size": model_inputs["original_size"]}
         positions = range(len(result.grid_sizes)) if positions is None else positions
         for name, field in LAYER_OUTPUTS.items():
