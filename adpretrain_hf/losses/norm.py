@@ -26,13 +26,13 @@ Release options (all off by default, i.e. the paper):
     ``push_inner_normals``  normal features far inside, ``n < rho = 0.99 * r_eff``, are pushed
                             outward with Eq. 5's form: ``L += -logsigmoid(-(rho - n)) * exp(rho - n)``.
 
-Reduction (``reduction``):
-    ``"mean"``    every part summed over the view's features and divided by all of them, as
-                  Eq. (7)'s ``1/2N`` does (``LossOptions(norm_loss_reduction="all")``);
+Reduction (``reduction``; ``LossOptions.norm_loss_reduction`` is ``"all"`` or ``"subset"``):
+    ``"all"``     every part summed over the view's features and divided by all of them, as
+                  Eq. (7)'s ``1/2N`` does;
     ``"subset"``  the release: each active part (normals contracted, normals pushed outward,
                   anomalous below ``r'``) averaged over ITS OWN active features, the (up to
-                  three) averages added; an empty part adds 0 (``norm_loss_reduction="subset"``).
-                  The ratio to ``"mean"`` is ``N / |part|``: ~1 at the start of training, 10-60x
+                  three) averages added; an empty part adds 0.
+                  The ratio to ``"all"`` is ``N / |part|``: ~1 at the start of training, 10-60x
                   later, when few features are still active;
     ``"sum"``     the plain sum.
 The adaptive radius is computed from the features of ONE call, i.e. per view, as the release does.
@@ -43,13 +43,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..modeling.loss_options_adpretrain import ABNORMAL_MARGIN, HYPERSPHERE_RADIUS, NORM_KINDS, check_choice, check_positive
+from ..modeling.loss_options_adpretrain import (
+    ABNORMAL_MARGIN,
+    HYPERSPHERE_RADIUS,
+    NORM_KINDS,
+    NORM_LOSS_REDUCTIONS,
+    check_choice,
+    check_positive,
+)
 from ._checks import check_features, check_labels, compute_dtype
 from .constants import ADAPTIVE_RADIUS_FACTOR, INNER_RADIUS_FRACTION
 
 __all__ = ["feature_norm", "norm_contrastive_loss", "effective_radius"]
 
-_REDUCTIONS = ("mean", "subset", "sum")
+_REDUCTIONS = (*NORM_LOSS_REDUCTIONS, "sum")  # "all", "subset" (the loss options' values), and the plain sum
 
 
 def feature_norm(x: torch.Tensor, kind: str = "paper") -> torch.Tensor:
@@ -104,7 +111,7 @@ def norm_contrastive_loss(
     adaptive_radius: bool = False,
     hinge_normals: bool = False,
     push_inner_normals: bool = False,
-    reduction: str = "mean",
+    reduction: str = "all",
 ) -> torch.Tensor:
     """Norm-oriented contrastive loss (Eq. 6) of one view of one layer.
 
@@ -114,7 +121,7 @@ def norm_contrastive_loss(
         radius: ``r`` (paper: 0.4).  margin: ``Delta r`` (paper: 0.75).
         norm_kind, detach_exp_factor, adaptive_radius, hinge_normals, push_inner_normals:
             see the module docstring; defaults are the paper's.
-        reduction: ``"mean"`` over all features (0 for no feature), ``"subset"`` (the release:
+        reduction: ``"all"`` the mean over all features (0 for no feature), ``"subset"`` (the release:
             each active part over its own features) or ``"sum"``; see the module docstring.
 
     Returns:

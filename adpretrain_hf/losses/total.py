@@ -36,9 +36,6 @@ from .norm import norm_contrastive_loss
 
 __all__ = ["ADPretrainLoss", "ADPretrainLossOutput"]
 
-_NORM_REDUCTION_ARGUMENT = {"subset": "subset", "all": "mean"}  # norm_loss_reduction -> norm_contrastive_loss reduction
-
-
 @dataclass
 class ADPretrainLossOutput:
     """Result of ``ADPretrainLoss``.
@@ -123,7 +120,7 @@ class ADPretrainLoss(nn.Module):
             adaptive_radius=o.adaptive_radius,
             hinge_normals=o.hinge_normals,
             push_inner_normals=o.push_inner_normals,
-            reduction=_NORM_REDUCTION_ARGUMENT[o.norm_loss_reduction],
+            reduction=o.norm_loss_reduction,
         )
 
     def forward(
