@@ -254,10 +254,10 @@ def main() -> None:
             for method in args.methods.split(","):
                 torch.set_num_threads(2)
                 folder = Path(tmp) / f"{kind}-{method}"
-                fit_detector(model, method, train, features=kind, progress=False, batch_size=8).save_pretrained(folder)
+                fit_detector(model, method, train, feature_kind=kind, progress=False, batch_size=8).save_pretrained(folder)
                 detect = pipeline("anomaly-detection", model=str(folder), device="cpu")
                 detector = detect.model.eval()
-                bank = detector.fitted.get("memory_bank")
+                bank = getattr(detector.detector, "memory_bank", None)
                 for threads in thread_counts:
                     torch.set_num_threads(threads)
                     calls = runtime_sessions(detector, folder, runtimes, threads)

@@ -21,8 +21,8 @@ import numpy as np
 
 from adpretrain_hf.metrics import aupro, pixel_auroc
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_metrics import blob_masks, slow_aupro, slow_release_aupro  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "metrics"))
+from slow_references import blob_masks, slow_aupro, slow_release_aupro  # noqa: E402
 
 
 def best_of(repeats: int, fn: Callable[[], float]) -> tuple[float, float]:

@@ -31,7 +31,7 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from loss_curves import read_curve, write_curve  # the run's (step, loss) curve, read and written as there
 from PIL import Image
@@ -116,24 +116,47 @@ def evaluate(model_or_path: Any, target_root: Path, kinds: tuple[str, ...], out:
 
 
 INTERVAL_HEADER = (
-    "| pretrain → evaluate | variant | seed | method | I-AUROC w/ − w/o | P-AUROC w/ − w/o | PRO w/ − w/o |\n"
-    "| --- | --- | ---: | --- | --- | --- | --- |"
+    "| pretrain → evaluate | row | seed | evaluated at step | method | I-AUROC − w/o | P-AUROC − w/o | PRO − w/o |\n"
+    "| --- | --- | ---: | ---: | --- | --- | --- | --- |"
+)
+PHASE_HEADER = (
+    "| pretrain → evaluate | variant | seed | step | normal patches inside r (per layer) | r (per layer) | "
+    "anomalous beyond r + Δr (per layer) | norm / angle (per layer) |\n| --- | --- | ---: | ---: | --- | --- | --- | --- |"
 )
 
 
-def interval_lines(prefix: str, eval_dir: Path) -> str:
-    """Rows of the w/ − w/o paired intervals a run's ``results.json`` holds (mean over categories)."""
+def interval_cell(cell: Optional[dict]) -> str:
+    """``+2.1 [−1.3, +5.4]`` in points, or ``–`` where the interval is undefined."""
+    if not cell or cell.get("low") is None:
+        return "–"
+    return f"{100 * cell['difference']:+.1f} [{100 * cell['low']:+.1f}, {100 * cell['high']:+.1f}]"
+
+
+def interval_lines(prefix: str, eval_dir: Path, kind: str = "pretrained") -> str:
+    """Rows of the ``kind`` − w/o paired intervals a run's ``results.json`` holds (mean over categories)."""
     payload = json.loads((eval_dir / "results.json").read_text())
     mean = payload.get("intervals", {}).get("results", {}).get("mean", {})
-    rows = []
-    for method, kinds in mean.items():
-        cells = []
-        for metric in METRIC_NAMES:
-            cell = (kinds.get("pretrained") or {}).get(metric)
-            cells.append("–" if not cell or cell.get("low") is None else
-                         f"{100 * cell['difference']:+.1f} [{100 * cell['low']:+.1f}, {100 * cell['high']:+.1f}]")
-        rows.append(f"| {prefix} | {method} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+    return "\n".join(
+        f"| {prefix} | {method} | " + " | ".join(interval_cell((kinds.get(kind) or {}).get(m)) for m in METRIC_NAMES) + " |"
+        for method, kinds in mean.items()
+    )
+
+
+def phase_at_end(run_dir: Path) -> dict[str, Any]:
+    """The phase telemetry (training/telemetry.py) of the run's last logged step: where training stood when evaluated."""
+    lines = [line for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    last = json.loads(lines[-1]) if lines else {}
+    names = ("normal_inside_r", "radius", "anomalous_beyond", "norm_angle_ratio")
+    def per_layer(name: str) -> list[Optional[float]]:
+        prefix = f"phase/{name}/layer_"
+        return [last[k] for k in sorted((k for k in last if k.startswith(prefix)), key=lambda k: int(k[len(prefix):]))]
+    return {"step": last.get("step"), **{name: per_layer(name) for name in names}}
+
+
+def phase_line(prefix: str, phase: dict[str, Any]) -> str:
+    def values(name: str) -> str:
+        return " / ".join("–" if v is None else f"{v:.2f}" for v in phase[name]) or "not logged"
+    return f"| {prefix} | {phase['step']} | " + " | ".join(values(n) for n in ("normal_inside_r", "radius", "anomalous_beyond", "norm_angle_ratio")) + " |"
 
 
 def untrained_model(args: argparse.Namespace):
@@ -198,6 +221,7 @@ def main() -> None:
         parser.error(f"unknown variants {unknown}: choose among {sorted(VARIANTS)}")
     cells: dict[tuple[str, str, str], list[dict]] = {}
     intervals: list[str] = []
+    phases: list[str] = []
     runs: dict[str, Any] = {}
     for direction in args.directions.split(","):
         source, target = direction.split("->")
@@ -208,6 +232,7 @@ def main() -> None:
         if args.phase != "train":
             base = evaluate(untrained_model(args), target_root, UNTRAINED_ROWS, work / f"eval-untrained-{target}", args)
             runs[f"{direction}/untrained"] = {"seconds": time.perf_counter() - started}
+            intervals.append(interval_lines(f"{label} | residual, no projector | – | –", work / f"eval-untrained-{target}", "residual"))
             for method, kinds in base.items():
                 for kind in UNTRAINED_ROWS:
                     cells.setdefault((label, method, kind), []).append(kinds[kind])
@@ -224,9 +249,12 @@ def main() -> None:
                     continue
                 eval_dir = work / f"eval-{variant}-seed{seed}-{source}-to-{target}"
                 result = evaluate(str(checkpoint), target_root, ("backbone", "pretrained"), eval_dir, args)
-                intervals.append(interval_lines(f"{label} | {variant} | {seed}", eval_dir))
+                phase = phase_at_end(run_dir)
+                intervals.append(interval_lines(f"{label} | {variant} | {seed} | {phase['step']}", eval_dir))
+                phases.append(phase_line(f"{label} | {variant} | {seed}", phase))
                 runs[f"{direction}/{variant}/seed{seed}"] = {
-                    **plateau_summary(curve), "train_seconds": trained - started, "eval_seconds": time.perf_counter() - trained,
+                    **plateau_summary(curve), "phase": phase, "train_seconds": trained - started,
+                    "eval_seconds": time.perf_counter() - trained,
                 }
                 for method, kinds in result.items():
                     cells.setdefault((label, method, variant), []).append(kinds["pretrained"])
@@ -242,6 +270,10 @@ def main() -> None:
     print("\nPaired bootstrap 95% intervals over test images, w/ − w/o, points:\n")
     print(paired)
     (work / "intervals.md").write_text(paired + "\n")
+    phase_table = "\n".join([PHASE_HEADER, *phases])
+    print("\nWhere each run stood when it was evaluated (phase telemetry of its last step):\n")
+    print(phase_table)
+    (work / "phase.md").write_text(phase_table + "\n")
     (work / "summary.json").write_text(json.dumps({"args": vars(args), "runs": runs, "cells": {" | ".join(k): v for k, v in cells.items()}}, indent=2))
 
 

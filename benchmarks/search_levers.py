@@ -112,7 +112,7 @@ def main() -> None:
     settings = [("exact", None, 0.1), ("stride 8", (1, 2), 0.1), ("coreset 5%", None, 0.05), ("coreset 1%", None, 0.01)]
     rows, exact_idx = [], {}
     for name, positions, ratio in settings:
-        detector = fit_detector(model, "patchcore", train_px, features="backbone", layer_positions=positions,
+        detector = fit_detector(model, "patchcore", train_px, feature_kind="backbone", layer_positions=positions,
                                 method_kwargs={"coreset_ratio": ratio}, progress=False, batch_size=8)
         bank = detector.fitted.memory_bank.float()
         emb = embeddings(detector, test_px)

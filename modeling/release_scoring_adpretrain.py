@@ -141,13 +141,17 @@ def release_patchcore_embed(
     return out.reshape(used[0].shape[0], grid[0], grid[1], dim)
 
 
-def _pairwise_distances(a: torch.Tensor, b: torch.Tensor, aa: Optional[torch.Tensor] = None) -> torch.Tensor:
+def _pairwise_distances(a: torch.Tensor, b: torch.Tensor, aa: Optional[torch.Tensor] = None,
+                        minus_two_a: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Euclidean distances ``[n, m]`` by the expansion ``|a|^2 + |b|^2 - 2ab`` clamped at 0 (the
-    release coreset's formula; its float32 rounding decides ties, so it is kept). ``aa`` (``[n, 1]``,
-    ``|a|^2`` as computed here) can be passed once for many calls with the same ``a``."""
+    release coreset's formula; its float32 rounding decides ties, so it is kept). For many calls
+    with the same ``a``, pass ``aa = |a|^2`` (``[n, 1]``) and ``minus_two_a = -2.0 * a`` once:
+    the values are the ones computed here (scaling by -2 is exact), without rewriting ``[n, d]``
+    per call, which was most of a greedy pick's memory traffic."""
     aa = (a * a).sum(dim=1, keepdim=True) if aa is None else aa
+    minus_two_a = -2.0 * a if minus_two_a is None else minus_two_a
     bb = (b * b).sum(dim=1).unsqueeze(0)
-    return (-2.0 * a @ b.T + aa + bb).clamp(min=0).sqrt()
+    return (minus_two_a @ b.T + aa + bb).clamp(min=0).sqrt()
 
 
 def release_greedy_coreset(reduced: torch.Tensor, start_points: torch.Tensor, count: int) -> torch.Tensor:
@@ -167,15 +171,16 @@ def release_greedy_coreset(reduced: torch.Tensor, start_points: torch.Tensor, co
         raise ValueError("release_greedy_coreset expects reduced [M, d] and start_points [S] with S >= 1")
     if not 1 <= count <= reduced.shape[0]:
         raise ValueError(f"release_greedy_coreset: count={count} must be in [1, {reduced.shape[0]}]")
-    reduced = reduced.float()
+    reduced = reduced.float().contiguous()
     squared_norms = (reduced * reduced).sum(dim=1, keepdim=True)  # [M, 1], the same value every call computes
-    nearest = _pairwise_distances(reduced, reduced[start_points.long()], squared_norms).mean(dim=1)  # [M]
-    chosen = []
-    for _ in range(count):
+    minus_two = -2.0 * reduced  # [M, d], likewise
+    nearest = _pairwise_distances(reduced, reduced[start_points.long()], squared_norms, minus_two).mean(dim=1)  # [M]
+    chosen = torch.empty(count, dtype=torch.long)
+    for step in range(count):
         pick = int(torch.argmax(nearest))
-        chosen.append(pick)
-        nearest = torch.minimum(nearest, _pairwise_distances(reduced, reduced[pick : pick + 1], squared_norms).squeeze(1))
-    return torch.tensor(chosen, dtype=torch.long)
+        chosen[step] = pick
+        nearest = torch.minimum(nearest, _pairwise_distances(reduced, reduced[pick : pick + 1], squared_norms, minus_two).squeeze(1))
+    return chosen
 
 
 def release_coreset_indices(

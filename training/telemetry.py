@@ -10,6 +10,9 @@ radius its norm loss used, ``effective_radius``):
     phase/norm_normal/layer_l            mean n of the normal patches
     phase/norm_anomalous/layer_l         mean n of the anomalous patches
     phase/norm_angle_ratio/layer_l       (norm view 1 + norm view 2) / |angle| (None when angle = 0)
+    phase/radius/layer_l                 the radius r the norm loss used, mean over the two views (with
+                                         the release's adaptive cap, 0.9 x the batch's smallest
+                                         anomalous n, r follows the anomalous patches down)
 
 ``n`` is the loss's own norm (``feature_norm`` of ``norm_kind``, the quantity compared with r);
 patches are labelled by the norm term's labels. A share is None when the batch holds no patch of
@@ -30,15 +33,16 @@ import torch
 from adpretrain_hf.losses import ADPretrainLoss, effective_radius, feature_norm
 
 PREFIX = "phase"
-_COUNTS = ("inside", "normal", "beyond", "anomalous", "norm_sum_normal", "norm_sum_anomalous")
+_COUNTS = ("inside", "normal", "beyond", "anomalous", "norm_sum_normal", "norm_sum_anomalous", "radius_sum", "views")
 
 
 @torch.no_grad()
 def phase_counts(
     views: Sequence[Sequence[torch.Tensor]], norm_labels: Sequence[torch.Tensor], loss_fn: ADPretrainLoss
 ) -> torch.Tensor:
-    """Per layer the sums behind the shares, ``[L, 6]`` float64 (inside, normal, beyond, anomalous,
-    norm sum of normals, norm sum of anomalous), so that processes can add them before dividing.
+    """Per layer the sums behind the shares, ``[L, 8]`` float64 (inside, normal, beyond, anomalous,
+    norm sum of normals, norm sum of anomalous, sum of the views' radii, views), so that processes
+    can add them before dividing.
 
     ``views``: the two views' per-layer ``[B, N_l, D_l]`` projected features; ``norm_labels``: per
     layer ``[B, N_l]`` bool, True = anomalous.
@@ -53,7 +57,7 @@ def phase_counts(
             normal = ~labels
             counts += torch.stack([
                 (normal & (n <= r)).sum(), normal.sum(), (labels & (n >= r + options.abnormal_margin)).sum(), labels.sum(),
-                n[normal].sum(), n[labels].sum(),
+                n[normal].sum(), n[labels].sum(), r, torch.ones_like(r),
             ]).to(torch.float64)
         rows.append(counts)
     return torch.stack(rows)
@@ -68,12 +72,13 @@ def phase_record(counts: torch.Tensor, angle: Sequence[float], norm_views: Seque
     per-layer angle term and summed norm terms (view 1 + view 2)."""
     record: dict[str, Any] = {}
     for layer, row in enumerate(counts.tolist()):
-        inside, normal, beyond, anomalous, sum_normal, sum_anomalous = row
+        inside, normal, beyond, anomalous, sum_normal, sum_anomalous, radius_sum, views = row
         record[f"{PREFIX}/normal_inside_r/layer_{layer}"] = _share(inside, normal)
         record[f"{PREFIX}/anomalous_beyond/layer_{layer}"] = _share(beyond, anomalous)
         record[f"{PREFIX}/norm_normal/layer_{layer}"] = _share(sum_normal, normal)
         record[f"{PREFIX}/norm_anomalous/layer_{layer}"] = _share(sum_anomalous, anomalous)
         record[f"{PREFIX}/norm_angle_ratio/layer_{layer}"] = norm_views[layer] / abs(angle[layer]) if angle[layer] else None
+        record[f"{PREFIX}/radius/layer_{layer}"] = _share(radius_sum, views)
     return record
 
 

@@ -16,7 +16,7 @@ from adpretrain_hf.training.telemetry import PhaseStopRule, layer_values, phase_
 def _plain_phase(views, labels, radius=0.4, margin=0.75, adaptive=True):
     """Shares and mean norms written out: A = sqrt(||x|| + 1) - 1, r per view = min(0.9 min A_anomalous, radius)."""
     inside = normal = beyond = anomalous = 0
-    sum_normal = sum_anomalous = 0.0
+    sum_normal = sum_anomalous = radius_sum = 0.0
     for x in views:
         a = torch.sqrt(x.double().norm(dim=-1) + 1) - 1
         r = min(0.9 * a[labels].min().item(), radius) if adaptive and labels.any() else radius
@@ -26,7 +26,8 @@ def _plain_phase(views, labels, radius=0.4, margin=0.75, adaptive=True):
         anomalous += int(labels.sum())
         sum_normal += a[~labels].sum().item()
         sum_anomalous += a[labels].sum().item()
-    return inside / normal, beyond / anomalous, sum_normal / normal, sum_anomalous / anomalous
+        radius_sum += r
+    return inside / normal, beyond / anomalous, sum_normal / normal, sum_anomalous / anomalous, radius_sum / len(views)
 
 
 def test_shares_against_plain_torch():
@@ -37,11 +38,12 @@ def test_shares_against_plain_torch():
     record = phase_record(phase_counts(views, labels, loss_fn), angle=[-2.0, 0.0], norm_views=[3.0, 1.0])
     for layer in range(2):
         expected = _plain_phase([views[0][layer], views[1][layer]], labels[layer])
-        got = [record[f"phase/{k}/layer_{layer}"] for k in ("normal_inside_r", "anomalous_beyond", "norm_normal", "norm_anomalous")]
+        got = [record[f"phase/{k}/layer_{layer}"] for k in ("normal_inside_r", "anomalous_beyond", "norm_normal", "norm_anomalous", "radius")]
         assert got == pytest.approx(expected, rel=1e-5)
     assert record["phase/norm_angle_ratio/layer_0"] == pytest.approx(1.5)
     assert record["phase/norm_angle_ratio/layer_1"] is None  # angle 0: no ratio
     assert 0 < record["phase/normal_inside_r/layer_0"] and record["phase/normal_inside_r/layer_1"] < 1  # not vacuous
+    assert record["phase/radius/layer_0"] < 0.4  # the adaptive cap bit (layer 0's norms are small)
 
 
 def test_progress_summary_and_layer_values():
@@ -88,7 +90,7 @@ def test_loop_logs_the_phase_of_the_batch_it_trained_on(realiad_root, tmp_path):
             if not labels[layer].any() or labels[layer].all():
                 continue
             expected = _plain_phase([f1[layer], f2[layer]], labels[layer])
-            got = [record[f"phase/{k}/layer_{layer}"] for k in ("normal_inside_r", "anomalous_beyond", "norm_normal", "norm_anomalous")]
+            got = [record[f"phase/{k}/layer_{layer}"] for k in ("normal_inside_r", "anomalous_beyond", "norm_normal", "norm_anomalous", "radius")]
             assert got == pytest.approx(expected, rel=1e-4)
             assert record[f"phase/norm_angle_ratio/layer_{layer}"] == pytest.approx(
                 record[f"norm/layer_{layer}"] * 2 / abs(record[f"angle/layer_{layer}"]), rel=1e-4)

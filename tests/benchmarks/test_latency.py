@@ -1,0 +1,31 @@
+"""benchmarks/latency.py runs end to end on a tiny preset (the benchmarks call the package's public
+API, which moves; this run is what notices when a rename breaks them)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "latency.py"
+
+
+def test_latency_table_on_tiny_preset(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    spec = importlib.util.spec_from_file_location("latency", SCRIPT)
+    latency = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(latency)
+    monkeypatch.setattr(sys, "argv", [
+        "latency.py", "--preset", "tiny-clip", "--image-size", "64", "--backbone-weights", "random", "--train-images", "2",
+        "--batch-sizes", "1", "--threads", "1", "--repeats", "1", "--warmup", "0", "--runtimes", "eager",
+        "--features", "pretrained", "--methods", "patchcore",
+    ])
+    latency.main()
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| pretrained | patchcore | 1 | 1 |")]
+    assert len(rows) == 3, out  # the stage table, the residual-rate row and the search-rate row
+    stage_cells = [float(c) for c in rows[0].strip("|").split("|")[4:11]]
+    backbone, residual, projector, search, rest, score, piped = stage_cells
+    assert min(backbone, residual, projector, score, piped) > 0
+    assert backbone + residual + projector + search <= score + 0.2  # parts of one score call (cells rounded to 0.1 ms)
+    assert "| search | 64x12x96 |" in rows[2]  # 64 queries (8x8 grid) against the fitted bank
