@@ -102,6 +102,27 @@ def test_greedy_coreset_matches_a_loop_and_coreset_indices_are_seeded():
         release_coreset_indices(bank[:5])
 
 
+@pytest.mark.parametrize("offset", [0.0, 1e3])
+def test_nn_search_is_exact_where_float32_cannot_rank(offset, monkeypatch):
+    """Rows far from the origin (norms ~1e3 x the gaps) with near-duplicates: the float32 expansion
+    cannot rank them, so the screen must hand those queries to the float64 search; the result is
+    the float64 brute force's, rows and distances, with ties going to the lowest row."""
+    g = torch.Generator().manual_seed(5)
+    bank = torch.randn(300, 64, generator=g) * 0.01 + offset
+    bank[7] = bank[250]  # an exact duplicate
+    queries = torch.cat([bank[:40] + torch.randn(40, 64, generator=g) * 1e-3, torch.randn(200, 64, generator=g) * 0.01 + offset,
+                         bank[250:251].clone()])  # the last query sits on rows 7 and 250: the tie goes to row 7
+    fallbacks = []
+    original = torch.cdist
+    monkeypatch.setattr(torch, "cdist", lambda a, *args, **kw: fallbacks.append(a.shape[0]) or original(a, *args, **kw))
+    dist, index = release_nn_squared_distances(queries, bank)
+    full = ((queries[:, None, :].double() - bank[None].double()) ** 2).sum(-1)
+    assert index.tolist() == full.argmin(dim=1).tolist()
+    assert index[-1].item() == 7 and dist[-1].item() == 0.0
+    torch.testing.assert_close(dist.double(), full.min(dim=1).values, rtol=1e-6, atol=0)
+    assert (sum(fallbacks) > 0) == (offset > 0)  # only the cancelling case needs the whole-bank float64 search
+
+
 def test_nn_squared_distances_and_patchcore_scores():
     queries, bank = rand(37, 6), rand(11, 6, seed=1)
     dist, index = release_nn_squared_distances(queries, bank)
