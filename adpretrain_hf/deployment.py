@@ -31,7 +31,7 @@ from .modeling.configuration_detector_adpretrain import ADPretrainDetectorConfig
 from .modeling.image_processing_adpretrain import ADPretrainImageProcessor, processor_for
 from .modeling.modeling_adpretrain import ADPretrainModel
 from .modeling.modeling_detector_adpretrain import REFERENCE_BANK_PREFIX, ADPretrainDetectorModel
-from .modeling.pipeline_anomaly_features import load_rgb
+from .modeling.image_io_adpretrain import read_image
 
 __all__ = ["calibrate", "detector_to_model", "fit_detector", "load_pixel_values", "predict_maps"]
 
@@ -51,7 +51,7 @@ def load_pixel_values(images: Images, processor: ADPretrainImageProcessor, what:
     items = list(images) if isinstance(images, (list, tuple)) else [images]
     if len(items) == 0:
         raise ValueError(f"no {what} given: the list is empty")
-    rgb = [load_rgb(item, what[:-1] if what.endswith("s") else what) for item in items]
+    rgb = [read_image(item, what[:-1] if what.endswith("s") else what) for item in items]
     return processor(rgb, return_tensors="pt")["pixel_values"].float()
 
 

@@ -52,14 +52,9 @@ ImageLike = Union[Image.Image, str, os.PathLike, np.ndarray]
 
 
 # -- inputs -------------------------------------------------------------------------------
-def load_rgb(image: Any, what: str = "image") -> Image.Image:
-    """One input (PIL image, path, numpy ``[H, W]`` / ``[H, W, 1|3|4]``) -> RGB PIL (the shared reader)."""
-    return read_image(image, what)
-
-
 def read_for_model(image: ImageLike, what: str, smallest_stride: int) -> Image.Image:
     """The shared reader, plus: an image smaller than the backbone's smallest stride (pixels) carries nothing to score."""
-    rgb = load_rgb(image, what)
+    rgb = read_image(image, what)
     if min(rgb.width, rgb.height) < smallest_stride:
         raise ValueError(
             f"{what} is {rgb.width}x{rgb.height} pixels, smaller than one token of the backbone "

@@ -143,11 +143,13 @@ def output_stem(path: Path, root: Path) -> Path:
     return relative.with_name(f"{relative.stem}_{suffix}" if suffix else relative.stem)
 
 
-def output_file(path: Path, root: Path, extension: str) -> Path:
-    """:func:`output_stem` plus ``extension`` (e.g. ``".npy"``). Appended, never ``with_suffix``:
-    a stem that keeps dots (``x.v1_png``) would lose its last part and collide with ``x.v2_png``."""
-    stem = output_stem(path, root)
-    return stem.with_name(stem.name + extension)
+def output_path(folder: Path, stem: Path, extension: str) -> Path:
+    """``folder`` / an output stem (:func:`output_names`) plus ``extension`` (e.g. ``".npy"``), its folder
+    created. Appended, never ``with_suffix``: a stem that keeps dots (``x.v1_png``) would lose its last
+    part and collide with ``x.v2_png``."""
+    path = folder / stem.with_name(stem.name + extension)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 @dataclass

@@ -251,7 +251,7 @@ class GLASS(SelectsLayerPositions, TrainedDetector):
             return super().fit(normal_images)
         if self.synthesizer is None:
             raise ValueError("image_synthesis=True needs synthesizer=<images -> (anomalous images, masks)>, e.g. DTD texture pasting")
-        batches = list(self._validated(normal_images))  # iterated twice: normal and synthetic
+        batches = list(self._batches(normal_images))  # iterated twice: normal and synthetic
         embedded, masks = [], []
         with torch.no_grad():
             for batch in batches:

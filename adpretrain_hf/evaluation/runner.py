@@ -19,10 +19,11 @@ from typing import Any, Optional, Union
 import torch
 from tqdm.auto import tqdm
 
+from ..detectors import TRAINED_METHODS
 from ..extractor import REFERENCE_KINDS, ModelFeatureExtractor
 from ..metrics.names import METRIC_DEFINITIONS
 from .bootstrap import category_seed, draw_indices, paired_intervals, weights_from_indices
-from .cell import PredictionHook, is_trained, run_cell
+from .cell import PredictionHook, run_cell
 from .config import EvaluationConfig, make_config
 from .image_feature_cache import DirectSource, FeatureCache
 from .identity import IDENTITY_KEY, model_identity
@@ -256,6 +257,6 @@ def _notes(config: EvaluationConfig, layout: str) -> list[str]:
     if config.noise_ratio > 0:
         notes.append(f"noise: int({config.noise_ratio:g} x normal training images) anomalous test images added to training "
                      "(SoftPatch overlap: also kept in test)")
-    if config.quick and any(is_trained(m) for m in config.methods):
+    if config.quick and any(m in TRAINED_METHODS for m in config.methods):
         notes.append("quick=True: trained methods ran a few epochs only; these numbers are smoke-test numbers, not results")
     return notes
