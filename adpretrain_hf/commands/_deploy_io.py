@@ -29,7 +29,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, TextIO
+from typing import Any, Iterable, Iterator, Optional, Sequence, TextIO
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 NORMAL_FOLDER = "good"
@@ -239,6 +239,14 @@ def atomic_file(path: Path, newline: Optional[str] = "") -> Iterator[TextIO]:
             temp.unlink()
 
 
+def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """``columns`` then ``rows`` as a CSV at ``path``, written through :func:`atomic_file`."""
+    with atomic_file(path) as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        writer.writerows(rows)
+
+
 ERRORS_CSV = "errors.csv"
 ERRORS_COLUMNS = ("path", "error")
 
@@ -259,10 +267,7 @@ class BatchErrors:
         """Write ``out/errors.csv`` (atomically) and print the count, when anything was skipped."""
         if not self.rows:
             return
-        with atomic_file(out / ERRORS_CSV) as handle:
-            writer = csv.writer(handle)
-            writer.writerow(ERRORS_COLUMNS)
-            writer.writerows(self.rows)
+        write_csv(out / ERRORS_CSV, ERRORS_COLUMNS, self.rows)
         print(f"{len(self.rows)} of {total + len(self.rows)} images could not be read and were skipped: {out / ERRORS_CSV}")
 
     def exit_code(self, strict: bool) -> int:

@@ -39,7 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import csv
     from pathlib import Path
 
     import numpy as np
@@ -49,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     from adpretrain_hf.cli import CommandError
     from adpretrain_hf.commands._deploy_io import (
-        BatchErrors, atomic_file, gather_images, output_names, output_path, readable, resolve_device, score_in_chunks,
+        BatchErrors, gather_images, output_names, output_path, readable, resolve_device, score_in_chunks, write_csv,
     )
     from adpretrain_hf.modeling.tasks_adpretrain import ANOMALY_FEATURES_TASK
 
@@ -79,10 +78,7 @@ def run(args: argparse.Namespace) -> int:
     low, high = min(float(m.min()) for m in maps), max(float(m.max()) for m in maps)
     for (path, _), amap in zip(results, maps):
         Image.fromarray(((amap - low) / max(high - low, 1e-12) * 255).astype(np.uint8)).save(output_path(out / "maps", names[path], ".png"))
-    with atomic_file(out / "scores.csv") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "score"])
-        writer.writerows([str(path), f"{float(result['score']):.6f}"] for path, result in results)
+    write_csv(out / "scores.csv", ["path", "score"], ([str(path), f"{float(result['score']):.6f}"] for path, result in results))
     errors.report(out, len(results))
     print(f"{len(results)} images scored: {out / 'scores.csv'}, maps in {out / 'maps'}")
     return errors.exit_code(args.strict)

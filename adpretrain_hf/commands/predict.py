@@ -54,7 +54,6 @@ def _csv_value(value) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import csv
     import math
     import tempfile
     from pathlib import Path
@@ -66,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     from adpretrain_hf.cli import CommandError
     from adpretrain_hf.commands._deploy_io import (
-        BatchErrors, atomic_file, gather_images, output_names, output_path, resolve_device, score_in_chunks,
+        BatchErrors, gather_images, output_names, output_path, resolve_device, score_in_chunks, write_csv,
     )
     from adpretrain_hf.modeling.image_io_adpretrain import read_image
     from adpretrain_hf.modeling.tasks_adpretrain import ANOMALY_DETECTION_TASK
@@ -106,10 +105,7 @@ def run(args: argparse.Namespace) -> int:
         if not rows:
             errors.report(out, 0)
             raise CommandError(f"none of the {len(images)} images could be read", "see the warnings above and errors.csv")
-        with atomic_file(out / CSV_NAME) as handle:
-            writer = csv.writer(handle)
-            writer.writerow(CSV_COLUMNS)
-            writer.writerows(rows)
+        write_csv(out / CSV_NAME, CSV_COLUMNS, rows)
         if not args.no_overlays:
             pixel_threshold = detect.model.config.pixel_threshold  # --threshold sets the image threshold only
             for path in tqdm(list(decisions), desc="overlays", unit="img", disable=args.no_progress):

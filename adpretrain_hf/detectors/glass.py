@@ -197,13 +197,9 @@ class GLASSModule(NetworkModule):
     method = "glass"
     config_class = GLASSConfig
 
-    def grid_and_dim(self) -> tuple[tuple[int, int], int]:
-        _, h, w = self.layer_shapes[0]
-        return (h, w), self.config.embed_dim or sum(c for c, _, _ in self.layer_shapes)
-
     def build_net(self) -> nn.Module:
-        grid, dim = self.grid_and_dim()
-        return GLASSModel(dim, grid, self.config)
+        _, h, w = self.layer_shapes[0]  # the first layer's grid
+        return GLASSModel(self.config.embed_dim or sum(c for c, _, _ in self.layer_shapes), (h, w), self.config)
 
     def embed(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """Layers ``[B, C_l, h_l, w_l]`` -> the discriminator's input map ``[B, D, h_0, w_0]``."""

@@ -162,7 +162,7 @@ class TrainedDetector(Detector):
         acc = self.accelerator
         with seeded(self.config.seed, acc.device):
             train, val = split_validation(features, self.config.validation_fraction)
-            model = self._build_model()
+            model = self.module_class(config=self.config, layer_shapes=self.layer_shapes, sigma=self.sigma).net  # its network
             # prepare() places the model (in place) and wraps the optimisers for mixed precision;
             # we keep the plain module: the detectors call its submodules directly.
             prepared = acc.prepare(model, *self._make_optimizers(model))
@@ -289,10 +289,6 @@ class TrainedDetector(Detector):
 
     def _after_training(self, train: list[torch.Tensor]) -> None:
         """Hook: fit-time constants computed with the trained model (CFLOW's normaliser)."""
-
-    def _build_model(self) -> nn.Module:
-        """The network for ``self.layer_shapes`` and ``self.config`` (the module class builds it)."""
-        return self.module_class(config=self.config, layer_shapes=self.layer_shapes, sigma=self.sigma).net
 
     @abstractmethod
     def _make_optimizers(self, model: nn.Module) -> list[torch.optim.Optimizer]:
