@@ -65,13 +65,9 @@ def evaluate_model(
     return run_evaluation(model_or_path, make_config(config, **overrides), prediction_hook)
 
 
-def load_model(model_or_path: Any, config: EvaluationConfig) -> Any:
-    """The model in eval mode on ``config.device`` / ``config.dtype``."""
-    return load_model_with_identity(model_or_path, config)[0]
-
-
-def load_model_with_identity(model_or_path: Any, config: EvaluationConfig) -> tuple[Any, dict[str, Any]]:
-    """:func:`load_model` and the model's :func:`~.identity.model_identity`, taken before any dtype cast."""
+def load_model(model_or_path: Any, config: EvaluationConfig) -> tuple[Any, dict[str, Any]]:
+    """The model in eval mode on ``config.device`` / ``config.dtype``, and its :func:`~.identity.model_identity`
+    (taken before any dtype cast)."""
     from ..modeling import ADPretrainModel
 
     if isinstance(model_or_path, ADPretrainModel):
@@ -98,7 +94,7 @@ def run_evaluation(
     if config.effective_strategy != config.reference_strategy:
         warnings.warn(f"reference_seeds={config.reference_seeds} with strategy 'first' would repeat one set: "
                       "drawing the reference sets at random instead", stacklevel=2)
-    model, identity = load_model_with_identity(model_or_path, config)
+    model, identity = load_model(model_or_path, config)
     processor = processor_for(model)  # the one saved with the checkpoint, else the config's
     splits = load_splits(config)
     out = Path(config.output_dir) if config.output_dir is not None else None
