@@ -26,7 +26,7 @@ import difflib
 import inspect
 import math
 import sys
-from typing import Any, ClassVar, Optional, Sequence
+from typing import Any, ClassVar, Iterable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -39,6 +39,8 @@ __all__ = [
     "DetectorModule",
     "build_detector_module",
     "check_finite",
+    "check_options",
+    "constructor_options",
     "closest_name_hint",
     "detector_module_class",
     "register_detector_module",
@@ -85,9 +87,27 @@ def build_detector_module(
 ) -> "DetectorModule":
     """A method's module from its saved settings, with zero buffers of ``shapes`` (to be loaded), in eval mode."""
     cls = detector_module_class(method)
-    module = cls(**cls.checked_settings(settings))
+    check_options(method, settings, constructor_options(cls))
+    module = cls(**settings)
     module.allocate(shapes or {}, dtypes or {})
     return module.eval()
+
+
+def constructor_options(cls: type, skip: Sequence[str] = ("self",)) -> list[str]:
+    """The named options of ``cls``'s constructors (its own and its bases'), sorted."""
+    names = set()
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            names.update(p.name for p in inspect.signature(klass.__init__).parameters.values()
+                         if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in skip)
+    return sorted(names)
+
+
+def check_options(method: str, given: Iterable[str], valid: Sequence[str]) -> None:
+    """A one-line error for the first of ``given`` that is not in ``valid``, naming the closest valid one."""
+    for key in given:
+        if key not in valid:
+            raise ValueError(f"unknown {method} option {key!r}{closest_name_hint(key, valid)}: valid options are {valid}")
 
 
 def check_finite(tensor: torch.Tensor, what: str, fix: str) -> None:
@@ -121,25 +141,6 @@ class DetectorModule(nn.Module):
     def settings(self) -> dict[str, Any]:
         """JSON-able constructor keywords that rebuild this module (with ``allocate`` + its buffers)."""
         return {"sigma": self.sigma}
-
-    @classmethod
-    def option_names(cls) -> list[str]:
-        """Every keyword option of this class's constructors (its own and its bases')."""
-        names = []
-        for klass in cls.__mro__:
-            if "__init__" in vars(klass):
-                names += [p.name for p in inspect.signature(klass.__init__).parameters.values()
-                          if p.kind == p.KEYWORD_ONLY]
-        return sorted(set(names))
-
-    @classmethod
-    def checked_settings(cls, settings: dict) -> dict:
-        """``settings`` whose keys are all options of this class, else a one-line error."""
-        valid = cls.option_names()
-        for key in settings:
-            if key not in valid:
-                raise ValueError(f"unknown {cls.method} option {key!r}{closest_name_hint(key, valid)}: valid options are {valid}")
-        return dict(settings)
 
     # -- fitted state ------------------------------------------------------------------------
     def required_buffers(self) -> list[str]:

@@ -14,14 +14,14 @@ the deployed folder (``ADPretrainDetectorModel``) and the ONNX export share.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Iterable, Iterator, Optional, Protocol, Sequence, Union, runtime_checkable
+from typing import ClassVar, Iterable, Iterator, Optional, Protocol, Sequence, Union, runtime_checkable
 
 import torch
 from tqdm.auto import tqdm
 
 from ..modeling.anomaly_map_adpretrain import GAUSSIAN_SIGMA
 from ..modeling.detector_module_adpretrain import DetectorModule, check_finite
-from .layers import DefaultLayerPositions, check_layer_positions_argument, chosen_positions, resolve_layer_positions
+from .layers import check_layer_positions_argument, chosen_positions, resolve_layer_positions
 
 ImageBatches = Union[torch.Tensor, Iterable[torch.Tensor]]
 
@@ -77,6 +77,8 @@ class Detector(ABC):
     """
 
     name = "detector"
+    #: the published layer default: with ``layer_positions=None`` use the last this-many positions (``None``: all)
+    default_last_positions: ClassVar[Optional[int]] = None
 
     def __init__(
         self,
@@ -149,7 +151,7 @@ class Detector(ABC):
         return batches
 
 
-class FeatureMapDetector(DefaultLayerPositions, Detector):
+class FeatureMapDetector(Detector):
     """A ``Detector`` that validates images and feature maps and remembers the fitted layout.
 
     Args:
