@@ -131,7 +131,7 @@ def detector_to_model(detector: Detector, feature_source: Optional[str] = None) 
     detector_model.detector.load_state_dict(module.state_dict())
     for name, value in tensors.items():
         if name.startswith(REFERENCE_BANK_PREFIX):
-            detector_model.references.get(name).copy_(value)
+            getattr(detector_model.references, name).copy_(value)
     detector_model.detector.to(device)
     detector_model.references.to(device)
     detector_model.check_fitted()

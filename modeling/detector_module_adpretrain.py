@@ -37,6 +37,7 @@ from .dtypes_adpretrain import stored_dtype
 __all__ = [
     "DETECTOR_MODULES",
     "DetectorModule",
+    "allocate_buffers",
     "build_detector_module",
     "check_finite",
     "check_options",
@@ -89,8 +90,15 @@ def build_detector_module(
     cls = detector_module_class(method)
     check_options(method, settings, constructor_options(cls))
     module = cls(**settings)
-    module.allocate(shapes or {}, dtypes or {})
-    return module.eval()
+    return allocate_buffers(module, shapes or {}, dtypes or {}).eval()
+
+
+def allocate_buffers(module: nn.Module, shapes: dict, dtypes: dict) -> nn.Module:
+    """``module`` with zero persistent buffers of the saved shapes (and stored dtypes, float32 by default),
+    so ``load_state_dict`` / ``from_pretrained`` can fill them."""
+    for name, shape in shapes.items():
+        module.register_buffer(name, torch.zeros([int(d) for d in shape], dtype=stored_dtype(dtypes.get(name, "float32"))))
+    return module
 
 
 def constructor_options(cls: type, skip: Sequence[str] = ("self",)) -> list[str]:
@@ -153,11 +161,6 @@ class DetectorModule(nn.Module):
             if value is not None:
                 check_finite(value, f"the fitted {self.method} tensor {name!r}", "check the training features for NaN/inf")
             self.register_buffer(name, value)
-
-    def allocate(self, shapes: dict, dtypes: dict) -> None:
-        """Zero buffers of the saved shapes, so ``load_state_dict`` / ``from_pretrained`` can fill them."""
-        for name, shape in shapes.items():
-            self.register_buffer(name, torch.zeros([int(d) for d in shape], dtype=stored_dtype(dtypes.get(name, "float32"))))
 
     def fitted_tensors(self) -> dict[str, torch.Tensor]:
         """The fitted buffers by name (not a trained network's weights: those are its state dict)."""
