@@ -39,8 +39,7 @@ def resolve_layer_positions(
     if layer_positions is None:
         count = num_layers if default_last is None else min(default_last, num_layers)
         return list(range(num_layers - count, num_layers))
-    if isinstance(layer_positions, int) or len(layer_positions) == 0:
-        raise ValueError(f"layer_positions must be a non-empty sequence of positions (e.g. [0, 2]), got {layer_positions!r}")
+    check_layer_positions_argument(layer_positions)
     resolved = []
     for index in layer_positions:
         if not isinstance(index, int) or isinstance(index, bool):
