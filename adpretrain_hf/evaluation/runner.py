@@ -111,7 +111,9 @@ def run_evaluation(
         counts[category] = {"num_train": data.train_pixel_values.shape[0], "num_test": data.test_pixel_values.shape[0]}
         picked = pick_overlay_indices(data.test_labels.tolist(), config.num_overlays) if out is not None else []
         source = feature_source(config)
-        _admit(source, data)
+        if isinstance(source, FeatureCache):  # only the category's own images are worth storing (not augmentations)
+            source.admit(data.train_pixel_values)
+            source.admit(data.test_pixel_values)
         try:
             category_runs, references[category], kept = _run_category(model, data, k, config, prediction_hook, picked, source)
         finally:
@@ -165,13 +167,6 @@ def feature_source(config: EvaluationConfig) -> Any:
     if not config.feature_cache:
         return DirectSource()
     return FeatureCache(config.feature_cache_mb, config.feature_cache_dir, kinds=config.feature_kinds)
-
-
-def _admit(source: Any, data: CategoryData) -> None:
-    """Only the category's own images are worth storing (not a detector's augmentations)."""
-    if isinstance(source, FeatureCache):
-        source.admit(data.train_pixel_values)
-        source.admit(data.test_pixel_values)
 
 
 def _run_category(
