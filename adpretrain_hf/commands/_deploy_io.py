@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence, TextIO
 
+from adpretrain_hf.cli import CommandError  # light: argparse only
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 NORMAL_FOLDER = "good"
 MASK_FOLDER = "ground_truth"
@@ -41,12 +43,6 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 """``org/name``: the only form read as a Hub id (a bare word or a deeper path is a local path)."""
 DEVICE_NAME = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 CLASH_HASH_CHARS = 8  # hex digits of the input path's sha1 appended to names that clash case-insensitively
-
-
-def _error(message: str, hint: str) -> Exception:
-    from adpretrain_hf.cli import CommandError
-
-    return CommandError(message, hint)
 
 
 def _is_image(path: Path) -> bool:
@@ -97,7 +93,7 @@ def find_images(spec: str, option: str, skip: tuple[str, ...] = ()) -> tuple[Pat
     try:
         files = images_of(spec, skip)
     except ValueError as err:
-        raise _error(f"--{option}: {err}", f"check --{option}") from None
+        raise CommandError(f"--{option}: {err}", f"check --{option}") from None
     return gather_images([files])
 
 
@@ -290,7 +286,7 @@ def readable(images: Sequence[Path], errors: BatchErrors, what: str, progress: b
         else:
             kept.append(path)
     if not kept:
-        raise _error(f"none of the {len(images)} {what} images could be read", f"see the warnings above and {ERRORS_CSV}")
+        raise CommandError(f"none of the {len(images)} {what} images could be read", f"see the warnings above and {ERRORS_CSV}")
     return kept
 
 
@@ -330,5 +326,5 @@ def resolve_device(name: str) -> str:
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0 or (device.index is not None and device.index >= count):
-            raise _error(f"--device {name}: this machine has {count} visible CUDA device(s)", "use --device auto or cpu")
+            raise CommandError(f"--device {name}: this machine has {count} visible CUDA device(s)", "use --device auto or cpu")
     return name
