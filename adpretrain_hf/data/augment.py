@@ -160,11 +160,6 @@ def open_image(value: object) -> Image.Image:
     )
 
 
-def binarise_mask(mask: Image.Image) -> Image.Image:
-    """An ``L`` mask with :data:`MASK_ON` where the one mask rule (nonzero = defect) says so, 0 elsewhere."""
-    return Image.fromarray(np.where(read_mask(mask), MASK_ON, 0).astype(np.uint8), "L")
-
-
 def load_image_and_mask(example: Mapping[str, object]) -> tuple[Image.Image, Image.Image]:
     """``(RGB image, L mask of 0/255)`` for one dataset row; an all-zero mask when ``mask`` is None.
 
@@ -176,7 +171,8 @@ def load_image_and_mask(example: Mapping[str, object]) -> tuple[Image.Image, Ima
     image = pil_to_rgb(open_image(example["image"]))
     if example.get("mask") is None:
         return image, Image.new("L", image.size, 0)
-    mask = binarise_mask(open_image(example["mask"]))
+    # an L mask with MASK_ON where the one mask rule (nonzero = defect) says so, 0 elsewhere
+    mask = Image.fromarray(np.where(read_mask(open_image(example["mask"])), MASK_ON, 0).astype(np.uint8), "L")
     if mask.size != image.size:
         raise ValueError(
             f"mask size {mask.size} differs from image size {image.size} for sample "

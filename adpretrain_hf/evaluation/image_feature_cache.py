@@ -105,9 +105,6 @@ class FeatureCache:
             self._admitted = set()
         self._admitted.update(batch_keys(pixel_values))
 
-    def _storable(self, image_key: str) -> bool:
-        return self._admitted is None or image_key in self._admitted
-
     # -- lookup -----------------------------------------------------------------------
     @staticmethod
     def _key(kind: str, image_key: str, bank_key: Optional[str]) -> Optional[str]:
@@ -189,7 +186,7 @@ class FeatureCache:
             entries: dict[str, list[torch.Tensor]] = {}
             for j, i in enumerate(rows):
                 out[i] = [layer[j] for layer in result.get(kind)]
-                if not self._storable(hashes[i]):
+                if self._admitted is not None and hashes[i] not in self._admitted:  # not admitted: not stored
                     continue
                 backbone_key = self._key("backbone", hashes[i], None)
                 if not cached and backbone_key is not None:
