@@ -59,12 +59,7 @@ def __dir__() -> list[str]:
 CONSOLE_PROGRAMS = ("adpretrain", "adpretrain.exe", "-m")
 
 
-def started_as_console_script() -> bool:
-    """True when the running program is the ``adpretrain`` console script (or ``python -m``)."""
-    return bool(sys.argv) and os.path.basename(sys.argv[0]) in CONSOLE_PROGRAMS
-
-
-if not started_as_console_script():
+if not (sys.argv and os.path.basename(sys.argv[0]) in CONSOLE_PROGRAMS):  # not the console script
     register()
 
 __all__ = [*_LAZY_NAMES, "register", "__version__"]

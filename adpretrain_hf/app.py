@@ -16,7 +16,6 @@ its anomaly map ``[H, W]`` float32 at the image's own size.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import tempfile
@@ -26,7 +25,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from adpretrain_hf.commands._deploy_io import IMAGE_SUFFIXES  # the CLI's readable images (no torch at import)
+from adpretrain_hf.commands._deploy_io import IMAGE_SUFFIXES, write_csv  # the CLI's readable images (no torch at import)
 
 BATCH_SIZE = 8  # images per pipeline call in the folder tab
 SLIDER_STEPS = 200  # slider resolution across its range
@@ -150,10 +149,7 @@ class Inspector:
     def write_csv(self, rows: Sequence[Scored], threshold: Optional[float], folder: str) -> str:
         """``predictions.csv`` of ``table`` in ``folder``; returns its path."""
         path = os.path.join(folder, "predictions.csv")
-        with open(path, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(CSV_COLUMNS)
-            writer.writerows([["" if v is None else v for v in row] for row in self.table(rows, threshold)])
+        write_csv(Path(path), CSV_COLUMNS, [["" if v is None else v for v in row] for row in self.table(rows, threshold)])
         return path
 
 

@@ -43,11 +43,6 @@ class CommandError(Exception):
         self.hint = hint
 
 
-def _command_modules() -> dict[str, object]:
-    """Subcommand name -> its module (light: parsers only; heavy imports wait inside ``run``)."""
-    return {name: importlib.import_module(f"adpretrain_hf.commands.{module}") for name, module in COMMANDS.items()}
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="adpretrain",
@@ -55,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=SettingsParser)
-    for name, module in _command_modules().items():
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(f"adpretrain_hf.commands.{module_name}")  # light: heavy imports wait in run
         formatter = getattr(module, "FORMATTER", argparse.HelpFormatter)
         cmd = sub.add_parser(name, help=module.HELP, description=module.HELP, formatter_class=formatter)
         module.add_arguments(cmd)

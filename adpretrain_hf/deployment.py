@@ -31,7 +31,7 @@ from .modeling.configuration_detector_adpretrain import ADPretrainDetectorConfig
 from .modeling.image_processing_adpretrain import ADPretrainImageProcessor, processor_for
 from .modeling.modeling_adpretrain import ADPretrainModel
 from .modeling.modeling_detector_adpretrain import REFERENCE_BANK_PREFIX, ADPretrainDetectorModel
-from .modeling.pipeline_anomaly_features import load_rgb
+from .modeling.image_io_adpretrain import read_image
 
 __all__ = ["calibrate", "detector_to_model", "fit_detector", "load_pixel_values", "predict_maps"]
 
@@ -51,7 +51,7 @@ def load_pixel_values(images: Images, processor: ADPretrainImageProcessor, what:
     items = list(images) if isinstance(images, (list, tuple)) else [images]
     if len(items) == 0:
         raise ValueError(f"no {what} given: the list is empty")
-    rgb = [load_rgb(item, what[:-1] if what.endswith("s") else what) for item in items]
+    rgb = [read_image(item, what[:-1] if what.endswith("s") else what) for item in items]
     return processor(rgb, return_tensors="pt")["pixel_values"].float()
 
 
@@ -131,7 +131,7 @@ def detector_to_model(detector: Detector, feature_source: Optional[str] = None) 
     detector_model.detector.load_state_dict(module.state_dict())
     for name, value in tensors.items():
         if name.startswith(REFERENCE_BANK_PREFIX):
-            detector_model.references.get(name).copy_(value)
+            getattr(detector_model.references, name).copy_(value)
     detector_model.detector.to(device)
     detector_model.references.to(device)
     detector_model.check_fitted()

@@ -57,10 +57,15 @@ def load_results(files: Sequence[str | Path]) -> dict[str, Any]:
     """
     merged: dict[str, Any] = {}
     for file in files:
-        for category, methods in _read_results_file(file).get("results", {}).items():
-            for method, kinds in methods.items():
-                merged.setdefault(category, {}).setdefault(method, {}).update(kinds)
+        _merge_results(merged, _read_results_file(file).get("results", {}))
     return merged
+
+
+def _merge_results(merged: dict[str, Any], results: dict[str, Any]) -> None:
+    """Add ``{category: {method: {features: ...}}}`` into ``merged``; a later entry replaces an earlier one."""
+    for category, methods in results.items():
+        for method, kinds in methods.items():
+            merged.setdefault(category, {}).setdefault(method, {}).update(kinds)
 
 
 def load_intervals(files: Sequence[str | Path]) -> Optional[dict[str, Any]]:
@@ -75,9 +80,7 @@ def load_intervals(files: Sequence[str | Path]) -> Optional[dict[str, Any]]:
             continue
         if merged is None:
             merged = {**block, "results": {}}
-        for category, methods in block.get("results", {}).items():
-            for method, kinds in methods.items():
-                merged["results"].setdefault(category, {}).setdefault(method, {}).update(kinds)
+        _merge_results(merged["results"], block.get("results", {}))
     return merged
 
 

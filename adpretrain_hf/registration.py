@@ -29,12 +29,7 @@ AutoImageProcessor.register(ADPretrainConfig, image_processor_classes={"pil": AD
 AutoConfig.register(ADPretrainDetectorConfig.model_type, ADPretrainDetectorConfig, exist_ok=True)
 AutoModel.register(ADPretrainDetectorConfig, ADPretrainDetectorModel, exist_ok=True)
 
-
-def register_pipelines() -> None:
-    """Make ``pipeline("anomaly-features" | "anomaly-detection", ...)`` resolve to the package's
-    classes; a folder's ``custom_pipelines`` is then dropped at load (no trust_remote_code needed)."""
-    for task, pipeline_class in ((ANOMALY_FEATURES_TASK, AnomalyFeaturesPipeline), (ANOMALY_DETECTION_TASK, AnomalyDetectionPipeline)):
-        PIPELINE_REGISTRY.register_pipeline(task, pipeline_class=pipeline_class, pt_model=AutoModel, type="image")
-
-
-register_pipelines()
+# pipeline("anomaly-features" | "anomaly-detection", ...) resolve to the package's classes; a folder's
+# custom_pipelines is then dropped at load (no trust_remote_code needed)
+for task, pipeline_class in ((ANOMALY_FEATURES_TASK, AnomalyFeaturesPipeline), (ANOMALY_DETECTION_TASK, AnomalyDetectionPipeline)):
+    PIPELINE_REGISTRY.register_pipeline(task, pipeline_class=pipeline_class, pt_model=AutoModel, type="image")

@@ -75,7 +75,8 @@ class BackboneAdapter(nn.Module):
         raise NotImplementedError
 
     def grid_sizes(self, image_size: int) -> list[tuple[int, int]]:
-        raise NotImplementedError
+        """Token grid per tapped layer; default a ViT's (the same square grid at every block)."""
+        return square_patch_grids(image_size, self.patch_size, len(self.layers))
 
     def tap(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         raise NotImplementedError
@@ -134,9 +135,6 @@ class _HFViTAdapter(BackboneAdapter):
     @property
     def feature_dims(self) -> list[int]:
         return [self.model.config.hidden_size] * len(self.layers)
-
-    def grid_sizes(self, image_size: int) -> list[tuple[int, int]]:
-        return square_patch_grids(image_size, self.patch_size, len(self.layers))
 
     def tap(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         hidden = self.model(pixel_values=pixel_values, output_hidden_states=True).hidden_states
@@ -236,9 +234,6 @@ class OpenCLIPAdapter(BackboneAdapter):
     @property
     def feature_dims(self) -> list[int]:
         return [self._width] * len(self.layers)
-
-    def grid_sizes(self, image_size: int) -> list[tuple[int, int]]:
-        return square_patch_grids(image_size, self.patch_size, len(self.layers))
 
     def tap(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         out = self.model.forward_intermediates(

@@ -26,7 +26,7 @@ import difflib
 import inspect
 import math
 import sys
-from typing import Any, ClassVar, Optional, Sequence
+from typing import Any, ClassVar, Iterable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -37,8 +37,11 @@ from .dtypes_adpretrain import stored_dtype
 __all__ = [
     "DETECTOR_MODULES",
     "DetectorModule",
+    "allocate_buffers",
     "build_detector_module",
     "check_finite",
+    "check_options",
+    "constructor_options",
     "closest_name_hint",
     "detector_module_class",
     "register_detector_module",
@@ -85,9 +88,34 @@ def build_detector_module(
 ) -> "DetectorModule":
     """A method's module from its saved settings, with zero buffers of ``shapes`` (to be loaded), in eval mode."""
     cls = detector_module_class(method)
-    module = cls(**cls.checked_settings(settings))
-    module.allocate(shapes or {}, dtypes or {})
-    return module.eval()
+    check_options(method, settings, constructor_options(cls))
+    module = cls(**settings)
+    return allocate_buffers(module, shapes or {}, dtypes or {}).eval()
+
+
+def allocate_buffers(module: nn.Module, shapes: dict, dtypes: dict) -> nn.Module:
+    """``module`` with zero persistent buffers of the saved shapes (and stored dtypes, float32 by default),
+    so ``load_state_dict`` / ``from_pretrained`` can fill them."""
+    for name, shape in shapes.items():
+        module.register_buffer(name, torch.zeros([int(d) for d in shape], dtype=stored_dtype(dtypes.get(name, "float32"))))
+    return module
+
+
+def constructor_options(cls: type, skip: Sequence[str] = ("self",)) -> list[str]:
+    """The named options of ``cls``'s constructors (its own and its bases'), sorted."""
+    names = set()
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            names.update(p.name for p in inspect.signature(klass.__init__).parameters.values()
+                         if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in skip)
+    return sorted(names)
+
+
+def check_options(method: str, given: Iterable[str], valid: Sequence[str]) -> None:
+    """A one-line error for the first of ``given`` that is not in ``valid``, naming the closest valid one."""
+    for key in given:
+        if key not in valid:
+            raise ValueError(f"unknown {method} option {key!r}{closest_name_hint(key, valid)}: valid options are {valid}")
 
 
 def check_finite(tensor: torch.Tensor, what: str, fix: str) -> None:
@@ -122,25 +150,6 @@ class DetectorModule(nn.Module):
         """JSON-able constructor keywords that rebuild this module (with ``allocate`` + its buffers)."""
         return {"sigma": self.sigma}
 
-    @classmethod
-    def option_names(cls) -> list[str]:
-        """Every keyword option of this class's constructors (its own and its bases')."""
-        names = []
-        for klass in cls.__mro__:
-            if "__init__" in vars(klass):
-                names += [p.name for p in inspect.signature(klass.__init__).parameters.values()
-                          if p.kind == p.KEYWORD_ONLY]
-        return sorted(set(names))
-
-    @classmethod
-    def checked_settings(cls, settings: dict) -> dict:
-        """``settings`` whose keys are all options of this class, else a one-line error."""
-        valid = cls.option_names()
-        for key in settings:
-            if key not in valid:
-                raise ValueError(f"unknown {cls.method} option {key!r}{closest_name_hint(key, valid)}: valid options are {valid}")
-        return dict(settings)
-
     # -- fitted state ------------------------------------------------------------------------
     def required_buffers(self) -> list[str]:
         """Names of the fitted buffers scoring needs (all must be present and finite)."""
@@ -152,11 +161,6 @@ class DetectorModule(nn.Module):
             if value is not None:
                 check_finite(value, f"the fitted {self.method} tensor {name!r}", "check the training features for NaN/inf")
             self.register_buffer(name, value)
-
-    def allocate(self, shapes: dict, dtypes: dict) -> None:
-        """Zero buffers of the saved shapes, so ``load_state_dict`` / ``from_pretrained`` can fill them."""
-        for name, shape in shapes.items():
-            self.register_buffer(name, torch.zeros([int(d) for d in shape], dtype=stored_dtype(dtypes.get(name, "float32"))))
 
     def fitted_tensors(self) -> dict[str, torch.Tensor]:
         """The fitted buffers by name (not a trained network's weights: those are its state dict)."""

@@ -44,7 +44,7 @@ from .scoring_adpretrain import (
 
 __all__ = [
     "DEFAULT_VARIANT", "PADIM_MODES", "PATCHCORE_IMAGE_SCORES", "RELEASE_VARIANT", "FeatureNormFunctions",
-    "FeatureNormModule", "PaDiMFunctions", "PaDiMModule", "PatchCoreFunctions", "PatchCoreModule",
+    "FeatureNormModule", "PaDiMFunctions", "PaDiMModule", "PatchCoreFunctions", "PatchCoreModule", "VariantModule",
 ]
 
 PATCHCORE_IMAGE_SCORES = ("reweighted", "max", "map_max")  # Eq. 7 | largest raw NN distance | max of the map
@@ -59,14 +59,35 @@ def _positive_int(value: object, name: str, why: str) -> int:
     return value
 
 
-def _variant(variants: dict, name: str, method: str) -> object:
-    if name not in variants:
-        raise ValueError(f"unknown {method} variant {name!r}{closest_name_hint(name, variants)}: choose one of {sorted(variants)}")
-    return variants[name]
-
-
 def _l2_norm_grid(fmap: torch.Tensor) -> torch.Tensor:
     return fmap.float().norm(dim=1)
+
+
+class VariantModule(DetectorModule):
+    """A method whose maths is a row of ``VARIANTS`` (``self.functions``), chosen by ``variant``.
+
+    Saved settings: ``sigma``, the method's own (``method_settings``), then ``variant`` when not the
+    default; the map step is the row's ``anomaly_map``.
+    """
+
+    VARIANTS: ClassVar[dict] = {}
+
+    def __init__(self, *, variant: str = DEFAULT_VARIANT, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if variant not in self.VARIANTS:
+            raise ValueError(f"unknown {self.method} variant {variant!r}{closest_name_hint(variant, self.VARIANTS)}: "
+                             f"choose one of {sorted(self.VARIANTS)}")
+        self.functions, self.variant = self.VARIANTS[variant], variant
+
+    def method_settings(self) -> dict:
+        return {}
+
+    def settings(self) -> dict:
+        out = {**super().settings(), **self.method_settings()}
+        return out if self.variant == DEFAULT_VARIANT else {**out, "variant": self.variant}
+
+    def anomaly_map(self, grids: list[torch.Tensor], image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.functions.anomaly_map(grids, image_size, self.sigma)
 
 
 @dataclass(frozen=True)
@@ -79,7 +100,7 @@ class FeatureNormFunctions:
 
 
 @register_detector_module
-class FeatureNormModule(DetectorModule):
+class FeatureNormModule(VariantModule):
     """FeatureNorm: a score of each patch feature's L2 norm, per layer ``[B, h_l, w_l]`` (nothing fitted).
 
     Variants: ``"package"`` scores ``||e||`` (maps ``align_corners=False``); ``"release"`` scores
@@ -92,20 +113,8 @@ class FeatureNormModule(DetectorModule):
         RELEASE_VARIANT: FeatureNormFunctions(release_featurenorm_token_scores, release_level_mean_anomaly_map),
     }
 
-    def __init__(self, *, variant: str = DEFAULT_VARIANT, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.functions = _variant(self.VARIANTS, variant, self.method)
-        self.variant = variant
-
-    def settings(self) -> dict:
-        out = super().settings()
-        return out if self.variant == DEFAULT_VARIANT else {**out, "variant": self.variant}
-
     def score_grids(self, features: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], None]:
         return [self.functions.token_scores(fmap) for fmap in features], None
-
-    def anomaly_map(self, grids: list[torch.Tensor], image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.functions.anomaly_map(grids, image_size, self.sigma)
 
 
 def _package_search(queries: torch.Tensor, bank: torch.Tensor, backend: str, max_block_elements: int):
@@ -140,7 +149,7 @@ class PatchCoreFunctions:
 
 
 @register_detector_module
-class PatchCoreModule(DetectorModule):
+class PatchCoreModule(VariantModule):
     """PatchCore scoring: L2 distance of each locally aware patch embedding to its nearest
     memory-bank row (one grid on the largest layer grid) and the ``image_score`` rule.
 
@@ -164,12 +173,10 @@ class PatchCoreModule(DetectorModule):
     def __init__(
         self, *, embedding_dim: int = PATCHCORE_DIM, image_score: Optional[str] = None,
         num_neighbors: int = PATCHCORE_REWEIGHT_NEIGHBORS, backend: str = TRACEABLE_BACKEND,
-        max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS, variant: str = DEFAULT_VARIANT, **kwargs,
+        max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS, **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.embedding_dim = _positive_int(embedding_dim, "embedding_dim", "the most channels kept")
-        self.functions = _variant(self.VARIANTS, variant, self.method)
-        self.variant = variant
         image_score = self.functions.image_score if image_score is None else image_score
         if image_score not in PATCHCORE_IMAGE_SCORES:
             raise ValueError(f"unknown image_score {image_score!r}{closest_name_hint(image_score, PATCHCORE_IMAGE_SCORES)}: "
@@ -181,11 +188,9 @@ class PatchCoreModule(DetectorModule):
         self.backend = backend
         self.max_block_elements = _positive_int(max_block_elements, "max_block_elements", "a bound on a distance block")
 
-    def settings(self) -> dict:
+    def method_settings(self) -> dict:
         """Saved options (not ``backend`` / ``max_block_elements``: how to search, not what)."""
-        out = {**super().settings(), "embedding_dim": self.embedding_dim, "image_score": self.image_score_rule,
-               "num_neighbors": self.num_neighbors}
-        return out if self.variant == DEFAULT_VARIANT else {**out, "variant": self.variant}
+        return {"embedding_dim": self.embedding_dim, "image_score": self.image_score_rule, "num_neighbors": self.num_neighbors}
 
     def required_buffers(self) -> list[str]:
         return ["memory_bank"]
@@ -210,9 +215,6 @@ class PatchCoreModule(DetectorModule):
         )
         return grids, own
 
-    def anomaly_map(self, grids: list[torch.Tensor], image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.functions.anomaly_map(grids, image_size, self.sigma)
-
 
 @dataclass(frozen=True)
 class PaDiMFunctions:
@@ -228,7 +230,7 @@ class PaDiMFunctions:
 
 
 @register_detector_module
-class PaDiMModule(DetectorModule):
+class PaDiMModule(VariantModule):
     """PaDiM scoring: per group (a layer, or all layers concatenated) the Mahalanobis distance
     of each position's embedding to that position's Gaussian.
 
@@ -246,18 +248,15 @@ class PaDiMModule(DetectorModule):
                                         anomaly_map=release_level_mean_anomaly_map),
     }
 
-    def __init__(self, *, mode: str = "per_layer", variant: str = DEFAULT_VARIANT, **kwargs) -> None:
+    def __init__(self, *, mode: str = "per_layer", **kwargs) -> None:
         super().__init__(**kwargs)
         if mode not in PADIM_MODES:
             raise ValueError(f"unknown PaDiM mode {mode!r}{closest_name_hint(mode, PADIM_MODES)}: "
                              "choose 'per_layer' (release) or 'concatenated' (paper)")
         self.mode = mode
-        self.functions = _variant(self.VARIANTS, variant, self.method)
-        self.variant = variant
 
-    def settings(self) -> dict:
-        out = {**super().settings(), "mode": self.mode}
-        return out if self.variant == DEFAULT_VARIANT else {**out, "variant": self.variant}
+    def method_settings(self) -> dict:
+        return {"mode": self.mode}
 
     @property
     def num_groups(self) -> int:
@@ -286,6 +285,3 @@ class PaDiMModule(DetectorModule):
             dist = self.functions.distances(emb.reshape(-1, d, h * w), mean.float(), factor.float())
             grids.append(dist.reshape(-1, h, w))  # [B, h_g, w_g]
         return grids, None
-
-    def anomaly_map(self, grids: list[torch.Tensor], image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.functions.anomaly_map(grids, image_size, self.sigma)

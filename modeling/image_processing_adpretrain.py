@@ -86,11 +86,6 @@ class ADPretrainImageProcessor(PilBackend):
             image_std=list(config.image_std),
         )
 
-    @classmethod
-    def for_model(cls, model: Any) -> "ADPretrainImageProcessor":
-        """The processor that goes with ``model``: :func:`processor_for` (the saved one, else the config's)."""
-        return processor_for(model)
-
     @property
     def output_size(self) -> tuple[int, int]:
         crop = self.crop_size

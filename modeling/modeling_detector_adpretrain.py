@@ -44,8 +44,7 @@ from .calibration_adpretrain import normalize_scores
 from .checkpoint_io_adpretrain import add_structure_metadata, keep_saved_processor, save_folder
 from .checkpoint_io_adpretrain import _checkpoint_header as checkpoint_header
 from .configuration_detector_adpretrain import ADPretrainDetectorConfig
-from .detector_module_adpretrain import DetectorModule, build_detector_module, check_finite
-from .dtypes_adpretrain import stored_dtype
+from .detector_module_adpretrain import DetectorModule, allocate_buffers, build_detector_module, check_finite
 from .image_processing_adpretrain import hub_download_kwargs, processor_for
 from .matching_adpretrain import TRACEABLE_BACKEND
 from .modeling_adpretrain import ADPretrainModel, ADPretrainPreTrainedModel
@@ -53,19 +52,6 @@ from .outputs_adpretrain import AnomalyDetectionOutput
 from .tasks_adpretrain import ANOMALY_DETECTION_TASK, save_task_pipeline
 
 REFERENCE_BANK_PREFIX = "reference_bank_"  # + layer position: [M_l, C_l] backbone tokens of the references
-
-
-class FittedTensors(nn.Module):
-    """Tensors as persistent buffers, allocated from saved shapes (so ``from_pretrained`` can
-    build them before the weights are read): the residuals' reference banks."""
-
-    def __init__(self, shapes: dict, dtypes: dict) -> None:
-        super().__init__()
-        for name, shape in shapes.items():
-            self.register_buffer(name, torch.zeros(shape, dtype=stored_dtype(dtypes.get(name, "float32"))))
-
-    def get(self, name: str) -> Optional[torch.Tensor]:
-        return self._buffers.get(name)
 
 
 def structure_mismatch(saved: Optional[dict], config: ADPretrainDetectorConfig) -> Optional[str]:
@@ -107,7 +93,7 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
             )
         except KeyError as err:
             raise ImportError(err.args[0]) from None
-        self.references = FittedTensors(banks, config.fitted_dtypes)
+        self.references = allocate_buffers(nn.Module(), banks, config.fitted_dtypes)  # allocated before the weights are read
         if adpretrain_model is None:
             self.adpretrain = ADPretrainModel(config.nested_adpretrain_config())
             self.post_init()
@@ -144,7 +130,7 @@ class ADPretrainDetectorModel(ADPretrainPreTrainedModel):
         positions = self.layer_positions
         features = [tokens[position] for position in positions]  # [B, N_l, C_l] each
         if self.config.feature_kind == "pretrained":
-            banks = [self.references.get(f"{REFERENCE_BANK_PREFIX}{position}") for position in positions]
+            banks = [getattr(self.references, f"{REFERENCE_BANK_PREFIX}{position}", None) for position in positions]
             if model.config.needs_references:
                 missing = [position for position, bank in zip(positions, banks) if bank is None]
                 if missing:

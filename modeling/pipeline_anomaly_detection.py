@@ -59,11 +59,6 @@ def _detector_processor(model: Any) -> ADPretrainImageProcessor:
     return processor_for(model, warn_missing=False)
 
 
-def _resolve_dtype(dtype: Any) -> Optional[torch.dtype]:
-    """None/"auto" -> float32 (the calibration's precision); else a torch dtype or a name of ``DTYPES``."""
-    return torch.float32 if dtype is None or dtype == "auto" else dtype_from_name(dtype)
-
-
 def _threshold(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{name}={value!r} must be a finite number (a raw {'score' if name == 'threshold' else 'map value'})")
@@ -91,7 +86,8 @@ class AnomalyDetectionPipeline(Pipeline):
         elif isinstance(image_processor, (str, os.PathLike)):
             image_processor = ADPretrainImageProcessor.from_pretrained(image_processor)
         super().__init__(model, image_processor=image_processor, **kwargs)
-        target = _resolve_dtype(dtype)
+        # None/"auto": float32 (the calibration's precision); else a torch dtype or a name of DTYPES
+        target = torch.float32 if dtype is None or dtype == "auto" else dtype_from_name(dtype)
         if target != self.model.dtype:
             self.model.to(target)
 

@@ -52,14 +52,9 @@ ImageLike = Union[Image.Image, str, os.PathLike, np.ndarray]
 
 
 # -- inputs -------------------------------------------------------------------------------
-def load_rgb(image: Any, what: str = "image") -> Image.Image:
-    """One input (PIL image, path, numpy ``[H, W]`` / ``[H, W, 1|3|4]``) -> RGB PIL (the shared reader)."""
-    return read_image(image, what)
-
-
 def read_for_model(image: ImageLike, what: str, smallest_stride: int) -> Image.Image:
     """The shared reader, plus: an image smaller than the backbone's smallest stride (pixels) carries nothing to score."""
-    rgb = load_rgb(image, what)
+    rgb = read_image(image, what)
     if min(rgb.width, rgb.height) < smallest_stride:
         raise ValueError(
             f"{what} is {rgb.width}x{rgb.height} pixels, smaller than one token of the backbone "
@@ -222,7 +217,7 @@ class AnomalyFeaturesPipeline(Pipeline):
         items = list(references) if isinstance(references, (list, tuple)) else [references]
         if not items:
             raise ValueError("references is empty: pass at least one normal image")
-        images = [self._read(item, what=f"reference #{i}") for i, item in enumerate(items)]
+        images = [read_for_model(item, f"reference #{i}", self._smallest_stride()) for i, item in enumerate(items)]
         pixels = self.image_processor(images, return_tensors="pt")["pixel_values"].float().contiguous()
         return combine_keys([pixel_hash(image) for image in pixels]), pixels
 
@@ -251,9 +246,6 @@ class AnomalyFeaturesPipeline(Pipeline):
         """The backbone adapter's smallest stride in pixels (a ViT's patch, a CNN's finest tapped
         reduction); pipelines over wrapped models override it."""
         return int(self.model.backbone.smallest_stride)
-
-    def _read(self, image: ImageLike, what: str) -> Image.Image:
-        return read_for_model(image, what, self._smallest_stride())
 
     # -- steps --------------------------------------------------------------------------------
     def preprocess(self, image: ImageLike) -> dict[str, torch.Tensor]:

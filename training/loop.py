@@ -29,7 +29,7 @@ from adpretrain_hf.data.patch_labels import training_patch_labels
 from adpretrain_hf.hub_publishing import METRICS_FILE
 from adpretrain_hf.losses import ADPretrainLoss, CenterEstimator, RunningCenter
 from adpretrain_hf.modeling import ADPretrainConfig, ADPretrainModel
-from adpretrain_hf.modeling.image_processing_adpretrain import ADPretrainImageProcessor
+from adpretrain_hf.modeling.image_processing_adpretrain import processor_for
 
 from .arguments import PretrainArguments, tracker_names
 from .checkpointing import (
@@ -131,7 +131,7 @@ class Pretrainer:
         self.model = model if model is not None else build_model(args)
         self.config = self.model.config
         self.model.backbone.to(self.accelerator.device)
-        self.processor = ADPretrainImageProcessor.for_model(self.model)
+        self.processor = processor_for(self.model)
         self.data: TrainingData = build_training_data(args.data_root, self.processor, args.categories, seed=args.seed)
         loader = DataLoader(
             self.data.dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers,

@@ -29,7 +29,9 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, TextIO
+from typing import Any, Iterable, Iterator, Optional, Sequence, TextIO
+
+from adpretrain_hf.cli import CommandError  # light: argparse only
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 NORMAL_FOLDER = "good"
@@ -41,12 +43,6 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 """``org/name``: the only form read as a Hub id (a bare word or a deeper path is a local path)."""
 DEVICE_NAME = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 CLASH_HASH_CHARS = 8  # hex digits of the input path's sha1 appended to names that clash case-insensitively
-
-
-def _error(message: str, hint: str) -> Exception:
-    from adpretrain_hf.cli import CommandError
-
-    return CommandError(message, hint)
 
 
 def _is_image(path: Path) -> bool:
@@ -97,7 +93,7 @@ def find_images(spec: str, option: str, skip: tuple[str, ...] = ()) -> tuple[Pat
     try:
         files = images_of(spec, skip)
     except ValueError as err:
-        raise _error(f"--{option}: {err}", f"check --{option}") from None
+        raise CommandError(f"--{option}: {err}", f"check --{option}") from None
     return gather_images([files])
 
 
@@ -143,11 +139,13 @@ def output_stem(path: Path, root: Path) -> Path:
     return relative.with_name(f"{relative.stem}_{suffix}" if suffix else relative.stem)
 
 
-def output_file(path: Path, root: Path, extension: str) -> Path:
-    """:func:`output_stem` plus ``extension`` (e.g. ``".npy"``). Appended, never ``with_suffix``:
-    a stem that keeps dots (``x.v1_png``) would lose its last part and collide with ``x.v2_png``."""
-    stem = output_stem(path, root)
-    return stem.with_name(stem.name + extension)
+def output_path(folder: Path, stem: Path, extension: str) -> Path:
+    """``folder`` / an output stem (:func:`output_names`) plus ``extension`` (e.g. ``".npy"``), its folder
+    created. Appended, never ``with_suffix``: a stem that keeps dots (``x.v1_png``) would lose its last
+    part and collide with ``x.v2_png``."""
+    path = folder / stem.with_name(stem.name + extension)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 @dataclass
@@ -237,6 +235,14 @@ def atomic_file(path: Path, newline: Optional[str] = "") -> Iterator[TextIO]:
             temp.unlink()
 
 
+def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """``columns`` then ``rows`` as a CSV at ``path``, written through :func:`atomic_file`."""
+    with atomic_file(path) as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        writer.writerows(rows)
+
+
 ERRORS_CSV = "errors.csv"
 ERRORS_COLUMNS = ("path", "error")
 
@@ -257,10 +263,7 @@ class BatchErrors:
         """Write ``out/errors.csv`` (atomically) and print the count, when anything was skipped."""
         if not self.rows:
             return
-        with atomic_file(out / ERRORS_CSV) as handle:
-            writer = csv.writer(handle)
-            writer.writerow(ERRORS_COLUMNS)
-            writer.writerows(self.rows)
+        write_csv(out / ERRORS_CSV, ERRORS_COLUMNS, self.rows)
         print(f"{len(self.rows)} of {total + len(self.rows)} images could not be read and were skipped: {out / ERRORS_CSV}")
 
     def exit_code(self, strict: bool) -> int:
@@ -283,7 +286,7 @@ def readable(images: Sequence[Path], errors: BatchErrors, what: str, progress: b
         else:
             kept.append(path)
     if not kept:
-        raise _error(f"none of the {len(images)} {what} images could be read", f"see the warnings above and {ERRORS_CSV}")
+        raise CommandError(f"none of the {len(images)} {what} images could be read", f"see the warnings above and {ERRORS_CSV}")
     return kept
 
 
@@ -323,5 +326,5 @@ def resolve_device(name: str) -> str:
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0 or (device.index is not None and device.index >= count):
-            raise _error(f"--device {name}: this machine has {count} visible CUDA device(s)", "use --device auto or cpu")
+            raise CommandError(f"--device {name}: this machine has {count} visible CUDA device(s)", "use --device auto or cpu")
     return name

@@ -39,7 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import csv
     from pathlib import Path
 
     import numpy as np
@@ -49,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     from adpretrain_hf.cli import CommandError
     from adpretrain_hf.commands._deploy_io import (
-        BatchErrors, atomic_file, gather_images, output_names, readable, resolve_device, score_in_chunks,
+        BatchErrors, gather_images, output_names, output_path, readable, resolve_device, score_in_chunks, write_csv,
     )
     from adpretrain_hf.modeling.tasks_adpretrain import ANOMALY_FEATURES_TASK
 
@@ -69,9 +68,8 @@ def run(args: argparse.Namespace) -> int:
     for path, result in score_in_chunks(extract, images, args.batch_size, errors, bar, output=outputs, return_tensors="np"):
         results.append((path, result))
         if args.save_features:
-            target = out / "features" / names[path].with_name(names[path].name + ".npz")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(target, **{f"block_{block}": np.asarray(f) for block, f in result["features"].items()})
+            arrays = {f"block_{block}": np.asarray(f) for block, f in result["features"].items()}
+            np.savez(output_path(out / "features", names[path], ".npz"), **arrays)
     bar.close()
     if not results:
         errors.report(out, 0)
@@ -79,13 +77,8 @@ def run(args: argparse.Namespace) -> int:
     maps = [np.asarray(r["anomaly_map"], dtype=np.float32) for _, r in results]
     low, high = min(float(m.min()) for m in maps), max(float(m.max()) for m in maps)
     for (path, _), amap in zip(results, maps):
-        target = out / "maps" / names[path].with_name(names[path].name + ".png")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(((amap - low) / max(high - low, 1e-12) * 255).astype(np.uint8)).save(target)
-    with atomic_file(out / "scores.csv") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "score"])
-        writer.writerows([str(path), f"{float(result['score']):.6f}"] for path, result in results)
+        Image.fromarray(((amap - low) / max(high - low, 1e-12) * 255).astype(np.uint8)).save(output_path(out / "maps", names[path], ".png"))
+    write_csv(out / "scores.csv", ["path", "score"], ([str(path), f"{float(result['score']):.6f}"] for path, result in results))
     errors.report(out, len(results))
     print(f"{len(results)} images scored: {out / 'scores.csv'}, maps in {out / 'maps'}")
     return errors.exit_code(args.strict)

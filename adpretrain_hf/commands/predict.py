@@ -53,12 +53,7 @@ def _csv_value(value) -> str:
     return str(int(value)) if isinstance(value, bool) else f"{float(value):.6g}"
 
 
-def _with(stem, extension: str):
-    return stem.with_name(stem.name + extension)
-
-
 def run(args: argparse.Namespace) -> int:
-    import csv
     import math
     import tempfile
     from pathlib import Path
@@ -70,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     from adpretrain_hf.cli import CommandError
     from adpretrain_hf.commands._deploy_io import (
-        BatchErrors, atomic_file, gather_images, output_names, resolve_device, score_in_chunks,
+        BatchErrors, gather_images, output_names, output_path, resolve_device, score_in_chunks, write_csv,
     )
     from adpretrain_hf.modeling.image_io_adpretrain import read_image
     from adpretrain_hf.modeling.tasks_adpretrain import ANOMALY_DETECTION_TASK
@@ -103,30 +98,22 @@ def run(args: argparse.Namespace) -> int:
             decisions[path] = decision_lines(result["score"], result["label"], result["image_threshold"], result["pixel_threshold"],
                                              float(amap.max()), None if mask is None else int(np.count_nonzero(mask)))
             if maps_dir is not None:
-                target = maps_dir / _with(names[path], ".npy")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                np.save(target, amap)
+                np.save(output_path(maps_dir, names[path], ".npy"), amap)
             if args.save_masks:
-                target = out / "masks" / _with(names[path], ".png")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255).save(target)
+                Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255).save(output_path(out / "masks", names[path], ".png"))
         bar.close()
         if not rows:
             errors.report(out, 0)
             raise CommandError(f"none of the {len(images)} images could be read", "see the warnings above and errors.csv")
-        with atomic_file(out / CSV_NAME) as handle:
-            writer = csv.writer(handle)
-            writer.writerow(CSV_COLUMNS)
-            writer.writerows(rows)
+        write_csv(out / CSV_NAME, CSV_COLUMNS, rows)
         if not args.no_overlays:
             pixel_threshold = detect.model.config.pixel_threshold  # --threshold sets the image threshold only
             for path in tqdm(list(decisions), desc="overlays", unit="img", disable=args.no_progress):
-                amap = np.load(maps_dir / _with(names[path], ".npy"))
+                amap = np.load(output_path(maps_dir, names[path], ".npy"))
                 mask = amap >= pixel_threshold if pixel_threshold is not None else None
-                target = out / "overlays" / _with(names[path], ".png")
-                target.parent.mkdir(parents=True, exist_ok=True)
                 overlay = render_overlay(read_image(path), amap, vmin=low, vmax=high, pred_mask=mask)
-                add_caption(overlay, decisions[path]).save(target, compress_level=PNG_COMPRESS_LEVEL)
+                add_caption(overlay, decisions[path]).save(output_path(out / "overlays", names[path], ".png"),
+                                                           compress_level=PNG_COMPRESS_LEVEL)
     finally:
         if scratch is not None:
             scratch.cleanup()

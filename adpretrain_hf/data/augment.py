@@ -129,7 +129,7 @@ class TwoViewAugment:
 def _as_float_image(image: ImageLike) -> tuple[torch.Tensor, str]:
     """``[3, H, W]`` float32 in [0, 1], and what to convert back to ("pil", "uint8" or "float")."""
     if isinstance(image, Image.Image):
-        return TF.to_dtype(TF.pil_to_tensor(to_rgb(image)), torch.float32, scale=True), "pil"
+        return TF.to_dtype(TF.pil_to_tensor(pil_to_rgb(image)), torch.float32, scale=True), "pil"
     if not isinstance(image, torch.Tensor):
         raise TypeError(f"TwoViewAugment takes a [3, H, W] tensor or a PIL image, got {type(image).__name__}")
     if image.dim() != 3 or image.shape[0] != 3:
@@ -160,17 +160,6 @@ def open_image(value: object) -> Image.Image:
     )
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB copy of any PIL image with the package's one reader rule (grayscale replicated, alpha
-    dropped, 16-bit rescaled 65535 -> 255), so training, evaluation and the pipeline see equal pixels."""
-    return pil_to_rgb(image)
-
-
-def binarise_mask(mask: Image.Image) -> Image.Image:
-    """An ``L`` mask with :data:`MASK_ON` where the one mask rule (nonzero = defect) says so, 0 elsewhere."""
-    return Image.fromarray(np.where(read_mask(mask), MASK_ON, 0).astype(np.uint8), "L")
-
-
 def load_image_and_mask(example: Mapping[str, object]) -> tuple[Image.Image, Image.Image]:
     """``(RGB image, L mask of 0/255)`` for one dataset row; an all-zero mask when ``mask`` is None.
 
@@ -179,10 +168,11 @@ def load_image_and_mask(example: Mapping[str, object]) -> tuple[Image.Image, Ima
     """
     if not isinstance(example, Mapping) or "image" not in example:
         raise TypeError("example must be a dataset row (a mapping with an 'image' entry)")
-    image = to_rgb(open_image(example["image"]))
+    image = pil_to_rgb(open_image(example["image"]))
     if example.get("mask") is None:
         return image, Image.new("L", image.size, 0)
-    mask = binarise_mask(open_image(example["mask"]))
+    # an L mask with MASK_ON where the one mask rule (nonzero = defect) says so, 0 elsewhere
+    mask = Image.fromarray(np.where(read_mask(open_image(example["mask"])), MASK_ON, 0).astype(np.uint8), "L")
     if mask.size != image.size:
         raise ValueError(
             f"mask size {mask.size} differs from image size {image.size} for sample "

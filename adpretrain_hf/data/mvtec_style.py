@@ -37,6 +37,7 @@ from .schema import (
     TRAIN_SPLIT,
     as_root,
     build_dataset,
+    category_folders,
     find_with_stem,
     image_files,
     make_row,
@@ -86,11 +87,6 @@ VISA_ANOMALY_LABEL = "anomaly"
 VISA_DEFECT = "anomaly"  # the split file names no defect type
 
 MVTEC_STYLE_DATASETS: tuple[str, ...] = tuple(FOLDER_LAYOUTS) + tuple(DATASET_ALIASES) + ("visa",)
-
-
-def folder_categories(root: Path) -> list[str]:
-    """Category folders under ``root``: those holding a ``train`` or ``test`` folder."""
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and ((p / "train").is_dir() or (p / "test").is_dir()))
 
 
 def _sample_id(root: Path, image: Path) -> str:
@@ -194,7 +190,7 @@ def load_mvtec_style(
         rows = _visa_rows(path, requested)
     else:
         layout = FOLDER_LAYOUTS[DATASET_ALIASES.get(dataset, dataset)]
-        names = select_categories(folder_categories(path), requested, path)
+        names = select_categories(category_folders(path, ("train", "test")), requested, path)
         rows = [row for name in names for row in _folder_rows(path, name, layout)]
     return DatasetDict(
         {split: build_dataset([row for row in rows if row["split"] == split]) for split in (TRAIN_SPLIT, TEST_SPLIT)}

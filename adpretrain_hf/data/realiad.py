@@ -36,6 +36,7 @@ from .schema import (
     TRAIN_SPLIT,
     as_root,
     build_dataset,
+    category_folders,
     find_with_stem,
     make_row,
     normalise_categories,
@@ -57,13 +58,6 @@ def parse_view(stem: str) -> str:
     """The camera view ``"C1"``..``"C5"`` named in a Real-IAD file stem, or ``""`` if none."""
     match = _VIEW_PATTERN.search(stem)
     return match.group(1) if match else NO_VIEW
-
-
-def realiad_categories(root: Path) -> list[str]:
-    """Class folders under ``root``: those holding an ``OK`` or ``NG`` folder."""
-    return sorted(
-        p.name for p in root.iterdir() if p.is_dir() and ((p / OK_FOLDER).is_dir() or (p / NG_FOLDER).is_dir())
-    )
 
 
 def _walk_images(folder: Path) -> list[Path]:
@@ -115,7 +109,7 @@ def load_realiad(root: str | os.PathLike, categories: str | Iterable[str] | None
         views of one physical sample.
     """
     path = as_root(root)
-    names = select_categories(realiad_categories(path), normalise_categories(categories), path)
+    names = select_categories(category_folders(path, (OK_FOLDER, NG_FOLDER)), normalise_categories(categories), path)
     rows = [row for name in names for row in _category_rows(path, name)]
     return build_dataset(rows)
 

@@ -119,6 +119,11 @@ def select_categories(available: Sequence[str], requested: list[str] | None, roo
     return list(dict.fromkeys(requested))
 
 
+def category_folders(root: Path, markers: Sequence[str]) -> list[str]:
+    """The category folders under ``root`` (sorted): those holding one of the ``markers`` folders."""
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and any((p / marker).is_dir() for marker in markers))
+
+
 def image_files(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
     """Image files directly inside ``folder`` (sorted), empty when it does not exist."""
     if not folder.is_dir():

@@ -30,10 +30,9 @@ uniad         all          UniAD (every tapped stage, resized to one grid)
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Optional
 
-from ..modeling.detector_module_adpretrain import closest_name_hint
+from ..modeling.detector_module_adpretrain import check_options, closest_name_hint, constructor_options
 
 from .base import Detector, FeatureExtractor, FeatureMapDetector, iter_image_batches
 from .cflow import CFLOW
@@ -89,18 +88,10 @@ def build_detector(name: str, extractor: FeatureExtractor, **kwargs: Any) -> Det
     if key not in DETECTORS:
         known = ", ".join(sorted(DETECTORS))
         raise ValueError(f"unknown detector {name!r}{closest_name_hint(key, DETECTORS)}: choose one of {known}")
-    valid = detector_options(key)
-    for option in kwargs:
-        if option not in valid:
-            raise ValueError(f"unknown {key} option {option!r}{closest_name_hint(option, valid)}: valid options are {valid}")
+    check_options(key, kwargs, detector_options(key))
     return DETECTORS[key](extractor, **kwargs)
 
 
 def detector_options(name: str) -> list[str]:
     """The keyword options a registered detector's constructor accepts (its class and its bases)."""
-    names = set()
-    for klass in DETECTORS[name].__mro__:
-        if "__init__" in vars(klass) and klass is not object:
-            names.update(p.name for p in inspect.signature(klass.__init__).parameters.values()
-                         if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in ("self", "extractor"))
-    return sorted(names)
+    return constructor_options(DETECTORS[name], skip=("self", "extractor"))

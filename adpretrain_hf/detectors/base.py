@@ -14,14 +14,14 @@ the deployed folder (``ADPretrainDetectorModel``) and the ONNX export share.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Iterable, Iterator, Optional, Protocol, Sequence, Union, runtime_checkable
+from typing import ClassVar, Iterable, Iterator, Optional, Protocol, Sequence, Union, runtime_checkable
 
 import torch
 from tqdm.auto import tqdm
 
 from ..modeling.anomaly_map_adpretrain import GAUSSIAN_SIGMA
 from ..modeling.detector_module_adpretrain import DetectorModule, check_finite
-from .layers import DefaultLayerPositions, check_layer_positions_argument, chosen_positions, resolve_layer_positions
+from .layers import check_layer_positions_argument, chosen_positions, resolve_layer_positions
 
 ImageBatches = Union[torch.Tensor, Iterable[torch.Tensor]]
 
@@ -77,6 +77,8 @@ class Detector(ABC):
     """
 
     name = "detector"
+    #: the published layer default: with ``layer_positions=None`` use the last this-many positions (``None``: all)
+    default_last_positions: ClassVar[Optional[int]] = None
 
     def __init__(
         self,
@@ -110,9 +112,7 @@ class Detector(ABC):
         if not self.is_fitted:
             raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(normal_images) first")
         maps, scores = [], []
-        for batch in tqdm(
-            iter_image_batches(images, self.batch_size), desc=f"{self.name}: predict", disable=not self.progress, leave=False
-        ):
+        for batch in tqdm(self._batches(images), desc=f"{self.name}: predict", disable=not self.progress, leave=False):
             batch_maps, batch_scores = self.module(self._used_features(self.extractor(batch)), tuple(batch.shape[-2:]))
             maps.append(batch_maps.float().cpu())
             scores.append(batch_scores.float().cpu())
@@ -127,11 +127,21 @@ class Detector(ABC):
     def _used_features(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """The extractor's maps of one batch, checked against the fitted layout -> the maps the module scores."""
 
+    def _check_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        """One ``[b, 3, H, W]`` batch checked against the detector's input contract (default: as given)."""
+        return batch
+
     # -- helpers -------------------------------------------------------------------
+    def _batches(self, images: ImageBatches) -> Iterator[torch.Tensor]:
+        """:func:`iter_image_batches` of ``images``, each batch through :meth:`_check_batch` (lazily)."""
+        if images is None:
+            raise ValueError(f"{type(self).__name__} needs images: pass a [N, 3, H, W] tensor or an iterable of batches")
+        return (self._check_batch(batch) for batch in iter_image_batches(images, self.batch_size))
+
     @torch.no_grad()
     def _extract_all(self, images: ImageBatches, desc: str) -> list[list[torch.Tensor]]:
         batches = []
-        for batch in tqdm(iter_image_batches(images, self.batch_size), desc=desc, disable=not self.progress, leave=False):
+        for batch in tqdm(self._batches(images), desc=desc, disable=not self.progress, leave=False):
             features = self.extractor(batch)
             if isinstance(features, (list, tuple)):
                 for layer, fmap in enumerate(features):
@@ -141,7 +151,7 @@ class Detector(ABC):
         return batches
 
 
-class FeatureMapDetector(DefaultLayerPositions, Detector):
+class FeatureMapDetector(Detector):
     """A ``Detector`` that validates images and feature maps and remembers the fitted layout.
 
     Args:
@@ -169,36 +179,13 @@ class FeatureMapDetector(DefaultLayerPositions, Detector):
         self.resolved_positions: Optional[list[int]] = None  # resolved at fit / first predict
         self.fitted_layout: Optional[list[tuple[int, int, int]]] = None  # (C, h, w) per used layer
 
-    # -- image validation (the base class checks the rank, we check the channels) -------
-    def fit(self, normal_images: ImageBatches) -> "FeatureMapDetector":
-        return super().fit(self._checked_images(normal_images))
-
-    def predict(self, images: ImageBatches) -> tuple[torch.Tensor, torch.Tensor]:
-        return super().predict(self._checked_images(images))
-
-    @staticmethod
-    def _check_image_batch(batch: torch.Tensor) -> torch.Tensor:
-        if batch.dim() == 4 and batch.shape[1] != 3:
+    def _check_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        if batch.shape[1] != 3:
             raise ValueError(
                 f"images must be [N, 3, H, W] RGB pixel values, got {batch.shape[1]} channels "
                 f"(shape {tuple(batch.shape)}): convert grayscale images to RGB first"
             )
         return batch
-
-    def _checked_images(self, images: ImageBatches) -> ImageBatches:
-        if images is None:
-            raise ValueError(f"{type(self).__name__} needs images: pass a [N, 3, H, W] tensor or an iterable of batches")
-        if isinstance(images, torch.Tensor):
-            return self._check_image_batch(images)
-
-        def checked(batches: Iterable) -> Iterator:
-            for batch in batches:
-                tensor = batch["pixel_values"] if isinstance(batch, dict) else batch
-                if isinstance(tensor, torch.Tensor):
-                    self._check_image_batch(tensor)
-                yield batch
-
-        return checked(images)
 
     def used_layer_positions(self) -> list[int]:
         """The positions in the extractor's list of maps this detector uses (resolved as at fit)."""

@@ -116,7 +116,7 @@ class GLASSConfig(TrainedConfig):
 
 
 def embed_features(features: Sequence[torch.Tensor], patchsize: int, embed_dim: int | None) -> torch.Tensor:
-    """Per-layer maps ``[B, C_l, h_l, w_l]`` -> one map ``[B, D, h_0, w_0]`` on the first layer's grid.
+    """Per-layer maps ``[B, C_l, h_l, w_l]`` -> one float32 map ``[B, D, h_0, w_0]`` on the first layer's grid.
 
     3x3 local mean (zero padded, like the release's unfold), bilinear resize to the first
     (finest) grid, then either concatenation or the release's two-stage channel pooling
@@ -125,6 +125,7 @@ def embed_features(features: Sequence[torch.Tensor], patchsize: int, embed_dim: 
     grid = tuple(features[0].shape[-2:])
     maps = []
     for f in features:
+        f = f.float()
         if patchsize > 1:
             f = F.avg_pool2d(f, patchsize, stride=1, padding=patchsize // 2, count_include_pad=True)
         if tuple(f.shape[-2:]) != grid:
@@ -197,17 +198,13 @@ class GLASSModule(NetworkModule):
     method = "glass"
     config_class = GLASSConfig
 
-    def grid_and_dim(self) -> tuple[tuple[int, int], int]:
-        _, h, w = self.layer_shapes[0]
-        return (h, w), self.config.embed_dim or sum(c for c, _, _ in self.layer_shapes)
-
     def build_net(self) -> nn.Module:
-        grid, dim = self.grid_and_dim()
-        return GLASSModel(dim, grid, self.config)
+        _, h, w = self.layer_shapes[0]  # the first layer's grid
+        return GLASSModel(self.config.embed_dim or sum(c for c, _, _ in self.layer_shapes), (h, w), self.config)
 
     def embed(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """Layers ``[B, C_l, h_l, w_l]`` -> the discriminator's input map ``[B, D, h_0, w_0]``."""
-        return embed_features([f.float() for f in features], self.config.patchsize, self.config.embed_dim)
+        return embed_features(features, self.config.patchsize, self.config.embed_dim)
 
     def score_grids(self, features: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
         embedded = self.embed(self.check_layout(features))
@@ -251,14 +248,14 @@ class GLASS(SelectsLayerPositions, TrainedDetector):
             return super().fit(normal_images)
         if self.synthesizer is None:
             raise ValueError("image_synthesis=True needs synthesizer=<images -> (anomalous images, masks)>, e.g. DTD texture pasting")
-        batches = list(self._validated(normal_images))  # iterated twice: normal and synthetic
+        batches = list(self._batches(normal_images))  # iterated twice: normal and synthetic
         embedded, masks = [], []
         with torch.no_grad():
             for batch in batches:
                 aug, mask = self.synthesizer(batch)
                 if aug.shape != batch.shape or mask.shape[-2:] != batch.shape[-2:]:
                     raise ValueError("synthesizer must return images shaped like its input and masks [B, H, W]")
-                emb = self._embed(self.extractor(aug))
+                emb = embed_features(self.extractor(aug), self.config.patchsize, self.config.embed_dim)
                 embedded.append(emb.cpu())
                 masks.append(F.adaptive_max_pool2d(mask.float().reshape(len(batch), 1, *mask.shape[-2:]), emb.shape[-2:])[:, 0].cpu())
         self._synthetic = [torch.cat(embedded), torch.cat(masks)]
@@ -266,9 +263,6 @@ class GLASS(SelectsLayerPositions, TrainedDetector):
             return super().fit(iter(batches))
         finally:
             self._synthetic = None
-
-    def _embed(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        return embed_features([f.float() for f in features], self.config.patchsize, self.config.embed_dim)
 
     # -- TrainedDetector hooks -----------------------------------------------------------
     def _make_optimizers(self, model: nn.Module) -> list[torch.optim.Optimizer]:
@@ -281,7 +275,8 @@ class GLASS(SelectsLayerPositions, TrainedDetector):
     def _before_training(self, train: list[torch.Tensor]) -> None:
         # Cache the embedded features (the pooling is fixed; only adaptor + discriminator learn).
         with torch.no_grad():
-            self._train_embedded = [torch.cat([self._embed(b).cpu() for b in self._eval_batches(train)])]
+            cfg = self.config
+            self._train_embedded = [torch.cat([embed_features(b, cfg.patchsize, cfg.embed_dim).cpu() for b in self._eval_batches(train)])]
 
     def _after_training(self, train: list[torch.Tensor]) -> None:
         self._update_center()  # the centre of the final adaptor (kept as a fit-time constant)
@@ -377,4 +372,5 @@ class GLASS(SelectsLayerPositions, TrainedDetector):
 
     def _validation_sums(self, batch: list[torch.Tensor]) -> Iterator[tuple[float, int]]:
         """BCE of normal vs noise-only synthetic features (no ascent: needs no gradients), image-weighted."""
-        yield float(self._step_loss(self._embed(batch), None, ascent=False)) * batch[0].shape[0], batch[0].shape[0]
+        embedded = embed_features(batch, self.config.patchsize, self.config.embed_dim)
+        yield float(self._step_loss(embedded, None, ascent=False)) * batch[0].shape[0], batch[0].shape[0]

@@ -10,12 +10,11 @@ mixin, which wraps their extractor in a ``LayerSelectingExtractor``.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
 __all__ = [
-    "DefaultLayerPositions",
     "LayerSelectingExtractor",
     "SelectsLayerPositions",
     "check_layer_positions_argument",
@@ -40,8 +39,7 @@ def resolve_layer_positions(
     if layer_positions is None:
         count = num_layers if default_last is None else min(default_last, num_layers)
         return list(range(num_layers - count, num_layers))
-    if isinstance(layer_positions, int) or len(layer_positions) == 0:
-        raise ValueError(f"layer_positions must be a non-empty sequence of positions (e.g. [0, 2]), got {layer_positions!r}")
+    check_layer_positions_argument(layer_positions)
     resolved = []
     for index in layer_positions:
         if not isinstance(index, int) or isinstance(index, bool):
@@ -81,13 +79,6 @@ def chosen_positions(
     return chosen
 
 
-class DefaultLayerPositions:
-    """Where a detector class declares its published layer default (one home for every detector)."""
-
-    #: with ``layer_positions=None`` use the last this-many positions (``None``: all of them).
-    default_last_positions: ClassVar[Optional[int]] = None
-
-
 class LayerSelectingExtractor:
     """An extractor returning only the maps at some positions of another extractor's list.
 
@@ -118,7 +109,7 @@ class LayerSelectingExtractor:
         return [features[i] for i in self.resolved_positions]
 
 
-class SelectsLayerPositions(DefaultLayerPositions):
+class SelectsLayerPositions:
     """Mixin giving a detector built on the whole extractor output ``layer_positions=`` and a default.
 
     Put it first among the bases (``class CFLOW(SelectsLayerPositions, TrainedDetector)``): it

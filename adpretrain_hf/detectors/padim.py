@@ -44,7 +44,7 @@ CLIP ViT-L/14 at 224 (4 layers x 1024 channels on 16x16): 4.0 GiB per layer vs 1
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
@@ -108,41 +108,26 @@ class _GaussianSums:
         mean = (centred_mean + self.shift.squeeze(1)).contiguous()
         self.total = self.shift = self.outer = None
         if statistic == "cholesky":
-            return mean, _factor_in_place(outer)
-        return mean.float(), _invert_in_place(outer.float())  # the release inverts the float32 covariance
+            # factors stored transposed (L^T row-major == L column-major): the layout LAPACK's triangular
+            # solve reads without copying the whole stack each batch
+            return mean, _by_blocks(outer, torch.linalg.cholesky_ex, outer.transpose(1, 2), "not positive definite")
+        cov = outer.float()  # the release inverts the float32 covariance, explicitly (its form)
+        return mean.float(), _by_blocks(cov, torch.linalg.inv_ex, cov, "singular")
 
 
-def _invert_in_place(cov: torch.Tensor) -> torch.Tensor:
-    """Explicit inverses of ``cov [P, D, D]`` written over it, a block of positions at a time (the release's form)."""
+def _by_blocks(cov: torch.Tensor, decompose: Callable, out: torch.Tensor, failure: str) -> torch.Tensor:
+    """``decompose`` (a ``torch.linalg.*_ex``) of ``cov [P, D, D]`` written into ``out`` (a view of cov's
+    storage), a block of positions at a time: peak memory stays at one ``[P, D, D]`` buffer plus a
+    block, instead of two. ``failure`` names a matrix the decomposition refuses."""
     for start in range(0, cov.shape[0], PADIM_FACTOR_BLOCK):
-        block = cov[start : start + PADIM_FACTOR_BLOCK]
-        inverse, info = torch.linalg.inv_ex(block)
+        result, info = decompose(cov[start : start + PADIM_FACTOR_BLOCK])
         if bool((info != 0).any()):
             raise ValueError(
-                "a PaDiM covariance is singular (features with NaN/inf, or cov_eps=0 with fewer images than "
+                f"a PaDiM covariance is {failure} (features with NaN/inf, or cov_eps=0 with fewer images than "
                 "channels): check the features or raise cov_eps"
             )
-        block.copy_(inverse)
-    return cov
-
-
-def _factor_in_place(cov: torch.Tensor) -> torch.Tensor:
-    """Cholesky factors of ``cov [P, D, D]`` written over it, a block of positions at a time.
-
-    Peak memory stays at one ``[P, D, D]`` buffer plus a block, instead of two buffers.
-    The factors are stored transposed (``L^T`` row-major == ``L`` column-major), the
-    layout LAPACK's triangular solve reads without copying the whole stack each batch.
-    """
-    factors = cov.transpose(1, 2)  # a view; writes below go to cov's storage
-    for start in range(0, cov.shape[0], PADIM_FACTOR_BLOCK):
-        block, info = torch.linalg.cholesky_ex(cov[start : start + PADIM_FACTOR_BLOCK])
-        if bool((info != 0).any()):
-            raise ValueError(
-                "a PaDiM covariance is not positive definite (features with NaN/inf, or cov_eps=0 with "
-                "fewer images than channels): check the features or raise cov_eps"
-            )
-        factors[start : start + PADIM_FACTOR_BLOCK].copy_(block)
-    return factors
+        out[start : start + PADIM_FACTOR_BLOCK].copy_(result)
+    return out
 
 
 class PaDiM(FeatureMapDetector):

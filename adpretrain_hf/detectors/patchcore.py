@@ -53,18 +53,14 @@ __all__ = ["PATCHCORE_IMAGE_SCORES", "PATCHCORE_LAYERS", "PatchCore"]
 PATCHCORE_LAYERS = 3  # default: the extractor's last 3 layers
 
 
-def _release_coreset(bank: torch.Tensor, ratio: float, projection_dim: Optional[int], seed: int, progress: bool) -> torch.Tensor:
+def _release_coreset(bank: torch.Tensor, ratio: float, projection_dim: Optional[int], *, seed: int, progress: bool) -> torch.Tensor:
     """The release's approximate greedy coreset of ``bank [N, D]``, its random draws from a ``seed``-ed generator."""
     generator = torch.Generator().manual_seed(seed)
     return release_coreset_indices(bank, ratio, projection_dim or bank.shape[1], generator=generator)
 
 
-def _package_coreset(bank: torch.Tensor, ratio: float, projection_dim: Optional[int], seed: int, progress: bool) -> torch.Tensor:
-    return greedy_coreset_indices(bank, ratio, projection_dim, seed=seed, progress=progress)
-
-
-#: variant -> coreset selection ``(bank [N, D], ratio, projection_dim, seed, progress) -> kept rows``
-CORESETS = {DEFAULT_VARIANT: _package_coreset, RELEASE_VARIANT: _release_coreset}
+#: variant -> coreset selection ``(bank [N, D], ratio, projection_dim, *, seed, progress) -> kept rows``
+CORESETS = {DEFAULT_VARIANT: greedy_coreset_indices, RELEASE_VARIANT: _release_coreset}
 
 
 class PatchCore(FeatureMapDetector):
@@ -168,5 +164,5 @@ class PatchCore(FeatureMapDetector):
             bank[start : start + rows.shape[0]] = rows
             start += rows.shape[0]
             feature_batches[i] = None  # free the raw maps as soon as they are embedded
-        keep = CORESETS[self.variant](bank, self.coreset_ratio, self.projection_dim, self.seed, self.progress)
+        keep = CORESETS[self.variant](bank, self.coreset_ratio, self.projection_dim, seed=self.seed, progress=self.progress)
         self.module.set_fitted({"memory_bank": bank if keep.numel() == bank.shape[0] else bank.index_select(0, keep)})

@@ -34,7 +34,7 @@ from accelerate import Accelerator
 from torch import nn
 from tqdm.auto import tqdm
 
-from .base import Detector, FeatureExtractor, ImageBatches, iter_image_batches
+from .base import Detector, FeatureExtractor
 from .network_module import LayerShapes, NetworkModule
 from .trained_config import MIXED_PRECISION_CHOICES, TrainedConfig, TrainingHistory
 
@@ -154,14 +154,6 @@ class TrainedDetector(Detector):
     def device(self) -> torch.device:
         return self.accelerator.device
 
-    def fit(self, normal_images: ImageBatches) -> "TrainedDetector":
-        """Extract features of the normal images once, then train for a fixed epoch count."""
-        return super().fit(self._validated(normal_images))
-
-    def predict(self, images: ImageBatches) -> tuple[torch.Tensor, torch.Tensor]:
-        """Anomaly maps ``[N, H, W]`` and image scores ``[N]``; each image scored independently."""
-        return super().predict(self._validated(images))
-
     # -- the training loop (base.Detector hook) ------------------------------------------
     def _fit(self, feature_batches: list[list[torch.Tensor]]) -> None:
         features = concat_feature_batches(feature_batches)
@@ -170,7 +162,7 @@ class TrainedDetector(Detector):
         acc = self.accelerator
         with seeded(self.config.seed, acc.device):
             train, val = split_validation(features, self.config.validation_fraction)
-            model = self._build_model()
+            model = self.module_class(config=self.config, layer_shapes=self.layer_shapes, sigma=self.sigma).net  # its network
             # prepare() places the model (in place) and wraps the optimisers for mixed precision;
             # we keep the plain module: the detectors call its submodules directly.
             prepared = acc.prepare(model, *self._make_optimizers(model))
@@ -265,18 +257,17 @@ class TrainedDetector(Detector):
         """Features of one batch, checked against the fit-time layout and moved to the device."""
         return [f.to(self.device) for f in self.module.check_layout(features)]
 
-    def _validated(self, images: ImageBatches) -> Iterator[torch.Tensor]:
-        """Image batches checked against the extractor's input contract (lazy)."""
+    def _check_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        """Floating-point pixel values at the extractor's ``image_size``."""
         size = tuple(self.extractor.image_size)
-        for batch in iter_image_batches(images, self.batch_size):
-            if not batch.is_floating_point():
-                raise TypeError(f"pixel values must be floating point (normalised), got {batch.dtype}: preprocess them first")
-            if batch.shape[1] != 3 or tuple(batch.shape[-2:]) != size:
-                raise ValueError(
-                    f"images must be [N, 3, {size[0]}, {size[1]}] for this extractor, got {tuple(batch.shape)}: "
-                    "resize/crop with the extractor's image processor"
-                )
-            yield batch
+        if not batch.is_floating_point():
+            raise TypeError(f"pixel values must be floating point (normalised), got {batch.dtype}: preprocess them first")
+        if batch.shape[1] != 3 or tuple(batch.shape[-2:]) != size:
+            raise ValueError(
+                f"images must be [N, 3, {size[0]}, {size[1]}] for this extractor, got {tuple(batch.shape)}: "
+                "resize/crop with the extractor's image processor"
+            )
+        return batch
 
     # -- what a method supplies ----------------------------------------------------------
     def _train_batches(self, train: list[torch.Tensor], epoch: int) -> Iterable[Any]:
@@ -298,10 +289,6 @@ class TrainedDetector(Detector):
 
     def _after_training(self, train: list[torch.Tensor]) -> None:
         """Hook: fit-time constants computed with the trained model (CFLOW's normaliser)."""
-
-    def _build_model(self) -> nn.Module:
-        """The network for ``self.layer_shapes`` and ``self.config`` (the module class builds it)."""
-        return self.module_class(config=self.config, layer_shapes=self.layer_shapes, sigma=self.sigma).net
 
     @abstractmethod
     def _make_optimizers(self, model: nn.Module) -> list[torch.optim.Optimizer]:

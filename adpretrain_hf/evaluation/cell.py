@@ -17,8 +17,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from ..detectors import DETECTORS, build_detector
-from ..detectors.trained import TrainedDetector
+from ..detectors import TRAINED_METHODS, build_detector
 from ..metrics import AUPRO_FPR_LIMIT, aupro, image_auroc, pixel_auroc
 from .bootstrap import replicate_metrics
 from .config import DEFAULT_PROTOCOL
@@ -82,16 +81,11 @@ def compute_metrics(maps: torch.Tensor, scores: torch.Tensor, labels: torch.Tens
     }
 
 
-def is_trained(method: str) -> bool:
-    """Does this method train a network (and so take ``quick=``)?"""
-    return issubclass(DETECTORS[method], TrainedDetector)
-
-
 def detector_kwargs(method: str, quick: bool, batch_size: int, protocol: str = DEFAULT_PROTOCOL) -> dict[str, Any]:
     """Constructor arguments of a detector in the runner: the detector protocol's options (``protocol``,
     see ``protocols.DETECTOR_PROTOCOLS``), batch size, no inner bars, ``quick`` for trained ones."""
     kwargs: dict[str, Any] = {**protocol_detector_options(protocol, method), "batch_size": batch_size, "progress": False}
-    if quick and is_trained(method):
+    if quick and method in TRAINED_METHODS:  # they train a network, and so take quick=
         kwargs["quick"] = True
     return kwargs
 

@@ -105,9 +105,6 @@ class FeatureCache:
             self._admitted = set()
         self._admitted.update(batch_keys(pixel_values))
 
-    def _storable(self, image_key: str) -> bool:
-        return self._admitted is None or image_key in self._admitted
-
     # -- lookup -----------------------------------------------------------------------
     @staticmethod
     def _key(kind: str, image_key: str, bank_key: Optional[str]) -> Optional[str]:
@@ -189,7 +186,7 @@ class FeatureCache:
             entries: dict[str, list[torch.Tensor]] = {}
             for j, i in enumerate(rows):
                 out[i] = [layer[j] for layer in result.get(kind)]
-                if not self._storable(hashes[i]):
+                if self._admitted is not None and hashes[i] not in self._admitted:  # not admitted: not stored
                     continue
                 backbone_key = self._key("backbone", hashes[i], None)
                 if not cached and backbone_key is not None:
@@ -205,7 +202,7 @@ class FeatureCache:
     def _put(self, entries: dict[str, list[torch.Tensor]]) -> None:
         """Keep entries in memory while the budget allows; write the rest to one safetensors file.
 
-        Entry by entry: a whole pool encoded in one call (``batched_tokens``) fills the memory
+        Entry by entry: a whole pool encoded in one call (``source.tokens(..., batch_size=...)``) fills the memory
         budget first and spills only what does not fit.
         """
         spilled: dict[str, list[torch.Tensor]] = {}
@@ -242,17 +239,9 @@ class FeatureCache:
             self._folder = None
 
 
-def batched_tokens(
-    source: Any, model: ADPretrainModel, pixel_values: torch.Tensor, batch_size: int, image_keys: Optional[Sequence[str]] = None
-) -> TokenLayers:
-    """Backbone tokens of ``[N, 3, H, W]`` through ``source`` -> per layer ``[N, N_l, C_l]``; the
-    images the source must encode go through the model's chunked loop, ``batch_size`` at a time."""
-    return source.tokens(model, "backbone", pixel_values, None, batch_size=batch_size, image_keys=image_keys)
-
-
 def shared_bank(source: Any, model: ADPretrainModel, reference_pixel_values: torch.Tensor, batch_size: int) -> ReferenceBank:
     """The reference bank of ``[K, 3, H, W]`` normal images from the source's backbone tokens (no re-encoding when cached)."""
     if reference_pixel_values.shape[0] == 0:
         raise ValueError("the reference set is empty: pass at least one normal image")
     keys = batch_keys(reference_pixel_values)
-    return ReferenceBank.from_tokens(batched_tokens(source, model, reference_pixel_values, batch_size, keys), keys)
+    return ReferenceBank.from_tokens(source.tokens(model, "backbone", reference_pixel_values, None, batch_size=batch_size, image_keys=keys), keys)

@@ -32,7 +32,7 @@ from ..extractor import ModelFeatureExtractor
 from ..modeling.content_keys_adpretrain import combine_keys
 from ..modeling.reference_bank_adpretrain import ReferenceBank, batch_keys
 from ..references import SemanticAlignedMatcher, match_aligned, select_references
-from .image_feature_cache import DirectSource, batched_tokens, shared_bank
+from .image_feature_cache import DirectSource, shared_bank
 
 __all__ = ["AlignedReferences", "PerImageReferenceExtractor", "ReferencePlan", "global_features", "plan_references",
            "pretrained_extractor"]
@@ -44,7 +44,7 @@ def global_features(model: Any, pixel_values: torch.Tensor, batch_size: int, sou
     The "kmeans" strategy clusters these to pick references that cover the pool's variety;
     with a feature cache as ``source`` the pool is not encoded again.
     """
-    tokens = batched_tokens(source or DirectSource(), model, pixel_values, batch_size)
+    tokens = (source or DirectSource()).tokens(model, "backbone", pixel_values, None, batch_size=batch_size)
     return torch.cat([layer.float().mean(dim=1) for layer in tokens], dim=1).cpu()
 
 
@@ -90,7 +90,8 @@ class AlignedReferences:
     def pool_tokens(self, model: Any, batch_size: int) -> list[torch.Tensor]:
         """The pool's backbone tokens per layer ``[N_pool, N_l, C_l]``, computed once."""
         if self._tokens is None:
-            self._tokens = batched_tokens(self.source, model, self.pool_pixel_values, batch_size, self.pool_hashes)
+            self._tokens = self.source.tokens(model, "backbone", self.pool_pixel_values, None, batch_size=batch_size,
+                                              image_keys=self.pool_hashes)
         return self._tokens
 
     def bank(self, model: Any, pixel_values: torch.Tensor, batch_size: int, image_keys: Optional[Sequence[str]] = None) -> ReferenceBank:

@@ -19,10 +19,11 @@ from typing import Any, Optional, Union
 import torch
 from tqdm.auto import tqdm
 
+from ..detectors import TRAINED_METHODS
 from ..extractor import REFERENCE_KINDS, ModelFeatureExtractor
 from ..metrics.names import METRIC_DEFINITIONS
 from .bootstrap import category_seed, draw_indices, paired_intervals, weights_from_indices
-from .cell import PredictionHook, is_trained, run_cell
+from .cell import PredictionHook, run_cell
 from .config import EvaluationConfig, make_config
 from .image_feature_cache import DirectSource, FeatureCache
 from .identity import IDENTITY_KEY, model_identity
@@ -64,13 +65,9 @@ def evaluate_model(
     return run_evaluation(model_or_path, make_config(config, **overrides), prediction_hook)
 
 
-def load_model(model_or_path: Any, config: EvaluationConfig) -> Any:
-    """The model in eval mode on ``config.device`` / ``config.dtype``."""
-    return load_model_with_identity(model_or_path, config)[0]
-
-
-def load_model_with_identity(model_or_path: Any, config: EvaluationConfig) -> tuple[Any, dict[str, Any]]:
-    """:func:`load_model` and the model's :func:`~.identity.model_identity`, taken before any dtype cast."""
+def load_model(model_or_path: Any, config: EvaluationConfig) -> tuple[Any, dict[str, Any]]:
+    """The model in eval mode on ``config.device`` / ``config.dtype``, and its :func:`~.identity.model_identity`
+    (taken before any dtype cast)."""
     from ..modeling import ADPretrainModel
 
     if isinstance(model_or_path, ADPretrainModel):
@@ -97,7 +94,7 @@ def run_evaluation(
     if config.effective_strategy != config.reference_strategy:
         warnings.warn(f"reference_seeds={config.reference_seeds} with strategy 'first' would repeat one set: "
                       "drawing the reference sets at random instead", stacklevel=2)
-    model, identity = load_model_with_identity(model_or_path, config)
+    model, identity = load_model(model_or_path, config)
     processor = processor_for(model)  # the one saved with the checkpoint, else the config's
     splits = load_splits(config)
     out = Path(config.output_dir) if config.output_dir is not None else None
@@ -114,7 +111,9 @@ def run_evaluation(
         counts[category] = {"num_train": data.train_pixel_values.shape[0], "num_test": data.test_pixel_values.shape[0]}
         picked = pick_overlay_indices(data.test_labels.tolist(), config.num_overlays) if out is not None else []
         source = feature_source(config)
-        _admit(source, data)
+        if isinstance(source, FeatureCache):  # only the category's own images are worth storing (not augmentations)
+            source.admit(data.train_pixel_values)
+            source.admit(data.test_pixel_values)
         try:
             category_runs, references[category], kept = _run_category(model, data, k, config, prediction_hook, picked, source)
         finally:
@@ -168,13 +167,6 @@ def feature_source(config: EvaluationConfig) -> Any:
     if not config.feature_cache:
         return DirectSource()
     return FeatureCache(config.feature_cache_mb, config.feature_cache_dir, kinds=config.feature_kinds)
-
-
-def _admit(source: Any, data: CategoryData) -> None:
-    """Only the category's own images are worth storing (not a detector's augmentations)."""
-    if isinstance(source, FeatureCache):
-        source.admit(data.train_pixel_values)
-        source.admit(data.test_pixel_values)
 
 
 def _run_category(
@@ -256,6 +248,6 @@ def _notes(config: EvaluationConfig, layout: str) -> list[str]:
     if config.noise_ratio > 0:
         notes.append(f"noise: int({config.noise_ratio:g} x normal training images) anomalous test images added to training "
                      "(SoftPatch overlap: also kept in test)")
-    if config.quick and any(is_trained(m) for m in config.methods):
+    if config.quick and any(m in TRAINED_METHODS for m in config.methods):
         notes.append("quick=True: trained methods ran a few epochs only; these numbers are smoke-test numbers, not results")
     return notes

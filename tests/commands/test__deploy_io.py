@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adpretrain_hf.commands._deploy_io import find_images, load_validation_set, output_file, output_stem, resolve_device
+from adpretrain_hf.commands._deploy_io import find_images, load_validation_set, output_path, output_stem, resolve_device
 
 
 def test_the_val_folder_is_read_the_mvtec_way(workspace):
@@ -25,9 +25,10 @@ def test_output_names_never_clash(workspace):
     assert [p.relative_to(workspace / "test").as_posix() for p in globbed] == ["a.png", "sub/a.png"]
 
 
-def test_output_files_keep_every_dot_of_the_name():
+def test_output_files_keep_every_dot_of_the_name(tmp_path):
     root = Path("/data")
-    names = [output_file(root / name, root, ".npy").as_posix() for name in ("x.v1.png", "x.v2.png", "sub/a.png")]
+    names = [output_path(tmp_path, output_stem(root / name, root), ".npy").relative_to(tmp_path).as_posix()
+             for name in ("x.v1.png", "x.v2.png", "sub/a.png")]
     assert names == ["x.v1_png.npy", "x.v2_png.npy", "sub/a_png.npy"]  # with_suffix would give x.npy twice
 
 

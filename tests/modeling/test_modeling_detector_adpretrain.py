@@ -21,7 +21,8 @@ from adpretrain_hf.detectors.glass import GLASSConfig
 from adpretrain_hf.detectors.uniad import UniADConfig
 from adpretrain_hf.extractor import ModelFeatureExtractor
 from adpretrain_hf.modeling.configuration_detector_adpretrain import ADPretrainDetectorConfig
-from adpretrain_hf.modeling.modeling_detector_adpretrain import ADPretrainDetectorModel, FittedTensors
+from adpretrain_hf.modeling.detector_module_adpretrain import allocate_buffers
+from adpretrain_hf.modeling.modeling_detector_adpretrain import ADPretrainDetectorModel
 
 TRAINED_CONFIGS = {  # tiny, --quick-sized
     "cflow": CFLOWConfig(meta_epochs=1, sub_epochs=1, batch_size=4, coupling_blocks=2, condition_dim=16, lr_warm_epochs=0),
@@ -231,7 +232,7 @@ def test_fit_from_a_checkpoint_folder_and_image_files(tiny_clip_model, tmp_path)
     refs = processor([Image.fromarray(a) for a in arrays[:8]], return_tensors="pt")["pixel_values"]
     expected = tiny_clip_model.compute_reference_bank(refs)
     for layer in model.layer_positions:
-        assert torch.equal(model.references.get(f"reference_bank_{layer}"), expected[layer])
+        assert torch.equal(getattr(model.references, f"reference_bank_{layer}"), expected[layer])
     with pytest.raises(ValueError, match="val_images"):
         fit_detector(tiny_clip_model, "featurenorm", paths[:2], progress=False, val_labels=[0, 1])
 
@@ -255,10 +256,10 @@ def test_saving_over_another_detector_leaves_nothing_of_it(tiny_clip_model, tmp_
 
 
 def test_fitted_tensors_take_any_stored_dtype_and_refuse_an_unknown_one():
-    fitted = FittedTensors({"counts": (2,), "mask": (3,), "bank": (4, 2)}, {"counts": "int64", "mask": "bool"})
-    assert (fitted.get("counts").dtype, fitted.get("mask").dtype, fitted.get("bank").dtype) == (torch.int64, torch.bool, torch.float32)
+    fitted = allocate_buffers(torch.nn.Module(), {"counts": (2,), "mask": (3,), "bank": (4, 2)}, {"counts": "int64", "mask": "bool"})
+    assert (fitted.counts.dtype, fitted.mask.dtype, fitted.bank.dtype) == (torch.int64, torch.bool, torch.float32)
     with pytest.raises(ValueError, match="stored dtype 'int65' is not a torch dtype"):  # was a bare KeyError
-        FittedTensors({"counts": (2,)}, {"counts": "int65"})
+        allocate_buffers(torch.nn.Module(), {"counts": (2,)}, {"counts": "int65"})
 
 
 def test_a_trained_method_folder_loads_in_a_fresh_process_after_import_adpretrain_hf(cnn_model, tmp_path):
