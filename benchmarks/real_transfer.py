@@ -245,6 +245,9 @@ def main() -> None:
             for seed in seeds:
                 started = time.perf_counter()
                 run_dir = work / f"run-{source}-{variant}-seed{seed}"
+                if args.phase == "eval" and not (model_folder(run_dir) / "config.json").is_file():
+                    print(f"skipped (not trained yet, --phase eval): {run_dir}", flush=True)
+                    continue
                 checkpoint = pretrain(source_root, run_dir, VARIANTS[variant], seed, args)
                 curve = read_curve(run_dir)
                 write_curve(run_dir / "loss_curve.csv", curve)
