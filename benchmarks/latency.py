@@ -164,16 +164,18 @@ else:
 x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 run(x)
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+print(base / 1024, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
 """
 
 
-def runtime_peak_mb(runtime: str, path: Path, batch: int, size: int, threads: int) -> float:
-    """Peak resident-memory growth (MB) of one ``batch`` run of an exported graph, in a fresh process
-    (growth over the process's peak after loading the graph: what the run itself adds)."""
+def runtime_peak_mb(runtime: str, path: Path, batch: int, size: int, threads: int) -> tuple[float, float]:
+    """``(load, run)`` peak resident memory (MB) of an exported graph in a fresh process: the peak
+    after loading (and compiling) the graph, and what one ``batch`` run adds above it. Both count:
+    a compile peak above the run's leaves the run's growth at 0."""
     out = subprocess.run([sys.executable, "-c", _PEAK_CHILD, runtime, str(path), str(batch), str(size), str(threads)],
                          capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    load, run = out.stdout.strip().splitlines()[-1].split()
+    return float(load), float(run)
 
 
 def mm_gflops(shapes: list[tuple[int, int, int]], warmup: int, repeats: int) -> tuple[float, float]:
@@ -282,7 +284,7 @@ def main() -> None:
 
     print(f"\npreset {args.preset}, {size}x{size} px, backbone weights: {args.backbone_weights or ('auto' if args.preset == 'efficientnet-lite0' else 'random')}, "
           f"torch {torch.__version__}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, load avg {os.getloadavg()[0]:.1f}\n")
-    extra = "".join(f" {name} ms/img | ÷ backbone | {name} peak MB |" for name in runtimes)
+    extra = "".join(f" {name} ms/img | ÷ backbone | {name} peak MB (load + run) |" for name in runtimes)
     print("| features | method | threads | batch | backbone | residual | projector | search | map+score | score (eager) "
           "| pipeline | ÷ backbone |" + extra)
     print("| --- | --- | ---: | ---: |" + " ---: |" * (8 + 3 * len(runtimes)))
@@ -293,7 +295,8 @@ def main() -> None:
                 + " | ".join(f"{c:.1f}" for c in cells)
                 + f" | {per(r['total']):.1f} | {per(r['pipeline']):.1f} | {r['pipeline'] / r['bare']:.2f}x |")
         for name in runtimes:
-            line += f" {per(r[name]):.1f} | {r[name] / r['bare']:.2f}x | {r[name + '_mb']:.0f} |"
+            load, run = r[name + "_mb"]
+            line += f" {per(r[name]):.1f} | {r[name] / r['bare']:.2f}x | {load:.0f} + {run:.0f} |"
         print(line)
     print("\n(ms per image, stages from inside one eager detector.score call; 'backbone' column = that call's "
           "backbone stage; ÷ backbone divides by a separate bare backbone_features call)")

@@ -17,7 +17,7 @@ def test_latency_table_on_tiny_preset(monkeypatch, capsys):
     spec.loader.exec_module(latency)
     monkeypatch.setattr(sys, "argv", [
         "latency.py", "--preset", "tiny-clip", "--image-size", "64", "--backbone-weights", "random", "--train-images", "2",
-        "--batch-sizes", "1", "--threads", "1", "--repeats", "1", "--warmup", "0", "--runtimes", "eager",
+        "--batch-sizes", "1", "--threads", "1", "--repeats", "1", "--warmup", "0", "--runtimes", "eager,onnx",
         "--features", "pretrained", "--methods", "patchcore",
     ])
     latency.main()
@@ -29,3 +29,5 @@ def test_latency_table_on_tiny_preset(monkeypatch, capsys):
     assert min(backbone, residual, projector, score, piped) > 0
     assert backbone + residual + projector + search <= score + 0.2  # parts of one score call (cells rounded to 0.1 ms)
     assert "| search | 64x12x96 |" in rows[2]  # 64 queries (8x8 grid) against the fitted bank
+    load_mb, run_mb = (float(v) for v in rows[0].strip("|").split("|")[-1].split("+"))
+    assert load_mb > 50 and run_mb >= 0  # the onnxruntime child's peak after loading, and what one run adds
