@@ -14,8 +14,10 @@ fitted on synthetic normal images, saved, and loaded back through ``pipeline("an
   ``projector``, ``search`` (PatchCore's memory-bank search), ``map+score`` (the rest: patch
   aggregation, upsampling, smoothing, image score);
 - ``pipeline``: the whole ``pipeline(...)`` call on PIL images (reading, resizing, mapping back);
-- ``onnx`` / ``openvino``: the exported graph (``adpretrain_hf.export``), same thread count, with the
-  peak resident-memory growth of one run (a fresh process, over its peak after loading the graph).
+- ``onnx`` / ``openvino``: the exported graph (``adpretrain_hf.export``), same thread count, with its
+  peak resident memory in a fresh process as ``load + run``: the peak after loading (and compiling)
+  the graph, and what one run adds above it (``VmHWM`` of the child's own image: ``ru_maxrss`` would
+  count the parent's memory at fork too).
 
 A second table gives each search's GFLOP/s (2 n m d per call) next to a plain ``torch.mm`` of the
 same ``[n, d] x [d, m]`` size timed in the same process (its faster layout: row blocks of at most
@@ -154,6 +156,17 @@ def staged_seconds(detector, pixels: torch.Tensor, warmup: int, repeats: int) ->
 _PEAK_CHILD = r"""
 import resource, sys, numpy as np
 runtime, path, batch, size, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+
+
+def peak_mb():
+    # VmHWM: this process image's peak (Linux). ru_maxrss would also count the parent's RSS at fork.
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 from adpretrain_hf import export
 if runtime == "onnx":
     session = export.onnx_session(path, threads=threads)
@@ -162,16 +175,16 @@ else:
     compiled = export.openvino_compiled(path, threads=threads)
     run = lambda x: compiled(x)
 x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = peak_mb()
 run(x)
-print(base / 1024, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+print(base, peak_mb() - base)
 """
 
 
 def runtime_peak_mb(runtime: str, path: Path, batch: int, size: int, threads: int) -> tuple[float, float]:
     """``(load, run)`` peak resident memory (MB) of an exported graph in a fresh process: the peak
-    after loading (and compiling) the graph, and what one ``batch`` run adds above it. Both count:
-    a compile peak above the run's leaves the run's growth at 0."""
+    after loading (and compiling) the graph, and what one ``batch`` run adds above it (0 where the
+    compile peak is higher than the run's)."""
     out = subprocess.run([sys.executable, "-c", _PEAK_CHILD, runtime, str(path), str(batch), str(size), str(threads)],
                          capture_output=True, text=True, check=True)
     load, run = out.stdout.strip().splitlines()[-1].split()
