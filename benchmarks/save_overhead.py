@@ -18,24 +18,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
-import time
 
 import torch
+
+from latency import median_seconds  # the benchmarks' one timer
 
 from adpretrain_hf import ADPretrainConfig, ADPretrainModel
 from adpretrain_hf.modeling import atomic_io_adpretrain
 from adpretrain_hf.modeling.modeling_adpretrain import ADPretrainPreTrainedModel
-
-
-def _median_seconds(action, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -48,12 +39,12 @@ def main() -> None:
     model = ADPretrainModel(ADPretrainConfig.from_preset(args.preset)).eval()
     with tempfile.TemporaryDirectory() as root:
         plain_dir, atomic_dir = os.path.join(root, "plain"), os.path.join(root, "atomic")
-        plain = _median_seconds(lambda: ADPretrainPreTrainedModel.save_pretrained(model, plain_dir), args.repeats)
-        atomic = _median_seconds(lambda: model.save_pretrained(atomic_dir), args.repeats)
+        plain = median_seconds(lambda: ADPretrainPreTrainedModel.save_pretrained(model, plain_dir), 0, args.repeats)
+        atomic = median_seconds(lambda: model.save_pretrained(atomic_dir), 0, args.repeats)
         flush = atomic_io_adpretrain._fsync_tree
         atomic_io_adpretrain._fsync_tree = lambda folder: None
         try:
-            no_fsync = _median_seconds(lambda: model.save_pretrained(atomic_dir), args.repeats)
+            no_fsync = median_seconds(lambda: model.save_pretrained(atomic_dir), 0, args.repeats)
         finally:
             atomic_io_adpretrain._fsync_tree = flush
         size = sum(os.path.getsize(os.path.join(atomic_dir, f)) for f in os.listdir(atomic_dir) if f.endswith(".safetensors"))
