@@ -13,13 +13,17 @@ dimension is dynamic). Thresholding stays outside the graph (compare ``scores`` 
 PaDiM (a batched triangular solve) and the trained methods are not exported.
 
 OpenVINO (anomalib's default deploy target): :func:`export_openvino` converts the same ONNX graph
-to OpenVINO IR (``model.xml`` + ``model.bin``, dynamic batch unless fixed) and
-:func:`check_openvino` runs it on the CPU in float32 (OpenVINO would otherwise pick bf16 on CPUs
-that have it, and the thresholds were calibrated in float32) against torch.
+to OpenVINO IR (``model.xml`` + ``model.bin``, dynamic batch unless fixed).
+
+Running and checking: :class:`~adpretrain_hf.exported_detector.ExportedDetector` runs either
+graph image by image (OpenVINO compiled with a static batch, in float32: OpenVINO would otherwise
+pick bf16 on CPUs that have it, and the thresholds were calibrated in float32), and
+:func:`check_exported` compares it with torch.
 
 Memory: the searches in the graph walk the banks in chunks of ``matching_adpretrain.BANK_CHUNK_ROWS``
-rows, so a runtime holds ``[queries, chunk]`` distances at a time, never the whole
-``[queries, bank]`` matrix (``benchmarks/latency.py`` prints each runtime's peak growth).
+rows, so a runtime needs ``[queries, chunk]`` distances at a time, never the whole
+``[queries, bank]`` matrix; fed one image at a time that stays small (``benchmarks/latency.py``
+prints each runtime's peak growth; why one at a time: the runner's docstring).
 """
 
 from __future__ import annotations
@@ -28,26 +32,23 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
 from torch import nn
 
+from .exported_detector import INPUT_NAME, OPENVINO_XML, OUTPUT_NAMES, RUNTIMES, ExportedDetector, require_openvino
 from .modeling.modeling_detector_adpretrain import ADPretrainDetectorModel
 
-__all__ = ["EXPORTABLE_METHODS", "FORMATS", "check_onnx", "check_openvino", "export_onnx", "export_openvino"]
+__all__ = ["EXPORTABLE_METHODS", "FORMATS", "check_exported", "export_onnx", "export_openvino"]
 
 EXPORTABLE_METHODS = ("featurenorm", "patchcore")
 DEFAULT_OPSET = 17
-INPUT_NAME = "pixel_values"
-OUTPUT_NAMES = ("anomaly_map", "score")  # the detector output's field names: [B, H, W], [B]
-FORMATS = ("onnx", "openvino")
-OPENVINO_XML = "model.xml"  # the IR's graph; its weights are model.bin beside it
+FORMATS = RUNTIMES  # export formats = the runtimes that run them
 # OpenVINO 2026.4 reads an opset-17 ReduceLogSumExp (PatchCore's reweighted score) as a reduction over
 # every axis, ignoring its axes attribute; from opset 18 the axes are an input and convert right.
 OPENVINO_OPSET = 18
-OPENVINO_PRECISION = "f32"  # inference precision hint: the calibration's precision, not the CPU's bf16 default
 
 
 class _ScoringGraph(nn.Module):
@@ -111,54 +112,6 @@ def export_onnx(
     return path
 
 
-def onnx_session(path: Union[str, os.PathLike], threads: Optional[int] = None):
-    """An ``onnxruntime.InferenceSession`` on the CPU (``threads`` intra-op threads, default: ORT's)."""
-    try:
-        import onnxruntime as ort
-    except ImportError as err:  # pragma: no cover - onnxruntime is installed where export is used
-        raise ImportError("checking an ONNX export needs onnxruntime: pip install onnxruntime") from err
-    options = ort.SessionOptions()
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-@torch.no_grad()
-def check_onnx(
-    detector_model: ADPretrainDetectorModel, path: Union[str, os.PathLike], pixel_values: torch.Tensor, session: Any = None
-) -> dict[str, float]:
-    """Run the exported graph (onnxruntime, CPU) and the torch path on the same pixels.
-
-    ``session``: an open :func:`onnx_session` of ``path`` to reuse (a caller checking many batches
-    opens one); None opens one here. Returns ``{"anomaly_map": max |diff|, "score": max |diff|,
-    "map_scale": max |map|}``.
-    """
-    _check_exportable(detector_model)
-    session = onnx_session(path) if session is None else session
-    return _parity(detector_model, pixel_values, lambda pixels: session.run(list(OUTPUT_NAMES), {INPUT_NAME: pixels}))
-
-
-@torch.no_grad()
-def _parity(detector_model: ADPretrainDetectorModel, pixel_values: torch.Tensor, run: Any) -> dict[str, float]:
-    """Max |difference| between ``run(pixels as numpy) -> (maps, scores)`` and the torch path."""
-    _check_exportable(detector_model)
-    maps, score = detector_model.score(pixel_values.to(detector_model.device))
-    runtime_maps, runtime_score = run(pixel_values.float().cpu().numpy())
-    return {
-        "anomaly_map": float(np.abs(np.asarray(runtime_maps) - maps.float().cpu().numpy()).max()),
-        "score": float(np.abs(np.asarray(runtime_score) - score.float().cpu().numpy()).max()),
-        "map_scale": float(maps.abs().max()),
-    }
-
-
-def _openvino():
-    try:
-        import openvino
-    except ImportError as err:
-        raise ImportError("OpenVINO export needs openvino: pip install 'adpretrain-hf[export]' (or pip install openvino)") from err
-    return openvino
-
-
 def export_openvino(
     detector_model: ADPretrainDetectorModel,
     folder: Union[str, os.PathLike],
@@ -171,7 +124,7 @@ def export_openvino(
     The graph is the ONNX export's (same ops, same chunked searches; opset :data:`OPENVINO_OPSET`),
     converted by OpenVINO; ``batch_size`` None keeps the batch dimension dynamic.
     """
-    ov = _openvino()
+    ov = require_openvino()
     _check_exportable(detector_model)
     folder = Path(folder)
     if folder.suffix == ".xml":
@@ -185,30 +138,26 @@ def export_openvino(
     return xml
 
 
-def openvino_compiled(path: Union[str, os.PathLike], threads: Optional[int] = None):
-    """The IR at ``path`` (``model.xml`` or its folder) compiled for the CPU in float32; call it with
-    ``{"pixel_values": array}`` or the array; ``threads``: inference threads (default: OpenVINO's)."""
-    ov = _openvino()
-    path = Path(path)
-    xml = path / OPENVINO_XML if path.is_dir() else path
-    if not xml.is_file():
-        raise FileNotFoundError(f"no OpenVINO model at {xml}: write one with export_openvino(detector, folder)")
-    config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION}
-    if threads is not None:
-        config["INFERENCE_NUM_THREADS"] = int(threads)
-    return ov.Core().compile_model(str(xml), "CPU", config)
-
-
 @torch.no_grad()
-def check_openvino(
-    detector_model: ADPretrainDetectorModel, path: Union[str, os.PathLike], pixel_values: torch.Tensor, compiled: Any = None
+def check_exported(
+    detector_model: ADPretrainDetectorModel,
+    path: Union[str, os.PathLike],
+    pixel_values: torch.Tensor,
+    runner: Optional[ExportedDetector] = None,
 ) -> dict[str, float]:
-    """As :func:`check_onnx`, for the OpenVINO IR at ``path`` (``compiled``: an :func:`openvino_compiled`
-    model to reuse)."""
-    compiled = openvino_compiled(path) if compiled is None else compiled
+    """Run the exported graph at ``path`` (onnxruntime for ``.onnx``, OpenVINO for an IR folder) and
+    the torch path on the same pixels.
 
-    def run(pixels: np.ndarray):
-        result = compiled({INPUT_NAME: pixels})
-        return tuple(result[compiled.output(name)] for name in OUTPUT_NAMES)
-
-    return _parity(detector_model, pixel_values, run)
+    ``runner``: an open :class:`~adpretrain_hf.exported_detector.ExportedDetector` of ``path`` to
+    reuse (a caller checking many batches opens one); None opens one here. Returns
+    ``{"anomaly_map": max |diff|, "score": max |diff|, "map_scale": max |map|}``.
+    """
+    _check_exportable(detector_model)
+    runner = ExportedDetector(path) if runner is None else runner
+    maps, score = detector_model.score(pixel_values.to(detector_model.device))
+    runtime_maps, runtime_score = runner(pixel_values.float().cpu().numpy())
+    return {
+        "anomaly_map": float(np.abs(runtime_maps - maps.float().cpu().numpy()).max()),
+        "score": float(np.abs(runtime_score - score.float().cpu().numpy()).max()),
+        "map_scale": float(maps.abs().max()),
+    }

@@ -6,7 +6,8 @@
 Fits FeatureNorm and PatchCore (pretrained features, random projectors: latency does not
 depend on what was learned) on synthetic normal images, exports each with ``export_onnx``,
 checks parity, and times ``ADPretrainDetectorModel.score`` (torch, ``no_grad``) against the
-onnxruntime session on the same batches, batch 1 and 16, same thread count for both.
+onnxruntime (``ExportedDetector``, fed image by image as deployed) on the same batches, batch 1
+and 16, same thread count for both.
 Prints one markdown table: milliseconds per image (median of ``--repeats`` timed runs after
 ``--warmup`` untimed ones) side by side.
 """
@@ -24,7 +25,8 @@ from latency import median_seconds  # the benchmarks' one timer
 
 from adpretrain_hf import ADPretrainConfig, ADPretrainModel
 from adpretrain_hf.deployment import fit_detector
-from adpretrain_hf.export import EXPORTABLE_METHODS, check_onnx, export_onnx, onnx_session
+from adpretrain_hf.export import EXPORTABLE_METHODS, check_exported, export_onnx
+from adpretrain_hf.exported_detector import ExportedDetector
 
 BATCH_SIZES = (1, 16)
 
@@ -67,13 +69,12 @@ def main() -> None:
         for method in EXPORTABLE_METHODS:
             detector = fit_detector(model, method, train, progress=False, batch_size=args.fit_batch_size)
             path = export_onnx(detector, Path(tmp) / f"{method}.onnx")
-            session = onnx_session(path, threads=args.threads)
+            runner = ExportedDetector(path, threads=args.threads)  # image by image, as deployed
             for batch, pixels in batches.items():
-                diffs = check_onnx(detector, path, pixels, session=session)
+                diffs = check_exported(detector, path, pixels, runner=runner)
                 with torch.no_grad():
                     eager = median_ms_per_image(lambda: detector.score(pixels), batch, args.warmup, args.repeats)
-                feed = {"pixel_values": pixels.numpy()}
-                ort_ms = median_ms_per_image(lambda: session.run(None, feed), batch, args.warmup, args.repeats)
+                ort_ms = median_ms_per_image(lambda: runner(pixels.numpy()), batch, args.warmup, args.repeats)
                 bank = int(detector.detector.memory_bank.shape[0]) if method == "patchcore" else 0
                 rows.append((method, batch, eager, ort_ms, diffs["anomaly_map"], diffs["score"], bank))
 

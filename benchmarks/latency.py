@@ -14,7 +14,8 @@ fitted on synthetic normal images, saved, and loaded back through ``pipeline("an
   ``projector``, ``search`` (PatchCore's memory-bank search), ``map+score`` (the rest: patch
   aggregation, upsampling, smoothing, image score);
 - ``pipeline``: the whole ``pipeline(...)`` call on PIL images (reading, resizing, mapping back);
-- ``onnx`` / ``openvino``: the exported graph (``adpretrain_hf.export``), same thread count, with its
+- ``onnx`` / ``openvino``: the exported graph (``adpretrain_hf.export``) run by ``ExportedDetector``
+  (``--micro-batch`` images per graph call, 1 as deployed), same thread count, with its
   peak resident memory in a fresh process as ``load + run``: the peak after loading (and compiling)
   the graph, and what one run adds above it (``VmHWM`` of the child's own image: ``ru_maxrss`` would
   count the parent's memory at fork too).
@@ -155,7 +156,7 @@ def staged_seconds(detector, pixels: torch.Tensor, warmup: int, repeats: int) ->
 
 _PEAK_CHILD = r"""
 import resource, sys, numpy as np
-runtime, path, batch, size, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+runtime, path, batch, size, threads, micro = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 
 
 def peak_mb():
@@ -167,13 +168,8 @@ def peak_mb():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-from adpretrain_hf import export
-if runtime == "onnx":
-    session = export.onnx_session(path, threads=threads)
-    run = lambda x: session.run(None, {"pixel_values": x})
-else:
-    compiled = export.openvino_compiled(path, threads=threads)
-    run = lambda x: compiled(x)
+from adpretrain_hf.exported_detector import ExportedDetector
+run = ExportedDetector(path, threads=threads, micro_batch=micro)
 x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
 base = peak_mb()
 run(x)
@@ -181,11 +177,11 @@ print(base, peak_mb() - base)
 """
 
 
-def runtime_peak_mb(runtime: str, path: Path, batch: int, size: int, threads: int) -> tuple[float, float]:
+def runtime_peak_mb(runtime: str, path: Path, batch: int, size: int, threads: int, micro_batch: int) -> tuple[float, float]:
     """``(load, run)`` peak resident memory (MB) of an exported graph in a fresh process: the peak
-    after loading (and compiling) the graph, and what one ``batch`` run adds above it (0 where the
-    compile peak is higher than the run's)."""
-    out = subprocess.run([sys.executable, "-c", _PEAK_CHILD, runtime, str(path), str(batch), str(size), str(threads)],
+    after loading (and compiling) the graph, and what one ``batch`` run (fed ``micro_batch`` images
+    per graph call) adds above it (0 where the compile peak is higher than the run's)."""
+    out = subprocess.run([sys.executable, "-c", _PEAK_CHILD, runtime, str(path), str(batch), str(size), str(threads), str(micro_batch)],
                          capture_output=True, text=True, check=True)
     load, run = out.stdout.strip().splitlines()[-1].split()
     return float(load), float(run)
@@ -223,19 +219,21 @@ def build_model(args: argparse.Namespace) -> ADPretrainModel:
     return model
 
 
-def runtime_sessions(detector, folder: Path, runtimes: list[str], threads: int) -> dict[str, Callable]:
-    """Exported graphs of ``detector`` as ``pixels -> outputs`` callables, one per requested runtime."""
+def runtime_sessions(detector, folder: Path, runtimes: list[str], threads: int, micro_batch: int) -> dict[str, tuple[Path, Callable]]:
+    """Exported graphs of ``detector`` as ``(path, pixels -> outputs)``, one per requested runtime,
+    each an ``ExportedDetector`` fed ``micro_batch`` images per graph call (as deployed)."""
     from adpretrain_hf import export
+    from adpretrain_hf.exported_detector import ExportedDetector
 
-    calls = {}
+    paths = {}
     if "onnx" in runtimes:
-        path = export.export_onnx(detector, folder / "model.onnx")
-        session = export.onnx_session(path, threads=threads)
-        calls["onnx"] = (path, lambda px: session.run(None, {"pixel_values": px.numpy()}))
+        paths["onnx"] = export.export_onnx(detector, folder / "model.onnx")
     if "openvino" in runtimes:
-        path = export.export_openvino(detector, folder / "openvino")
-        compiled = export.openvino_compiled(path, threads=threads)
-        calls["openvino"] = (path, lambda px: compiled(px.numpy()))
+        paths["openvino"] = export.export_openvino(detector, folder / "openvino")
+    calls = {}
+    for name, path in paths.items():
+        runner = ExportedDetector(path, threads=threads, micro_batch=micro_batch)
+        calls[name] = (path, lambda px, runner=runner: runner(px.numpy()))
     return calls
 
 
@@ -251,6 +249,8 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,16", help="comma-separated batch sizes")
     parser.add_argument("--threads", default="1", help="comma-separated torch / runtime thread counts")
     parser.add_argument("--runtimes", default="eager,onnx", help="eager plus any of onnx, openvino")
+    parser.add_argument("--micro-batch", type=int, default=1,
+                        help="images per exported-graph call (ExportedDetector's micro_batch; 1 as deployed)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs (the median is reported)")
     args = parser.parse_args()
@@ -275,7 +275,7 @@ def main() -> None:
                 bank = getattr(detector.detector, "memory_bank", None)
                 for threads in thread_counts:
                     torch.set_num_threads(threads)
-                    calls = runtime_sessions(detector, folder, runtimes, threads)
+                    calls = runtime_sessions(detector, folder, runtimes, threads, args.micro_batch)
                     for batch in batch_sizes:
                         pixels = torch.from_numpy(rng.standard_normal((batch, 3, size, size)).astype(np.float32))
                         with torch.no_grad():
@@ -286,7 +286,7 @@ def main() -> None:
                                "pipeline": piped, "bank": None if bank is None else tuple(bank.shape), **stages}
                         for name, (path, call) in calls.items():
                             row[name] = median_seconds(lambda: call(pixels), args.warmup, args.repeats)
-                            row[name + "_mb"] = runtime_peak_mb(name, path, batch, size, threads)
+                            row[name + "_mb"] = runtime_peak_mb(name, path, batch, size, threads, args.micro_batch)
                         rows.append(row)
                         for stage in ("residual", "search"):
                             shapes = stages["flops"].get(stage)

@@ -1,4 +1,4 @@
-"""ONNX export of the whole inference path (FeatureNorm, PatchCore), checked with onnxruntime."""
+"""ONNX and OpenVINO export of the whole inference path (FeatureNorm, PatchCore), checked with the runtimes."""
 
 import numpy as np
 import onnx
@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from adpretrain_hf.deployment import fit_detector
-from adpretrain_hf.export import check_onnx, export_onnx, onnx_session
+from adpretrain_hf.export import check_exported, export_onnx
+from adpretrain_hf.exported_detector import ExportedDetector, onnx_session
 
 MAX_ABS_DIFF = 1e-4  # float32 kernels differ between torch and onnxruntime in the last bits
 
@@ -26,11 +27,11 @@ def test_onnx_matches_torch_with_a_dynamic_batch(tiny_clip_model, method, kwargs
     if method == "patchcore":  # the memory bank is baked in as an initialiser
         bank = model.detector.memory_bank.numpy()
         assert any(np.array_equal(onnx.numpy_helper.to_array(t), bank) for t in graph.graph.initializer)
-    session = onnx_session(path)
-    for batch in (1, 3):  # exported with batch 2: the batch axis is dynamic; batch 3 reuses an open session
-        diffs = check_onnx(model, path, _images(batch, 64, batch), session=session if batch == 3 else None)
+    runner = ExportedDetector(path, micro_batch=3)
+    for batch in (1, 3):  # exported with batch 2: the batch axis is dynamic; batch 3 reuses an open runner
+        diffs = check_exported(model, path, _images(batch, 64, batch), runner=runner if batch == 3 else None)
         assert diffs["anomaly_map"] <= MAX_ABS_DIFF * max(1.0, diffs["map_scale"]) and diffs["score"] <= MAX_ABS_DIFF * max(1.0, diffs["map_scale"])
-    # Independent of check_onnx: run the session by hand against the detector model's forward.
+    # Independent of check_exported: run the session by hand against the detector model's forward.
     test = _images(2, 64, 9)
     onnx_map, onnx_scores = onnx_session(path).run(None, {"pixel_values": test.numpy()})
     out = model(test)
@@ -51,16 +52,17 @@ def test_fixed_batch_and_unsupported_methods(tiny_clip_model, tmp_path):
 @pytest.mark.parametrize("method", ["featurenorm", "patchcore"])
 def test_openvino_matches_torch_with_a_dynamic_batch(tiny_clip_model, method, tmp_path):
     pytest.importorskip("openvino")
-    from adpretrain_hf.export import check_openvino, export_openvino, openvino_compiled
+    from adpretrain_hf.export import export_openvino
+    from adpretrain_hf.exported_detector import openvino_compiled
 
     model = fit_detector(tiny_clip_model, method, _images(6, 64, 0), progress=False)
     xml = export_openvino(model, tmp_path / method)
     assert xml.name == "model.xml" and xml.with_suffix(".bin").is_file()
     compiled = openvino_compiled(xml.parent, threads=1)
     for batch in (1, 3):  # the batch axis stays dynamic
-        diffs = check_openvino(model, xml, _images(batch, 64, batch), compiled=compiled)
+        diffs = check_exported(model, xml.parent, _images(batch, 64, batch), runner=ExportedDetector(xml, micro_batch=batch))
         assert diffs["anomaly_map"] <= MAX_ABS_DIFF * max(1.0, diffs["map_scale"]) and diffs["score"] <= MAX_ABS_DIFF * max(1.0, diffs["map_scale"])
-    # Independent of check_openvino: the compiled model by hand against the detector model's forward.
+    # Independent of check_exported: the compiled model by hand against the detector model's forward.
     test = _images(2, 64, 9)
     result = compiled({"pixel_values": test.numpy()})
     out = model(test)
@@ -71,7 +73,8 @@ def test_openvino_matches_torch_with_a_dynamic_batch(tiny_clip_model, method, tm
 
 def test_openvino_export_refuses_a_file_name_and_a_missing_model(tiny_clip_model, tmp_path):
     pytest.importorskip("openvino")
-    from adpretrain_hf.export import export_openvino, openvino_compiled
+    from adpretrain_hf.export import export_openvino
+    from adpretrain_hf.exported_detector import openvino_compiled
 
     model = fit_detector(tiny_clip_model, "featurenorm", _images(4, 64, 0), progress=False)
     with pytest.raises(ValueError, match="writes a folder"):

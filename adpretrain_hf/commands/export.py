@@ -40,13 +40,13 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
-    from adpretrain_hf.export import check_onnx, check_openvino, export_onnx, export_openvino
+    from adpretrain_hf.export import check_exported, export_onnx, export_openvino
     from adpretrain_hf.modeling.image_processing_adpretrain import processor_for
     from adpretrain_hf.modeling.modeling_detector_adpretrain import ADPretrainDetectorModel
 
     detector = ADPretrainDetectorModel.from_pretrained(folder).eval()
     openvino = args.format == "openvino"
-    export, check = (export_openvino, check_openvino) if openvino else (export_onnx, check_onnx)
+    export = export_openvino if openvino else export_onnx
     opset = args.opset or (OPENVINO_OPSET if openvino else DEFAULT_OPSET)
     target = Path(args.output) if args.output else folder / ("openvino" if openvino else "model.onnx")
     path = export(detector, target, batch_size=args.batch_size, opset=opset)
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     height, width = processor.output_size
     rng = np.random.default_rng(PARITY_SEED)
     images = [Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)) for _ in range(args.batch_size or PARITY_IMAGES)]
-    parity = check(detector, path, processor(images, return_tensors="pt")["pixel_values"])
+    parity = check_exported(detector, path, processor(images, return_tensors="pt")["pixel_values"])
     size = sum(p.stat().st_size for p in (path, path.with_suffix(".bin")) if p.is_file())
     print(f"{detector.config.method} detector exported to {path} ({size / 2**20:.1f} MiB, opset {opset}, "
           f"batch {'dynamic' if args.batch_size is None else args.batch_size})")

@@ -55,7 +55,7 @@ def test_the_torch_free_opset_copy_matches_the_exporter():
 
 def test_openvino_export_matches_the_torch_detector(featurenorm, tmp_path, capsys):
     pytest.importorskip("openvino")
-    from adpretrain_hf.export import openvino_compiled
+    from adpretrain_hf.exported_detector import openvino_compiled
 
     target = tmp_path / "ov"
     assert main(["export", "--detector", str(featurenorm), "--format", "openvino", "--output", str(target)]) == 0
