@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from .exported_detector import INPUT_NAME, OPENVINO_XML, OUTPUT_NAMES, RUNTIMES, ExportedDetector, require_openvino
+from .modeling.matching_adpretrain import traced_index_style
 from .modeling.modeling_detector_adpretrain import ADPretrainDetectorModel
 
 __all__ = ["EXPORTABLE_METHODS", "FORMATS", "check_exported", "export_onnx", "export_openvino"]
@@ -49,6 +50,9 @@ FORMATS = RUNTIMES  # export formats = the runtimes that run them
 # OpenVINO 2026.4 reads an opset-17 ReduceLogSumExp (PatchCore's reweighted score) as a reduction over
 # every axis, ignoring its axes attribute; from opset 18 the axes are an input and convert right.
 OPENVINO_OPSET = 18
+# OpenVINO runs TopK cheaply and the winning-chunk search's NonZero/ScatterND dearly; onnxruntime the
+# reverse (matching_adpretrain's docstring has the measurements), so each format traces its own
+OPENVINO_INDEX_STYLE = "topk"
 
 
 class _ScoringGraph(nn.Module):
@@ -121,8 +125,8 @@ def export_openvino(
 ) -> Path:
     """Write the detector's inference graph as OpenVINO IR into ``folder`` and return ``folder/model.xml``.
 
-    The graph is the ONNX export's (same ops, same chunked searches; opset :data:`OPENVINO_OPSET`),
-    converted by OpenVINO; ``batch_size`` None keeps the batch dimension dynamic.
+    The graph is the ONNX export's (same chunked searches, their index found by ``TopK``:
+    :data:`OPENVINO_INDEX_STYLE`; opset :data:`OPENVINO_OPSET`), converted by OpenVINO; ``batch_size`` None keeps the batch dimension dynamic.
     """
     ov = require_openvino()
     _check_exportable(detector_model)
@@ -131,7 +135,8 @@ def export_openvino(
         raise ValueError(f"OpenVINO export writes a folder (model.xml + model.bin), got the file name {folder}: pass a folder")
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = export_onnx(detector_model, Path(tmp) / "model.onnx", batch_size=batch_size, opset=opset)
+        with traced_index_style(OPENVINO_INDEX_STYLE):
+            onnx_path = export_onnx(detector_model, Path(tmp) / "model.onnx", batch_size=batch_size, opset=opset)
         model = ov.convert_model(str(onnx_path))
         xml = folder / OPENVINO_XML
         ov.save_model(model, str(xml), compress_to_fp16=False)  # float32 weights: the banks must not round

@@ -82,6 +82,23 @@ def test_traceable_ties_across_chunks_keep_the_lower_index_as_argmin(metric, mon
     assert int(index[0]) == 1
 
 
+@pytest.mark.parametrize("backend", ["traced", "traced-topk"])
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_traced_graphs_keep_the_lower_index_on_ties_within_and_across_chunks(backend, metric, monkeypatch):
+    monkeypatch.setattr(matching_adpretrain, "BANK_CHUNK_ROWS", 2)
+    # chunks of 2 rows: rows 2 and 3 tie inside chunk 1, and row 5 repeats them in chunk 2
+    bank = torch.tensor([[0.0, 1.0], [1.0, 0.0], [-1.0, 0.0], [-1.0, 0.0], [0.0, -1.0], [-1.0, 0.0]])
+    queries = torch.tensor([[-2.0, 0.0], [2.0, 0.0], [0.0, 3.0]]) if metric == "cosine" else bank[[2, 1, 0]]
+    _, index = _search(backend, queries, bank, metric)
+    assert index.tolist() == [2, 1, 0]
+
+
+def test_an_unknown_traced_index_style_is_refused():
+    with pytest.raises(ValueError, match=r"unknown traced index style 'argmax': choose one of \('winning-chunk', 'topk'\)"):
+        with matching_adpretrain.traced_index_style("argmax"):
+            pass
+
+
 def test_traceable_is_a_backend_with_the_same_input_checks():
     assert "traceable" in BACKENDS
     with pytest.raises(ValueError, match=r"unknown metric 'dot': choose one of \('cosine', 'l2'\)"):
@@ -102,7 +119,7 @@ def test_residuals_are_the_same_with_the_traceable_backend(metric):
 
 # -- the prepared, blocked search: exactness against float64 brute force in every backend ------------
 
-SEARCH_BACKENDS = ["torch", "auto", "traceable", "traced", "faiss"]
+SEARCH_BACKENDS = ["torch", "auto", "traceable", "traced", "traced-topk", "faiss"]
 
 
 def _float64_truth(queries, bank, metric):
@@ -119,12 +136,14 @@ def _float64_truth(queries, bank, metric):
 
 
 def _search(backend, queries, bank, metric):
-    """One backend's answer; ``"traced"`` runs the graph ``torch.jit.trace`` records (the ONNX path)."""
+    """One backend's answer; ``"traced"`` / ``"traced-topk"`` run the graph ``torch.jit.trace`` records
+    (the ONNX path; its index found by the winning chunk's ArgMin / by TopK)."""
     if backend == "faiss" and not faiss_available():
         pytest.skip("faiss is not installed")
-    if backend != "traced":
+    if not backend.startswith("traced"):
         return nearest_neighbors(queries, bank, metric=metric, backend=backend)
-    traced = torch.jit.trace(lambda q: nearest_neighbors(q, bank, metric=metric, backend="traceable"), queries[:3], check_trace=False)
+    with matching_adpretrain.traced_index_style("topk" if backend == "traced-topk" else "winning-chunk"):
+        traced = torch.jit.trace(lambda q: nearest_neighbors(q, bank, metric=metric, backend="traceable"), queries[:3], check_trace=False)
     return traced(queries)  # more queries than traced with: the query count stays dynamic
 
 
@@ -200,9 +219,10 @@ def test_nan_queries_stay_nan():
     assert torch.isnan(values[1]) and not torch.isnan(values[[0, 2]]).any()
 
 
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("style", matching_adpretrain.TRACED_INDEX_STYLES)
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
-def test_the_exported_search_in_onnxruntime_is_exact_and_keeps_the_lowest_tie(metric, small_blocks, tmp_path):
-    ort = pytest.importorskip("onnxruntime")
+def test_the_exported_search_is_exact_and_keeps_the_lowest_tie(metric, runtime, style, small_blocks, tmp_path):
     generator = torch.Generator().manual_seed(7)
     distinct = torch.randn(20, 6, generator=generator) * 3
     bank = torch.cat([distinct, distinct])  # row i again at i + 20 (another chunk)
@@ -212,9 +232,18 @@ def test_the_exported_search_in_onnxruntime_is_exact_and_keeps_the_lowest_tie(me
             return nearest_neighbors(q, bank, metric=metric, backend="traceable")
 
     path = tmp_path / "search.onnx"
-    torch.onnx.export(Search(), (torch.randn(3, 6),), str(path), input_names=["q"], dynamic_axes={"q": {0: "n"}}, dynamo=False)
+    with matching_adpretrain.traced_index_style(style):
+        torch.onnx.export(Search(), (torch.randn(3, 6),), str(path), input_names=["q"], output_names=["v", "i"],
+                          dynamic_axes={"q": {0: "n"}}, opset_version=18, dynamo=False)
     queries = distinct + 0.01 * torch.randn(20, 6, generator=generator)
-    values, index = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"q": queries.numpy()})
+    if runtime == "onnxruntime":
+        ort = pytest.importorskip("onnxruntime")
+        values, index = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"q": queries.numpy()})
+    else:
+        ov = pytest.importorskip("openvino")
+        compiled = ov.Core().compile_model(ov.convert_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        result = compiled({"q": queries.numpy()})
+        values, index = result["v"], result["i"]
     best, truth, _ = _float64_truth(queries, distinct, metric)
     assert np.array_equal(index, truth.numpy())  # the first copy of every row
     assert np.allclose(values, best.numpy(), rtol=1e-5, atol=1e-4)
