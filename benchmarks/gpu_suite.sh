@@ -2,8 +2,9 @@
 # One GPU check of the package, under 8 minutes on one H100/H200, ending in one table:
 #   model forward vs bare backbone (clip-large, bf16, batch 64), pipeline vs model,
 #   pretraining samples/s and peak memory (clip-large, batch 32, K=8), evaluation images/s
-#   (with and without the feature cache), PatchCore/PaDiM fit and predict on the GPU, and the
-#   tests that skip without CUDA.
+#   (with and without the feature cache), PatchCore/PaDiM fit and predict on the GPU, the per-image
+#   deploy latency by stage (clip-large bf16, benchmarks/latency.py), and the tests that skip
+#   without CUDA.
 #
 #   bash benchmarks/gpu_suite.sh               # on the GPU box
 #   bash benchmarks/gpu_suite.sh --cpu-smoke   # tiny presets on the CPU: checks the plumbing
@@ -43,7 +44,8 @@ if [[ $MODE == gpu ]]; then
     EVALUATION=(--preset "$BIG" --dtype bf16 --device "$DEV" --num-train 48 --num-test 32 --repeats 2 --methods featurenorm,patchcore
                 --modes no-cache,cache)
     DETECTORS=(--devices "$DEV" --train 200 --test 50 --threads 0)
-    T_THROUGHPUT=60; T_PIPELINE=75; T_PRETRAIN=90; T_EVALUATION=150; T_DETECTORS=60; T_TESTS=40
+    LATENCY=(--preset "$BIG" --device "$DEV" --dtype bf16 --runtimes eager --batch-sizes 1,16 --train-images 10 --repeats 5 --warmup 2)
+    T_THROUGHPUT=60; T_PIPELINE=75; T_PRETRAIN=90; T_EVALUATION=150; T_DETECTORS=60; T_LATENCY=90; T_TESTS=40
 else
     BIG=tiny-clip; DEV=cpu
     THROUGHPUT=(--preset "$BIG" --batch-size 4 --iters 1 --warmup 1 --device "$DEV")
@@ -52,7 +54,9 @@ else
     EVALUATION=(--preset "$BIG" --device "$DEV" --num-train 4 --num-test 4 --methods featurenorm,padim --shots 2
                 --num-overlays 1 --no-warmup --repeats 1 --modes no-cache,cache)
     DETECTORS=(--devices "$DEV" --train 8 --test 4 --layers 2 --channels 16 --grid 4 --image-size 32 --batch-size 4)
-    T_THROUGHPUT=120; T_PIPELINE=120; T_PRETRAIN=120; T_EVALUATION=300; T_DETECTORS=120; T_TESTS=300
+    LATENCY=(--preset "$BIG" --image-size 64 --backbone-weights random --device "$DEV" --dtype bf16 --runtimes eager
+             --batch-sizes 1,2 --train-images 2 --repeats 1 --warmup 0)
+    T_THROUGHPUT=120; T_PIPELINE=120; T_PRETRAIN=120; T_EVALUATION=300; T_DETECTORS=120; T_LATENCY=240; T_TESTS=300
 fi
 
 declare -A STATUS
@@ -79,6 +83,7 @@ step pipeline "$T_PIPELINE" "$PY" benchmarks/pipeline_throughput.py "${PIPELINE[
 step pretrain "$T_PRETRAIN" "$PY" benchmarks/pretrain_throughput.py "${PRETRAIN[@]}"
 step evaluation "$T_EVALUATION" "$PY" benchmarks/evaluation.py "${EVALUATION[@]}" --work "$LOGS/evaluation-work"
 step detectors "$T_DETECTORS" "$PY" benchmarks/detectors.py "${DETECTORS[@]}"
+step latency "$T_LATENCY" "$PY" benchmarks/latency.py "${LATENCY[@]}"
 # The tests that skip without CUDA: files that test torch.cuda.is_available(), their cuda/gpu tests.
 mapfile -t CUDA_TEST_FILES < <(grep -rl --include='test_*.py' "cuda.is_available" tests)
 if [[ ${#CUDA_TEST_FILES[@]} -gt 0 ]]; then
@@ -87,7 +92,7 @@ else
     STATUS[cuda-tests]="none found"
 fi
 
-for name in throughput pipeline pretrain evaluation detectors cuda-tests; do
+for name in throughput pipeline pretrain evaluation detectors latency cuda-tests; do
     echo "${STATUS[$name]}" >"$LOGS/$name.status"
 done
 MODE=$MODE BIG=$BIG LOGS=$LOGS "$PY" - <<'EOF'
@@ -141,6 +146,11 @@ for method in ("patchcore", "padim"):
     found = [l.split() for l in text("detectors").splitlines() if re.match(rf"\S+\s+{method}\s+ours\s", l)]
     fit, pred = (found[0][3], found[0][5]) if found and len(found[0]) > 5 else ("n/a", "n/a")
     rows.append((f"{method} fit s / predict s", f"{fit} / {pred}", "200 train + 50 test, 3x256 at 16x16" if mode == "gpu" else "tiny", "detectors"))
+for method in ("patchcore", "featurenorm"):  # latency.py's stage table, pretrained features, 1 thread, batch 1
+    cells = next(([c.strip() for c in l.strip().strip("|").split("|")] for l in text("latency").splitlines()
+                  if l.startswith(f"| pretrained | {method} | 1 | 1 |")), [])
+    rows.append((f"deploy latency, {method} (pretrained), ms / img", cells[10] if len(cells) > 11 else "n/a",
+                 f"pipeline / bare backbone {cells[11] if len(cells) > 11 else 'n/a'}, batch 1, bf16", "latency"))
 summary = [l for l in text("cuda-tests").splitlines() if re.search(r"\d+ (passed|failed|skipped|deselected|error)", l)]
 rows.append(("CUDA-only tests", summary[-1].strip("= ") if summary else "n/a", "", "cuda-tests"))
 
@@ -152,7 +162,7 @@ for what, value, detail, step in rows:
 print(f"\nlogs: {logs}")
 EOF
 failed=0
-for name in throughput pipeline pretrain evaluation detectors cuda-tests; do
+for name in throughput pipeline pretrain evaluation detectors latency cuda-tests; do
     if [[ ${STATUS[$name]} != ok* ]]; then
         failed=1
         echo "--- tail of $name.log ---"

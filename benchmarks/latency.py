@@ -56,6 +56,13 @@ STAGES = ("backbone", "residual", "projector", "search", "map+score")
 MM_BLOCK_OUTPUTS = 1 << 24  # rows x bank columns of one torch.mm reference block
 MM_TILE = 512  # the reference's cache-sized tiles
 POLL_SECONDS = 0.002
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def synchronize() -> None:
+    """Wait for queued GPU work, so wall-clock timers measure it (nothing on the CPU)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 class StageTimer:
@@ -73,10 +80,12 @@ class StageTimer:
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
         self._active.append(name)
+        synchronize()
         start = time.perf_counter()
         try:
             yield
         finally:
+            synchronize()
             self.seconds[name] += time.perf_counter() - start
             self._active.pop()
 
@@ -120,8 +129,10 @@ def median_seconds(run: Callable[[], object], warmup: int, repeats: int) -> floa
         run()
     times = []
     for _ in range(repeats):
+        synchronize()
         start = time.perf_counter()
         run()
+        synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -137,8 +148,10 @@ def staged_seconds(detector, pixels: torch.Tensor, warmup: int, repeats: int) ->
         restores.append(timer.wrap_search())
         try:
             with torch.no_grad():
+                synchronize()
                 start = time.perf_counter()
                 detector.score(pixels)
+                synchronize()
                 total = time.perf_counter() - start
         finally:
             for restore in restores:
@@ -187,10 +200,11 @@ def runtime_peak_mb(runtime: str, path: Path, batch: int, size: int, threads: in
     return float(load), float(run)
 
 
-def mm_gflops(shapes: list[tuple[int, int, int]], warmup: int, repeats: int) -> tuple[float, float]:
-    """(GFLOP, GFLOP/s) of plain ``torch.mm`` over the same ``(n, m, d)`` problems: the faster of
-    row blocks of at most 2^24 outputs and cache-sized 512 x 512 tiles (the GEMM's best rate here)."""
-    operands = [(torch.randn(n, d), torch.randn(d, m).contiguous()) for n, m, d in shapes]
+def mm_gflops(shapes: list[tuple[int, int, int]], warmup: int, repeats: int, device: str = "cpu") -> tuple[float, float]:
+    """(GFLOP, GFLOP/s) of plain float32 ``torch.mm`` on ``device`` over the same ``(n, m, d)`` problems
+    (the searches run in float32 whatever the model's dtype): the faster of row blocks of at most
+    2^24 outputs and cache-sized 512 x 512 tiles (the GEMM's best rate here)."""
+    operands = [(torch.randn(n, d, device=device), torch.randn(d, m, device=device).contiguous()) for n, m, d in shapes]
 
     def rows_blocks() -> None:
         for q, b in operands:
@@ -249,19 +263,26 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,16", help="comma-separated batch sizes")
     parser.add_argument("--threads", default="1", help="comma-separated torch / runtime thread counts")
     parser.add_argument("--runtimes", default="eager,onnx", help="eager plus any of onnx, openvino")
+    parser.add_argument("--device", default="cpu", help="torch device of the eager path (cuda: use --runtimes eager)")
+    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES),
+                        help="the deployed detector's dtype (pipeline and score; fitting stays float32)")
     parser.add_argument("--micro-batch", type=int, default=1,
                         help="images per exported-graph call (ExportedDetector's micro_batch; 1 as deployed)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs (the median is reported)")
     args = parser.parse_args()
+    runtimes = [r for r in args.runtimes.split(",") if r != "eager"]
+    if runtimes and (args.device != "cpu" or args.dtype != "fp32"):
+        parser.error(f"the exported graphs ({', '.join(runtimes)}) run in float32 on the CPU: with --device {args.device} "
+                     f"--dtype {args.dtype} use --runtimes eager")
+    dtype = DTYPES[args.dtype]
 
-    model = build_model(args)
+    model = build_model(args).to(args.device)
     size = args.image_size
     rng = np.random.default_rng(0)
-    train = torch.from_numpy(rng.standard_normal((args.train_images, 3, size, size)).astype(np.float32))
+    train = torch.from_numpy(rng.standard_normal((args.train_images, 3, size, size)).astype(np.float32)).to(args.device)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     thread_counts = [int(t) for t in args.threads.split(",")]
-    runtimes = [r for r in args.runtimes.split(",") if r != "eager"]
     images = [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(max(batch_sizes))]
     rows, searches = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -270,14 +291,15 @@ def main() -> None:
                 torch.set_num_threads(2)
                 folder = Path(tmp) / f"{kind}-{method}"
                 fit_detector(model, method, train, feature_kind=kind, progress=False, batch_size=8).save_pretrained(folder)
-                detect = pipeline("anomaly-detection", model=str(folder), device="cpu")
+                detect = pipeline("anomaly-detection", model=str(folder), device=args.device, dtype=dtype)
                 detector = detect.model.eval()
                 bank = getattr(detector.detector, "memory_bank", None)
                 for threads in thread_counts:
                     torch.set_num_threads(threads)
                     calls = runtime_sessions(detector, folder, runtimes, threads, args.micro_batch)
                     for batch in batch_sizes:
-                        pixels = torch.from_numpy(rng.standard_normal((batch, 3, size, size)).astype(np.float32))
+                        cpu_pixels = torch.from_numpy(rng.standard_normal((batch, 3, size, size)).astype(np.float32))
+                        pixels = cpu_pixels.to(device=args.device, dtype=dtype)
                         with torch.no_grad():
                             bare = median_seconds(lambda: detector.adpretrain.backbone_features(pixels), args.warmup, args.repeats)
                         stages = staged_seconds(detector, pixels, args.warmup, args.repeats)
@@ -285,17 +307,17 @@ def main() -> None:
                         row = {"kind": kind, "method": method, "threads": threads, "batch": batch, "bare": bare,
                                "pipeline": piped, "bank": None if bank is None else tuple(bank.shape), **stages}
                         for name, (path, call) in calls.items():
-                            row[name] = median_seconds(lambda: call(pixels), args.warmup, args.repeats)
+                            row[name] = median_seconds(lambda: call(cpu_pixels), args.warmup, args.repeats)
                             row[name + "_mb"] = runtime_peak_mb(name, path, batch, size, threads, args.micro_batch)
                         rows.append(row)
                         for stage in ("residual", "search"):
                             shapes = stages["flops"].get(stage)
                             if shapes and stages[stage] > 0:
-                                gflop, mm_rate = mm_gflops(shapes, args.warmup, args.repeats)
+                                gflop, mm_rate = mm_gflops(shapes, args.warmup, args.repeats, args.device)
                                 searches.append((kind, method, threads, batch, stage, shapes, stages[stage], gflop, mm_rate))
                     del calls
 
-    print(f"\npreset {args.preset}, {size}x{size} px, backbone weights: {args.backbone_weights or ('auto' if args.preset == 'efficientnet-lite0' else 'random')}, "
+    print(f"\npreset {args.preset}, {size}x{size} px, {args.device} {args.dtype}, backbone weights: {args.backbone_weights or ('auto' if args.preset == 'efficientnet-lite0' else 'random')}, "
           f"torch {torch.__version__}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, load avg {os.getloadavg()[0]:.1f}\n")
     extra = "".join(f" {name} ms/img | ÷ backbone | {name} peak MB (load + run) |" for name in runtimes)
     print("| features | method | threads | batch | backbone | residual | projector | search | map+score | score (eager) "
