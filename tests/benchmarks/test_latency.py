@@ -7,14 +7,21 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "latency.py"
 
 
-def test_latency_table_on_tiny_preset(monkeypatch, capsys):
+def _load(monkeypatch):
     monkeypatch.syspath_prepend(str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("latency", SCRIPT)
     latency = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(latency)
+    return latency
+
+
+def test_latency_table_on_tiny_preset(monkeypatch, capsys):
+    latency = _load(monkeypatch)
     monkeypatch.setattr(sys, "argv", [
         "latency.py", "--preset", "tiny-clip", "--image-size", "64", "--backbone-weights", "random", "--train-images", "2",
         "--batch-sizes", "1", "--threads", "1", "--repeats", "1", "--warmup", "0", "--runtimes", "eager,onnx",
@@ -31,3 +38,18 @@ def test_latency_table_on_tiny_preset(monkeypatch, capsys):
     assert "| search | 64x12x96 |" in rows[2]  # 64 queries (8x8 grid) against the fitted bank
     load_mb, run_mb = (float(v) for v in rows[0].strip("|").split("|")[-1].split("+"))
     assert load_mb > 50 and run_mb >= 0  # the onnxruntime child's peak after loading, and what one run adds
+
+
+def test_bf16_eager_rows_and_the_runtimes_refused_off_float32_cpu(monkeypatch, capsys):
+    latency = _load(monkeypatch)
+    tiny = ["--preset", "tiny-clip", "--image-size", "64", "--backbone-weights", "random", "--train-images", "2",
+            "--batch-sizes", "1", "--threads", "1", "--repeats", "1", "--warmup", "0", "--features", "pretrained",
+            "--methods", "featurenorm"]
+    monkeypatch.setattr(sys, "argv", ["latency.py", *tiny, "--dtype", "bf16", "--runtimes", "eager"])
+    latency.main()
+    out = capsys.readouterr().out
+    assert "cpu bf16" in out and any(line.startswith("| pretrained | featurenorm | 1 | 1 |") for line in out.splitlines()), out
+    monkeypatch.setattr(sys, "argv", ["latency.py", *tiny, "--dtype", "bf16", "--runtimes", "eager,onnx"])
+    with pytest.raises(SystemExit):
+        latency.main()
+    assert "run in float32 on the CPU" in capsys.readouterr().err
