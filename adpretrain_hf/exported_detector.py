@@ -28,7 +28,10 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-__all__ = ["DEFAULT_MICRO_BATCH", "ExportedDetector", "onnx_session", "openvino_compiled", "require_openvino", "runtime_of"]
+__all__ = [
+    "DEFAULT_MICRO_BATCH", "EXPORT_NAMES", "ExportedDetector", "exported_graph_in", "onnx_session", "openvino_compiled",
+    "require_openvino", "runtime_of",
+]
 
 INPUT_NAME = "pixel_values"
 OUTPUT_NAMES = ("anomaly_map", "score")  # the detector output's field names: [B, H, W], [B]
@@ -36,6 +39,28 @@ RUNTIMES = ("onnx", "openvino")
 OPENVINO_XML = "model.xml"  # the IR's graph; its weights are model.bin beside it
 OPENVINO_PRECISION = "f32"  # inference precision hint: the calibration's precision, not the CPU's bf16 default
 DEFAULT_MICRO_BATCH = 1  # images per graph call: fastest and smallest on both runtimes (module docstring)
+EXPORT_NAMES = {"onnx": "model.onnx", "openvino": "openvino"}  # where `adpretrain export` writes inside a detector folder
+DETECTOR_WEIGHTS = "model.safetensors"  # the fitted detector's tensors: a graph older than them is stale
+
+
+def exported_graph_in(detector_folder: Union[str, os.PathLike], runtime: str) -> Path:
+    """The graph ``adpretrain export --format RUNTIME`` wrote into ``detector_folder`` by default.
+
+    Refuses a missing graph and one older than the folder's weights (a detector fitted again into
+    the same folder after its export would otherwise be scored by the old graph).
+    """
+    if runtime not in EXPORT_NAMES:
+        raise ValueError(f"unknown runtime {runtime!r}: choose one of {tuple(EXPORT_NAMES)}")
+    folder = Path(detector_folder)
+    graph = folder / EXPORT_NAMES[runtime]
+    fix = f"export it: adpretrain export --detector {folder} --format {runtime}"
+    if not graph.exists():
+        raise FileNotFoundError(f"{folder} has no exported {runtime} graph ({graph} is missing): {fix}")
+    weights = folder / DETECTOR_WEIGHTS
+    written = (graph / OPENVINO_XML if graph.is_dir() else graph).stat().st_mtime
+    if weights.is_file() and written < weights.stat().st_mtime:
+        raise ValueError(f"{graph} is older than {weights}: the detector was fitted again after its export; {fix}")
+    return graph
 
 
 def runtime_of(path: Union[str, os.PathLike]) -> str:

@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from adpretrain_hf.export import check_exported, export_onnx, export_openvino
+    from adpretrain_hf.exported_detector import EXPORT_NAMES
     from adpretrain_hf.modeling.image_processing_adpretrain import processor_for
     from adpretrain_hf.modeling.modeling_detector_adpretrain import ADPretrainDetectorModel
 
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     openvino = args.format == "openvino"
     export = export_openvino if openvino else export_onnx
     opset = args.opset or (OPENVINO_OPSET if openvino else DEFAULT_OPSET)
-    target = Path(args.output) if args.output else folder / ("openvino" if openvino else "model.onnx")
+    target = Path(args.output) if args.output else folder / EXPORT_NAMES[args.format]
     path = export(detector, target, batch_size=args.batch_size, opset=opset)
     processor = processor_for(detector)
     height, width = processor.output_size

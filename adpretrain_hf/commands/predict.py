@@ -14,6 +14,10 @@
 - ``errors.csv`` when an image could not be read: it is skipped with a warning and counted in
   the summary; ``--strict`` makes that exit 1.
 
+``--runtime onnx|openvino`` scores with the graph ``adpretrain export`` wrote into the detector
+folder (CPU, one image per graph call) instead of torch: same outputs within float32 rounding;
+a missing graph, or one older than the detector's weights, is refused naming the export command.
+
 Output names mirror the path relative to the inputs' common folder, so ``a.png``/``a.jpg``,
 ``a.png``/``a.PNG`` and equal names in different sub-folders never clash.
 """
@@ -27,6 +31,7 @@ from adpretrain_hf.commands._deploy_io import device_name, finite_float, image_i
 HELP = "score images with a fitted detector folder: predictions.csv, annotated overlays, raw maps, mask PNGs"
 CSV_NAME = "predictions.csv"
 CSV_COLUMNS = ("path", "score", "normalized_score", "label")
+RUNTIMES = ("torch", "onnx", "openvino")  # torch + exported_detector.EXPORT_NAMES' keys, copied: --help imports no torch
 PNG_COMPRESS_LEVEL = 1  # overlays are previews: zlib level 1 encodes several times faster than the default 6
 
 
@@ -42,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-masks", action="store_true", help="also write predicted masks as PNG (0/255; needs a calibrated pixel threshold)")
     parser.add_argument("--no-overlays", action="store_true", help="skip the overlay images")
     parser.add_argument("--device", type=device_name, default="auto", help="auto (CUDA when present), cpu, cuda:0, ...")
+    parser.add_argument("--runtime", default="torch", choices=RUNTIMES,
+                        help="score with torch (default), or with the graph `adpretrain export --format onnx|openvino` wrote "
+                        "into the detector folder (CPU, one image per graph call; openvino was ~1.5x faster than torch on one thread)")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass (default 16)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when an image could not be read (default: skip it, warn, list it in OUTPUT/errors.csv)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -51,6 +59,25 @@ def _csv_value(value) -> str:
     if value is None:
         return ""
     return str(int(value)) if isinstance(value, bool) else f"{float(value):.6g}"
+
+
+def _exported_runner(args: argparse.Namespace):
+    """The ExportedDetector of the graph exported into ``--detector`` for ``--runtime`` (CPU only)."""
+    import os
+
+    from adpretrain_hf.cli import CommandError
+    from adpretrain_hf.exported_detector import ExportedDetector, exported_graph_in
+
+    if not os.path.isdir(args.detector):
+        raise CommandError(f"--runtime {args.runtime} needs a local detector folder, not the Hub id {args.detector}",
+                           f"download it (huggingface-cli download {args.detector} --local-dir DIR), export it, then pass DIR")
+    if args.device not in ("auto", "cpu"):
+        raise CommandError(f"--runtime {args.runtime} runs on the CPU, not --device {args.device}",
+                           "drop --device, or use --runtime torch on the GPU")
+    try:
+        return ExportedDetector(exported_graph_in(args.detector, args.runtime))
+    except (FileNotFoundError, ValueError) as err:
+        raise CommandError(str(err), f"adpretrain export --detector {args.detector} --format {args.runtime}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,8 +100,13 @@ def run(args: argparse.Namespace) -> int:
 
     root, images = gather_images(args.images)
     names = output_names(images, root)
-    device = resolve_device(args.device)
-    detect = pipeline(ANOMALY_DETECTION_TASK, model=args.detector, device=device)
+    exported = None
+    if args.runtime != "torch":
+        exported = _exported_runner(args)
+        device = "cpu"
+    else:
+        device = resolve_device(args.device)
+    detect = pipeline(ANOMALY_DETECTION_TASK, model=args.detector, device=device, exported=exported)
     if args.save_masks and detect.model.config.pixel_threshold is None:
         raise CommandError("--save-masks: this detector has no pixel threshold (fitted without --val)",
                            "fit it again with --val FOLDER, or drop --save-masks")
@@ -119,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
             scratch.cleanup()
     calibrated = args.threshold is not None or detect.model.config.image_threshold is not None
     verdict = f"{flagged} flagged anomalous" if calibrated else "detector not calibrated: no labels"
-    print(f"{len(rows)} images scored on {device} ({verdict}): {out / CSV_NAME}"
+    where = device if exported is None else f"{device} ({args.runtime})"
+    print(f"{len(rows)} images scored on {where} ({verdict}): {out / CSV_NAME}"
           + ("" if args.no_overlays else f", overlays in {out / 'overlays'}") + (f", maps in {maps_dir}" if args.save_maps else "")
           + (f", masks in {out / 'masks'}" if args.save_masks else ""))
     errors.report(out, len(rows))

@@ -2,6 +2,8 @@
 directly on each image (the workspace and an uncalibrated FeatureNorm folder: conftest.py; the fit/predict/export chain: tests/project/test_deploy_commands.py)."""
 
 import csv
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -167,3 +169,49 @@ def test_decision_lines_explain_label_and_mask_disagreeing():
     assert len(agree) == 2 and "12 px" in agree[1]
     assert "contour although normal" in decision_lines(1.0, False, 1.5, 0.5, map_max=1.0, mask_pixels=5)[-1]
     assert decision_lines(1.0, None, None, None, map_max=1.0, mask_pixels=None) == ["score 1 (not calibrated: no label)"]
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "openvino"])
+def test_an_exported_graph_scores_like_torch(calibrated, workspace, tmp_path, capsys, runtime):
+    pytest.importorskip("onnxruntime" if runtime == "onnx" else "openvino")
+    folder = tmp_path / "fn"
+    shutil.copytree(calibrated, folder)
+    assert main(["export", "--detector", str(folder), "--format", runtime]) == 0
+    common = ["predict", "--detector", str(folder), "--images", str(workspace / "val"), "--save-maps", "--no-overlays", "--no-progress"]
+    assert main([*common, "--output", str(tmp_path / "torch"), "--device", "cpu"]) == 0
+    assert main([*common, "--output", str(tmp_path / runtime), "--runtime", runtime]) == 0
+    assert f"scored on cpu ({runtime})" in capsys.readouterr().out
+    torch_rows, graph_rows = _rows(tmp_path / "torch"), _rows(tmp_path / runtime)
+    assert [r["path"] for r in graph_rows] == [r["path"] for r in torch_rows] and len(torch_rows) >= 4
+    for want, got in zip(torch_rows, graph_rows):
+        assert float(got["score"]) == pytest.approx(float(want["score"]), rel=1e-4, abs=1e-5)
+        assert got["label"] == want["label"]
+    for saved in (tmp_path / "torch" / "maps").rglob("*.npy"):
+        got = np.load(tmp_path / runtime / "maps" / saved.relative_to(tmp_path / "torch" / "maps"))
+        np.testing.assert_allclose(got, np.load(saved), rtol=1e-4, atol=1e-4)
+
+
+def test_a_missing_or_stale_export_is_refused_before_any_output(calibrated, workspace, tmp_path, capsys):
+    folder = tmp_path / "fn"
+    shutil.copytree(calibrated, folder)
+    argv = ["predict", "--detector", str(folder), "--images", str(workspace / "val"), "--output", str(tmp_path / "out"),
+            "--runtime", "onnx", "--no-progress"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "has no exported onnx graph" in err and f"hint: adpretrain export --detector {folder} --format onnx" in err
+    assert main(["export", "--detector", str(folder), "--format", "onnx"]) == 0
+    weights = folder / "model.safetensors"
+    later = (folder / "model.onnx").stat().st_mtime + 10
+    os.utime(weights, (later, later))  # fitted again after the export
+    assert main(argv) == 1
+    assert "is older than" in capsys.readouterr().err
+    assert main([*argv, "--device", "cuda"]) == 1
+    assert "runs on the CPU" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_torch_free_runtime_list_matches_the_exported_graphs():
+    from adpretrain_hf.commands import predict
+    from adpretrain_hf.exported_detector import EXPORT_NAMES
+
+    assert predict.RUNTIMES == ("torch", *EXPORT_NAMES)

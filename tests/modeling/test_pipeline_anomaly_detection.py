@@ -151,3 +151,24 @@ def test_the_pipeline_is_its_own_pipeline_sharing_the_reader():
     from adpretrain_hf.modeling.pipeline_anomaly_features import AnomalyFeaturesPipeline
 
     assert AnomalyDetectionPipeline.__bases__ == (Pipeline,) and not issubclass(AnomalyDetectionPipeline, AnomalyFeaturesPipeline)
+
+
+def test_an_exported_graph_replaces_the_torch_forward(detect, detector_dir, tmp_path):
+    from adpretrain_hf.export import export_onnx
+    from adpretrain_hf.exported_detector import ExportedDetector
+
+    runner = ExportedDetector(export_onnx(detect.model, tmp_path / "model.onnx"))
+    calls = []
+
+    def counted(pixel_values):
+        calls.append(pixel_values.shape[0])
+        return runner(pixel_values)
+
+    graph = pipeline("anomaly-detection", model=str(detector_dir), device="cpu", exported=counted)
+    images = _images(3, 5, sizes=[(64, 64), (80, 48), (50, 70)])
+    for want, got in zip(detect(images, return_tensors="np"), graph(images, return_tensors="np", batch_size=2)):
+        assert got["score"] == pytest.approx(want["score"], rel=1e-4, abs=1e-5) and got["label"] == want["label"]
+        np.testing.assert_allclose(got["anomaly_map"], want["anomaly_map"], rtol=1e-4, atol=1e-4)  # at each input's size
+    assert sum(calls) == 3  # every image went through the graph, none through torch
+    with pytest.raises(TypeError, match="exported=str is not callable: pass ExportedDetector"):
+        pipeline("anomaly-detection", model=str(detector_dir), device="cpu", exported="model.onnx")
