@@ -243,8 +243,11 @@ def build_app(inspector: Inspector) -> Any:
 
 
 def launch_app(detector: str, *, threshold: Optional[float] = None, host: str = DEFAULT_HOST,
-               port: int = DEFAULT_PORT, device: Optional[str] = None, block: bool = True) -> Any:
+               port: int = DEFAULT_PORT, device: Optional[str] = None, exported: Any = None, block: bool = True) -> Any:
     """Load ``detector`` (a folder written by ``adpretrain fit``), build the page and serve it.
+
+    ``exported``: an ``ExportedDetector`` of the detector's exported graph to score with instead of
+    torch (the pipeline's ``exported=``).
 
     ``block=False`` returns the running ``gr.Blocks`` (``.close()`` stops it): tests and notebooks.
     """
@@ -254,7 +257,7 @@ def launch_app(detector: str, *, threshold: Optional[float] = None, host: str = 
     from adpretrain_hf.modeling.tasks_adpretrain import ANOMALY_DETECTION_TASK
 
     adpretrain_hf.register()
-    detect = pipeline(ANOMALY_DETECTION_TASK, model=str(detector), device=device)
+    detect = pipeline(ANOMALY_DETECTION_TASK, model=str(detector), device=device, exported=exported)
     demo = build_app(Inspector(detect, threshold))
     demo.launch(server_name=host, server_port=port, share=False, ssr_mode=False, mcp_server=False,
                 inbrowser=False, prevent_thread_lock=not block, quiet=True, show_error=True)

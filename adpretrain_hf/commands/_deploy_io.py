@@ -111,6 +111,28 @@ def model_source(value: str) -> str:
     raise argparse.ArgumentTypeError(f"{value} does not exist (a local path; Hub ids are written org/name)")
 
 
+RUNTIMES = ("torch", "onnx", "openvino")  # torch + exported_detector.EXPORT_NAMES' keys, copied: --help imports no torch
+
+
+def exported_runner(detector: str, runtime: str, device: str) -> Any:
+    """``--runtime``: None for torch, else the ExportedDetector of the graph exported into the
+    ``detector`` folder (a CommandError for a Hub id, a GPU device, a missing or stale graph)."""
+    if runtime == "torch":
+        return None
+    from adpretrain_hf.exported_detector import ExportedDetector, exported_graph_in
+
+    export_command = f"adpretrain export --detector {detector} --format {runtime}"
+    if not os.path.isdir(detector):
+        raise CommandError(f"--runtime {runtime} needs a local detector folder, not the Hub id {detector}",
+                           f"download it (huggingface-cli download {detector} --local-dir DIR), export it, then pass DIR")
+    if str(device) not in ("auto", "cpu"):
+        raise CommandError(f"--runtime {runtime} runs on the CPU, not --device {device}", "drop --device, or use --runtime torch on the GPU")
+    try:
+        return ExportedDetector(exported_graph_in(detector, runtime))
+    except (FileNotFoundError, ValueError) as err:
+        raise CommandError(str(err), export_command) from None
+
+
 def device_name(name: str) -> str:
     """argparse ``type=`` of ``--device``: the form only (auto, cpu, mps, cuda, cuda:N); :func:`resolve_device` checks the machine."""
     if not DEVICE_NAME.match(name):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from adpretrain_hf.app import DEFAULT_HOST, DEFAULT_PORT  # the page's defaults (the module imports gradio lazily)
-from adpretrain_hf.commands._deploy_io import resolve_device
+from adpretrain_hf.commands._deploy_io import RUNTIMES, device_name
 
 HELP = "serve a fitted detector folder as a local inspection page (Gradio): overlay, score, label, threshold slider, folder -> CSV"
 APP_EXTRA_HINT = "install the page's extra: pip install 'adpretrain-hf[app]'"
@@ -28,7 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}: this machine only; 0.0.0.0 exposes the page to the network)")
     parser.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port to serve on (default {DEFAULT_PORT})")
     parser.add_argument("--threshold", type=float, default=None, help="initial image threshold on the raw score (default: the detector's calibrated one)")
-    parser.add_argument("--device", type=resolve_device, default="auto", help="auto (CUDA when present), cpu, cuda:0, ...")
+    parser.add_argument("--device", type=device_name, default="auto", help="auto (CUDA when present), cpu, cuda:0, ...")
+    parser.add_argument("--runtime", default="torch", choices=RUNTIMES,
+                        help="score with torch (default), or with the graph `adpretrain export --format onnx|openvino` wrote into the detector folder (CPU)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +47,12 @@ def run(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("gradio") is None:
         raise CommandError("the inspection page needs gradio, which is not installed", APP_EXTRA_HINT)
     from adpretrain_hf.app import launch_app
+    from adpretrain_hf.commands._deploy_io import exported_runner, resolve_device
+
+    exported = exported_runner(args.detector, args.runtime, args.device)
+    device = "cpu" if exported is not None else resolve_device(args.device)
 
     print(f"inspection page for {args.detector} at http://{args.host}:{args.port} (Ctrl+C stops it)")
-    launch_app(args.detector, threshold=args.threshold, host=args.host, port=args.port, device=args.device, block=True)
+    launch_app(args.detector, threshold=args.threshold, host=args.host, port=args.port,
+               device=device, exported=exported, block=True)
     return 0

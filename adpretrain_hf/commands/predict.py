@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import argparse
 
-from adpretrain_hf.commands._deploy_io import device_name, finite_float, image_input, model_source, positive_int
+from adpretrain_hf.commands._deploy_io import RUNTIMES, device_name, finite_float, image_input, model_source, positive_int
 
 HELP = "score images with a fitted detector folder: predictions.csv, annotated overlays, raw maps, mask PNGs"
 CSV_NAME = "predictions.csv"
 CSV_COLUMNS = ("path", "score", "normalized_score", "label")
-RUNTIMES = ("torch", "onnx", "openvino")  # torch + exported_detector.EXPORT_NAMES' keys, copied: --help imports no torch
 PNG_COMPRESS_LEVEL = 1  # overlays are previews: zlib level 1 encodes several times faster than the default 6
 
 
@@ -61,25 +60,6 @@ def _csv_value(value) -> str:
     return str(int(value)) if isinstance(value, bool) else f"{float(value):.6g}"
 
 
-def _exported_runner(args: argparse.Namespace):
-    """The ExportedDetector of the graph exported into ``--detector`` for ``--runtime`` (CPU only)."""
-    import os
-
-    from adpretrain_hf.cli import CommandError
-    from adpretrain_hf.exported_detector import ExportedDetector, exported_graph_in
-
-    if not os.path.isdir(args.detector):
-        raise CommandError(f"--runtime {args.runtime} needs a local detector folder, not the Hub id {args.detector}",
-                           f"download it (huggingface-cli download {args.detector} --local-dir DIR), export it, then pass DIR")
-    if args.device not in ("auto", "cpu"):
-        raise CommandError(f"--runtime {args.runtime} runs on the CPU, not --device {args.device}",
-                           "drop --device, or use --runtime torch on the GPU")
-    try:
-        return ExportedDetector(exported_graph_in(args.detector, args.runtime))
-    except (FileNotFoundError, ValueError) as err:
-        raise CommandError(str(err), f"adpretrain export --detector {args.detector} --format {args.runtime}") from None
-
-
 def run(args: argparse.Namespace) -> int:
     import math
     import tempfile
@@ -92,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     from adpretrain_hf.cli import CommandError
     from adpretrain_hf.commands._deploy_io import (
-        BatchErrors, gather_images, output_names, output_path, resolve_device, score_in_chunks, write_csv,
+        BatchErrors, exported_runner, gather_images, output_names, output_path, resolve_device, score_in_chunks, write_csv,
     )
     from adpretrain_hf.modeling.image_io_adpretrain import read_image
     from adpretrain_hf.modeling.tasks_adpretrain import ANOMALY_DETECTION_TASK
@@ -100,12 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
     root, images = gather_images(args.images)
     names = output_names(images, root)
-    exported = None
-    if args.runtime != "torch":
-        exported = _exported_runner(args)
-        device = "cpu"
-    else:
-        device = resolve_device(args.device)
+    exported = exported_runner(args.detector, args.runtime, args.device)
+    device = "cpu" if exported is not None else resolve_device(args.device)
     detect = pipeline(ANOMALY_DETECTION_TASK, model=args.detector, device=device, exported=exported)
     if args.save_masks and detect.model.config.pixel_threshold is None:
         raise CommandError("--save-masks: this detector has no pixel threshold (fitted without --val)",

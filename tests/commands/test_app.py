@@ -39,3 +39,23 @@ def test_bad_port_is_an_argument_error(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["app", "--detector", "x", "--port", "70000"])
     assert stop.value.code == 2 and "outside 1-65535" in capsys.readouterr().err
+
+
+def test_runtime_serves_the_exported_graph_or_names_the_export(featurenorm, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("gradio")
+    import shutil
+
+    from adpretrain_hf import app
+    from adpretrain_hf.exported_detector import ExportedDetector
+
+    folder = tmp_path / "fn"
+    shutil.copytree(featurenorm, folder)
+    assert main(["app", "--detector", str(folder), "--runtime", "onnx"]) == 1
+    err = capsys.readouterr().err
+    assert "has no exported onnx graph" in err and f"adpretrain export --detector {folder} --format onnx" in err
+    assert main(["export", "--detector", str(folder), "--format", "onnx"]) == 0
+    served = {}
+    monkeypatch.setattr(app, "launch_app", lambda detector, **kwargs: served.update(kwargs, detector=detector))
+    assert main(["app", "--detector", str(folder), "--runtime", "onnx"]) == 0
+    assert isinstance(served["exported"], ExportedDetector) and served["exported"].runtime == "onnx"
+    assert served["device"] == "cpu" and served["detector"] == str(folder)

@@ -211,7 +211,7 @@ def test_a_missing_or_stale_export_is_refused_before_any_output(calibrated, work
 
 
 def test_the_torch_free_runtime_list_matches_the_exported_graphs():
-    from adpretrain_hf.commands import predict
+    from adpretrain_hf.commands import _deploy_io
     from adpretrain_hf.exported_detector import EXPORT_NAMES
 
-    assert predict.RUNTIMES == ("torch", *EXPORT_NAMES)
+    assert _deploy_io.RUNTIMES == ("torch", *EXPORT_NAMES)
