@@ -29,9 +29,10 @@ from typing import Optional
 import numpy as np
 
 from ..metrics import AUPRO_FPR_LIMIT, label_regions
+from .ranked_pairs import CHUNK_ELEMENTS, CountsBelow, rows_by_image
 
-CHUNK_ELEMENTS = 4_000_000
-"""Anomalous pixels x resamples handled per vectorised step (float64: ~32 MB per temporary)."""
+FLOAT64_EXACT_INTEGERS = 2**53
+"""Every integer of magnitude below this is a float64, and so is every sum of such integers that stays below it."""
 
 
 def pair_counts(scores: np.ndarray, positive: np.ndarray, image_of: np.ndarray, num_images: int) -> np.ndarray:
@@ -44,23 +45,30 @@ def pair_counts(scores: np.ndarray, positive: np.ndarray, image_of: np.ndarray, 
 
     Returns:
         ``C [num_images, num_images]`` int64: ``C[i, j]`` = sum over positive items of image
-        ``i`` and negative items of image ``j`` of ``2 [s_pos > s_neg] + [s_pos == s_neg]``.
+        ``i`` and negative items of image ``j`` of ``2 [s_pos > s_neg] + [s_pos == s_neg]``
+        (integers: exact). Cost: one sort, then positives x images (:mod:`.ranked_pairs`).
     """
+    positive = np.asarray(positive, dtype=bool)
+    image_of = np.asarray(image_of).astype(np.int64)
+    if not positive.any() or positive.all():
+        return np.zeros((num_images, num_images), dtype=np.int64)
+    order = np.argsort(-scores[positive], kind="stable")
+    return _summed_counts(CountsBelow(scores[~positive], image_of[~positive], num_images),
+                          scores[positive][order], image_of[positive][order], num_images)
+
+
+def _summed_counts(below: CountsBelow, descending: np.ndarray, images: np.ndarray, num_images: int) -> np.ndarray:
+    """``C [N, N]``: the doubled counts of positives ``descending [P]`` (of ``images [P]``) summed by image."""
     counts = np.zeros((num_images, num_images), dtype=np.int64)
-    pos_scores, pos_images = scores[positive], image_of[positive]
-    neg_scores, neg_images = scores[~positive], image_of[~positive]
-    if pos_scores.size == 0 or neg_scores.size == 0:
-        return counts
-    order = np.argsort(neg_images, kind="stable")
-    bounds = np.searchsorted(neg_images[order], np.arange(num_images + 1))
-    for j in range(num_images):
-        negatives = np.sort(neg_scores[order[bounds[j]:bounds[j + 1]]])
-        if negatives.size == 0:
-            continue
-        below = np.searchsorted(negatives, pos_scores, side="left")
-        not_above = np.searchsorted(negatives, pos_scores, side="right")
-        counts[:, j] = np.bincount(pos_images, weights=(below + not_above).astype(np.float64), minlength=num_images).astype(np.int64)
+    for chunk in below.chunks(descending, _chunk_rows(num_images)):
+        q = chunk.below.size
+        matrix, cuts = rows_by_image(chunk, images[chunk.start:chunk.start + q], np.ones(q, dtype=np.int64), 0, q, num_images)
+        counts += matrix @ chunk.at_cut[cuts]
     return counts
+
+
+def _chunk_rows(num_images: int) -> int:
+    return max(1, CHUNK_ELEMENTS // (2 * num_images))  # a chunk has up to 2 cuts per row
 
 
 def weighted_auroc(counts: np.ndarray, positives: np.ndarray, negatives: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -75,12 +83,21 @@ def weighted_auroc(counts: np.ndarray, positives: np.ndarray, negatives: np.ndar
         ``[B]`` AUROC, NaN where a resample has no positive or no negative item.
     """
     w = weights.astype(np.int64)
-    numerator = ((w @ counts) * w).sum(axis=1)
+    numerator = (_exact_product(w, counts) * w).sum(axis=1)
     denominator = 2 * (w @ positives.astype(np.int64)) * (w @ negatives.astype(np.int64))
     out = np.full(w.shape[0], np.nan)
     defined = denominator > 0
     out[defined] = numerator[defined] / denominator[defined]
     return out
+
+
+def _exact_product(w: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``w @ counts`` for int64 ``w [B, N]``, ``counts [N, N]``: in float64 (BLAS, ~50x numpy's integer loop) when
+    every partial sum is bounded below 2^53, so each is exact and the int64 result equals the integer product."""
+    bound = int(np.abs(w).sum(axis=1).max(initial=0)) * int(np.abs(counts).max(initial=0))
+    if bound < FLOAT64_EXACT_INTEGERS:
+        return (w.astype(np.float64) @ counts.astype(np.float64)).astype(np.int64)
+    return w @ counts
 
 
 class WeightedPRO:
@@ -102,35 +119,57 @@ class WeightedPRO:
 
     def __init__(self, maps: np.ndarray, masks: np.ndarray, fpr_limit: float = AUPRO_FPR_LIMIT) -> None:
         num_images = maps.shape[0]
+        self.num_images = num_images
         self.fpr_limit = float(fpr_limit)
         region_ids, sizes = label_regions(masks)
         flat, flat_masks = maps.reshape(num_images, -1), masks.reshape(num_images, -1)
-        self.normal_sorted = [np.sort(flat[j][~flat_masks[j]]) for j in range(num_images)]  # ascending, per image
+        # Per image, ascending, float64 (a float32 array searched with float64 thresholds is cast on every search).
+        self.normal_sorted = [np.sort(flat[j][~flat_masks[j]]).astype(np.float64) for j in range(num_images)]
         self.normals_per_image = np.array([a.size for a in self.normal_sorted], dtype=np.int64)
-        image_index = np.broadcast_to(np.arange(num_images).reshape(-1, 1, 1), masks.shape)
+        pixel_image = np.repeat(np.arange(num_images), flat.shape[1]).reshape(flat.shape)
+        self.below = CountsBelow(flat[~flat_masks], pixel_image[~flat_masks], num_images)  # all normals, sorted once
         region_image = np.zeros(sizes.size, dtype=np.int64)
-        region_image[region_ids[masks]] = image_index[masks]
+        region_image[region_ids[masks]] = pixel_image[flat_masks]
         self.regions_per_image = np.bincount(region_image[1:], minlength=num_images).astype(np.int64)
-        scores, images = maps[masks].astype(np.float64), image_index[masks]
-        inverse_size = 1.0 / sizes[region_ids[masks]]
+        native, images = flat[flat_masks], pixel_image[flat_masks]  # anomalous pixels, in stack order
+        scores, inverse_size = native.astype(np.float64), 1.0 / sizes[region_ids[masks]]
         order = np.argsort(-scores, kind="stable")  # anomalous pixels, highest score first
         self.anomalous_scores, self.anomalous_image, self.anomalous_weight = scores[order], images[order], inverse_size[order]
+        self.anomalous_native = native[order]  # the stream compares in the maps' dtype, as the normals are sorted
         # Per image: anomalous scores ascending and the cumulative 1/|region| below each, for the overlap at t.
+        by_image = np.lexsort((scores, images))  # image, then score; stable: stack order among ties
+        bounds = np.searchsorted(images[by_image], np.arange(num_images + 1))
         self.anomalous_sorted, self.overlap_below = [], []
         for i in range(num_images):
-            mine = np.flatnonzero(images == i)
-            ascending = np.argsort(scores[mine], kind="stable")
-            self.anomalous_sorted.append(scores[mine][ascending])
-            self.overlap_below.append(np.concatenate(([0.0], np.cumsum(inverse_size[mine][ascending]))))
-        self.thresholds = np.unique(maps.astype(np.float64))[::-1]  # the curve's points 1..T, descending
+            mine = by_image[bounds[i]:bounds[i + 1]]
+            self.anomalous_sorted.append(scores[mine])
+            self.overlap_below.append(np.concatenate(([0.0], np.cumsum(inverse_size[mine]))))
+        self.thresholds = np.unique(flat).astype(np.float64)[::-1]  # the curve's points 1..T, descending
+
+    def pair_counts(self) -> np.ndarray:
+        """The pixel AUROC's :func:`pair_counts` (anomalous x normal pixels) from the sort already done here."""
+        return _summed_counts(self.below, self.anomalous_native, self.anomalous_image, self.num_images)
+
+    def _per_image(self, sorted_arrays: list, t: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
+        """``[B, N]``: for each image, the items of its ascending array scoring below ``t [B]`` (a transposed view).
+
+        The queries are searched in ascending order (numpy's binary search then starts from the previous hit).
+        """
+        order = np.argsort(t)
+        ascending = t[order]
+        out = np.empty((len(sorted_arrays), t.size), dtype=np.int64)
+        for j, a in enumerate(sorted_arrays):
+            out[j, order] = np.searchsorted(a, ascending, side="left")
+        return out.T
 
     def _normals_below(self, t: np.ndarray) -> np.ndarray:
         """``[B, N]`` normal pixels of each image scoring below ``t [B]`` (+inf: all)."""
-        return np.stack([np.searchsorted(a, t, side="left") for a in self.normal_sorted], axis=1)
+        return self._per_image(self.normal_sorted, t)
 
     def _overlap(self, t: np.ndarray) -> np.ndarray:
         """``[B, N]`` sum of ``1/|region|`` over each image's anomalous pixels scoring ``>= t [B]``."""
-        return np.stack([c[-1] - c[np.searchsorted(a, t, side="left")] for a, c in zip(self.anomalous_sorted, self.overlap_below)], axis=1)
+        below = self._per_image(self.anomalous_sorted, t)
+        return np.stack([c[-1] - c[below[:, i]] for i, c in enumerate(self.overlap_below)], axis=1)
 
     def _point(self, k: np.ndarray) -> np.ndarray:
         """Threshold of curve point ``k [B]`` (0: the origin, above every score)."""
@@ -158,10 +197,11 @@ class WeightedPRO:
             high = np.where(active & ~inside, mid, high)
         t = self._point(low)
         overlap = (self._overlap(t) * w).sum(axis=1)
-        area = self._pair_sum(w, t) - (self._normals_below(t) * w).sum(axis=1) * overlap
+        normals_below = (self._normals_below(t) * w).sum(axis=1)
+        area = self._pair_sum(w, t) - normals_below * overlap
         area = area / (normals * regions)
         # The last trapezoid, cut at the limit by linear interpolation (as area_up_to).
-        x0 = self._false_positives(w, t) / normals
+        x0 = (normals - normals_below) / normals
         cut = (low < self.thresholds.size) & (x0 < self.fpr_limit)
         if cut.any():
             t1 = self._point(np.minimum(low + 1, self.thresholds.size))
@@ -175,19 +215,37 @@ class WeightedPRO:
         return out
 
     def _pair_sum(self, w: np.ndarray, t: np.ndarray) -> np.ndarray:
-        """``[B]``: sum over anomalous ``q`` scoring ``>= t`` of ``w_i(q) / |region| * sum_j w_j (normals of j below s_q, ties 1/2)``."""
+        """``[B]``: ``w^T M(t) w`` with ``M_ij(t)`` = sum over image ``i``'s anomalous pixels ``q`` scoring ``>= t`` of
+        ``1/|region of q|`` times image ``j``'s normals below ``s_q`` (ties 1/2).
+
+        ``M`` grows as the anomalous pixels are streamed highest score first; a resample's form is taken when the
+        stream reaches its count of pixels scoring ``>= t``. Memory: ``M [N, N]`` and one chunk of cut counts.
+        """
+        n = self.num_images
         total = np.zeros(w.shape[0])
         count = np.searchsorted(-self.anomalous_scores, -t, side="right")  # anomalous pixels scoring >= t, per resample
-        needed = int(count.max())
-        wt = w.T.astype(np.float64)  # [N, B]
-        step = max(1, CHUNK_ELEMENTS // max(w.shape[0], w.shape[1]))
-        for start in range(0, needed, step):
-            scores = self.anomalous_scores[start:start + step]
-            below = np.stack([np.searchsorted(a, scores, side="left") + np.searchsorted(a, scores, side="right")
-                              for a in self.normal_sorted], axis=1) * 0.5  # [q, N]
-            per_pixel = (below @ wt) * wt[self.anomalous_image[start:start + step]] * self.anomalous_weight[start:start + step, None]
-            counted = np.arange(start, start + scores.size)[:, None] < count[None, :]
-            total += np.where(counted, per_pixel, 0.0).sum(axis=0)
+        by_count = np.argsort(count, kind="stable")
+        ends, first_of = np.unique(count[by_count], return_index=True)  # resamples by_count[first_of[e]:...] stop at ends[e]
+        first_of = np.append(first_of, count.size)
+        if ends[-1] == 0:
+            return total
+        weights = w.astype(np.float64)
+        half_weight = 0.5 * self.anomalous_weight  # X_q holds doubled counts
+        pairs = np.zeros((n, n))
+        e = int(ends[0] == 0)  # resamples that count no pixel keep 0
+        for chunk in self.below.chunks(self.anomalous_native[:ends[-1]], _chunk_rows(n)):
+            rows = chunk.below.size
+            first = 0
+            while first < rows:
+                stop = min(rows, int(ends[e]) - chunk.start)
+                done = slice(chunk.start + first, chunk.start + stop)
+                matrix, cuts = rows_by_image(chunk, self.anomalous_image[done], half_weight[done], first, stop, n)
+                pairs += matrix @ chunk.at_cut[cuts]
+                first = stop
+                if chunk.start + stop == ends[e]:
+                    taken = by_count[first_of[e]:first_of[e + 1]]
+                    total[taken] = ((weights[taken] @ pairs) * weights[taken]).sum(axis=1)
+                    e += 1
         return total
 
 
@@ -210,10 +268,12 @@ class ResampledMetrics:
         self.image_counts = pair_counts(scores, labels, images, num_images)
         self.image_pos, self.image_neg = labels.astype(np.int64), (~labels).astype(np.int64)
         pixel_images = np.repeat(images, maps[0].size)
-        self.pixel_counts = pair_counts(maps.reshape(-1), masks.reshape(-1), pixel_images, num_images)
+        self.pro: Optional[WeightedPRO] = WeightedPRO(maps, masks, fpr_limit) if masks.any() and not masks.all() else None
+        # The pixel pair counts come from the PRO's sort when it exists (the same anomalous x normal pixels).
+        self.pixel_counts = self.pro.pair_counts() if self.pro is not None else pair_counts(
+            maps.reshape(-1), masks.reshape(-1), pixel_images, num_images)
         self.pixel_pos = masks.reshape(num_images, -1).sum(axis=1)
         self.pixel_neg = maps[0].size - self.pixel_pos
-        self.pro: Optional[WeightedPRO] = WeightedPRO(maps, masks, fpr_limit) if masks.any() and not masks.all() else None
 
     def __call__(self, weights: np.ndarray) -> dict[str, np.ndarray]:
         """``{"image_auroc", "pixel_auroc", "aupro"} -> [B]`` for ``weights [B, N]`` (NaN: undefined there)."""
