@@ -18,8 +18,9 @@ Every count is an integer: exact whatever the chunking.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -28,7 +29,6 @@ CHUNK_ELEMENTS = 2_000_000
 
 
 _SIGN = np.uint32(0x80000000)
-_LOW_32 = np.uint64(0xFFFFFFFF)
 _SHIFT = np.uint64(32)
 
 
@@ -37,14 +37,30 @@ def _sort_float32_with_labels(scores: np.ndarray, labels: np.ndarray) -> tuple[n
 
     Why: an ``argsort`` then two gathers of millions of pixels is ~10x slower than one ``np.sort`` of
     ``uint64`` keys ``(order-preserving bits of the score) << 32 | label`` (numpy's SIMD sort). Equal
-    scores stay adjacent (-0.0 just before +0.0), which is all the cuts need.
+    scores stay adjacent (-0.0 just before +0.0), which is all the cuts need. Little-endian machines only
+    (the keys are split back into their two 32-bit words).
     """
     bits = scores.view(np.uint32)
-    ordered = np.where(bits & _SIGN, ~bits, bits | _SIGN)  # unsigned order == float order
-    keys = np.sort((ordered.astype(np.uint64) << _SHIFT) | labels.astype(np.uint64))
-    ordered = (keys >> _SHIFT).astype(np.uint32)
-    bits = np.where(ordered & _SIGN, ordered & ~_SIGN, ~ordered)
-    return bits.view(np.float32), (keys & _LOW_32).astype(np.int64)
+    keys = np.where(bits & _SIGN, ~bits, bits | _SIGN).astype(np.uint64)  # unsigned order == float order
+    keys <<= _SHIFT
+    keys |= labels.astype(np.uint64, copy=False)
+    keys.sort()
+    halves = keys.view(np.uint32).reshape(-1, 2)  # little-endian: [:, 1] the score bits, [:, 0] the label
+    order = halves[:, 1]
+    bits = np.where(order & _SIGN, order & ~_SIGN, ~order)
+    return bits.view(np.float32), halves[:, 0].astype(np.int64)
+
+
+@dataclass
+class StreamState:
+    """Where the stream stands between chunks: ``counted [N]`` normals of each image below sorted position ``top``.
+
+    Every later positive (scoring no higher) has both cuts ``<= top``; a stream resumed from a state gives the
+    same counts as one run from the start.
+    """
+
+    counted: np.ndarray
+    top: int
 
 
 @dataclass
@@ -53,13 +69,14 @@ class CountsChunk:
 
     ``below [q]`` / ``not_above [q]``: each positive's two cuts, as row indices of ``at_cut``;
     ``at_cut [K, N]`` int64: normals of each image ranked below each cut. ``X_q = at_cut[below[q]] +
-    at_cut[not_above[q]]``; both indices are non-increasing in ``q``.
+    at_cut[not_above[q]]``; both indices are non-increasing in ``q``. ``after``: the state after this chunk.
     """
 
     start: int
     below: np.ndarray
     not_above: np.ndarray
     at_cut: np.ndarray
+    after: StreamState
 
 
 class CountsBelow:
@@ -73,38 +90,49 @@ class CountsBelow:
 
     def __init__(self, scores: np.ndarray, images: np.ndarray, num_images: int) -> None:
         # The order among tied scores never matters: every cut falls between two distinct scores.
-        if scores.dtype == np.float32:
+        if scores.dtype == np.float32 and sys.byteorder == "little":
             self.scores, self.images = _sort_float32_with_labels(scores, images)
         else:
             order = np.argsort(scores)
             self.scores, self.images = scores[order], np.asarray(images)[order].astype(np.int64)  # ascending
         self.num_images = num_images
 
-    def chunks(self, descending: np.ndarray, rows: int) -> Iterator[CountsChunk]:
-        """Stream ``descending [P]`` (positive scores, non-increasing) in chunks of ``rows`` positives."""
+    def start(self) -> StreamState:
+        """The state before the first positive: every normal counted."""
+        return StreamState(np.bincount(self.images, minlength=self.num_images).astype(np.int64), self.scores.size)
+
+    def chunks(self, descending: np.ndarray, rows: int, first: int = 0,
+               state: Optional[StreamState] = None) -> Iterator[CountsChunk]:
+        """Stream ``descending[first:]`` (positive scores, non-increasing) in chunks of ``rows`` positives.
+
+        ``state``: the stream's state at ``first`` (a chunk's ``after``); None: from the start (``first`` 0).
+        """
         if descending.size > 1 and (np.diff(descending) > 0).any():
             raise ValueError("positive scores must be sorted highest first: sort them with np.argsort(-scores)")
         n = self.num_images
-        counted = np.bincount(self.images, minlength=n).astype(np.int64)  # normals below `top`, per image
-        top = self.scores.size
-        for start in range(0, descending.size, rows):
+        state = self.start() if state is None else state
+        counted, top = state.counted, state.top
+        for start in range(first, descending.size, rows):
             part = descending[start:start + rows]
             below = np.searchsorted(self.scores, part, side="left")
             not_above = np.searchsorted(self.scores, part, side="right")
             cuts = np.unique(np.concatenate((below, not_above)))  # ascending, all <= top
-            # Row k of `steps`: the negatives in [cut k - 1, cut k) per image (row 0: the base, see below).
+            # Row k >= 1 of `steps`: the negatives in [cut k - 1, cut k) per image (row K: [last cut, top)).
             steps = np.zeros((cuts.size + 1) * n, dtype=np.int64)
+            bounds = np.append(cuts, top)
             for block in range(int(cuts[0]), top, CHUNK_ELEMENTS):
-                positions = np.arange(block, min(block + CHUNK_ELEMENTS, top))
-                segment = np.searchsorted(cuts, positions, side="right")  # 1..K (K: between the last cut and top)
-                steps += np.bincount(segment * n + self.images[positions], minlength=steps.size)
+                end = min(block + CHUNK_ELEMENTS, top)
+                lengths = np.diff(np.clip(bounds, block, end))  # negatives of this block between consecutive cuts
+                segment = np.repeat(np.arange(1, cuts.size + 1), lengths)
+                steps += np.bincount(segment * n + self.images[block:end], minlength=steps.size)
             steps = steps.reshape(cuts.size + 1, n)
-            # below cut k = counted - (negatives in [cut k, top)) = counted - sum(steps) + sum(steps[:k + 1])
-            steps[0] = counted - steps.sum(axis=0)
-            at_cut = np.cumsum(steps[:-1], axis=0, out=steps[:-1])  # [K, N]
+            steps[0] = counted - np.bincount(self.images[int(cuts[0]):top], minlength=n)  # below the lowest cut
+            for k in range(1, cuts.size):  # running sum row by row: numpy's cumsum(axis=0) strides badly here
+                steps[k] += steps[k - 1]
+            at_cut = steps[:-1]  # [K, N]
             below, not_above = np.searchsorted(cuts, below), np.searchsorted(cuts, not_above)
             counted, top = at_cut[not_above[-1]].copy(), int(cuts[not_above[-1]])  # the next chunk's cuts are all <= this one
-            yield CountsChunk(start, below, not_above, at_cut)
+            yield CountsChunk(start, below, not_above, at_cut, StreamState(counted, top))
 
 
 def rows_by_image(chunk: CountsChunk, images: np.ndarray, values: np.ndarray, first: int, stop: int,

@@ -29,8 +29,10 @@ from typing import Optional
 import numpy as np
 
 from ..metrics import AUPRO_FPR_LIMIT, label_regions
-from .ranked_pairs import CHUNK_ELEMENTS, CountsBelow, rows_by_image
+from .ranked_pairs import CHUNK_ELEMENTS, CountsBelow, StreamState, rows_by_image
 
+CHECKPOINT_BYTES = 64 * 2**20
+"""Memory for :class:`WeightedPRO`'s checkpoints of its ``[N, N]`` pair sums (float64)."""
 FLOAT64_EXACT_INTEGERS = 2**53
 """Every integer of magnitude below this is a float64, and so is every sum of such integers that stays below it."""
 
@@ -111,6 +113,12 @@ class WeightedPRO:
     point ``t`` of each resample is found by a bisection over the distinct scores, all
     resamples at once; the last, interpolated trapezoid is added as in :func:`area_up_to`.
 
+    Cost: the setup streams every anomalous pixel once (:mod:`.ranked_pairs`), summing the pixel
+    AUROC's pair counts and ``M`` (up to each pixel) on the way, and keeps ``M`` and the stream's
+    state at a few checkpoints (at most :data:`CHECKPOINT_BYTES`). A call resumes the stream from
+    the checkpoint below the resamples' smallest count of pixels ``>= t``: their counts differ
+    little (the cut is a pooled FPR), so a call streams a few chunks, not the whole cell.
+
     Args:
         maps: ``[N, H, W]`` float anomaly maps.
         masks: ``[N, H, W]`` bool ground truth (some anomalous and some normal pixels).
@@ -145,10 +153,34 @@ class WeightedPRO:
             self.anomalous_sorted.append(scores[mine])
             self.overlap_below.append(np.concatenate(([0.0], np.cumsum(inverse_size[mine]))))
         self.thresholds = np.unique(flat).astype(np.float64)[::-1]  # the curve's points 1..T, descending
+        self._stream_once()
+
+    def _stream_once(self) -> None:
+        """One pass over the anomalous pixels: the pixel pair counts, and ``M`` with the stream state at checkpoints."""
+        n = self.num_images
+        self.half_weight = 0.5 * self.anomalous_weight  # the rows hold doubled counts
+        self._pixel_counts = np.zeros((n, n), dtype=np.int64)
+        pairs = np.zeros((n, n))
+        rows = _chunk_rows(n)
+        chunks = -(-self.anomalous_native.size // rows)
+        every = max(1, -(-chunks // max(1, CHECKPOINT_BYTES // pairs.nbytes)))
+        state = self.below.start()
+        self._checkpoints: list[tuple[int, StreamState, np.ndarray]] = []  # (first row, state there, M of rows before)
+        for index, chunk in enumerate(self.below.chunks(self.anomalous_native, rows)):
+            if index % every == 0:
+                self._checkpoints.append((chunk.start, state, pairs.copy()))
+            q = chunk.below.size
+            done = slice(chunk.start, chunk.start + q)
+            images = self.anomalous_image[done]
+            matrix, cuts = rows_by_image(chunk, images, np.ones(q, dtype=np.int64), 0, q, n)
+            self._pixel_counts += matrix @ chunk.at_cut[cuts]
+            matrix, cuts = rows_by_image(chunk, images, self.half_weight[done], 0, q, n)
+            pairs += matrix @ chunk.at_cut[cuts]
+            state = chunk.after
 
     def pair_counts(self) -> np.ndarray:
-        """The pixel AUROC's :func:`pair_counts` (anomalous x normal pixels) from the sort already done here."""
-        return _summed_counts(self.below, self.anomalous_native, self.anomalous_image, self.num_images)
+        """The pixel AUROC's :func:`pair_counts` (anomalous x normal pixels), summed in the setup's one pass."""
+        return self._pixel_counts.copy()
 
     def _per_image(self, sorted_arrays: list, t: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
         """``[B, N]``: for each image, the items of its ascending array scoring below ``t [B]`` (a transposed view).
@@ -218,34 +250,34 @@ class WeightedPRO:
         """``[B]``: ``w^T M(t) w`` with ``M_ij(t)`` = sum over image ``i``'s anomalous pixels ``q`` scoring ``>= t`` of
         ``1/|region of q|`` times image ``j``'s normals below ``s_q`` (ties 1/2).
 
-        ``M`` grows as the anomalous pixels are streamed highest score first; a resample's form is taken when the
-        stream reaches its count of pixels scoring ``>= t``. Memory: ``M [N, N]`` and one chunk of cut counts.
+        A resample stopping at pixel count ``c`` (pixels scoring ``>= t``) inside a chunk gets ``w^T M w`` at the
+        chunk's start plus its own rows up to ``c`` (``X [r, N] @ W^T``, masked): two matrix products per chunk that
+        holds stops, not one per distinct stop (small BLAS calls cost most of their time in thread start-up).
+        Memory: ``M [N, N]``, one chunk of cut counts and ``[r, resamples stopping in the chunk]``.
         """
         n = self.num_images
         total = np.zeros(w.shape[0])
-        count = np.searchsorted(-self.anomalous_scores, -t, side="right")  # anomalous pixels scoring >= t, per resample
-        by_count = np.argsort(count, kind="stable")
-        ends, first_of = np.unique(count[by_count], return_index=True)  # resamples by_count[first_of[e]:...] stop at ends[e]
-        first_of = np.append(first_of, count.size)
-        if ends[-1] == 0:
-            return total
+        stops = np.searchsorted(-self.anomalous_scores, -t, side="right")  # anomalous pixels scoring >= t, per resample
+        if stops.max() == 0:
+            return total  # no pixel counted: every form is 0
         weights = w.astype(np.float64)
-        half_weight = 0.5 * self.anomalous_weight  # X_q holds doubled counts
-        pairs = np.zeros((n, n))
-        e = int(ends[0] == 0)  # resamples that count no pixel keep 0
-        for chunk in self.below.chunks(self.anomalous_native[:ends[-1]], _chunk_rows(n)):
+        first, state, pairs = [c for c in self._checkpoints if c[0] < stops[stops > 0].min()][-1]
+        pairs = pairs.copy()
+        for chunk in self.below.chunks(self.anomalous_native[:stops.max()], _chunk_rows(n), first, state):
             rows = chunk.below.size
-            first = 0
-            while first < rows:
-                stop = min(rows, int(ends[e]) - chunk.start)
-                done = slice(chunk.start + first, chunk.start + stop)
-                matrix, cuts = rows_by_image(chunk, self.anomalous_image[done], half_weight[done], first, stop, n)
+            here = np.flatnonzero((stops > chunk.start) & (stops <= chunk.start + rows))
+            if here.size:
+                stopping = weights[here]  # [b, N]
+                need = int(stops[here].max()) - chunk.start
+                cut_rows = (chunk.at_cut[chunk.below[:need]] + chunk.at_cut[chunk.not_above[:need]]).astype(np.float64)
+                done = slice(chunk.start, chunk.start + need)
+                per_row = (cut_rows @ stopping.T) * stopping.T[self.anomalous_image[done]] * self.half_weight[done, None]
+                counted = np.arange(need)[:, None] < (stops[here] - chunk.start)[None, :]
+                total[here] = ((stopping @ pairs) * stopping).sum(axis=1) + np.where(counted, per_row, 0.0).sum(axis=0)
+            if chunk.start + rows < stops.max():
+                done = slice(chunk.start, chunk.start + rows)
+                matrix, cuts = rows_by_image(chunk, self.anomalous_image[done], self.half_weight[done], 0, rows, n)
                 pairs += matrix @ chunk.at_cut[cuts]
-                first = stop
-                if chunk.start + stop == ends[e]:
-                    taken = by_count[first_of[e]:first_of[e + 1]]
-                    total[taken] = ((weights[taken] @ pairs) * weights[taken]).sum(axis=1)
-                    e += 1
         return total
 
 
