@@ -40,14 +40,15 @@ def _sort_float32_with_labels(scores: np.ndarray, labels: np.ndarray) -> tuple[n
     scores stay adjacent (-0.0 just before +0.0), which is all the cuts need. Little-endian machines only
     (the keys are split back into their two 32-bit words).
     """
-    bits = scores.view(np.uint32)
-    keys = np.where(bits & _SIGN, ~bits, bits | _SIGN).astype(np.uint64)  # unsigned order == float order
+    bits = np.ascontiguousarray(scores).view(np.uint32)
+    # Negative floats: flip every bit; others: set the sign bit. Then unsigned order == float order.
+    keys = (bits ^ ((bits.view(np.int32) >> 31).view(np.uint32) | _SIGN)).astype(np.uint64)
     keys <<= _SHIFT
-    keys |= labels.astype(np.uint64, copy=False)
+    keys |= np.asarray(labels).astype(np.int64, copy=False).view(np.uint64)
     keys.sort()
     halves = keys.view(np.uint32).reshape(-1, 2)  # little-endian: [:, 1] the score bits, [:, 0] the label
-    order = halves[:, 1]
-    bits = np.where(order & _SIGN, order & ~_SIGN, ~order)
+    ordered = np.ascontiguousarray(halves[:, 1])
+    bits = ordered ^ (((ordered >> 31) - np.uint32(1)) | _SIGN)  # sign bit set: clear it; else flip every bit
     return bits.view(np.float32), halves[:, 0].astype(np.int64)
 
 
@@ -136,17 +137,21 @@ class CountsBelow:
 
 
 def rows_by_image(chunk: CountsChunk, images: np.ndarray, values: np.ndarray, first: int, stop: int,
-                  num_images: int) -> tuple:  # type: ignore[type-arg]
-    """``(A, cut_slice)``: sparse ``A [N, k]`` with ``A @ chunk.at_cut[cut_slice]`` = the chunk's rows
-    ``first .. stop - 1`` (chunk positions), each times ``values``, summed by ``images`` (both ``[stop - first]``).
+                  num_rows: int) -> tuple:  # type: ignore[type-arg]
+    """``(A, cut_slice)``: sparse ``A [num_rows, k]`` with ``A @ chunk.at_cut[cut_slice]`` = the chunk's rows
+    ``first .. stop - 1`` (chunk positions), each times ``values``, summed into row ``images`` of the result.
 
-    Only the cuts those rows use are touched (indices are monotone), so a slice of rows costs its own size.
+    ``images``, ``values``: ``[stop - first]``, or ``[m, stop - first]`` for ``m`` sums at once (give each its
+    own output rows, e.g. ``images + N``). Only the cuts those rows use are touched (indices are monotone), so
+    a slice of rows costs its own size.
     """
     from scipy import sparse  # here, not at import: the evaluation names stay light
 
     below, not_above = chunk.below[first:stop], chunk.not_above[first:stop]
     low, high = int(below[-1]), int(not_above[0]) + 1
-    columns = np.concatenate((below, not_above)) - low
-    matrix = sparse.csr_matrix((np.concatenate((values, values)), (np.concatenate((images, images)), columns)),
-                               shape=(num_images, high - low))
+    images, values = np.atleast_2d(images), np.atleast_2d(values)
+    columns = np.tile(np.concatenate((below, not_above)) - low, images.shape[0])
+    matrix = sparse.csr_matrix((np.concatenate((values, values), axis=1).ravel(),
+                                (np.concatenate((images, images), axis=1).ravel(), columns)),
+                               shape=(num_rows, high - low))
     return matrix, slice(low, high)

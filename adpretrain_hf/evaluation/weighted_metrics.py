@@ -165,6 +165,8 @@ class WeightedPRO:
         chunks = -(-self.anomalous_native.size // rows)
         every = max(1, -(-chunks // max(1, CHECKPOINT_BYTES // pairs.nbytes)))
         state = self.below.start()
+        # Every partial sum of the pair counts is at most their total, 2 (anomalous) (normal pixels): exact in float64?
+        exact_in_float = 2 * self.anomalous_native.size * self.below.scores.size < FLOAT64_EXACT_INTEGERS
         self._checkpoints: list[tuple[int, StreamState, np.ndarray]] = []  # (first row, state there, M of rows before)
         for index, chunk in enumerate(self.below.chunks(self.anomalous_native, rows)):
             if index % every == 0:
@@ -172,10 +174,17 @@ class WeightedPRO:
             q = chunk.below.size
             done = slice(chunk.start, chunk.start + q)
             images = self.anomalous_image[done]
-            matrix, cuts = rows_by_image(chunk, images, np.ones(q, dtype=np.int64), 0, q, n)
-            self._pixel_counts += matrix @ chunk.at_cut[cuts]
-            matrix, cuts = rows_by_image(chunk, images, self.half_weight[done], 0, q, n)
-            pairs += matrix @ chunk.at_cut[cuts]
+            if exact_in_float:  # both sums in one product: rows 0..N-1 count, rows N..2N-1 weigh by 1/(2 |region|)
+                matrix, cuts = rows_by_image(chunk, np.stack((images, images + n)),
+                                             np.stack((np.ones(q), self.half_weight[done])), 0, q, 2 * n)
+                both = matrix @ chunk.at_cut[cuts]
+                self._pixel_counts += both[:n].astype(np.int64)
+                pairs += both[n:]
+            else:
+                matrix, cuts = rows_by_image(chunk, images, np.ones(q, dtype=np.int64), 0, q, n)
+                self._pixel_counts += matrix @ chunk.at_cut[cuts]
+                matrix, cuts = rows_by_image(chunk, images, self.half_weight[done], 0, q, n)
+                pairs += matrix @ chunk.at_cut[cuts]
             state = chunk.after
 
     def pair_counts(self) -> np.ndarray:
