@@ -153,7 +153,7 @@ def main() -> None:
         for name, calls in (("old", old), ("new", new)):
             seconds[name] = median_seconds(lambda: outputs.__setitem__(name, calls[stage]()), 0, args.repeats)
         difference = max_difference(outputs["old"], outputs["new"])
-        row = (f"| {stage} | {seconds['old']:.2f} | {seconds['new']:.2f} | {seconds['old'] / seconds['new']:.1f}x "
+        row = (f"| {stage} | {seconds['old']:.3f} | {seconds['new']:.3f} | {seconds['old'] / seconds['new']:.1f}x "
                f"| {'-' if np.isnan(difference) else f'{difference:.1e}'} |")
         if args.memory:
             row += f" {traced_peak_mb(old[stage]):.0f} | {traced_peak_mb(new[stage]):.0f} |"
