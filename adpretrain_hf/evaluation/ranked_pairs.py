@@ -32,8 +32,9 @@ _SIGN = np.uint32(0x80000000)
 _SHIFT = np.uint64(32)
 
 
-def _sort_float32_with_labels(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(scores ascending [M] float32, their labels [M] int64)``, labels in ``0 .. 2^32 - 1``.
+def _sort_float32_with_labels(scores: np.ndarray, labels: np.ndarray,
+                              label_dtype: type = np.int64) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores ascending [M] float32, their labels [M] label_dtype)``, labels in ``0 .. 2^31 - 1``.
 
     Why: an ``argsort`` then two gathers of millions of pixels is ~10x slower than one ``np.sort`` of
     ``uint64`` keys ``(order-preserving bits of the score) << 32 | label`` (numpy's SIMD sort). Equal
@@ -49,7 +50,7 @@ def _sort_float32_with_labels(scores: np.ndarray, labels: np.ndarray) -> tuple[n
     halves = keys.view(np.uint32).reshape(-1, 2)  # little-endian: [:, 1] the score bits, [:, 0] the label
     ordered = np.ascontiguousarray(halves[:, 1])
     bits = ordered ^ (((ordered >> 31) - np.uint32(1)) | _SIGN)  # sign bit set: clear it; else flip every bit
-    return bits.view(np.float32), halves[:, 0].astype(np.int64)
+    return bits.view(np.float32), halves[:, 0].astype(label_dtype)
 
 
 @dataclass
@@ -91,11 +92,12 @@ class CountsBelow:
 
     def __init__(self, scores: np.ndarray, images: np.ndarray, num_images: int) -> None:
         # The order among tied scores never matters: every cut falls between two distinct scores.
+        index = np.int32 if num_images <= np.iinfo(np.int32).max else np.int64  # halves the largest array
         if scores.dtype == np.float32 and sys.byteorder == "little":
-            self.scores, self.images = _sort_float32_with_labels(scores, images)
+            self.scores, self.images = _sort_float32_with_labels(scores, images, index)
         else:
             order = np.argsort(scores)
-            self.scores, self.images = scores[order], np.asarray(images)[order].astype(np.int64)  # ascending
+            self.scores, self.images = scores[order], np.asarray(images)[order].astype(index)  # ascending
         self.num_images = num_images
 
     def start(self) -> StreamState:
@@ -120,12 +122,15 @@ class CountsBelow:
             cuts = np.unique(np.concatenate((below, not_above)))  # ascending, all <= top
             # Row k >= 1 of `steps`: the negatives in [cut k - 1, cut k) per image (row K: [last cut, top)).
             steps = np.zeros((cuts.size + 1) * n, dtype=np.int64)
-            bounds = np.append(cuts, top)
+            bounds, offsets = np.append(cuts, top), np.arange(1, cuts.size + 1) * n  # offsets: rows 1..K, flat
             for block in range(int(cuts[0]), top, CHUNK_ELEMENTS):
                 end = min(block + CHUNK_ELEMENTS, top)
                 lengths = np.diff(np.clip(bounds, block, end))  # negatives of this block between consecutive cuts
-                segment = np.repeat(np.arange(1, cuts.size + 1), lengths)
-                steps += np.bincount(segment * n + self.images[block:end], minlength=steps.size)
+                flat_index = np.repeat(offsets, lengths) + self.images[block:end]
+                if block == cuts[0] and end == top:
+                    steps = np.bincount(flat_index, minlength=steps.size)  # the usual single block: no extra pass
+                else:
+                    steps += np.bincount(flat_index, minlength=steps.size)
             steps = steps.reshape(cuts.size + 1, n)
             steps[0] = counted - np.bincount(self.images[int(cuts[0]):top], minlength=n)  # below the lowest cut
             for k in range(1, cuts.size):  # running sum row by row: numpy's cumsum(axis=0) strides badly here

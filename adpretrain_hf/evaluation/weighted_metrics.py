@@ -33,6 +33,8 @@ from .ranked_pairs import CHUNK_ELEMENTS, CountsBelow, StreamState, rows_by_imag
 
 CHECKPOINT_BYTES = 64 * 2**20
 """Memory for :class:`WeightedPRO`'s checkpoints of its ``[N, N]`` pair sums (float64)."""
+BISECTION_GRID = 2048
+"""Grid points of the PRO curve tabulated per image: a call's bisection starts from ~T / 2048 points, not T."""
 FLOAT64_EXACT_INTEGERS = 2**53
 """Every integer of magnitude below this is a float64, and so is every sum of such integers that stays below it."""
 
@@ -134,12 +136,15 @@ class WeightedPRO:
         # Per image, ascending, float64 (a float32 array searched with float64 thresholds is cast on every search).
         self.normal_sorted = [np.sort(flat[j][~flat_masks[j]]).astype(np.float64) for j in range(num_images)]
         self.normals_per_image = np.array([a.size for a in self.normal_sorted], dtype=np.int64)
-        pixel_image = np.repeat(np.arange(num_images), flat.shape[1]).reshape(flat.shape)
-        self.below = CountsBelow(flat[~flat_masks], pixel_image[~flat_masks], num_images)  # all normals, sorted once
+        # Boolean indexing keeps stack order, so each pixel's image is a repeat of the image numbers by count.
+        normal_images = np.repeat(np.arange(num_images, dtype=np.int32), self.normals_per_image)
+        self.below = CountsBelow(flat[~flat_masks], normal_images, num_images)  # all normals, sorted once
+        del normal_images
+        images = np.repeat(np.arange(num_images), flat.shape[1] - self.normals_per_image)  # anomalous pixels' images
         region_image = np.zeros(sizes.size, dtype=np.int64)
-        region_image[region_ids[masks]] = pixel_image[flat_masks]
+        region_image[region_ids[masks]] = images
         self.regions_per_image = np.bincount(region_image[1:], minlength=num_images).astype(np.int64)
-        native, images = flat[flat_masks], pixel_image[flat_masks]  # anomalous pixels, in stack order
+        native = flat[flat_masks]  # anomalous pixels, in stack order
         scores, inverse_size = native.astype(np.float64), 1.0 / sizes[region_ids[masks]]
         order = np.argsort(-scores, kind="stable")  # anomalous pixels, highest score first
         self.anomalous_scores, self.anomalous_image, self.anomalous_weight = scores[order], images[order], inverse_size[order]
@@ -153,6 +158,9 @@ class WeightedPRO:
             self.anomalous_sorted.append(scores[mine])
             self.overlap_below.append(np.concatenate(([0.0], np.cumsum(inverse_size[mine]))))
         self.thresholds = np.unique(flat).astype(np.float64)[::-1]  # the curve's points 1..T, descending
+        # False positives of each image at a grid of curve points: brackets every resample's cut in one product.
+        self.grid = np.unique(np.linspace(0, self.thresholds.size, BISECTION_GRID + 1).round().astype(np.int64))
+        self.grid_false_positives = (self.normals_per_image - self._normals_below(self._point(self.grid))).T.astype(np.float64)
         self._stream_once()
 
     def _stream_once(self) -> None:
@@ -228,8 +236,9 @@ class WeightedPRO:
         if rows.size == 0:
             return out
         w, normals, regions = w[rows], normals[rows], regions[rows]
-        # Bisection: the last curve point with FPR <= limit (FPR as the materialised curve computes it).
-        low, high = np.zeros(rows.size, dtype=np.int64), np.full(rows.size, self.thresholds.size + 1, dtype=np.int64)
+        # Bisection: the last curve point with FPR <= limit (FPR as the materialised curve computes it), started from
+        # the grid points around it. FPR is non-decreasing in the point, so the bracket holds the same answer.
+        low, high = self._bracket(w, normals)
         while (high - low > 1).any():
             mid = (low + high) // 2
             inside = self._false_positives(w, self._point(mid)) / normals <= self.fpr_limit
@@ -254,6 +263,17 @@ class WeightedPRO:
             area = np.where(cut, area + 0.5 * (self.fpr_limit - x0) * (y0 + y_end), area)
         out[rows] = area / self.fpr_limit
         return out
+
+    def _bracket(self, w: np.ndarray, normals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(low, high) [B]``: grid points with FPR ``<=`` the limit at ``low`` and ``>`` it at ``high`` (or ``T + 1``).
+
+        The false positives at the grid, ``w @ grid_false_positives`` (float64 sums of integers below 2^53: exact),
+        divided by ``normals`` as the bisection does: the same comparisons.
+        """
+        inside = (w.astype(np.float64) @ self.grid_false_positives) / normals[:, None] <= self.fpr_limit  # [B, G]
+        last = inside.sum(axis=1) - 1  # the grid's first point (the origin) is always inside
+        grid = np.append(self.grid, self.thresholds.size + 1)
+        return grid[last], grid[last + 1]
 
     def _pair_sum(self, w: np.ndarray, t: np.ndarray) -> np.ndarray:
         """``[B]``: ``w^T M(t) w`` with ``M_ij(t)`` = sum over image ``i``'s anomalous pixels ``q`` scoring ``>= t`` of
