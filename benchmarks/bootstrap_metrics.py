@@ -4,8 +4,8 @@
     python benchmarks/bootstrap_metrics.py --images 60 --size 32 --resamples 50 --memory
 
 One synthetic cell like the largest test split the evaluation meets (Magnetic Tile: 463 test
-images): ``--anomalous-share`` of the images carry 1-3 elliptic defects, the maps are noise
-plus a shift on the defects (``--levels`` rounds them to that many grey levels: many ties),
+images): about ``--anomalous-share`` of the images carry 1-3 elliptic defects (the metric tests'
+``blob_masks``), the maps are noise plus a shift on the defects (``--levels`` rounds them to that many grey levels: many ties),
 and ``--resamples`` stratified bootstrap weights as ``evaluation/bootstrap.py`` draws them.
 
 Timed, with the benchmarks' one timer (median of ``--repeats``), on the same inputs:
@@ -39,27 +39,24 @@ from latency import median_seconds  # the benchmarks' one timer
 from adpretrain_hf.evaluation import weighted_metrics
 from adpretrain_hf.evaluation.bootstrap import draw_indices, weights_from_indices
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "metrics"))
+from slow_references import blob_masks  # noqa: E402  (the metric tests' synthetic defects: one home)
+
 REPO = Path(__file__).resolve().parents[1]
 MODULE_PATH = "adpretrain_hf/evaluation/weighted_metrics.py"
 BASELINE = "41952c3a016e56304a8e4cd34299343b7f41f30d"  # weighted_metrics.py before the streamed pair counts
 DEFECT_SHIFT = 1.5  # map shift on defect pixels, in noise standard deviations
-DEFECTS_PER_IMAGE = (1, 3)
-DEFECT_RADIUS_SHARE = (0.02, 0.12)  # ellipse semi-axes as shares of the map side
 
 
 def make_cell(images: int, size: int, anomalous_share: float, levels: int, seed: int) -> tuple[np.ndarray, ...]:
-    """``(maps [N, S, S] float32, scores [N], labels [N], masks [N, S, S] bool)`` of one synthetic cell."""
+    """``(maps [N, S, S] float32, scores [N], labels [N], masks [N, S, S] bool)`` of one synthetic cell.
+
+    Masks: the metric tests' random ellipses (``blob_masks``); an image is anomalous when it has a defect.
+    """
     rng = np.random.default_rng(seed)
-    labels = (rng.random(images) < anomalous_share).astype(int)
-    labels[:2] = [0, 1]  # both classes, whatever the share
-    yy, xx = np.mgrid[0:size, 0:size]
-    masks = np.zeros((images, size, size), dtype=bool)
-    for i in np.flatnonzero(labels):
-        for _ in range(rng.integers(DEFECTS_PER_IMAGE[0], DEFECTS_PER_IMAGE[1] + 1)):
-            cy, cx = rng.uniform(0, size, 2)
-            ry, rx = rng.uniform(*DEFECT_RADIUS_SHARE, 2) * size
-            masks[i] |= ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
-        masks[i, size // 2, size // 2] = True  # never an anomalous image without a defect pixel
+    masks = blob_masks(rng, n=images, size=size, defect_prob=anomalous_share).astype(bool)
+    masks[0] = False  # at least one normal image
+    labels = masks.reshape(images, -1).any(axis=1).astype(int)
     maps = rng.normal(size=masks.shape) + DEFECT_SHIFT * masks
     if levels > 0:
         low, high = maps.min(), maps.max()

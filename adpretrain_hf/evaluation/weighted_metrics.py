@@ -14,8 +14,13 @@ its weight vector ``w [N]``:
   area under the PRO curve is also a pair sum (anomalous pixel x normal pixel ranked below
   it, weighted by 1 / region size), so up to a resample's FPR cut it is again a quadratic
   form in ``w``; the cut is found by bisection over the distinct scores (see
-  :class:`WeightedPRO`). Cost per cell: one sort per image plus a matrix product of the
-  anomalous pixels' counts ``[Q, N]`` with the weights ``[N, B]``.
+  :class:`WeightedPRO`).
+
+Cost per cell: one sort of all normal pixels, then one stream over the anomalous pixels
+(:mod:`.ranked_pairs`: anomalous pixels x images, integers) that sums both ``C`` and the PRO's
+pair matrix; a call costs a bisection (``[B, N]`` per step) and a few chunks of that stream.
+Memory is bounded by chunking (:data:`.ranked_pairs.CHUNK_ELEMENTS`) and
+:data:`CHECKPOINT_BYTES`; nothing of size resamples x pixels is built.
 
 Each result equals the plain metric on the materialised resample (the stacked images,
 ``repeat``-ed by their weights) up to float rounding; ``tests/evaluation/test_weighted_metrics.py``
@@ -328,11 +333,10 @@ class ResampledMetrics:
         images = np.arange(num_images)
         self.image_counts = pair_counts(scores, labels, images, num_images)
         self.image_pos, self.image_neg = labels.astype(np.int64), (~labels).astype(np.int64)
-        pixel_images = np.repeat(images, maps[0].size)
         self.pro: Optional[WeightedPRO] = WeightedPRO(maps, masks, fpr_limit) if masks.any() and not masks.all() else None
-        # The pixel pair counts come from the PRO's sort when it exists (the same anomalous x normal pixels).
-        self.pixel_counts = self.pro.pair_counts() if self.pro is not None else pair_counts(
-            maps.reshape(-1), masks.reshape(-1), pixel_images, num_images)
+        # The pixel pair counts come from the PRO's stream when it exists (the same anomalous x normal pixels);
+        # without it every pixel is of one kind: no pair, all zeros.
+        self.pixel_counts = self.pro.pair_counts() if self.pro is not None else np.zeros((num_images, num_images), dtype=np.int64)
         self.pixel_pos = masks.reshape(num_images, -1).sum(axis=1)
         self.pixel_neg = maps[0].size - self.pixel_pos
 
