@@ -61,7 +61,7 @@ class StreamState:
     same counts as one run from the start.
     """
 
-    counted: np.ndarray
+    counted: np.ndarray  # [N] float64 or int64, integer values
     top: int
 
 
@@ -70,7 +70,7 @@ class CountsChunk:
     """One chunk of the stream: positives ``start .. start + q - 1`` (in the caller's falling order).
 
     ``below [q]`` / ``not_above [q]``: each positive's two cuts, as row indices of ``at_cut``;
-    ``at_cut [K, N]`` int64: normals of each image ranked below each cut. ``X_q = at_cut[below[q]] +
+    ``at_cut [K, N]`` float64 (integer values, exact below 2^53): normals of each image ranked below each cut. ``X_q = at_cut[below[q]] +
     at_cut[not_above[q]]``; both indices are non-increasing in ``q``. ``after``: the state after this chunk.
     """
 
@@ -99,10 +99,11 @@ class CountsBelow:
             order = np.argsort(scores)
             self.scores, self.images = scores[order], np.asarray(images)[order].astype(index)  # ascending
         self.num_images = num_images
+        self.per_image = np.bincount(self.images, minlength=num_images).astype(np.int64)
 
     def start(self) -> StreamState:
         """The state before the first positive: every normal counted."""
-        return StreamState(np.bincount(self.images, minlength=self.num_images).astype(np.int64), self.scores.size)
+        return StreamState(self.per_image.copy(), self.scores.size)
 
     def chunks(self, descending: np.ndarray, rows: int, first: int = 0,
                state: Optional[StreamState] = None) -> Iterator[CountsChunk]:
@@ -121,21 +122,23 @@ class CountsBelow:
             not_above = np.searchsorted(self.scores, part, side="right")
             cuts = np.unique(np.concatenate((below, not_above)))  # ascending, all <= top
             # Row k >= 1 of `steps`: the negatives in [cut k - 1, cut k) per image (row K: [last cut, top)).
-            steps = np.zeros((cuts.size + 1) * n, dtype=np.int64)
+            size = (cuts.size + 1) * n
+            steps = np.zeros(size, dtype=np.int64) if top - cuts[0] > CHUNK_ELEMENTS else None
             bounds, offsets = np.append(cuts, top), np.arange(1, cuts.size + 1) * n  # offsets: rows 1..K, flat
             for block in range(int(cuts[0]), top, CHUNK_ELEMENTS):
                 end = min(block + CHUNK_ELEMENTS, top)
                 lengths = np.diff(np.clip(bounds, block, end))  # negatives of this block between consecutive cuts
                 flat_index = np.repeat(offsets, lengths) + self.images[block:end]
-                if block == cuts[0] and end == top:
-                    steps = np.bincount(flat_index, minlength=steps.size)  # the usual single block: no extra pass
+                if steps is None:
+                    steps = np.bincount(flat_index, minlength=size)  # the usual single block: no extra pass
                 else:
-                    steps += np.bincount(flat_index, minlength=steps.size)
-            steps = steps.reshape(cuts.size + 1, n)
-            steps[0] = counted - np.bincount(self.images[int(cuts[0]):top], minlength=n)  # below the lowest cut
+                    steps += np.bincount(flat_index, minlength=size)
+            if steps is None:
+                steps = np.zeros(size, dtype=np.int64)  # no negative passed
+            at_cut = steps.reshape(cuts.size + 1, n)[:-1].astype(np.float64)  # [K, N]: exact counts, as the products want
+            at_cut[0] = counted - np.bincount(self.images[int(cuts[0]):top], minlength=n)  # below the lowest cut
             for k in range(1, cuts.size):  # running sum row by row: numpy's cumsum(axis=0) strides badly here
-                steps[k] += steps[k - 1]
-            at_cut = steps[:-1]  # [K, N]
+                at_cut[k] += at_cut[k - 1]
             below, not_above = np.searchsorted(cuts, below), np.searchsorted(cuts, not_above)
             counted, top = at_cut[not_above[-1]].copy(), int(cuts[not_above[-1]])  # the next chunk's cuts are all <= this one
             yield CountsChunk(start, below, not_above, at_cut, StreamState(counted, top))

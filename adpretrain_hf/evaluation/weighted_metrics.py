@@ -72,7 +72,7 @@ def _summed_counts(below: CountsBelow, descending: np.ndarray, images: np.ndarra
     for chunk in below.chunks(descending, _chunk_rows(num_images)):
         q = chunk.below.size
         matrix, cuts = rows_by_image(chunk, images[chunk.start:chunk.start + q], np.ones(q, dtype=np.int64), 0, q, num_images)
-        counts += matrix @ chunk.at_cut[cuts]
+        counts += matrix @ chunk.at_cut[cuts].astype(np.int64)  # integer products: exact at any size
     return counts
 
 
@@ -181,7 +181,7 @@ class WeightedPRO:
         # Every partial sum of the pair counts is at most their total, 2 (anomalous) (normal pixels): exact in float64?
         exact_in_float = 2 * self.anomalous_native.size * self.below.scores.size < FLOAT64_EXACT_INTEGERS
         self._checkpoints: list[tuple[int, StreamState, np.ndarray]] = []  # (first row, state there, M of rows before)
-        for index, chunk in enumerate(self.below.chunks(self.anomalous_native, rows)):
+        for index, chunk in enumerate(self.below.chunks(self.anomalous_native, rows, 0, state)):
             if index % every == 0:
                 self._checkpoints.append((chunk.start, state, pairs.copy()))
             q = chunk.below.size
@@ -195,7 +195,7 @@ class WeightedPRO:
                 pairs += both[n:]
             else:
                 matrix, cuts = rows_by_image(chunk, images, np.ones(q, dtype=np.int64), 0, q, n)
-                self._pixel_counts += matrix @ chunk.at_cut[cuts]
+                self._pixel_counts += matrix @ chunk.at_cut[cuts].astype(np.int64)
                 matrix, cuts = rows_by_image(chunk, images, self.half_weight[done], 0, q, n)
                 pairs += matrix @ chunk.at_cut[cuts]
             state = chunk.after
@@ -303,7 +303,7 @@ class WeightedPRO:
             if here.size:
                 stopping = weights[here]  # [b, N]
                 need = int(stops[here].max()) - chunk.start
-                cut_rows = (chunk.at_cut[chunk.below[:need]] + chunk.at_cut[chunk.not_above[:need]]).astype(np.float64)
+                cut_rows = chunk.at_cut[chunk.below[:need]] + chunk.at_cut[chunk.not_above[:need]]
                 done = slice(chunk.start, chunk.start + need)
                 per_row = (cut_rows @ stopping.T) * stopping.T[self.anomalous_image[done]] * self.half_weight[done, None]
                 counted = np.arange(need)[:, None] < (stops[here] - chunk.start)[None, :]
