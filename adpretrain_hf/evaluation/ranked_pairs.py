@@ -13,7 +13,7 @@ global order) only the normals in between change the counts, so a chunk of ``q``
 one ``bincount`` of the normals it passes plus a cumulative sum over its ``K <= 2q`` cuts
 (``[K, N]``). The rows are never materialised: callers sum them by image with a sparse
 ``[N, K]`` matrix (:func:`rows_by_image`) times the cut counts ``[K, N]``.
-Every count is an integer: exact whatever the chunking.
+Every count is an integer (held in float64, exact below 2^53): the same whatever the chunking.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 CHUNK_ELEMENTS = 2_000_000
-"""Cuts x images (int64) or normals handled per vectorised step: ~16 MB per temporary."""
+"""Cuts x images or normals handled per vectorised step (8 bytes each: ~16 MB per temporary)."""
 
 
 _SIGN = np.uint32(0x80000000)
