@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
@@ -145,7 +145,7 @@ class CountsBelow:
 
 
 def rows_by_image(chunk: CountsChunk, images: np.ndarray, values: np.ndarray, first: int, stop: int,
-                  num_rows: int) -> tuple:  # type: ignore[type-arg]
+                  num_rows: int) -> tuple[Any, slice]:
     """``(A, cut_slice)``: sparse ``A [num_rows, k]`` with ``A @ chunk.at_cut[cut_slice]`` = the chunk's rows
     ``first .. stop - 1`` (chunk positions), each times ``values``, summed into row ``images`` of the result.
 
