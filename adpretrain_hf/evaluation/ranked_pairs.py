@@ -120,7 +120,8 @@ class CountsBelow:
             part = descending[start:start + rows]
             below = np.searchsorted(self.scores, part, side="left")
             not_above = np.searchsorted(self.scores, part, side="right")
-            cuts = np.unique(np.concatenate((below, not_above)))  # ascending, all <= top
+            cuts = np.sort(np.concatenate((below, not_above)))  # (np.unique hashes: ~10x slower here)
+            cuts = cuts[np.concatenate(([True], cuts[1:] != cuts[:-1]))]  # distinct, ascending, all <= top
             # Row k >= 1 of `steps`: the negatives in [cut k - 1, cut k) per image (row K: [last cut, top)).
             size = (cuts.size + 1) * n
             steps = np.zeros(size, dtype=np.int64) if top - cuts[0] > CHUNK_ELEMENTS else None
