@@ -93,3 +93,73 @@ def test_wrong_weight_shape_is_a_one_line_error():
     maps, scores, labels, masks = _cell()
     with pytest.raises(ValueError, match="image multiplicities"):
         ResampledMetrics(maps, scores, labels, masks)(np.ones((3, labels.size + 1)))
+
+
+# -- the streamed counts (evaluation/ranked_pairs.py): chunking, checkpoints and ties change nothing ------------
+def _tied_cell(seed: int, levels: int, num_images: int = 9, size: int = 12):
+    """Maps rounded to ``levels`` grey levels (ties within and across images, normal and defect pixels)."""
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((num_images, size, size), dtype=bool)
+    for i in range(2, num_images):
+        y, x = rng.integers(0, size - 4, 2)
+        masks[i, y:y + rng.integers(1, 5), x:x + rng.integers(1, 5)] = True
+    maps = np.round((rng.normal(size=masks.shape) + masks) * levels / 4).astype(np.float32)
+    labels = masks.reshape(num_images, -1).any(axis=1).astype(int)
+    return maps, maps.reshape(num_images, -1).max(axis=1).astype(np.float64), labels, masks
+
+
+def _small_chunks(monkeypatch, elements: int, checkpoint_bytes: int) -> None:
+    from adpretrain_hf.evaluation import ranked_pairs, weighted_metrics
+
+    monkeypatch.setattr(ranked_pairs, "CHUNK_ELEMENTS", elements)
+    monkeypatch.setattr(weighted_metrics, "CHUNK_ELEMENTS", elements)
+    monkeypatch.setattr(weighted_metrics, "CHECKPOINT_BYTES", checkpoint_bytes)
+
+
+@pytest.mark.parametrize("levels", [3, 12, 0])  # 0: continuous scores
+@pytest.mark.parametrize("elements, checkpoint_bytes", [(40, 1), (200, 2000), (10**6, 10**8)])
+def test_pixel_auroc_equals_sklearns_weighted_auroc(levels, elements, checkpoint_bytes, monkeypatch):
+    """Independent: sklearn's ROC AUC of all pixels with sample weight = the image's multiplicity (ties count 1/2)."""
+    from sklearn.metrics import roc_auc_score
+
+    _small_chunks(monkeypatch, elements, checkpoint_bytes)
+    maps, scores, labels, masks = _tied_cell(levels, levels or 50)
+    if levels == 0:
+        maps = maps + np.random.default_rng(0).normal(size=maps.shape).astype(np.float32) * 1e-3
+    n = labels.size
+    weights = np.random.default_rng(levels).integers(0, 4, size=(12, n))
+    weights[:, [0, n - 1]] = np.maximum(weights[:, [0, n - 1]], 1)  # normal and defect pixels in every resample
+    got = ResampledMetrics(maps, scores, labels, masks)(weights)["pixel_auroc"]
+    for b, w in enumerate(weights):
+        pixel_weight = np.repeat(w, maps[0].size)
+        expected = roc_auc_score(masks.reshape(-1), maps.reshape(-1), sample_weight=pixel_weight)
+        assert abs(got[b] - expected) < TOLERANCE, (b, got[b], expected)
+
+
+@pytest.mark.parametrize("levels", [3, 12])
+@pytest.mark.parametrize("elements, checkpoint_bytes, exact_in_float", [(40, 1, True), (200, 2000, False), (10**6, 10**8, True)])
+def test_chunks_checkpoints_and_ties_leave_aupro_and_pair_counts_unchanged(levels, elements, checkpoint_bytes,
+                                                                          exact_in_float, monkeypatch):
+    """Tiny chunks (many stream steps and checkpoints, stops inside and at chunk ends) against the materialised
+    resamples (the plain AUPRO, exact PRO curve) and the pair counts against a double loop over pixel pairs."""
+    from adpretrain_hf.evaluation import weighted_metrics
+
+    _small_chunks(monkeypatch, elements, checkpoint_bytes)
+    if not exact_in_float:
+        monkeypatch.setattr(weighted_metrics, "FLOAT64_EXACT_INTEGERS", 0)  # the integer-product path
+    maps, scores, labels, masks = _tied_cell(levels, levels)
+    n = labels.size
+    rng = np.random.default_rng(levels + 1)
+    indices = rng.integers(0, n, size=(25, n))
+    indices[:, :2] = [0, n - 1]
+    metrics = ResampledMetrics(maps, scores, labels, masks)
+    got = metrics(weights_from_indices(indices, n))["aupro"]
+    for b, rows in enumerate(indices):
+        assert abs(got[b] - aupro(maps[rows], masks[rows])) < TOLERANCE, b
+    flat, positive, image_of = maps.reshape(-1), masks.reshape(-1), np.repeat(np.arange(n), maps[0].size)
+    expected = np.zeros((n, n), dtype=np.int64)
+    for p in np.flatnonzero(positive):
+        neg = ~positive
+        np.add.at(expected[image_of[p]], image_of[neg], 2 * (flat[p] > flat[neg]) + (flat[p] == flat[neg]))
+    assert (metrics.pixel_counts == expected).all()
+    assert (pair_counts(flat, positive, image_of, n) == expected).all()
