@@ -3,23 +3,20 @@ timed, and old and new agree (pair counts equal, metrics within float rounding) 
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.benchmarks.script_loader import load_benchmark
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bootstrap_metrics.py"
 STAGES = ("pair_counts (pixel AUROC)", "WeightedPRO setup", "WeightedPRO call (AUPRO)", "ResampledMetrics (setup + call)")
 
 
 def _load(monkeypatch):
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("bootstrap_metrics", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark(SCRIPT, monkeypatch)
 
 
 @pytest.mark.parametrize("levels", ["0", "6"])

@@ -4,19 +4,15 @@ moved once broke PatchCore's row unseen)."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "detectors.py"
+from tests.benchmarks.script_loader import load_benchmark
+
 
 
 def test_every_method_of_ours_gets_a_timed_row(monkeypatch, capsys):
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("detectors_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("detectors.py", monkeypatch)
     monkeypatch.setattr(sys, "argv", [
         "detectors.py", "--devices", "cpu", "--train", "8", "--test", "4", "--layers", "2", "--channels", "16",
         "--grid", "4", "--image-size", "32", "--batch-size", "4",

@@ -3,25 +3,16 @@ API, which moves; this run is what notices when a rename breaks them)."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "latency.py"
+from tests.benchmarks.script_loader import load_benchmark
 
-
-def _load(monkeypatch):
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("latency", SCRIPT)
-    latency = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(latency)
-    return latency
 
 
 def test_latency_table_on_tiny_preset(monkeypatch, capsys):
-    latency = _load(monkeypatch)
+    latency = load_benchmark("latency.py", monkeypatch)
     monkeypatch.setattr(sys, "argv", [
         "latency.py", "--preset", "tiny-clip", "--image-size", "64", "--backbone-weights", "random", "--train-images", "2",
         "--batch-sizes", "1", "--threads", "1", "--repeats", "1", "--warmup", "0", "--runtimes", "eager,onnx",
@@ -41,7 +32,7 @@ def test_latency_table_on_tiny_preset(monkeypatch, capsys):
 
 
 def test_bf16_eager_rows_and_the_runtimes_refused_off_float32_cpu(monkeypatch, capsys):
-    latency = _load(monkeypatch)
+    latency = load_benchmark("latency.py", monkeypatch)
     tiny = ["--preset", "tiny-clip", "--image-size", "64", "--backbone-weights", "random", "--train-images", "2",
             "--batch-sizes", "1", "--threads", "1", "--repeats", "1", "--warmup", "0", "--features", "pretrained",
             "--methods", "featurenorm"]

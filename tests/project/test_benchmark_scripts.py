@@ -3,22 +3,18 @@ moved package name breaks here, not on the day someone needs the benchmark."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from tests.benchmarks.script_loader import BENCHMARKS, load_benchmark
+
 SCRIPTS = sorted(p for p in BENCHMARKS.glob("*.py") if not p.name.startswith("_"))
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=[p.name for p in SCRIPTS])
 def test_benchmark_script_imports_and_has_help(script, monkeypatch, capsys):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location(f"benchmark_{script.stem}", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # module level only: main() is not called
+    module = load_benchmark(script, monkeypatch)  # module level only: main() is not called
     if not hasattr(module, "main"):
         return  # a helper module other scripts import
     monkeypatch.setattr(sys, "argv", [script.name, "--help"])
