@@ -29,18 +29,24 @@ from typing import Any, Optional, Union
 import numpy as np
 
 __all__ = [
-    "DEFAULT_MICRO_BATCH", "EXPORT_NAMES", "ExportedDetector", "exported_graph_in", "onnx_session", "openvino_compiled",
-    "require_openvino", "runtime_of",
+    "DEFAULT_MICRO_BATCH", "EXPORT_NAMES", "RUNTIMES", "ExportedDetector", "exported_graph_in", "onnx_session",
+    "openvino_compiled", "openvino_xml", "require_openvino", "runtime_of",
 ]
 
 INPUT_NAME = "pixel_values"
 OUTPUT_NAMES = ("anomaly_map", "score")  # the detector output's field names: [B, H, W], [B]
-RUNTIMES = ("onnx", "openvino")
 OPENVINO_XML = "model.xml"  # the IR's graph; its weights are model.bin beside it
 OPENVINO_PRECISION = "f32"  # inference precision hint: the calibration's precision, not the CPU's bf16 default
 DEFAULT_MICRO_BATCH = 1  # images per graph call: fastest and smallest on both runtimes (module docstring)
 EXPORT_NAMES = {"onnx": "model.onnx", "openvino": "openvino"}  # where `adpretrain export` writes inside a detector folder
+RUNTIMES = tuple(EXPORT_NAMES)  # the runtimes an exported graph runs in (= the export formats)
 DETECTOR_WEIGHTS = "model.safetensors"  # the fitted detector's tensors: a graph older than them is stale
+
+
+def openvino_xml(path: Union[str, os.PathLike]) -> Path:
+    """An OpenVINO IR's graph file: ``path`` itself, or ``path/model.xml`` for its folder."""
+    path = Path(path)
+    return path / OPENVINO_XML if path.is_dir() else path
 
 
 def exported_graph_in(detector_folder: Union[str, os.PathLike], runtime: str) -> Path:
@@ -57,7 +63,7 @@ def exported_graph_in(detector_folder: Union[str, os.PathLike], runtime: str) ->
     if not graph.exists():
         raise FileNotFoundError(f"{folder} has no exported {runtime} graph ({graph} is missing): {fix}")
     weights = folder / DETECTOR_WEIGHTS
-    written = (graph / OPENVINO_XML if graph.is_dir() else graph).stat().st_mtime
+    written = openvino_xml(graph).stat().st_mtime  # a .onnx file is its own graph file
     if weights.is_file() and written < weights.stat().st_mtime:
         raise ValueError(f"{graph} is older than {weights}: the detector was fitted again after its export; {fix}")
     return graph
@@ -70,7 +76,7 @@ def runtime_of(path: Union[str, os.PathLike]) -> str:
         if not path.is_file():
             raise FileNotFoundError(f"no ONNX model at {path}: write one with `adpretrain export --format onnx`")
         return "onnx"
-    xml = path / OPENVINO_XML if path.is_dir() else path
+    xml = openvino_xml(path)
     if xml.suffix == ".xml" and xml.is_file():
         return "openvino"
     raise FileNotFoundError(
@@ -109,17 +115,26 @@ def openvino_compiled(path: Union[str, os.PathLike], threads: Optional[int] = No
     ``{"pixel_values": array}`` or the array.
     """
     ov = require_openvino()
-    path = Path(path)
-    xml = path / OPENVINO_XML if path.is_dir() else path
+    xml = openvino_xml(path)
     if not xml.is_file():
         raise FileNotFoundError(f"no OpenVINO model at {xml}: write one with export_openvino(detector, folder)")
     core = ov.Core()
-    model = core.read_model(str(xml))
+    return _compile(core, core.read_model(str(xml)), xml, threads, batch_size)
+
+
+def _fixed_batch(model: Any) -> Optional[int]:
+    """The batch an IR was exported for, or None for a dynamic batch."""
+    first = model.input(INPUT_NAME).get_partial_shape()[0]
+    return first.get_length() if first.is_static else None
+
+
+def _compile(core: Any, model: Any, xml: Path, threads: Optional[int], batch_size: Optional[int]):
+    """``model`` (read from ``xml``) compiled for the CPU in float32, reshaped to a static ``batch_size``."""
     if batch_size is not None:
-        shape = model.input(INPUT_NAME).get_partial_shape()
-        fixed = shape[0].get_length() if shape[0].is_static else None
+        fixed = _fixed_batch(model)
         if fixed is not None and fixed != batch_size:
             raise ValueError(f"{xml} was exported for batch {fixed}, not {batch_size}: export it again with a dynamic batch")
+        shape = model.input(INPUT_NAME).get_partial_shape()
         model.reshape({INPUT_NAME: [batch_size, *(dim.get_length() for dim in list(shape)[1:])]})
     config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION}
     if threads is not None:
@@ -149,11 +164,10 @@ class ExportedDetector:
             self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
             self.input_shape = tuple(shape[1:])
         else:
-            ov = require_openvino()
-            xml = self.path / OPENVINO_XML if self.path.is_dir() else self.path
-            shape = ov.Core().read_model(str(xml)).input(INPUT_NAME).get_partial_shape()
-            self.fixed_batch = shape[0].get_length() if shape[0].is_static else None
-            self.input_shape = tuple(dim.get_length() for dim in list(shape)[1:])
+            core, xml = require_openvino().Core(), openvino_xml(self.path)
+            model = core.read_model(str(xml))  # read once: its shapes here, then compiled below
+            self.fixed_batch = _fixed_batch(model)
+            self.input_shape = tuple(dim.get_length() for dim in list(model.input(INPUT_NAME).get_partial_shape())[1:])
         if micro_batch is not None and self.fixed_batch is not None and micro_batch != self.fixed_batch:
             raise ValueError(
                 f"{self.path} was exported for batch {self.fixed_batch}, not micro_batch={micro_batch}: "
@@ -162,7 +176,7 @@ class ExportedDetector:
         self.micro_batch = self.fixed_batch or micro_batch or DEFAULT_MICRO_BATCH
         self.pads = self.runtime == "openvino" or self.fixed_batch is not None  # static batch: pad the last group
         if self.runtime == "openvino":
-            self._compiled = openvino_compiled(self.path, threads, batch_size=self.micro_batch)
+            self._compiled = _compile(core, model, xml, threads, batch_size=self.micro_batch)
 
     def _run(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.runtime == "onnx":

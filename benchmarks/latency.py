@@ -51,12 +51,12 @@ from adpretrain_hf import ADPretrainConfig, ADPretrainModel  # noqa: E402
 from adpretrain_hf import registration  # noqa: E402,F401  (registers the pipeline task)
 from adpretrain_hf.deployment import fit_detector  # noqa: E402
 from adpretrain_hf.modeling import matching_adpretrain  # noqa: E402
+from adpretrain_hf.modeling.dtypes_adpretrain import DTYPES, dtype_from_name  # noqa: E402
 
 STAGES = ("backbone", "residual", "projector", "search", "map+score")
 MM_BLOCK_OUTPUTS = 1 << 24  # rows x bank columns of one torch.mm reference block
 MM_TILE = 512  # the reference's cache-sized tiles
 POLL_SECONDS = 0.002
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def synchronize() -> None:
@@ -169,7 +169,7 @@ def staged_seconds(detector, pixels: torch.Tensor, warmup: int, repeats: int) ->
 
 _PEAK_CHILD = r"""
 import resource, sys, numpy as np
-runtime, path, batch, size, threads, micro = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+path, batch, size, threads, micro = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 
 
 def peak_mb():
@@ -190,11 +190,11 @@ print(base, peak_mb() - base)
 """
 
 
-def runtime_peak_mb(runtime: str, path: Path, batch: int, size: int, threads: int, micro_batch: int) -> tuple[float, float]:
+def runtime_peak_mb(path: Path, batch: int, size: int, threads: int, micro_batch: int) -> tuple[float, float]:
     """``(load, run)`` peak resident memory (MB) of an exported graph in a fresh process: the peak
     after loading (and compiling) the graph, and what one ``batch`` run (fed ``micro_batch`` images
     per graph call) adds above it (0 where the compile peak is higher than the run's)."""
-    out = subprocess.run([sys.executable, "-c", _PEAK_CHILD, runtime, str(path), str(batch), str(size), str(threads), str(micro_batch)],
+    out = subprocess.run([sys.executable, "-c", _PEAK_CHILD, str(path), str(batch), str(size), str(threads), str(micro_batch)],
                          capture_output=True, text=True, check=True)
     load, run = out.stdout.strip().splitlines()[-1].split()
     return float(load), float(run)
@@ -237,13 +237,13 @@ def runtime_sessions(detector, folder: Path, runtimes: list[str], threads: int, 
     """Exported graphs of ``detector`` as ``(path, pixels -> outputs)``, one per requested runtime,
     each an ``ExportedDetector`` fed ``micro_batch`` images per graph call (as deployed)."""
     from adpretrain_hf import export
-    from adpretrain_hf.exported_detector import ExportedDetector
+    from adpretrain_hf.exported_detector import EXPORT_NAMES, ExportedDetector
 
     paths = {}
     if "onnx" in runtimes:
-        paths["onnx"] = export.export_onnx(detector, folder / "model.onnx")
+        paths["onnx"] = export.export_onnx(detector, folder / EXPORT_NAMES["onnx"])
     if "openvino" in runtimes:
-        paths["openvino"] = export.export_openvino(detector, folder / "openvino")
+        paths["openvino"] = export.export_openvino(detector, folder / EXPORT_NAMES["openvino"])
     calls = {}
     for name, path in paths.items():
         runner = ExportedDetector(path, threads=threads, micro_batch=micro_batch)
@@ -272,10 +272,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs (the median is reported)")
     args = parser.parse_args()
     runtimes = [r for r in args.runtimes.split(",") if r != "eager"]
-    if runtimes and (args.device != "cpu" or args.dtype != "fp32"):
+    dtype = dtype_from_name(args.dtype)
+    if runtimes and (args.device != "cpu" or dtype != torch.float32):
         parser.error(f"the exported graphs ({', '.join(runtimes)}) run in float32 on the CPU: with --device {args.device} "
                      f"--dtype {args.dtype} use --runtimes eager")
-    dtype = DTYPES[args.dtype]
 
     model = build_model(args).to(args.device)
     size = args.image_size
@@ -308,7 +308,7 @@ def main() -> None:
                                "pipeline": piped, "bank": None if bank is None else tuple(bank.shape), **stages}
                         for name, (path, call) in calls.items():
                             row[name] = median_seconds(lambda: call(cpu_pixels), args.warmup, args.repeats)
-                            row[name + "_mb"] = runtime_peak_mb(name, path, batch, size, threads, args.micro_batch)
+                            row[name + "_mb"] = runtime_peak_mb(path, batch, size, threads, args.micro_batch)
                         rows.append(row)
                         for stage in ("residual", "search"):
                             shapes = stages["flops"].get(stage)
